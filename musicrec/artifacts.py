@@ -1,0 +1,79 @@
+"""Where every artifact lives under the artifacts directory (`recsys/` by default), and
+which columns each must have. Stages write these files; services read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicrec.columns import Columns as C
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def recs_dir(self) -> Path:
+        return self.root / "recommendations"
+
+    @property
+    def pictures_dir(self) -> Path:
+        return self.root / "pictures"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    # prepared data
+    @property
+    def items(self) -> Path:
+        return self.data_dir / "items.parquet"
+
+    @property
+    def events(self) -> Path:
+        return self.data_dir / "events.parquet"
+
+    # recommendations
+    @property
+    def top_popular(self) -> Path:
+        return self.recs_dir / "top_popular.parquet"
+
+    @property
+    def personal_als(self) -> Path:
+        return self.recs_dir / "personal_als.parquet"
+
+    @property
+    def similar(self) -> Path:
+        return self.recs_dir / "similar.parquet"
+
+    @property
+    def recommendations(self) -> Path:
+        return self.recs_dir / "recommendations.parquet"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.model_dir, self.recs_dir, self.pictures_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+#: required columns of each artifact the services read (file name -> columns)
+ARTIFACT_COLUMNS: dict[str, list[str]] = {
+    "top_popular.parquet": [C.Item, C.Rank, C.Listeners],
+    "personal_als.parquet": list(C.Recommendations),
+    "recommendations.parquet": list(C.Recommendations),
+    "similar.parquet": [C.Item1, C.Item2, C.Score, C.Rank],
+    "items.parquet": [C.Item, C.TrackName, C.ArtistNames, C.AlbumNames, C.GenreNames],
+    "events.parquet": [C.User, C.Item, C.Datetime, C.Seq],
+}

@@ -1,0 +1,128 @@
+"""Command line: `python -m musicrec <command>`.
+
+Commands import their stage lazily so that `--help` is instant and nothing heavy runs at
+import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from musicrec.errors import MusicRecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+log = logging.getLogger("musicrec.cli")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Raw files (default: settings)")]
+ArtifactsDir = Annotated[
+    Path | None, typer.Option("--artifacts-dir", help="Artifacts root (default: recsys/)")
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="Pipeline config TOML/YAML")]
+
+
+def _setup(log_to_file: bool = True) -> None:
+    from musicrec.logs import setup_logging
+    from musicrec.settings import get_settings
+
+    s = get_settings()
+    setup_logging(s.log_level, s.log_file if log_to_file else None)
+
+
+@app.command()
+def generate(
+    preset: Annotated[str, typer.Option(help="tiny | demo | full | full10")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed")] = 42,
+    out: Annotated[Path, typer.Option("--out", help="Output directory")] = Path("data"),
+    force: Annotated[bool, typer.Option(help="Overwrite existing raw files")] = False,
+) -> None:
+    """Write synthetic raw files (tracks, catalog_names, interactions) in the real schema."""
+    from musicrec.generate import generate_dataset
+
+    _setup(log_to_file=False)
+    stats = generate_dataset(preset, seed=seed, out_dir=out, overwrite=force)
+    typer.echo(stats)
+
+
+@app.command()
+def prepare(data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config: ConfigFile = None) -> None:
+    """Validate the raw files and write recsys/data/items.parquet and events.parquet."""
+    from musicrec.artifacts import ArtifactPaths
+    from musicrec.config import load_config
+    from musicrec.prepare import prepare_data
+    from musicrec.settings import get_settings
+
+    _setup()
+    s = get_settings()
+    cfg = load_config(config or s.config_file)
+    result = prepare_data(data_dir or s.data_dir, ArtifactPaths(artifacts_dir or s.artifacts_dir), cfg.data)
+    typer.echo(result.summary())
+
+
+@app.command()
+def pipeline(
+    data_dir: DataDir = None,
+    artifacts_dir: ArtifactsDir = None,
+    config: ConfigFile = None,
+    force: Annotated[bool, typer.Option(help="Recompute every stage")] = False,
+    generate_preset: Annotated[
+        str | None, typer.Option("--generate", help="Generate this preset if data/ is empty")
+    ] = None,
+) -> None:
+    """Run the whole offline pipeline (prepare -> EDA -> models -> ranker -> evaluation -> S3)."""
+    from musicrec.config import load_config
+    from musicrec.pipeline import run_pipeline
+    from musicrec.settings import get_settings
+
+    _setup()
+    s = get_settings()
+    d = data_dir or s.data_dir
+    if generate_preset:
+        from musicrec.generate import ensure_raw_data
+
+        ensure_raw_data(d, preset=generate_preset)
+    run_pipeline(
+        d, artifacts_dir or s.artifacts_dir, load_config(config or s.config_file), force=force, settings=s
+    )
+
+
+@app.command()
+def serve() -> None:
+    """Start the three services (8000, 8010, 8020) and stop them on Ctrl-C / SIGTERM."""
+    from musicrec.serve import serve_all
+    from musicrec.settings import get_settings
+
+    _setup(log_to_file=False)
+    raise typer.Exit(serve_all(get_settings()))
+
+
+@app.command()
+def verify() -> None:
+    """Exercise every endpoint of the running services; write service_test.log."""
+    from musicrec.verify import run_verification
+
+    raise typer.Exit(run_verification())
+
+
+@app.command()
+def upload(artifacts_dir: ArtifactsDir = None) -> None:
+    """Upload the artifacts to S3 (S3_BUCKET_NAME and credentials from the environment)."""
+    from musicrec.settings import get_settings
+    from musicrec.storage import upload_artifacts
+
+    _setup()
+    s = get_settings()
+    upload_artifacts(s, artifacts_dir or s.artifacts_dir)
+
+
+def main() -> None:
+    try:
+        app()
+    except MusicRecError as exc:
+        log.error("%s", exc)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

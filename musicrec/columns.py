@@ -1,0 +1,55 @@
+"""The one place that names columns, files and artifact schemas.
+
+Raw files (Yandex Music schema) and the artifacts written under `recsys/` all use these
+names; every recommender returns the same output schema (user, item, score, rank).
+"""
+
+from __future__ import annotations
+
+
+class Columns:
+    """Column names shared by every module."""
+
+    User = "user_id"
+    Item = "track_id"
+    Datetime = "started_at"
+    Seq = "track_seq"
+    Score = "score"
+    Rank = "rank"
+    # tracks.parquet list columns
+    Albums = "albums"
+    Artists = "artists"
+    Genres = "genres"
+    # catalog_names.parquet
+    CatalogId = "id"
+    CatalogType = "type"
+    CatalogName = "name"
+    # items.parquet (prepared catalogue)
+    TrackName = "track_name"
+    ArtistNames = "artist_names"
+    AlbumNames = "album_names"
+    GenreNames = "genre_names"
+    MainGenre = "main_genre"
+    MainGenreName = "main_genre_name"
+    MainArtist = "main_artist"
+    # top_popular.parquet
+    Listeners = "listeners"
+    # similar.parquet
+    Item1 = "track_id_1"
+    Item2 = "track_id_2"
+
+    #: the output schema of every recommender
+    Recommendations = [User, Item, Score, Rank]
+
+
+class RawFiles:
+    """File names of the raw input (as in the Yandex Music data set)."""
+
+    Tracks = "tracks.parquet"
+    Catalog = "catalog_names.parquet"
+    Interactions = "interactions.parquet"
+    All = (Tracks, Catalog, Interactions)
+
+
+#: catalog_names `type` values
+CATALOG_TYPES = ("album", "artist", "genre", "track")

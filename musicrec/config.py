@@ -1,0 +1,107 @@
+"""Pipeline parameters: pydantic models with defaults and `extra="forbid"`, loadable from a
+TOML or YAML file (`load_config`) or built in the notebook's first cell."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    max_unknown_track_share: float = Field(
+        0.01, ge=0, le=1, description="Fail if more interactions than this share name unknown tracks"
+    )
+    sample_users_share: float = Field(
+        1.0, gt=0, le=1, description="Share of users kept (1.0 = all; for quick exploration only)"
+    )
+    seed: int = 42
+
+
+class SplitConfig(_Strict):
+    test_start: date | None = Field(None, description="First day of the test window")
+    test_share: float = Field(0.10, gt=0, lt=1, description="Tail share if test_start unset")
+    label_share: float = Field(
+        0.10, gt=0, lt=1, description="Share of pre-test events in the ranker's label window"
+    )
+    val_share: float = Field(
+        0.10, gt=0, lt=1, description="Share of pre-label events used to tune ALS"
+    )
+
+
+class ALSConfig(_Strict):
+    factors: int = Field(64, ge=1)
+    regularization: float = Field(0.01, ge=0)
+    alpha: float = Field(10.0, gt=0, description="Confidence of a listen (implicit 0.7: alpha*value)")
+    iterations: int = Field(15, ge=1)
+    random_state: int = 42
+    tune: bool = True
+    factors_grid: list[int] = [32, 64]
+    regularization_grid: list[float] = [0.01, 0.1]
+    alpha_grid: list[float] = [5.0, 20.0]
+    n_recs: int = Field(100, ge=1, le=1000, description="ALS recommendations kept per user")
+    batch_size: int = Field(10_000, ge=1)
+
+
+class SimilarConfig(_Strict):
+    k: int = Field(20, ge=1, le=500, description="Similar tracks kept per track")
+    batch_size: int = Field(4096, ge=1)
+
+
+class RankerConfig(_Strict):
+    enabled: bool = True
+    als_candidates: int = Field(100, ge=1)
+    popular_candidates: int = Field(50, ge=0)
+    similar_candidates: int = Field(50, ge=0)
+    recent_tracks: int = Field(5, ge=1, description="Latest tracks whose neighbours are candidates")
+    negatives_per_user: int = Field(30, ge=1)
+    iterations: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    depth: int = Field(6, ge=1, le=16)
+    loss_function: str = "YetiRank"
+    thread_count: int = 2
+    random_seed: int = 42
+    recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
+
+
+class EvalConfig(_Strict):
+    k_precision: int = 5
+    k_ndcg: int = 10
+
+
+class PipelineConfig(_Strict):
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    als: ALSConfig = ALSConfig()
+    similar: SimilarConfig = SimilarConfig()
+    ranker: RankerConfig = RankerConfig()
+    eval: EvalConfig = EvalConfig()
+    top_k: int = Field(100, ge=1, le=1000, description="Recommendations stored per user")
+    top_popular_k: int = Field(1000, ge=1, description="Length of the top-popular list")
+    final_fit: Literal["before_test", "all"] = Field(
+        "before_test",
+        description="Fit served artifacts on data before the test window, or refit on all",
+    )
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read a TOML (`.toml`) or YAML (`.yaml`/`.yml`) file; `None` gives the defaults."""
+    if path is None:
+        return PipelineConfig()
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        raw = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"{path}: config must be .toml, .yaml or .yml")
+    return PipelineConfig.model_validate(raw)

@@ -1,0 +1,25 @@
+"""Logging set-up for the CLI and the notebook (called explicitly, never at import)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> None:
+    """Log to stderr and, if given, append to `log_file` (e.g. `execution_log.txt`)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for h in list(root.handlers):
+        if getattr(h, "_musicrec", False):
+            root.removeHandler(h)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(logging.Formatter(_FORMAT))
+        h._musicrec = True  # type: ignore[attr-defined]
+        root.addHandler(h)

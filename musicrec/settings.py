@@ -1,0 +1,76 @@
+"""Deployment settings, read from the environment and `.env` (pydantic-settings).
+
+Package-specific variables carry the `MUSICREC_` prefix (e.g. `MUSICREC_DATA_DIR`); the S3
+variables keep their customary names (`S3_BUCKET_NAME`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `S3_ENDPOINT_URL`). Nothing is read at import time: call
+`get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MUSICREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- paths ---
+    data_dir: Path = Field(Path("data"), description="Raw input files (Yandex Music schema)")
+    artifacts_dir: Path = Field(Path("recsys"), description="Generated artifacts")
+    log_file: Path = Field(Path("execution_log.txt"), description="Pipeline log file")
+    log_level: str = "INFO"
+    config_file: Path | None = Field(None, description="Pipeline parameters (TOML/YAML)")
+
+    # --- services ---
+    host: str = Field("127.0.0.1", description="Address the services bind to")
+    recs_port: int = 8000
+    similar_port: int = 8010
+    events_port: int = 8020
+    similar_url: str | None = Field(None, description="Default: http://{host}:{similar_port}")
+    events_url: str | None = Field(None, description="Default: http://{host}:{events_port}")
+    event_db_path: Path = Field(Path("data/events.sqlite3"), description="Event history DB")
+    events_api_key: SecretStr | None = Field(None, description="If set, /add_event needs it")
+    online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
+    online_similar_k: int = Field(20, ge=1, le=200, description="Similar tracks per event")
+    upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")
+    request_budget_s: float = Field(0.2, gt=0, description="Time budget of /recommendations")
+    fetch_artifacts_from_s3: bool = False
+
+    # --- S3 (customary variable names, no prefix) ---
+    s3_bucket_name: str | None = Field(
+        None, validation_alias=AliasChoices("S3_BUCKET_NAME", "MUSICREC_S3_BUCKET_NAME")
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "MUSICREC_AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "MUSICREC_AWS_SECRET_ACCESS_KEY"),
+    )
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("S3_ENDPOINT_URL", "MUSICREC_S3_ENDPOINT_URL")
+    )
+    s3_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_DEFAULT_REGION", "MUSICREC_S3_REGION")
+    )
+    s3_prefix: str = Field("", description="Key prefix in the bucket (before recsys/...)")
+
+    @property
+    def similar_base_url(self) -> str:
+        return self.similar_url or f"http://{self.host}:{self.similar_port}"
+
+    @property
+    def events_base_url(self) -> str:
+        return self.events_url or f"http://{self.host}:{self.events_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once, on first call)."""
+    return Settings()
