@@ -91,13 +91,17 @@ def pipeline(
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Run verify_service.py once they are up")
+    ] = False,
+) -> None:
     """Start the three services (8000, 8010, 8020) and stop them on Ctrl-C / SIGTERM."""
     from musicrec.serve import serve_all
     from musicrec.settings import get_settings
 
     _setup(log_to_file=False)
-    raise typer.Exit(serve_all(get_settings()))
+    raise typer.Exit(serve_all(get_settings(), run_verify=verify))
 
 
 @app.command()

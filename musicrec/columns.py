@@ -32,6 +32,8 @@ class Columns:
     MainGenre = "main_genre"
     MainGenreName = "main_genre_name"
     MainArtist = "main_artist"
+    GenreIds = "genre_ids"
+    ArtistIds = "artist_ids"
     # top_popular.parquet
     Listeners = "listeners"
     # similar.parquet
