@@ -49,7 +49,9 @@ def generate(
 
 
 @app.command()
-def prepare(data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config: ConfigFile = None) -> None:
+def prepare(
+    data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config: ConfigFile = None
+) -> None:
     """Validate the raw files and write recsys/data/items.parquet and events.parquet."""
     from musicrec.artifacts import ArtifactPaths
     from musicrec.config import load_config
@@ -59,7 +61,9 @@ def prepare(data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config
     _setup()
     s = get_settings()
     cfg = load_config(config or s.config_file)
-    result = prepare_data(data_dir or s.data_dir, ArtifactPaths(artifacts_dir or s.artifacts_dir), cfg.data)
+    result = prepare_data(
+        data_dir or s.data_dir, ArtifactPaths(artifacts_dir or s.artifacts_dir), cfg.data
+    )
     typer.echo(result.summary())
 
 
@@ -86,7 +90,11 @@ def pipeline(
 
         ensure_raw_data(d, preset=generate_preset)
     run_pipeline(
-        d, artifacts_dir or s.artifacts_dir, load_config(config or s.config_file), force=force, settings=s
+        d,
+        artifacts_dir or s.artifacts_dir,
+        load_config(config or s.config_file),
+        force=force,
+        settings=s,
     )
 
 

@@ -18,7 +18,10 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     max_unknown_track_share: float = Field(
-        0.01, ge=0, le=1, description="Fail if more interactions than this share name unknown tracks"
+        0.01,
+        ge=0,
+        le=1,
+        description="Fail if more interactions than this share name unknown tracks",
     )
     sample_users_share: float = Field(
         1.0, gt=0, le=1, description="Share of users kept (1.0 = all; for quick exploration only)"
@@ -40,7 +43,9 @@ class SplitConfig(_Strict):
 class ALSConfig(_Strict):
     factors: int = Field(64, ge=1)
     regularization: float = Field(0.01, ge=0)
-    alpha: float = Field(10.0, gt=0, description="Confidence of a listen (implicit 0.7: alpha*value)")
+    alpha: float = Field(
+        10.0, gt=0, description="Confidence of a listen (implicit 0.7: alpha*value)"
+    )
     iterations: int = Field(15, ge=1)
     random_state: int = 42
     tune: bool = True
@@ -70,6 +75,10 @@ class RankerConfig(_Strict):
     thread_count: int = 2
     random_seed: int = 42
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
+    max_train_users: int | None = Field(
+        50_000, ge=1, description="Users in the training sample (bounds CatBoost's time)"
+    )
+    inference_batch_users: int = Field(50_000, ge=1, description="Users scored per batch")
 
 
 class EvalConfig(_Strict):

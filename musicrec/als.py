@@ -1,0 +1,149 @@
+"""ALS (implicit) personal recommendations and item factors.
+
+The matrix is users x items (CSR, float32 ones: first listens). In implicit 0.7 the
+confidence of a listen is `alpha * value`, so `alpha` is the confidence of one listen.
+implicit runs its own threads; BLAS is limited to one thread while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from musicrec.columns import Columns as C
+from musicrec.config import ALSConfig
+from musicrec.io import atomic_path
+from musicrec.matrix import IdMap, InteractionMatrix
+
+log = logging.getLogger(__name__)
+
+
+class ALSModel:
+    """A fitted ALS model: user and item factors plus their id maps."""
+
+    def __init__(
+        self, users: IdMap, items: IdMap, user_factors: np.ndarray, item_factors: np.ndarray
+    ) -> None:
+        self.users = users
+        self.items = items
+        self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+
+    @classmethod
+    def fit(
+        cls, matrix: InteractionMatrix, cfg: ALSConfig, num_threads: int = 0, **overrides: float
+    ) -> ALSModel:
+        """Fit on `matrix`; `overrides` replace factors/regularization/alpha (for tuning)."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        params = {
+            "factors": cfg.factors,
+            "regularization": cfg.regularization,
+            "alpha": cfg.alpha,
+            **overrides,
+        }
+        model = AlternatingLeastSquares(
+            factors=int(params["factors"]),
+            regularization=float(params["regularization"]),
+            alpha=float(params["alpha"]),
+            iterations=cfg.iterations,
+            random_state=cfg.random_state,
+            dtype=np.float32,
+            num_threads=num_threads,
+        )
+        total = float(matrix.csr.sum())
+        if total <= 0:
+            raise ValueError("ALS: the interaction matrix is empty")
+        with threadpool_limits(1, "blas"):
+            model.fit(matrix.csr, show_progress=False)
+        return cls(matrix.users, matrix.items, model.user_factors, model.item_factors)
+
+    # ---- scoring ----
+    def recommend(
+        self,
+        user_ids: np.ndarray,
+        history: InteractionMatrix,
+        n: int,
+        batch_size: int = 10_000,
+        num_threads: int = 0,
+    ) -> pd.DataFrame:
+        """Top-n unheard tracks for each user in `user_ids` known to the model.
+
+        `history` must share this model's id maps (it is the matrix the model was fit on, or
+        one built with the same maps); its non-zeros are filtered out.
+        """
+        from implicit.cpu.topk import topk
+
+        codes = self.users.codes(np.asarray(user_ids))
+        codes = np.unique(codes[codes >= 0])
+        n = min(n, len(self.items))
+        frames = []
+        with threadpool_limits(1, "blas"):
+            for start in range(0, len(codes), batch_size):
+                batch = codes[start : start + batch_size]
+                ids, scores = topk(
+                    self.item_factors,
+                    self.user_factors[batch],
+                    n,
+                    filter_query_items=history.csr[batch],
+                    num_threads=num_threads,
+                )
+                valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
+                rows = np.repeat(batch, n).reshape(len(batch), n)
+                ranks = np.tile(np.arange(1, n + 1, dtype=np.int16), (len(batch), 1))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            C.User: self.users.ids[rows[valid]],
+                            C.Item: self.items.ids[ids[valid]],
+                            C.Score: scores[valid].astype(np.float32),
+                            C.Rank: ranks[valid],
+                        }
+                    )
+                )
+        if not frames:
+            return pd.DataFrame({c: [] for c in C.Recommendations})
+        out = pd.concat(frames, ignore_index=True)
+        # ranks stay consecutive: invalid entries only ever sit at the end of a row
+        return out
+
+    def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """Dot product of user and item factors per pair; NaN where either is unknown."""
+        u = self.users.codes(np.asarray(user_ids))
+        i = self.items.codes(np.asarray(item_ids))
+        ok = (u >= 0) & (i >= 0)
+        out = np.full(len(u), np.nan, dtype=np.float32)
+        uf, itf = self.user_factors[u[ok]], self.item_factors[i[ok]]
+        out[ok] = np.einsum("ij,ij->i", uf, itf)
+        return out
+
+    # ---- persistence (npy, no pickle) ----
+    def save(self, model_dir: str | Path) -> None:
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        for name, arr in (
+            ("als_user_ids.npy", self.users.ids),
+            ("als_item_ids.npy", self.items.ids),
+            ("als_user_factors.npy", self.user_factors),
+            ("als_item_factors.npy", self.item_factors),
+        ):
+            with atomic_path(model_dir / name) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ALSModel:
+        model_dir = Path(model_dir)
+
+        def ld(name: str) -> np.ndarray:
+            return np.load(model_dir / name, allow_pickle=False)
+
+        return cls(
+            IdMap(ld("als_user_ids.npy")),
+            IdMap(ld("als_item_ids.npy")),
+            ld("als_user_factors.npy"),
+            ld("als_item_factors.npy"),
+        )

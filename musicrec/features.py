@@ -1,0 +1,186 @@
+"""Feature collector for the ranker.
+
+Every feature is computed from `stage.history` only: events strictly before `stage.end`,
+the first day of the window whose listens are predicted. So the training features (history
+before the label window) and the inference features (history before the test window) are
+built the same way and never see the window they predict.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from musicrec.candidates import FirstStage, latest_tracks
+from musicrec.columns import Columns as C
+from musicrec.config import RankerConfig
+from musicrec.matrix import IdMap
+
+#: numeric features, in the order the model sees them
+NUMERIC_FEATURES = [
+    "als_score",
+    "als_rank",
+    "pop_rank",
+    "sim_rank",
+    "sim_source_score",
+    "src_als",
+    "src_pop",
+    "src_sim",
+    "n_sources",
+    "sim_max_latest",
+    "sim_mean_latest",
+    "item_listeners",
+    "item_listeners_recent",
+    "item_recent_share",
+    "item_age_days",
+    "item_days_since_last",
+    "user_listens",
+    "user_listens_recent",
+    "user_days_since_last",
+    "user_tenure_days",
+    "user_genre_share",
+    "user_artist_share",
+    "user_artist_listens",
+]
+#: categorical features (CatBoost handles them natively)
+CAT_FEATURES = ["main_genre"]
+FEATURES = NUMERIC_FEATURES + CAT_FEATURES
+
+
+def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes)."""
+    keys = a.astype(np.int64) * b_size + b.astype(np.int64)
+    return np.unique(keys, return_counts=True)
+
+
+def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """counts[keys == query] per query, 0 where absent (keys sorted)."""
+    if len(keys) == 0:
+        return np.zeros(len(query), dtype=np.float32)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, counts[pos], 0).astype(np.float32)
+
+
+def _days(delta: np.ndarray) -> np.ndarray:
+    return (delta / np.timedelta64(1, "D")).astype(np.float32)
+
+
+def collect_features(
+    stage: FirstStage, items: pd.DataFrame, cand: pd.DataFrame, cfg: RankerConfig
+) -> pd.DataFrame:
+    """Add the FEATURES columns to `cand` (user_id, track_id, source columns)."""
+    hist = stage.history
+    end = np.datetime64(stage.end, "ns")
+    recent_start = end - np.timedelta64(cfg.recent_days, "D")
+    out = cand.copy()
+    u_ids = out[C.User].to_numpy()
+    i_ids = out[C.Item].to_numpy()
+
+    # --- first-stage scores ---
+    out["als_score"] = stage.als.score_pairs(u_ids, i_ids)
+    out["n_sources"] = (out["src_als"] + out["src_pop"] + out["src_sim"]).astype(np.int8)
+    sim_max, sim_mean = _similarity_to_latest(stage, u_ids, i_ids, cfg.recent_tracks)
+    out["sim_max_latest"] = sim_max
+    out["sim_mean_latest"] = sim_mean
+
+    # --- item statistics over the history ---
+    h_items = hist[C.Item].to_numpy()
+    h_dates = hist[C.Datetime].to_numpy()
+    item_map = IdMap.from_values(h_items)
+    h_icode = item_map.codes(h_items)
+    n_items = len(item_map)
+    listeners = np.bincount(h_icode, minlength=n_items).astype(np.float32)
+    recent = h_dates >= recent_start
+    listeners_recent = np.bincount(h_icode[recent], minlength=n_items).astype(np.float32)
+    first = np.full(n_items, np.datetime64("NaT"), dtype="datetime64[ns]")
+    last = np.full(n_items, np.datetime64("NaT"), dtype="datetime64[ns]")
+    order = np.argsort(h_dates, kind="stable")
+    first[h_icode[order[::-1]]] = h_dates[order[::-1]]  # last write wins: earliest date
+    last[h_icode[order]] = h_dates[order]  # last write wins: latest date
+    c_icode = item_map.codes(i_ids)
+    known = c_icode >= 0
+    ci = np.where(known, c_icode, 0)
+    out["item_listeners"] = np.where(known, listeners[ci], 0)
+    out["item_listeners_recent"] = np.where(known, listeners_recent[ci], 0)
+    out["item_recent_share"] = out["item_listeners_recent"] / np.maximum(out["item_listeners"], 1)
+    out["item_age_days"] = np.where(known, _days(end - first[ci]), np.nan)
+    out["item_days_since_last"] = np.where(known, _days(end - last[ci]), np.nan)
+
+    # --- user statistics ---
+    h_users = hist[C.User].to_numpy()
+    user_map = IdMap.from_values(h_users)
+    h_ucode = user_map.codes(h_users)
+    n_users = len(user_map)
+    u_listens = np.bincount(h_ucode, minlength=n_users).astype(np.float32)
+    u_recent = np.bincount(h_ucode[recent], minlength=n_users).astype(np.float32)
+    u_first = np.full(n_users, np.datetime64("NaT"), dtype="datetime64[ns]")
+    u_last = np.full(n_users, np.datetime64("NaT"), dtype="datetime64[ns]")
+    u_first[h_ucode[order[::-1]]] = h_dates[order[::-1]]
+    u_last[h_ucode[order]] = h_dates[order]
+    c_ucode = user_map.codes(u_ids)
+    uk = c_ucode >= 0
+    cu = np.where(uk, c_ucode, 0)
+    out["user_listens"] = np.where(uk, u_listens[cu], 0)
+    out["user_listens_recent"] = np.where(uk, u_recent[cu], 0)
+    out["user_days_since_last"] = np.where(uk, _days(end - u_last[cu]), np.nan)
+    out["user_tenure_days"] = np.where(uk, _days(end - u_first[cu]), np.nan)
+
+    # --- user affinity to the candidate's genre and artist ---
+    cat = items[[C.Item, C.MainGenre, C.MainArtist]].drop_duplicates(C.Item).sort_values(C.Item)
+    cat_map = IdMap(cat[C.Item].to_numpy().astype(np.int64))
+    genre_of = cat[C.MainGenre].to_numpy().astype(np.int64)
+    artist_of = cat[C.MainArtist].to_numpy().astype(np.int64)
+
+    def attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+        return np.where(codes >= 0, table[np.maximum(codes, 0)], -1)
+
+    h_cat = cat_map.codes(h_items)
+    c_cat = cat_map.codes(i_ids)
+    for name, table in (("genre", genre_of), ("artist", artist_of)):
+        h_attr = attr(h_cat, table)
+        c_attr = attr(c_cat, table)
+        size = int(max(h_attr.max(initial=0), c_attr.max(initial=0))) + 2
+        ok = h_attr >= 0
+        keys, counts = _pair_counts(h_ucode[ok], h_attr[ok] + 1, size)
+        q = cu.astype(np.int64) * size + (c_attr + 1)
+        cnt = np.where(uk & (c_attr >= 0), _lookup(keys, counts, q), 0)
+        share = cnt / np.maximum(out["user_listens"].to_numpy(), 1)
+        out[f"user_{name}_share"] = share.astype(np.float32)
+        if name == "artist":
+            out["user_artist_listens"] = cnt.astype(np.float32)
+    out["main_genre"] = attr(c_cat, genre_of).astype(str)
+    return out
+
+
+def _similarity_to_latest(
+    stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray, n_latest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Max and mean cosine (ALS item factors) between a candidate and the user's latest
+    `n_latest` tracks; NaN where the candidate or the user has no factors."""
+    f = stage.als.item_factors
+    norms = np.linalg.norm(f, axis=1)
+    normed = f / np.where(norms > 0, norms, 1.0)[:, None]
+    users = np.unique(u_ids)
+    recent = latest_tracks(stage.history[stage.history[C.User].isin(users)], n_latest)
+    r_code = stage.als.items.codes(recent[C.Item].to_numpy())
+    umap = IdMap(users)
+    r_u = umap.codes(recent[C.User].to_numpy())
+    table = np.full((len(users), n_latest), -1, dtype=np.int64)
+    table[r_u, recent["recency"].to_numpy() - 1] = r_code
+    c_u = umap.codes(u_ids)
+    c_i = stage.als.items.codes(i_ids)
+    mx = np.full(len(u_ids), np.nan, dtype=np.float32)
+    mean = np.full(len(u_ids), np.nan, dtype=np.float32)
+    batch = 1_000_000
+    for s in range(0, len(u_ids), batch):
+        sl = slice(s, s + batch)
+        ci = c_i[sl]
+        rc = table[c_u[sl]]  # (b, n_latest)
+        valid = rc >= 0
+        sims = np.einsum("bf,brf->br", normed[np.maximum(ci, 0)], normed[np.maximum(rc, 0)])
+        sims = np.where(valid, sims, np.nan)
+        has = valid.any(axis=1) & (ci >= 0)
+        with np.errstate(all="ignore"):
+            mx[sl] = np.where(has, np.nanmax(np.where(valid, sims, -np.inf), axis=1), np.nan)
+            mean[sl] = np.where(has, np.nanmean(sims, axis=1), np.nan)
+    return mx, mean

@@ -1,0 +1,101 @@
+"""Users x items CSR matrices with id <-> code maps (users are rows everywhere).
+
+Ids are the raw `user_id` / `track_id` values; codes are 0..n-1 positions in the sorted id
+arrays. Lookups are `np.searchsorted` on those arrays: no Python dicts per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from musicrec.columns import Columns as C
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Sorted unique ids; code of an id = its position."""
+
+    ids: np.ndarray
+
+    @classmethod
+    def from_values(cls, values: np.ndarray | pd.Series) -> IdMap:
+        return cls(np.unique(np.asarray(values)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def codes(self, values: np.ndarray | pd.Series) -> np.ndarray:
+        """Codes of `values` (int32); -1 where an id is unknown."""
+        values = np.asarray(values)
+        pos = np.searchsorted(self.ids, values)
+        pos = np.minimum(pos, len(self.ids) - 1) if len(self.ids) else pos
+        known = (len(self.ids) > 0) & (self.ids[pos] == values) if len(self.ids) else False
+        return np.where(known, pos, -1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class InteractionMatrix:
+    """A binary users x items CSR matrix (float32) with its id maps."""
+
+    users: IdMap
+    items: IdMap
+    csr: sp.csr_matrix
+
+    @classmethod
+    def from_events(
+        cls, events: pd.DataFrame, users: IdMap | None = None, items: IdMap | None = None
+    ) -> InteractionMatrix:
+        """Build from (user_id, track_id) rows; rows whose ids are outside the maps are dropped."""
+        users = users or IdMap.from_values(events[C.User].to_numpy())
+        items = items or IdMap.from_values(events[C.Item].to_numpy())
+        u = users.codes(events[C.User].to_numpy())
+        i = items.codes(events[C.Item].to_numpy())
+        keep = (u >= 0) & (i >= 0)
+        data = np.ones(int(keep.sum()), dtype=np.float32)
+        csr = sp.csr_matrix((data, (u[keep], i[keep])), shape=(len(users), len(items)))
+        csr.sum_duplicates()
+        csr.data[:] = 1.0  # first listens are binary; duplicates never count twice
+        csr.sort_indices()
+        return cls(users, items, csr)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.users), len(self.items))
+
+
+def seen_mask(csr: sp.csr_matrix, user_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
+    """True where (user_codes[j], item_codes[j]) is a non-zero of `csr`.
+
+    Vectorised: each pair becomes the key row * n_cols + col and is looked up by binary search
+    among the keys of the non-zeros of the rows involved.
+    """
+    user_codes = np.asarray(user_codes, dtype=np.int64)
+    item_codes = np.asarray(item_codes, dtype=np.int64)
+    out = np.zeros(len(user_codes), dtype=bool)
+    valid = (user_codes >= 0) & (item_codes >= 0)
+    if not valid.any() or csr.nnz == 0:
+        return out
+    rows = np.unique(user_codes[valid])
+    sub = csr[rows]
+    n_cols = csr.shape[1]
+    row_of_nz = np.repeat(rows.astype(np.int64), np.diff(sub.indptr))
+    keys = row_of_nz * n_cols + sub.indices.astype(np.int64)  # sorted: rows sorted, cols sorted
+    q = user_codes[valid] * n_cols + item_codes[valid]
+    pos = np.searchsorted(keys, q)
+    pos = np.minimum(pos, len(keys) - 1)
+    out[valid] = keys[pos] == q
+    return out
+
+
+def top_k_per_group(
+    df: pd.DataFrame, group: str, score: str, k: int, ascending: bool = False
+) -> pd.DataFrame:
+    """Top-k rows per `group` by `score` with a 1-based `rank` column (sort once, then head)."""
+    df = df.sort_values([group, score], ascending=[True, ascending], kind="stable")
+    df = df.groupby(group, sort=False).head(k).copy()
+    df[C.Rank] = (df.groupby(group, sort=False).cumcount() + 1).astype(np.int16)
+    return df.reset_index(drop=True)

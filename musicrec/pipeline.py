@@ -1,0 +1,480 @@
+"""The offline job: raw files -> every artifact the services read, with honest metrics.
+
+Stages run in order; each one's result is reused when its fingerprint (parameters plus the
+size and modification time of its input files, plus the fingerprints of the stages it
+depends on) matches the last run and its outputs exist. `force=True` recomputes all.
+
+Data flow (windows are global, by time):
+
+    events ──split──> history (before test_start) | test window
+    history ──split──> feature history (before label_start) | label window
+
+- top popular, ALS, similar tracks and the ranker's inference are fit on `history`;
+- ALS hyper-parameters are tuned and the ranker is trained on feature history -> label
+  window; the test window is only read by the evaluation stage;
+- with `final_fit="all"` the served artifacts are refit on all events after evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from musicrec.als import ALSModel
+from musicrec.artifacts import ArtifactPaths
+from musicrec.candidates import FirstStage, generate_candidates
+from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
+from musicrec.config import ALSConfig, PipelineConfig
+from musicrec.features import collect_features
+from musicrec.io import read_json, write_json, write_parquet
+from musicrec.matrix import InteractionMatrix
+from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
+from musicrec.prepare import PreparedData, load_prepared, prepare_data
+from musicrec.ranker import Ranker, label_candidates, rank_candidates, sample_training_rows
+from musicrec.settings import Settings
+from musicrec.similar import similar_tracks
+from musicrec.split import Split, split_by_time
+
+log = logging.getLogger("musicrec.pipeline")
+
+
+# ---------------------------------------------------------------------------- caching
+class StageCache:
+    """Fingerprints of finished stages, one JSON file per stage under `recsys/cache/`."""
+
+    def __init__(self, cache_dir: Path, force: bool = False) -> None:
+        self.dir = cache_dir
+        self.force = force
+
+    @staticmethod
+    def fingerprint(name: str, params: Any, inputs: list[Path], upstream: list[str]) -> str:
+        h = hashlib.sha256(name.encode())
+        h.update(json.dumps(params, sort_keys=True, default=str).encode())
+        for p in inputs:
+            st = p.stat()
+            h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for u in upstream:
+            h.update(u.encode())
+        return h.hexdigest()[:16]
+
+    def fresh(self, name: str, fp: str, outputs: list[Path]) -> dict[str, Any] | None:
+        """The recorded info of stage `name` if it ran with `fp` and its outputs exist."""
+        if self.force:
+            return None
+        rec = read_json(self.dir / f"{name}.json")
+        if not rec or rec.get("fingerprint") != fp:
+            return None
+        if not all(p.exists() for p in outputs):
+            return None
+        return dict(rec.get("info", {}))
+
+    def record(self, name: str, fp: str, info: dict[str, Any]) -> None:
+        write_json({"fingerprint": fp, "info": info}, self.dir / f"{name}.json")
+
+
+# ---------------------------------------------------------------------------- context
+@dataclass
+class PipelineContext:
+    """What the stages share: inputs, parameters and in-memory results."""
+
+    data_dir: Path
+    paths: ArtifactPaths
+    cfg: PipelineConfig
+    cache: StageCache
+    settings: Settings | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    data: PreparedData | None = None
+    test_split: Split | None = None
+    label_split: Split | None = None
+    als_params: dict[str, float] | None = None
+    _stage: FirstStage | None = None
+
+    # -- lazy accessors --
+    @property
+    def prepared(self) -> PreparedData:
+        if self.data is None:
+            self.data = load_prepared(self.paths)
+        return self.data
+
+    @property
+    def test(self) -> Split:
+        if self.test_split is None:
+            self.test_split = split_by_time(
+                self.prepared.events, self.cfg.split.test_start, self.cfg.split.test_share
+            )
+        return self.test_split
+
+    @property
+    def label(self) -> Split:
+        if self.label_split is None:
+            self.label_split = split_by_time(self.test.history, None, self.cfg.split.label_share)
+        return self.label_split
+
+    def als_cfg(self) -> ALSConfig:
+        return self.cfg.als.model_copy(update=self.als_params or {})
+
+    def first_stage(self) -> FirstStage:
+        """ALS + similar tracks fit on the pre-test history (loaded from the artifacts)."""
+        if self._stage is None:
+            hist = self.test.history
+            matrix = InteractionMatrix.from_events(hist)
+            als = ALSModel.load(self.paths.model_dir)
+            if not np.array_equal(als.users.ids, matrix.users.ids) or not np.array_equal(
+                als.items.ids, matrix.items.ids
+            ):
+                raise RuntimeError("saved ALS model does not match the history; rerun with --force")
+            sim = pd.read_parquet(self.paths.similar)
+            self._stage = FirstStage(
+                hist, self.test.start, matrix, als, listeners_per_track(hist), sim
+            )
+        return self._stage
+
+    def run_stage(
+        self,
+        name: str,
+        fn: Callable[[], dict[str, Any]],
+        params: Any,
+        inputs: list[Path],
+        outputs: list[Path],
+        upstream: list[str],
+    ) -> dict[str, Any]:
+        fp = StageCache.fingerprint(name, params, inputs, [self.fingerprints[u] for u in upstream])
+        self.fingerprints[name] = fp
+        t0 = time.perf_counter()
+        info = self.cache.fresh(name, fp, outputs)
+        if info is not None:
+            log.info("stage %-12s reused (fingerprint %s)", name, fp)
+        else:
+            info = fn()
+            self.cache.record(name, fp, info)
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        log.info("stage %-12s done in %.1f s", name, self.seconds[name])
+        return info
+
+
+# ---------------------------------------------------------------------------- stages
+def stage_prepare(ctx: PipelineContext) -> dict[str, Any]:
+    ctx.data = prepare_data(ctx.data_dir, ctx.paths, ctx.cfg.data)
+    log.info("prepare:\n%s", ctx.data.summary())
+    return {"stats": ctx.data.stats}
+
+
+def stage_eda(ctx: PipelineContext) -> dict[str, Any]:
+    from musicrec.plots import draw_eda
+
+    files = draw_eda(ctx.prepared.items, ctx.prepared.events, ctx.paths.pictures_dir)
+    return {"pictures": [str(p) for p in files]}
+
+
+def stage_split(ctx: PipelineContext) -> dict[str, Any]:
+    facts = {**ctx.test.facts("test"), **ctx.label.facts("label")}
+    facts["label_history_rows"] = facts.pop("history_rows")  # from the label split
+    facts["label_history_users"] = facts.pop("history_users")
+    t = ctx.test.facts("test")
+    facts["history_rows"], facts["history_users"] = t["history_rows"], t["history_users"]
+    log.info("split: %s", json.dumps(facts))
+    return {"split": facts}
+
+
+def stage_top_popular(ctx: PipelineContext) -> dict[str, Any]:
+    top = top_popular_table(ctx.test.history, ctx.prepared.items, ctx.cfg.top_popular_k)
+    write_parquet(top, ctx.paths.top_popular)
+    return {"rows": len(top)}
+
+
+def tune_als(ctx: PipelineContext) -> dict[str, float]:
+    """Grid search on feature history -> label window (never the test window), by NDCG@10."""
+    from musicrec.metrics import ndcg_at_k
+
+    cfg = ctx.cfg.als
+    best: tuple[float, dict[str, float]] = (-1.0, {})
+    if not cfg.tune:
+        return {}
+    lab = ctx.label
+    matrix = InteractionMatrix.from_events(lab.history)
+    warm = np.intersect1d(lab.target[C.User].unique(), matrix.users.ids)
+    target = lab.target[lab.target[C.User].isin(warm)]
+    for f in cfg.factors_grid:
+        for r in cfg.regularization_grid:
+            for a in cfg.alpha_grid:
+                params = {"factors": f, "regularization": r, "alpha": a}
+                model = ALSModel.fit(matrix, cfg, **params)
+                recs = model.recommend(warm, matrix, ctx.cfg.eval.k_ndcg, cfg.batch_size)
+                score = float(ndcg_at_k(recs, target, ctx.cfg.eval.k_ndcg, users=warm).mean())
+                log.info("ALS tuning %s: NDCG@%d %.4f", params, ctx.cfg.eval.k_ndcg, score)
+                if score > best[0]:
+                    best = (score, params)
+    log.info("ALS tuning picked %s (label-window NDCG %.4f)", best[1], best[0])
+    return best[1]
+
+
+def stage_als(ctx: PipelineContext) -> dict[str, Any]:
+    params = tune_als(ctx)
+    ctx.als_params = params
+    hist = ctx.test.history
+    matrix = InteractionMatrix.from_events(hist)
+    model = ALSModel.fit(matrix, ctx.als_cfg())
+    model.save(ctx.paths.model_dir)
+    recs = model.recommend(matrix.users.ids, matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size)
+    write_parquet(recs, ctx.paths.personal_als)
+    ctx._stage = None
+    return {"params": params, "users": int(recs[C.User].nunique()), "rows": len(recs)}
+
+
+def stage_similar(ctx: PipelineContext) -> dict[str, Any]:
+    model = ALSModel.load(ctx.paths.model_dir)
+    sim = similar_tracks(model, ctx.cfg.similar.k, ctx.cfg.similar.batch_size)
+    write_parquet(sim, ctx.paths.similar)
+    ctx._stage = None
+    return {"tracks": int(sim[C.Item1].nunique()), "rows": len(sim)}
+
+
+def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
+    """Fit a first stage on feature history, label its candidates with the label window."""
+    rcfg = ctx.cfg.ranker
+    lab = ctx.label
+    stage = FirstStage.fit(lab.history, lab.start, ctx.als_cfg(), ctx.cfg.similar)
+    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    cand = generate_candidates(stage, users, rcfg)
+    labelled = label_candidates(cand, lab.target)
+    target_pairs = int(lab.target[C.User].isin(users).sum())
+    cand_recall = float(labelled["target"].sum() / max(target_pairs, 1))
+    feats = collect_features(stage, ctx.prepared.items, labelled, rcfg)
+    train = sample_training_rows(
+        feats, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed
+    )
+    log.info(
+        "ranker training: %d rows, %d users, %.3f positive; label-window candidate recall %.3f",
+        len(train),
+        train[C.User].nunique(),
+        float(train["target"].mean()),
+        cand_recall,
+    )
+    ranker = Ranker.fit(train, rcfg)
+    importances = ranker.feature_importances(train)
+    log.info(
+        "feature importances: %s", json.dumps({k: round(v, 3) for k, v in importances.items()})
+    )
+    info = {
+        "train_rows": len(train),
+        "train_users": int(train[C.User].nunique()),
+        "label_candidate_recall": cand_recall,
+        "feature_importances": importances,
+    }
+    return ranker, info
+
+
+def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
+    ranker_path = ctx.paths.model_dir / "ranker.cbm"
+    ranker, info = train_ranker(ctx)
+    ranker.save(ranker_path)
+    recs, n_cand = rank_for_users(ctx, ranker, ctx.first_stage())
+    write_parquet(recs, ctx.paths.recommendations)
+    info.update({"users": int(recs[C.User].nunique()), "rows": len(recs), "candidates": n_cand})
+    return info
+
+
+def rank_for_users(
+    ctx: PipelineContext, ranker: Ranker, stage: FirstStage, users: np.ndarray | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Ranker top-k for `users` (default: every user with history), in user batches."""
+    users = stage.matrix.users.ids if users is None else users
+    frames, n_cand = [], 0
+    batch = ctx.cfg.ranker.inference_batch_users
+    for s in range(0, len(users), batch):
+        cand = generate_candidates(stage, users[s : s + batch], ctx.cfg.ranker)
+        feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
+        n_cand += len(feats)
+        frames.append(rank_candidates(feats, ranker.predict(feats), ctx.cfg.top_k))
+    return pd.concat(frames, ignore_index=True), n_cand
+
+
+def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
+    from musicrec.metrics import candidate_recall, evaluate, metrics_table
+    from musicrec.plots import draw_metrics
+
+    e = ctx.cfg.eval
+    test = ctx.test
+    hist_users = test.history[C.User].unique()
+    test_users = test.target[C.User].unique()
+    warm = np.intersect1d(test_users, hist_users)
+    cold = np.setdiff1d(test_users, hist_users)
+    catalog = len(ctx.prepared.items)
+    stage = ctx.first_stage()
+    kmax = max(e.k_precision, e.k_ndcg)
+
+    def ev(recs: pd.DataFrame, users: np.ndarray) -> dict[str, Any]:
+        return evaluate(recs, test.target, test.history, catalog, e.k_precision, e.k_ndcg, users)
+
+    popular = listeners_per_track(test.history)
+    warm_results = {
+        "top_popular": ev(recommend_popular(popular, stage.matrix, warm, kmax), warm),
+        "als": ev(pd.read_parquet(ctx.paths.personal_als), warm),
+        "ranker": ev(pd.read_parquet(ctx.paths.recommendations), warm),
+    }
+    cold_recs = pd.DataFrame(
+        {
+            C.User: np.repeat(cold, kmax),
+            C.Item: np.tile(popular[C.Item].to_numpy()[:kmax], len(cold)),
+            C.Score: np.tile(popular[C.Listeners].to_numpy()[:kmax], len(cold)).astype(float),
+            C.Rank: np.tile(np.arange(1, kmax + 1), len(cold)),
+        }
+    )
+    cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
+    cand = generate_candidates(stage, warm, ctx.cfg.ranker)
+    diag = {
+        "test_candidate_recall": candidate_recall(
+            cand, test.target[test.target[C.User].isin(warm)]
+        ),
+        "candidates_per_user": len(cand) / max(len(warm), 1),
+    }
+    for src in ("src_als", "src_pop", "src_sim"):
+        diag[f"test_candidate_recall_{src}"] = candidate_recall(
+            cand[cand[src] == 1], test.target[test.target[C.User].isin(warm)]
+        )
+    table = metrics_table(
+        {f"warm/{k}": v for k, v in warm_results.items()}
+        | {f"cold/{k}": v for k, v in cold_results.items()}
+    )
+    log.info("evaluation (test window from %s):\n%s", test.start.date(), table.to_string())
+    log.info("candidates: %s", json.dumps(diag))
+    draw_metrics(warm_results, ctx.paths.pictures_dir / "metrics_comparison.png")
+    return {"warm": warm_results, "cold": cold_results, "candidates": diag}
+
+
+def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
+    """Refit the served artifacts on all events (production serving)."""
+    events = ctx.prepared.events
+    end = events[C.Datetime].max().normalize() + pd.Timedelta(days=1)
+    top = top_popular_table(events, ctx.prepared.items, ctx.cfg.top_popular_k)
+    write_parquet(top, ctx.paths.top_popular)
+    stage = FirstStage.fit(events, end, ctx.als_cfg(), ctx.cfg.similar)
+    stage.als.save(ctx.paths.model_dir)
+    write_parquet(stage.similar, ctx.paths.similar)
+    als = stage.als.recommend(
+        stage.matrix.users.ids, stage.matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size
+    )
+    write_parquet(als, ctx.paths.personal_als)
+    ranker = Ranker.load(ctx.paths.model_dir / "ranker.cbm")
+    recs, _ = rank_for_users(ctx, ranker, stage)
+    write_parquet(recs, ctx.paths.recommendations)
+    return {"fit_end": str(end.date()), "users": int(recs[C.User].nunique())}
+
+
+# ---------------------------------------------------------------------------- driver
+def run_pipeline(
+    data_dir: str | Path,
+    artifacts_dir: str | Path,
+    cfg: PipelineConfig | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every stage; return (and write to `recsys/metrics.json`) the metrics."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg or PipelineConfig()
+    paths = ArtifactPaths(Path(artifacts_dir))
+    paths.ensure_dirs()
+    ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
+    raw_inputs = [Path(data_dir) / f for f in RawFiles.All]
+    evi = [paths.events, paths.items]
+    model_files = [
+        paths.model_dir / f"als_{n}.npy"
+        for n in ("user_ids", "item_ids", "user_factors", "item_factors")
+    ]
+    split_p = cfg.split.model_dump()
+    plan: list[tuple[str, Callable[[], dict[str, Any]], Any, list[Path], list[Path], list[str]]] = [
+        ("prepare", lambda: stage_prepare(ctx), cfg.data.model_dump(), raw_inputs, evi, []),
+        (
+            "eda",
+            lambda: stage_eda(ctx),
+            {},
+            [],
+            [paths.pictures_dir / "user_activity.png"],
+            ["prepare"],
+        ),
+        ("split", lambda: stage_split(ctx), split_p, [], [], ["prepare"]),
+        (
+            "top_popular",
+            lambda: stage_top_popular(ctx),
+            cfg.top_popular_k,
+            [],
+            [paths.top_popular],
+            ["split"],
+        ),
+        (
+            "als",
+            lambda: stage_als(ctx),
+            [cfg.als.model_dump(), cfg.eval.model_dump()],
+            [],
+            [*model_files, paths.personal_als],
+            ["split"],
+        ),
+        (
+            "similar",
+            lambda: stage_similar(ctx),
+            cfg.similar.model_dump(),
+            [],
+            [paths.similar],
+            ["als"],
+        ),
+        (
+            "ranker",
+            lambda: stage_ranker(ctx),
+            [cfg.ranker.model_dump(), cfg.top_k],
+            [],
+            [paths.recommendations, paths.model_dir / "ranker.cbm"],
+            ["similar", "top_popular"],
+        ),
+        (
+            "evaluate",
+            lambda: stage_evaluate(ctx),
+            cfg.eval.model_dump(),
+            [],
+            [paths.pictures_dir / "metrics_comparison.png"],
+            ["ranker"],
+        ),
+    ]
+    if cfg.final_fit == "all":
+        plan.append(
+            ("final_fit", lambda: stage_final_fit(ctx), cfg.final_fit, [], [], ["evaluate"])
+        )
+    results: dict[str, Any] = {}
+    bar = tqdm(plan, desc="pipeline", unit="stage", disable=not progress)
+    for name, fn, params, inputs, outputs, upstream in bar:
+        bar.set_postfix_str(name)
+        info = ctx.run_stage(name, fn, params, inputs, outputs, upstream)
+        if name == "als":
+            ctx.als_params = info.get("params") or {}
+        results[name] = info
+    metrics = {
+        "split": results["split"]["split"],
+        "data": results["prepare"].get("stats", {}),
+        "als_params": ctx.als_cfg().model_dump(include={"factors", "regularization", "alpha"}),
+        "ranker": {k: v for k, v in results["ranker"].items()},
+        "warm": results["evaluate"]["warm"],
+        "cold": results["evaluate"]["cold"],
+        "candidates": results["evaluate"]["candidates"],
+        "final_fit": cfg.final_fit,
+        "stage_seconds": ctx.seconds,
+    }
+    write_json(metrics, paths.metrics)
+    from musicrec.storage import upload_artifacts
+
+    if settings is not None:
+        upload_artifacts(settings, paths.root)
+    log.info("stage times (s): %s", json.dumps(ctx.seconds))
+    return metrics

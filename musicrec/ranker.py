@@ -1,0 +1,129 @@
+"""Second stage: label candidates, sample negatives, train and apply the CatBoost ranker.
+
+Training rows come from candidates generated on a history window and labelled by the
+listens of the window right after it (the label window); the test window is never used.
+The model file is CatBoost's own `.cbm` format (no pickle).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from musicrec.columns import Columns as C
+from musicrec.config import RankerConfig
+from musicrec.features import CAT_FEATURES, FEATURES
+from musicrec.io import atomic_path
+
+log = logging.getLogger(__name__)
+TARGET = "target"
+
+
+def label_candidates(cand: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+    """`target` = 1 where the user listened to the candidate in `window`, else 0."""
+    pos = window[[C.User, C.Item]].drop_duplicates().assign(**{TARGET: np.int8(1)})
+    out = cand.merge(pos, on=[C.User, C.Item], how="left")
+    out[TARGET] = out[TARGET].fillna(0).astype(np.int8)
+    return out
+
+
+def sample_training_rows(
+    labelled: pd.DataFrame, negatives_per_user: int, max_users: int | None, seed: int
+) -> pd.DataFrame:
+    """Keep users with at least one positive: all their positives and up to
+    `negatives_per_user` random negatives each. With `max_users`, a random subset of those
+    users (training cost, not memory, bounds it). Rows end grouped by user."""
+    rng = np.random.default_rng(seed)
+    has_pos = labelled.groupby(C.User, sort=False)[TARGET].transform("max") > 0
+    df = labelled[has_pos.to_numpy()]
+    users = df[C.User].unique()
+    if max_users is not None and len(users) > max_users:
+        keep = rng.choice(users, size=max_users, replace=False)
+        df = df[df[C.User].isin(keep)]
+    df = df.assign(_r=rng.random(len(df)))
+    neg = df[df[TARGET] == 0].sort_values([C.User, "_r"]).groupby(C.User).head(negatives_per_user)
+    out = pd.concat([df[df[TARGET] == 1], neg]).drop(columns="_r")
+    return out.sort_values([C.User, C.Item], kind="stable").reset_index(drop=True)
+
+
+class Ranker:
+    """A CatBoost ranking model over FEATURES."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    @classmethod
+    def fit(
+        cls, train: pd.DataFrame, cfg: RankerConfig, valid: pd.DataFrame | None = None
+    ) -> Ranker:
+        from catboost import CatBoost, Pool
+
+        params: dict[str, object] = {
+            "loss_function": cfg.loss_function,
+            "iterations": cfg.iterations,
+            "learning_rate": cfg.learning_rate,
+            "depth": cfg.depth,
+            "random_seed": cfg.random_seed,
+            "thread_count": cfg.thread_count,
+            "verbose": False,
+            "allow_writing_files": False,
+        }
+        if cfg.loss_function.startswith(("YetiRank", "PairLogit")):
+            params["loss_function"] = cfg.loss_function
+        if cfg.loss_function in ("Logloss", "CrossEntropy"):
+            params["eval_metric"] = "Logloss"
+        model = CatBoost(params)
+        pool = Pool(
+            train[FEATURES],
+            label=train[TARGET].to_numpy(),
+            group_id=train[C.User].to_numpy(),
+            cat_features=CAT_FEATURES,
+        )
+        model.fit(pool)
+        return cls(model)
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        from catboost import Pool
+
+        pool = Pool(df[FEATURES], cat_features=CAT_FEATURES)
+        return np.asarray(self.model.predict(pool), dtype=np.float32)  # type: ignore[attr-defined]
+
+    def feature_importances(self, data: pd.DataFrame) -> dict[str, float]:
+        """Loss change per feature on `data` (labelled, grouped rows), largest first."""
+        from catboost import Pool
+
+        pool = Pool(
+            data[FEATURES],
+            label=data[TARGET].to_numpy(),
+            group_id=data[C.User].to_numpy(),
+            cat_features=CAT_FEATURES,
+        )
+        vals = self.model.get_feature_importance(pool)  # type: ignore[attr-defined]
+        pairs = sorted(zip(FEATURES, map(float, vals), strict=True), key=lambda p: -p[1])
+        return dict(pairs)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            self.model.save_model(str(tmp), format="cbm")  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranker:
+        from catboost import CatBoost
+
+        model = CatBoost()
+        model.load_model(str(path), format="cbm")
+        return cls(model)
+
+
+def rank_candidates(df: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """Top-k candidates per user by ranker score: user_id, track_id, score, rank."""
+    out = pd.DataFrame(
+        {C.User: df[C.User].to_numpy(), C.Item: df[C.Item].to_numpy(), C.Score: scores}
+    )
+    out = out.sort_values([C.User, C.Score], ascending=[True, False], kind="stable")
+    out = out.groupby(C.User, sort=False).head(k).copy()
+    out[C.Rank] = (out.groupby(C.User, sort=False).cumcount() + 1).astype(np.int16)
+    return out.reset_index(drop=True)

@@ -1,0 +1,73 @@
+"""Global time split: a test window at the end, a label window before it.
+
+Every window starts at a day boundary. Models that feed evaluation only ever see events
+strictly before the window they are evaluated on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from musicrec.columns import Columns as C
+
+log = logging.getLogger(__name__)
+
+
+def choose_window_start(dates: pd.Series | np.ndarray, tail_share: float) -> pd.Timestamp:
+    """The day boundary whose tail (events on or after it) share is closest to `tail_share`.
+
+    Days are counted with one `np.unique` over day-truncated dates, so this is linear in the
+    number of events. The first day is never chosen (the window before it would be empty).
+    """
+    days = np.asarray(dates, dtype="datetime64[ns]").astype("datetime64[D]")
+    uniq, counts = np.unique(days, return_counts=True)
+    if len(uniq) < 2:
+        raise ValueError("need events on at least two distinct days to split by time")
+    tail = np.cumsum(counts[::-1])[::-1] / counts.sum()  # tail[i] = share on/after uniq[i]
+    best = 1 + int(np.argmin(np.abs(tail[1:] - tail_share)))
+    return pd.Timestamp(uniq[best])
+
+
+@dataclass(frozen=True)
+class Split:
+    """Events before `start` (history) and on/after it (target)."""
+
+    history: pd.DataFrame
+    target: pd.DataFrame
+    start: pd.Timestamp
+
+    def facts(self, name: str) -> dict[str, object]:
+        hist_users = self.history[C.User].unique()
+        tgt_users = self.target[C.User].unique()
+        cold = np.setdiff1d(tgt_users, hist_users, assume_unique=True)
+        return {
+            f"{name}_start": str(self.start.date()),
+            f"{name}_end": str(self.target[C.Datetime].max().date()) if len(self.target) else None,
+            "history_rows": len(self.history),
+            "history_users": len(hist_users),
+            f"{name}_rows": len(self.target),
+            f"{name}_users": len(tgt_users),
+            f"{name}_warm_users": len(tgt_users) - len(cold),
+            f"{name}_cold_users": len(cold),
+        }
+
+
+def split_by_time(
+    events: pd.DataFrame, start: date | pd.Timestamp | None = None, tail_share: float = 0.1
+) -> Split:
+    """Split `events` at `start` (or at the day boundary chosen by `choose_window_start`)."""
+    ts = (
+        pd.Timestamp(start)
+        if start is not None
+        else choose_window_start(events[C.Datetime].to_numpy(), tail_share)
+    )
+    mask = (events[C.Datetime] >= ts).to_numpy()
+    hist, tgt = events[~mask], events[mask]
+    if len(hist) == 0 or len(tgt) == 0:
+        raise ValueError(f"split at {ts.date()} leaves an empty side ({len(hist)}/{len(tgt)} rows)")
+    return Split(hist, tgt, ts)
