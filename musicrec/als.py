@@ -35,7 +35,11 @@ class ALSModel:
 
     @classmethod
     def fit(
-        cls, matrix: InteractionMatrix, cfg: ALSConfig, num_threads: int = 0, **overrides: float
+        cls,
+        matrix: InteractionMatrix,
+        cfg: ALSConfig,
+        num_threads: int = 0,
+        overrides: dict[str, float] | None = None,
     ) -> ALSModel:
         """Fit on `matrix`; `overrides` replace factors/regularization/alpha (for tuning)."""
         from implicit.cpu.als import AlternatingLeastSquares
@@ -44,7 +48,7 @@ class ALSModel:
             "factors": cfg.factors,
             "regularization": cfg.regularization,
             "alpha": cfg.alpha,
-            **overrides,
+            **(overrides or {}),
         }
         model = AlternatingLeastSquares(
             factors=int(params["factors"]),

@@ -66,7 +66,7 @@ def similar_to_latest(stage: FirstStage, users: np.ndarray, n_latest: int, n: in
     sim = stage.similar[[C.Item1, C.Item2, C.Score]]
     pairs = recent.merge(sim, left_on=C.Item, right_on=C.Item1, how="inner")
     pairs = pairs[[C.User, C.Item2, C.Score]].rename(columns={C.Item2: C.Item})
-    pairs = pairs.groupby([C.User, C.Item], as_index=False, sort=False)[C.Score].max()
+    pairs = pairs.groupby([C.User, C.Item], as_index=False, sort=False).agg({C.Score: "max"})
     seen = seen_mask(
         stage.matrix.csr,
         stage.matrix.users.codes(pairs[C.User].to_numpy()),

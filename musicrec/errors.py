@@ -40,3 +40,10 @@ class DataValidationError(MusicRecError):
 
 class ArtifactError(MusicRecError):
     """An artifact needed by a service or a stage is missing or corrupt."""
+
+
+class StorageError(MusicRecError):
+    """Object storage (S3) is unreachable, refuses the credentials or lacks the bucket.
+
+    The message names the bucket and the endpoint, never a secret.
+    """

@@ -29,6 +29,8 @@ NUMERIC_FEATURES = [
     "n_sources",
     "sim_max_latest",
     "sim_mean_latest",
+    "profile_sim",
+    "item_pop_vs_user",
     "item_listeners",
     "item_listeners_recent",
     "item_recent_share",
@@ -82,6 +84,7 @@ def collect_features(
     sim_max, sim_mean = _similarity_to_latest(stage, u_ids, i_ids, cfg.recent_tracks)
     out["sim_max_latest"] = sim_max
     out["sim_mean_latest"] = sim_mean
+    out["profile_sim"] = _profile_similarity(stage, u_ids, i_ids)
 
     # --- item statistics over the history ---
     h_items = hist[C.Item].to_numpy()
@@ -125,6 +128,14 @@ def collect_features(
     out["user_days_since_last"] = np.where(uk, _days(end - u_last[cu]), np.nan)
     out["user_tenure_days"] = np.where(uk, _days(end - u_first[cu]), np.nan)
 
+    # how the candidate's popularity compares with the user's usual (log listeners)
+    log_pop = np.log1p(listeners)
+    user_pop_sum = np.bincount(h_ucode, weights=log_pop[h_icode], minlength=n_users)
+    user_mean_pop = (user_pop_sum / np.maximum(u_listens, 1)).astype(np.float32)
+    out["item_pop_vs_user"] = np.where(
+        uk, np.log1p(out["item_listeners"].to_numpy()) - user_mean_pop[cu], np.nan
+    ).astype(np.float32)
+
     # --- user affinity to the candidate's genre and artist ---
     cat = items[[C.Item, C.MainGenre, C.MainArtist]].drop_duplicates(C.Item).sort_values(C.Item)
     cat_map = IdMap(cat[C.Item].to_numpy().astype(np.int64))
@@ -149,6 +160,28 @@ def collect_features(
         if name == "artist":
             out["user_artist_listens"] = cnt.astype(np.float32)
     out["main_genre"] = attr(c_cat, genre_of).astype(str)
+    return out
+
+
+def _profile_similarity(stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray) -> np.ndarray:
+    """Cosine between the candidate's ALS item factors and the user's taste profile (the
+    mean of the normalised factors of every track in the user's history)."""
+    f = stage.als.item_factors
+    normed = f / np.maximum(np.linalg.norm(f, axis=1), 1e-12)[:, None]
+    users = np.unique(u_ids)
+    rows = stage.matrix.users.codes(users)
+    ok = rows >= 0
+    sub = stage.matrix.csr[rows[ok]]
+    # history rows live in stage.matrix, whose item codes equal the ALS model's
+    profile = np.zeros((len(users), f.shape[1]), dtype=np.float32)
+    counts = np.maximum(np.diff(sub.indptr), 1).astype(np.float32)
+    profile[ok] = (sub @ normed) / counts[:, None]
+    profile /= np.maximum(np.linalg.norm(profile, axis=1), 1e-12)[:, None]
+    cu = IdMap(users).codes(u_ids)
+    ci = stage.als.items.codes(i_ids)
+    out = np.full(len(u_ids), np.nan, dtype=np.float32)
+    good = ci >= 0
+    out[good] = np.einsum("ij,ij->i", profile[cu[good]], normed[ci[good]])
     return out
 
 

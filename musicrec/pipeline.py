@@ -209,8 +209,8 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
     for f in cfg.factors_grid:
         for r in cfg.regularization_grid:
             for a in cfg.alpha_grid:
-                params = {"factors": f, "regularization": r, "alpha": a}
-                model = ALSModel.fit(matrix, cfg, **params)
+                params: dict[str, float] = {"factors": f, "regularization": r, "alpha": a}
+                model = ALSModel.fit(matrix, cfg, overrides=params)
                 recs = model.recommend(warm, matrix, ctx.cfg.eval.k_ndcg, cfg.batch_size)
                 score = float(ndcg_at_k(recs, target, ctx.cfg.eval.k_ndcg, users=warm).mean())
                 log.info("ALS tuning %s: NDCG@%d %.4f", params, ctx.cfg.eval.k_ndcg, score)

@@ -1,0 +1,110 @@
+"""Pure functions that turn candidate lists into the served lists.
+
+Nothing here does I/O: the recommendation service and the verification script use the same
+functions, and the unit tests pin the rules:
+
+* `merge_by_score` - online candidates from several seed tracks, merged by their best score
+  (max over sources), best first, without excluded (recently heard) tracks;
+* `interleave` - `[a[0], b[0], a[1], b[1], ...]`, the tail of the longer list appended;
+* `dedupe` / `exclude` / `top_up` - the clean-up steps;
+* `blend` - the whole `/recommendations` rule: interleave online and offline, drop
+  duplicates and recently heard tracks, cut to `k`, top up from the popular list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from itertools import zip_longest
+
+_MISSING = object()
+
+
+def interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:
+    """`[first[0], second[0], first[1], second[1], ...]`; the longer list's tail goes last."""
+    out: list[int] = []
+    for a, b in zip_longest(first, second, fillvalue=_MISSING):
+        if a is not _MISSING:
+            out.append(a)  # type: ignore[arg-type]
+        if b is not _MISSING:
+            out.append(b)  # type: ignore[arg-type]
+    return out
+
+
+def dedupe(items: Iterable[int]) -> list[int]:
+    """Drop repeated ids, keeping the first occurrence (order preserved)."""
+    return list(dict.fromkeys(items))
+
+
+def exclude(items: Iterable[int], banned: Collection[int]) -> list[int]:
+    """Drop the ids in `banned` (order preserved)."""
+    if not banned:
+        return list(items)
+    return [i for i in items if i not in banned]
+
+
+def top_up(
+    items: Sequence[int], fill: Iterable[int], k: int, banned: Collection[int] = ()
+) -> list[int]:
+    """Cut `items` to `k` and append ids from `fill` (skipping those already present or
+    banned) until there are `k`, or `fill` runs out. `items` must be duplicate-free."""
+    out = list(items[:k])
+    if len(out) >= k:
+        return out
+    seen = set(out)
+    for item in fill:
+        if item in seen or item in banned:
+            continue
+        out.append(item)
+        seen.add(item)
+        if len(out) >= k:
+            break
+    return out
+
+
+def merge_by_score(
+    sources: Iterable[tuple[Sequence[int], Sequence[float]]],
+    k: int,
+    banned: Collection[int] = (),
+) -> list[int]:
+    """Merge `(track_ids, scores)` lists from several seeds into one list, best first.
+
+    A track found from several seeds keeps its best score (max over sources). Ties keep
+    the order in which the tracks were first met (seed order, then rank), so the answer is
+    deterministic. Tracks in `banned` (recently heard) are dropped before cutting to `k`.
+    """
+    best: dict[int, float] = {}
+    for tracks, scores in sources:
+        for track, score in zip(tracks, scores, strict=True):
+            if track in banned:
+                continue
+            prev = best.get(track)
+            if prev is None or score > prev:
+                best[track] = score
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])  # stable: ties keep first-met order
+    return [track for track, _ in ranked[:k]]
+
+
+def blend(
+    online: Sequence[int],
+    offline: Sequence[int],
+    k: int,
+    recent: Collection[int] = (),
+    popular: Sequence[int] = (),
+) -> list[int]:
+    """The blended list of `/recommendations`.
+
+    `[online[0], offline[0], online[1], offline[1], ...]`, duplicates removed keeping the
+    first occurrence, tracks in `recent` removed, cut to `k`, then topped up from `popular`
+    so that exactly `k` ids come back whenever the candidates and the popular list together
+    hold that many distinct unheard tracks.
+    """
+    if k <= 0:
+        return []
+    recent_set = recent if isinstance(recent, set | frozenset) else set(recent)
+    merged = exclude(dedupe(interleave(online, offline)), recent_set)
+    return top_up(merged, popular, k, recent_set)
+
+
+def cold_start(popular: Sequence[int], k: int) -> list[int]:
+    """The answer for a user the pipeline never saw: the `k` most popular tracks."""
+    return list(popular[: max(k, 0)])

@@ -1,0 +1,307 @@
+"""Durable listening history in embedded SQLite, safe to use from an asyncio service.
+
+* WAL journal, `synchronous=FULL` by default: a commit is fsync'ed before it is
+  acknowledged, so acknowledged events survive SIGKILL of the process and power loss
+  (`NORMAL` would survive a process crash only).
+* One writer thread owns the write connection and does **group commit**: it takes every
+  event queued while the previous commit was running and writes them in one transaction
+  (one fsync). `add()` resolves only after that commit.
+* Reads run on a small pool of reader threads, each with its own read-only connection (WAL
+  lets them read while the writer writes). Nothing blocks the event loop.
+* The whole history is kept; `(user_id, id)` is indexed, `id` grows with insertion order,
+  so "latest k of a user" is an index range scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("musicrec.event_store")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY,
+    user_id  INTEGER NOT NULL,
+    track_id INTEGER NOT NULL,
+    ts       REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user_id ON events (user_id, id);
+"""
+
+Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
+
+
+@dataclass
+class _Pending:
+    user_id: int
+    track_id: int
+    ts: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[int]
+
+
+@dataclass
+class StoreStats:
+    """Counters of the store (kept in memory, counted once at open)."""
+
+    events: int = 0
+    users: int = 0
+    commits: int = 0
+    committed_events: int = 0
+    max_batch: int = 0
+    failed_commits: int = 0
+    opened_at: float = field(default_factory=time.time)
+
+
+class EventStore:
+    """SQLite event history with a single group-committing writer thread.
+
+    Call `open()` (blocking) before use and `close()` (blocking) at the end; in a service
+    run both through `asyncio.to_thread` in the lifespan.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        max_batch: int = 1000,
+        readers: int = 2,
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.max_batch = max_batch
+        self.n_readers = readers
+        self.stats = StoreStats()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rconns_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._closed = True
+
+    # --- lifecycle (blocking) -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or open the database, count what is there, start the threads."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            n_events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            n_users = conn.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+        self.stats = StoreStats(events=int(n_events), users=int(n_users))
+        self._readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="events-read")
+        self._writer = threading.Thread(target=self._writer_loop, name="events-write", daemon=True)
+        self._closed = False
+        self._writer.start()
+        log.info(
+            "event store %s opened: %d events, %d users (WAL, synchronous=%s)",
+            self.path,
+            n_events,
+            n_users,
+            self.synchronous,
+        )
+
+    def close(self) -> None:
+        """Finish queued writes, stop the threads and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._writer is not None:
+            self._writer.join()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._rconns_lock:
+            for rc in self._rconns:
+                rc.close()
+            self._rconns.clear()
+        if self._wconn is not None:
+            try:
+                self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # busy readers elsewhere: harmless
+                log.debug("checkpoint at close skipped: %s", exc)
+            self._wconn.close()
+            self._wconn = None
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    # --- async API ------------------------------------------------------------------------
+
+    async def add(self, user_id: int, track_id: int) -> int:
+        """Store one event; returns its id once the transaction holding it is committed."""
+        if self._closed:
+            raise RuntimeError("event store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._queue.put(_Pending(user_id, track_id, time.time(), loop, fut))
+        # shield: a client that disconnects must not cancel the bookkeeping of the future
+        return await asyncio.shield(fut)
+
+    async def latest(self, user_id: int, k: int) -> list[int]:
+        """The user's `k` most recent track ids, newest first."""
+        return await self._read(self._latest_sync, user_id, k)
+
+    async def counts(self) -> dict[str, Any]:
+        """Counters for `/stats` (no table scan)."""
+        with self._stats_lock:
+            s = self.stats
+            return {
+                "events": s.events,
+                "users": s.users,
+                "commits": s.commits,
+                "mean_batch": round(s.committed_events / s.commits, 3) if s.commits else 0.0,
+                "max_batch": s.max_batch,
+                "failed_commits": s.failed_commits,
+                "pending": self._queue.qsize(),
+                "uptime_s": round(time.time() - s.opened_at, 3),
+                "db_path": str(self.path),
+                "synchronous": self.synchronous,
+            }
+
+    # --- reads (reader threads) -----------------------------------------------------------
+
+    async def _read(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self._closed or self._readers is None:
+            raise RuntimeError("event store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, func, *args)
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._rconns_lock:
+                self._rconns.append(conn)
+        return conn
+
+    def _latest_sync(self, user_id: int, k: int) -> list[int]:
+        rows = (
+            self._reader_conn()
+            .execute(
+                "SELECT track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                (user_id, k),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    # --- writes (writer thread) -----------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+        # anything queued after the stop marker (a race with close()) is refused, not lost
+        leftover: list[_Pending] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                leftover.append(item)
+        if leftover:
+            self._resolve(leftover, None, RuntimeError("event store closed"))
+
+    def _commit(self, batch: Sequence[_Pending]) -> None:
+        conn = self._wconn
+        assert conn is not None
+        ids: list[int] = []
+        new_users: set[int] = set()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for ev in batch:
+                if ev.user_id not in new_users:
+                    known = conn.execute(
+                        "SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (ev.user_id,)
+                    ).fetchone()
+                    if known is None:
+                        new_users.add(ev.user_id)
+                cur = conn.execute(
+                    "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
+                    (ev.user_id, ev.track_id, ev.ts),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("event commit of %d event(s) failed", len(batch))
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            with self._stats_lock:
+                self.stats.failed_commits += 1
+            self._resolve(batch, None, exc)
+            return
+        with self._stats_lock:
+            s = self.stats
+            s.events += len(batch)
+            s.users += len(new_users)
+            s.commits += 1
+            s.committed_events += len(batch)
+            s.max_batch = max(s.max_batch, len(batch))
+        self._resolve(batch, ids, None)
+
+    @staticmethod
+    def _resolve(
+        batch: Sequence[_Pending], ids: Sequence[int] | None, exc: BaseException | None
+    ) -> None:
+        """Hand results back to the event loop(s), one callback per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int]]] = {}
+        for i, ev in enumerate(batch):
+            by_loop.setdefault(ev.loop, []).append((ev.future, ids[i] if ids else -1))
+        for loop, items in by_loop.items():
+            # RuntimeError: the loop is closed, nobody waits any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items, exc)
+
+
+def _settle(items: list[tuple[asyncio.Future[int], int]], exc: BaseException | None) -> None:
+    for fut, event_id in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(RuntimeError(f"event not stored: {exc}"))
+        else:
+            fut.set_result(event_id)

@@ -1,0 +1,281 @@
+"""Start the three services as uvicorn subprocesses and stop them cleanly.
+
+`serve_all(settings, run_verify)` - what `python -m musicrec serve [--verify]` runs:
+
+1. starts `similarity_store:app`, `event_storage:app` and `api_main:app`
+   (`python -m uvicorn ... --host settings.host --port ...`), passing the environment
+   through plus the given settings as `MUSICREC_*` variables, so the children see exactly
+   the parent's configuration;
+2. waits until each answers `GET /ready` (a child that exits early fails the start with its
+   exit code);
+3. with `run_verify`, runs `musicrec.verify.run_verification` and prints the result;
+4. serves until Ctrl-C / SIGTERM (or a child dies), then terminates all three, waits, and
+   kills what is still running after a timeout.
+
+The helpers (`start_service`, `wait_ready`, `stop_all`) are reused by the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import AliasChoices, SecretStr
+
+from musicrec.settings import Settings
+
+log = logging.getLogger("musicrec.serve")
+
+#: where `api_main.py` and the other entry points live
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service: its name, uvicorn app and the settings field holding its port."""
+
+    name: str
+    app: str
+    port_field: str
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("similar", "similarity_store:app", "similar_port"),
+    ServiceSpec("events", "event_storage:app", "events_port"),
+    ServiceSpec("recommendations", "api_main:app", "recs_port"),
+)
+
+
+class ServeError(RuntimeError):
+    """A service could not be started (exited early or never became ready)."""
+
+
+@dataclass
+class ServiceProcess:
+    """A running service subprocess."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+def connect_host(host: str) -> str:
+    """The address to connect to for a bind address (`0.0.0.0` -> `127.0.0.1`)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def base_url(settings: Settings, port: int) -> str:
+    """`http://host:port` of a service bound per `settings`."""
+    return f"http://{connect_host(settings.host)}:{port}"
+
+
+def recs_base_url(settings: Settings) -> str:
+    """Base URL of the recommendation service."""
+    return base_url(settings, settings.recs_port)
+
+
+def settings_env(settings: Settings) -> dict[str, str | None]:
+    """Environment variables that make `Settings()` in a child equal `settings`.
+
+    Values are strings; `None` means "remove the variable" (an unset optional field).
+    """
+    env: dict[str, str | None] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names = [str(c) for c in alias.choices]
+        else:
+            names = [f"MUSICREC_{name.upper()}"]
+        value: Any = getattr(settings, name)
+        for other in names[1:]:
+            env[other] = None
+        if value is None:
+            env[names[0]] = None
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[names[0]] = str(value)
+    return env
+
+
+def child_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment plus `settings_env(settings)`."""
+    env = dict(os.environ if base is None else base)
+    for key, value in settings_env(settings).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def uvicorn_command(spec: ServiceSpec, settings: Settings, port: int) -> list[str]:
+    """`python -m uvicorn <app> --host .. --port ..` with production-minded options."""
+    level = settings.log_level.lower()
+    if level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        level = "info"
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        spec.app,
+        "--host",
+        settings.host,
+        "--port",
+        str(port),
+        "--app-dir",
+        str(PROJECT_ROOT),
+        "--log-level",
+        level,
+        "--no-access-log",  # the services log one structured line per request themselves
+        "--timeout-keep-alive",
+        "30",  # longer than the client's pool keep-alive (it closes idle sockets first)
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+
+
+def start_service(
+    spec: ServiceSpec, settings: Settings, env: dict[str, str], **popen: Any
+) -> ServiceProcess:
+    """Start one service subprocess (not waiting for it)."""
+    port = int(getattr(settings, spec.port_field))
+    cmd = uvicorn_command(spec, settings, port)
+    log.info("starting %s: %s", spec.name, " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env, **popen)
+    return ServiceProcess(spec.name, base_url(settings, port), proc)
+
+
+def start_all(
+    settings: Settings, names: Iterable[str] | None = None, **popen: Any
+) -> list[ServiceProcess]:
+    """Start the named services (default: all three)."""
+    wanted = set(names) if names is not None else {s.name for s in SERVICES}
+    env = child_environment(settings)
+    return [start_service(s, settings, env, **popen) for s in SERVICES if s.name in wanted]
+
+
+def is_ready(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether `GET {url}/ready` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_ready(
+    procs: Sequence[ServiceProcess],
+    timeout_s: float = 120.0,
+    stop: threading.Event | None = None,
+) -> None:
+    """Wait until every service answers `/ready`; `ServeError` if one exits or time runs
+    out (or `stop` is set)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(procs)
+    while pending:
+        for p in list(pending):
+            code = p.proc.poll()
+            if code is not None:
+                raise ServeError(f"{p.name} service exited with code {code} during start-up")
+            if is_ready(p.url):
+                log.info("%s ready at %s", p.name, p.url)
+                pending.remove(p)
+        if not pending:
+            return
+        if stop is not None and stop.is_set():
+            raise ServeError("interrupted while waiting for the services")
+        if time.monotonic() > deadline:
+            names = ", ".join(p.name for p in pending)
+            raise ServeError(f"not ready after {timeout_s:.0f}s: {names}")
+        time.sleep(0.1)
+
+
+def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
+    """SIGTERM every process, wait up to `timeout_s` in total, SIGKILL the rest."""
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs: killing it", p.name, timeout_s)
+            p.proc.kill()
+            p.proc.wait()
+
+
+def serve_all(
+    settings: Settings,
+    run_verify: bool = False,
+    *,
+    ready_timeout_s: float = 300.0,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """Start the three services, optionally verify them, serve until Ctrl-C / SIGTERM.
+
+    Returns 0 on a clean stop after a passed (or skipped) verification, the verification's
+    exit code if it failed, 1 if a service failed to start or died while serving.
+    """
+    stop = stop_event or threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: stopping the services", signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+
+    procs: list[ServiceProcess] = []
+    rc = 0
+    try:
+        procs = start_all(settings)
+        wait_ready(procs, ready_timeout_s, stop)
+        for p in procs:
+            print(f"{p.name:>15}: {p.url}  (docs: {p.url}/docs)", flush=True)
+        if run_verify and not stop.is_set():
+            from musicrec.verify import run_verification
+
+            rc = run_verification(settings)
+            verdict = "PASSED" if rc == 0 else f"FAILED (exit code {rc})"
+            print(f"verification {verdict}; details in service_test.log", flush=True)
+        print("serving; press Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            dead = [p for p in procs if p.proc.poll() is not None]
+            if dead:
+                for p in dead:
+                    log.error("%s service exited with code %s", p.name, p.proc.returncode)
+                rc = rc or 1
+                break
+    except ServeError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        rc = 1
+    finally:
+        stop_all(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("services stopped", flush=True)
+    return rc

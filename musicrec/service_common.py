@@ -1,0 +1,427 @@
+"""Pieces shared by the three services.
+
+* request bounds (`UserIdQuery`, `TrackIdQuery`, `K_MAX`, ...) and a 422 handler with a
+  readable message;
+* `OrjsonResponse` - a JSON response rendered by orjson;
+* `ServiceMetrics` + `MetricsMiddleware` - Prometheus metrics (one registry per app, so
+  several apps can live in one process) and one structured debug log line per request;
+* `add_probe_routes` - `GET /health`, `GET /ready`, `GET /metrics`;
+* artifact helpers - `read_artifact` (validates file, schema and values, raising
+  `ArtifactError` naming the file), `GroupedIndex` (CSR-like key -> slice offsets);
+* `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`.
+
+Nothing here has side effects at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.telemetry import TelemetryConfig
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from musicrec.artifacts import ARTIFACT_COLUMNS
+from musicrec.errors import ArtifactError
+from musicrec.settings import Settings
+
+log = logging.getLogger("musicrec.services")
+
+# --- request bounds --------------------------------------------------------------------
+
+INT32_MAX = 2**31 - 1
+#: the largest list a client may ask for (recommendations, similar tracks)
+K_MAX = 1000
+
+UserIdQuery = Annotated[
+    int, Query(ge=0, le=INT32_MAX, description="User id (0 .. 2**31-1)", examples=[42])
+]
+TrackIdQuery = Annotated[
+    int, Query(ge=0, le=INT32_MAX, description="Track id (0 .. 2**31-1)", examples=[99262])
+]
+KQuery = Annotated[int, Query(ge=1, le=K_MAX, description=f"List length (1 .. {K_MAX})")]
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One readable line from pydantic's error list, e.g. `query k: Input should be ...`."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        where = " ".join(loc) if loc else "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+    return "invalid request: " + "; ".join(parts)
+
+
+async def validation_exception_handler(request: Request, exc: Exception) -> Response:
+    """422 with FastAPI's usual `detail` list plus a one-line `message`."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    return OrjsonResponse(
+        {"detail": errors, "message": validation_message(errors)}, status_code=422
+    )
+
+
+#: FastAPI's native OpenTelemetry hooks, switched off: the services export Prometheus
+#: metrics, and the no-op tracing/metrics/log hooks cost ~10% throughput on /health
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+class OrjsonResponse(Response):
+    """`application/json` rendered by orjson (numpy arrays and scalars allowed)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class HealthResponse(BaseModel):
+    """Liveness: the process answers."""
+
+    status: str = Field("ok", examples=["ok"])
+    service: str
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: artifacts loaded (or the store opened), the service can answer."""
+
+    ready: bool
+    service: str
+
+
+class ErrorResponse(BaseModel):
+    """An error answer (401, 503, ...)."""
+
+    detail: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422 answer: pydantic's error list and a one-line summary."""
+
+    detail: list[dict[str, Any]]
+    message: str
+
+
+#: OpenAPI documentation of the 422 answer, for the `responses=` argument of routes
+VALIDATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorResponse, "description": "Out-of-range or malformed input"},
+}
+NOT_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "Not ready yet (artifacts loading)"},
+}
+
+
+# --- metrics and request logging -------------------------------------------------------
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+
+class ServiceMetrics:
+    """Prometheus metrics of one service, in a registry of its own."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "http_requests_total",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "recommendation_fallbacks_total",
+            "Answers degraded to the offline list because an upstream failed or was slow",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "upstream_errors_total",
+            "Failed calls to another service",
+            ["upstream", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "upstream_request_duration_seconds",
+            "Latency of calls to another service",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times each request by its route template (not the
+    raw path, so the label set stays bounded) and logs one JSON line at DEBUG level."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, logger: logging.Logger) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.logger = logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], template, status, elapsed)
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug(
+                    orjson.dumps(
+                        {
+                            "service": self.metrics.service,
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "query": scope.get("query_string", b"").decode("latin-1"),
+                            "status": status,
+                            "ms": round(elapsed * 1000, 3),
+                        }
+                    ).decode()
+                )
+
+
+class RateLimitedLog:
+    """Logs a warning at most once per `interval_s`; the rest go to DEBUG with a count, so a
+    long outage does not flood the log."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._last >= self.interval_s
+            if due:
+                suppressed, self._suppressed, self._last = self._suppressed, 0, now
+            else:
+                self._suppressed += 1
+        if due:
+            suffix = f" ({suppressed} similar messages suppressed)" if suppressed else ""
+            self.logger.warning(msg + suffix, *args)
+        else:
+            self.logger.debug(msg, *args)
+
+
+def install_common(
+    app: FastAPI, service: str, metrics: ServiceMetrics, is_ready: Callable[[], bool]
+) -> None:
+    """Add the metrics middleware, the 422 handler and `/health`, `/ready`, `/metrics`."""
+    app.add_middleware(MetricsMiddleware, metrics=metrics, logger=log.getChild(service))
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)
+
+    @app.get("/health", response_model=HealthResponse, tags=["probes"])
+    async def health() -> Response:
+        """Liveness probe: 200 while the process runs."""
+        return OrjsonResponse({"status": "ok", "service": service})
+
+    @app.get(
+        "/ready",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "Not ready yet"}},
+        tags=["probes"],
+    )
+    async def ready() -> Response:
+        """Readiness probe: 200 `{"ready": true}` once loaded, else 503 `{"ready": false}`."""
+        ok = is_ready()
+        return OrjsonResponse({"ready": ok, "service": service}, status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        tags=["probes"],
+    )
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics in the text exposition format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def not_ready(what: str) -> Exception:
+    """The 503 raised by dependencies when the service has not finished starting."""
+    from fastapi import HTTPException
+
+    return HTTPException(status_code=503, detail=f"service not ready: {what} not loaded yet")
+
+
+# --- artifacts -------------------------------------------------------------------------
+
+
+def read_artifact(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read the needed columns of an artifact, or raise `ArtifactError` naming the file.
+
+    Checks: the file exists, is a readable parquet file, holds the required columns
+    (`ARTIFACT_COLUMNS[path.name]` unless `columns` is given) and reads through completely.
+    """
+    required = list(columns if columns is not None else ARTIFACT_COLUMNS[path.name])
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path}: artifact file is missing (run `python -m musicrec pipeline` first, or "
+            "set MUSICREC_ARTIFACTS_DIR / MUSICREC_FETCH_ARTIFACTS_FROM_S3)"
+        )
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable parquet file (truncated?): {exc}") from exc
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise ArtifactError(
+            f"{path}: missing column(s) {missing}; expected {required}, found {schema.names}"
+        )
+    try:
+        return pq.read_table(path, columns=required)
+    except (pa.ArrowException, OSError) as exc:
+        raise ArtifactError(f"{path}: corrupt parquet data: {exc}") from exc
+
+
+def int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    """An integer id column as int64, or `ArtifactError` (wrong type, nulls)."""
+    col = table.column(name)
+    if not pa.types.is_integer(col.type):
+        raise ArtifactError(f"{path}, column '{name}': expected integer ids, found {col.type}")
+    if col.null_count:
+        raise ArtifactError(f"{path}, column '{name}': {col.null_count} null value(s)")
+    return np.asarray(col.to_numpy(), dtype=np.int64)
+
+
+def numeric_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    """A numeric column in its own dtype (e.g. ranks), or `ArtifactError`."""
+    col = table.column(name)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        raise ArtifactError(f"{path}, column '{name}': expected numbers, found {col.type}")
+    if col.null_count:
+        raise ArtifactError(f"{path}, column '{name}': {col.null_count} null value(s)")
+    return np.asarray(col.to_numpy())
+
+
+def float_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    """A numeric column as float32/float64 (float32 kept), or `ArtifactError`."""
+    arr = numeric_column(table, name, path)
+    return arr if arr.dtype == np.float32 else arr.astype(np.float64)
+
+
+def compact_ids(values: np.ndarray) -> np.ndarray:
+    """int32 when every id fits (the usual case), else int64."""
+    if values.size == 0 or (values.min() >= 0 and values.max() <= INT32_MAX):
+        return values.astype(np.int32)
+    return values.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class GroupedIndex:
+    """CSR-like index: sorted unique `keys` and `offsets` (len(keys) + 1), so that the rows
+    of key `keys[i]` are `offsets[i]:offsets[i + 1]` of arrays sorted by key."""
+
+    keys: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_sorted(cls, sorted_keys: np.ndarray) -> GroupedIndex:
+        """Build from a key column already sorted ascending."""
+        if sorted_keys.size == 0:
+            return cls(np.empty(0, np.int64), np.zeros(1, np.int64))
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        keys = sorted_keys[starts].astype(np.int64)
+        offsets = np.append(starts, sorted_keys.size).astype(np.int64)
+        return cls(keys, offsets)
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.span(key) is not None
+
+    def span(self, key: int) -> tuple[int, int] | None:
+        """`(start, stop)` of the key's rows, or None for an unknown key."""
+        i = int(np.searchsorted(self.keys, key))
+        if i < self.keys.size and int(self.keys[i]) == key:
+            return int(self.offsets[i]), int(self.offsets[i + 1])
+        return None
+
+
+def sort_order(keys: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:
+    """Row order sorting by (key, rank); None when the rows are already in that order."""
+    if keys.size < 2:
+        return None
+    if ranks.dtype.kind == "u":  # np.diff would wrap around on unsigned ranks
+        ranks = ranks.astype(np.int64)
+    if keys.dtype.kind == "u":
+        keys = keys.astype(np.int64)
+    dk = np.diff(keys)
+    if np.all(dk >= 0) and np.all((dk > 0) | (np.diff(ranks) >= 0)):
+        return None
+    return np.lexsort((ranks, keys))
+
+
+def fetch_artifacts_if_configured(settings: Settings) -> None:
+    """Download the artifacts from S3 first when `settings.fetch_artifacts_from_s3`
+    (blocking; call it from a thread). `musicrec.storage` is imported only then."""
+    if not settings.fetch_artifacts_from_s3:
+        return
+    from musicrec.storage import download_artifacts  # lazy: optional, owned by storage.py
+
+    log.info("fetching artifacts from S3 into %s", settings.artifacts_dir)
+    download_artifacts(settings, settings.artifacts_dir)
+
+
+def configure_service_logging(settings: Settings) -> None:
+    """Log to stderr at `settings.log_level` when the process has no logging set up yet (a
+    bare `uvicorn module:app`); leave an existing configuration (tests, embedding) alone."""
+    if not logging.getLogger().handlers:
+        from musicrec.logs import setup_logging
+
+        setup_logging(settings.log_level)

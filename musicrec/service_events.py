@@ -1,0 +1,193 @@
+"""Event-history service (port 8020, `uvicorn event_storage:app`).
+
+* `POST /add_event?user_id=..&track_id=..` stores a listen durably (SQLite, see
+  `musicrec.event_store`) and answers once it is committed; needs `X-API-Key` when
+  `settings.events_api_key` is set (401 otherwise, nothing stored). Unknown track ids are
+  accepted.
+* `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
+  user's latest `k` listens, newest first (`count` = number of events returned).
+* `GET /stats` -> store counters (events, users, commits, mean group-commit size, ...).
+
+All database work happens on the store's threads; the handlers only await it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from musicrec.event_store import EventStore
+from musicrec.service_common import (
+    NOT_READY_RESPONSES,
+    TELEMETRY_OFF,
+    VALIDATION_RESPONSES,
+    ErrorResponse,
+    OrjsonResponse,
+    ServiceMetrics,
+    TrackIdQuery,
+    UserIdQuery,
+    configure_service_logging,
+    install_common,
+    not_ready,
+)
+from musicrec.settings import Settings, get_settings
+
+log = logging.getLogger("musicrec.services.events")
+
+SERVICE = "events"
+#: the longest history one `/get_events` call returns
+EVENTS_K_MAX = 10_000
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
+
+
+class AddEventResponse(BaseModel):
+    """The event was committed to the history."""
+
+    result: str = Field("ok", examples=["ok"])
+    id: int = Field(description="Id of the stored event (grows with insertion order)")
+
+
+class EventsResponse(BaseModel):
+    """Latest listens of a user, newest first."""
+
+    events: list[int] = Field(examples=[[53404, 33311, 99262]])
+    count: int = Field(description="Number of events in `events`")
+
+
+class StatsResponse(BaseModel):
+    """Event store counters."""
+
+    events: int
+    users: int
+    commits: int
+    mean_batch: float = Field(description="Mean events per group commit")
+    max_batch: int
+    failed_commits: int
+    pending: int
+    uptime_s: float
+    db_path: str
+    synchronous: str
+
+
+async def get_store(request: Request) -> EventStore:
+    """Dependency: the open store, or 503 while starting."""
+    store: EventStore | None = request.app.state.store
+    if store is None or not store.is_open:
+        raise not_ready("event store")
+    return store
+
+
+StoreDep = Annotated[EventStore, Depends(get_store)]
+
+
+def expected_api_key(settings: Settings) -> bytes:
+    """The configured events API key (empty: no key required)."""
+    key = settings.events_api_key
+    return key.get_secret_value().encode() if key is not None else b""
+
+
+async def check_api_key(
+    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+) -> None:
+    """Dependency: 401 unless `X-API-Key` matches `settings.events_api_key` (when set)."""
+    expected: bytes = request.app.state.api_key
+    if not expected:
+        return
+    if key is None or not hmac.compare_digest(key.encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or invalid X-API-Key header",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+
+
+ApiKeyDep = Annotated[None, Depends(check_api_key)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The event-history app; the SQLite store is opened in the lifespan."""
+    cfg = settings or get_settings()
+    metrics = ServiceMetrics(SERVICE)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_service_logging(cfg)
+        store = EventStore(cfg.event_db_path)
+        await asyncio.to_thread(store.open)
+        app.state.store = store
+        try:
+            yield
+        finally:
+            app.state.store = None
+            await asyncio.to_thread(store.close)
+            log.info("event store %s closed", cfg.event_db_path)
+
+    app = FastAPI(
+        title="musicrec event history",
+        description="Durable listening history (SQLite, WAL, group commit).",
+        version="1.0",
+        lifespan=lifespan,
+        telemetry=TELEMETRY_OFF,
+    )
+    app.state.store = None
+    app.state.api_key = expected_api_key(cfg)
+    install_common(
+        app,
+        SERVICE,
+        metrics,
+        lambda: app.state.store is not None and app.state.store.is_open,
+    )
+
+    @app.post(
+        "/add_event",
+        response_model=AddEventResponse,
+        responses={
+            **VALIDATION_RESPONSES,
+            **NOT_READY_RESPONSES,
+            401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+        },
+        tags=["events"],
+    )
+    async def add_event(
+        store: StoreDep,
+        _auth: ApiKeyDep,
+        user_id: UserIdQuery,
+        track_id: TrackIdQuery,
+    ) -> Response:
+        """Store one listen; answers after the event is durably committed."""
+        event_id = await store.add(user_id, track_id)
+        return OrjsonResponse({"result": "ok", "id": event_id})
+
+    @app.post(
+        "/get_events",
+        response_model=EventsResponse,
+        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
+        tags=["events"],
+    )
+    async def get_events(
+        store: StoreDep,
+        user_id: UserIdQuery,
+        k: Annotated[
+            int, Query(ge=1, le=EVENTS_K_MAX, description=f"How many (1 .. {EVENTS_K_MAX})")
+        ] = 5,
+    ) -> Response:
+        """The user's latest `k` listened track ids, newest first."""
+        events = await store.latest(user_id, k)
+        return OrjsonResponse({"events": events, "count": len(events)})
+
+    @app.get("/stats", response_model=StatsResponse, responses=NOT_READY_RESPONSES, tags=["events"])
+    async def stats(store: StoreDep) -> Response:
+        """Event store counters."""
+        return OrjsonResponse(await store.counts())
+
+    return app

@@ -1,0 +1,363 @@
+"""Recommendation service (port 8000, `uvicorn api_main:app`).
+
+* `POST /recommendations_offline` - the ranker's list (`recommendations.parquet`) of a user
+  the pipeline saw; the most popular tracks (`top_popular.parquet`) for anyone else.
+* `POST /recommendations_online` - tracks similar to the user's latest listens: the latest
+  events come from the event service, their similar tracks from the similarity service in
+  one batch call, merged by score (max over seeds), without recently heard tracks; empty
+  when the user has no events; 503 when an upstream fails.
+* `POST /recommendations` - `[online[0], offline[0], online[1], offline[1], ...]`, without
+  duplicates or recently heard tracks, exactly `k` long (topped up from the popular list).
+  If an upstream is down or slow it still answers 200 with the offline part within
+  `settings.request_budget_s`; the fallback is counted and logged.
+
+All answer `{"recs": [track_id, ...]}`. The artifacts are loaded once in the lifespan into
+numpy arrays with a `GroupedIndex` (user -> slice), and the upstream calls share one
+aiohttp session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import aiohttp
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.blending import blend, cold_start, dedupe, merge_by_score
+from musicrec.columns import Columns as C
+from musicrec.errors import ArtifactError
+from musicrec.http_client import UpstreamError, create_session, post_json
+from musicrec.service_common import (
+    NOT_READY_RESPONSES,
+    TELEMETRY_OFF,
+    VALIDATION_RESPONSES,
+    ErrorResponse,
+    GroupedIndex,
+    KQuery,
+    OrjsonResponse,
+    RateLimitedLog,
+    ServiceMetrics,
+    UserIdQuery,
+    compact_ids,
+    configure_service_logging,
+    fetch_artifacts_if_configured,
+    install_common,
+    int_column,
+    not_ready,
+    numeric_column,
+    read_artifact,
+    sort_order,
+)
+from musicrec.settings import Settings, get_settings
+
+log = logging.getLogger("musicrec.services.recommendations")
+
+SERVICE = "recommendations"
+#: latest events read per online request; all of them are excluded from the answer, the
+#: first `settings.online_history_k` distinct ones are the seeds of the similar lookup
+RECENT_WINDOW = 100
+#: share of `settings.request_budget_s` the online part may use (the rest is for the
+#: offline lookup, blending and the response)
+ONLINE_BUDGET_SHARE = 0.75
+#: popular tracks kept as a Python list for top-ups (k + exclusions never need more)
+POPULAR_LIST_MAX = 20_000
+
+
+# --- offline data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfflineRecs:
+    """The ranker's lists (user -> slice of `tracks`, ranked) and the popular list."""
+
+    users: GroupedIndex
+    tracks: np.ndarray
+    popular: list[int]
+
+    @classmethod
+    def load(cls, paths: ArtifactPaths) -> OfflineRecs:
+        """Read and validate `recommendations.parquet` and `top_popular.parquet`."""
+        rec_path = paths.recommendations
+        table = read_artifact(rec_path)
+        users = compact_ids(int_column(table, C.User, rec_path))
+        tracks = int_column(table, C.Item, rec_path)
+        ranks = numeric_column(table, C.Rank, rec_path)
+        del table
+        keep = tracks >= 0  # padding ids (-1) some libraries emit
+        if not keep.all():
+            users, tracks, ranks = users[keep], tracks[keep], ranks[keep]
+        order = sort_order(users, ranks)
+        if order is not None:
+            users, tracks = users[order], tracks[order]
+        index = GroupedIndex.from_sorted(users)
+
+        pop_path = paths.top_popular
+        pop = read_artifact(pop_path)
+        pop_tracks = int_column(pop, C.Item, pop_path)
+        pop_ranks = numeric_column(pop, C.Rank, pop_path)
+        pop_tracks = pop_tracks[np.argsort(pop_ranks, kind="stable")]
+        pop_tracks = pop_tracks[pop_tracks >= 0]
+        if pop_tracks.size == 0:
+            raise ArtifactError(f"{pop_path}: no tracks, so cold-start users get no answer")
+        _, first = np.unique(pop_tracks, return_index=True)
+        popular = pop_tracks[np.sort(first)][:POPULAR_LIST_MAX].tolist()
+        if len(index) == 0:
+            log.warning("%s has no users: everyone gets the popular list", rec_path)
+        return cls(index, compact_ids(tracks), popular)
+
+    def knows(self, user_id: int) -> bool:
+        """Whether the pipeline produced a personal list for the user."""
+        return self.users.span(user_id) is not None
+
+    def offline(self, user_id: int, k: int) -> list[int]:
+        """The ranker's top `k` for a known user, else the cold-start answer."""
+        span = self.users.span(user_id)
+        if span is None:
+            return cold_start(self.popular, k)
+        start, stop = span
+        return dedupe(self.tracks[start : min(stop, start + k)].tolist())
+
+
+# --- online part -----------------------------------------------------------------------
+
+
+@dataclass
+class OnlineResult:
+    """What the online part gathered; filled step by step so that a failure in the second
+    call still leaves the recent events for the exclusion."""
+
+    recent: list[int] = field(default_factory=list)
+    recs: list[int] = field(default_factory=list)
+
+
+class OnlineFailure(Exception):
+    """An upstream failed; `reason` is a bounded label (`events:timeout`, ...)."""
+
+    def __init__(self, upstream: str, kind: str, detail: str = "") -> None:
+        self.upstream = upstream
+        self.kind = kind
+        self.reason = f"{upstream}:{kind}"
+        #: what the online part had gathered before failing (recent events, maybe)
+        self.partial = OnlineResult()
+        super().__init__(f"{self.reason} {detail}".strip())
+
+
+class Upstreams:
+    """Calls to the event and similarity services over the shared session."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: Settings, metrics: ServiceMetrics
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self.events_url = settings.events_base_url.rstrip("/") + "/get_events"
+        self.similar_url = settings.similar_base_url.rstrip("/") + "/similar_tracks_batch"
+
+    async def _call(self, upstream: str, url: str, **kwargs: Any) -> Any:
+        try:
+            data, seconds = await post_json(self.session, url, **kwargs)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(upstream, exc.kind).inc()
+            raise OnlineFailure(upstream, exc.kind, exc.detail) from exc
+        self.metrics.upstream_latency.labels(upstream).observe(seconds)
+        return data
+
+    async def recent_events(self, user_id: int, k: int) -> list[int]:
+        """The user's latest `k` track ids, newest first."""
+        data = await self._call("events", self.events_url, params={"user_id": user_id, "k": k})
+        try:
+            return [int(t) for t in data["events"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            self.metrics.upstream_errors.labels("events", "bad_payload").inc()
+            raise OnlineFailure("events", "bad_payload", repr(exc)) from exc
+
+    async def similar(self, seeds: list[int], k: int) -> list[tuple[list[int], list[float]]]:
+        """`(track_ids, scores)` of each seed, in one batch call."""
+        data = await self._call("similar", self.similar_url, body={"track_ids": seeds, "k": k})
+        try:
+            sources = [(r["track_id_2"], r["score"]) for r in data["results"]]
+            if len(sources) != len(seeds) or any(len(t) != len(s) for t, s in sources):
+                raise ValueError("results do not match the request")
+            return sources
+        except (KeyError, TypeError, ValueError) as exc:
+            self.metrics.upstream_errors.labels("similar", "bad_payload").inc()
+            raise OnlineFailure("similar", "bad_payload", repr(exc)) from exc
+
+    async def online(self, user_id: int, k: int, out: OnlineResult) -> None:
+        """Fill `out`: latest events, then similar tracks of the distinct latest
+        `online_history_k` of them, merged by best score without any recent track."""
+        cfg = self.settings
+        out.recent = await self.recent_events(user_id, max(cfg.online_history_k, RECENT_WINDOW))
+        seeds = dedupe(out.recent)[: cfg.online_history_k]
+        if not seeds:
+            return
+        sources = await self.similar(seeds, cfg.online_similar_k)
+        out.recs = merge_by_score(sources, k, banned=set(out.recent))
+
+
+# --- app -------------------------------------------------------------------------------
+
+
+class RecsResponse(BaseModel):
+    """Recommended track ids, best first."""
+
+    recs: list[int] = Field(examples=[[53404, 33311, 99262]])
+
+
+async def get_offline(request: Request) -> OfflineRecs:
+    """Dependency: the loaded offline data, or 503 while loading."""
+    recs: OfflineRecs | None = request.app.state.offline
+    if recs is None:
+        raise not_ready("recommendations.parquet / top_popular.parquet")
+    return recs
+
+
+async def get_upstreams(request: Request) -> Upstreams:
+    """Dependency: the upstream client, or 503 while starting."""
+    upstreams: Upstreams | None = request.app.state.upstreams
+    if upstreams is None:
+        raise not_ready("upstream client")
+    return upstreams
+
+
+OfflineDep = Annotated[OfflineRecs, Depends(get_offline)]
+UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The recommendation app; artifacts and the HTTP session are set up in the lifespan."""
+    cfg = settings or get_settings()
+    metrics = ServiceMetrics(SERVICE)
+    fallback_log = RateLimitedLog(log)
+    online_budget = cfg.request_budget_s * ONLINE_BUDGET_SHARE
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_service_logging(cfg)
+        await asyncio.to_thread(fetch_artifacts_if_configured, cfg)
+        paths = ArtifactPaths(cfg.artifacts_dir)
+        offline = await asyncio.to_thread(OfflineRecs.load, paths)
+        log.info(
+            "loaded %s (%d users, %d rows) and %s (%d tracks)",
+            paths.recommendations,
+            len(offline.users),
+            offline.tracks.size,
+            paths.top_popular,
+            len(offline.popular),
+        )
+        session = create_session(cfg)
+        app.state.upstreams = Upstreams(session, cfg, metrics)
+        app.state.offline = offline
+        try:
+            yield
+        finally:
+            app.state.offline = None
+            app.state.upstreams = None
+            await session.close()
+
+    app = FastAPI(
+        title="musicrec recommendations",
+        description="Offline (ranker), online (similar to recent listens) and blended lists.",
+        version="1.0",
+        lifespan=lifespan,
+        telemetry=TELEMETRY_OFF,
+    )
+    app.state.offline = None
+    app.state.upstreams = None
+    install_common(
+        app,
+        SERVICE,
+        metrics,
+        lambda: app.state.offline is not None and app.state.upstreams is not None,
+    )
+    responses = {**VALIDATION_RESPONSES, **NOT_READY_RESPONSES}
+
+    async def gather_online(upstreams: Upstreams, user_id: int, k: int) -> OnlineResult:
+        """The online part within the budget; raises `OnlineFailure` on any failure, with
+        whatever was gathered in `exc.partial`."""
+        out = OnlineResult()
+        try:
+            async with asyncio.timeout(online_budget):
+                await upstreams.online(user_id, k, out)
+        except TimeoutError as exc:
+            failure = OnlineFailure("budget", "exceeded", f"{online_budget:.3f}s")
+            failure.partial = out
+            raise failure from exc
+        except OnlineFailure as exc:
+            exc.partial = out
+            raise
+        return out
+
+    @app.post(
+        "/recommendations_offline",
+        response_model=RecsResponse,
+        responses=responses,
+        tags=["recommendations"],
+    )
+    async def recommendations_offline(
+        offline: OfflineDep, user_id: UserIdQuery, k: KQuery = 100
+    ) -> Response:
+        """The ranker's list for a known user; the most popular tracks for a cold one."""
+        return OrjsonResponse({"recs": offline.offline(user_id, k)})
+
+    @app.post(
+        "/recommendations_online",
+        response_model=RecsResponse,
+        responses={
+            **responses,
+            503: {"model": ErrorResponse, "description": "Not ready, or an upstream failed"},
+        },
+        tags=["recommendations"],
+    )
+    async def recommendations_online(
+        upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = 100
+    ) -> Response:
+        """Tracks similar to the user's latest listens, best first, without the listened
+        ones; empty when the user has no events."""
+        try:
+            out = await gather_online(upstreams, user_id, k)
+        except OnlineFailure as exc:
+            fallback_log.warning("online recommendations for user %d failed: %s", user_id, exc)
+            raise HTTPException(
+                status_code=503, detail=f"online recommendations unavailable: {exc.reason}"
+            ) from exc
+        return OrjsonResponse({"recs": out.recs})
+
+    @app.post(
+        "/recommendations",
+        response_model=RecsResponse,
+        responses=responses,
+        tags=["recommendations"],
+    )
+    async def recommendations(
+        offline: OfflineDep, upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = 100
+    ) -> Response:
+        """Online and offline interleaved, deduplicated, without recently heard tracks,
+        exactly `k` long (topped up from the popular list). Degrades to the offline list
+        when an upstream is down or slow."""
+        try:
+            out = await gather_online(upstreams, user_id, k)
+        except OnlineFailure as exc:
+            out = exc.partial
+            metrics.fallbacks.labels(exc.reason).inc()
+            fallback_log.warning(
+                "fallback to offline recommendations for user %d: %s", user_id, exc
+            )
+        recent = set(out.recent)
+        # a longer offline list, so that dropped duplicates and heard tracks are replaced by
+        # the next ranked ones before the popular top-up
+        offline_recs = offline.offline(user_id, 2 * k + len(recent))
+        recs = blend(out.recs, offline_recs, k, recent, offline.popular)
+        return OrjsonResponse({"recs": recs})
+
+    return app

@@ -1,0 +1,301 @@
+"""Upload the artifacts to S3 (or any S3-compatible store) and fetch them back.
+
+Layout in the bucket mirrors the artifacts directory under a top folder `recsys/`:
+
+    {prefix}recsys/data/...             <- {artifacts_dir}/data/...
+    {prefix}recsys/recommendations/...  <- {artifacts_dir}/recommendations/...
+    {prefix}recsys/model/...            <- {artifacts_dir}/model/...
+    {prefix}recsys/pictures/...         <- {artifacts_dir}/pictures/...
+    {prefix}recsys/metrics.json         <- {artifacts_dir}/metrics.json
+
+`prefix` is `Settings.s3_prefix`, treated as a folder ("runs/42" -> "runs/42/recsys/...").
+Configuration comes from `Settings`: S3_BUCKET_NAME, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY (else boto3's default credential chain), S3_ENDPOINT_URL,
+AWS_DEFAULT_REGION. Failures raise `StorageError` naming the bucket and endpoint; the
+secret key never appears in a message or a log line. Local files are only read by the
+upload; the download writes each file atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from musicrec.errors import StorageError
+from musicrec.io import atomic_path
+from musicrec.settings import Settings
+
+__all__ = [
+    "ARTIFACT_DIRS",
+    "ARTIFACT_FILES",
+    "TOP_FOLDER",
+    "artifact_files",
+    "download_artifacts",
+    "s3_client",
+    "upload_artifacts",
+]
+
+log = logging.getLogger(__name__)
+
+#: top folder of every key in the bucket
+TOP_FOLDER = "recsys"
+#: sub-directories of the artifacts directory that are uploaded (recursively)
+ARTIFACT_DIRS = ("data", "recommendations", "model", "pictures")
+#: single files at the top of the artifacts directory that are uploaded
+ARTIFACT_FILES = ("metrics.json",)
+
+_ACCESS_DENIED = {
+    "403",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "SignatureDoesNotMatch",
+    "Forbidden",
+}
+_NO_BUCKET = {"404", "NoSuchBucket", "NotFound"}
+
+
+# ------------------------------------------------------------------------------- client
+def s3_client(
+    settings: Settings,
+    *,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 3,
+) -> Any:
+    """A boto3 S3 client for `settings`.
+
+    Credentials: the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY settings when both are set,
+    otherwise boto3's default chain (environment, ~/.aws, instance role). A custom
+    endpoint (S3_ENDPOINT_URL: MinIO, Yandex Object Storage, moto...) is honoured and gets
+    path-style addressing and checksums only when required, which S3-compatible stores
+    accept. `max_attempts` counts the first try (1 = no retry).
+    """
+    import boto3
+    from botocore.config import Config
+
+    key_id = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None
+    secret = (
+        settings.aws_secret_access_key.get_secret_value()
+        if settings.aws_secret_access_key
+        else None
+    )
+    if bool(key_id) != bool(secret):
+        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+        raise StorageError(f"incomplete S3 credentials: {missing} is not set")
+    endpoint = settings.s3_endpoint_url or None
+    options: dict[str, Any] = {
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "retries": {"max_attempts": max(1, max_attempts), "mode": "standard"},
+    }
+    if endpoint:
+        options["s3"] = {"addressing_style": "path"}
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=settings.s3_region or None,
+        aws_access_key_id=key_id or None,
+        aws_secret_access_key=secret or None,
+        config=Config(**options),
+    )
+
+
+# ------------------------------------------------------------------------------ helpers
+def _prefix(settings: Settings) -> str:
+    """The key prefix before `recsys/`, as a folder ('' or ending with '/')."""
+    p = (settings.s3_prefix or "").strip().strip("/")
+    return f"{p}/" if p else ""
+
+
+def _base(settings: Settings) -> str:
+    return f"{_prefix(settings)}{TOP_FOLDER}/"
+
+
+def _where(settings: Settings) -> str:
+    return settings.s3_endpoint_url or f"AWS S3 (region {settings.s3_region})"
+
+
+def _is_temporary(path: Path) -> bool:
+    """Half-written files of `musicrec.io.atomic_path` ('.name.xxxx.tmp')."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def artifact_files(artifacts_dir: str | Path) -> list[tuple[Path, str]]:
+    """(local file, key relative to the prefix) for every artifact to upload, sorted."""
+    root = Path(artifacts_dir)
+    found: list[tuple[Path, str]] = []
+    for sub in ARTIFACT_DIRS:
+        d = root / sub
+        if not d.is_dir():
+            continue
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and not _is_temporary(p):
+                found.append((p, f"{TOP_FOLDER}/{p.relative_to(root).as_posix()}"))
+    for name in ARTIFACT_FILES:
+        p = root / name
+        if p.is_file():
+            found.append((p, f"{TOP_FOLDER}/{name}"))
+    return found
+
+
+def _relative_target(rel: str) -> PurePosixPath | None:
+    """The local relative path of a key below `{prefix}recsys/`, or None to skip it."""
+    if not rel or rel.endswith("/"):
+        return None
+    path = PurePosixPath(rel)
+    if path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
+        return None
+    if str(path) in ARTIFACT_FILES or (len(path.parts) > 1 and path.parts[0] in ARTIFACT_DIRS):
+        return path
+    return None
+
+
+def _error(exc: BaseException, settings: Settings, action: str) -> StorageError:
+    """A StorageError that names the bucket and endpoint, with no secret in it."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    bucket, where = settings.s3_bucket_name, _where(settings)
+    target = f"bucket '{bucket}' at {where}"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        msg = (
+            f"{action} failed: no AWS credentials for {target} "
+            "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    elif isinstance(
+        exc,
+        EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError | ReadTimeoutError,
+    ):
+        msg = f"{action} failed: cannot reach the S3 endpoint {where} (bucket '{bucket}'): {exc}"
+    elif isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "")) or str(
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        )
+        if code in _NO_BUCKET:
+            msg = f"{action} failed: S3 bucket '{bucket}' does not exist at {where}"
+        elif code in _ACCESS_DENIED:
+            msg = (
+                f"{action} failed: access denied to {target} ({code}); check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+            )
+        else:
+            msg = f"{action} failed on {target}: {code} {err.get('Message', '')}".rstrip()
+    elif isinstance(exc, S3UploadFailedError):
+        msg = f"{action} failed on {target}: {exc}"
+    else:
+        msg = f"{action} failed on {target}: {type(exc).__name__}: {exc}"
+    secret = settings.aws_secret_access_key
+    if secret is not None and secret.get_secret_value():
+        msg = msg.replace(secret.get_secret_value(), "***")
+    return StorageError(msg)
+
+
+def _check_bucket(client: Any, settings: Settings, action: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.head_bucket(Bucket=settings.s3_bucket_name)
+    except (ClientError, BotoCoreError) as exc:
+        raise _error(exc, settings, action) from None
+
+
+# --------------------------------------------------------------------------- public API
+def upload_artifacts(
+    settings: Settings, artifacts_dir: str | Path, *, client: Any = None
+) -> list[str]:
+    """Upload every artifact file (see the module docstring) to S3; return the keys.
+
+    Without S3_BUCKET_NAME this logs one info line and returns []. The bucket is checked
+    first (head_bucket); wrong credentials, a missing bucket or an unreachable endpoint
+    raise `StorageError`. Local files are never modified. `client` overrides `s3_client`.
+    """
+    if not settings.s3_bucket_name:
+        log.info("S3 upload skipped: S3_BUCKET_NAME is not set")
+        return []
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = settings.s3_bucket_name
+    files = artifact_files(artifacts_dir)
+    client = client if client is not None else s3_client(settings)
+    _check_bucket(client, settings, "S3 upload")
+    if not files:
+        log.warning("S3 upload: no artifacts found under %s", Path(artifacts_dir))
+        return []
+    prefix = _prefix(settings)
+    keys: list[str] = []
+    size = 0
+    for path, rel_key in files:
+        key = prefix + rel_key
+        try:
+            client.upload_file(str(path), bucket, key)
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            raise _error(exc, settings, f"S3 upload of {path}") from None
+        log.debug("Uploaded %s -> s3://%s/%s", path, bucket, key)
+        keys.append(key)
+        size += path.stat().st_size
+    log.info(
+        "Uploaded %d artifact files (%.1f MB) to s3://%s/%s",
+        len(keys),
+        size / 1e6,
+        bucket,
+        _base(settings),
+    )
+    return keys
+
+
+def download_artifacts(
+    settings: Settings, artifacts_dir: str | Path, *, client: Any = None
+) -> list[Path]:
+    """Fetch the artifacts uploaded by `upload_artifacts` into `artifacts_dir`.
+
+    Each file is written atomically (a service starting meanwhile never reads half a
+    file); keys outside the artifact layout are ignored. Without S3_BUCKET_NAME this logs
+    one info line and returns []. Errors raise `StorageError` like the upload.
+    """
+    if not settings.s3_bucket_name:
+        log.info("S3 download skipped: S3_BUCKET_NAME is not set")
+        return []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = settings.s3_bucket_name
+    client = client if client is not None else s3_client(settings)
+    _check_bucket(client, settings, "S3 download")
+    base = _base(settings)
+    root = Path(artifacts_dir)
+    written: list[Path] = []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                rel = _relative_target(key[len(base) :])
+                if rel is None:
+                    log.debug("Skipping s3://%s/%s (not an artifact)", bucket, key)
+                    continue
+                target = root.joinpath(*rel.parts)
+                with atomic_path(target) as tmp:
+                    client.download_file(bucket, key, str(tmp))
+                written.append(target)
+    except (ClientError, BotoCoreError) as exc:
+        raise _error(exc, settings, "S3 download") from None
+    if written:
+        log.info("Downloaded %d artifact files from s3://%s/%s", len(written), bucket, base)
+    else:
+        log.warning("S3 download: no artifacts under s3://%s/%s", bucket, base)
+    return written

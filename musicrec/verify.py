@@ -1,0 +1,493 @@
+"""Exercise every endpoint of the running services and write `service_test.log`.
+
+`run_verification()` (also `python verify_service.py` and `python -m musicrec verify`)
+picks ids that exist in the current artifacts (read through the settings' artifact paths,
+touching only parquet statistics, the first row group and filtered reads, so it stays cheap
+on full-size data), computes what each endpoint should answer with the same rules as the
+services (`musicrec.blending`), calls the services and logs one line per check:
+`PASS|FAIL|SKIP <check>: <request> -> <status> <response>`. Returns 0 when every check
+passed, 1 otherwise.
+
+It writes a few events for a synthetic user (an id above every user id the pipeline knows),
+never for a real user.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.blending import blend, dedupe, merge_by_score
+from musicrec.columns import Columns as C
+from musicrec.errors import ArtifactError
+from musicrec.service_common import INT32_MAX, K_MAX
+from musicrec.service_recommendations import RECENT_WINDOW
+from musicrec.service_similar import MAX_BATCH
+from musicrec.settings import Settings, get_settings
+
+log = logging.getLogger("musicrec.verify")
+
+K = 10
+_BODY_SHOWN = 400
+
+
+@dataclass
+class Reply:
+    """An HTTP answer: status, raw body, parsed JSON (None if not JSON)."""
+
+    status: int
+    body: bytes
+    data: Any
+
+    def short(self) -> str:
+        text = self.body.decode("utf-8", "replace").replace("\n", " ")
+        return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
+
+
+@dataclass
+class Picks:
+    """Ids taken from the artifacts and what the artifacts say about them."""
+
+    warm_user: int
+    warm_list: list[int]
+    cold_user: int
+    verify_user: int
+    popular: list[int]
+    seeds: list[int]
+    similar_of: Callable[[Sequence[int], int], dict[int, tuple[list[int], list[float]]]]
+
+
+def _call(
+    method: str,
+    url: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[str, Reply]:
+    """One request with urllib; returns the request text shown in the log and the reply."""
+    full = url + ("?" + urllib.parse.urlencode(params) if params else "")
+    data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
+    hdrs = dict(headers or {})
+    if body is not None:
+        hdrs["Content-Type"] = "application/json"
+    req = urllib.request.Request(full, data=data, method=method, headers=hdrs)
+    shown = f"{method} {full}" + (f" {data.decode()}" if body is not None and data else "")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return shown, Reply(0, f"connection failed: {exc}".encode(), None)
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    return shown, Reply(status, raw, parsed)
+
+
+def _sorted_by_rank(table: Any, key: str) -> list[int]:
+    order = pc.sort_indices(table, sort_keys=[(C.Rank, "ascending")])
+    values = table.column(key).take(order).to_numpy()
+    return [int(v) for v in values if v >= 0]
+
+
+def _column_extreme(path: Path, column: str) -> tuple[int, int]:
+    """(min, max) of an integer column from the parquet statistics (read if missing)."""
+    pf = pq.ParquetFile(path)
+    idx = pf.schema_arrow.get_field_index(column)
+    lo: int | None = None
+    hi: int | None = None
+    for i in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(i).column(idx).statistics
+        if stats is None or not stats.has_min_max:
+            values = pq.read_table(path, columns=[column]).column(column).to_numpy()
+            return (int(values.min()), int(values.max())) if values.size else (0, -1)
+        lo = int(stats.min) if lo is None else min(lo, int(stats.min))
+        hi = int(stats.max) if hi is None else max(hi, int(stats.max))
+    return (lo, hi) if lo is not None and hi is not None else (0, -1)
+
+
+def pick_ids(settings: Settings) -> Picks:
+    """Choose the ids to test with from the current artifacts."""
+    paths = ArtifactPaths(settings.artifacts_dir)
+    for p in (paths.recommendations, paths.top_popular, paths.similar):
+        if not p.is_file():
+            raise ArtifactError(f"{p}: artifact file is missing; cannot pick ids to verify")
+
+    pop = pq.read_table(paths.top_popular, columns=[C.Item, C.Rank])
+    popular = dedupe(_sorted_by_rank(pop, C.Item))
+
+    recs_pf = pq.ParquetFile(paths.recommendations)
+    first = recs_pf.read_row_group(0, columns=[C.User]) if recs_pf.metadata.num_row_groups else None
+    lo, hi = _column_extreme(paths.recommendations, C.User)
+    if first is None or first.num_rows == 0:
+        warm_user, warm_list = -1, []
+    else:
+        warm_user = int(first.column(C.User)[0].as_py())
+        rows = pq.read_table(
+            paths.recommendations,
+            columns=[C.Item, C.Rank],
+            filters=[(C.User, "==", warm_user)],
+        )
+        warm_list = dedupe(_sorted_by_rank(rows, C.Item))
+    if hi + 2 <= INT32_MAX:
+        cold_user, verify_user = hi + 1, hi + 2
+    elif lo >= 2:
+        cold_user, verify_user = lo - 1, lo - 2
+    else:
+        raise ArtifactError(f"{paths.recommendations}: no free user id for a cold user")
+
+    sim_pf = pq.ParquetFile(paths.similar)
+    seeds: list[int] = []
+    if sim_pf.metadata.num_row_groups:
+        head = sim_pf.read_row_group(0, columns=[C.Item1]).column(C.Item1).to_numpy()
+        seeds = [int(t) for t in dict.fromkeys(head.tolist()) if t >= 0][:3]
+
+    def similar_of(tracks: Sequence[int], k: int) -> dict[int, tuple[list[int], list[float]]]:
+        """Each track's top-k similar tracks and scores, as the similarity service ranks."""
+        out: dict[int, tuple[list[int], list[float]]] = {t: ([], []) for t in tracks}
+        if not tracks:
+            return out
+        table = pq.read_table(
+            paths.similar,
+            columns=[C.Item1, C.Item2, C.Score, C.Rank],
+            filters=[(C.Item1, "in", list(tracks))],
+        )
+        src = table.column(C.Item1).to_numpy()
+        dst = table.column(C.Item2).to_numpy()
+        score = table.column(C.Score).to_numpy()
+        rank = table.column(C.Rank).to_numpy()
+        keep = (dst >= 0) & (dst != src)
+        src, dst, score, rank = src[keep], dst[keep], score[keep], rank[keep]
+        order = np.lexsort((rank, src))
+        for s, d, sc in zip(src[order], dst[order], score[order], strict=True):
+            tr, scs = out[int(s)]
+            if len(tr) < k:
+                tr.append(int(d))
+                scs.append(float(sc))
+        return out
+
+    return Picks(warm_user, warm_list, cold_user, verify_user, popular, seeds, similar_of)
+
+
+@dataclass
+class Verifier:
+    """Runs the checks and keeps the log lines."""
+
+    settings: Settings
+    recs_url: str
+    similar_url: str
+    events_url: str
+    lines: list[str] = field(default_factory=list)
+    passed: int = 0
+    failures: int = 0
+    skipped: int = 0
+
+    def record(
+        self, ok: bool | None, name: str, shown: str, reply: Reply | None, note: str = ""
+    ) -> bool:
+        """Log one check; `ok=None` means skipped."""
+        verdict = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+        if ok is None:
+            self.skipped += 1
+        elif ok:
+            self.passed += 1
+        else:
+            self.failures += 1
+        line = f"{verdict} {name}: {shown}"
+        if reply is not None:
+            line += f" -> {reply.status} {reply.short()}"
+        if note:
+            line += f" | {note}"
+        self.lines.append(line)
+        (log.info if ok is not False else log.error)("%s", line)
+        return bool(ok)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        key = self.settings.events_api_key
+        return {"X-API-Key": key.get_secret_value()} if key and key.get_secret_value() else {}
+
+    def expect_json(self, name: str, method: str, url: str, expected: Any, **kw: Any) -> Reply:
+        shown, reply = _call(method, url, **kw)
+        ok = reply.status == 200 and reply.data == expected
+        note = "" if ok else f"expected 200 {orjson.dumps(expected).decode()[:_BODY_SHOWN]}"
+        self.record(ok, name, shown, reply, note)
+        return reply
+
+    def expect_status(self, name: str, method: str, url: str, status: int, **kw: Any) -> Reply:
+        shown, reply = _call(method, url, **kw)
+        ok = reply.status == status
+        self.record(ok, name, shown, reply, "" if ok else f"expected {status}")
+        return reply
+
+    def events_of(self, user_id: int) -> list[int]:
+        k = max(self.settings.online_history_k, RECENT_WINDOW)
+        _, reply = _call(
+            "POST", f"{self.events_url}/get_events", params={"user_id": user_id, "k": k}
+        )
+        if reply.status != 200 or not isinstance(reply.data, dict):
+            return []
+        return [int(t) for t in reply.data.get("events", [])]
+
+    def expected_online(self, picks: Picks, recent: list[int], k: int) -> list[int]:
+        seeds = dedupe(recent)[: self.settings.online_history_k]
+        similar = picks.similar_of(seeds, self.settings.online_similar_k)
+        return merge_by_score((similar[s] for s in seeds), k, banned=set(recent))
+
+    def expected_offline(self, picks: Picks, user_id: int, n: int) -> list[int]:
+        base = picks.warm_list if user_id == picks.warm_user else picks.popular
+        return base[:n]
+
+    def expected_blend(self, picks: Picks, user_id: int, k: int) -> list[int]:
+        recent = self.events_of(user_id)
+        online = self.expected_online(picks, recent, k)
+        offline = self.expected_offline(picks, user_id, 2 * k + len(set(recent)))
+        return blend(online, offline, k, set(recent), picks.popular)
+
+    # --- the checks ----------------------------------------------------------------------
+
+    def run(self, picks: Picks) -> None:
+        urls = {"recommendations": self.recs_url, "similar": self.similar_url}
+        urls["events"] = self.events_url
+        for name, url in urls.items():
+            self.expect_json(f"{name} /health", "GET", f"{url}/health", _health(name))
+            self.expect_json(
+                f"{name} /ready", "GET", f"{url}/ready", {"ready": True, "service": name}
+            )
+
+        rec = self.recs_url
+        # offline: a user the pipeline never saw, and one it did
+        self.expect_json(
+            "cold user offline = top popular",
+            "POST",
+            f"{rec}/recommendations_offline",
+            {"recs": picks.popular[:K]},
+            params={"user_id": picks.cold_user, "k": K},
+        )
+        if picks.warm_user >= 0:
+            self.expect_json(
+                "user with history offline = ranker's list",
+                "POST",
+                f"{rec}/recommendations_offline",
+                {"recs": picks.warm_list[:K]},
+                params={"user_id": picks.warm_user, "k": K},
+            )
+        else:
+            self.record(None, "user with history offline", "no user in the artifacts", None)
+
+        # similar tracks, single and batch
+        if picks.seeds:
+            t = picks.seeds[0]
+            tracks, scores = picks.similar_of([t], K)[t]
+            shown, reply = _call(
+                "POST", f"{self.similar_url}/similar_tracks", params={"track_id": t, "k": K}
+            )
+            ok = (
+                reply.status == 200
+                and isinstance(reply.data, dict)
+                and reply.data.get("track_id_2") == tracks
+                and np.allclose(reply.data.get("score", []), scores, rtol=1e-5)
+                and all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+            )
+            self.record(ok, "similar tracks, best first", shown, reply, f"expected {tracks}")
+            batch = picks.similar_of(picks.seeds, K)
+            expected_batch = [
+                [s, batch[s][0]] for s in picks.seeds
+            ]  # compare ids; scores checked above
+            shown, reply = _call(
+                "POST",
+                f"{self.similar_url}/similar_tracks_batch",
+                body={"track_ids": picks.seeds, "k": K},
+            )
+            got = (
+                [[r["track_id"], r["track_id_2"]] for r in reply.data.get("results", [])]
+                if reply.status == 200 and isinstance(reply.data, dict)
+                else None
+            )
+            self.record(got == expected_batch, "similar tracks batch", shown, reply)
+        else:
+            self.record(None, "similar tracks", "similar.parquet is empty", None)
+
+        # events: add (an unknown track too), newest first
+        ev = self.events_url
+        user = picks.verify_user
+        if self.api_headers:
+            shown, reply = _call("POST", f"{ev}/add_event", params={"user_id": user, "track_id": 1})
+            self.record(reply.status == 401, "add_event without API key -> 401", shown, reply)
+            shown, reply = _call(
+                "POST",
+                f"{ev}/add_event",
+                params={"user_id": user, "track_id": 1},
+                headers={"X-API-Key": "wrong"},
+            )
+            self.record(reply.status == 401, "add_event wrong API key -> 401", shown, reply)
+        else:
+            self.record(None, "add_event API key", "events_api_key not set: open", None)
+        unknown_track = INT32_MAX - 7
+        self.expect_status(
+            "add_event unknown track accepted",
+            "POST",
+            f"{ev}/add_event",
+            200,
+            params={"user_id": user, "track_id": unknown_track},
+            headers=self.api_headers,
+        )
+        added = picks.seeds or picks.popular[:3]
+        for t in added:
+            self.expect_status(
+                "add_event",
+                "POST",
+                f"{ev}/add_event",
+                200,
+                params={"user_id": user, "track_id": t},
+                headers=self.api_headers,
+            )
+        newest_first = list(reversed(added))
+        self.expect_json(
+            "get_events newest first",
+            "POST",
+            f"{ev}/get_events",
+            {"events": newest_first, "count": len(newest_first)},
+            params={"user_id": user, "k": len(newest_first)},
+        )
+        shown, reply = _call("GET", f"{ev}/stats")
+        ok = (
+            reply.status == 200
+            and isinstance(reply.data, dict)
+            and reply.data.get("events", 0) >= len(added) + 1
+        )
+        self.record(ok, "event /stats", shown, reply)
+
+        # online and blended
+        recent = self.events_of(user)
+        expected_online = self.expected_online(picks, recent, K)
+        reply = self.expect_json(
+            "online = similar to latest listens, heard ones removed",
+            "POST",
+            f"{rec}/recommendations_online",
+            {"recs": expected_online},
+            params={"user_id": user, "k": K},
+        )
+        if picks.seeds and not expected_online:
+            self.record(False, "online not empty", "seeds have no similar tracks?", None)
+        for who, uid in (("verify user (events)", user), ("user with history", picks.warm_user)):
+            if uid < 0:
+                continue
+            expected = self.expected_blend(picks, uid, K)
+            self.expect_json(
+                f"blended, {who}: online/offline interleaved, exactly k",
+                "POST",
+                f"{rec}/recommendations",
+                {"recs": expected},
+                params={"user_id": uid, "k": K},
+            )
+        self.expect_json(
+            "blended, cold user without events",
+            "POST",
+            f"{rec}/recommendations",
+            {"recs": self.expected_blend(picks, picks.cold_user, K)},
+            params={"user_id": picks.cold_user, "k": K},
+        )
+
+        # bad requests -> 422, never 500
+        bad = [
+            ("k=0", f"{rec}/recommendations", {"user_id": 1, "k": 0}, None),
+            (f"k={K_MAX + 1}", f"{rec}/recommendations", {"user_id": 1, "k": K_MAX + 1}, None),
+            ("user_id=-1", f"{rec}/recommendations_offline", {"user_id": -1}, None),
+            ("user_id=2**31", f"{rec}/recommendations_online", {"user_id": 2**31}, None),
+            ("user_id=abc", f"{rec}/recommendations", {"user_id": "abc"}, None),
+            ("track_id=-5", f"{self.similar_url}/similar_tracks", {"track_id": -5}, None),
+            ("get_events k=0", f"{ev}/get_events", {"user_id": 1, "k": 0}, None),
+            (
+                "add_event track_id=2**31",
+                f"{ev}/add_event",
+                {"user_id": 1, "track_id": 2**31},
+                None,
+            ),
+            (
+                f"batch of {MAX_BATCH + 1} ids",
+                f"{self.similar_url}/similar_tracks_batch",
+                None,
+                {"track_ids": list(range(MAX_BATCH + 1)), "k": 5},
+            ),
+        ]
+        for label, url, params, body in bad:
+            self.expect_status(
+                f"bad request {label} -> 422",
+                "POST",
+                url,
+                422,
+                params=params,
+                body=body,
+                headers=self.api_headers,
+            )
+
+        # metrics
+        for name, url in urls.items():
+            shown, reply = _call("GET", f"{url}/metrics")
+            ok = reply.status == 200 and b"http_requests_total" in reply.body
+            self.record(ok, f"{name} /metrics", shown, Reply(reply.status, reply.body[:120], None))
+
+
+def _health(name: str) -> dict[str, str]:
+    return {"status": "ok", "service": name}
+
+
+def run_verification(
+    settings: Settings | None = None,
+    *,
+    recs_url: str | None = None,
+    similar_url: str | None = None,
+    events_url: str | None = None,
+    log_path: str | Path = "service_test.log",
+) -> int:
+    """Run every check against the running services; 0 when all passed, else 1."""
+    from musicrec.serve import recs_base_url
+
+    cfg = settings or get_settings()
+    v = Verifier(
+        cfg,
+        (recs_url or recs_base_url(cfg)).rstrip("/"),
+        (similar_url or cfg.similar_base_url).rstrip("/"),
+        (events_url or cfg.events_base_url).rstrip("/"),
+    )
+    start = time.perf_counter()
+    try:
+        picks = pick_ids(cfg)
+    except (ArtifactError, OSError) as exc:
+        v.record(False, "pick ids from the artifacts", str(exc), None)
+    else:
+        v.record(
+            True,
+            "pick ids from the artifacts",
+            f"warm user {picks.warm_user}, cold user {picks.cold_user}, "
+            f"verify user {picks.verify_user}, seeds {picks.seeds}",
+            None,
+        )
+        v.run(picks)
+    summary = (
+        f"{'PASSED' if v.failures == 0 else 'FAILED'}: {v.passed} passed, {v.failures} failed, "
+        f"{v.skipped} skipped in {time.perf_counter() - start:.2f}s"
+    )
+    Path(log_path).write_text("\n".join([*v.lines, summary]) + "\n", encoding="utf-8")
+    print(summary, flush=True)
+    return 0 if v.failures == 0 else 1

@@ -1,0 +1,145 @@
+"""Fixtures of the service tests: fake artifacts, settings pointing at them, services run
+in-process (uvicorn in a thread) or as real uvicorn subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from musicrec.serve import ServiceProcess, start_all, stop_all, wait_ready
+from musicrec.settings import Settings
+
+from .artifacts_fixture import write_fake_artifacts
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(artifacts_root: Path, work: Path, **overrides: Any) -> Settings:
+    """Settings for tests: the fake artifacts, a private event DB, free ports."""
+    values: dict[str, Any] = {
+        "artifacts_dir": artifacts_root,
+        "event_db_path": work / "e.db",
+        "host": "127.0.0.1",
+        "recs_port": free_port(),
+        "similar_port": free_port(),
+        "events_port": free_port(),
+        "similar_url": None,
+        "events_url": None,
+        "events_api_key": None,
+        "fetch_artifacts_from_s3": False,
+        "log_level": "WARNING",
+        "upstream_timeout_s": 0.5,
+        "request_budget_s": 1.0,
+        "online_history_k": 5,
+        "online_similar_k": 20,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Fake artifacts shared by every test (read-only)."""
+    root = tmp_path_factory.mktemp("artifacts")
+    return write_fake_artifacts(root, n_users=40, n_tracks=300, seed=7)
+
+
+@pytest.fixture
+def settings(artifacts: dict[str, Any], tmp_path: Path) -> Settings:
+    return make_settings(artifacts["root"], tmp_path)
+
+
+class ThreadedServer:
+    """A real uvicorn server for an app, in a background thread (fast: no new process)."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.url} did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def upstream_settings(settings: Settings) -> Iterator[Settings]:
+    """`settings` with the similar and event services running in-process (real HTTP)."""
+    from musicrec.service_events import create_app as events_app
+    from musicrec.service_similar import create_app as similar_app
+
+    servers = [
+        ThreadedServer(similar_app(settings), settings.similar_port),
+        ThreadedServer(events_app(settings), settings.events_port),
+    ]
+    started = []
+    try:
+        for s in servers:
+            s.start()
+            started.append(s)
+        yield settings
+    finally:
+        for s in started:
+            s.stop()
+
+
+def resume_and_stop(procs: list[ServiceProcess]) -> None:
+    """Stop service processes, resuming SIGSTOPped ones first."""
+    for p in procs:
+        if p.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.proc.pid, signal.SIGCONT)
+    stop_all(procs, timeout_s=10)
+
+
+ServiceStarter = Callable[..., list[ServiceProcess]]
+
+
+@pytest.fixture
+def service_processes(tmp_path: Path) -> Iterator[ServiceStarter]:
+    """Start real uvicorn subprocesses (`start(settings, names)`); all stopped at the end.
+    Their output goes to `tmp_path/<name>.log`."""
+    running: list[ServiceProcess] = []
+    logs: list[Any] = []
+
+    def start(cfg: Settings, names: list[str] | None = None) -> list[ServiceProcess]:
+        out = open(tmp_path / f"services-{len(logs)}.log", "wb")  # noqa: SIM115
+        logs.append(out)
+        procs = start_all(cfg, names, stdout=out, stderr=out)
+        running.extend(procs)
+        wait_ready(procs, timeout_s=60)
+        return procs
+
+    try:
+        yield start
+    finally:
+        resume_and_stop(running)
+        for f in logs:
+            f.close()

@@ -1,0 +1,142 @@
+"""Missing or corrupt artifacts stop start-up with a message naming the file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.errors import ArtifactError
+from musicrec.serve import SERVICES, child_environment, uvicorn_command
+from musicrec.service_recommendations import create_app as recs_app
+from musicrec.service_similar import create_app as similar_app
+from musicrec.settings import Settings
+
+from .conftest import make_settings
+
+
+@pytest.fixture
+def own_artifacts(artifacts: dict[str, Any], tmp_path: Path) -> Path:
+    """A private copy of the fake artifacts that a test may break."""
+    root = tmp_path / "recsys"
+    shutil.copytree(artifacts["root"], root)
+    return root
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def drop_column(path: Path, column: str) -> None:
+    pq.write_table(pq.read_table(path).drop_columns([column]), path)
+
+
+def string_ids(path: Path, column: str) -> None:
+    df = pd.read_parquet(path)
+    df[column] = df[column].astype(str)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def null_ids(path: Path, column: str) -> None:
+    t = pq.read_table(path)
+    col = pa.array([None] + t.column(column).to_pylist()[1:], type=pa.int64())
+    pq.write_table(t.set_column(t.schema.get_field_index(column), column, col), path)
+
+
+Breaker = Callable[[Path], object]
+CASES: list[tuple[str, Breaker, str]] = [
+    ("missing", lambda p: p.unlink(), "missing"),
+    ("truncated", truncate, "parquet"),
+    ("garbage", lambda p: p.write_bytes(b"not parquet at all"), "parquet"),
+    ("empty file", lambda p: p.write_bytes(b""), "parquet"),
+]
+
+APPS: list[tuple[Callable[[Settings], FastAPI], str, str]] = [
+    (recs_app, "recommendations.parquet", "user_id"),
+    (recs_app, "top_popular.parquet", "track_id"),
+    (similar_app, "similar.parquet", "track_id_1"),
+]
+
+
+def start(app: FastAPI) -> None:
+    with TestClient(app):
+        pass
+
+
+@pytest.mark.parametrize(("factory", "file", "column"), APPS, ids=[a[1] for a in APPS])
+@pytest.mark.parametrize(("label", "breaker", "words"), CASES, ids=[c[0] for c in CASES])
+def test_broken_file_stops_start_up_naming_it(
+    own_artifacts: Path,
+    tmp_path: Path,
+    factory: Callable[[Settings], FastAPI],
+    file: str,
+    column: str,
+    label: str,
+    breaker: Breaker,
+    words: str,
+) -> None:
+    path = ArtifactPaths(own_artifacts).recs_dir / file
+    breaker(path)
+    with pytest.raises(ArtifactError) as err:
+        start(factory(make_settings(own_artifacts, tmp_path)))
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+@pytest.mark.parametrize(("factory", "file", "column"), APPS, ids=[a[1] for a in APPS])
+def test_wrong_columns_and_types_stop_start_up(
+    own_artifacts: Path,
+    tmp_path: Path,
+    factory: Callable[[Settings], FastAPI],
+    file: str,
+    column: str,
+) -> None:
+    path = ArtifactPaths(own_artifacts).recs_dir / file
+    cfg = make_settings(own_artifacts, tmp_path)
+    original = path.read_bytes()
+
+    drop_column(path, column)
+    with pytest.raises(ArtifactError, match=rf"{file}: missing column\(s\) \['{column}'\]"):
+        start(factory(cfg))
+
+    path.write_bytes(original)
+    string_ids(path, column)
+    with pytest.raises(ArtifactError, match=rf"{file}, column '{column}': expected integer"):
+        start(factory(cfg))
+
+    path.write_bytes(original)
+    null_ids(path, column)
+    with pytest.raises(ArtifactError, match=rf"{file}, column '{column}': 1 null"):
+        start(factory(cfg))
+
+
+def test_empty_popular_list_is_an_error(own_artifacts: Path, tmp_path: Path) -> None:
+    path = ArtifactPaths(own_artifacts).top_popular
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(ArtifactError, match="top_popular.parquet: no tracks"):
+        start(recs_app(make_settings(own_artifacts, tmp_path)))
+
+
+def test_uvicorn_process_exits_naming_the_missing_file(own_artifacts: Path, tmp_path: Path) -> None:
+    path = ArtifactPaths(own_artifacts).similar
+    path.unlink()
+    cfg = make_settings(own_artifacts, tmp_path)
+    spec = next(s for s in SERVICES if s.name == "similar")
+    proc = subprocess.run(
+        uvicorn_command(spec, cfg, cfg.similar_port),
+        env=child_environment(cfg),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert str(path) in proc.stderr.decode()

@@ -1,0 +1,126 @@
+"""End to end: the three services as real uvicorn processes, checked by verify_service.py,
+and the `serve --verify` command."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from musicrec.serve import PROJECT_ROOT, child_environment, is_ready
+
+from .conftest import ServiceStarter, free_port, make_settings
+
+CHECKS_EXPECTED = [
+    "/health",
+    "/ready",
+    "cold user offline",
+    "user with history offline",
+    "similar tracks, best first",
+    "similar tracks batch",
+    "without API key -> 401",
+    "get_events newest first",
+    "event /stats",
+    "online = similar",
+    "blended",
+    "-> 422",
+    "/metrics",
+]
+
+
+def test_verify_service_passes_against_real_processes(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("e2e-key"))
+    service_processes(cfg)
+    log = tmp_path / "service_test.log"
+    run = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "verify_service.py"), "--log", str(log)],
+        env=child_environment(cfg),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    out = run.stdout.decode() + run.stderr.decode()
+    assert run.returncode == 0, out
+    lines = log.read_text().splitlines()
+    assert lines[-1].startswith("PASSED")
+    assert not [x for x in lines if x.startswith("FAIL")]
+    for check in CHECKS_EXPECTED:
+        assert any(check in x and x.startswith("PASS") for x in lines), check
+
+
+def test_verify_service_fails_when_services_are_down(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = make_settings(artifacts["root"], tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "fail.log"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "verify_service.py"),
+            "--recs-url",
+            dead,
+            "--similar-url",
+            dead,
+            "--events-url",
+            dead,
+            "--log",
+            str(log),
+        ],
+        env=child_environment(cfg),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    text = log.read_text()
+    assert "FAIL recommendations /health" in text and text.splitlines()[-1].startswith("FAILED")
+
+
+def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = make_settings(artifacts["root"], tmp_path)
+    env = child_environment(cfg)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicrec", "serve", "--verify"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output = b""
+    try:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 90
+        while b"serving; press Ctrl-C" not in output:
+            assert time.monotonic() < deadline, output.decode()
+            assert proc.poll() is None, output.decode()
+            if sel.select(timeout=0.5):
+                output += proc.stdout.read1(65536)  # type: ignore[attr-defined]
+        urls = [f"http://127.0.0.1:{p}" for p in (cfg.recs_port, cfg.similar_port, cfg.events_port)]
+        assert all(is_ready(u) for u in urls)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        output += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert "verification PASSED" in text and "services stopped" in text
+    assert (tmp_path / "service_test.log").read_text().splitlines()[-1].startswith("PASSED")
+    assert not any(is_ready(u) for u in urls)  # all three are gone

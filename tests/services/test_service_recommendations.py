@@ -1,0 +1,180 @@
+"""Routes of the recommendation service. The similar and event services run in-process on
+real ports (`upstream_settings`), so the aiohttp calls are real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from musicrec.blending import blend, dedupe, merge_by_score
+from musicrec.service_recommendations import create_app
+from musicrec.settings import Settings
+
+from .conftest import free_port, make_settings
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The service alone (its upstreams are not running: fine for offline and 422s)."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def online_client(upstream_settings: Settings) -> Iterator[TestClient]:
+    """The service with the similar and event services up."""
+    with TestClient(create_app(upstream_settings)) as c:
+        yield c
+
+
+def add_events(cfg: Settings, user: int, tracks: list[int]) -> None:
+    with httpx.Client(base_url=cfg.events_base_url) as c:
+        for t in tracks:
+            c.post("/add_event", params={"user_id": user, "track_id": t}).raise_for_status()
+
+
+def expected_online(cfg: Settings, art: dict[str, Any], recent: list[int], k: int) -> list[int]:
+    seeds = dedupe(recent)[: cfg.online_history_k]
+    none: tuple[list[int], list[float]] = ([], [])
+    sources = [tuple(x[: cfg.online_similar_k] for x in art["similar"].get(s, none)) for s in seeds]
+    return merge_by_score(sources, k, banned=set(recent))  # type: ignore[arg-type]
+
+
+def recs(client: TestClient, path: str, user: int, k: int | None = None) -> list[int]:
+    params = {"user_id": user} if k is None else {"user_id": user, "k": k}
+    r = client.post(path, params=params)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"recs"}
+    return list(r.json()["recs"])
+
+
+def test_offline_warm_cold_and_default_k(client: TestClient, artifacts: dict[str, Any]) -> None:
+    warm, cold = artifacts["warm_user"], artifacts["cold_user"]
+    assert recs(client, "/recommendations_offline", warm, 5) == artifacts["recs"][warm][:5]
+    assert recs(client, "/recommendations_offline", cold, 5) == artifacts["popular"][:5]
+    assert recs(client, "/recommendations_offline", cold) == artifacts["popular"][:100]
+
+
+def test_online_is_empty_without_events(
+    online_client: TestClient, artifacts: dict[str, Any]
+) -> None:
+    assert recs(online_client, "/recommendations_online", artifacts["warm_user"], 10) == []
+
+
+def test_online_merges_similar_tracks_of_latest_events(
+    online_client: TestClient, upstream_settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    user = artifacts["warm_user"]
+    seeds = artifacts["similar_tracks"][:7]
+    # an unknown track and a repeat among the events: stored, ignored / counted once
+    events = [*seeds, 2**31 - 2, seeds[-1]]
+    add_events(upstream_settings, user, events)
+    recent = list(reversed(events))
+    got = recs(online_client, "/recommendations_online", user, 30)
+    assert got == expected_online(upstream_settings, artifacts, recent, 30)
+    assert got and not set(got) & set(events)
+
+
+def test_blended_interleaves_and_is_exactly_k(
+    online_client: TestClient, upstream_settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    user = artifacts["warm_user"]
+    events = artifacts["similar_tracks"][10:13]
+    add_events(upstream_settings, user, events)
+    recent = list(reversed(events))
+    for k in (1, 10, 60, 250):
+        got = recs(online_client, "/recommendations", user, k)
+        online = expected_online(upstream_settings, artifacts, recent, k)
+        offline = artifacts["recs"][user][: 2 * k + len(recent)]
+        assert got == blend(online, offline, k, set(recent), artifacts["popular"])
+        assert len(got) == k and len(set(got)) == k
+        assert not set(got) & set(events)
+    got = recs(online_client, "/recommendations", user, 10)
+    online = expected_online(upstream_settings, artifacts, recent, 10)
+    offline_first = [t for t in artifacts["recs"][user] if t not in online and t not in events]
+    assert got[0] == online[0] and got[1] == offline_first[0]
+
+
+def test_blended_tops_up_a_short_list_and_stops_at_the_catalogue(
+    online_client: TestClient, artifacts: dict[str, Any]
+) -> None:
+    user = artifacts["short_user"]
+    got = recs(online_client, "/recommendations", user, 50)
+    assert len(got) == 50 and len(set(got)) == 50
+    assert got[: len(artifacts["recs"][user])] == artifacts["recs"][user]
+    n_catalogue = len(artifacts["popular"])
+    assert len(recs(online_client, "/recommendations", user, 1000)) == n_catalogue
+
+
+@pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"user_id": -1},
+        {"user_id": 2**31},
+        {"user_id": 10**30},
+        {"user_id": "x"},
+        {"user_id": 1, "k": 0},
+        {"user_id": 1, "k": 1001},
+        {"user_id": 1, "k": -5},
+        {"k": 5},
+    ],
+)
+def test_bad_params_422_never_500(client: TestClient, path: str, params: dict[str, Any]) -> None:
+    r = client.post(path, params=params)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["detail"] and body["message"].startswith("invalid request:")
+
+
+def test_online_bad_params_422(client: TestClient) -> None:
+    assert (
+        client.post("/recommendations_online", params={"user_id": 1, "k": 1001}).status_code == 422
+    )
+
+
+def test_fallback_to_offline_when_upstreams_are_down(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = make_settings(artifacts["root"], tmp_path, similar_url=dead, events_url=dead)
+    user = artifacts["warm_user"]
+    with TestClient(create_app(cfg)) as c:
+        assert recs(c, "/recommendations", user, 10) == artifacts["recs"][user][:10]
+        r = c.post("/recommendations_online", params={"user_id": user, "k": 10})
+        assert r.status_code == 503 and "events:unreachable" in r.json()["detail"]
+        metrics = c.get("/metrics").text
+    assert 'recommendation_fallbacks_total{reason="events:unreachable"} 1.0' in metrics
+    assert 'upstream_errors_total{kind="unreachable",upstream="events"}' in metrics
+
+
+def test_fallback_keeps_excluding_recent_tracks_when_only_similar_is_down(
+    upstream_settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    cfg = upstream_settings.model_copy(update={"similar_url": f"http://127.0.0.1:{free_port()}"})
+    user = artifacts["warm_user"]
+    heard = artifacts["recs"][user][:2]
+    add_events(cfg, user, heard)
+    with TestClient(create_app(cfg)) as c:
+        got = recs(c, "/recommendations", user, 10)
+        assert got == [t for t in artifacts["recs"][user] if t not in heard][:10]
+        assert 'reason="similar:unreachable"' in c.get("/metrics").text
+
+
+def test_probes_and_not_ready(upstream_settings: Settings) -> None:
+    app = create_app(upstream_settings)
+    c = TestClient(app)
+    assert c.get("/ready").status_code == 503
+    assert c.get("/health").status_code == 200
+    assert c.post("/recommendations", params={"user_id": 1}).status_code == 503
+    with TestClient(app) as c2:
+        assert c2.get("/ready").json() == {"ready": True, "service": "recommendations"}
+        schema = c2.get("/openapi.json").json()
+        resp = schema["paths"]["/recommendations"]["post"]["responses"]
+        assert resp["200"]["content"]["application/json"]["schema"]["$ref"].endswith("RecsResponse")
+        assert "422" in resp

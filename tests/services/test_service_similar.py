@@ -1,0 +1,154 @@
+"""Routes of the similar-tracks service (TestClient)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from musicrec.service_similar import MAX_BATCH, MAX_BATCH_BODY, create_app
+from musicrec.settings import Settings
+
+from .conftest import make_settings
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_similar_tracks_best_first(client: TestClient, artifacts: dict[str, Any]) -> None:
+    track = artifacts["similar_tracks"][0]
+    ids, scores = artifacts["similar"][track]
+    r = client.post("/similar_tracks", params={"track_id": track, "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"track_id_2", "score"}
+    assert body["track_id_2"] == ids[:5]
+    assert np.allclose(body["score"], scores[:5], rtol=1e-6)
+    assert body["score"] == sorted(body["score"], reverse=True)
+
+
+def test_similar_tracks_default_k_and_unknown_track(
+    client: TestClient, artifacts: dict[str, Any]
+) -> None:
+    track = artifacts["similar_tracks"][1]
+    r = client.post("/similar_tracks", params={"track_id": track})
+    assert r.json()["track_id_2"] == artifacts["similar"][track][0][:10]
+    unknown = artifacts["no_similar_track"]
+    r = client.post("/similar_tracks", params={"track_id": unknown, "k": 5})
+    assert r.status_code == 200
+    assert r.json() == {"track_id_2": [], "score": []}
+
+
+def test_batch_one_entry_per_seed_in_order(client: TestClient, artifacts: dict[str, Any]) -> None:
+    seeds = [*artifacts["similar_tracks"][:3], artifacts["no_similar_track"]]
+    r = client.post("/similar_tracks_batch", json={"track_ids": seeds, "k": 4})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["track_id"] for x in results] == seeds
+    for x in results[:3]:
+        assert x["track_id_2"] == artifacts["similar"][x["track_id"]][0][:4]
+    assert results[3]["track_id_2"] == [] and results[3]["score"] == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"track_id": -1},
+        {"track_id": 2**31},
+        {"track_id": "x"},
+        {"track_id": 1, "k": 0},
+        {"track_id": 1, "k": 1001},
+        {},
+    ],
+)
+def test_similar_tracks_bad_params_422(client: TestClient, params: dict[str, Any]) -> None:
+    r = client.post("/similar_tracks", params=params)
+    assert r.status_code == 422
+    assert r.json()["message"].startswith("invalid request:")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"track_ids": list(range(MAX_BATCH + 1)), "k": 5},
+        {"track_ids": [-3], "k": 5},
+        {"track_ids": [1], "k": 0},
+        {"track_ids": "nope"},
+    ],
+)
+def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
+    assert client.post("/similar_tracks_batch", json=body).status_code == 422
+
+
+def test_batch_body_size_is_bounded(client: TestClient) -> None:
+    big = b'{"track_ids": [' + b"1," * MAX_BATCH_BODY + b"1]}"
+    r = client.post(
+        "/similar_tracks_batch", content=big, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+def test_probes_metrics_and_openapi(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "service": "similar"}
+    assert client.get("/ready").json() == {"ready": True, "service": "similar"}
+    client.post("/similar_tracks", params={"track_id": 1})
+    metrics = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/similar_tracks",status="200"}' in metrics
+    assert "http_request_duration_seconds_bucket" in metrics
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/similar_tracks"]["post"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["$ref"].endswith("SimilarResponse")
+    assert "/similar_tracks_batch" in schema["paths"]
+
+
+def test_not_ready_before_the_artifacts_are_loaded(settings: Settings) -> None:
+    client = TestClient(create_app(settings))  # no `with`: the lifespan has not run
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json()["ready"] is False
+    assert client.get("/health").status_code == 200
+    assert client.post("/similar_tracks", params={"track_id": 1}).status_code == 503
+
+
+def test_artifacts_fetched_from_s3_first_when_configured(
+    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Settings, Path]] = []
+    fake = types.ModuleType("musicrec.storage")
+
+    def download_artifacts(cfg: Settings, artifacts_dir: Path) -> None:
+        calls.append((cfg, artifacts_dir))
+        shutil.copytree(artifacts["root"], artifacts_dir, dirs_exist_ok=True)
+
+    fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
+    cfg = make_settings(tmp_path / "fresh", tmp_path, fetch_artifacts_from_s3=True)
+    with TestClient(create_app(cfg)) as c:
+        assert c.get("/ready").status_code == 200
+        track = artifacts["similar_tracks"][0]
+        r = c.post("/similar_tracks", params={"track_id": track, "k": 3})
+        assert r.json()["track_id_2"] == artifacts["similar"][track][0][:3]
+    assert calls == [(cfg, tmp_path / "fresh")]
+
+
+def test_one_structured_debug_line_per_request(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="musicrec.services"):
+        client.post("/similar_tracks", params={"track_id": 5, "k": 2})
+    lines = [r.getMessage() for r in caplog.records if r.name == "musicrec.services.similar"]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["path"] == "/similar_tracks" and entry["status"] == 200
+    assert entry["query"] == "track_id=5&k=2" and entry["ms"] >= 0

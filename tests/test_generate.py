@@ -1,0 +1,335 @@
+"""Tests of the synthetic data generator (musicrec.generate).
+
+The `tiny` preset (generated once per module, < 1 s) checks the schema and the invariants
+of the real data; the `demo` preset (a few seconds) checks the statistical structure and
+that collaborative filtering has a signal: ALS beats the popularity list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+
+from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
+from musicrec.generate import (
+    PRESETS,
+    build_catalog,
+    build_users,
+    ensure_raw_data,
+    generate_chunk,
+    generate_dataset,
+    raw_data_present,
+    target_day_curve,
+)
+
+LASTFM = Path("/work/shared/datasets/lastfm-hetrec2k")
+IDS = pa.list_(pa.field("element", pa.int64()))
+EXPECTED = {
+    RawFiles.Tracks: pa.schema(
+        [(C.Item, pa.int64()), (C.Albums, IDS), (C.Artists, IDS), (C.Genres, IDS)]
+    ),
+    RawFiles.Catalog: pa.schema(
+        [(C.CatalogId, pa.int64()), (C.CatalogType, pa.string()), (C.CatalogName, pa.string())]
+    ),
+    RawFiles.Interactions: pa.schema(
+        [
+            (C.User, pa.int32()),
+            (C.Item, pa.int32()),
+            (C.Seq, pa.int16()),
+            (C.Datetime, pa.timestamp("ns")),
+            ("__index_level_0__", pa.int64()),
+        ]
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("tiny")
+    return out, generate_dataset("tiny", seed=7, out_dir=out)
+
+
+@pytest.fixture(scope="module")
+def tiny_frames(tiny: tuple[Path, dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    out, _ = tiny
+    return {name: pd.read_parquet(out / name) for name in RawFiles.All}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, generate_dataset("demo", seed=42, out_dir=out)
+
+
+# --- schema ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", RawFiles.All)
+def test_schema_is_the_real_one(tiny: tuple[Path, dict[str, Any]], name: str) -> None:
+    ours = pq.read_schema(tiny[0] / name)
+    assert ours.remove_metadata().equals(EXPECTED[name]), ours
+    ref_path = LASTFM / name
+    if ref_path.exists():  # the reference files in the exact schema of the real data
+        ref = pq.read_schema(ref_path)
+        assert ours.names == ref.names
+        for f_ours, f_ref in zip(ours, ref, strict=True):
+            assert f_ours.type.equals(f_ref.type), (f_ours, f_ref)
+        assert (ours.metadata is None) == (ref.metadata is None)
+    if name == RawFiles.Interactions:
+        meta = json.loads(ours.metadata[b"pandas"])
+        assert meta["index_columns"] == ["__index_level_0__"]
+        assert [c["numpy_type"] for c in meta["columns"]] == [
+            "int32",
+            "int32",
+            "int16",
+            "datetime64[ns]",
+            "int64",
+        ]
+        if ref_path.exists():
+            ref_meta = json.loads(pq.read_schema(ref_path).metadata[b"pandas"])
+            for key in ("index_columns", "column_indexes", "columns"):
+                assert meta[key] == ref_meta[key]
+
+
+def test_pandas_reads_dtypes_and_index(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    ev = tiny_frames[RawFiles.Interactions]
+    assert [str(t) for t in ev.dtypes] == ["int32", "int32", "int16", "datetime64[ns]"]
+    assert ev.index.dtype == np.int64 and ev.index.name is None
+    np.testing.assert_array_equal(ev.index.to_numpy(), ev[C.Seq].to_numpy() - 1)
+
+
+def test_row_groups_are_bounded(tiny: tuple[Path, dict[str, Any]]) -> None:
+    md = pq.ParquetFile(tiny[0] / RawFiles.Interactions).metadata
+    limit = PRESETS["tiny"].row_group_size
+    assert md.num_row_groups > 1
+    assert all(md.row_group(i).num_rows <= limit for i in range(md.num_row_groups))
+
+
+# --- ids and invariants ----------------------------------------------------------------------
+def test_ids_unique(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    tracks = tiny_frames[RawFiles.Tracks]
+    cat = tiny_frames[RawFiles.Catalog]
+    ev = tiny_frames[RawFiles.Interactions]
+    assert tracks[C.Item].is_unique and tracks[C.Item].is_monotonic_increasing
+    assert not cat.duplicated([C.CatalogId, C.CatalogType]).any()
+    assert set(cat[C.CatalogType]) == {"album", "artist", "genre", "track"}
+    assert not ev.duplicated([C.User, C.Item]).any()
+    # ids are unique only within a type: small ids are reused across types
+    per_type = cat.groupby(C.CatalogId)[C.CatalogType].nunique()
+    assert (per_type > 1).sum() > 10
+
+
+def test_catalog_sizes(tiny: tuple[Path, dict[str, Any]], tiny_frames: dict[str, Any]) -> None:
+    p = PRESETS["tiny"]
+    counts = tiny_frames[RawFiles.Catalog][C.CatalogType].value_counts().to_dict()
+    assert counts == {
+        "album": p.n_albums,
+        "artist": p.n_artists,
+        "genre": p.n_genres,
+        "track": p.n_tracks,
+    }
+    names = tiny_frames[RawFiles.Catalog][C.CatalogName]
+    assert names.notna().all() and (names.str.len() > 0).all()
+    genres = tiny_frames[RawFiles.Catalog].query("type == 'genre'")[C.CatalogName]
+    assert {"pop", "rock", "rap"} <= set(genres)
+    assert tiny[1]["rows"] == len(tiny_frames[RawFiles.Interactions])
+
+
+def test_track_seq_runs_in_time_order(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    ev = tiny_frames[RawFiles.Interactions]
+    n = ev.groupby(C.User).size()
+    assert n.min() >= 1 and n.max() <= PRESETS["tiny"].max_events_per_user
+    expected_seq = ev.groupby(C.User).cumcount() + 1
+    np.testing.assert_array_equal(ev[C.Seq].to_numpy(), expected_seq.to_numpy())  # sorted too
+    assert (ev.groupby(C.User)[C.Datetime].diff().dropna() >= pd.Timedelta(0)).all()
+    assert ev[C.User].nunique() == PRESETS["tiny"].n_users
+
+
+def test_blemishes(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    p = PRESETS["tiny"]
+    tracks = tiny_frames[RawFiles.Tracks]
+    lens = {col: tracks[col].map(len) for col in (C.Albums, C.Artists, C.Genres)}
+    assert 3 <= (lens[C.Albums] == 0).sum() <= 10
+    assert 0.005 < (lens[C.Artists] == 0).mean() < 0.03
+    assert 0 < (lens[C.Genres] == 0).sum() < 0.02 * len(tracks)
+    assert (lens[C.Albums] > 1).any() and (lens[C.Artists] > 1).any() and (lens[C.Genres] > 1).any()
+    cat = tiny_frames[RawFiles.Catalog]
+    used = set(np.concatenate(tracks[C.Genres].to_numpy()).tolist())
+    named = set(cat.loc[cat[C.CatalogType] == "genre", C.CatalogId])
+    assert len(used) == p.n_genre_ids
+    assert len(used - named) == p.n_unnamed_genres
+    assert len(named - used) == p.n_genres - (p.n_genre_ids - p.n_unnamed_genres)
+    # every album and artist referenced has a name
+    for col, kind in ((C.Albums, "album"), (C.Artists, "artist")):
+        ref = set(np.concatenate(tracks[col].to_numpy()).tolist())
+        assert ref <= set(cat.loc[cat[C.CatalogType] == kind, C.CatalogId])
+
+
+def test_interaction_tracks_exist(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    ev = tiny_frames[RawFiles.Interactions]
+    assert ev[C.Item].isin(tiny_frames[RawFiles.Tracks][C.Item]).all()
+    assert (
+        ev[C.Item].isin(tiny_frames[RawFiles.Catalog].query("type == 'track'")[C.CatalogId]).all()
+    )
+
+
+def test_dates_day_granular_in_2022(tiny_frames: dict[str, pd.DataFrame]) -> None:
+    dt = tiny_frames[RawFiles.Interactions][C.Datetime]
+    assert dt.min() >= pd.Timestamp("2022-01-01") and dt.max() <= pd.Timestamp("2022-12-31")
+    assert (dt == dt.dt.normalize()).all()
+
+
+def test_no_listen_before_release() -> None:
+    p = PRESETS["tiny"]
+    cat = build_catalog(p, 3)
+    users = build_users(p, 3)
+    user, track, day, seq = generate_chunk(cat, users, 0, p.n_users, p, 3, 0)
+    assert (cat.release >= 0).mean() > 0.05  # some tracks are 2022 releases
+    assert (cat.release[track] <= day).all()
+    assert (np.diff(user) >= 0).all() and seq.min() == 1
+
+
+# --- structure (demo) ------------------------------------------------------------------------
+def test_monthly_activity_grows(demo: tuple[Path, dict[str, Any]]) -> None:
+    months = np.array(demo[1]["events_by_month"])
+    assert (np.diff(months[:11]) > 0).all(), months  # January .. November grows
+    assert months[10] > 10 * months[0]
+    target = np.bincount(
+        pd.date_range("2022-01-01", "2022-12-31").month - 1, weights=target_day_curve()
+    )
+    np.testing.assert_allclose(months / months.sum(), target, rtol=0.1)
+
+
+def test_power_law_popularity_and_activity(demo: tuple[Path, dict[str, Any]]) -> None:
+    out, stats = demo
+    ev = pd.read_parquet(out / RawFiles.Interactions, columns=[C.User, C.Item])
+    pop = ev[C.Item].value_counts().to_numpy()
+    n_tracks = PRESETS["demo"].n_tracks
+    assert pop[: n_tracks // 100].sum() / len(ev) > 0.2  # top 1% of tracks
+    assert pop[0] / len(ev) < 0.01
+    assert stats["top1pct_share"] > 0.2
+    n = ev.groupby(C.User).size()
+    assert n.median() < 0.6 * n.mean()  # log-normal: heavy right tail
+    assert abs(len(ev) / PRESETS["demo"].target_events - 1) < 0.02
+
+
+def _recall_at_10(
+    recs: dict[int, np.ndarray], truth: dict[int, set[int]], users: np.ndarray
+) -> float:
+    return float(np.mean([len(truth[u] & set(recs[u].tolist())) / len(truth[u]) for u in users]))
+
+
+def _top_unheard(ranked: np.ndarray, heard: set[int], k: int = 10) -> np.ndarray:
+    out: list[int] = []
+    for item in ranked.tolist():
+        if item not in heard:
+            out.append(item)
+            if len(out) == k:
+                break
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_als_beats_popular_on_demo(demo: tuple[Path, dict[str, Any]]) -> None:
+    """Global time split (last ~10% of events by day) on demo: ALS > popularity on
+    Recall@10 over warm test users, and recent popularity > all-time popularity."""
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    ev = pd.read_parquet(demo[0] / RawFiles.Interactions, columns=[C.User, C.Item, C.Datetime])
+    day = ev[C.Datetime].to_numpy().astype("datetime64[D]").astype(np.int64)
+    share_after = np.cumsum(np.bincount(day - day.min())[::-1])[::-1] / len(day)
+    split = day.min() + int(np.flatnonzero(share_after <= 0.10)[0])
+    train = day < split
+    users = ev[C.User].to_numpy()
+    tracks = ev[C.Item].to_numpy()
+    items, col = np.unique(tracks[train], return_inverse=True)
+    x = sp.csr_matrix(
+        (np.ones(int(train.sum()), np.float32), (users[train], col)),
+        shape=(int(users.max()) + 1, len(items)),
+    )
+    test = pd.DataFrame({"u": users[~train], "t": tracks[~train]})
+    warm = np.intersect1d(test["u"].unique(), np.unique(users[train]))
+    truth = test[test["u"].isin(warm)].groupby("u")["t"].apply(set).to_dict()
+    assert len(warm) > 5_000
+
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=64, regularization=0.01, alpha=10, iterations=15, random_state=0
+        )
+        als.fit(x, show_progress=False)
+        ids, _ = als.recommend(warm, x[warm], N=10, filter_already_liked_items=True)
+    als_recs = {int(u): items[ids[i]] for i, u in enumerate(warm)}
+
+    heard = {int(u): set(items[x.indices[x.indptr[u] : x.indptr[u + 1]]].tolist()) for u in warm}
+    popular = items[np.argsort(-np.asarray(x.sum(axis=0)).ravel(), kind="stable")[:2000]]
+    recent = pd.Series(tracks[train & (day >= split - 14)]).value_counts().index.to_numpy()[:2000]
+    pop_recs = {u: _top_unheard(popular, heard[u]) for u in heard}
+    recent_recs = {u: _top_unheard(recent, heard[u]) for u in heard}
+
+    r_als = _recall_at_10(als_recs, truth, warm)
+    r_pop = _recall_at_10(pop_recs, truth, warm)
+    r_recent = _recall_at_10(recent_recs, truth, warm)
+    logging.getLogger(__name__).info(
+        "demo Recall@10 over %d warm users: ALS %.4f, popular %.4f, recent popular %.4f",
+        len(warm),
+        r_als,
+        r_pop,
+        r_recent,
+    )
+    assert r_pop > 0.005  # the popularity list is a real baseline
+    assert r_als > 1.2 * r_pop, (r_als, r_pop)
+    assert r_als < 4.0 * r_pop, (r_als, r_pop)  # ... but not a straw man
+    assert r_recent > r_pop, (r_recent, r_pop)  # time trends: recency matters
+
+
+# --- determinism, skipping, presets -----------------------------------------------------------
+def test_deterministic_for_a_seed(tiny: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    generate_dataset("tiny", seed=7, out_dir=tmp_path / "same")
+    generate_dataset("tiny", seed=8, out_dir=tmp_path / "other")
+    for name in RawFiles.All:
+        first = pq.read_table(tiny[0] / name)
+        assert first.equals(pq.read_table(tmp_path / "same" / name)), name
+        assert not first.equals(pq.read_table(tmp_path / "other" / name)), name
+
+
+def test_skip_and_ensure_raw_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "data"
+    caplog.set_level(logging.INFO, logger="musicrec.generate")
+    assert ensure_raw_data(out, preset="tiny", seed=1) is True
+    assert raw_data_present(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(RawFiles.All)  # no temp files left
+    mtimes = {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All}
+    caplog.clear()
+    assert ensure_raw_data(out, preset="tiny", seed=2) is False
+    assert any("not generating" in r.getMessage() for r in caplog.records)
+    assert generate_dataset("tiny", seed=2, out_dir=out)["skipped"] is True
+    assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
+    # a missing file means the set is regenerated
+    (out / RawFiles.Catalog).unlink()
+    assert ensure_raw_data(out, preset="tiny", seed=1) is True
+    assert raw_data_present(out)
+
+
+def test_presets() -> None:
+    full = PRESETS["full"]
+    assert (full.n_users, full.n_tracks, full.n_artists, full.n_albums) == (
+        1_373_221,
+        1_000_000,
+        153_581,
+        658_724,
+    )
+    assert (full.target_events, full.n_genres, full.n_genre_ids) == (222_629_898, 166, 173)
+    assert full.max_events_per_user == 16_637
+    assert {"tiny", "demo", "full10", "full"} <= set(PRESETS)
+    with pytest.raises(ValueError, match="unknown preset"):
+        generate_dataset("nope", out_dir="/nonexistent")

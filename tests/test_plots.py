@@ -1,0 +1,181 @@
+"""EDA and metrics pictures: drawn on small synthetic frames, opened and checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from musicrec import plots as P
+
+
+def make_items(n: int = 60) -> pd.DataFrame:
+    genres = ["pop", "rock", "электроника", "jazz"]
+    rows = []
+    for i in range(n):
+        g = i % 5 - 1  # -1 = no genre
+        rows.append(
+            {
+                "track_id": i,
+                "track_name": f"Песня {i}" if i % 2 else f"Track {i} with a fairly long title",
+                # every 7th item has no artist, every 5th no genre (empty lists)
+                "artist_names": [] if i % 7 == 0 else [f"Artist {i % 9}", "feat."],
+                "album_names": [f"Album {i % 4}"],
+                "genre_names": [] if g < 0 else [genres[g]],
+                "genre_ids": [] if g < 0 else [g],
+                "artist_ids": [] if i % 7 == 0 else [i % 9],
+                "main_genre": g,
+                "main_genre_name": None if g < 0 else genres[g],
+                "main_artist": None if i % 7 == 0 else f"Artist {i % 9}",
+            }
+        )
+    return pd.DataFrame(rows).astype({"track_id": "int32", "main_genre": "int32"})
+
+
+def make_events(n_items: int = 60, n_users: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    pairs = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users, 6000),
+            "track_id": np.minimum(rng.zipf(1.5, 6000) - 1, n_items + 4),  # some not in items
+        }
+    ).drop_duplicates()
+    start = np.datetime64("2022-01-01T00:00:00", "s")
+    offsets = rng.integers(0, 330 * 86400, len(pairs)).astype("timedelta64[s]")
+    ev = pairs.assign(started_at=(start + offsets).astype("datetime64[ns]"))
+    ev = ev.astype({"user_id": "int32", "track_id": "int32"})
+    ev["track_seq"] = ev.groupby("user_id").cumcount().astype("int16") + 1
+    return ev.reset_index(drop=True)
+
+
+def check_png(path: Path, min_side: int = 400) -> None:
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        w, h = img.size
+        assert w > min_side and h > min_side, (path.name, img.size)
+        px = np.asarray(img.convert("L"), dtype=np.float64)
+    # not blank: a real share of non-white pixels and some contrast
+    assert (px < 250).mean() > 0.01, path.name
+    assert px.std() > 10, path.name
+
+
+RESULTS = {
+    "top_popular": {
+        "precision@5": {"mean": 0.004, "stderr": 0.0002, "n_users": 100},
+        "ndcg@10": {"mean": 0.006, "stderr": 0.0003, "n_users": 100},
+        "coverage@5": {"mean": 0.0001, "stderr": None, "n_users": 100},
+    },
+    "als": {
+        "precision@5": {"mean": 0.013, "stderr": 0.0004, "n_users": 100},
+        "ndcg@10": {"mean": 0.016, "stderr": 0.0005, "n_users": 100},
+        "coverage@5": {"mean": 0.12, "stderr": None, "n_users": 100},
+    },
+}
+
+
+def test_draw_eda_writes_readable_pngs(tmp_path: Path) -> None:
+    paths = P.draw_eda(make_items(), make_events(), tmp_path / "pictures")
+    assert [p.name for p in paths] == list(P.EDA_FILES)
+    for p in paths:
+        check_png(p)
+    # atomic writes leave no temporary files behind
+    assert sorted(x.name for x in (tmp_path / "pictures").iterdir()) == sorted(P.EDA_FILES)
+
+
+def test_single_plot_functions(tmp_path: Path) -> None:
+    items, events = make_items(), make_events()
+    for path in (
+        P.plot_user_activity(events, tmp_path / "a.png"),
+        P.plot_top_tracks(items, events, tmp_path / "b.png", n=5),
+        P.plot_top_genres(items, events, tmp_path / "c.png"),
+        P.plot_long_tail(events, tmp_path / "d.png"),
+        P.plot_user_history_length(events, tmp_path / "e.png"),
+    ):
+        check_png(path)
+
+
+def test_empty_lists_and_missing_names_are_handled(tmp_path: Path) -> None:
+    # the most listened track has empty artist/genre lists, no name and no main artist;
+    # list cells as numpy arrays, as they come back from parquet
+    items = make_items()
+    items.at[0, "track_name"] = None
+    items["artist_names"] = items["artist_names"].map(np.asarray)
+    items["genre_names"] = items["genre_names"].map(np.asarray)
+    assert len(items.at[0, "artist_names"]) == 0 and items.at[0, "main_genre"] == -1
+    events = make_events()
+    assert events.track_id.value_counts().index[0] == 0
+    labels = P._track_labels(items, np.array([0, 1, 999]))
+    assert labels[0] == "track 0 — unknown"
+    assert labels[1] == "Песня 1 — Artist 1"
+    assert labels[2] == "track 999 — unknown"  # not in items at all
+    names = P._genre_names(items)
+    assert names[0] == "(no genre)" and names[1] == "pop"
+    for p in P.draw_eda(items, events, tmp_path):
+        check_png(p)
+
+
+def test_genre_names_fall_back_to_genre_lists() -> None:
+    items = make_items().drop(columns=["main_genre_name", "main_genre"])
+    names = P._genre_names(items)
+    assert names[0] == "(no genre)" and names[1] == "pop" and names[3] == "электроника"
+
+
+def test_user_activity_counts_by_month() -> None:
+    ev = pd.DataFrame(
+        {
+            "user_id": np.array([1, 1, 2, 3, 3, 3], dtype=np.int32),
+            "track_id": np.array([1, 2, 1, 1, 2, 3], dtype=np.int32),
+            "started_at": pd.to_datetime(
+                [
+                    "2022-01-31 23:59",
+                    "2022-01-01 00:00",
+                    "2022-01-15 12:00",
+                    "2022-03-01 00:00",
+                    None,
+                    "2022-03-02 08:30",
+                ]
+            ),
+        }
+    )
+    m = P._monthly(ev)
+    assert [str(x) for x in m.months] == ["2022-01", "2022-02", "2022-03"]
+    assert m.listens.tolist() == [3, 0, 2]  # the NaT row is skipped
+    assert m.active_users.tolist() == [2, 0, 1]
+
+
+def test_empty_events_draw_placeholders(tmp_path: Path) -> None:
+    events = make_events().iloc[:0]
+    for p in P.draw_eda(make_items(), events, tmp_path):
+        assert p.exists()
+        with Image.open(p) as img:
+            assert min(img.size) > 400
+
+
+def test_draw_metrics(tmp_path: Path) -> None:
+    path = P.draw_metrics(RESULTS, tmp_path / "metrics_comparison.png")
+    check_png(path)
+    # a metric that only some models have, and a None mean, are drawn as n/a
+    results = {**RESULTS, "empty": {"precision@5": {"mean": None, "stderr": None}}}
+    check_png(P.draw_metrics(results, tmp_path / "m2.png", metrics=["precision@5", "recall@5"]))
+
+
+def test_import_has_no_pyplot_side_effect() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, musicrec.plots; assert 'matplotlib.pyplot' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("tz", [None, "Europe/Moscow"])
+def test_datetime_variants(tmp_path: Path, tz: str | None) -> None:
+    ev = make_events()
+    ev["started_at"] = ev["started_at"].astype("datetime64[us]")
+    if tz:
+        ev["started_at"] = ev["started_at"].dt.tz_localize(tz)
+    check_png(P.plot_user_activity(ev, tmp_path / "a.png"))

@@ -1,0 +1,241 @@
+"""Building items.parquet and events.parquet from the raw files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers_raw import LASTFM, MOVIELENS, interactions_table, replace_column, write_raw
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.columns import Columns as C
+from musicrec.config import DataConfig
+from musicrec.errors import ArtifactError, DataValidationError
+from musicrec.prepare import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    PreparedData,
+    load_prepared,
+    prepare_data,
+    sample_users,
+)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> ArtifactPaths:
+    return ArtifactPaths(tmp_path / "recsys")
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, paths: ArtifactPaths) -> PreparedData:
+    return prepare_data(write_raw(tmp_path / "data"), paths, DataConfig())
+
+
+def _lists(series: pd.Series) -> list[list[Any]]:
+    return [list(v) for v in series]
+
+
+# ------------------------------------------------------------------------------ items
+
+
+def test_items_one_row_per_track_with_names(prepared: PreparedData) -> None:
+    items = prepared.items
+    assert list(items.columns) == ITEM_COLUMNS
+    assert items[C.Item].tolist() == [1, 2, 3, 4]
+    assert items[C.TrackName].tolist() == ["Song One", "Song Two", "Song Three", "track 4"]
+    assert _lists(items[C.ArtistNames]) == [
+        ["Artist Twenty"],
+        ["Artist Twenty-One", "Artist Twenty"],
+        ["Artist Twenty"],
+        [],
+    ]
+    # album 12 has no name: left out of the names
+    assert _lists(items[C.AlbumNames]) == [["Album Ten"], ["Album Ten", "Album Eleven"], [], []]
+
+
+def test_items_genres_without_name_keep_their_id(prepared: PreparedData) -> None:
+    items = prepared.items
+    assert _lists(items[C.GenreIds]) == [[30, 31], [], [99, 31], [31]]
+    assert _lists(items[C.GenreNames]) == [["rock", "pop"], [], ["pop"], ["pop"]]
+    assert items[C.MainGenre].tolist() == [30, -1, 99, 31]
+    assert items[C.MainGenreName].tolist() == ["rock", "unknown", "unknown", "pop"]
+    assert items[C.MainArtist].tolist() == [20, 21, 20, -1]
+
+
+def test_items_dtypes(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    schema = pq.read_schema(paths.items)
+    assert schema.field(C.Item).type == pa.int32()
+    assert schema.field(C.TrackName).type == pa.string()
+    for column in (C.ArtistNames, C.AlbumNames, C.GenreNames):
+        assert schema.field(column).type == pa.list_(pa.string())
+    for column in (C.ArtistIds, C.GenreIds):
+        assert schema.field(column).type == pa.list_(pa.int32())
+    for column in (C.MainGenre, C.MainArtist):
+        assert schema.field(column).type == pa.int32()
+    assert prepared.items[C.ArtistIds].iloc[0].dtype == np.int32
+
+
+# ------------------------------------------------------------------------------ events
+
+
+def test_events_sorted_and_typed(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    events = prepared.events
+    assert list(events.columns) == EVENT_COLUMNS
+    assert [str(t) for t in events.dtypes] == ["int32", "int32", "datetime64[ns]", "int16"]
+    expected = events.sort_values(EVENT_COLUMNS[:1] + [C.Datetime, C.Seq], ignore_index=True)
+    pd.testing.assert_frame_equal(events, expected)
+    assert events[C.User].tolist() == [0, 0, 0, 1, 1, 2]
+    assert events[C.Item].tolist() == [1, 3, 2, 1, 2, 4]
+    on_disk = pd.read_parquet(paths.events)
+    pd.testing.assert_frame_equal(on_disk, events)
+
+
+def test_events_only_known_tracks(tmp_path: Path, paths: ArtifactPaths) -> None:
+    inter = replace_column(interactions_table(), C.Item, [2, 3, 1, 2, 4, 777])
+    data = write_raw(tmp_path / "data", interactions=inter)
+    result = prepare_data(data, paths, DataConfig(max_unknown_track_share=0.5))
+    assert 777 not in result.events[C.Item].tolist()
+    assert result.stats["dropped_unknown_tracks"] == 1
+    assert result.stats["events"] == 5
+    assert "1 unknown tracks" in result.summary()
+
+
+def test_stats_and_summary(prepared: PreparedData) -> None:
+    stats = prepared.stats
+    assert stats["interactions_read"] == 6
+    assert stats["events"] == 6
+    assert stats["users"] == 3
+    assert stats["tracks"] == 4
+    assert (stats["date_min"], stats["date_max"]) == ("2022-01-01", "2022-03-01")
+    summary = prepared.summary()
+    assert "4 tracks" in summary and "6 from 3 users" in summary
+
+
+def test_sample_users_is_deterministic(tmp_path: Path, paths: ArtifactPaths) -> None:
+    users = pa.array(np.arange(10_000, dtype=np.int32))
+    half = sample_users(users, 0.5, seed=1)
+    assert 4_700 < len(half) < 5_300
+    assert half.equals(sample_users(users, 0.5, seed=1))
+    assert not half.equals(sample_users(users, 0.5, seed=2))
+    # the same user is kept whatever other users are present
+    subset = pa.array(np.arange(0, 10_000, 7, dtype=np.int32))
+    assert set(sample_users(subset, 0.5, seed=1).to_pylist()) <= set(half.to_pylist())
+
+
+def test_prepare_with_user_sampling(paths: ArtifactPaths) -> None:
+    full = prepare_data(LASTFM, paths, DataConfig())
+    sampled = prepare_data(LASTFM, paths, DataConfig(sample_users_share=0.3, seed=7))
+    again = prepare_data(LASTFM, paths, DataConfig(sample_users_share=0.3, seed=7))
+    assert 0.2 < sampled.stats["users"] / full.stats["users"] < 0.4
+    pd.testing.assert_frame_equal(sampled.events, again.events)
+    assert sampled.stats["dropped_by_sampling"] == len(full.events) - len(sampled.events)
+    assert len(sampled.items) == len(full.items)  # the catalogue is not sampled
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def test_failed_write_leaves_no_half_written_artifact(
+    tmp_path: Path, paths: ArtifactPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_raw(tmp_path / "data")
+    prepare_data(data, paths, DataConfig())
+    before = {p: p.read_bytes() for p in (paths.items, paths.events)}
+
+    def broken_write(table: pa.Table, where: Any, **kwargs: Any) -> None:
+        Path(where).write_bytes(b"PAR1 half a file")  # some bytes, then a crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_data(data, paths, DataConfig())
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in paths.data_dir.iterdir()) == ["events.parquet", "items.parquet"]
+
+
+def test_failed_first_write_creates_nothing(
+    tmp_path: Path, paths: ArtifactPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_write(table: pa.Table, where: Any, **kwargs: Any) -> None:
+        Path(where).write_bytes(b"PAR1")
+        raise OSError("disk full")
+
+    data = write_raw(tmp_path / "data")
+    monkeypatch.setattr(pq, "write_table", broken_write)
+    with pytest.raises(OSError):
+        prepare_data(data, paths, DataConfig())
+    assert list(paths.data_dir.iterdir()) == []
+
+
+def test_invalid_raw_data_writes_nothing(tmp_path: Path, paths: ArtifactPaths) -> None:
+    inter = replace_column(interactions_table(), C.User, pa.array([1, -1], pa.int32()))
+    with pytest.raises(DataValidationError, match="interactions.parquet"):
+        prepare_data(write_raw(tmp_path / "data", interactions=inter), paths, DataConfig())
+    assert not paths.items.exists() and not paths.events.exists()
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def test_load_prepared_round_trip(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    loaded = load_prepared(paths)
+    pd.testing.assert_frame_equal(loaded.events, prepared.events)
+    assert loaded.items[C.TrackName].tolist() == prepared.items[C.TrackName].tolist()
+    assert loaded.stats["users"] == prepared.stats["users"]
+    assert "6 from 3 users" in loaded.summary()
+
+
+def test_load_prepared_missing_file(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    paths.events.unlink()
+    with pytest.raises(ArtifactError, match="events.parquet"):
+        load_prepared(paths)
+
+
+def test_load_prepared_corrupt_file(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    paths.items.write_bytes(paths.items.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="items.parquet"):
+        load_prepared(paths)
+
+
+def test_load_prepared_missing_column(prepared: PreparedData, paths: ArtifactPaths) -> None:
+    pq.write_table(pq.read_table(paths.items).drop_columns([C.TrackName]), paths.items)
+    with pytest.raises(ArtifactError, match=f"items.parquet.*{C.TrackName}"):
+        load_prepared(paths)
+
+
+# ------------------------------------------------------------------------------ real data
+
+
+def test_prepare_lastfm(paths: ArtifactPaths) -> None:
+    result = prepare_data(LASTFM, paths, DataConfig())
+    items, events = result.items, result.events
+    assert len(items) == 17_632 and items[C.Item].is_unique
+    assert len(events) == 70_295
+    assert result.stats["users"] == 1_891
+    assert result.stats["tracks_with_events"] == 12_133
+    assert items[C.AlbumNames].map(len).eq(0).all()  # albums are empty lists
+    no_genre = items[C.GenreIds].map(len).eq(0)
+    assert no_genre.sum() == 8_143
+    assert (items.loc[no_genre, C.MainGenre] == -1).all()
+    assert (items.loc[no_genre, C.MainGenreName] == "unknown").all()
+    assert (items[C.TrackName] != "").all()
+    assert events[C.Datetime].min() == pd.Timestamp("2005-08-01")
+
+
+def test_prepare_movielens(paths: ArtifactPaths) -> None:
+    result = prepare_data(MOVIELENS, paths, DataConfig())
+    items, events = result.items, result.events
+    assert len(items) == 9_742
+    assert len(events) == 100_836
+    assert items[C.ArtistNames].map(len).eq(0).all()
+    assert (items[C.MainArtist] == -1).all()
+    assert items[C.GenreIds].map(len).eq(0).sum() == 34
+    named = items[C.GenreIds].map(len) == items[C.GenreNames].map(len)
+    assert named.all()  # every MovieLens genre has a name
+    assert not events.duplicated([C.User, C.Item]).any()
+    assert (result.stats["date_min"], result.stats["date_max"]) == ("1996-03-29", "2018-09-24")

@@ -1,0 +1,349 @@
+"""Reading and validating the raw files: one malformed file per check, plus real data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers_raw import (
+    IDS,
+    LASTFM,
+    MOVIELENS,
+    catalog_table,
+    day,
+    interactions_table,
+    replace_column,
+    tracks_table,
+    write_raw,
+)
+
+from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
+from musicrec.config import DataConfig
+from musicrec.errors import DataValidationError
+from musicrec.raw import (
+    MIN_DATE,
+    RawData,
+    missing_raw_files,
+    read_catalog,
+    read_interactions,
+    read_raw,
+    read_tracks,
+    sort_listens,
+)
+
+TRK, CAT, INT = RawFiles.Tracks, RawFiles.Catalog, RawFiles.Interactions
+
+
+def _tracks(column: str, values: pa.Array | list) -> dict[str, pa.Table]:
+    return {"tracks": replace_column(tracks_table(), column, values)}
+
+
+def _catalog(column: str, values: pa.Array | list) -> dict[str, pa.Table]:
+    return {"catalog": replace_column(catalog_table(), column, values)}
+
+
+def _interactions(column: str, values: pa.Array | list) -> dict[str, pa.Table]:
+    return {"interactions": replace_column(interactions_table(), column, values)}
+
+
+# Each case: a malformed input -> (file, column) the error must name.
+MALFORMED: dict[str, tuple[dict[str, pa.Table], str, str | None]] = {
+    "missing column": ({"tracks": tracks_table().drop_columns([C.Genres])}, TRK, C.Genres),
+    "float ids with fractions": (_interactions(C.Item, [1.0, 2.5, 3.0]), INT, C.Item),
+    "string ids": (_catalog(C.CatalogId, ["1", "2", "x"]), CAT, C.CatalogId),
+    "int32 overflow": (_tracks(C.Item, pa.array([1, 2**40], pa.int64())), TRK, C.Item),
+    "user id overflow": (_interactions(C.User, pa.array([0, 2**31], pa.int64())), INT, C.User),
+    "list column of scalars": (_tracks(C.Artists, pa.array([20, 21, 20, 20])), TRK, C.Artists),
+    "list of strings": (_tracks(C.Albums, [["a"], [], [], []]), TRK, C.Albums),
+    "null track id": (_tracks(C.Item, pa.array([1, None, 3, 4], pa.int64())), TRK, C.Item),
+    "null user id": (_interactions(C.User, pa.array([1, None], pa.int32())), INT, C.User),
+    "null id in a list": (
+        _tracks(C.Genres, pa.array([[30, None], [], [], []], IDS)),
+        TRK,
+        C.Genres,
+    ),
+    "null catalog type": (_catalog(C.CatalogType, ["track", None]), CAT, C.CatalogType),
+    "negative track id": (_tracks(C.Item, pa.array([1, -2, 3, 4], pa.int64())), TRK, C.Item),
+    "negative genre id": (_tracks(C.Genres, pa.array([[30], [-5], [], []], IDS)), TRK, C.Genres),
+    "negative track_seq": (_interactions(C.Seq, pa.array([1, -1], pa.int16())), INT, C.Seq),
+    "duplicate track_id": (_tracks(C.Item, pa.array([1, 2, 1, 4], pa.int64())), TRK, C.Item),
+    "duplicate (id, type)": (
+        {"catalog": pa.concat_tables([catalog_table(), catalog_table().slice(5, 1)])},
+        CAT,
+        C.CatalogId,
+    ),
+    "unknown catalog type": (_catalog(C.CatalogType, ["track", "podcast"]), CAT, C.CatalogType),
+    "non-string names": (_catalog(C.CatalogName, [1, 2]), CAT, C.CatalogName),
+    "unknown tracks above the share": (_interactions(C.Item, [2, 3, 1, 2, 4, 777]), INT, C.Item),
+    "unparseable date strings": (
+        _interactions(C.Datetime, ["2022-01-01", "yesterday", "2022-01-03"]),
+        INT,
+        C.Datetime,
+    ),
+    "dates in 1970 (wrong unit)": (
+        _interactions(C.Datetime, pa.array([1_640_995_200, 5], pa.timestamp("ns"))),
+        INT,
+        C.Datetime,
+    ),
+    "dates before MIN_DATE": (
+        _interactions(C.Datetime, pa.array([date(1980, 5, 1)], pa.date32())),
+        INT,
+        C.Datetime,
+    ),
+    "dates in the future": (
+        _interactions(C.Datetime, pa.array([day("2022-01-01"), day("2199-01-01")])),
+        INT,
+        C.Datetime,
+    ),
+    "null dates": (
+        _interactions(C.Datetime, pa.array([day("2022-01-01"), None], pa.timestamp("ns"))),
+        INT,
+        C.Datetime,
+    ),
+    "integer dates": (_interactions(C.Datetime, [20220101, 20220102]), INT, C.Datetime),
+    "no rows": ({"interactions": interactions_table().slice(0, 0)}, INT, None),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_file_names_file_and_column(tmp_path: Path, case: str) -> None:
+    tables, file, column = MALFORMED[case]
+    write_raw(tmp_path, **tables)
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    error = info.value
+    assert error.file.endswith(file) and file in str(error)
+    assert error.column == column
+    if column is not None:
+        assert f"'{column}'" in str(error)
+    if case != "missing column" and column is not None:
+        assert error.examples, "a few offending rows are shown"
+
+
+def _write_bytes(data: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(data)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "found"),
+    [
+        (TRK, lambda path: path.unlink(), "missing"),
+        (CAT, _write_bytes(b""), "0 bytes"),
+        (CAT, _write_bytes(b"track_id,albums\n1,[]\n"), "ArrowInvalid"),
+        (INT, _truncate, "ArrowInvalid"),
+    ],
+    ids=["missing file", "empty file", "not parquet", "truncated"],
+)
+def test_unreadable_file_is_named(
+    tmp_path: Path, name: str, damage: Callable[[Path], None], found: str
+) -> None:
+    write_raw(tmp_path)
+    damage(tmp_path / name)
+    with pytest.raises(DataValidationError, match=name) as info:
+        read_raw(tmp_path, DataConfig())
+    assert found in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("reader", "name"), [(read_tracks, TRK), (read_catalog, CAT), (read_interactions, INT)]
+)
+def test_each_reader_names_a_missing_file(
+    tmp_path: Path, reader: Callable[[Path], pd.DataFrame], name: str
+) -> None:
+    with pytest.raises(DataValidationError, match=name):
+        reader(tmp_path / name)
+
+
+def test_missing_raw_files(tmp_path: Path) -> None:
+    assert missing_raw_files(tmp_path) == list(RawFiles.All)
+    write_raw(tmp_path)
+    assert missing_raw_files(tmp_path) == []
+    (tmp_path / CAT).unlink()
+    assert missing_raw_files(tmp_path) == [CAT]
+
+
+def test_error_shows_offending_rows(tmp_path: Path) -> None:
+    write_raw(tmp_path, **_tracks(C.Genres, pa.array([[30], [31], [31, -5], []], IDS)))
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert info.value.examples == [{"row": 2, C.Genres: -5}]
+    assert "non-negative" in info.value.expected
+
+
+def test_valid_files_types(tmp_path: Path) -> None:
+    raw = read_raw(write_raw(tmp_path), DataConfig())
+    assert isinstance(raw, RawData)
+    assert raw.tracks[C.Item].dtype == np.int32
+    assert isinstance(raw.tracks[C.Albums].iloc[0], np.ndarray)
+    assert len(raw.tracks[C.Albums].iloc[2]) == 0  # empty list kept
+    assert raw.catalog[C.CatalogId].dtype == np.int64
+    inter = raw.interactions
+    assert list(inter.columns) == [C.User, C.Item, C.Seq, C.Datetime]
+    assert [str(t) for t in inter.dtypes] == ["int32", "int32", "int16", "datetime64[ns]"]
+    assert isinstance(inter.index, pd.RangeIndex)
+    assert raw.stats["interactions_read"] == 6
+
+
+def test_stored_pandas_index_is_ignored(tmp_path: Path) -> None:
+    path = write_raw(tmp_path) / INT
+    assert "__index_level_0__" in pq.read_schema(path).names
+    df = read_interactions(path)
+    assert "__index_level_0__" not in df.columns
+    assert df.index.equals(pd.RangeIndex(6))
+
+
+@pytest.mark.parametrize(
+    "started_at",
+    [
+        pa.array([date(2022, 1, d) for d in range(1, 7)], pa.date32()),
+        pa.array([date(2022, 1, d) for d in range(1, 7)], pa.date64()),
+        pa.array([day(f"2022-01-0{d}") for d in range(1, 7)], pa.timestamp("s")),
+        pa.array([day(f"2022-01-0{d}") for d in range(1, 7)], pa.timestamp("us", tz="UTC")),
+        pa.array([f"2022-01-0{d}" for d in range(1, 7)], pa.string()),
+    ],
+    ids=["date32", "date64", "timestamp[s]", "timestamp[us, UTC]", "ISO strings"],
+)
+def test_other_date_types_are_accepted(tmp_path: Path, started_at: pa.Array) -> None:
+    write_raw(tmp_path, **_interactions(C.Datetime, started_at))
+    inter = read_raw(tmp_path, DataConfig()).interactions
+    assert inter[C.Datetime].dtype == "datetime64[ns]"
+    assert inter[C.Datetime].min() == pd.Timestamp("2022-01-01")
+
+
+def test_safe_casts_are_accepted(tmp_path: Path) -> None:
+    """int64 ids in range, whole floats and int32 track_seq all read fine."""
+    inter = interactions_table()
+    inter = replace_column(inter, C.User, pa.array([1, 0, 0, 0, 2, 1], pa.int64()))
+    inter = replace_column(inter, C.Item, pa.array([2.0, 3, 1, 2, 4, 1], pa.float64()))
+    inter = replace_column(inter, C.Seq, pa.array([2, 2, 1, 3, 1, 1], pa.int64()))
+    write_raw(tmp_path, interactions=inter)
+    df = read_raw(tmp_path, DataConfig()).interactions
+    assert [str(t) for t in df.dtypes[:3]] == ["int32", "int32", "int16"]
+    assert sorted(df[C.Item].tolist()) == [1, 1, 2, 2, 3, 4]
+
+
+def test_long_histories_keep_int32_track_seq(tmp_path: Path) -> None:
+    seq = pa.array([2, 40_000, 1, 3, 1, 1], pa.int32())
+    write_raw(tmp_path, **_interactions(C.Seq, seq))
+    assert read_raw(tmp_path, DataConfig()).interactions[C.Seq].dtype == np.int32
+
+
+def test_null_list_is_read_as_empty(tmp_path: Path) -> None:
+    write_raw(tmp_path, **_tracks(C.Artists, pa.array([[20], None, [20], []], IDS)))
+    tracks = read_raw(tmp_path, DataConfig()).tracks
+    assert [len(a) for a in tracks[C.Artists]] == [1, 0, 1, 0]
+
+
+def test_all_empty_lists_of_null_type(tmp_path: Path) -> None:
+    """pandas writes a column of only empty lists as list<null>."""
+    empty = pa.array([[], [], [], []], pa.list_(pa.null()))
+    write_raw(tmp_path, **_tracks(C.Albums, empty))
+    tracks = read_raw(tmp_path, DataConfig()).tracks
+    assert all(len(a) == 0 for a in tracks[C.Albums])
+
+
+def test_unknown_tracks_below_the_share_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_raw(tmp_path, **_interactions(C.Item, [2, 3, 1, 2, 4, 777]))
+    with caplog.at_level(logging.WARNING, logger="musicrec.raw"):
+        raw = read_raw(tmp_path, DataConfig(max_unknown_track_share=0.2))
+    assert 777 not in raw.interactions[C.Item].tolist()
+    assert len(raw.interactions) == 5
+    assert raw.stats["dropped_unknown_tracks"] == 1
+    assert "dropped 1 interactions with unknown tracks" in caplog.text
+
+
+def test_repeated_pairs_keep_the_first_listen(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User 1 listens to track 2 again on 2022-01-03, before the stored listen of 01-05."""
+    inter = interactions_table()
+    again = inter.slice(0, 1)  # user 1, track 2
+    again = replace_column(again, C.Datetime, pa.array([day("2022-01-03")], pa.timestamp("ns")))
+    again = replace_column(again, C.Seq, pa.array([1], pa.int16()))
+    write_raw(tmp_path, interactions=pa.concat_tables([inter, again.cast(inter.schema)]))
+    with caplog.at_level(logging.WARNING, logger="musicrec.raw"):
+        raw = read_raw(tmp_path, DataConfig())
+    pairs = raw.interactions[[C.User, C.Item]]
+    assert not pairs.duplicated().any()
+    kept = raw.interactions[(pairs[C.User] == 1) & (pairs[C.Item] == 2)]
+    assert kept[C.Datetime].tolist() == [pd.Timestamp("2022-01-03")]
+    assert raw.stats["dropped_duplicates"] == 1
+    assert "dropped 1 repeated" in caplog.text
+
+
+def test_interactions_come_back_sorted(tmp_path: Path) -> None:
+    inter = read_raw(write_raw(tmp_path), DataConfig()).interactions
+    assert inter[C.User].tolist() == [0, 0, 0, 1, 1, 2]
+    assert inter[C.Item].tolist() == [1, 3, 2, 1, 2, 4]
+
+
+def _listens(user: list[int], days: list[int], seq: list[int]) -> pa.Table:
+    started = np.datetime64("2022-01-01", "ns") + np.array(days).astype("timedelta64[D]")
+    return pa.table(
+        {
+            C.User: pa.array(user, pa.int32()),
+            C.Item: pa.array(range(len(user)), pa.int32()),
+            C.Seq: pa.array(seq, pa.int32()),
+            C.Datetime: pa.array(started),
+        }
+    )
+
+
+@pytest.mark.parametrize("big_ids", [False, True], ids=["packed key", "lexsort fallback"])
+def test_sort_listens_matches_pandas(big_ids: bool) -> None:
+    rng = np.random.default_rng(0)
+    n = 2_000
+    user = rng.integers(0, 50, n) + (2**31 - 100 if big_ids else 0)
+    seq = rng.integers(0, 5, n) + (2**31 - 10 if big_ids else 0)
+    table = _listens(user.tolist(), rng.integers(0, 30, n).tolist(), seq.tolist())
+    got = sort_listens(table).to_pandas()
+    expected = table.to_pandas().sort_values([C.User, C.Datetime, C.Seq], ignore_index=True)
+    pd.testing.assert_frame_equal(got.drop(columns=C.Item), expected.drop(columns=C.Item))
+
+
+def test_sort_listens_keeps_sorted_tables() -> None:
+    table = _listens([0, 0, 1], [0, 1, 0], [1, 2, 1])
+    assert sort_listens(table) is table
+
+
+def test_min_date_allows_movielens() -> None:
+    assert MIN_DATE.year <= 1996
+
+
+# ----------------------------------------------------------------- real data, read in place
+
+
+def test_lastfm_reads_as_documented() -> None:
+    raw = read_raw(LASTFM, DataConfig())
+    assert len(raw.interactions) == 70_295
+    assert len(raw.tracks) == 17_632
+    assert raw.interactions[C.User].nunique() == 1_891
+    assert raw.tracks[C.Albums].map(len).eq(0).all()
+    assert raw.tracks[C.Genres].map(len).eq(0).sum() == 8_143
+    assert raw.stats["dropped_unknown_tracks"] == 0
+    assert raw.stats["dropped_duplicates"] == 0
+
+
+def test_movielens_reads_as_documented() -> None:
+    raw = read_raw(MOVIELENS, DataConfig())
+    assert len(raw.interactions) == 100_836
+    assert len(raw.tracks) == 9_742
+    assert raw.tracks[C.Artists].map(len).eq(0).all()
+    assert raw.tracks[C.Genres].map(len).eq(0).sum() == 34
+    assert raw.interactions[C.Datetime].min() == pd.Timestamp("1996-03-29")
+    assert set(raw.catalog[C.CatalogType]) == {"genre", "track"}

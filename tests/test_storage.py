@@ -1,0 +1,282 @@
+"""S3 upload / download against a real S3 API server on localhost (moto's server mode)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from musicrec.errors import StorageError
+from musicrec.settings import Settings
+from musicrec.storage import (
+    artifact_files,
+    download_artifacts,
+    s3_client,
+    upload_artifacts,
+)
+
+pytest.importorskip("moto.server")
+
+SECRET = "s3cr3t-Do-Not-Leak-0123456789"
+ARTIFACTS = {
+    "data/items.parquet": b"PAR1 items",
+    "data/events.parquet": b"PAR1 events" * 1000,
+    "recommendations/top_popular.parquet": b"PAR1 top",
+    "recommendations/similar.parquet": b"PAR1 similar",
+    "model/als.npz": bytes(range(256)) * 50,
+    "model/ranker/catboost.cbm": b"model bytes",
+    "pictures/long_tail.png": b"\x89PNG fake",
+    "metrics.json": b'{"precision@5": {"mean": 0.01}}',
+}
+NOT_UPLOADED = {
+    "cache/als_factors.npy": b"cache",  # not an artifact folder
+    "notes.txt": b"stray top-level file",
+    "data/.items.parquet.abc123.tmp": b"half-written by atomic_path",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (
+        "S3_BUCKET_NAME",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "S3_ENDPOINT_URL",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+
+def make_settings(url: str | None, bucket: str | None, **kw: Any) -> Settings:
+    values: dict[str, Any] = {
+        "S3_BUCKET_NAME": bucket,
+        "AWS_ACCESS_KEY_ID": "AKIATESTTESTTEST0000",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "S3_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    values.update(kw)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def admin(url: str, service: str = "s3") -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def new_bucket(url: str) -> str:
+    name = f"musicrec-{uuid.uuid4().hex[:12]}"
+    admin(url).create_bucket(Bucket=name)
+    return name
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def bucket_objects(url: str, bucket: str) -> dict[str, bytes]:
+    s3 = admin(url)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    root = tmp_path / "recsys"
+    write_tree(root, {**ARTIFACTS, **NOT_UPLOADED})
+    return root
+
+
+def test_artifact_files_layout(artifacts: Path) -> None:
+    keys = [key for _, key in artifact_files(artifacts)]
+    assert sorted(keys) == sorted(f"recsys/{rel}" for rel in ARTIFACTS)
+
+
+@pytest.mark.parametrize("prefix", ["", "runs/42", "/runs/43/"])
+def test_upload_then_download_round_trip(
+    s3_url: str, artifacts: Path, tmp_path: Path, prefix: str
+) -> None:
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket, s3_prefix=prefix)
+    before = snapshot(artifacts)
+
+    keys = upload_artifacts(settings, artifacts)
+
+    folder = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    expected = {f"{folder}recsys/{rel}": data for rel, data in ARTIFACTS.items()}
+    assert sorted(keys) == sorted(expected)
+    assert bucket_objects(s3_url, bucket) == expected
+    assert snapshot(artifacts) == before  # local artifacts untouched
+
+    # a stray object in the bucket that is not an artifact is not downloaded
+    admin(s3_url).put_object(Bucket=bucket, Key=f"{folder}recsys/cache/junk", Body=b"x")
+    target = tmp_path / "fetched"
+    paths = download_artifacts(settings, target)
+    assert sorted(p.relative_to(target).as_posix() for p in paths) == sorted(ARTIFACTS)
+    assert snapshot(target) == {
+        rel: hashlib.sha256(data).hexdigest() for rel, data in ARTIFACTS.items()
+    }
+
+
+def test_download_overwrites_existing_files(s3_url: str, artifacts: Path, tmp_path: Path) -> None:
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    write_tree(target, {"data/items.parquet": b"stale"})
+    download_artifacts(settings, target)
+    assert (target / "data/items.parquet").read_bytes() == ARTIFACTS["data/items.parquet"]
+    assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_skipped_when_bucket_not_set(
+    artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings("http://127.0.0.1:9", None)
+    with caplog.at_level(logging.INFO, logger="musicrec.storage"):
+        assert upload_artifacts(settings, artifacts) == []
+    records = [r for r in caplog.records if r.name == "musicrec.storage"]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", "S3 upload skipped: S3_BUCKET_NAME is not set")
+    ]
+    assert download_artifacts(settings, tmp_path / "x") == []
+
+
+def test_missing_bucket(s3_url: str, artifacts: Path) -> None:
+    before = snapshot(artifacts)
+    settings = make_settings(s3_url, "no-such-bucket-here")
+    with pytest.raises(StorageError) as err:
+        upload_artifacts(settings, artifacts)
+    msg = str(err.value)
+    assert "no-such-bucket-here" in msg and "does not exist" in msg and s3_url in msg
+    assert SECRET not in msg
+    assert snapshot(artifacts) == before
+    with pytest.raises(StorageError, match="no-such-bucket-here"):
+        download_artifacts(settings, artifacts)
+    assert snapshot(artifacts) == before
+
+
+@pytest.fixture
+def auth_enforced(s3_url: str) -> Iterator[tuple[str, str]]:
+    """An IAM user allowed s3:*, then moto told to check every request's signature."""
+    iam = admin(s3_url, "iam")
+    user = f"ci-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    allow_s3 = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+    policy = {"Version": "2012-10-17", "Statement": [allow_s3]}
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def reset_auth(count: str) -> None:
+        req = urllib.request.Request(
+            f"{s3_url}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+
+    reset_auth("0")
+    try:
+        yield key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        reset_auth("inf")
+
+
+def test_credentials_are_checked(
+    s3_url: str, artifacts: Path, auth_enforced: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    key_id, secret = auth_enforced
+    bucket = f"musicrec-auth-{uuid.uuid4().hex[:8]}"
+    good = make_settings(s3_url, bucket, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    s3_client(good).create_bucket(Bucket=bucket)
+    # the right key pair works while moto enforces authentication ...
+    assert len(upload_artifacts(good, artifacts)) == len(ARTIFACTS)
+    before = snapshot(artifacts)
+    # ... a wrong secret or an unknown key id is refused, without leaking the secret
+    for bad in (
+        make_settings(s3_url, bucket, AWS_ACCESS_KEY_ID=key_id),  # wrong secret
+        make_settings(s3_url, bucket),  # unknown key id
+    ):
+        with caplog.at_level(logging.DEBUG, logger="musicrec"), pytest.raises(StorageError) as err:
+            upload_artifacts(bad, artifacts)
+        msg = str(err.value)
+        assert bucket in msg and "access denied" in msg and s3_url in msg
+        assert SECRET not in msg and SECRET not in caplog.text
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert snapshot(artifacts) == before
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_endpoint(artifacts: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    settings = make_settings(url, "some-bucket")
+    client = s3_client(settings, connect_timeout=1, read_timeout=1, max_attempts=1)
+    before = snapshot(artifacts)
+    with pytest.raises(StorageError) as err:
+        upload_artifacts(settings, artifacts, client=client)
+    msg = str(err.value)
+    assert "cannot reach" in msg and url in msg and "some-bucket" in msg
+    assert SECRET not in msg
+    assert snapshot(artifacts) == before
+
+
+def test_client_settings(s3_url: str) -> None:
+    client = s3_client(make_settings(s3_url, "b"))
+    assert client.meta.endpoint_url == s3_url
+    assert client.meta.region_name == "us-east-1"
+    with pytest.raises(StorageError, match="AWS_SECRET_ACCESS_KEY is not set") as err:
+        s3_client(make_settings(s3_url, "b", AWS_SECRET_ACCESS_KEY=None))
+    assert "AKIA" not in str(err.value)
+
+
+def test_empty_artifacts_dir_uploads_nothing(s3_url: str, tmp_path: Path) -> None:
+    bucket = new_bucket(s3_url)
+    assert upload_artifacts(make_settings(s3_url, bucket), tmp_path / "missing") == []
+    assert bucket_objects(s3_url, bucket) == {}
