@@ -56,11 +56,16 @@ verify: install
 upload: install
 	$(PY) -m musicrec upload
 
+## Benchmarks (docs/benchmarks.md): BENCH_PRESET=full10 (routine, default) or full;
+## data and artifacts go to /tmp/musicrec-bench/<preset>, tables to bench/results/.
+BENCH_PRESET ?= full10
+BENCH_ARGS ?=
+
 bench-pipeline: install
-	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py --preset $(BENCH_PRESET) $(BENCH_ARGS)
 
 bench-serve: install-dev
-	$(PY) bench/bench_serve.py
+	$(PY) bench/bench_serve.py --preset $(BENCH_PRESET) $(BENCH_ARGS)
 
 reliability: install-dev
 	$(PY) -m pytest -q tests/reliability --long

@@ -74,28 +74,36 @@ class ALSModel:
         n: int,
         batch_size: int = 10_000,
         num_threads: int = 0,
+        items: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """Top-n unheard tracks for each user in `user_ids` known to the model.
 
         `history` must share this model's id maps (it is the matrix the model was fit on, or
-        one built with the same maps); its non-zeros are filtered out.
+        one built with the same maps); its non-zeros are filtered out. `items` (sorted item
+        codes), if given, restricts the tracks scored (see `top_item_codes`).
         """
         from implicit.cpu.topk import topk
 
         codes = self.users.codes(np.asarray(user_ids))
         codes = np.unique(codes[codes >= 0])
-        n = min(n, len(self.items))
+        factors, filt = self.item_factors, history.csr
+        if items is not None:
+            factors = np.ascontiguousarray(self.item_factors[items])
+            filt = history.csr[:, items]  # column j of the result is item items[j]
+        n = min(n, len(factors))
         frames = []
         with threadpool_limits(1, "blas"):
             for start in range(0, len(codes), batch_size):
                 batch = codes[start : start + batch_size]
                 ids, scores = topk(
-                    self.item_factors,
+                    factors,
                     self.user_factors[batch],
                     n,
-                    filter_query_items=history.csr[batch],
+                    filter_query_items=filt[batch],
                     num_threads=num_threads,
                 )
+                if items is not None:
+                    ids = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
                 valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
                 rows = np.repeat(batch, n).reshape(len(batch), n)
                 ranks = np.tile(np.arange(1, n + 1, dtype=np.int16), (len(batch), 1))
@@ -151,3 +159,17 @@ class ALSModel:
             ld("als_user_factors.npy"),
             ld("als_item_factors.npy"),
         )
+
+
+def top_item_codes(matrix: InteractionMatrix, n: int | None) -> np.ndarray | None:
+    """Sorted codes of the `n` items with the most listeners in `matrix` (None: all items).
+
+    Scoring every user against every track is the most expensive offline step at scale
+    (users x items x factors multiply-adds); the long tail of rarely heard tracks almost
+    never reaches a top-100, so `ALSConfig.max_scored_items` restricts scoring to the head.
+    """
+    if n is None or n >= matrix.csr.shape[1]:
+        return None
+    counts = np.bincount(matrix.csr.indices, minlength=matrix.csr.shape[1])
+    top = np.argsort(-counts, kind="stable")[:n]
+    return np.sort(top).astype(np.int64)

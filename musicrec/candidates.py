@@ -8,12 +8,13 @@ the sources into one frame with a row per (user, track) and which sources propos
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from musicrec.als import ALSModel
+from musicrec.als import ALSModel, top_item_codes
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
 from musicrec.matrix import InteractionMatrix, seen_mask
@@ -35,6 +36,14 @@ class FirstStage:
     als: ALSModel
     popular: pd.DataFrame  # listeners_per_track(history)
     similar: pd.DataFrame  # track_id_1, track_id_2, score, rank
+    #: results derived from the fields above, computed once and reused across the user
+    #: batches of the ranker (history statistics, latest tracks, precomputed ALS top-N)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # every feature is computed from `history`: an event on/after `end` would leak
+        if len(self.history) and self.history[C.Datetime].max() >= self.end:
+            raise ValueError(f"FirstStage history has events on or after its end {self.end}")
 
     @classmethod
     def fit(
@@ -47,12 +56,20 @@ class FirstStage:
     ) -> FirstStage:
         matrix = InteractionMatrix.from_events(history)
         als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
-        sim = similar_tracks(als, sim_cfg.k, sim_cfg.batch_size, num_threads=num_threads)
-        return cls(history, end, matrix, als, listeners_per_track(history), sim)
+        scored = top_item_codes(matrix, als_cfg.max_scored_items)
+        sim = similar_tracks(
+            als, sim_cfg.k, sim_cfg.batch_size, num_threads=num_threads, items=scored
+        )
+        stage = cls(history, end, matrix, als, listeners_per_track(history), sim)
+        stage.cache["scored_items"] = scored
+        return stage
 
 
 def latest_tracks(history: pd.DataFrame, n: int) -> pd.DataFrame:
     """The n most recent (user, track) rows per user, with `recency` 1 = newest."""
+    fast = _latest_sorted(history, n)
+    if fast is not None:
+        return fast
     cols = [C.User, C.Item, C.Datetime, C.Seq]
     h = history[cols].sort_values([C.User, C.Datetime, C.Seq], ascending=[True, False, False])
     h = h.groupby(C.User, sort=False).head(n)
@@ -60,9 +77,84 @@ def latest_tracks(history: pd.DataFrame, n: int) -> pd.DataFrame:
     return h[[C.User, C.Item, "recency"]].reset_index(drop=True)
 
 
+def _is_sorted_history(u: np.ndarray, d: np.ndarray, s: np.ndarray) -> bool:
+    """Whether rows are sorted by (user, datetime, seq), checked in bounded chunks."""
+    chunk = 10_000_000
+    for a in range(0, max(len(u) - 1, 0), chunk):
+        b = min(a + chunk + 1, len(u))
+        du, dd, ds = np.diff(u[a:b]), np.diff(d[a:b]), np.diff(s[a:b])
+        same = du == 0
+        if (du < 0).any() or (same & (dd < np.timedelta64(0))).any():
+            return False
+        if (same & (dd == np.timedelta64(0)) & (ds < 0)).any():
+            return False
+    return True
+
+
+def _latest_sorted(history: pd.DataFrame, n: int) -> pd.DataFrame | None:
+    """`latest_tracks` in O(users * n) when the history is sorted by (user, datetime, seq),
+    as the prepared events and their time splits are: the last n rows of each user's block,
+    newest first. None when it is not sorted (the caller then sorts)."""
+    if len(history) == 0:
+        return None
+    u = history[C.User].to_numpy()
+    d = history[C.Datetime].to_numpy()
+    s = history[C.Seq].to_numpy()
+    if d.dtype.kind != "M" or not _is_sorted_history(u, d, s):
+        return None
+    ends = np.flatnonzero(np.r_[u[1:] != u[:-1], True])  # last row of each user's block
+    starts = np.r_[0, ends[:-1] + 1]
+    take = np.minimum(ends - starts + 1, n)
+    recency = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)  # 0, 1, ..
+    rows = np.repeat(ends, take) - recency
+    return pd.DataFrame(
+        {
+            C.User: u[rows],
+            C.Item: history[C.Item].to_numpy()[rows],
+            "recency": (recency + 1).astype(np.int64),
+        }
+    )
+
+
+def latest_for_users(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFrame:
+    """`latest_tracks` of `users`: the latest tracks of every user are computed once per
+    first stage (cached) and filtered here, instead of filtering the history per batch."""
+    key = ("latest_tracks", n)
+    if key not in stage.cache:
+        stage.cache[key] = latest_tracks(stage.history, n)
+    latest: pd.DataFrame = stage.cache[key]
+    return latest[latest[C.User].isin(users)].reset_index(drop=True)
+
+
+def als_top(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFrame:
+    """ALS top-n (user, track, score, rank) of `users`: sliced from the precomputed
+    recommendations in `stage.cache["als_recs"]` (the pipeline's `personal_als`, made by the
+    same model on the same matrix) when they are deep enough, else scored now."""
+    pre = stage.cache.get("als_recs")
+    if pre is None or pre[1] < n:
+        return stage.als.recommend(users, stage.matrix, n, items=stage.cache.get("scored_items"))
+    recs: pd.DataFrame = pre[0]
+    col = recs[C.User].to_numpy()
+    users = np.unique(np.asarray(users))
+    lo = np.searchsorted(col, users, side="left")
+    hi = np.searchsorted(col, users, side="right")
+    cnt = hi - lo
+    idx = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum())
+    out = recs.iloc[idx]
+    return out[out[C.Rank].to_numpy() <= n].reset_index(drop=True)
+
+
+def set_als_recs(stage: FirstStage, recs: pd.DataFrame, n: int) -> None:
+    """Give `stage` ALS top-`n` lists of its users (reused by `generate_candidates`)."""
+    col = recs[C.User].to_numpy()
+    if len(col) > 1 and (np.diff(col) < 0).any():
+        recs = recs.sort_values([C.User, C.Rank], kind="stable")
+    stage.cache["als_recs"] = (recs.reset_index(drop=True), n)
+
+
 def similar_to_latest(stage: FirstStage, users: np.ndarray, n_latest: int, n: int) -> pd.DataFrame:
     """Tracks similar to each user's latest `n_latest` listens: user, track, best cosine."""
-    recent = latest_tracks(stage.history[stage.history[C.User].isin(users)], n_latest)
+    recent = latest_for_users(stage, users, n_latest)
     sim = stage.similar[[C.Item1, C.Item2, C.Score]]
     pairs = recent.merge(sim, left_on=C.Item, right_on=C.Item1, how="inner")
     pairs = pairs[[C.User, C.Item2, C.Score]].rename(columns={C.Item2: C.Item})
@@ -87,7 +179,7 @@ def generate_candidates(stage: FirstStage, users: np.ndarray, cfg: RankerConfig)
     """
     users = np.intersect1d(np.asarray(users), stage.matrix.users.ids)
     parts = []
-    als = stage.als.recommend(users, stage.matrix, cfg.als_candidates)
+    als = als_top(stage, users, cfg.als_candidates)
     parts.append(als[[C.User, C.Item, C.Rank]].rename(columns={C.Rank: "als_rank"}))
     if cfg.popular_candidates > 0:
         pop = recommend_popular(stage.popular, stage.matrix, users, cfg.popular_candidates)

@@ -49,10 +49,22 @@ class ALSConfig(_Strict):
     iterations: int = Field(15, ge=1)
     random_state: int = 42
     tune: bool = True
+    tune_max_users: int | None = Field(
+        30_000,
+        ge=1,
+        description="Users (a random subset, all their listens) the tuning grid is fit on; "
+        "None = every user. The chosen parameters are then fit on every user",
+    )
     factors_grid: list[int] = [32, 64]
     regularization_grid: list[float] = [0.01, 0.1]
     alpha_grid: list[float] = [5.0, 20.0]
     n_recs: int = Field(100, ge=1, le=1000, description="ALS recommendations kept per user")
+    max_scored_items: int | None = Field(
+        None,
+        ge=1,
+        description="Score users (and similar tracks) only against this many most-listened "
+        "tracks; None = every track. Bounds the cost of scoring at full scale",
+    )
     batch_size: int = Field(10_000, ge=1)
 
 

@@ -8,10 +8,12 @@ built the same way and never see the window they predict.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from musicrec.candidates import FirstStage, latest_tracks
+from musicrec.candidates import FirstStage, latest_for_users
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.matrix import IdMap
@@ -50,9 +52,16 @@ FEATURES = NUMERIC_FEATURES + CAT_FEATURES
 
 
 def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes)."""
-    keys = a.astype(np.int64) * b_size + b.astype(np.int64)
-    return np.unique(keys, return_counts=True)
+    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes).
+
+    Sort + run boundaries rather than `np.unique(..., return_counts=True)`: the same result,
+    several times faster on the history-sized arrays here (numpy 2.4)."""
+    keys = np.sort(a.astype(np.int64) * b_size + b.astype(np.int64))
+    if len(keys) == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    counts = np.diff(np.r_[starts, len(keys)])
+    return keys[starts], counts
 
 
 def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -67,24 +76,19 @@ def _days(delta: np.ndarray) -> np.ndarray:
     return (delta / np.timedelta64(1, "D")).astype(np.float32)
 
 
-def collect_features(
-    stage: FirstStage, items: pd.DataFrame, cand: pd.DataFrame, cfg: RankerConfig
-) -> pd.DataFrame:
-    """Add the FEATURES columns to `cand` (user_id, track_id, source columns)."""
+def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> dict[str, Any]:
+    """Per-item, per-user and per-(user, genre/artist) counts over `stage.history`.
+
+    They depend on the history, the catalogue and `recent_days` only, not on the candidates,
+    so they are computed once per first stage and kept in `stage.cache` (the ranker scores
+    users in batches: recomputing them per batch sorted the whole history every time)."""
+    key = ("history_stats", id(items), recent_days)
+    if key in stage.cache:
+        return stage.cache[key]  # type: ignore[no-any-return]
     hist = stage.history
     end = np.datetime64(stage.end, "ns")
-    recent_start = end - np.timedelta64(cfg.recent_days, "D")
-    out = cand.copy()
-    u_ids = out[C.User].to_numpy()
-    i_ids = out[C.Item].to_numpy()
-
-    # --- first-stage scores ---
-    out["als_score"] = stage.als.score_pairs(u_ids, i_ids)
-    out["n_sources"] = (out["src_als"] + out["src_pop"] + out["src_sim"]).astype(np.int8)
-    sim_max, sim_mean = _similarity_to_latest(stage, u_ids, i_ids, cfg.recent_tracks)
-    out["sim_max_latest"] = sim_max
-    out["sim_mean_latest"] = sim_mean
-    out["profile_sim"] = _profile_similarity(stage, u_ids, i_ids)
+    recent_start = end - np.timedelta64(recent_days, "D")
+    st: dict[str, Any] = {}
 
     # --- item statistics over the history ---
     h_items = hist[C.Item].to_numpy()
@@ -100,14 +104,8 @@ def collect_features(
     order = np.argsort(h_dates, kind="stable")
     first[h_icode[order[::-1]]] = h_dates[order[::-1]]  # last write wins: earliest date
     last[h_icode[order]] = h_dates[order]  # last write wins: latest date
-    c_icode = item_map.codes(i_ids)
-    known = c_icode >= 0
-    ci = np.where(known, c_icode, 0)
-    out["item_listeners"] = np.where(known, listeners[ci], 0)
-    out["item_listeners_recent"] = np.where(known, listeners_recent[ci], 0)
-    out["item_recent_share"] = out["item_listeners_recent"] / np.maximum(out["item_listeners"], 1)
-    out["item_age_days"] = np.where(known, _days(end - first[ci]), np.nan)
-    out["item_days_since_last"] = np.where(known, _days(end - last[ci]), np.nan)
+    st.update(item_map=item_map, listeners=listeners, listeners_recent=listeners_recent)
+    st.update(first=first, last=last)
 
     # --- user statistics ---
     h_users = hist[C.User].to_numpy()
@@ -120,46 +118,91 @@ def collect_features(
     u_last = np.full(n_users, np.datetime64("NaT"), dtype="datetime64[ns]")
     u_first[h_ucode[order[::-1]]] = h_dates[order[::-1]]
     u_last[h_ucode[order]] = h_dates[order]
-    c_ucode = user_map.codes(u_ids)
-    uk = c_ucode >= 0
-    cu = np.where(uk, c_ucode, 0)
-    out["user_listens"] = np.where(uk, u_listens[cu], 0)
-    out["user_listens_recent"] = np.where(uk, u_recent[cu], 0)
-    out["user_days_since_last"] = np.where(uk, _days(end - u_last[cu]), np.nan)
-    out["user_tenure_days"] = np.where(uk, _days(end - u_first[cu]), np.nan)
-
-    # how the candidate's popularity compares with the user's usual (log listeners)
+    del order
+    # the user's usual popularity (mean log listeners of the tracks heard)
     log_pop = np.log1p(listeners)
     user_pop_sum = np.bincount(h_ucode, weights=log_pop[h_icode], minlength=n_users)
     user_mean_pop = (user_pop_sum / np.maximum(u_listens, 1)).astype(np.float32)
-    out["item_pop_vs_user"] = np.where(
-        uk, np.log1p(out["item_listeners"].to_numpy()) - user_mean_pop[cu], np.nan
-    ).astype(np.float32)
+    st.update(user_map=user_map, u_listens=u_listens, u_recent=u_recent)
+    st.update(u_first=u_first, u_last=u_last, user_mean_pop=user_mean_pop)
 
-    # --- user affinity to the candidate's genre and artist ---
+    # --- (user, genre) and (user, artist) listen counts ---
     cat = items[[C.Item, C.MainGenre, C.MainArtist]].drop_duplicates(C.Item).sort_values(C.Item)
     cat_map = IdMap(cat[C.Item].to_numpy().astype(np.int64))
     genre_of = cat[C.MainGenre].to_numpy().astype(np.int64)
     artist_of = cat[C.MainArtist].to_numpy().astype(np.int64)
-
-    def attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-        return np.where(codes >= 0, table[np.maximum(codes, 0)], -1)
-
     h_cat = cat_map.codes(h_items)
-    c_cat = cat_map.codes(i_ids)
+    st.update(cat_map=cat_map, genre=genre_of, artist=artist_of)
     for name, table in (("genre", genre_of), ("artist", artist_of)):
-        h_attr = attr(h_cat, table)
-        c_attr = attr(c_cat, table)
-        size = int(max(h_attr.max(initial=0), c_attr.max(initial=0))) + 2
+        h_attr = _attr(h_cat, table)
+        # + 2: attribute codes are shifted by one (-1, unknown, becomes 0); any candidate
+        # attribute is in the catalogue table, so its maximum bounds every key
+        size = int(max(h_attr.max(initial=0), table.max(initial=0))) + 2
         ok = h_attr >= 0
         keys, counts = _pair_counts(h_ucode[ok], h_attr[ok] + 1, size)
+        st[f"{name}_pairs"] = (keys, counts, size)
+    stage.cache[key] = st
+    return st
+
+
+def _attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return np.where(codes >= 0, table[np.maximum(codes, 0)], -1)
+
+
+def collect_features(
+    stage: FirstStage, items: pd.DataFrame, cand: pd.DataFrame, cfg: RankerConfig
+) -> pd.DataFrame:
+    """Add the FEATURES columns to `cand` (user_id, track_id, source columns)."""
+    end = np.datetime64(stage.end, "ns")
+    st = _history_stats(stage, items, cfg.recent_days)
+    out = cand.copy()
+    u_ids = out[C.User].to_numpy()
+    i_ids = out[C.Item].to_numpy()
+
+    # --- first-stage scores ---
+    out["als_score"] = stage.als.score_pairs(u_ids, i_ids)
+    out["n_sources"] = (out["src_als"] + out["src_pop"] + out["src_sim"]).astype(np.int8)
+    sim_max, sim_mean = _similarity_to_latest(stage, u_ids, i_ids, cfg.recent_tracks)
+    out["sim_max_latest"] = sim_max
+    out["sim_mean_latest"] = sim_mean
+    out["profile_sim"] = _profile_similarity(stage, u_ids, i_ids)
+
+    # --- item statistics over the history ---
+    c_icode = st["item_map"].codes(i_ids)
+    known = c_icode >= 0
+    ci = np.where(known, c_icode, 0)
+    out["item_listeners"] = np.where(known, st["listeners"][ci], 0)
+    out["item_listeners_recent"] = np.where(known, st["listeners_recent"][ci], 0)
+    out["item_recent_share"] = out["item_listeners_recent"] / np.maximum(out["item_listeners"], 1)
+    out["item_age_days"] = np.where(known, _days(end - st["first"][ci]), np.nan)
+    out["item_days_since_last"] = np.where(known, _days(end - st["last"][ci]), np.nan)
+
+    # --- user statistics ---
+    c_ucode = st["user_map"].codes(u_ids)
+    uk = c_ucode >= 0
+    cu = np.where(uk, c_ucode, 0)
+    out["user_listens"] = np.where(uk, st["u_listens"][cu], 0)
+    out["user_listens_recent"] = np.where(uk, st["u_recent"][cu], 0)
+    out["user_days_since_last"] = np.where(uk, _days(end - st["u_last"][cu]), np.nan)
+    out["user_tenure_days"] = np.where(uk, _days(end - st["u_first"][cu]), np.nan)
+
+    # how the candidate's popularity compares with the user's usual (log listeners)
+    out["item_pop_vs_user"] = np.where(
+        uk, np.log1p(out["item_listeners"].to_numpy()) - st["user_mean_pop"][cu], np.nan
+    ).astype(np.float32)
+
+    # --- user affinity to the candidate's genre and artist ---
+    c_cat = st["cat_map"].codes(i_ids)
+    for name in ("genre", "artist"):
+        c_attr = _attr(c_cat, st[name])
+        keys, counts, size = st[f"{name}_pairs"]
         q = cu.astype(np.int64) * size + (c_attr + 1)
         cnt = np.where(uk & (c_attr >= 0), _lookup(keys, counts, q), 0)
         share = cnt / np.maximum(out["user_listens"].to_numpy(), 1)
         out[f"user_{name}_share"] = share.astype(np.float32)
         if name == "artist":
             out["user_artist_listens"] = cnt.astype(np.float32)
-    out["main_genre"] = attr(c_cat, genre_of).astype(str)
+    out["main_genre"] = _attr(c_cat, st["genre"]).astype(str)
     return out
 
 
@@ -194,7 +237,7 @@ def _similarity_to_latest(
     norms = np.linalg.norm(f, axis=1)
     normed = f / np.where(norms > 0, norms, 1.0)[:, None]
     users = np.unique(u_ids)
-    recent = latest_tracks(stage.history[stage.history[C.User].isin(users)], n_latest)
+    recent = latest_for_users(stage, users, n_latest)
     r_code = stage.als.items.codes(recent[C.Item].to_numpy())
     umap = IdMap(users)
     r_u = umap.codes(recent[C.User].to_numpy())

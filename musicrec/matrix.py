@@ -50,8 +50,9 @@ class InteractionMatrix:
         cls, events: pd.DataFrame, users: IdMap | None = None, items: IdMap | None = None
     ) -> InteractionMatrix:
         """Build from (user_id, track_id) rows; rows whose ids are outside the maps are dropped."""
-        users = users or IdMap.from_values(events[C.User].to_numpy())
-        items = items or IdMap.from_values(events[C.Item].to_numpy())
+        # `is None`, not `or`: an IdMap with no ids is falsy (len 0) but still a given map
+        users = users if users is not None else IdMap.from_values(events[C.User].to_numpy())
+        items = items if items is not None else IdMap.from_values(events[C.Item].to_numpy())
         u = users.codes(events[C.User].to_numpy())
         i = items.codes(events[C.Item].to_numpy())
         keep = (u >= 0) & (i >= 0)
@@ -81,9 +82,13 @@ def seen_mask(csr: sp.csr_matrix, user_codes: np.ndarray, item_codes: np.ndarray
         return out
     rows = np.unique(user_codes[valid])
     sub = csr[rows]
+    if not sub.has_sorted_indices:  # a copy: the caller's matrix is left as it is
+        sub.sort_indices()
     n_cols = csr.shape[1]
     row_of_nz = np.repeat(rows.astype(np.int64), np.diff(sub.indptr))
     keys = row_of_nz * n_cols + sub.indices.astype(np.int64)  # sorted: rows sorted, cols sorted
+    if len(keys) == 0:  # the queried rows are all empty (keys[-1] below would fail)
+        return out
     q = user_codes[valid] * n_cols + item_codes[valid]
     pos = np.searchsorted(keys, q)
     pos = np.minimum(pos, len(keys) - 1)

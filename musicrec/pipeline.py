@@ -17,6 +17,7 @@ Data flow (windows are global, by time):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,12 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from musicrec.als import ALSModel
+from musicrec.als import ALSModel, top_item_codes
 from musicrec.artifacts import ArtifactPaths
-from musicrec.candidates import FirstStage, generate_candidates
+from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
+from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
 from musicrec.io import read_json, write_json, write_parquet
 from musicrec.matrix import InteractionMatrix
@@ -67,8 +69,14 @@ class StageCache:
             h.update(u.encode())
         return h.hexdigest()[:16]
 
+    @staticmethod
+    def output_stats(outputs: list[Path]) -> dict[str, list[int]]:
+        """Size and modification time of each output (to notice files rewritten since)."""
+        return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in outputs}
+
     def fresh(self, name: str, fp: str, outputs: list[Path]) -> dict[str, Any] | None:
-        """The recorded info of stage `name` if it ran with `fp` and its outputs exist."""
+        """The recorded info of stage `name` if it ran with `fp` and its outputs exist and
+        are the files it wrote (not since overwritten, e.g. by `final_fit`)."""
         if self.force:
             return None
         rec = read_json(self.dir / f"{name}.json")
@@ -76,10 +84,13 @@ class StageCache:
             return None
         if not all(p.exists() for p in outputs):
             return None
+        if rec.get("outputs") != self.output_stats(outputs):
+            return None
         return dict(rec.get("info", {}))
 
-    def record(self, name: str, fp: str, info: dict[str, Any]) -> None:
-        write_json({"fingerprint": fp, "info": info}, self.dir / f"{name}.json")
+    def record(self, name: str, fp: str, info: dict[str, Any], outputs: list[Path]) -> None:
+        rec = {"fingerprint": fp, "info": info, "outputs": self.output_stats(outputs)}
+        write_json(rec, self.dir / f"{name}.json")
 
 
 # ---------------------------------------------------------------------------- context
@@ -111,16 +122,39 @@ class PipelineContext:
     @property
     def test(self) -> Split:
         if self.test_split is None:
-            self.test_split = split_by_time(
-                self.prepared.events, self.cfg.split.test_start, self.cfg.split.test_share
+            self.test_split = self._split(
+                self.prepared.events, self.cfg.split.test_start, self.cfg.split.test_share, "test"
             )
         return self.test_split
 
     @property
     def label(self) -> Split:
         if self.label_split is None:
-            self.label_split = split_by_time(self.test.history, None, self.cfg.split.label_share)
+            self.label_split = self._split(
+                self.test.history, None, self.cfg.split.label_share, "label"
+            )
         return self.label_split
+
+    def _split(self, events: pd.DataFrame, start: Any, share: float, window: str) -> Split:
+        """`split_by_time`, failing with a DataValidationError naming events.parquet when
+        the dates allow no split (one day, an empty side) or when no user of the window was
+        seen before it (all cold: nothing to train the ranker on or to evaluate)."""
+        where = (str(self.paths.events), C.Datetime)
+        try:
+            split = split_by_time(events, start, share)
+        except ValueError as exc:
+            raise DataValidationError(
+                *where, f"dates that split into history and a {window} window", found=str(exc)
+            ) from exc
+        users = split.target[C.User].unique()
+        if not np.isin(users, split.history[C.User].unique()).any():
+            raise DataValidationError(
+                *where,
+                f"a {window} window (from {split.start.date()}) holding users with earlier "
+                "events (see split.test_start / test_share / label_share)",
+                found=f"all {len(users):,} users of the window are new (cold)",
+            )
+        return split
 
     def als_cfg(self) -> ALSConfig:
         return self.cfg.als.model_copy(update=self.als_params or {})
@@ -138,6 +172,12 @@ class PipelineContext:
             sim = pd.read_parquet(self.paths.similar)
             self._stage = FirstStage(
                 hist, self.test.start, matrix, als, listeners_per_track(hist), sim
+            )
+            # the ALS stage's top-n of every user, by this model on this matrix: the ranker's
+            # ALS candidates are sliced from it instead of scoring every user again
+            set_als_recs(self._stage, pd.read_parquet(self.paths.personal_als), self.cfg.als.n_recs)
+            self._stage.cache["scored_items"] = top_item_codes(
+                matrix, self.cfg.als.max_scored_items
             )
         return self._stage
 
@@ -158,7 +198,7 @@ class PipelineContext:
             log.info("stage %-12s reused (fingerprint %s)", name, fp)
         else:
             info = fn()
-            self.cache.record(name, fp, info)
+            self.cache.record(name, fp, info, outputs)
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         log.info("stage %-12s done in %.1f s", name, self.seconds[name])
         return info
@@ -203,7 +243,18 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
     if not cfg.tune:
         return {}
     lab = ctx.label
-    matrix = InteractionMatrix.from_events(lab.history)
+    hist = lab.history
+    n_users = hist[C.User].nunique()
+    if cfg.tune_max_users is not None and n_users > cfg.tune_max_users:
+        # the grid runs len(grid) fits: on a random subset of users (all their listens)
+        # it costs a bounded share of one full fit; the chosen parameters are then fit on
+        # every user
+        rng = np.random.default_rng(cfg.random_state)
+        keep = rng.choice(np.unique(hist[C.User].to_numpy()), cfg.tune_max_users, replace=False)
+        hist = hist[hist[C.User].isin(keep)]
+        log.info("ALS tuning on %d of %d users (%d listens)", len(keep), n_users, len(hist))
+    matrix = InteractionMatrix.from_events(hist)
+    scored = top_item_codes(matrix, cfg.max_scored_items)
     warm = np.intersect1d(lab.target[C.User].unique(), matrix.users.ids)
     target = lab.target[lab.target[C.User].isin(warm)]
     for f in cfg.factors_grid:
@@ -211,7 +262,9 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
             for a in cfg.alpha_grid:
                 params: dict[str, float] = {"factors": f, "regularization": r, "alpha": a}
                 model = ALSModel.fit(matrix, cfg, overrides=params)
-                recs = model.recommend(warm, matrix, ctx.cfg.eval.k_ndcg, cfg.batch_size)
+                recs = model.recommend(
+                    warm, matrix, ctx.cfg.eval.k_ndcg, cfg.batch_size, items=scored
+                )
                 score = float(ndcg_at_k(recs, target, ctx.cfg.eval.k_ndcg, users=warm).mean())
                 log.info("ALS tuning %s: NDCG@%d %.4f", params, ctx.cfg.eval.k_ndcg, score)
                 if score > best[0]:
@@ -227,7 +280,10 @@ def stage_als(ctx: PipelineContext) -> dict[str, Any]:
     matrix = InteractionMatrix.from_events(hist)
     model = ALSModel.fit(matrix, ctx.als_cfg())
     model.save(ctx.paths.model_dir)
-    recs = model.recommend(matrix.users.ids, matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size)
+    scored = top_item_codes(matrix, ctx.cfg.als.max_scored_items)
+    recs = model.recommend(
+        matrix.users.ids, matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size, items=scored
+    )
     write_parquet(recs, ctx.paths.personal_als)
     ctx._stage = None
     return {"params": params, "users": int(recs[C.User].nunique()), "rows": len(recs)}
@@ -235,7 +291,11 @@ def stage_als(ctx: PipelineContext) -> dict[str, Any]:
 
 def stage_similar(ctx: PipelineContext) -> dict[str, Any]:
     model = ALSModel.load(ctx.paths.model_dir)
-    sim = similar_tracks(model, ctx.cfg.similar.k, ctx.cfg.similar.batch_size)
+    scored = None  # similar tracks among the same head of tracks the ALS stage scored
+    if ctx.cfg.als.max_scored_items is not None:
+        matrix = InteractionMatrix.from_events(ctx.test.history, model.users, model.items)
+        scored = top_item_codes(matrix, ctx.cfg.als.max_scored_items)
+    sim = similar_tracks(model, ctx.cfg.similar.k, ctx.cfg.similar.batch_size, items=scored)
     write_parquet(sim, ctx.paths.similar)
     ctx._stage = None
     return {"tracks": int(sim[C.Item1].nunique()), "rows": len(sim)}
@@ -247,14 +307,31 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     lab = ctx.label
     stage = FirstStage.fit(lab.history, lab.start, ctx.als_cfg(), ctx.cfg.similar)
     users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
-    cand = generate_candidates(stage, users, rcfg)
-    labelled = label_candidates(cand, lab.target)
-    target_pairs = int(lab.target[C.User].isin(users).sum())
-    cand_recall = float(labelled["target"].sum() / max(target_pairs, 1))
-    feats = collect_features(stage, ctx.prepared.items, labelled, rcfg)
+    # label-window pairs of those users, sorted by user so each batch takes a slice
+    target = lab.target[[C.User, C.Item]]
+    target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")
+    target_pairs = len(target)
+    t_users = target[C.User].to_numpy()
+    # Candidates are generated and labelled in user batches (bounded memory), and only the
+    # users with a positive are kept: the others can never be sampled. Features are then
+    # computed for the sampled rows only (they are per row, so this equals computing them
+    # for every candidate and sampling after, at a fraction of the cost).
+    frames, hits = [], 0
+    batch = rcfg.inference_batch_users
+    for s in range(0, len(users), batch):
+        b = users[s : s + batch]
+        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
+        part = label_candidates(generate_candidates(stage, b, rcfg), target.iloc[lo:hi])
+        hits += int(part["target"].sum())
+        has_pos = part.groupby(C.User, sort=False)["target"].transform("max") > 0
+        frames.append(part[has_pos.to_numpy()])
+    labelled = pd.concat(frames, ignore_index=True)
+    cand_recall = float(hits / max(target_pairs, 1))
     train = sample_training_rows(
-        feats, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed
+        labelled, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed
     )
+    del labelled, frames
+    train = collect_features(stage, ctx.prepared.items, train, rcfg)
     log.info(
         "ranker training: %d rows, %d users, %.3f positive; label-window candidate recall %.3f",
         len(train),
@@ -333,17 +410,33 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
-    cand = generate_candidates(stage, warm, ctx.cfg.ranker)
+    # candidate recall, in user batches (bounded memory): hits and test pairs are summed
+    target = test.target[[C.User, C.Item]]
+    target = target[target[C.User].isin(warm)].drop_duplicates()
+    target = target.sort_values(C.User, kind="stable")
+    t_users = target[C.User].to_numpy()
+    srcs = ("all", "src_als", "src_pop", "src_sim")
+    hits = dict.fromkeys(srcs, 0.0)
+    n_cand = 0
+    batch = ctx.cfg.ranker.inference_batch_users
+    for s in range(0, len(warm), batch):
+        b = warm[s : s + batch]
+        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
+        t = target.iloc[lo:hi]
+        if len(t) == 0:
+            continue
+        cand = generate_candidates(stage, b, ctx.cfg.ranker)
+        n_cand += len(cand)
+        for src in srcs:
+            c = cand if src == "all" else cand[cand[src] == 1]
+            hits[src] += candidate_recall(c, t) * len(t)
+    recall = {src: hits[src] / len(target) if len(target) else float("nan") for src in srcs}
     diag = {
-        "test_candidate_recall": candidate_recall(
-            cand, test.target[test.target[C.User].isin(warm)]
-        ),
-        "candidates_per_user": len(cand) / max(len(warm), 1),
+        "test_candidate_recall": recall["all"],
+        "candidates_per_user": n_cand / max(len(warm), 1),
     }
-    for src in ("src_als", "src_pop", "src_sim"):
-        diag[f"test_candidate_recall_{src}"] = candidate_recall(
-            cand[cand[src] == 1], test.target[test.target[C.User].isin(warm)]
-        )
+    for src in srcs[1:]:
+        diag[f"test_candidate_recall_{src}"] = recall[src]
     table = metrics_table(
         {f"warm/{k}": v for k, v in warm_results.items()}
         | {f"cold/{k}": v for k, v in cold_results.items()}
@@ -364,9 +457,14 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     stage.als.save(ctx.paths.model_dir)
     write_parquet(stage.similar, ctx.paths.similar)
     als = stage.als.recommend(
-        stage.matrix.users.ids, stage.matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size
+        stage.matrix.users.ids,
+        stage.matrix,
+        ctx.cfg.als.n_recs,
+        ctx.cfg.als.batch_size,
+        items=stage.cache.get("scored_items"),
     )
     write_parquet(als, ctx.paths.personal_als)
+    set_als_recs(stage, als, ctx.cfg.als.n_recs)  # candidates reuse these lists
     ranker = Ranker.load(ctx.paths.model_dir / "ranker.cbm")
     recs, _ = rank_for_users(ctx, ranker, stage)
     write_parquet(recs, ctx.paths.recommendations)
@@ -381,8 +479,13 @@ def run_pipeline(
     force: bool = False,
     settings: Settings | None = None,
     progress: bool = True,
+    on_stage: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage; return (and write to `recsys/metrics.json`) the metrics."""
+    """Run every stage; return (and write to `recsys/metrics.json`) the metrics.
+
+    `on_stage(name, run)`, if given, is called for each stage instead of `run()` and must
+    return what `run()` returns (the benchmark uses it to time and sample each stage).
+    """
     from tqdm.auto import tqdm
 
     cfg = cfg or PipelineConfig()
@@ -449,14 +552,25 @@ def run_pipeline(
         ),
     ]
     if cfg.final_fit == "all":
+        # it overwrites the artifacts of top_popular/als/similar/ranker: their records then
+        # no longer match their outputs, so a later run recomputes them before reusing any
+        served = [paths.top_popular, *model_files, paths.personal_als, paths.similar]
         plan.append(
-            ("final_fit", lambda: stage_final_fit(ctx), cfg.final_fit, [], [], ["evaluate"])
+            (
+                "final_fit",
+                lambda: stage_final_fit(ctx),
+                cfg.final_fit,
+                [],
+                [*served, paths.recommendations],
+                ["evaluate"],
+            )
         )
     results: dict[str, Any] = {}
     bar = tqdm(plan, desc="pipeline", unit="stage", disable=not progress)
     for name, fn, params, inputs, outputs, upstream in bar:
         bar.set_postfix_str(name)
-        info = ctx.run_stage(name, fn, params, inputs, outputs, upstream)
+        run = functools.partial(ctx.run_stage, name, fn, params, inputs, outputs, upstream)
+        info = on_stage(name, run) if on_stage is not None else run()
         if name == "als":
             ctx.als_params = info.get("params") or {}
         results[name] = info

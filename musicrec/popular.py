@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from musicrec.columns import Columns as C
-from musicrec.matrix import InteractionMatrix, seen_mask
+from musicrec.matrix import InteractionMatrix
 
 
 def listeners_per_track(events: pd.DataFrame) -> pd.DataFrame:
@@ -41,28 +41,61 @@ def recommend_popular(
 ) -> pd.DataFrame:
     """For each user: the most popular tracks the user has not heard (user, item, score, rank).
 
-    `popular` is `listeners_per_track` output; `matrix` holds the users' history. Each user
-    needs at most k + (tracks heard among the top) candidates, so the top list is cut at
-    k + the longest history and filtered in one vectorised pass.
+    `popular` is `listeners_per_track` output; `matrix` holds the users' history.
+
+    Without a cross product: a user's heard tracks are "holes" at their positions in the
+    popular list, and with the holes sorted (h_0 < h_1 < ...) the j-th unheard position is
+    j + #{i : h_i - i <= j} (h_i - i counts the unheard positions before hole i). So the
+    cost is the users' history plus users * k, whatever the longest history.
     """
     user_ids = np.asarray(user_ids)
-    longest = int(np.diff(matrix.csr.indptr).max()) if matrix.csr.nnz else 0
-    top = popular.head(k + longest)
-    items = top[C.Item].to_numpy()
-    scores = top[C.Listeners].to_numpy().astype(np.float32)
-    n_u, n_i = len(user_ids), len(items)
+    items = popular[C.Item].to_numpy()
+    scores = popular[C.Listeners].to_numpy().astype(np.float32)
+    n_u = len(user_ids)
+    if n_u == 0 or len(items) == 0 or k <= 0:
+        return pd.DataFrame({c: [] for c in C.Recommendations})
+    # popularity position of every matrix item (-1: not in the popular list)
+    pos_of_code = np.full(len(matrix.items), -1, dtype=np.int64)
+    codes = matrix.items.codes(items)
+    known = codes >= 0
+    pos_of_code[codes[known]] = np.flatnonzero(known)
+    csr = matrix.csr
     frames = []
-    batch = max(1, 20_000_000 // max(n_i, 1))
+    batch = 200_000
     for start in range(0, n_u, batch):
         users = user_ids[start : start + batch]
-        u = np.repeat(users, n_i)
-        it = np.tile(items, len(users))
-        sc = np.tile(scores, len(users))
-        seen = seen_mask(matrix.csr, matrix.users.codes(u), matrix.items.codes(it))
-        df = pd.DataFrame({C.User: u[~seen], C.Item: it[~seen], C.Score: sc[~seen]})
-        df = df.groupby(C.User, sort=False).head(k)
-        df[C.Rank] = (df.groupby(C.User, sort=False).cumcount() + 1).astype(np.int16)
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame({c: [] for c in C.Recommendations})
+        rows = matrix.users.codes(users)
+        b = len(users)
+        # holes per user: positions of the heard tracks in the popular list, sorted
+        lens = np.where(rows >= 0, csr.indptr[rows + 1] - csr.indptr[np.maximum(rows, 0)], 0)
+        lo = np.where(rows >= 0, csr.indptr[np.maximum(rows, 0)], 0)
+        seg = np.repeat(np.arange(b, dtype=np.int64), lens)
+        idx = np.repeat(lo - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+        hole = pos_of_code[csr.indices[idx]]
+        ok = hole >= 0
+        seg, hole = seg[ok], hole[ok]
+        order = np.lexsort((hole, seg))
+        seg, hole = seg[order], hole[order]
+        n_h = np.bincount(seg, minlength=b)
+        first = np.cumsum(n_h) - n_h
+        rank_in_seg = np.arange(len(seg)) - np.repeat(first, n_h)
+        # per user, g = hole - i is non-decreasing; offset users apart to search them all
+        span = np.int64(len(items) + 1)
+        g = seg * span + (hole - rank_in_seg)
+        j = np.tile(np.arange(k, dtype=np.int64), b)
+        u_of = np.repeat(np.arange(b, dtype=np.int64), k)
+        count = np.searchsorted(g, u_of * span + j, side="right") - first[u_of]
+        p = j + count
+        keep = p < len(items)
+        u_of, p, j = u_of[keep], p[keep], j[keep]
+        frames.append(
+            pd.DataFrame(
+                {
+                    C.User: users[u_of],
+                    C.Item: items[p],
+                    C.Score: scores[p],
+                    C.Rank: (j + 1).astype(np.int16),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)

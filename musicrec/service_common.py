@@ -1,7 +1,8 @@
 """Pieces shared by the three services.
 
 * request bounds (`UserIdQuery`, `TrackIdQuery`, `K_MAX`, ...) and a 422 handler with a
-  readable message;
+  readable message (bounded and always renderable, whatever the client sent; an
+  unparseable body is a 422 too);
 * `OrjsonResponse` - a JSON response rendered by orjson;
 * `ServiceMetrics` + `MetricsMiddleware` - Prometheus metrics (one registry per app, so
   several apps can live in one process) and one structured debug log line per request;
@@ -28,7 +29,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import (
+    http_exception_handler as default_http_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import (
@@ -39,6 +42,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,23 +67,84 @@ TrackIdQuery = Annotated[
 KQuery = Annotated[int, Query(ge=1, le=K_MAX, description=f"List length (1 .. {K_MAX})")]
 
 
-def validation_message(errors: Sequence[Any]) -> str:
+#: a 422 answer lists at most this many errors, and echoes at most this much of an input
+MAX_ERRORS = 20
+MAX_ECHO_CHARS = 200
+_INT64 = 2**63
+
+
+def _clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, with lone surrogates escaped (orjson refuses them)."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A bounded copy of a request fragment that orjson can always render.
+
+    Validation errors echo what the client sent: that may be a 60 kB body, bytes that are
+    not UTF-8, lone surrogates or integers beyond 64 bits (all of which made the 422
+    handler itself fail with a 500). Strings are clipped, containers cut to `MAX_ERRORS`
+    items and 3 levels, big integers and anything else turned into clipped text.
+    """
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else _clip(str(value))
+    if isinstance(value, str):
+        return _clip(value)
+    if isinstance(value, bytes | bytearray):
+        return _clip(repr(bytes(value[: 2 * MAX_ECHO_CHARS])))
+    if depth >= 3:
+        return _clip(repr(value))
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_ERRORS]
+        return {_clip(str(k)): json_safe(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v, depth + 1) for v in list(value)[:MAX_ERRORS]]
+    return _clip(str(value))
+
+
+def validation_message(errors: Sequence[Any], total: int | None = None) -> str:
     """One readable line from pydantic's error list, e.g. `query k: Input should be ...`."""
     parts = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ())]
         where = " ".join(loc) if loc else "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+        got = _clip(repr(err.get("input")), 80)
+        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {got})")
+    more = (total or len(errors)) - len(errors)
+    if more > 0:
+        parts.append(f"... and {more} more error(s)")
     return "invalid request: " + "; ".join(parts)
+
+
+def validation_response(raw_errors: Sequence[Any]) -> Response:
+    """The 422 answer: a bounded, JSON-safe `detail` list plus a one-line `message`."""
+    errors = [json_safe(dict(e)) for e in list(raw_errors)[:MAX_ERRORS]]
+    return OrjsonResponse(
+        {"detail": errors, "message": validation_message(errors, len(raw_errors))},
+        status_code=422,
+    )
 
 
 async def validation_exception_handler(request: Request, exc: Exception) -> Response:
     """422 with FastAPI's usual `detail` list plus a one-line `message`."""
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors())
-    return OrjsonResponse(
-        {"detail": errors, "message": validation_message(errors)}, status_code=422
-    )
+    return validation_response(exc.errors())
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """FastAPI's handler, except for a body it could not parse (not UTF-8, ...): FastAPI
+    answers that with a vague 400; here it is a 422 like every other invalid input, with
+    the reason."""
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError):
+        msg = f"the body is not valid JSON: {cause}"
+        return validation_response([{"type": "body_invalid", "loc": ["body"], "msg": msg}])
+    return await default_http_exception_handler(request, exc)
 
 
 #: FastAPI's native OpenTelemetry hooks, switched off: the services export Prometheus
@@ -263,6 +328,7 @@ def install_common(
     """Add the metrics middleware, the 422 handler and `/health`, `/ready`, `/metrics`."""
     app.add_middleware(MetricsMiddleware, metrics=metrics, logger=log.getChild(service))
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 
     @app.get("/health", response_model=HealthResponse, tags=["probes"])
     async def health() -> Response:

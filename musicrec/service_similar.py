@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
@@ -113,13 +113,23 @@ class SimilarResponse(BaseModel):
     score: list[float] = Field(examples=[[0.93, 0.91]])
 
 
+def json_integer(value: Any) -> Any:
+    """Only JSON numbers may be integers: `true` or `"5"` are refused instead of being read
+    as 1 or 5 (pydantic's lax mode); `5.0` is an integer in JSON Schema and is accepted."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
 class SimilarBatchRequest(BaseModel):
     """Several seed tracks in one call."""
 
-    track_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(
-        max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})"
+    track_ids: list[
+        Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]
+    ] = Field(max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})")
+    k: Annotated[int, BeforeValidator(json_integer)] = Field(
+        10, ge=1, le=K_MAX, description="Similar tracks per seed"
     )
-    k: int = Field(10, ge=1, le=K_MAX, description="Similar tracks per seed")
 
 
 class SimilarBatchItem(BaseModel):

@@ -16,16 +16,28 @@ from musicrec.columns import Columns as C
 
 
 def similar_tracks(
-    model: ALSModel, k: int, batch_size: int = 4096, num_threads: int = 0
+    model: ALSModel,
+    k: int,
+    batch_size: int = 4096,
+    num_threads: int = 0,
+    items: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """track_id_1, track_id_2, score (cosine), rank for every item of `model`."""
+    """track_id_1, track_id_2, score (cosine), rank for every item of `model`.
+
+    `items` (sorted item codes), if given, restricts the similar tracks proposed (not the
+    tracks queried) to those items (see `musicrec.als.top_item_codes`)."""
     from implicit.cpu.topk import topk
 
     f = model.item_factors
     norms = np.linalg.norm(f, axis=1)
     normed = (f / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
     n = len(normed)
-    k = min(k, n - 1)
+    targets = normed if items is None else np.ascontiguousarray(normed[items])
+    # position of each item among the targets (-1: not a target), for the self filter
+    target_pos = np.arange(n) if items is None else np.full(n, -1, dtype=np.int64)
+    if items is not None:
+        target_pos[items] = np.arange(len(items))
+    k = min(k, len(targets) - 1)
     if k <= 0:
         return pd.DataFrame({C.Item1: [], C.Item2: [], C.Score: [], C.Rank: []})
     frames = []
@@ -33,13 +45,17 @@ def similar_tracks(
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             # filter each query's own item (no self-pairs)
+            own = target_pos[idx]
+            has = own >= 0
             self_filter = sp.csr_matrix(
-                (np.ones(len(idx), dtype=np.float32), (np.arange(len(idx)), idx)),
-                shape=(len(idx), n),
+                (np.ones(int(has.sum()), dtype=np.float32), (np.flatnonzero(has), own[has])),
+                shape=(len(idx), len(targets)),
             )
             ids, scores = topk(
-                normed, normed[idx], k, filter_query_items=self_filter, num_threads=num_threads
+                targets, normed[idx], k, filter_query_items=self_filter, num_threads=num_threads
             )
+            if items is not None:
+                ids = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
             valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
             q = np.repeat(idx, k).reshape(len(idx), k)
             ranks = np.tile(np.arange(1, k + 1, dtype=np.int16), (len(idx), 1))

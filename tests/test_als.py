@@ -1,0 +1,161 @@
+"""ALS: recovers planted taste groups, filters heard tracks, persists without pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from musicrec.als import ALSModel
+from musicrec.columns import Columns as C
+from musicrec.config import ALSConfig
+from musicrec.matrix import InteractionMatrix
+
+N_USERS, N_ITEMS = 80, 120  # per group
+CFG = ALSConfig(factors=8, regularization=0.05, alpha=10.0, iterations=15, random_state=1)
+
+
+def planted_events(seed: int = 0) -> pd.DataFrame:
+    """Two disjoint taste groups: users 1000.. listen only to tracks 5000.. (group A),
+    users 2000.. only to tracks 7000.. (group B); each user heard 15 tracks of the group."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user_base, item_base in ((1000, 5000), (2000, 7000)):
+        for u in range(N_USERS):
+            items = rng.choice(N_ITEMS, size=15, replace=False)
+            rows += [(user_base + u, item_base + int(i)) for i in items]
+    return pd.DataFrame(rows, columns=[C.User, C.Item]).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[pd.DataFrame, InteractionMatrix, ALSModel]:
+    ev = planted_events()
+    m = InteractionMatrix.from_events(ev)
+    return ev, m, ALSModel.fit(m, CFG, num_threads=1)
+
+
+def test_fit_recovers_planted_groups(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    _, m, model = planted
+    assert model.user_factors.shape == (2 * N_USERS, CFG.factors)
+    assert model.item_factors.shape == (2 * N_ITEMS, CFG.factors)
+    assert model.user_factors.dtype == np.float32
+    recs = model.recommend(m.users.ids, m, n=10)
+    group_of_user = np.where(recs[C.User] < 2000, "A", "B")
+    group_of_item = np.where(recs[C.Item] < 7000, "A", "B")
+    assert (group_of_user == group_of_item).mean() > 0.98
+    # and scores separate the groups: own-group tracks score above other-group tracks
+    a_user = np.full(N_ITEMS, 1000)
+    own = model.score_pairs(a_user, 5000 + np.arange(N_ITEMS))
+    other = model.score_pairs(a_user, 7000 + np.arange(N_ITEMS))
+    assert np.median(own) > np.percentile(other, 90)
+
+
+def test_recommend_filters_heard_and_ranks(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    ev, m, model = planted
+    n = 20
+    recs = model.recommend(m.users.ids, m, n=n, batch_size=17)  # several batches
+    assert list(recs.columns) == C.Recommendations
+    assert recs[C.User].dtype.kind == "i" and recs[C.Item].dtype.kind == "i"
+    heard = set(zip(ev[C.User].tolist(), ev[C.Item].tolist(), strict=True))
+    assert not any((u, i) in heard for u, i in zip(recs[C.User], recs[C.Item], strict=True))
+    assert not recs.duplicated([C.User, C.Item]).any()
+    assert set(recs[C.User]) == set(m.users.ids.tolist())
+    for _, g in recs.groupby(C.User):
+        assert g[C.Rank].tolist() == list(range(1, n + 1))
+        assert (np.diff(g[C.Score].to_numpy()) <= 0).all()
+    # the scores are the factor dot products
+    assert np.allclose(
+        recs[C.Score],
+        model.score_pairs(recs[C.User].to_numpy(), recs[C.Item].to_numpy()),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_recommend_whole_catalogue_drops_heard_at_the_end(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    """Asking for more than the unheard tracks: every unheard track once, ranks 1..n."""
+    ev, m, model = planted
+    recs = model.recommend(np.array([1000, 2001]), m, n=10_000)
+    n_items = len(m.items)
+    for u, g in recs.groupby(C.User):
+        n_heard = int((ev[C.User] == u).sum())
+        assert len(g) == n_items - n_heard
+        assert g[C.Rank].tolist() == list(range(1, len(g) + 1))
+        assert (g[C.Score] > -1e30).all()
+
+
+def test_recommend_unknown_users_are_skipped(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    _, m, model = planted
+    recs = model.recommend(np.array([1, 1000, 999_999]), m, n=5)
+    assert set(recs[C.User]) == {1000}
+    none = model.recommend(np.array([1, 2]), m, n=5)
+    assert len(none) == 0 and list(none.columns) == C.Recommendations
+
+
+def test_score_pairs_nan_for_unknown(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    _, _, model = planted
+    s = model.score_pairs(np.array([1000, 1, 1000, 3]), np.array([5000, 5000, 42, 43]))
+    assert np.isfinite(s[0])
+    assert np.isnan(s[1:]).all()
+    u, i = model.users.codes(np.array([1000])), model.items.codes(np.array([5000]))
+    assert s[0] == pytest.approx(float(model.user_factors[u[0]] @ model.item_factors[i[0]]))
+
+
+def test_fit_rejects_empty_matrix() -> None:
+    empty = pd.DataFrame({C.User: np.array([], np.int32), C.Item: np.array([], np.int32)})
+    with pytest.raises(ValueError, match="empty"):
+        ALSModel.fit(InteractionMatrix.from_events(empty), CFG)
+
+
+def test_fit_overrides_and_determinism() -> None:
+    m = InteractionMatrix.from_events(planted_events(seed=3))
+    a = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4})
+    b = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4})
+    assert a.item_factors.shape[1] == 4
+    assert np.array_equal(a.item_factors, b.item_factors)
+
+
+def test_save_load_round_trip_without_pickle(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel], tmp_path: Path
+) -> None:
+    _, m, model = planted
+    model.save(tmp_path / "model")
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == [
+        "als_item_factors.npy",
+        "als_item_ids.npy",
+        "als_user_factors.npy",
+        "als_user_ids.npy",
+    ]
+    for name in files:  # plain arrays: readable without pickle
+        assert np.load(tmp_path / "model" / name, allow_pickle=False).dtype != object
+    loaded = ALSModel.load(tmp_path / "model")
+    assert np.array_equal(loaded.users.ids, model.users.ids)
+    assert np.array_equal(loaded.items.ids, model.items.ids)
+    assert np.array_equal(loaded.user_factors, model.user_factors)
+    assert np.array_equal(loaded.item_factors, model.item_factors)
+    pd.testing.assert_frame_equal(
+        loaded.recommend(m.users.ids, m, 10), model.recommend(m.users.ids, m, 10)
+    )
+
+
+def test_load_refuses_a_pickled_array(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel], tmp_path: Path
+) -> None:
+    _, _, model = planted
+    model.save(tmp_path)
+    np.save(tmp_path / "als_user_ids.npy", np.array([1, "x", None], dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        ALSModel.load(tmp_path)

@@ -1,0 +1,87 @@
+"""Smoke runs of the two benchmarks (bench/bench_pipeline.py, bench/bench_serve.py) on the
+tiny preset: they run end to end, print their table and write the results files. The
+timings are not checked (the scripts' `--smoke` settings make them meaningless)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str | Path) -> str:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bench_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    return {"data": root / "data", "art": root / "recsys", "results": root / "results"}
+
+
+def test_bench_pipeline_smoke(bench_dirs: dict[str, Path]) -> None:
+    d = bench_dirs
+    out = run_script(
+        "bench_pipeline.py",
+        "--preset",
+        "tiny",
+        "--smoke",
+        "--data-dir",
+        d["data"],
+        "--artifacts-dir",
+        d["art"],
+        "--results-dir",
+        d["results"],
+    )
+    for stage in ("prepare", "split", "als", "similar", "ranker", "evaluate", "TOTAL"):
+        assert f"\n{stage} " in out
+    assert "bare implicit ALS fit" in out and "pipeline ALS stage" in out
+    txt = list(d["results"].glob("pipeline_tiny_smoke_*.txt"))
+    js = list(d["results"].glob("pipeline_tiny_smoke_*.json"))
+    assert len(txt) == 1 and len(js) == 1
+    result = json.loads(js[0].read_text())
+    assert [s["stage"] for s in result["stages"]][0] == "prepare"
+    assert result["bare_als"]["wall_s"] > 0
+    assert (d["art"] / "recommendations" / "recommendations.parquet").exists()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_bench_serve_smoke(bench_dirs: dict[str, Path]) -> None:
+    d = bench_dirs
+    if not (d["art"] / "recommendations" / "recommendations.parquet").exists():
+        pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    out = run_script(
+        "bench_serve.py",
+        "--preset",
+        "tiny",
+        "--smoke",
+        "--artifacts-dir",
+        d["art"],
+        "--results-dir",
+        d["results"],
+    )
+    for case in ("floor", "recs_history", "recs_online", "recs_cold", "similar_tracks"):
+        assert f"\n{case} " in out
+    assert "add_event" in out and "RSS MiB" in out
+    js = list(d["results"].glob("serve_tiny_smoke_*.json"))
+    assert len(js) == 1
+    result = json.loads(js[0].read_text())
+    assert {c["case"] for c in result["cases"]} >= {"floor", "recs_online", "add_event"}
+    assert all(c["requests"] > 0 for c in result["cases"])

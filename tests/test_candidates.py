@@ -1,0 +1,172 @@
+"""Candidate generators: no heard tracks, consistent source flags and ranks, latest tracks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from musicrec.candidates import (
+    SRC_ALS,
+    SRC_POP,
+    SRC_SIM,
+    FirstStage,
+    generate_candidates,
+    latest_tracks,
+    similar_to_latest,
+)
+from musicrec.columns import Columns as C
+from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
+from musicrec.popular import recommend_popular
+from musicrec.prepare import PreparedData
+from musicrec.split import Split, split_by_time
+
+ALS_CFG = ALSConfig(factors=8, iterations=4, tune=False)
+SIM_CFG = SimilarConfig(k=8)
+RANKER_CFG = RankerConfig(
+    als_candidates=25, popular_candidates=10, similar_candidates=10, recent_tracks=3
+)
+
+
+@pytest.fixture(scope="module")
+def split(tiny_prepared: PreparedData) -> Split:
+    return split_by_time(tiny_prepared.events, None, 0.1)
+
+
+@pytest.fixture(scope="module")
+def stage(split: Split) -> FirstStage:
+    return FirstStage.fit(split.history, split.start, ALS_CFG, SIM_CFG, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def cand(stage: FirstStage, split: Split) -> pd.DataFrame:
+    return generate_candidates(stage, split.target[C.User].unique(), RANKER_CFG)
+
+
+def _pairs(df: pd.DataFrame, user: str = C.User, item: str = C.Item) -> set[tuple[int, int]]:
+    return set(zip(df[user].tolist(), df[item].tolist(), strict=True))
+
+
+# --------------------------------------------------------------------- FirstStage
+
+
+def test_first_stage_is_fit_on_history_only(stage: FirstStage, split: Split) -> None:
+    assert stage.end == split.start
+    assert stage.history[C.Datetime].max() < stage.end
+    assert np.array_equal(stage.matrix.users.ids, np.unique(split.history[C.User]))
+    assert np.array_equal(stage.als.items.ids, stage.matrix.items.ids)
+    assert set(stage.similar[C.Item1]) <= set(stage.matrix.items.ids.tolist())
+
+
+def test_first_stage_rejects_history_reaching_its_end(stage: FirstStage, split: Split) -> None:
+    leaky = pd.concat([stage.history, split.target.head(1)])
+    with pytest.raises(ValueError, match="on or after its end"):
+        replace(stage, history=leaky)
+
+
+# ---------------------------------------------------------------------- candidates
+
+
+def test_candidates_never_heard_and_unique(
+    cand: pd.DataFrame, stage: FirstStage, split: Split
+) -> None:
+    assert len(cand) > 0
+    assert not (_pairs(cand) & _pairs(stage.history))
+    assert not cand.duplicated([C.User, C.Item]).any()
+    # only users with history are served; cold target users get no candidates
+    warm = set(split.target[C.User]) & set(stage.history[C.User])
+    assert set(cand[C.User]) == warm
+    assert cand[C.User].dtype == np.int32 and cand[C.Item].dtype == np.int32
+
+
+def test_source_flags_match_ranks(cand: pd.DataFrame) -> None:
+    for src, col, n in (
+        (SRC_ALS, "als_rank", RANKER_CFG.als_candidates),
+        (SRC_POP, "pop_rank", RANKER_CFG.popular_candidates),
+        (SRC_SIM, "sim_rank", RANKER_CFG.similar_candidates),
+    ):
+        assert set(cand[src].unique()) <= {0, 1}
+        assert np.array_equal(cand[src].to_numpy() == 1, cand[col].notna().to_numpy()), src
+        assert cand[src].sum() > 0, src
+        ranks = cand[cand[src] == 1].groupby(C.User)[col].apply(sorted)
+        for r in ranks:  # each source's ranks are 1..m (m <= n) per user
+            assert r == list(range(1, len(r) + 1))
+            assert len(r) <= n
+    assert np.array_equal(cand["sim_source_score"].notna(), cand[SRC_SIM] == 1)
+    assert ((cand[SRC_ALS] + cand[SRC_POP] + cand[SRC_SIM]) >= 1).all()
+
+
+def test_candidates_are_the_union_of_the_sources(
+    cand: pd.DataFrame, stage: FirstStage, split: Split
+) -> None:
+    users = np.intersect1d(split.target[C.User].unique(), stage.matrix.users.ids)
+    als = stage.als.recommend(users, stage.matrix, RANKER_CFG.als_candidates)
+    pop = recommend_popular(stage.popular, stage.matrix, users, RANKER_CFG.popular_candidates)
+    sim = similar_to_latest(stage, users, RANKER_CFG.recent_tracks, RANKER_CFG.similar_candidates)
+    assert _pairs(cand[cand[SRC_ALS] == 1]) == _pairs(als)
+    assert _pairs(cand[cand[SRC_POP] == 1]) == _pairs(pop)
+    assert _pairs(cand[cand[SRC_SIM] == 1]) == _pairs(sim)
+    assert _pairs(cand) == _pairs(als) | _pairs(pop) | _pairs(sim)
+    got = cand[cand[SRC_ALS] == 1].set_index([C.User, C.Item])["als_rank"]
+    want = als.set_index([C.User, C.Item])[C.Rank]
+    assert (got.sort_index() == want.sort_index()).all()
+
+
+def test_sources_can_be_switched_off(stage: FirstStage, split: Split) -> None:
+    cfg = RANKER_CFG.model_copy(update={"popular_candidates": 0, "similar_candidates": 0})
+    users = split.target[C.User].unique()[:20]
+    only_als = generate_candidates(stage, users, cfg)
+    assert (only_als[SRC_ALS] == 1).all()
+    assert (only_als[SRC_POP] == 0).all() and only_als["pop_rank"].isna().all()
+    assert (only_als[SRC_SIM] == 0).all() and only_als["sim_source_score"].isna().all()
+
+
+def test_candidates_for_unknown_or_no_users(stage: FirstStage) -> None:
+    for users in (np.array([], dtype=np.int32), np.array([10**9], dtype=np.int32)):
+        out = generate_candidates(stage, users, RANKER_CFG)
+        assert len(out) == 0
+        assert {SRC_ALS, SRC_POP, SRC_SIM, "als_rank", "pop_rank", "sim_rank"} <= set(out)
+
+
+# ------------------------------------------------------------------ latest tracks
+
+
+def test_latest_tracks_order() -> None:
+    t = pd.Timestamp("2022-05-01")
+    hist = pd.DataFrame(
+        {
+            C.User: [1, 1, 1, 1, 2, 2],
+            C.Item: [10, 11, 12, 13, 20, 21],
+            C.Datetime: [t, t + pd.Timedelta(days=2), t + pd.Timedelta(days=2), t, t, t],
+            C.Seq: [1, 3, 4, 2, 2, 1],
+        }
+    )
+    out = latest_tracks(hist, 3)
+    assert list(out.columns) == [C.User, C.Item, "recency"]
+    # newest first; the same day is ordered by track_seq (higher = later)
+    assert out[out[C.User] == 1][C.Item].tolist() == [12, 11, 13]
+    assert out[out[C.User] == 2][C.Item].tolist() == [20, 21]
+    assert out["recency"].tolist() == [1, 2, 3, 1, 2]
+
+
+def test_similar_to_latest_matches_a_naive_computation(stage: FirstStage) -> None:
+    n_latest, n = 3, 10
+    users = stage.matrix.users.ids[:40]
+    got = similar_to_latest(stage, users, n_latest, n)
+    heard = _pairs(stage.history)
+    sim = stage.similar
+    for u in users[:15]:
+        h = stage.history[stage.history[C.User] == u]
+        h = h.sort_values([C.Datetime, C.Seq], ascending=False).head(n_latest)
+        nb = sim[sim[C.Item1].isin(h[C.Item])]
+        best = nb.groupby(C.Item2)[C.Score].max()
+        best = best[[(int(u), int(t)) not in heard for t in best.index]]
+        mine = got[got[C.User] == u]
+        assert len(mine) == min(n, len(best))
+        assert mine[C.Rank].tolist() == list(range(1, len(mine) + 1))
+        assert (np.diff(mine[C.Score].to_numpy()) <= 0).all()
+        # the kept scores are the n best, each the max over the latest tracks
+        assert np.allclose(mine[C.Score], np.sort(best.to_numpy())[::-1][: len(mine)])
+        assert np.allclose(mine[C.Score], best[mine[C.Item]].to_numpy())

@@ -1,0 +1,86 @@
+"""`python -m musicrec` as a user runs it: a subprocess in a scratch working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m musicrec ARGS` in `cwd` with no MUSICREC_* settings from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICREC_", "S3_", "AWS_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "musicrec", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`generate --preset tiny` into a scratch directory (run once for this module)."""
+    work = tmp_path_factory.mktemp("cli")
+    res = cli("generate", "--preset", "tiny", "--seed", "3", "--out", "data", cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert "'preset': 'tiny'" in res.stdout
+    return work / "data"
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    res = cli("--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for command in ("generate", "prepare", "pipeline", "serve", "verify", "upload"):
+        assert command in res.stdout
+    assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_generate_writes_the_raw_files(generated: Path) -> None:
+    for name in RawFiles.All:
+        assert (generated / name).is_file(), name
+    assert pq.read_metadata(generated / RawFiles.Interactions).num_rows > 10_000
+
+
+def test_prepare_on_generated_data(generated: Path, tmp_path: Path) -> None:
+    res = cli("prepare", "--data-dir", str(generated), "--artifacts-dir", "recsys", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "events:" in res.stdout and "items:" in res.stdout
+    events = pq.read_table(tmp_path / "recsys" / "data" / "events.parquet")
+    assert events.num_rows == pq.read_metadata(generated / RawFiles.Interactions).num_rows
+    assert (tmp_path / "recsys" / "data" / "items.parquet").is_file()
+    assert "musicrec.prepare" in (tmp_path / "execution_log.txt").read_text()
+
+
+def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path) -> None:
+    data = tmp_path / "bad"
+    shutil.copytree(generated, data)
+    path = data / RawFiles.Interactions
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(C.Item)
+    shifted = pc.add(table[C.Item], pa.scalar(10**8, table.schema.field(C.Item).type))
+    pq.write_table(table.set_column(i, C.Item, shifted), path)  # every track unknown
+
+    res = cli("prepare", "--data-dir", str(data), "--artifacts-dir", "recsys", cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert RawFiles.Interactions in errors[0] and C.Item in errors[0]
+    assert not (tmp_path / "recsys" / "data" / "events.parquet").exists()

@@ -1,0 +1,176 @@
+"""Ranker features: no leakage from the predicted window, values match naive computations."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from musicrec.candidates import FirstStage, generate_candidates, latest_tracks
+from musicrec.columns import Columns as C
+from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
+from musicrec.features import CAT_FEATURES, FEATURES, NUMERIC_FEATURES, collect_features
+from musicrec.prepare import PreparedData
+from musicrec.split import choose_window_start, split_by_time
+
+ALS_CFG = ALSConfig(factors=8, iterations=4, tune=False)
+SIM_CFG = SimilarConfig(k=8)
+CFG = RankerConfig(
+    als_candidates=20, popular_candidates=10, similar_candidates=10, recent_tracks=3, recent_days=14
+)
+
+
+def features_at(
+    events: pd.DataFrame, items: pd.DataFrame, end: pd.Timestamp, users: np.ndarray
+) -> pd.DataFrame:
+    """The whole first-stage path: split the events at `end`, fit on the history,
+    generate candidates for `users`, collect their features."""
+    split = split_by_time(events, end)
+    stage = FirstStage.fit(split.history, split.start, ALS_CFG, SIM_CFG, num_threads=1)
+    cand = generate_candidates(stage, users, CFG)
+    return collect_features(stage, items, cand, CFG)
+
+
+@pytest.fixture(scope="module")
+def end(tiny_prepared: PreparedData) -> pd.Timestamp:
+    return choose_window_start(tiny_prepared.events[C.Datetime], 0.15)
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_prepared: PreparedData, end: pd.Timestamp) -> FirstStage:
+    hist = tiny_prepared.events[tiny_prepared.events[C.Datetime] < end]
+    return FirstStage.fit(hist, end, ALS_CFG, SIM_CFG, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def feats(stage: FirstStage, tiny_prepared: PreparedData) -> pd.DataFrame:
+    users = stage.matrix.users.ids[::3]
+    return collect_features(stage, tiny_prepared.items, generate_candidates(stage, users, CFG), CFG)
+
+
+# ---------------------------------------------------------------------- leakage
+
+
+def test_features_ignore_the_predicted_window(
+    tiny_prepared: PreparedData, end: pd.Timestamp
+) -> None:
+    """Replacing every event on/after `end` changes no feature of any candidate.
+
+    The new future makes every candidate a listen (right at `end` and later), adds new
+    users and tracks, and drops the real future: any feature reading the window it
+    predicts (popularity, recency, user activity, similarity, labels) would move."""
+    events, items = tiny_prepared.events, tiny_prepared.items
+    past = events[events[C.Datetime] < end]
+    users = past[C.User].unique()[::2]
+    before = features_at(events, items, end, users)
+
+    rng = np.random.default_rng(0)
+    listened = before[[C.User, C.Item]].copy()
+    listened[C.Datetime] = end + pd.to_timedelta(rng.integers(0, 20 * 86_400, len(listened)), "s")
+    listened.loc[listened.index[:50], C.Datetime] = end  # exactly at the window start
+    listened[C.Seq] = np.int16(30_000)
+    strangers = pd.DataFrame(
+        {
+            C.User: np.arange(10**6, 10**6 + 30, dtype=np.int32),
+            C.Item: rng.choice(items[C.Item].to_numpy(), 30),
+            C.Datetime: end + pd.Timedelta(days=1),
+            C.Seq: np.int16(1),
+        }
+    )
+    future = pd.concat([listened, strangers], ignore_index=True).astype(events.dtypes.to_dict())
+    changed = pd.concat([future, past], ignore_index=True)
+    assert len(changed) != len(events)
+    after = features_at(changed, items, end, users)
+
+    key = [C.User, C.Item]
+    pd.testing.assert_frame_equal(
+        before.sort_values(key).reset_index(drop=True),
+        after.sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_history_is_strictly_before_end(stage: FirstStage, end: pd.Timestamp) -> None:
+    assert stage.history[C.Datetime].max() < end
+    assert stage.history[C.Datetime].max() >= end - pd.Timedelta(days=1)
+
+
+# ------------------------------------------------------------------ the columns
+
+
+def test_every_feature_is_present_and_candidates_kept(
+    feats: pd.DataFrame, stage: FirstStage
+) -> None:
+    assert set(FEATURES) <= set(feats.columns)
+    assert FEATURES == NUMERIC_FEATURES + CAT_FEATURES
+    for col in NUMERIC_FEATURES:
+        assert pd.api.types.is_numeric_dtype(feats[col]), col
+    # statistics of users and items with history are always defined
+    for col in ("item_listeners", "item_age_days", "user_listens", "user_tenure_days"):
+        assert feats[col].notna().all(), col
+    for col in ("als_score", "profile_sim", "sim_max_latest"):
+        assert feats[col].notna().all(), col
+    for col in ("profile_sim", "sim_max_latest", "sim_mean_latest"):
+        assert feats[col].between(-1.0 - 1e-4, 1.0 + 1e-4).all(), col
+    assert (feats["sim_mean_latest"] <= feats["sim_max_latest"] + 1e-6).all()
+    assert (feats["n_sources"] == feats[["src_als", "src_pop", "src_sim"]].sum(axis=1)).all()
+    assert (feats["item_days_since_last"] > 0).all()
+    assert (feats["item_age_days"] >= feats["item_days_since_last"]).all()
+
+
+def test_features_match_naive_computations(
+    feats: pd.DataFrame, stage: FirstStage, tiny_prepared: PreparedData
+) -> None:
+    hist, items = stage.history, tiny_prepared.items.set_index(C.Item)
+    end = stage.end
+    recent = hist[hist[C.Datetime] >= end - pd.Timedelta(days=CFG.recent_days)]
+    f = stage.als.item_factors.astype(np.float64)
+    normed = f / np.linalg.norm(f, axis=1)[:, None]
+    latest = latest_tracks(hist, CFG.recent_tracks)
+    day = pd.Timedelta(days=1)
+    n_listen = hist.groupby(C.Item).size()
+    log_pop = np.log1p(n_listen)
+    sample = feats.sample(150, random_state=0)
+    rows = cast(list[dict[str, Any]], sample.to_dict("records"))
+    genre_of = dict(zip(items.index.tolist(), items[C.MainGenre].tolist(), strict=True))
+    artist_of = dict(zip(items.index.tolist(), items[C.MainArtist].tolist(), strict=True))
+    for r in rows:
+        u, t = r[C.User], r[C.Item]
+        ih, uh = hist[hist[C.Item] == t], hist[hist[C.User] == u]
+        assert r["item_listeners"] == len(ih)
+        assert r["item_listeners_recent"] == (recent[C.Item] == t).sum()
+        assert r["item_age_days"] == pytest.approx((end - ih[C.Datetime].min()) / day, rel=1e-5)
+        assert r["item_days_since_last"] == pytest.approx(
+            (end - ih[C.Datetime].max()) / day, rel=1e-5
+        )
+        assert r["user_listens"] == len(uh)
+        assert r["user_listens_recent"] == (recent[C.User] == u).sum()
+        assert r["user_tenure_days"] == pytest.approx((end - uh[C.Datetime].min()) / day, rel=1e-5)
+        assert r["user_days_since_last"] == pytest.approx(
+            (end - uh[C.Datetime].max()) / day, rel=1e-5
+        )
+        assert r["item_pop_vs_user"] == pytest.approx(
+            np.log1p(len(ih)) - log_pop[uh[C.Item]].mean(), abs=1e-4
+        )
+        genre, artist = genre_of[t], artist_of[t]
+        u_genres = items.loc[uh[C.Item], C.MainGenre].to_numpy()
+        u_artists = items.loc[uh[C.Item], C.MainArtist].to_numpy()
+        n_genre = (u_genres == genre).sum() if genre >= 0 else 0
+        n_artist = (u_artists == artist).sum() if artist >= 0 else 0
+        assert r["user_genre_share"] == pytest.approx(n_genre / len(uh), abs=1e-6)
+        assert r["user_artist_share"] == pytest.approx(n_artist / len(uh), abs=1e-6)
+        assert r["user_artist_listens"] == n_artist
+        assert r["main_genre"] == str(genre)
+        # first-stage scores and similarities from the ALS factors
+        uc, ic = stage.als.users.codes(np.array([u]))[0], stage.als.items.codes(np.array([t]))[0]
+        assert r["als_score"] == pytest.approx(
+            float(stage.als.user_factors[uc] @ stage.als.item_factors[ic]), abs=1e-4
+        )
+        lt = stage.als.items.codes(latest[latest[C.User] == u][C.Item].to_numpy())
+        cos = normed[lt] @ normed[ic]
+        assert r["sim_max_latest"] == pytest.approx(cos.max(), abs=1e-4)
+        assert r["sim_mean_latest"] == pytest.approx(cos.mean(), abs=1e-4)
+        prof = normed[stage.als.items.codes(uh[C.Item].to_numpy())].mean(axis=0)
+        prof /= np.linalg.norm(prof)
+        assert r["profile_sim"] == pytest.approx(float(prof @ normed[ic]), abs=1e-4)

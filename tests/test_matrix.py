@@ -1,0 +1,163 @@
+"""Id maps, the binary users x items matrix, the seen-pair lookup and top-k per group."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from musicrec.columns import Columns as C
+from musicrec.matrix import IdMap, InteractionMatrix, seen_mask, top_k_per_group
+
+
+def _events(pairs: list[tuple[int, int]]) -> pd.DataFrame:
+    return pd.DataFrame(pairs, columns=[C.User, C.Item]).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- IdMap
+
+
+def test_idmap_sorted_unique_codes_and_unknown_minus_one() -> None:
+    m = IdMap.from_values(np.array([50, 10, 30, 10, 50]))
+    assert m.ids.tolist() == [10, 30, 50]
+    assert len(m) == 3
+    codes = m.codes(np.array([30, 10, 50, 20, 5, 99, 10]))
+    assert codes.dtype == np.int32
+    assert codes.tolist() == [1, 0, 2, -1, -1, -1, 0]
+    # round trip for every known id
+    assert np.array_equal(m.ids[m.codes(m.ids)], m.ids)
+
+
+def test_idmap_empty_map_gives_minus_one() -> None:
+    m = IdMap.from_values(np.array([], dtype=np.int64))
+    assert len(m) == 0
+    assert m.codes(np.array([1, 2])).tolist() == [-1, -1]
+
+
+def test_idmap_accepts_series() -> None:
+    m = IdMap.from_values(pd.Series([3, 1, 2]))
+    assert m.codes(pd.Series([2, 4])).tolist() == [1, -1]
+
+
+# ----------------------------------------------------------------------- the matrix
+
+
+def test_matrix_is_binary_float32_and_sums_to_unique_pairs() -> None:
+    rng = np.random.default_rng(0)
+    ev = _events(list(zip(rng.integers(0, 50, 2_000), rng.integers(0, 80, 2_000), strict=True)))
+    # repeated (user, track) rows must count once
+    ev = pd.concat([ev, ev.head(300)], ignore_index=True)
+    m = InteractionMatrix.from_events(ev)
+    n_pairs = len(ev.drop_duplicates())
+    assert m.csr.dtype == np.float32
+    assert m.csr.nnz == n_pairs
+    assert float(m.csr.sum()) == pytest.approx(n_pairs)  # the int8 trap would give ~0
+    assert set(np.unique(m.csr.data).tolist()) == {1.0}
+    assert m.shape == (ev[C.User].nunique(), ev[C.Item].nunique())
+    assert m.csr.has_sorted_indices
+    # every event is a non-zero at (code of user, code of track)
+    dense = m.csr.toarray()
+    assert (dense[m.users.codes(ev[C.User]), m.items.codes(ev[C.Item])] == 1.0).all()
+
+
+def test_matrix_users_are_rows() -> None:
+    m = InteractionMatrix.from_events(_events([(7, 100), (7, 200), (9, 200)]))
+    assert m.users.ids.tolist() == [7, 9]
+    assert m.items.ids.tolist() == [100, 200]
+    assert m.csr.toarray().tolist() == [[1.0, 1.0], [0.0, 1.0]]
+
+
+def test_matrix_with_given_maps_drops_outside_rows() -> None:
+    ev = _events([(1, 10), (1, 11), (2, 10), (3, 12)])
+    users = IdMap(np.array([1, 2, 5]))
+    items = IdMap(np.array([10, 11]))
+    m = InteractionMatrix.from_events(ev, users=users, items=items)
+    assert m.shape == (3, 2)
+    assert m.csr.toarray().tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+
+
+def test_matrix_with_an_empty_given_map_keeps_it() -> None:
+    """An empty IdMap is falsy (len 0): it must still be used, not rebuilt from events."""
+    ev = _events([(1, 10), (2, 11)])
+    m = InteractionMatrix.from_events(ev, users=IdMap(np.array([], dtype=np.int32)))
+    assert m.shape == (0, 2)
+    assert m.csr.nnz == 0
+
+
+# ------------------------------------------------------------------------ seen_mask
+
+
+def _naive_seen(pairs: set[tuple[int, int]], u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    return np.array([(a, b) in pairs for a, b in zip(u.tolist(), i.tolist(), strict=True)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_seen_mask_matches_a_set_lookup(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 60, 90
+    u = rng.integers(0, n_users, 1_500)
+    i = rng.integers(0, n_items, 1_500)
+    csr = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_users, n_items))
+    csr.sum_duplicates()
+    pairs = set(zip(u.tolist(), i.tolist(), strict=True))
+    # queries: half known pairs, half random, some with unknown (-1) codes
+    qu = np.concatenate([u[:500], rng.integers(-1, n_users, 3_000)])
+    qi = np.concatenate([i[:500], rng.integers(-1, n_items, 3_000)])
+    got = seen_mask(csr, qu, qi)
+    assert got.dtype == bool
+    assert np.array_equal(got, _naive_seen(pairs, qu, qi))
+    assert got[:500].all()
+    assert not got[(qu < 0) | (qi < 0)].any()
+
+
+def test_seen_mask_rows_without_listens() -> None:
+    """Users whose rows are empty (possible with a given user map) are simply not seen."""
+    csr = sp.csr_matrix(np.array([[1, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=np.float32))
+    assert seen_mask(csr, np.array([1, 2]), np.array([0, 2])).tolist() == [False, False]
+    assert seen_mask(csr, np.array([0, 1, 0]), np.array([2, 2, 1])).tolist() == [
+        True,
+        False,
+        False,
+    ]
+
+
+def test_seen_mask_unsorted_indices() -> None:
+    """A valid CSR whose column indices are not sorted within rows still answers right."""
+    csr = sp.csr_matrix(
+        (np.ones(4, np.float32), np.array([5, 1, 3, 0]), np.array([0, 3, 4])), shape=(2, 6)
+    )
+    assert not csr.has_sorted_indices
+    got = seen_mask(csr, np.array([0] * 6 + [1] * 6), np.tile(np.arange(6), 2))
+    assert got.tolist() == [c in (1, 3, 5) for c in range(6)] + [c == 0 for c in range(6)]
+    assert csr.indices.tolist() == [5, 1, 3, 0]  # the caller's matrix is not modified
+
+
+def test_seen_mask_empty_inputs() -> None:
+    csr = sp.csr_matrix((3, 3), dtype=np.float32)
+    assert seen_mask(csr, np.array([0, 1]), np.array([0, 1])).tolist() == [False, False]
+    full = sp.csr_matrix(np.ones((2, 2), dtype=np.float32))
+    assert seen_mask(full, np.array([], dtype=int), np.array([], dtype=int)).shape == (0,)
+
+
+# ------------------------------------------------------------------ top_k_per_group
+
+
+def test_top_k_per_group() -> None:
+    df = pd.DataFrame(
+        {
+            "g": [2, 1, 1, 2, 1, 2, 1, 3],
+            "s": [0.5, 0.1, 0.9, 0.7, 0.9, 0.1, 0.4, 1.0],
+            "x": list("abcdefgh"),
+        }
+    )
+    out = top_k_per_group(df, "g", "s", k=2)
+    assert out["g"].tolist() == [1, 1, 2, 2, 3]
+    # ties keep the input order (stable): c before e
+    assert out["x"].tolist() == ["c", "e", "d", "a", "h"]
+    assert out[C.Rank].tolist() == [1, 2, 1, 2, 1]
+    asc = top_k_per_group(df, "g", "s", k=1, ascending=True)
+    assert asc["x"].tolist() == ["b", "f", "h"]
+    assert asc[C.Rank].tolist() == [1, 1, 1]
+    # the input is not modified
+    assert "rank" not in df.columns

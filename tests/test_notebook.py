@@ -1,0 +1,221 @@
+"""recommendations.ipynb: committed clean, defaults equal to the pipeline's, and executed
+headless (nbclient) on the tiny preset in temporary directories with a fast configuration.
+
+The kernel is a private kernel spec written to a temporary JUPYTER_PATH that runs this
+interpreter (`sys.executable -m ipykernel_launcher`), so the test needs no installed spec
+and cannot pick up another environment's `python3` kernel. The notebook generates the tiny
+raw data itself (its "generate when DATA_DIR lacks the raw files" path).
+
+After the notebook, one extra cell (added to the in-memory copy only) runs
+`musicrec.pipeline.run_pipeline` on the same directories and configuration: the notebook's
+copy of the stage plan must give the same fingerprints (every stage reused) and the same
+metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from musicrec.config import PipelineConfig, load_config
+from musicrec.plots import EDA_FILES
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "recommendations.ipynb"
+KERNEL = "musicrec-notebook-test"
+CELL_TIMEOUT_S = 300
+
+#: appended to the executed copy: the notebook's plan must be run_pipeline's plan
+PARITY_CHECK = """
+import json as _json
+
+from musicrec.pipeline import run_pipeline as _run_pipeline
+
+
+def _records():
+    return {
+        p.stem: (p.stat().st_mtime_ns, _json.loads(p.read_text()))
+        for p in paths.cache_dir.glob("*.json")
+    }
+
+
+# 1. same config: run_pipeline gives the same fingerprints, reuses every stage (rewrites
+#    no stage record) and writes the same metrics.json
+_nb_metrics = _json.loads(paths.metrics.read_text())
+_before = _records()
+assert {k: v[1]["fingerprint"] for k, v in _before.items()} == ctx.fingerprints
+_run_pipeline(DATA_DIR, ARTIFACTS_DIR, cfg, progress=False)
+_after = _records()
+_redone = [k for k in _after if _after[k] != _before.get(k)]
+assert not _redone and _after.keys() == _before.keys(), f"run_pipeline recomputed {_redone}"
+_cli_metrics = _json.loads(paths.metrics.read_text())
+for _m in (_nb_metrics, _cli_metrics):
+    _m.pop("stage_seconds")
+assert _cli_metrics == _nb_metrics, "metrics.json of the notebook and of run_pipeline differ"
+
+# 2. final_fit (not run above): run_pipeline's record matches the notebook's plan entry
+_cfg_all = cfg.model_copy(update={"final_fit": "all"})
+_run_pipeline(DATA_DIR, ARTIFACTS_DIR, _cfg_all, progress=False)
+_ctx_all = PipelineContext(Path(DATA_DIR), paths, _cfg_all, StageCache(paths.cache_dir))
+_fn, _params, _inputs, _outputs, _upstream = build_plan(_ctx_all)["final_fit"]
+_rec = _json.loads((paths.cache_dir / "final_fit.json").read_text())
+_ups = [ctx.fingerprints[u] for u in _upstream]
+assert _rec["fingerprint"] == StageCache.fingerprint("final_fit", _params, _inputs, _ups)
+if "outputs" in _rec:  # records list the outputs they checked
+    assert set(_rec["outputs"]) == {str(p) for p in _outputs}, _rec["outputs"]
+print("plan parity ok:", sorted(ctx.fingerprints))
+"""
+
+
+def code_cells(cells: list[Any]) -> list[Any]:
+    return [c for c in cells if c.cell_type == "code"]
+
+
+def text_of(cell: Any) -> str:
+    """Everything a cell printed or displayed as text (plain and HTML)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif "data" in out:
+            parts.extend(str(out.data.get(k, "")) for k in ("text/plain", "text/html"))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- static checks
+def test_committed_notebook_is_clean() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=nbformat.NO_CONVERT)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata.kernelspec.name == "python3"
+    cells = code_cells(nb.cells)
+    assert "parameters" in cells[0].metadata.get("tags", []), "first code cell: parameters"
+    for cell in cells:
+        assert cell.outputs == [] and cell.execution_count is None, "outputs must be cleared"
+
+
+def test_default_parameters_equal_the_pipeline_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without overrides the notebook builds PipelineConfig() - the config of `make pipeline`
+    without a config file - so both share the stage cache on the same directories."""
+    for name in list(os.environ):
+        if name.startswith("MUSICREC_NB_"):
+            monkeypatch.delenv(name)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    namespace: dict[str, Any] = {}
+    for cell in code_cells(nb.cells)[:2]:  # the parameters and the PipelineConfig cells
+        exec(compile(cell.source, "<notebook>", "exec"), namespace)
+    assert namespace["cfg"] == PipelineConfig()
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "lastfm.toml"])
+def test_example_configs_load(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    if name == "lastfm.toml":
+        assert cfg.split.test_start == date(2010, 11, 1)
+
+
+# ---------------------------------------------------------------------------- execution
+@dataclass
+class Executed:
+    nb: Any
+    n_cells: int  # the notebook's own cells; the parity check cell follows them
+    artifacts: Path
+    log_file: Path
+    seconds: float
+    parity_error: Exception | None
+
+
+def private_kernel(root: Path) -> str:
+    """A kernel spec under `root` (put on JUPYTER_PATH) that runs this interpreter."""
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "musicrec test", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    return KERNEL
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
+    work = tmp_path_factory.mktemp("notebook")
+    artifacts, log_file = work / "recsys", work / "execution_log.txt"
+    env = {
+        "MUSICREC_NB_DATA_DIR": str(work / "data"),  # empty: the notebook generates `tiny`
+        "MUSICREC_NB_ARTIFACTS_DIR": str(artifacts),
+        "MUSICREC_NB_PRESET": "tiny",
+        "MUSICREC_NB_FAST": "1",
+        "MUSICREC_NB_LOG_FILE": str(log_file),
+        "OPENBLAS_NUM_THREADS": "1",
+        "JUPYTER_PATH": str(work / "jupyter"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    with pytest.MonkeyPatch.context() as mp:  # the kernel inherits this environment
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for key in ("MUSICREC_NB_CONFIG_FILE", "MUSICREC_NB_FORCE"):
+            mp.delenv(key, raising=False)
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        n_cells = len(nb.cells)
+        nb.cells.append(nbformat.v4.new_code_cell(PARITY_CHECK))
+        client = nbclient.NotebookClient(
+            nb,
+            timeout=CELL_TIMEOUT_S,
+            startup_timeout=120,
+            kernel_name=private_kernel(work / "jupyter"),
+            resources={"metadata": {"path": str(REPO)}},  # the kernel's working directory
+        )
+        t0 = time.perf_counter()
+        parity_error: Exception | None = None
+        with client.setup_kernel():
+            for index, cell in enumerate(nb.cells[:n_cells]):
+                client.execute_cell(cell, index)  # CellExecutionError carries the traceback
+            seconds = time.perf_counter() - t0
+            try:
+                client.execute_cell(nb.cells[n_cells], n_cells)
+            except nbclient.exceptions.CellExecutionError as exc:
+                parity_error = exc
+    return Executed(nb, n_cells, artifacts, log_file, seconds, parity_error)
+
+
+@pytest.mark.slow
+def test_notebook_runs_without_errors(executed: Executed) -> None:
+    for cell in code_cells(executed.nb.cells):
+        assert cell.execution_count is not None
+        assert not [o for o in cell.outputs if o.output_type == "error"]
+    assert executed.seconds < 120, f"the notebook took {executed.seconds:.0f} s on tiny data"
+
+
+@pytest.mark.slow
+def test_notebook_writes_metrics_and_pictures(executed: Executed) -> None:
+    metrics = json.loads((executed.artifacts / "metrics.json").read_text())
+    assert {"als", "ranker", "top_popular"} <= set(metrics["warm"])
+    assert metrics["split"]["test_warm_users"] > 0
+    pictures = executed.artifacts / "pictures"
+    for name in [*EDA_FILES, "metrics_comparison.png"]:
+        assert (pictures / name).stat().st_size > 0, name
+    assert "stage evaluate" in executed.log_file.read_text()
+
+
+@pytest.mark.slow
+def test_notebook_ends_with_the_metrics_table(executed: Executed) -> None:
+    text = text_of(code_cells(executed.nb.cells[: executed.n_cells])[-1])
+    for expected in ("warm/ranker", "warm/als", "warm/top_popular", "ndcg@10", "n_users"):
+        assert expected in text, f"{expected!r} missing from the last cell's output"
+
+
+@pytest.mark.slow
+def test_notebook_plan_matches_run_pipeline(executed: Executed) -> None:
+    assert executed.parity_error is None, str(executed.parity_error)
+    assert "plan parity ok" in text_of(executed.nb.cells[executed.n_cells])

@@ -1,0 +1,356 @@
+"""The offline pipeline on tiny data: artifacts, metrics, stage caching, final fit, config.
+
+`tiny_pipeline` (conftest) is the shared run. Tests that rerun with other parameters use
+`own_dir`, a second artifacts directory of this module; each of them first runs its
+baseline config (reused when the previous test left that state), so they stay correct in
+any order and cheap in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydantic
+import pytest
+from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.columns import Columns as C
+from musicrec.config import PipelineConfig, load_config
+from musicrec.features import FEATURES
+from musicrec.matrix import InteractionMatrix
+from musicrec.pipeline import PipelineContext, StageCache, run_pipeline, train_ranker, tune_als
+from musicrec.popular import listeners_per_track
+from musicrec.prepare import PreparedData
+
+STAGES = ["prepare", "eda", "split", "top_popular", "als", "similar", "ranker", "evaluate"]
+MODEL_FILES = [f"als_{n}.npy" for n in ("user_ids", "item_ids", "user_factors", "item_factors")]
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """mtime of every file under the artifacts root but metrics.json (always rewritten)."""
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "metrics.json"
+    }
+
+
+def fingerprints(root: Path) -> dict[str, str]:
+    return {p.stem: json.loads(p.read_text())["fingerprint"] for p in (root / "cache").glob("*")}
+
+
+def run(
+    data_dir: Path,
+    root: Path,
+    cfg: PipelineConfig,
+    caplog: pytest.LogCaptureFixture,
+    force: bool = False,
+) -> tuple[dict[str, Any], set[str], set[str]]:
+    """Run the pipeline; return its metrics, the stages reused and the stages recomputed."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="musicrec.pipeline"):
+        metrics = run_pipeline(data_dir, root, cfg, force=force, progress=False)
+    reused: set[str] = set()
+    done: set[str] = set()
+    for rec in caplog.records:
+        words = rec.getMessage().split()
+        if len(words) >= 3 and words[0] == "stage" and words[2] in ("reused", "done"):
+            (reused if words[2] == "reused" else done).add(words[1])
+    return metrics, reused, done - reused
+
+
+def split_events(tp: TinyPipeline, root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    events = pd.read_parquet(ArtifactPaths(root or tp.root).events)
+    start = pd.Timestamp(tp.metrics["split"]["test_start"])
+    return events[events[C.Datetime] < start], events
+
+
+# ------------------------------------------------------------------ the shared run
+
+
+def test_run_writes_every_artifact(tiny_pipeline: TinyPipeline) -> None:
+    p = tiny_pipeline.paths
+    for f in (p.items, p.events, p.top_popular, p.personal_als, p.similar, p.recommendations):
+        assert f.is_file() and f.stat().st_size > 0, f
+        assert len(pd.read_parquet(f)) > 0, f
+    for name in [*MODEL_FILES, "ranker.cbm"]:
+        assert (p.model_dir / name).is_file(), name
+    pictures = {f.name for f in p.pictures_dir.glob("*.png") if f.stat().st_size > 0}
+    assert {"user_activity.png", "metrics_comparison.png"} <= pictures
+    assert len(pictures) >= 5
+    assert p.metrics.is_file()
+    assert {f.stem for f in p.cache_dir.glob("*.json")} == set(STAGES)
+    sim = pd.read_parquet(p.similar)
+    assert (sim.groupby(C.Item1).size() == tiny_pipeline.cfg.similar.k).all()
+
+
+def test_metrics_json(tiny_pipeline: TinyPipeline) -> None:
+    m = tiny_pipeline.metrics
+    on_disk = json.loads(tiny_pipeline.paths.metrics.read_text())
+    assert on_disk == json.loads(json.dumps(m, default=str))
+    s = m["split"]
+    history, events = split_events(tiny_pipeline)
+    test = events[events[C.Datetime] >= pd.Timestamp(s["test_start"])]
+    assert s["history_rows"] + s["test_rows"] == len(events) == m["data"]["events"]
+    assert s["label_history_rows"] + s["label_rows"] == s["history_rows"]
+    assert s["label_start"] < s["test_start"]
+    assert s["test_users"] == s["test_warm_users"] + s["test_cold_users"]
+    cold = set(test[C.User]) - set(history[C.User])
+    assert s["test_cold_users"] == len(cold) > 0
+    # warm and cold metrics, each over the right number of users
+    assert set(m["warm"]) == {"top_popular", "als", "ranker"}
+    assert set(m["cold"]) == {"top_popular"}
+    k5, k10 = tiny_pipeline.cfg.eval.k_precision, tiny_pipeline.cfg.eval.k_ndcg
+    for name, res in m["warm"].items():
+        for metric in (f"precision@{k5}", f"recall@{k5}", f"ndcg@{k10}"):
+            assert set(res[metric]) == {"mean", "stderr", "n_users"}, (name, metric)
+            assert res[metric]["n_users"] == s["test_warm_users"]
+            assert 0.0 <= res[metric]["mean"] <= 1.0
+    assert m["cold"]["top_popular"][f"precision@{k5}"]["n_users"] == s["test_cold_users"]
+    assert m["final_fit"] == "before_test"
+    assert set(m["als_params"]) == {"factors", "regularization", "alpha"}
+    assert m["ranker"]["train_rows"] > 0 and 0 < m["ranker"]["label_candidate_recall"] <= 1
+    assert set(m["ranker"]["feature_importances"]) == set(FEATURES)
+    assert set(m["stage_seconds"]) == set(STAGES)
+
+
+def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
+    text = tiny_pipeline.log_file.read_text()
+    for stage in STAGES:
+        assert f"stage {stage}" in text, stage
+    assert "evaluation (test window from" in text
+    assert "ALS tuning picked" in text
+    assert "Traceback" not in text
+
+
+def test_second_run_reuses_every_stage(
+    tiny_pipeline: TinyPipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    before, fps = snapshot(tiny_pipeline.root), fingerprints(tiny_pipeline.root)
+    metrics, reused, ran = run(
+        tiny_pipeline.data_dir, tiny_pipeline.root, tiny_pipeline.cfg, caplog
+    )
+    assert reused == set(STAGES) and not ran
+    assert snapshot(tiny_pipeline.root) == before  # no artifact (or cache record) rewritten
+    assert fingerprints(tiny_pipeline.root) == fps
+    for key in ("split", "warm", "cold", "als_params", "candidates"):
+        assert metrics[key] == tiny_pipeline.metrics[key], key
+
+
+# ---------------------------------------------------------- reruns in another dir
+
+CHANGED = fast_pipeline_config(similar={"k": 7})
+
+
+@pytest.fixture(scope="module")
+def own_dir(tiny_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("own_run") / "recsys"
+    run_pipeline(tiny_raw_dir, root, fast_pipeline_config(), progress=False)
+    return root
+
+
+def test_changed_parameter_recomputes_stage_and_dependants(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)  # baseline
+    before, fps = snapshot(own_dir), fingerprints(own_dir)
+    _, reused, ran = run(tiny_raw_dir, own_dir, CHANGED, caplog)
+    assert reused == {"prepare", "eda", "split", "top_popular", "als"}
+    assert ran == {"similar", "ranker", "evaluate"}
+    after, new_fps = snapshot(own_dir), fingerprints(own_dir)
+    for f in ["data/items.parquet", "data/events.parquet", "recommendations/personal_als.parquet"]:
+        assert after[f] == before[f], f
+    for name in MODEL_FILES:
+        assert after[f"model/{name}"] == before[f"model/{name}"], name
+    for f in ["recommendations/similar.parquet", "recommendations/recommendations.parquet"]:
+        assert after[f] != before[f], f
+    assert {k for k in fps if fps[k] != new_fps[k]} == {"similar", "ranker", "evaluate"}
+    sim = pd.read_parquet(ArtifactPaths(own_dir).similar)
+    assert (sim.groupby(C.Item1).size() == 7).all()
+
+
+def test_final_fit_all_serves_models_fit_on_all_events(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = ArtifactPaths(own_dir)
+    base, _, _ = run(tiny_raw_dir, own_dir, CHANGED, caplog)
+    events = pd.read_parquet(paths.events)
+    history = events[events[C.Datetime] < pd.Timestamp(base["split"]["test_start"])]
+    only_test = np.setdiff1d(events[C.User].unique(), history[C.User].unique())
+    assert len(only_test) > 0
+
+    final = CHANGED.model_copy(update={"final_fit": "all"})
+    metrics, reused, ran = run(tiny_raw_dir, own_dir, final, caplog)
+    assert ran == {"final_fit"} and reused == set(STAGES)
+    assert metrics["final_fit"] == "all"
+    # the evaluation is the before-test one, untouched by the refit
+    assert metrics["warm"] == base["warm"] and metrics["cold"] == base["cold"]
+    all_users = set(events[C.User].unique().tolist())
+    recs = pd.read_parquet(paths.recommendations)
+    als = pd.read_parquet(paths.personal_als)
+    assert set(recs[C.User]) == all_users and set(als[C.User]) == all_users
+    assert set(only_test.tolist()) <= set(recs[C.User])
+    assert np.array_equal(np.load(paths.model_dir / "als_user_ids.npy"), np.unique(events[C.User]))
+    top = pd.read_parquet(paths.top_popular)
+    expected = listeners_per_track(events).head(CHANGED.top_popular_k)
+    assert top[C.Item].tolist() == expected[C.Item].tolist()
+    sim = pd.read_parquet(paths.similar)
+    assert set(sim[C.Item1]) == set(events[C.Item].unique().tolist())
+    heard = events[[C.User, C.Item]].assign(_h=1)
+    for served in (recs, als):  # nothing the user heard, test window included
+        assert served.merge(heard, on=[C.User, C.Item], how="left")["_h"].isna().all()
+    assert (recs.groupby(C.User).size() == CHANGED.top_k).all()
+
+
+def test_after_final_fit_reruns_recompute_what_it_overwrote(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """final_fit overwrites the before-test artifacts: a later run with a changed parameter
+    must not build on them (it used to fail: 'saved ALS model does not match'), and
+    switching back to before_test must serve before-test artifacts again."""
+    paths = ArtifactPaths(own_dir)
+    final = CHANGED.model_copy(update={"final_fit": "all"})
+    run(tiny_raw_dir, own_dir, final, caplog)  # baseline: the refit artifacts are served
+    events = pd.read_parquet(paths.events)
+
+    k5 = fast_pipeline_config(similar={"k": 5}, final_fit="all")
+    metrics, _, ran = run(tiny_raw_dir, own_dir, k5, caplog)
+    assert {"similar", "ranker", "evaluate", "final_fit"} <= ran
+    sim = pd.read_parquet(paths.similar)
+    assert (sim.groupby(C.Item1).size() == 5).all()
+    assert set(sim[C.Item1]) == set(events[C.Item].unique().tolist())  # refit on all events
+
+    back = fast_pipeline_config(similar={"k": 5})
+    back_metrics, _, ran = run(tiny_raw_dir, own_dir, back, caplog)
+    assert {"top_popular", "als", "similar", "ranker"} <= ran
+    assert back_metrics["final_fit"] == "before_test"
+    assert back_metrics["warm"] == metrics["warm"]
+    history = events[events[C.Datetime] < pd.Timestamp(metrics["split"]["test_start"])]
+    hist_users = np.unique(history[C.User])
+    assert np.array_equal(np.load(paths.model_dir / "als_user_ids.npy"), hist_users)
+    assert set(pd.read_parquet(paths.recommendations)[C.User]) == set(hist_users.tolist())
+    top = pd.read_parquet(paths.top_popular)
+    assert top[C.Item].tolist() == listeners_per_track(history).head(len(top))[C.Item].tolist()
+    # and now everything is reusable again
+    _, reused, ran = run(tiny_raw_dir, own_dir, back, caplog)
+    assert reused == set(STAGES) and not ran
+
+
+def test_force_recomputes_everything(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = fast_pipeline_config(similar={"k": 5})
+    run(tiny_raw_dir, own_dir, cfg, caplog)
+    before = snapshot(own_dir)
+    _, reused, ran = run(tiny_raw_dir, own_dir, cfg, caplog, force=True)
+    assert not reused and ran == set(STAGES)
+    after = snapshot(own_dir)
+    assert set(after) == set(before)
+    unchanged = {f for f in before if after[f] == before[f]}
+    assert unchanged <= {"cache/final_fit.json"}  # left by an earlier final_fit="all" run
+
+
+# ------------------------------------------------------------- leakage, end to end
+
+
+def _context(prepared: PreparedData, cfg: PipelineConfig, root: Path) -> PipelineContext:
+    ctx = PipelineContext(root, ArtifactPaths(root), cfg, StageCache(root / "cache"))
+    ctx.data = prepared
+    return ctx
+
+
+def test_ranker_training_and_tuning_never_read_the_test_window(
+    tiny_prepared: PreparedData, tmp_path: Path
+) -> None:
+    events, items = tiny_prepared.events, tiny_prepared.items
+    start = pd.Timestamp("2022-12-10")
+    cfg = fast_pipeline_config(
+        split={"test_start": start.date()},
+        als={**FAST_CONFIG["als"], "factors_grid": [4, 16], "iterations": 3},
+    )
+    ctx = _context(tiny_prepared, cfg, tmp_path / "a")
+    ranker, info = train_ranker(ctx)
+    params = tune_als(ctx)
+
+    # another test window: the real one dropped, every pre-test pair heard again
+    past = events[events[C.Datetime] < start]
+    future = past.sample(3_000, random_state=0).assign(**{C.Datetime: start})
+    changed = pd.concat([past, future.astype(past.dtypes.to_dict())], ignore_index=True)
+    ctx2 = _context(PreparedData(items, changed, {}), cfg, tmp_path / "b")
+    assert ctx2.test.start == ctx.test.start
+    ranker2, info2 = train_ranker(ctx2)
+    assert tune_als(ctx2) == params
+
+    for key in ("train_rows", "train_users", "label_candidate_recall"):
+        assert info2[key] == info[key], key
+    rng = np.random.default_rng(0)
+    probe = pd.DataFrame({f: rng.normal(size=500) for f in FEATURES})
+    probe["main_genre"] = rng.choice(["0", "1", "-1"], 500)
+    assert np.array_equal(ranker.predict(probe), ranker2.predict(probe))
+
+
+def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path: Path) -> None:
+    ctx = _context(tiny_prepared, fast_pipeline_config(), tmp_path)
+    lab, test = ctx.label, ctx.test
+    assert lab.history[C.Datetime].max() < lab.start
+    assert lab.target[C.Datetime].max() < test.start
+    assert len(lab.history) + len(lab.target) == len(test.history)
+    m = InteractionMatrix.from_events(lab.history)
+    assert m.users.ids.max() <= test.history[C.User].max()
+
+
+# -------------------------------------------------------------------------- config
+
+
+def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        'top_k = 30\nfinal_fit = "all"\n[als]\nfactors = 8\ntune = false\n'
+        "[split]\ntest_start = 2022-12-01\n[ranker]\niterations = 20\n"
+    )
+    yml = tmp_path / "p.yaml"
+    yml.write_text(
+        "top_k: 30\nfinal_fit: all\nals:\n  factors: 8\n  tune: false\n"
+        "split:\n  test_start: 2022-12-01\nranker:\n  iterations: 20\n"
+    )
+    a, b = load_config(toml), load_config(yml)
+    assert a == b
+    assert a.top_k == 30 and a.final_fit == "all"
+    assert a.als.factors == 8 and a.als.tune is False
+    assert str(a.split.test_start) == "2022-12-01"
+    assert a.ranker.iterations == 20
+    assert a.similar.k == PipelineConfig().similar.k  # untouched sections keep defaults
+    assert load_config(None) == PipelineConfig()
+    empty = tmp_path / "e.yml"
+    empty.write_text("")
+    assert load_config(empty) == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "topk = 5\n",  # misspelt top-level key
+        "[als]\nfactor = 8\n",  # misspelt nested key
+        "[als]\nfactors = 0\n",  # out of range
+        'final_fit = "sometimes"\n',
+        "[nosuchsection]\nx = 1\n",
+    ],
+)
+def test_load_config_rejects_bad_keys(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(pydantic.ValidationError):
+        load_config(path)
+
+
+def test_load_config_rejects_other_formats(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="toml"):
+        load_config(path)

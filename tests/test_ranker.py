@@ -1,0 +1,187 @@
+"""Second stage: labels, training sample, the CatBoost ranker and the final top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from musicrec.columns import Columns as C
+from musicrec.config import RankerConfig
+from musicrec.features import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
+from musicrec.ranker import (
+    TARGET,
+    Ranker,
+    label_candidates,
+    rank_candidates,
+    sample_training_rows,
+)
+
+FAST = RankerConfig(iterations=40, depth=3, thread_count=2, random_seed=7)
+
+
+def _cand(pairs: list[tuple[int, int]]) -> pd.DataFrame:
+    return pd.DataFrame(pairs, columns=[C.User, C.Item]).astype(np.int32)
+
+
+def synthetic_rows(n_users: int = 60, per_user: int = 25, seed: int = 0) -> pd.DataFrame:
+    """Feature rows where `als_score` drives the label (users grouped, unsorted ids)."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.arange(10, 10_000), size=n_users, replace=False)
+    df = pd.DataFrame(
+        {
+            C.User: np.repeat(users, per_user).astype(np.int32),
+            C.Item: rng.integers(0, 5_000, n_users * per_user).astype(np.int32),
+        }
+    )
+    for col in NUMERIC_FEATURES:
+        df[col] = rng.normal(size=len(df)).astype(np.float32)
+    df["main_genre"] = rng.choice(["1", "2", "-1"], size=len(df))
+    p = 1 / (1 + np.exp(-3 * df["als_score"].to_numpy() + 2))
+    df[TARGET] = (rng.random(len(df)) < p).astype(np.int8)
+    return df
+
+
+# ------------------------------------------------------------------------- labels
+
+
+def test_label_candidates() -> None:
+    cand = _cand([(1, 10), (1, 11), (2, 10), (3, 12)])
+    window = _cand([(1, 11), (1, 11), (2, 99), (3, 12), (4, 10)])
+    out = label_candidates(cand, window)
+    assert len(out) == len(cand)  # a repeated listen does not duplicate a candidate
+    assert out[[C.User, C.Item]].equals(cand)
+    assert out[TARGET].tolist() == [0, 1, 0, 1]
+    assert out[TARGET].dtype == np.int8
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def _labelled(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in rng.permutation(np.arange(100, 140)):
+        n = int(rng.integers(5, 60))
+        n_pos = 0 if u % 5 == 0 else int(rng.integers(1, 4))  # every fifth user: no positive
+        for j in range(n):
+            rows.append((int(u), 1000 + j, int(j < n_pos)))
+    df = pd.DataFrame(rows, columns=[C.User, C.Item, TARGET])
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # users interleaved
+
+
+def test_sample_keeps_positives_bounds_negatives_and_groups_users() -> None:
+    lab = _labelled()
+    out = sample_training_rows(lab, negatives_per_user=7, max_users=None, seed=1)
+    with_pos = set(lab.loc[lab[TARGET] == 1, C.User])
+    assert set(out[C.User]) == with_pos  # users without a positive are dropped
+    # every positive is kept
+    pos = lab[lab[TARGET] == 1]
+    assert set(zip(pos[C.User], pos[C.Item], strict=True)) <= set(
+        zip(out[C.User], out[C.Item], strict=True)
+    )
+    negs = out[out[TARGET] == 0].groupby(C.User).size()
+    avail = lab[(lab[TARGET] == 0) & lab[C.User].isin(with_pos)].groupby(C.User).size()
+    assert (negs <= 7).all()
+    assert (negs == avail.clip(upper=7).loc[negs.index]).all()
+    # rows are grouped by user (CatBoost's group_id must be contiguous)
+    firsts = out[C.User].ne(out[C.User].shift()).sum()
+    assert firsts == out[C.User].nunique()
+    assert not out.duplicated([C.User, C.Item]).any()
+    # rows come from the input, unchanged
+    merged = out.merge(lab, on=[C.User, C.Item], suffixes=("", "_in"))
+    assert len(merged) == len(out) and (merged[TARGET] == merged[f"{TARGET}_in"]).all()
+
+
+def test_sample_max_users_and_seed() -> None:
+    lab = _labelled(3)
+    a = sample_training_rows(lab, 5, max_users=10, seed=4)
+    b = sample_training_rows(lab, 5, max_users=10, seed=4)
+    assert a[C.User].nunique() == 10
+    pd.testing.assert_frame_equal(a, b)
+    c = sample_training_rows(lab, 5, max_users=None, seed=5)
+    assert c[C.User].nunique() == lab.loc[lab[TARGET] == 1, C.User].nunique()
+
+
+# ------------------------------------------------------------------------ ranker
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[Ranker, pd.DataFrame]:
+    train = synthetic_rows()
+    train = train.sort_values(C.User, kind="stable").reset_index(drop=True)
+    return Ranker.fit(train, FAST), synthetic_rows(seed=1)
+
+
+def test_ranker_learns_the_signal(trained: tuple[Ranker, pd.DataFrame]) -> None:
+    ranker, test = trained
+    pred = ranker.predict(test)
+    assert pred.dtype == np.float32 and len(pred) == len(test)
+    assert np.corrcoef(pred, test["als_score"])[0, 1] > 0.5
+    imp = ranker.feature_importances(test.sort_values(C.User, kind="stable"))
+    assert set(imp) == set(FEATURES)
+    assert next(iter(imp)) == "als_score"
+
+
+def test_ranker_save_load_cbm_round_trip(
+    trained: tuple[Ranker, pd.DataFrame], tmp_path: Path
+) -> None:
+    ranker, test = trained
+    path = tmp_path / "model" / "ranker.cbm"
+    path.parent.mkdir()
+    ranker.save(path)
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["ranker.cbm"]  # no temporary left
+    loaded = Ranker.load(path)
+    assert np.array_equal(loaded.predict(test), ranker.predict(test))
+    # the features are looked up by name: column order does not matter
+    shuffled = test[list(reversed(test.columns))]
+    assert np.array_equal(loaded.predict(shuffled), ranker.predict(test))
+
+
+def test_ranker_logloss_variant() -> None:
+    train = synthetic_rows(n_users=30).sort_values(C.User, kind="stable")
+    r = Ranker.fit(train, FAST.model_copy(update={"loss_function": "Logloss"}))
+    assert np.isfinite(r.predict(train)).all()
+
+
+def test_cat_features_are_strings(trained: tuple[Ranker, pd.DataFrame]) -> None:
+    ranker, test = trained
+    assert CAT_FEATURES == ["main_genre"]
+    unseen = test.assign(main_genre="123456")  # a genre the model never saw
+    assert np.isfinite(ranker.predict(unseen)).all()
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def test_rank_candidates_top_k_per_user() -> None:
+    df = _cand([(2, 20), (1, 10), (2, 21), (1, 11), (1, 12), (2, 22), (3, 30)])
+    scores = np.array([0.1, 0.5, 0.9, 0.7, 0.5, 0.3, -1.0], dtype=np.float32)
+    out = rank_candidates(df, scores, k=2)
+    assert list(out.columns) == C.Recommendations
+    assert out[C.User].tolist() == [1, 1, 2, 2, 3]
+    # ties (0.5) keep the candidates' order: 10 before 12
+    assert out[C.Item].tolist() == [11, 10, 21, 22, 30]
+    assert out[C.Rank].tolist() == [1, 2, 1, 2, 1]
+    assert out[C.Score].tolist() == pytest.approx([0.7, 0.5, 0.9, 0.3, -1.0])
+
+
+def test_rank_candidates_random_properties() -> None:
+    rng = np.random.default_rng(2)
+    df = _cand(
+        list(zip(rng.integers(0, 50, 3_000), rng.integers(0, 10**6, 3_000), strict=True))
+    ).drop_duplicates()
+    scores = rng.normal(size=len(df)).astype(np.float32)
+    k = 10
+    out = rank_candidates(df, scores, k)
+    sizes = df.groupby(C.User).size()
+    got = out.groupby(C.User).size()
+    assert (got == sizes.clip(upper=k)).all()
+    full = df.assign(s=scores)
+    for u, g in out.groupby(C.User):
+        assert g[C.Rank].tolist() == list(range(1, len(g) + 1))
+        best = np.sort(full.loc[full[C.User] == u, "s"].to_numpy())[::-1][: len(g)]
+        assert np.allclose(g[C.Score].to_numpy(), best)

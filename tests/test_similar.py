@@ -1,0 +1,75 @@
+"""Similar tracks: cosine of ALS item factors, top-k per track, no self-pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from musicrec.als import ALSModel
+from musicrec.columns import Columns as C
+from musicrec.matrix import IdMap
+from musicrec.similar import similar_tracks
+
+
+def random_model(n_items: int, factors: int = 6, seed: int = 0) -> ALSModel:
+    rng = np.random.default_rng(seed)
+    item_ids = np.sort(rng.choice(np.arange(10, 100_000), size=n_items, replace=False))
+    item_f = rng.normal(size=(n_items, factors)).astype(np.float32)
+    item_f[3] = 0.0  # a track without signal: cosine 0 with everything, no NaN
+    return ALSModel(
+        IdMap(np.array([1, 2])), IdMap(item_ids), np.ones((2, factors), np.float32), item_f
+    )
+
+
+def _cosine(model: ALSModel) -> np.ndarray:
+    f = model.item_factors.astype(np.float64)
+    norms = np.linalg.norm(f, axis=1)
+    normed = f / np.where(norms > 0, norms, 1.0)[:, None]
+    return normed @ normed.T
+
+
+@pytest.mark.parametrize("batch_size", [7, 4096])
+def test_similar_tracks_properties(batch_size: int) -> None:
+    model = random_model(60)
+    k = 5
+    sim = similar_tracks(model, k, batch_size=batch_size, num_threads=1)
+    assert list(sim.columns) == [C.Item1, C.Item2, C.Score, C.Rank]
+    assert sim[C.Item1].dtype.kind == "i" and sim[C.Item2].dtype.kind == "i"
+    assert not (sim[C.Item1] == sim[C.Item2]).any()
+    assert set(sim[C.Item1]) == set(model.items.ids.tolist())
+    assert (sim.groupby(C.Item1).size() == k).all()
+    assert not sim.duplicated([C.Item1, C.Item2]).any()
+    assert sim[C.Score].between(-1.0 - 1e-5, 1.0 + 1e-5).all()
+    for _, g in sim.groupby(C.Item1):
+        assert g[C.Rank].tolist() == list(range(1, k + 1))
+        assert (np.diff(g[C.Score].to_numpy()) <= 1e-7).all()
+
+
+def test_similar_tracks_match_brute_force_cosine() -> None:
+    model = random_model(40, seed=2)
+    k = 4
+    sim = similar_tracks(model, k, num_threads=1)
+    cos = _cosine(model)
+    np.fill_diagonal(cos, -np.inf)
+    codes1 = model.items.codes(sim[C.Item1].to_numpy())
+    codes2 = model.items.codes(sim[C.Item2].to_numpy())
+    # each score is the cosine of the pair ...
+    assert np.allclose(sim[C.Score], cos[codes1, codes2], atol=1e-5)
+    # ... and the k scores of a track are its k largest cosines with other tracks
+    for c in range(len(model.items)):
+        got = np.sort(sim[C.Score].to_numpy()[codes1 == c])[::-1]
+        best = np.sort(cos[c])[::-1][:k]
+        assert np.allclose(got, best, atol=1e-5)
+
+
+def test_k_capped_by_catalogue_and_degenerate_models() -> None:
+    model = random_model(5)
+    sim = similar_tracks(model, 50, num_threads=1)
+    assert (sim.groupby(C.Item1).size() == 4).all()  # every other track, no self
+    one = ALSModel(
+        IdMap(np.array([1])),
+        IdMap(np.array([9])),
+        np.ones((1, 3), np.float32),
+        np.ones((1, 3), np.float32),
+    )
+    assert len(similar_tracks(one, 5)) == 0

@@ -1,0 +1,124 @@
+"""The global time split: window start at a day boundary, history/target sides, facts."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from musicrec.columns import Columns as C
+from musicrec.split import choose_window_start, split_by_time
+
+
+def _events(rows: list[tuple[int, int, str]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[C.User, C.Item, C.Datetime])
+    df[C.Datetime] = pd.to_datetime(df[C.Datetime])
+    return df
+
+
+def _day_counts(counts: dict[str, int]) -> pd.Series:
+    """`n` events on each day, at varying times of the day."""
+    stamps: list[pd.Timestamp] = []
+    for day, n in counts.items():
+        stamps += [pd.Timestamp(day) + pd.Timedelta(minutes=37 * j) for j in range(n)]
+    return pd.Series(stamps)
+
+
+# ------------------------------------------------------------------ window start
+
+
+def test_window_start_closest_tail_share() -> None:
+    # 10 events: 5 on day 1, 3 on day 2, 2 on day 3 -> tails 1.0, 0.5, 0.2
+    dates = _day_counts({"2022-03-01": 5, "2022-03-02": 3, "2022-03-03": 2})
+    assert choose_window_start(dates, 0.25) == pd.Timestamp("2022-03-03")
+    assert choose_window_start(dates, 0.40) == pd.Timestamp("2022-03-02")
+    assert choose_window_start(dates, 0.10) == pd.Timestamp("2022-03-03")
+    # the first day is never chosen (the history before it would be empty)
+    assert choose_window_start(dates, 0.99) == pd.Timestamp("2022-03-02")
+
+
+def test_window_start_is_midnight_and_ignores_order() -> None:
+    dates = _day_counts({"2022-05-10": 1, "2022-05-11": 6, "2022-05-14": 3})
+    shuffled = dates.sample(frac=1.0, random_state=1).to_numpy()
+    start = choose_window_start(shuffled, 0.3)
+    assert start == pd.Timestamp("2022-05-14")  # tails 1.0, 0.9, 0.3
+    assert start == start.normalize()
+
+
+def test_window_start_needs_two_days() -> None:
+    with pytest.raises(ValueError, match="two distinct days"):
+        choose_window_start(_day_counts({"2022-01-01": 5}), 0.1)
+
+
+# ------------------------------------------------------------------------ split
+
+
+def test_split_with_explicit_date_and_facts() -> None:
+    ev = _events(
+        [
+            (1, 10, "2022-06-01 10:00"),
+            (1, 11, "2022-06-02 23:59"),
+            (2, 10, "2022-06-02 08:00"),
+            (1, 12, "2022-06-03 00:00"),  # exactly at the start: target
+            (2, 13, "2022-06-04 12:00"),
+            (3, 10, "2022-06-05 09:00"),  # user 3 only in the target: cold
+            (3, 11, "2022-06-05 10:00"),
+        ]
+    )
+    s = split_by_time(ev, date(2022, 6, 3))
+    assert s.start == pd.Timestamp("2022-06-03")
+    assert len(s.history) == 3 and len(s.target) == 4
+    assert (s.history[C.Datetime] < s.start).all()
+    assert (s.target[C.Datetime] >= s.start).all()
+    facts = s.facts("test")
+    assert facts == {
+        "test_start": "2022-06-03",
+        "test_end": "2022-06-05",
+        "history_rows": 3,
+        "history_users": 2,
+        "test_rows": 4,
+        "test_users": 3,
+        "test_warm_users": 2,
+        "test_cold_users": 1,
+    }
+
+
+def test_split_by_share_sides_partition_the_events() -> None:
+    rng = np.random.default_rng(3)
+    n = 5_000
+    ev = pd.DataFrame(
+        {
+            C.User: rng.integers(0, 300, n),
+            C.Item: rng.integers(0, 1_000, n),
+            C.Datetime: pd.Timestamp("2022-01-01")
+            + pd.to_timedelta(rng.integers(0, 90 * 86_400, n), unit="s"),
+        }
+    )
+    s = split_by_time(ev, None, tail_share=0.2)
+    assert s.start == s.start.normalize()
+    assert s.history[C.Datetime].max() < s.start <= s.target[C.Datetime].min()
+    assert len(s.history) + len(s.target) == n
+    assert abs(len(s.target) / n - 0.2) < 0.01  # one day holds ~1.1% of the events
+    # facts are consistent with a direct count
+    facts = s.facts("label")
+    hist_users = set(s.history[C.User])
+    tgt_users = set(s.target[C.User])
+    assert facts["label_users"] == len(tgt_users)
+    assert facts["label_cold_users"] == len(tgt_users - hist_users)
+    assert facts["label_warm_users"] == len(tgt_users & hist_users)
+    assert facts["history_users"] == len(hist_users)
+
+
+@pytest.mark.parametrize("start", [date(2022, 1, 1), date(2022, 7, 1)])
+def test_split_leaving_an_empty_side_fails(start: date) -> None:
+    ev = _events([(1, 10, "2022-03-01 10:00"), (2, 11, "2022-04-01 10:00")])
+    with pytest.raises(ValueError, match="empty side"):
+        split_by_time(ev, start)
+
+
+def test_split_single_day_fails() -> None:
+    ev = _events([(1, 10, "2022-03-01 10:00"), (2, 11, "2022-03-01 18:00")])
+    with pytest.raises(ValueError):
+        split_by_time(ev, None, 0.5)
