@@ -104,6 +104,7 @@ class PipelineContext:
     cache: StageCache
     settings: Settings | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     data: PreparedData | None = None
@@ -181,27 +182,37 @@ class PipelineContext:
             )
         return self._stage
 
-    def run_stage(
-        self,
-        name: str,
-        fn: Callable[[], dict[str, Any]],
-        params: Any,
-        inputs: list[Path],
-        outputs: list[Path],
-        upstream: list[str],
-    ) -> dict[str, Any]:
-        fp = StageCache.fingerprint(name, params, inputs, [self.fingerprints[u] for u in upstream])
+    def run_stage(self, stage: Stage) -> dict[str, Any]:
+        """Run `stage`, or reuse its recorded result when its fingerprint is unchanged."""
+        name = stage.name
+        upstream = [self.fingerprints[u] for u in stage.upstream]
+        fp = StageCache.fingerprint(name, stage.params, stage.inputs, upstream)
         self.fingerprints[name] = fp
         t0 = time.perf_counter()
-        info = self.cache.fresh(name, fp, outputs)
+        info = self.cache.fresh(name, fp, stage.outputs)
         if info is not None:
             log.info("stage %-12s reused (fingerprint %s)", name, fp)
         else:
-            info = fn()
-            self.cache.record(name, fp, info, outputs)
+            info = stage.run()
+            self.cache.record(name, fp, info, stage.outputs)
+        if name == "als":  # a reused ALS stage still tells later stages the tuned parameters
+            self.als_params = info.get("params") or {}
+        self.results[name] = info
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         log.info("stage %-12s done in %.1f s", name, self.seconds[name])
         return info
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the plan: what it runs and what its fingerprint is made of."""
+
+    name: str
+    run: Callable[[], dict[str, Any]]
+    params: Any  # parameters (JSON-able) that change its result
+    inputs: list[Path]  # files read that no other stage writes (size + mtime)
+    outputs: list[Path]  # files it writes; all must exist (unchanged) to reuse it
+    upstream: list[str]  # stages whose results it uses
 
 
 # ---------------------------------------------------------------------------- stages
@@ -472,36 +483,23 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- driver
-def run_pipeline(
-    data_dir: str | Path,
-    artifacts_dir: str | Path,
-    cfg: PipelineConfig | None = None,
-    force: bool = False,
-    settings: Settings | None = None,
-    progress: bool = True,
-    on_stage: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Run every stage; return (and write to `recsys/metrics.json`) the metrics.
-
-    `on_stage(name, run)`, if given, is called for each stage instead of `run()` and must
-    return what `run()` returns (the benchmark uses it to time and sample each stage).
-    """
-    from tqdm.auto import tqdm
-
-    cfg = cfg or PipelineConfig()
-    paths = ArtifactPaths(Path(artifacts_dir))
-    paths.ensure_dirs()
-    ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
-    raw_inputs = [Path(data_dir) / f for f in RawFiles.All]
-    evi = [paths.events, paths.items]
+def build_plan(ctx: PipelineContext) -> list[Stage]:
+    """The stages of the pipeline in order (the CLI, the notebook and the benchmark run it)."""
+    cfg, paths = ctx.cfg, ctx.paths
     model_files = [
         paths.model_dir / f"als_{n}.npy"
         for n in ("user_ids", "item_ids", "user_factors", "item_factors")
     ]
-    split_p = cfg.split.model_dump()
-    plan: list[tuple[str, Callable[[], dict[str, Any]], Any, list[Path], list[Path], list[str]]] = [
-        ("prepare", lambda: stage_prepare(ctx), cfg.data.model_dump(), raw_inputs, evi, []),
-        (
+    plan = [
+        Stage(
+            "prepare",
+            lambda: stage_prepare(ctx),
+            cfg.data.model_dump(),
+            [ctx.data_dir / f for f in RawFiles.All],
+            [paths.events, paths.items],
+            [],
+        ),
+        Stage(
             "eda",
             lambda: stage_eda(ctx),
             {},
@@ -509,8 +507,8 @@ def run_pipeline(
             [paths.pictures_dir / "user_activity.png"],
             ["prepare"],
         ),
-        ("split", lambda: stage_split(ctx), split_p, [], [], ["prepare"]),
-        (
+        Stage("split", lambda: stage_split(ctx), cfg.split.model_dump(), [], [], ["prepare"]),
+        Stage(
             "top_popular",
             lambda: stage_top_popular(ctx),
             cfg.top_popular_k,
@@ -518,7 +516,7 @@ def run_pipeline(
             [paths.top_popular],
             ["split"],
         ),
-        (
+        Stage(
             "als",
             lambda: stage_als(ctx),
             [cfg.als.model_dump(), cfg.eval.model_dump()],
@@ -526,7 +524,7 @@ def run_pipeline(
             [*model_files, paths.personal_als],
             ["split"],
         ),
-        (
+        Stage(
             "similar",
             lambda: stage_similar(ctx),
             cfg.similar.model_dump(),
@@ -534,7 +532,7 @@ def run_pipeline(
             [paths.similar],
             ["als"],
         ),
-        (
+        Stage(
             "ranker",
             lambda: stage_ranker(ctx),
             [cfg.ranker.model_dump(), cfg.top_k],
@@ -542,7 +540,7 @@ def run_pipeline(
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
             ["similar", "top_popular"],
         ),
-        (
+        Stage(
             "evaluate",
             lambda: stage_evaluate(ctx),
             cfg.eval.model_dump(),
@@ -556,7 +554,7 @@ def run_pipeline(
         # no longer match their outputs, so a later run recomputes them before reusing any
         served = [paths.top_popular, *model_files, paths.personal_als, paths.similar]
         plan.append(
-            (
+            Stage(
                 "final_fit",
                 lambda: stage_final_fit(ctx),
                 cfg.final_fit,
@@ -565,30 +563,59 @@ def run_pipeline(
                 ["evaluate"],
             )
         )
-    results: dict[str, Any] = {}
-    bar = tqdm(plan, desc="pipeline", unit="stage", disable=not progress)
-    for name, fn, params, inputs, outputs, upstream in bar:
-        bar.set_postfix_str(name)
-        run = functools.partial(ctx.run_stage, name, fn, params, inputs, outputs, upstream)
-        info = on_stage(name, run) if on_stage is not None else run()
-        if name == "als":
-            ctx.als_params = info.get("params") or {}
-        results[name] = info
-    metrics = {
-        "split": results["split"]["split"],
-        "data": results["prepare"].get("stats", {}),
+    return plan
+
+
+def collect_metrics(ctx: PipelineContext) -> dict[str, Any]:
+    """The content of `recsys/metrics.json`, from the results of a finished plan."""
+    r = ctx.results
+    return {
+        "split": r["split"]["split"],
+        "data": r["prepare"].get("stats", {}),
         "als_params": ctx.als_cfg().model_dump(include={"factors", "regularization", "alpha"}),
-        "ranker": {k: v for k, v in results["ranker"].items()},
-        "warm": results["evaluate"]["warm"],
-        "cold": results["evaluate"]["cold"],
-        "candidates": results["evaluate"]["candidates"],
-        "final_fit": cfg.final_fit,
+        "ranker": dict(r["ranker"]),
+        "warm": r["evaluate"]["warm"],
+        "cold": r["evaluate"]["cold"],
+        "candidates": r["evaluate"]["candidates"],
+        "final_fit": ctx.cfg.final_fit,
         "stage_seconds": ctx.seconds,
     }
-    write_json(metrics, paths.metrics)
-    from musicrec.storage import upload_artifacts
 
+
+def run_pipeline(
+    data_dir: str | Path,
+    artifacts_dir: str | Path,
+    cfg: PipelineConfig | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+    progress: bool = True,
+    on_stage: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run every stage; return (and write to `recsys/metrics.json`) the metrics.
+
+    `on_stage(name, run)`, if given, is called for each stage instead of `run()` and must
+    return what `run()` returns (the benchmark uses it to time and sample each stage).
+    With `settings` holding an S3 bucket, the artifacts are uploaded at the end.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or PipelineConfig()
+    paths = ArtifactPaths(Path(artifacts_dir))
+    paths.ensure_dirs()
+    ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
+    bar = tqdm(build_plan(ctx), desc="pipeline", unit="stage", disable=not progress)
+    for stage in bar:
+        bar.set_postfix_str(stage.name)
+        run = functools.partial(ctx.run_stage, stage)
+        if on_stage is not None:
+            on_stage(stage.name, run)
+        else:
+            run()
+    metrics = collect_metrics(ctx)
+    write_json(metrics, paths.metrics)
     if settings is not None:
+        from musicrec.storage import upload_artifacts
+
         upload_artifacts(settings, paths.root)
     log.info("stage times (s): %s", json.dumps(ctx.seconds))
     return metrics

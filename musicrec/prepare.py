@@ -111,7 +111,10 @@ def prepare_data(data_dir: str | Path, paths: ArtifactPaths, cfg: DataConfig) ->
         f"{stats['dropped_by_sampling']:,}",
     )
     if stats["tracks_without_genre_name"]:
-        log.warning(
+        # a warning when no track has one (a catalogue without genres), else informative
+        level = logging.WARNING if stats["tracks_without_genre_name"] == items.num_rows else logging.INFO
+        log.log(
+            level,
             "%s of %s tracks have no named genre (no genre id, or no catalogue name for it): "
             "main_genre_name '%s'",
             f"{stats['tracks_without_genre_name']:,}",

@@ -54,8 +54,6 @@ class Profile:
     #: seconds and concurrent connections of the load test
     load_seconds: float
     load_connections: int
-    #: run the bad-data cases that need the whole pipeline (model training) too
-    pipeline_cases: bool
 
 
 SHORT = Profile(
@@ -64,10 +62,9 @@ SHORT = Profile(
     crash_cycles=2,
     crash_events_per_cycle=200,
     crash_clients=8,
-    dependency_requests=6,
+    dependency_requests=3,
     load_seconds=5.0,
     load_connections=50,
-    pipeline_cases=False,
 )
 LONG = Profile(
     long=True,
@@ -78,7 +75,6 @@ LONG = Profile(
     dependency_requests=40,
     load_seconds=60.0,
     load_connections=50,
-    pipeline_cases=True,
 )
 
 
@@ -163,6 +159,30 @@ def fake_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("rel_artifacts")
     return write_fake_artifacts(root, n_users=60, n_tracks=400, seed=11)
+
+
+#: the events API key of the shared `stack`
+STACK_API_KEY = "stack-api-key-5d1e"
+
+
+@pytest.fixture(scope="session")
+def stack(
+    fake_artifacts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceSet]:
+    """The three services, ready, shared by the fuzz and load tests (the event service
+    wants `X-API-Key: STACK_API_KEY`)."""
+    from pydantic import SecretStr
+
+    from services.conftest import make_settings
+
+    work = tmp_path_factory.mktemp("stack")
+    cfg = make_settings(fake_artifacts["root"], work, events_api_key=SecretStr(STACK_API_KEY))
+    s = ServiceSet(work)
+    try:
+        s.start(cfg)
+        yield s
+    finally:
+        s.stop_all()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ does; the plugin's own lazy-fixture loader does not run under pytest 9.)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,17 +27,13 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from pydantic import SecretStr
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.pytest.lazy import get_all_tests
 
-from services.conftest import make_settings
-
-from .conftest import Profile, Report
+from .conftest import STACK_API_KEY, Profile, Report
 from .procs import ServiceSet
 
-API_KEY = "fuzz-api-key-3f9c"
 
 
 class UnhelpfulError(AssertionError):
@@ -71,31 +66,6 @@ def error_says_what_is_wrong(ctx: Any, response: Any, case: Any) -> bool | None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_services(
-    fake_artifacts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceSet]:
-    """The three services, ready, for the whole module."""
-    work = tmp_path_factory.mktemp("fuzz")
-    cfg = make_settings(
-        fake_artifacts["root"],
-        work,
-        events_api_key=SecretStr(API_KEY),
-        upstream_timeout_s=1.0,
-        request_budget_s=2.0,
-    )
-    s = ServiceSet(work)
-    try:
-        s.start(cfg)
-        yield s
-    finally:
-        s.stop_all()
-        # a 5xx is also logged by uvicorn: keep the evidence next to the failure
-        log = s.log_text()
-        if "Traceback" in log:
-            Path(work / "tracebacks.txt").write_text(log)
-
-
-@pytest.fixture(scope="module")
 def session() -> Iterator[requests.Session]:
     with requests.Session() as s:
         yield s
@@ -112,7 +82,7 @@ def fuzz_service(
         if service == "events":
             broken = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
             if not broken:  # a case that breaks the key header keeps its broken value
-                headers = {"X-API-Key": API_KEY}
+                headers = {"X-API-Key": STACK_API_KEY}
         label = case.operation.label
         stats["requests"] += 1
         phase = str(case.meta.phase.name.value) if case.meta is not None else "other"
@@ -158,13 +128,13 @@ def fuzz_service(
 @pytest.mark.parametrize("service", ["similar", "events", "recommendations"])
 def test_fuzz_service(
     service: str,
-    fuzz_services: ServiceSet,
+    stack: ServiceSet,
     session: requests.Session,
     profile: Profile,
     report: Report,
 ) -> None:
     stats = fuzz_service(
-        service, fuzz_services.url(service), session, profile.fuzz_examples, profile.long
+        service, stack.url(service), session, profile.fuzz_examples, profile.long
     )
     server_errors = sum(n for code, n in stats["status"].items() if code.startswith("5"))
     invalid_rejected = sum(n for code, n in stats["status"].items() if code.startswith("4"))
@@ -189,7 +159,7 @@ def test_fuzz_service(
     assert not first, "\n\n".join(f"{op} ({len(stats['failures'][op])}x): {m}" for op, m in first.items())
     assert server_errors == 0, stats["status"]
     assert stats["requests"] >= 3 * profile.fuzz_examples
-    assert "Traceback" not in fuzz_services.log_text()
+    assert "Traceback" not in stack.log_text()
 
 
 #: requests the fuzzer found answered wrongly (fixed since); kept as fixed regression cases
@@ -214,10 +184,10 @@ FOUND: list[tuple[str, bytes, str, str]] = [
 
 @pytest.mark.parametrize(("label", "body", "content_type", "named"), FOUND, ids=[f[0] for f in FOUND])
 def test_fuzz_findings_stay_fixed(
-    label: str, body: bytes, content_type: str, named: str, fuzz_services: ServiceSet
+    label: str, body: bytes, content_type: str, named: str, stack: ServiceSet
 ) -> None:
     r = requests.post(
-        f"{fuzz_services.url('similar')}/similar_tracks_batch",
+        f"{stack.url('similar')}/similar_tracks_batch",
         data=body,
         headers={"Content-Type": content_type},
         timeout=10,

@@ -18,9 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from services.conftest import make_settings
-
-from .conftest import Profile, Report
+from .conftest import STACK_API_KEY, Profile, Report
 from .procs import ServiceSet
 
 WARMUP_S = 1.0
@@ -37,7 +35,7 @@ class LoadStats:
 
 
 def request_mix(art: dict[str, Any], urls: dict[str, str], rng: random.Random) -> Any:
-    """A function drawing one request (method, url, params, json body, label) at random."""
+    """A function drawing one request (method, url, params, json body) at random."""
     warm = list(art["recs"])
     tracks = list(art["popular"])
     similar = list(art["similar_tracks"])
@@ -97,7 +95,10 @@ async def run_load(draw: Any, connections: int, seconds: float, stats: LoadStats
                 label = url.split("/", 3)[-1]
                 t0 = time.perf_counter()
                 try:
-                    async with session.request(method, url, params=params, json=body) as r:
+                    headers = {"X-API-Key": STACK_API_KEY} if label == "add_event" else None
+                    async with session.request(
+                        method, url, params=params, json=body, headers=headers
+                    ) as r:
                         await r.read()
                         if r.status != 200:
                             stats.errors[f"{label} HTTP {r.status}"] += 1
@@ -111,14 +112,9 @@ async def run_load(draw: Any, connections: int, seconds: float, stats: LoadStats
 
 
 def test_fifty_connections_zero_errors_flat_memory(
-    services: ServiceSet,
-    fake_artifacts: dict[str, Any],
-    tmp_path: Any,
-    profile: Profile,
-    report: Report,
+    stack: ServiceSet, fake_artifacts: dict[str, Any], profile: Profile, report: Report
 ) -> None:
-    cfg = make_settings(fake_artifacts["root"], tmp_path)
-    services.start(cfg)
+    services = stack
     names = ["recommendations", "similar", "events"]
     urls = {n: services.url(n) for n in names}
     draw = request_mix(fake_artifacts, urls, random.Random(7))

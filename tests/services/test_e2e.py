@@ -124,3 +124,24 @@ def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
     assert "verification PASSED" in text and "services stopped" in text
     assert (tmp_path / "service_test.log").read_text().splitlines()[-1].startswith("PASSED")
     assert not any(is_ready(u) for u in urls)  # all three are gone
+
+
+def test_verify_service_passes_on_real_pipeline_artifacts(
+    service_processes: ServiceStarter, tiny_pipeline: Any, tmp_path: Path
+) -> None:
+    """The same end-to-end check on artifacts written by a real (tiny) pipeline run."""
+    cfg = make_settings(tiny_pipeline.root, tmp_path)
+    service_processes(cfg)
+    log = tmp_path / "service_test.log"
+    run = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "verify_service.py"), "--log", str(log)],
+        env=child_environment(cfg),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    out = run.stdout.decode() + run.stderr.decode()
+    assert run.returncode == 0, out
+    lines = log.read_text().splitlines()
+    assert lines[-1].startswith("PASSED")
+    assert not [x for x in lines if x.startswith("FAIL")]
