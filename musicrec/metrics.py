@@ -694,7 +694,7 @@ def _fmt(mean: float | None, stderr: float | None) -> str:
         return "n/a"
     if stderr is None or not np.isfinite(stderr):
         return f"{mean:.4g}"
-    if stderr == 0:
+    if stderr <= 1e-9 * max(abs(mean), 1.0):  # zero up to floating-point noise
         return f"{mean:.4g} ± 0"
     decimals = min(max(1 - math.floor(math.log10(stderr)), 1), 8)
     return f"{mean:.{decimals}f} ± {stderr:.{decimals}f}"
