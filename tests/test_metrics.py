@@ -227,11 +227,6 @@ def test_metrics_table() -> None:
     assert table.loc["als", "precision@5"] == "0.20 ± 0.12"
     assert table.loc["top_popular", "precision@5"] == "0.01350 ± 0.00012"
 
-
-def test_metrics_table_treats_float_noise_as_zero_stderr() -> None:
-    # every cold user gets the same list: the stderr is 0 up to rounding (about 1e-16)
-    noisy = {"m": {"ndcg@10": {"mean": 3.44397805, "stderr": 4e-16, "n_users": 136}}}
-    assert M.metrics_table(noisy).loc["m", "ndcg@10"] == "3.444 ± 0"
     assert table.loc["als", "coverage@5"] == "0.07"
     assert table.loc["als", "n_users"] == 3
     assert pd.isna(table.loc["top_popular", "ndcg@10"])
@@ -343,3 +338,9 @@ def test_scales_to_many_users() -> None:
     res = M.evaluate(recs, test, test, catalog_size=50_100)
     assert time.perf_counter() - t0 < 20
     assert res["precision@5"]["n_users"] == test.user_id.nunique()
+
+
+def test_metrics_table_treats_float_noise_as_zero_stderr() -> None:
+    # every cold user gets the same list: the stderr is 0 up to rounding (about 1e-16)
+    noisy = {"m": {"ndcg@10": {"mean": 3.44397805, "stderr": 4e-16, "n_users": 136}}}
+    assert M.metrics_table(noisy).loc["m", "ndcg@10"] == "3.444 ± 0"
