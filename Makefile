@@ -67,8 +67,9 @@ bench-pipeline: install
 bench-serve: install-dev
 	$(PY) bench/bench_serve.py --preset $(BENCH_PRESET) $(BENCH_ARGS)
 
+## The long reliability suite (~3 min) and its table (bench/results/reliability.md).
 reliability: install-dev
-	$(PY) -m pytest -q tests/reliability --long
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf recsys/data recsys/model recsys/recommendations recsys/pictures recsys/cache recsys/metrics.json

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from musicrec.errors import ArtifactError
+
 log = logging.getLogger("musicrec.event_store")
 
 _SCHEMA = """
@@ -38,6 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_user_id ON events (user_id, id);
 """
+_COLUMNS = ("id", "user_id", "track_id", "ts")
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
@@ -97,20 +100,39 @@ class EventStore:
     # --- lifecycle (blocking) -------------------------------------------------------------
 
     def open(self) -> None:
-        """Create or open the database, count what is there, start the threads."""
+        """Create or open the database, count what is there, start the threads.
+
+        A file that is not an SQLite database, is damaged, or has an `events` table without
+        the expected columns raises `ArtifactError` naming the file (sqlite3's own message
+        does not)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn: sqlite3.Connection | None = None
         try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            found = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+            missing = [c for c in _COLUMNS if c not in found]
+            if missing:
+                raise ArtifactError(
+                    f"{self.path}: table 'events' lacks column(s) {missing} (found {found}); "
+                    "not an event database of this service"
+                )
             n_events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             n_users = conn.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0]
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise ArtifactError(
+                f"{self.path}: not a usable SQLite event database ({type(exc).__name__}: {exc})"
+            ) from exc
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise
         self._wconn = conn
         self.stats = StoreStats(events=int(n_events), users=int(n_users))

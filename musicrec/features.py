@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from musicrec.als import pair_dots
 from musicrec.candidates import FirstStage, latest_for_users
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
@@ -224,7 +225,7 @@ def _profile_similarity(stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray)
     ci = stage.als.items.codes(i_ids)
     out = np.full(len(u_ids), np.nan, dtype=np.float32)
     good = ci >= 0
-    out[good] = np.einsum("ij,ij->i", profile[cu[good]], normed[ci[good]])
+    out[good] = pair_dots(profile, cu[good], normed, ci[good])
     return out
 
 
@@ -253,7 +254,14 @@ def _similarity_to_latest(
         ci = c_i[sl]
         rc = table[c_u[sl]]  # (b, n_latest)
         valid = rc >= 0
-        sims = np.einsum("bf,brf->br", normed[np.maximum(ci, 0)], normed[np.maximum(rc, 0)])
+        # one latest track at a time, in cached row chunks (see `pair_dots`)
+        sims = np.stack(
+            [
+                pair_dots(normed, np.maximum(ci, 0), normed, np.maximum(rc[:, r], 0))
+                for r in range(rc.shape[1])
+            ],
+            axis=1,
+        ).reshape(len(ci), rc.shape[1])
         sims = np.where(valid, sims, np.nan)
         has = valid.any(axis=1) & (ci >= 0)
         with np.errstate(all="ignore"):

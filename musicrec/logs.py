@@ -6,12 +6,20 @@ import logging
 from pathlib import Path
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: libraries that log request headers - S3 credentials, signatures - at DEBUG: they stay at
+#: INFO or above whatever the level, so that secrets never reach a log
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> None:
-    """Log to stderr and, if given, append to `log_file` (e.g. `execution_log.txt`)."""
+    """Log to stderr and, if given, append to `log_file` (e.g. `execution_log.txt`).
+
+    `QUIET_LIBRARIES` are kept at INFO even at DEBUG level (they would log credentials)."""
     root = logging.getLogger()
     root.setLevel(level.upper())
+    for name in QUIET_LIBRARIES:
+        library = logging.getLogger(name)
+        library.setLevel(max(root.level, logging.INFO))
     for h in list(root.handlers):
         if getattr(h, "_musicrec", False):
             root.removeHandler(h)

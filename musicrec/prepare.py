@@ -112,7 +112,11 @@ def prepare_data(data_dir: str | Path, paths: ArtifactPaths, cfg: DataConfig) ->
     )
     if stats["tracks_without_genre_name"]:
         # a warning when no track has one (a catalogue without genres), else informative
-        level = logging.WARNING if stats["tracks_without_genre_name"] == items.num_rows else logging.INFO
+        level = (
+            logging.WARNING
+            if stats["tracks_without_genre_name"] == items.num_rows
+            else logging.INFO
+        )
         log.log(
             level,
             "%s of %s tracks have no named genre (no genre id, or no catalogue name for it): "

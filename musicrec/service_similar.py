@@ -124,9 +124,9 @@ def json_integer(value: Any) -> Any:
 class SimilarBatchRequest(BaseModel):
     """Several seed tracks in one call."""
 
-    track_ids: list[
-        Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]
-    ] = Field(max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})")
+    track_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]] = (
+        Field(max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})")
+    )
     k: Annotated[int, BeforeValidator(json_integer)] = Field(
         10, ge=1, le=K_MAX, description="Similar tracks per seed"
     )

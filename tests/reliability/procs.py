@@ -34,6 +34,7 @@ class ServiceSet:
         self.work = work
         self.procs: dict[str, ServiceProcess] = {}
         self.settings: dict[str, Settings] = {}
+        self.options: dict[str, dict[str, Any]] = {}
         self.logs: list[Path] = []
         self._files: list[IO[bytes]] = []
 
@@ -44,9 +45,11 @@ class ServiceSet:
         *,
         wait: bool = True,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         timeout_s: float = 60.0,
     ) -> dict[str, ServiceProcess]:
-        """Start the named services (default: all three) and wait until they are ready."""
+        """Start the named services (default: all three) and wait until they are ready;
+        `env` adds variables, `cwd` is their working directory (where `.env` is read)."""
         wanted = names or [s.name for s in SERVICES]
         base = child_environment(cfg)
         if env:
@@ -59,9 +62,10 @@ class ServiceSet:
             out = open(log, "wb")  # noqa: SIM115 - closed in stop_all
             self._files.append(out)
             self.logs.append(log)
-            p = start_service(spec, cfg, base, stdout=out, stderr=subprocess.STDOUT)
+            p = start_service(spec, cfg, base, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
             self.procs[spec.name] = p
             self.settings[spec.name] = cfg
+            self.options[spec.name] = {"env": env, "cwd": cwd}
             started.append(p)
         if wait:
             wait_ready(started, timeout_s=timeout_s)
@@ -102,7 +106,7 @@ class ServiceSet:
 
     def restart(self, name: str, *, wait: bool = True) -> ServiceProcess:
         """Start a stopped or killed service again with the same settings."""
-        return self.start(self.settings[name], [name], wait=wait)[name]
+        return self.start(self.settings[name], [name], wait=wait, **self.options[name])[name]
 
     def stop_all(self) -> None:
         for name in list(self.procs):

@@ -161,9 +161,10 @@ class Case:
     #: the error must name this file and column; file None: a cleaning, see `log`
     file: str | None = None
     column: str | None = None
-    #: for a cleaning: a regex of the log line, its group 1 the count, and the count
+    #: for a cleaning: a regex of the log line (group 1: the count) and the expected count
+    #: from (rows of interactions.parquet, rows of tracks.parquet)
     log: str | None = None
-    count: int | None = None
+    count: Callable[[int, int], int] | None = None
     command: str = "prepare"
     short: bool = False
 
@@ -200,7 +201,7 @@ CASES = [
         "unknown tracks (0.5%: dropped)",
         rewrite(INT, unknown_tracks(0.005)),
         log=r"dropped ([\d,]+) interactions with unknown tracks",
-        count=-1,  # computed: 0.5% of the rows
+        count=lambda interactions, tracks: int(interactions * 0.005),
         short=True,
     ),
     Case(
@@ -212,7 +213,9 @@ CASES = [
     ),
     Case(
         "list column holding scalars",
-        rewrite(TRK, set_column(C.Genres, lambda t: [g[0] if g else 0 for g in t[C.Genres].to_pylist()])),
+        rewrite(
+            TRK, set_column(C.Genres, lambda t: [g[0] if g else 0 for g in t[C.Genres].to_pylist()])
+        ),
         TRK,
         C.Genres,
         short=True,
@@ -229,7 +232,7 @@ CASES = [
         "catalog with no genres",
         rewrite(CAT, lambda t: t.filter(pc.not_equal(t[C.CatalogType], "genre"))),
         log=r"([\d,]+) of [\d,]+ tracks have no named genre",
-        count=-2,  # computed: every track
+        count=lambda interactions, tracks: tracks,
         short=True,
     ),
     # more of the same families (long run)
@@ -290,14 +293,15 @@ CASES = [
         "repeated listens (dropped)",
         rewrite(INT, repeat_rows(100)),
         log=r"dropped ([\d,]+) repeated \(user, track\) interactions",
-        count=100,
+        count=lambda interactions, tracks: 100,
     ),
     Case(
         "all events on one day",
         rewrite(
             INT,
             set_column(
-                C.Datetime, lambda t: pa.array(np.full(t.num_rows, np.datetime64("2022-05-05", "ns")))
+                C.Datetime,
+                lambda t: pa.array(np.full(t.num_rows, np.datetime64("2022-05-05", "ns"))),
             ),
         ),
         EVENTS,
@@ -308,7 +312,7 @@ CASES = [
         "catalog with no genres (whole pipeline)",
         rewrite(CAT, lambda t: t.filter(pc.not_equal(t[C.CatalogType], "genre"))),
         log=r"([\d,]+) of [\d,]+ tracks have no named genre",
-        count=-2,
+        count=lambda interactions, tracks: tracks,
         command="pipeline",
     ),
 ]
@@ -345,10 +349,14 @@ def protected_dirs(case: Case) -> list[str]:
     """What a run must leave as it was: after a failed prepare, all artifacts; the pipeline
     has rewritten the prepared data (complete files) when the split fails, but the served
     artifacts and models are untouched."""
-    return ["data", "recommendations", "model"] if case.command == "prepare" else [
-        "recommendations",
-        "model",
-    ]
+    return (
+        ["data", "recommendations", "model"]
+        if case.command == "prepare"
+        else [
+            "recommendations",
+            "model",
+        ]
+    )
 
 
 def clean_env(work: Path) -> dict[str, str]:
@@ -402,14 +410,13 @@ def selected(long: bool) -> list[Case]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(
-    tmp_path_factory: pytest.TempPathFactory, profile: Profile
-) -> dict[str, Outcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory, profile: Profile) -> dict[str, Outcome]:
     """Every selected case, run as subprocesses three at a time."""
+    from services.artifacts_fixture import write_fake_artifacts
+
     from musicrec.config import DataConfig
     from musicrec.generate import generate_dataset
     from musicrec.prepare import prepare_data
-    from services.artifacts_fixture import write_fake_artifacts
 
     root = tmp_path_factory.mktemp("bad_data")
     raw_base = root / "raw_base"
@@ -426,12 +433,8 @@ def outcomes(
 
 
 def expected_count(o: Outcome) -> int:
-    if o.case.count == -1:
-        return int(o.n_interactions * 0.005)
-    if o.case.count == -2:
-        return o.n_tracks
     assert o.case.count is not None
-    return o.case.count
+    return o.case.count(o.n_interactions, o.n_tracks)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -463,7 +466,9 @@ def test_bad_input_fails_cleanly_or_is_cleaned(
         elif case.column and f"column '{case.column}'" not in errors[0]:
             problems.append(f"the error does not name column {case.column}: {errors[0]}")
         if o.before != o.after:
-            changed = sorted(k for k in o.before.keys() | o.after.keys() if o.before.get(k) != o.after.get(k))
+            changed = sorted(
+                k for k in o.before.keys() | o.after.keys() if o.before.get(k) != o.after.get(k)
+            )
             problems.append(f"previous artifacts changed: {changed}")
     else:  # a documented cleaning, counted in the log
         assert case.log is not None

@@ -25,9 +25,9 @@ from typing import Any
 
 import aiohttp
 import httpx
+from services.conftest import make_settings
 
 from musicrec.serve import is_ready
-from services.conftest import make_settings
 
 from .conftest import Profile, Report
 from .procs import ServiceSet
@@ -168,7 +168,7 @@ def test_acknowledged_events_survive_repeated_sigkill(
         events_found=found,
         kills=profile.crash_cycles,
         clients=profile.crash_clients,
-        restart_max_s=round(max(restart_s), 2),
+        restart_s_max=round(max(restart_s), 2),
         in_flight_at_kills=in_flight,
     )
     assert acked_total >= profile.crash_cycles * profile.crash_events_per_cycle

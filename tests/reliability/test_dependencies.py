@@ -15,17 +15,22 @@ import time
 from typing import Any
 
 import httpx
-
 from services.conftest import make_settings
 
 from .chaos import ChaosProxy
 from .conftest import Profile, Report
 from .procs import ServiceSet
 
+#: `upstream_timeout_s` and `request_budget_s` of the recommendation service; a slow
+#: upstream answers after SLOW_S, beyond both, so only cutting it off keeps the budget
 TIMEOUT_S = 0.1
-BUDGET_S = 0.3
+BUDGET_S = 0.4
 SLOW_S = 5 * TIMEOUT_S
 K = 10
+#: concurrent requests of a burst: the budget bounds the service's own time, so a burst is
+#: kept small enough that waiting in the server's queue (2 shared cores running the three
+#: services and this client) does not count against it
+BURST = 8
 
 #: (phase, similar, events): each upstream "up", "down" (process stopped, port closed) or
 #: "slow"; ordered so that each service stops and comes back once
@@ -49,7 +54,10 @@ async def timed_burst(url: str, user: int, n: int, concurrent: bool) -> list[tup
             t0 = time.perf_counter()
             r = await client.post("/recommendations", params={"user_id": user, "k": K})
             elapsed = time.perf_counter() - t0
-            return elapsed, (r.status_code, r.json().get("recs") if r.status_code == 200 else r.text)
+            return elapsed, (
+                r.status_code,
+                r.json().get("recs") if r.status_code == 200 else r.text,
+            )
 
         if concurrent:
             return list(await asyncio.gather(*(one() for _ in range(n))))
@@ -79,7 +87,9 @@ def test_recommendations_survive_stopped_and_slow_upstreams(
         rec_pid = services.pid("recommendations")
         user = fake_artifacts["warm_user"]
         offline = fake_artifacts["recs"][user][:K]
-        heard = [t for t in fake_artifacts["similar_tracks"] if t not in fake_artifacts["recs"][user]]
+        heard = [
+            t for t in fake_artifacts["similar_tracks"] if t not in fake_artifacts["recs"][user]
+        ]
         with httpx.Client(base_url=services.url("events")) as c:
             for t in heard[:3]:
                 c.post("/add_event", params={"user_id": user, "track_id": t}).raise_for_status()
@@ -98,6 +108,7 @@ def test_recommendations_survive_stopped_and_slow_upstreams(
         answers = slowest = 0.0
         bad: list[str] = []
         recovery_s = 0.0
+        phase_max: dict[str, float] = {}
         for phase, sim_state, ev_state in PHASES:
             set_state("similar", sim_state)
             set_state("events", ev_state)
@@ -113,7 +124,9 @@ def test_recommendations_survive_stopped_and_slow_upstreams(
                     time.sleep(0.05)
                 recovery_s = time.monotonic() - t0
             results = asyncio.run(timed_burst(rec_url, user, n, False))
-            results += asyncio.run(timed_burst(rec_url, user, n, True))
+            for _ in range(max(1, n // BURST)):
+                results += asyncio.run(timed_burst(rec_url, user, BURST, True))
+            phase_max[phase] = round(max(e for e, _ in results), 3)
             for elapsed, (status, got) in results:
                 answers += 1
                 slowest = max(slowest, elapsed)
@@ -146,7 +159,9 @@ def test_recommendations_survive_stopped_and_slow_upstreams(
         budget_s=BUDGET_S,
         recovery_s=round(recovery_s, 2),
         fallbacks=int(fallbacks),
+        slowest_by_phase=phase_max,
     )
     assert not bad, "\n".join(bad[:20])
     degraded_phases = sum(1 for _, s, e in PHASES if not (s == e == "up"))
-    assert fallbacks >= degraded_phases * 2 * n
+    per_phase = n + max(1, n // BURST) * BURST
+    assert fallbacks >= degraded_phases * per_phase

@@ -149,6 +149,7 @@ def test_fifty_connections_zero_errors_flat_memory(
         rps=round(stats.requests / elapsed),
         p50_ms=round(1000 * lat[len(lat) // 2], 1),
         p99_ms=round(1000 * lat[int(len(lat) * 0.99)], 1),
+        max_ms=round(1000 * lat[-1], 1),
         rss_before_mib={n: round(v, 1) for n, v in rss_before.items()},
         rss_after_mib={n: round(v, 1) for n, v in rss_after.items()},
         by_endpoint=dict(stats.by_endpoint),
