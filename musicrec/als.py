@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig
 from musicrec.io import atomic_path
-from musicrec.matrix import IdMap, InteractionMatrix
+from musicrec.matrix import IdMap, InteractionMatrix, topk_frame
 
 log = logging.getLogger(__name__)
 
@@ -102,26 +102,20 @@ class ALSModel:
                     filter_query_items=filt[batch],
                     num_threads=num_threads,
                 )
-                if items is not None:
-                    ids = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
-                valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
-                rows = np.repeat(batch, n).reshape(len(batch), n)
-                ranks = np.tile(np.arange(1, n + 1, dtype=np.int16), (len(batch), 1))
                 frames.append(
-                    pd.DataFrame(
-                        {
-                            C.User: self.users.ids[rows[valid]],
-                            C.Item: self.items.ids[ids[valid]],
-                            C.Score: scores[valid].astype(np.float32),
-                            C.Rank: ranks[valid],
-                        }
+                    topk_frame(
+                        batch,
+                        ids,
+                        scores,
+                        self.users.ids,
+                        self.items.ids,
+                        (C.User, C.Item),
+                        subset=items,
                     )
                 )
         if not frames:
             return pd.DataFrame({c: [] for c in C.Recommendations})
-        out = pd.concat(frames, ignore_index=True)
-        # ranks stay consecutive: invalid entries only ever sit at the end of a row
-        return out
+        return pd.concat(frames, ignore_index=True)
 
     def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Dot product of user and item factors per pair; NaN where either is unknown."""

@@ -104,3 +104,34 @@ def top_k_per_group(
     df = df.groupby(group, sort=False).head(k).copy()
     df[C.Rank] = (df.groupby(group, sort=False).cumcount() + 1).astype(np.int16)
     return df.reset_index(drop=True)
+
+
+def topk_frame(
+    query_codes: np.ndarray,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    query_ids: np.ndarray,
+    item_ids: np.ndarray,
+    columns: tuple[str, str],
+    subset: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Long frame (query, item, score, rank) from a batch of implicit `topk` results.
+
+    `ids`/`scores` are (len(query_codes), n) arrays; `ids` index `subset` when the scored
+    items were restricted to it. Padding (-1 ids, -inf scores of filtered items) is dropped;
+    it only ever sits at the end of a row, so ranks stay consecutive.
+    """
+    if subset is not None:
+        ids = np.where(ids >= 0, subset[np.maximum(ids, 0)], -1)
+    n = ids.shape[1]
+    valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
+    rows = np.repeat(query_codes, n).reshape(len(query_codes), n)
+    ranks = np.tile(np.arange(1, n + 1, dtype=np.int16), (len(query_codes), 1))
+    return pd.DataFrame(
+        {
+            columns[0]: query_ids[rows[valid]],
+            columns[1]: item_ids[ids[valid]],
+            C.Score: scores[valid].astype(np.float32),
+            C.Rank: ranks[valid],
+        }
+    )

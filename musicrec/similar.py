@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from musicrec.als import ALSModel
 from musicrec.columns import Columns as C
+from musicrec.matrix import topk_frame
 
 
 def similar_tracks(
@@ -54,19 +55,8 @@ def similar_tracks(
             ids, scores = topk(
                 targets, normed[idx], k, filter_query_items=self_filter, num_threads=num_threads
             )
-            if items is not None:
-                ids = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
-            valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
-            q = np.repeat(idx, k).reshape(len(idx), k)
-            ranks = np.tile(np.arange(1, k + 1, dtype=np.int16), (len(idx), 1))
-            frames.append(
-                pd.DataFrame(
-                    {
-                        C.Item1: model.items.ids[q[valid]].astype(np.int32),
-                        C.Item2: model.items.ids[ids[valid]].astype(np.int32),
-                        C.Score: scores[valid].astype(np.float32),
-                        C.Rank: ranks[valid],
-                    }
-                )
+            sims = topk_frame(
+                idx, ids, scores, model.items.ids, model.items.ids, (C.Item1, C.Item2), items
             )
+            frames.append(sims.astype({C.Item1: np.int32, C.Item2: np.int32}))
     return pd.concat(frames, ignore_index=True)
