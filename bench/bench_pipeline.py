@@ -116,7 +116,7 @@ class CallTimer:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             self._depth += 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -124,9 +124,8 @@ class CallTimer:
                 self._depth -= 1
                 self.totals[(self.stage, label)].append(dt)
                 if detail is not None:
-                    self.details.append(
-                        {"stage": self.stage, "call": label, "s": dt, **detail(*args, **kwargs)}
-                    )
+                    rec = {"stage": self.stage, "call": label, "s": dt, "cpu_s": cpu_seconds() - c0}
+                    self.details.append({**rec, **detail(*args, **kwargs)})
 
         return inner
 
@@ -310,6 +309,7 @@ def render(result: dict[str, Any]) -> str:
     if b:
         fits = [d for d in result["als_fits"] if d["stage"] == "als" and not d["overrides"]]
         final_fit = fits[-1]["s"] if fits else float("nan")
+        final_cpu = fits[-1].get("cpu_s", float("nan")) if fits else float("nan")
         als_stage = next(s["wall_s"] for s in result["stages"] if s["stage"] == "als")
         lines.append(
             f"bare implicit ALS fit: {b['wall_s']:.1f} s ({b['s_per_iteration']:.2f} s/iteration; "
@@ -320,6 +320,10 @@ def render(result: dict[str, Any]) -> str:
             f"pipeline ALS stage: {als_stage:.1f} s = {als_stage / b['wall_s']:.2f}x the bare fit "
             f"(target <= {TARGET_ALS_RATIO}x); its final fit alone {final_fit:.1f} s = "
             f"{final_fit / b['wall_s']:.2f}x"
+        )
+        lines.append(
+            f"CPU seconds: bare fit {b['cpu_s']:.1f}, pipeline's final fit {final_cpu:.1f} = "
+            f"{final_cpu / max(b['cpu_s'], 1e-9):.2f}x (steadier than wall time on shared cores)"
         )
     lines.append(
         f"targets (full preset): whole pipeline {t['wall_s'] / 60:.1f} min (<= 45), "

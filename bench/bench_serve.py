@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ def load_ids(artifacts: Path, n: int, seed: int = 0) -> dict[str, list[int]]:
     tracks = np.unique(pq.read_table(p.similar, columns=[C.Item1])[C.Item1].to_numpy())
     pop = pq.read_table(p.top_popular, columns=[C.Item])[C.Item].to_numpy()
     perm = rng.permutation(users)
-    n_online = min(n, max(1, len(perm) // 2))
+    n_online = min(n // 5, max(1, len(perm) // 2))  # 10 events each are added first
     top = int(users.max()) + 1
     return {
         "history": perm[n_online : n_online + n].tolist() or perm[:n].tolist(),
@@ -256,10 +257,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         url = {p.name: p.url for p in procs}
         result["rss_idle_mib"] = {p.name: rss_mib(p.proc.pid) for p in procs}
 
-        # users of the online case get 10 recent events each (tracks with similar tracks)
-        for j, u in enumerate(ids["online"]):
-            for t in ids["tracks"][(j * 10) % len(ids["tracks"]) :][:10]:
-                post(f"{url['events']}/add_event?user_id={u}&track_id={t}")
+        # users of the online case get 10 recent events each (tracks with similar tracks),
+        # posted concurrently (the event store commits them in groups)
+        adds = [
+            f"{url['events']}/add_event?user_id={u}&track_id={t}"
+            for j, u in enumerate(ids["online"])
+            for t in ids["tracks"][(j * 10) % len(ids["tracks"]) :][:10]
+        ]
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(post, adds))
 
         k = 100
         cases = [
