@@ -4,6 +4,7 @@ metrics as a markdown table (mean ± standard error, users averaged over).
     python bench/quality.py                      # all three data sets
     python bench/quality.py --only lastfm        # one of them
     python bench/quality.py --report-only        # tables from existing runs
+    python bench/quality.py --force              # recompute every stage
 
 Artifacts go to /tmp/musicrec-quality/<name>; the table to bench/results/quality.md.
 """
@@ -41,14 +42,14 @@ COLUMNS = [
 ]
 
 
-def run(name: str, out: Path) -> dict:
+def run(name: str, out: Path, force: bool) -> dict:
     from musicrec.generate import ensure_raw_data
     from musicrec.pipeline import run_pipeline
 
     data_dir, config, preset = RUNS[name]
     if preset:
         ensure_raw_data(data_dir, preset=preset)
-    return run_pipeline(data_dir, out, load_config(config), progress=False)
+    return run_pipeline(data_dir, out, load_config(config), force=force, progress=False)
 
 
 def table(name: str, metrics: dict) -> str:
@@ -76,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=sorted(RUNS))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--force", action="store_true", help="recompute every stage")
     ap.add_argument("--out", type=Path, default=Path("/tmp/musicrec-quality"))
     args = ap.parse_args()
     setup_logging("INFO")
@@ -85,7 +87,7 @@ def main() -> None:
         if args.report_only:
             metrics = json.loads((out / "metrics.json").read_text())
         else:
-            metrics = run(name, out)
+            metrics = run(name, out, args.force)
         parts.append(table(name, metrics))
     text = "\n".join(parts)
     print(text)
