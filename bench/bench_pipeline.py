@@ -418,6 +418,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def write_results(
+    results_dir: Path, name: str, smoke: bool, table: str, result: dict[str, Any]
+) -> Path:
+    """Write the table (.txt) and the raw figures (.json) under a time-stamped name."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = results_dir / f"{name}{'_smoke' if smoke else ''}_{stamp}"
+    base.with_suffix(".txt").write_text(table + "\n")
+    base.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"written {base}.txt / .json")
+    return base
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="full10", choices=["tiny", "demo", "full10", "full"])
@@ -437,12 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     table = render(result)
     print(table, flush=True)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = args.results_dir / f"pipeline_{args.preset}{'_smoke' if args.smoke else ''}_{stamp}"
-    base.with_suffix(".txt").write_text(table + "\n")
-    base.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"written {base}.txt / .json")
+    write_results(args.results_dir, f"pipeline_{args.preset}", args.smoke, table, result)
     if args.clean:
         shutil.rmtree(result["artifacts_dir"], ignore_errors=True)
     return result

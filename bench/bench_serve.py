@@ -392,12 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     table = render(result)
     print(table, flush=True)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = args.results_dir / f"serve_{args.preset}{'_smoke' if args.smoke else ''}_{stamp}"
-    base.with_suffix(".txt").write_text(table + "\n")
-    base.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"written {base}.txt / .json")
+    from bench_pipeline import write_results
+
+    write_results(args.results_dir, f"serve_{args.preset}", args.smoke, table, result)
     return result
 
 
