@@ -17,6 +17,7 @@ Data flow (windows are global, by time):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -126,6 +127,10 @@ class PipelineContext:
             self.test_split = self._split(
                 self.prepared.events, self.cfg.split.test_start, self.cfg.split.test_share, "test"
             )
+            # the split's frame holds every event (history first): keep it instead of the
+            # prepared frame, so that only one copy of the events stays in memory
+            if self.test_split.frame is not None:
+                self.data = dataclasses.replace(self.prepared, events=self.test_split.frame)
         return self.test_split
 
     @property
@@ -368,6 +373,7 @@ def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
     ranker_path = ctx.paths.model_dir / "ranker.cbm"
     ranker, info = train_ranker(ctx)
     ranker.save(ranker_path)
+    ctx.label_split = None  # a copy of most of the history, not needed after training
     recs, n_cand = rank_for_users(ctx, ranker, ctx.first_stage())
     write_parquet(recs, ctx.paths.recommendations)
     info.update({"users": int(recs[C.User].nunique()), "rows": len(recs), "candidates": n_cand})

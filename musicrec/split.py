@@ -40,6 +40,15 @@ class Split:
     history: pd.DataFrame
     target: pd.DataFrame
     start: pd.Timestamp
+    frame: pd.DataFrame | None = None  # history then target, when both are slices of it
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """All rows, history first: the frame both sides are views of (no copy), else their
+        concatenation."""
+        if self.frame is not None:
+            return self.frame
+        return pd.concat([self.history, self.target], ignore_index=True)
 
     def facts(self, name: str) -> dict[str, object]:
         hist_users = self.history[C.User].unique()
@@ -67,7 +76,15 @@ def split_by_time(
         else choose_window_start(events[C.Datetime].to_numpy(), tail_share)
     )
     mask = (events[C.Datetime] >= ts).to_numpy()
-    hist, tgt = events[~mask], events[mask]
+    # One reordered copy, history rows first, each side in the input's order (a stable
+    # partition). Both sides are views of it (copy-on-write slices), so the split costs one
+    # copy of the events instead of a boolean-mask copy per side, and the caller can drop
+    # `events` and keep `Split.frame` (every row) in its place.
+    order = np.argsort(mask, kind="stable")
+    frame = events.take(order).reset_index(drop=True)
+    del order
+    n_hist = len(mask) - int(np.count_nonzero(mask))
+    hist, tgt = frame.iloc[:n_hist], frame.iloc[n_hist:]
     if len(hist) == 0 or len(tgt) == 0:
         raise ValueError(f"split at {ts.date()} leaves an empty side ({len(hist)}/{len(tgt)} rows)")
-    return Split(hist, tgt, ts)
+    return Split(hist, tgt, ts, frame)

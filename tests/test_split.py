@@ -122,3 +122,28 @@ def test_split_single_day_fails() -> None:
     ev = _events([(1, 10, "2022-03-01 10:00"), (2, 11, "2022-03-01 18:00")])
     with pytest.raises(ValueError):
         split_by_time(ev, None, 0.5)
+
+
+def test_split_is_one_copy_with_sides_as_views_in_input_order() -> None:
+    # events sorted by user (as prepared), windows interleaved: the split keeps each side in
+    # the input's order, and both sides are slices of one frame holding every row
+    ev = _events(
+        [
+            (1, 10, "2022-06-01"),
+            (1, 11, "2022-06-04"),
+            (2, 12, "2022-06-02"),
+            (2, 13, "2022-06-05"),
+            (3, 14, "2022-06-01"),
+        ]
+    )
+    s = split_by_time(ev, date(2022, 6, 3))
+    assert s.history[C.Item].tolist() == [10, 12, 14]
+    assert s.target[C.Item].tolist() == [11, 13]
+    assert s.frame is not None
+    assert s.frame[C.Item].tolist() == [10, 12, 14, 11, 13]
+    assert s.events is s.frame
+    items = s.frame[C.Item].to_numpy()
+    assert np.shares_memory(s.history[C.Item].to_numpy(), items)
+    assert np.shares_memory(s.target[C.Item].to_numpy(), items)
+    # the input is left as it was
+    assert ev[C.Item].tolist() == [10, 11, 12, 13, 14]
