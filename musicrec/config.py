@@ -91,7 +91,19 @@ class RankerConfig(_Strict):
     random_seed: int = 42
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
     max_train_users: int | None = Field(
-        50_000, ge=1, description="Users in the training sample (bounds CatBoost's time)"
+        50_000,
+        ge=1,
+        description="Users per label window in the training sample (bounds CatBoost's time)",
+    )
+    label_windows: int = Field(
+        1,
+        ge=1,
+        le=12,
+        description="Label windows pooled for training, newest first: the first is "
+        "split.label_share of the pre-test history, each next one the same share of the "
+        "history before the previous; each has its own first stage fit on the data before "
+        "it. More windows = more training users (helps small data sets), one more ALS fit "
+        "each",
     )
     inference_batch_users: int = Field(50_000, ge=1, description="Users scored per batch")
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,15 @@ from musicrec.io import read_json, write_json, write_parquet
 from musicrec.matrix import InteractionMatrix
 from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
 from musicrec.prepare import PreparedData, load_prepared, prepare_data
-from musicrec.ranker import Ranker, label_candidates, rank_candidates, sample_training_rows
+from musicrec.ranker import (
+    TARGET,
+    WINDOW,
+    Ranker,
+    group_ids,
+    label_candidates,
+    rank_candidates,
+    sample_training_rows,
+)
 from musicrec.settings import Settings
 from musicrec.similar import similar_tracks
 from musicrec.split import Split, split_by_time
@@ -317,14 +325,36 @@ def stage_similar(ctx: PipelineContext) -> dict[str, Any]:
     return {"tracks": int(sim[C.Item1].nunique()), "rows": len(sim)}
 
 
-def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
-    """Fit a first stage on feature history, label its candidates with the label window."""
+def label_windows(ctx: PipelineContext) -> Iterator[Split]:
+    """The ranker's label windows, newest first: `ctx.label`, then each earlier one split
+    off the history of the previous with the same share (`ranker.label_windows` in all).
+    Yielded one at a time so that only one window's copy of the history is alive. Stops
+    early, with a warning, when the history left is too short to split or holds no warm
+    users."""
+    want = ctx.cfg.ranker.label_windows
+    split: Split | None = ctx.label
+    for w in range(want):
+        assert split is not None
+        yield split
+        if w + 1 == want:
+            return
+        try:
+            split = ctx._split(split.history, None, ctx.cfg.split.label_share, f"label {w + 1}")
+        except DataValidationError as exc:
+            log.warning("ranker: %d label windows instead of %d: %s", w + 1, want, exc)
+            return
+
+
+def window_training_rows(
+    ctx: PipelineContext, lab: Split, window: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Training rows of one label window: a first stage fit on the history before it,
+    its candidates labelled by the window, the sampled rows with their features."""
     rcfg = ctx.cfg.ranker
-    lab = ctx.label
     stage = FirstStage.fit(lab.history, lab.start, ctx.als_cfg(), ctx.cfg.similar)
     users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
     # label-window pairs of those users, sorted by user so each batch takes a slice
-    target = lab.target[[C.User, C.Item]]
+    target = lab.target[[C.User, C.Item]].drop_duplicates()
     target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")
     target_pairs = len(target)
     t_users = target[C.User].to_numpy()
@@ -338,24 +368,54 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
         b = users[s : s + batch]
         lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
         part = label_candidates(generate_candidates(stage, b, rcfg), target.iloc[lo:hi])
-        hits += int(part["target"].sum())
-        has_pos = part.groupby(C.User, sort=False)["target"].transform("max") > 0
+        hits += int(part[TARGET].sum())
+        has_pos = part.groupby(C.User, sort=False)[TARGET].transform("max") > 0
         frames.append(part[has_pos.to_numpy()])
     labelled = pd.concat(frames, ignore_index=True)
-    cand_recall = float(hits / max(target_pairs, 1))
+    del frames
     train = sample_training_rows(
-        labelled, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed
+        labelled, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed + window
     )
-    del labelled, frames
+    del labelled
     train = collect_features(stage, ctx.prepared.items, train, rcfg)
+    train[WINDOW] = np.int8(window)
+    facts = {
+        "start": str(lab.start.date()),
+        "history_rows": len(lab.history),
+        "rows": len(train),
+        "users": int(train[C.User].nunique()),
+        "positive_share": float(train[TARGET].mean()) if len(train) else 0.0,
+        "candidate_recall": float(hits / max(target_pairs, 1)),
+    }
+    log.info("ranker label window %d: %s", window, json.dumps(facts))
+    return train, facts
+
+
+def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
+    """Fit the ranker on the pooled rows of its label windows (`label_windows`): each
+    window's features come from a first stage fit only on the history before it."""
+    frames, windows = [], []
+    for w, lab in enumerate(label_windows(ctx)):
+        rows, facts = window_training_rows(ctx, lab, w)
+        frames.append(rows)
+        windows.append(facts)
+    train = pd.concat(frames, ignore_index=True)
+    del frames
+    if not len(train):
+        raise DataValidationError(
+            str(ctx.paths.events),
+            C.Datetime,
+            "label windows where some candidate of a warm user is listened to",
+            found="no positive training row",
+        )
     log.info(
-        "ranker training: %d rows, %d users, %.3f positive; label-window candidate recall %.3f",
+        "ranker training: %d rows, %d queries over %d windows, %.3f positive",
         len(train),
-        train[C.User].nunique(),
-        float(train["target"].mean()),
-        cand_recall,
+        len(np.unique(group_ids(train))),
+        len(windows),
+        float(train[TARGET].mean()),
     )
-    ranker = Ranker.fit(train, rcfg)
+    ranker = Ranker.fit(train, ctx.cfg.ranker)
     importances = ranker.feature_importances(train)
     log.info(
         "feature importances: %s", json.dumps({k: round(v, 3) for k, v in importances.items()})
@@ -363,7 +423,8 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     info = {
         "train_rows": len(train),
         "train_users": int(train[C.User].nunique()),
-        "label_candidate_recall": cand_recall,
+        "label_candidate_recall": windows[0]["candidate_recall"],
+        "label_windows": windows,
         "feature_importances": importances,
     }
     return ranker, info

@@ -20,6 +20,18 @@ from musicrec.io import atomic_path
 
 log = logging.getLogger(__name__)
 TARGET = "target"
+#: which label window a training row comes from (0 = the newest); rows are grouped by
+#: (window, user), so one user in two windows is two queries
+WINDOW = "label_window"
+
+
+def group_ids(df: pd.DataFrame) -> np.ndarray:
+    """CatBoost query ids: the user, or (window, user) when rows carry `WINDOW`. Rows of a
+    query must be contiguous (as `sample_training_rows` leaves them within a window)."""
+    users = df[C.User].to_numpy().astype(np.int64)
+    if WINDOW not in df:
+        return users
+    return (df[WINDOW].to_numpy().astype(np.int64) << 32) | (users & 0xFFFFFFFF)
 
 
 def label_candidates(cand: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +91,7 @@ class Ranker:
         pool = Pool(
             train[FEATURES],
             label=train[TARGET].to_numpy(),
-            group_id=train[C.User].to_numpy(),
+            group_id=group_ids(train),
             cat_features=CAT_FEATURES,
         )
         model.fit(pool)
@@ -98,7 +110,7 @@ class Ranker:
         pool = Pool(
             data[FEATURES],
             label=data[TARGET].to_numpy(),
-            group_id=data[C.User].to_numpy(),
+            group_id=group_ids(data),
             cat_features=CAT_FEATURES,
         )
         vals = self.model.get_feature_importance(pool)  # type: ignore[attr-defined]

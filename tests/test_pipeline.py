@@ -24,7 +24,14 @@ from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.features import FEATURES
 from musicrec.matrix import InteractionMatrix
-from musicrec.pipeline import PipelineContext, StageCache, run_pipeline, train_ranker, tune_als
+from musicrec.pipeline import (
+    PipelineContext,
+    StageCache,
+    label_windows,
+    run_pipeline,
+    train_ranker,
+    tune_als,
+)
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
 
@@ -265,14 +272,16 @@ def _context(prepared: PreparedData, cfg: PipelineConfig, root: Path) -> Pipelin
     return ctx
 
 
+@pytest.mark.parametrize("windows", [1, 3])
 def test_ranker_training_and_tuning_never_read_the_test_window(
-    tiny_prepared: PreparedData, tmp_path: Path
+    tiny_prepared: PreparedData, tmp_path: Path, windows: int
 ) -> None:
     events, items = tiny_prepared.events, tiny_prepared.items
     start = pd.Timestamp("2022-12-10")
     cfg = fast_pipeline_config(
         split={"test_start": start.date()},
         als={**FAST_CONFIG["als"], "factors_grid": [4, 16], "iterations": 3},
+        ranker={**FAST_CONFIG["ranker"], "label_windows": windows},
     )
     ctx = _context(tiny_prepared, cfg, tmp_path / "a")
     ranker, info = train_ranker(ctx)
@@ -287,7 +296,8 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
     ranker2, info2 = train_ranker(ctx2)
     assert tune_als(ctx2) == params
 
-    for key in ("train_rows", "train_users", "label_candidate_recall"):
+    assert len(info["label_windows"]) == windows
+    for key in ("train_rows", "train_users", "label_candidate_recall", "label_windows"):
         assert info2[key] == info[key], key
     rng = np.random.default_rng(0)
     probe = pd.DataFrame({f: rng.normal(size=500) for f in FEATURES})
@@ -303,6 +313,43 @@ def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path
     assert len(lab.history) + len(lab.target) == len(test.history)
     m = InteractionMatrix.from_events(lab.history)
     assert m.users.ids.max() <= test.history[C.User].max()
+
+
+def test_label_windows_are_disjoint_newest_first_each_after_its_history(
+    tiny_prepared: PreparedData, tmp_path: Path
+) -> None:
+    cfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "label_windows": 3})
+    ctx = _context(tiny_prepared, cfg, tmp_path)
+    wins = [
+        (w.start, w.history[C.Datetime].max(), w.target[C.Datetime]) for w in label_windows(ctx)
+    ]
+    assert len(wins) == 3
+    later = ctx.test.start
+    for start, hist_max, target in wins:
+        assert hist_max < start <= target.min()  # features only from before the window
+        assert target.max() < later  # ends before the next (newer) window, or the test
+        later = start
+
+
+def test_label_windows_stop_early_when_the_history_runs_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # three days: test = day 3, label window 0 = day 2, nothing left to split day 1
+    days = pd.to_datetime(["2022-01-01", "2022-01-02", "2022-01-03"])
+    events = pd.DataFrame(
+        {
+            C.User: np.repeat(np.arange(4, dtype=np.int32), 3),
+            C.Item: np.arange(12, dtype=np.int32) % 5,
+            C.Datetime: np.tile(days, 4),
+            C.Seq: np.tile(np.arange(1, 4, dtype=np.int16), 4),
+        }
+    )
+    cfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "label_windows": 4})
+    ctx = _context(PreparedData(pd.DataFrame(), events, {}), cfg, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="musicrec.pipeline"):
+        wins = list(label_windows(ctx))
+    assert [w.start for w in wins] == [days[1]]
+    assert "1 label windows instead of 4" in caplog.text
 
 
 # -------------------------------------------------------------------------- config

@@ -13,7 +13,9 @@ from musicrec.config import RankerConfig
 from musicrec.features import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
 from musicrec.ranker import (
     TARGET,
+    WINDOW,
     Ranker,
+    group_ids,
     label_candidates,
     rank_candidates,
     sample_training_rows,
@@ -185,3 +187,29 @@ def test_rank_candidates_random_properties() -> None:
         assert g[C.Rank].tolist() == list(range(1, len(g) + 1))
         best = np.sort(full.loc[full[C.User] == u, "s"].to_numpy())[::-1][: len(g)]
         assert np.allclose(g[C.Score].to_numpy(), best)
+
+
+# ------------------------------------------------------------------ pooled windows
+
+
+def test_group_ids_separate_one_user_in_two_windows() -> None:
+    df = pd.DataFrame({C.User: [5, 5, 9, 5, 5], WINDOW: [0, 0, 0, 1, 1]})
+    g = group_ids(df)
+    assert g[0] == g[1] and g[3] == g[4]  # same user, same window: one query
+    assert g[0] != g[3]  # same user, another window: another query
+    assert len(set(g.tolist())) == 3
+    # without the column a query is a user
+    assert group_ids(df.drop(columns=WINDOW)).tolist() == [5, 5, 9, 5, 5]
+
+
+def test_pooled_windows_train_one_query_per_window_and_user() -> None:
+    a = synthetic_rows(seed=1)
+    b = a.copy()  # the same users again, in an earlier window
+    b[TARGET] = np.random.default_rng(2).permutation(b[TARGET].to_numpy())
+    pooled = pd.concat([a.assign(**{WINDOW: 0}), b.assign(**{WINDOW: 1})], ignore_index=True)
+    ranker = Ranker.fit(pooled, FAST)
+    imp = ranker.feature_importances(pooled)
+    assert set(imp) == set(FEATURES)
+    # CatBoost would reject a query id that is split over non-contiguous rows, and with
+    # user-only ids the two windows of a user would merge into one query of 2x the rows
+    assert len(np.unique(group_ids(pooled))) == 2 * a[C.User].nunique()
