@@ -70,6 +70,14 @@ def table(name: str, metrics: dict) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for model, row in t.iterrows():
         lines.append("| " + " | ".join([str(model), *map(str, row.tolist())]) + " |")
+    comp = metrics.get("comparisons") or {}
+    if comp:
+        ct = metrics_table(comp)
+        lines += ["", "Paired differences over the same warm users (mean ± paired stderr):", ""]
+        cols = ["comparison", *ct.columns]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for model, row in ct.iterrows():
+            lines.append("| " + " | ".join([str(model), *map(str, row.tolist())]) + " |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "metrics_table",
     "ndcg_at_k",
     "novelty_unseen_at_k",
+    "paired_difference",
     "per_user_metrics",
     "precision_at_k",
     "recall_at_k",
@@ -635,6 +636,18 @@ def summarize(values: npt.ArrayLike) -> dict[str, float | int | None]:
     mean = float(v.mean()) if n else None
     stderr = float(v.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
     return {"mean": mean, "stderr": stderr, "n_users": n}
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float | int | None]:
+    """Mean and standard error of the per-user difference a - b (two models' values of one
+    metric, indexed by user), over the users both have (NaN dropped).
+
+    diff_u = a_u - b_u; mean = sum(diff_u) / n; stderr = std(diff, ddof=1) / sqrt(n). The
+    two models are scored on the same users, so this is the error of the comparison: with
+    correlated per-user values it is much smaller than either model's own stderr.
+    """
+    joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
+    return summarize((joined["a"] - joined["b"]).to_numpy())
 
 
 def evaluate(

@@ -488,6 +488,7 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
+    comparisons = compare_models(ctx, warm, popular, stage)
     # candidate recall, in user batches (bounded memory): hits and test pairs are summed
     target = test.target[[C.User, C.Item]]
     target = target[target[C.User].isin(warm)].drop_duplicates()
@@ -521,8 +522,40 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     )
     log.info("evaluation (test window from %s):\n%s", test.start.date(), table.to_string())
     log.info("candidates: %s", json.dumps(diag))
+    log.info("paired differences (mean ± stderr over warm users): %s", json.dumps(comparisons))
     draw_metrics(warm_results, ctx.paths.pictures_dir / "metrics_comparison.png")
-    return {"warm": warm_results, "cold": cold_results, "candidates": diag}
+    return {
+        "warm": warm_results,
+        "cold": cold_results,
+        "comparisons": comparisons,
+        "candidates": diag,
+    }
+
+
+def compare_models(
+    ctx: PipelineContext, warm: np.ndarray, popular: pd.DataFrame, stage: FirstStage
+) -> dict[str, dict[str, Any]]:
+    """The ranker minus each baseline, per warm user, on NDCG@k and Recall@k: the mean
+    difference and its paired standard error (`paired_difference`)."""
+    from musicrec.metrics import paired_difference, per_user_metrics
+
+    e = ctx.cfg.eval
+    kmax = max(e.k_precision, e.k_ndcg)
+    cols = [f"ndcg@{e.k_ndcg}", f"recall@{e.k_precision}"]
+
+    def per_user(recs: pd.DataFrame) -> pd.DataFrame:
+        return per_user_metrics(recs, ctx.test.target, None, e.k_precision, e.k_ndcg, warm)
+
+    ranker = per_user(pd.read_parquet(ctx.paths.recommendations))
+    baselines = {
+        "als": pd.read_parquet(ctx.paths.personal_als),
+        "top_popular": recommend_popular(popular, stage.matrix, warm, kmax),
+    }
+    out = {}
+    for name, recs in baselines.items():
+        base = per_user(recs)
+        out[f"ranker-{name}"] = {c: paired_difference(ranker[c], base[c]) for c in cols}
+    return out
 
 
 def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
@@ -643,6 +676,7 @@ def collect_metrics(ctx: PipelineContext) -> dict[str, Any]:
         "ranker": dict(r["ranker"]),
         "warm": r["evaluate"]["warm"],
         "cold": r["evaluate"]["cold"],
+        "comparisons": r["evaluate"].get("comparisons", {}),
         "candidates": r["evaluate"]["candidates"],
         "final_fit": ctx.cfg.final_fit,
         "stage_seconds": ctx.seconds,

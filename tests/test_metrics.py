@@ -215,6 +215,27 @@ def test_summarize() -> None:
     assert M.summarize([5.0]) == {"mean": 5.0, "stderr": None, "n_users": 1}
 
 
+def test_paired_difference_by_hand() -> None:
+    # users 1..4; user 4 only in `a`, user 3 NaN in `b`: both dropped -> users 1, 2
+    a = pd.Series([0.5, 0.2, 0.9, 1.0], index=[1, 2, 3, 4])
+    b = pd.Series([0.1, 0.4, np.nan], index=[2, 1, 3])
+    # diffs: user 1 0.5 - 0.4 = 0.1, user 2 0.2 - 0.1 = 0.1 -> mean 0.1, std 0
+    assert M.paired_difference(a, b) == {
+        "mean": pytest.approx(0.1),
+        "stderr": pytest.approx(0.0, abs=1e-12),
+        "n_users": 2,
+    }
+    # diffs 1, 0, -1 over three users: mean 0, std(ddof=1) 1, stderr 1/sqrt(3), while each
+    # series alone has stderr 1/sqrt(3) too: the pairing is what the comparison needs
+    x = pd.Series([3.0, 2.0, 1.0])
+    y = pd.Series([2.0, 2.0, 2.0])
+    d = M.paired_difference(x, y)
+    assert d["mean"] == pytest.approx(0.0) and d["stderr"] == pytest.approx(1 / math.sqrt(3))
+    # correlated values: a constant shift has zero paired error whatever the spread
+    z = pd.Series(np.linspace(0, 1, 50))
+    assert M.paired_difference(z + 0.05, z)["stderr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_metrics_table() -> None:
     res = {
         "als": M.evaluate(RECS, TEST, HISTORY, 100),

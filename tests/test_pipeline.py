@@ -120,6 +120,15 @@ def test_metrics_json(tiny_pipeline: TinyPipeline) -> None:
             assert res[metric]["n_users"] == s["test_warm_users"]
             assert 0.0 <= res[metric]["mean"] <= 1.0
     assert m["cold"]["top_popular"][f"precision@{k5}"]["n_users"] == s["test_cold_users"]
+    # paired differences: the mean difference equals the difference of the means
+    assert set(m["comparisons"]) == {"ranker-als", "ranker-top_popular"}
+    for name, diff in m["comparisons"].items():
+        base = name.split("-", 1)[1]
+        for metric in (f"ndcg@{k10}", f"recall@{k5}"):
+            want = m["warm"]["ranker"][metric]["mean"] - m["warm"][base][metric]["mean"]
+            assert diff[metric]["mean"] == pytest.approx(want, abs=1e-12), (name, metric)
+            assert diff[metric]["n_users"] == s["test_warm_users"]
+            assert diff[metric]["stderr"] is not None and diff[metric]["stderr"] >= 0
     assert m["final_fit"] == "before_test"
     assert set(m["als_params"]) == {"factors", "regularization", "alpha"}
     assert m["ranker"]["train_rows"] > 0 and 0 < m["ranker"]["label_candidate_recall"] <= 1
