@@ -53,12 +53,28 @@ class FirstStage:
         als_cfg: ALSConfig,
         sim_cfg: SimilarConfig,
         num_threads: int = 0,
+        similar_for: tuple[np.ndarray, int] | None = None,
     ) -> FirstStage:
+        """Fit ALS and similar tracks on `history`. With `similar_for = (users, n)`, similar
+        tracks are computed only for the `n` latest tracks of `users` (all a ranker over
+        those users' candidates reads), not for every track."""
         matrix = InteractionMatrix.from_events(history)
         als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
         scored = top_item_codes(matrix, als_cfg.max_scored_items)
+        queries = None
+        if similar_for is not None:
+            users, n = similar_for
+            latest = latest_tracks(history, n)
+            latest = latest[latest[C.User].isin(users)]
+            queries = als.items.codes(latest[C.Item].unique())
+            queries = queries[queries >= 0]
         sim = similar_tracks(
-            als, sim_cfg.k, sim_cfg.batch_size, num_threads=num_threads, items=scored
+            als,
+            sim_cfg.k,
+            sim_cfg.batch_size,
+            num_threads=num_threads,
+            items=scored,
+            queries=queries,
         )
         stage = cls(history, end, matrix, als, listeners_per_track(history), sim)
         stage.cache["scored_items"] = scored

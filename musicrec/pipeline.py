@@ -351,8 +351,15 @@ def window_training_rows(
     """Training rows of one label window: a first stage fit on the history before it,
     its candidates labelled by the window, the sampled rows with their features."""
     rcfg = ctx.cfg.ranker
-    stage = FirstStage.fit(lab.history, lab.start, ctx.als_cfg(), ctx.cfg.similar)
-    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    users = np.intersect1d(lab.target[C.User].unique(), lab.history[C.User].unique())
+    # similar tracks only for what the candidates read: the label users' latest tracks
+    stage = FirstStage.fit(
+        lab.history,
+        lab.start,
+        ctx.als_cfg(),
+        ctx.cfg.similar,
+        similar_for=(users, rcfg.recent_tracks),
+    )
     # label-window pairs of those users, sorted by user so each batch takes a slice
     target = lab.target[[C.User, C.Item]].drop_duplicates()
     target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")

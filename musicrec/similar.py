@@ -22,11 +22,14 @@ def similar_tracks(
     batch_size: int = 4096,
     num_threads: int = 0,
     items: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """track_id_1, track_id_2, score (cosine), rank for every item of `model`.
 
     `items` (sorted item codes), if given, restricts the similar tracks proposed (not the
-    tracks queried) to those items (see `musicrec.als.top_item_codes`)."""
+    tracks queried) to those items (see `musicrec.als.top_item_codes`). `queries` (item
+    codes), if given, restricts the tracks queried (track_id_1) to those: a first stage
+    that only needs the neighbours of some users' latest tracks computes only those."""
     from implicit.cpu.topk import topk
 
     f = model.item_factors
@@ -39,12 +42,13 @@ def similar_tracks(
     if items is not None:
         target_pos[items] = np.arange(len(items))
     k = min(k, len(targets) - 1)
-    if k <= 0:
+    if k <= 0 or (queries is not None and len(queries) == 0):
         return pd.DataFrame({C.Item1: [], C.Item2: [], C.Score: [], C.Rank: []})
     frames = []
+    query_codes = np.arange(n) if queries is None else np.unique(np.asarray(queries, np.int64))
     with threadpool_limits(1, "blas"):
-        for start in range(0, n, batch_size):
-            idx = np.arange(start, min(start + batch_size, n))
+        for start in range(0, len(query_codes), batch_size):
+            idx = query_codes[start : start + batch_size]
             # filter each query's own item (no self-pairs)
             own = target_pos[idx]
             has = own >= 0

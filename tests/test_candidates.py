@@ -60,6 +60,25 @@ def test_first_stage_is_fit_on_history_only(stage: FirstStage, split: Split) -> 
     assert set(stage.similar[C.Item1]) <= set(stage.matrix.items.ids.tolist())
 
 
+def test_first_stage_similar_for_some_users_gives_them_the_same_candidates(
+    stage: FirstStage, split: Split
+) -> None:
+    users = np.intersect1d(split.target[C.User].unique(), split.history[C.User].unique())[:15]
+    n = RANKER_CFG.recent_tracks
+    part = FirstStage.fit(
+        split.history, split.start, ALS_CFG, SIM_CFG, num_threads=1, similar_for=(users, n)
+    )
+    latest = latest_tracks(split.history, n)
+    assert set(part.similar[C.Item1]) <= set(latest[latest[C.User].isin(users)][C.Item])
+    assert part.similar[C.Item1].nunique() < stage.similar[C.Item1].nunique()
+    # ALS is fit with the same seed on the same matrix: the same similar lists for them
+    full_sim = similar_to_latest(stage, users, n, RANKER_CFG.similar_candidates)
+    part_sim = similar_to_latest(part, users, n, RANKER_CFG.similar_candidates)
+    pd.testing.assert_frame_equal(
+        full_sim[[C.User, C.Item, C.Rank]], part_sim[[C.User, C.Item, C.Rank]]
+    )
+
+
 def test_first_stage_rejects_history_reaching_its_end(stage: FirstStage, split: Split) -> None:
     leaky = pd.concat([stage.history, split.target.head(1)])
     with pytest.raises(ValueError, match="on or after its end"):

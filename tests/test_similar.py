@@ -62,6 +62,23 @@ def test_similar_tracks_match_brute_force_cosine() -> None:
         assert np.allclose(got, best, atol=1e-5)
 
 
+def test_queries_restrict_the_tracks_queried_not_their_neighbours() -> None:
+    model = random_model(50, seed=3)
+    full = similar_tracks(model, 6, batch_size=4, num_threads=1)
+    queries = np.array([7, 0, 31, 7, 12])  # codes, unsorted, with a repeat
+    part = similar_tracks(model, 6, batch_size=4, num_threads=1, queries=queries)
+    want_ids = set(model.items.ids[np.unique(queries)].tolist())
+    assert set(part[C.Item1]) == want_ids
+    # exactly the rows of those tracks in the full table (neighbours from every track)
+    expect = full[full[C.Item1].isin(want_ids)].sort_values([C.Item1, C.Rank])
+    got = part.sort_values([C.Item1, C.Rank])
+    assert got[[C.Item1, C.Item2, C.Rank]].to_numpy().tolist() == (
+        expect[[C.Item1, C.Item2, C.Rank]].to_numpy().tolist()
+    )
+    assert np.allclose(got[C.Score], expect[C.Score], atol=1e-6)
+    assert len(similar_tracks(model, 6, num_threads=1, queries=np.array([], int))) == 0
+
+
 def test_k_capped_by_catalogue_and_degenerate_models() -> None:
     model = random_model(5)
     sim = similar_tracks(model, 50, num_threads=1)
