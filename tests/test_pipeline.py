@@ -22,6 +22,7 @@ from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
+from musicrec.errors import DataValidationError
 from musicrec.features import FEATURES
 from musicrec.matrix import InteractionMatrix
 from musicrec.pipeline import (
@@ -359,6 +360,20 @@ def test_label_windows_stop_early_when_the_history_runs_out(
         wins = list(label_windows(ctx))
     assert [w.start for w in wins] == [days[1]]
     assert "1 label windows instead of 4" in caplog.text
+
+
+def test_no_positive_training_row_is_a_clear_error(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import musicrec.pipeline as pipeline_module
+
+    def no_rows(ctx: PipelineContext, lab: object, w: int) -> tuple[pd.DataFrame, dict]:
+        return pd.DataFrame({C.User: pd.Series([], dtype=np.int32)}), {"candidate_recall": 0.0}
+
+    monkeypatch.setattr(pipeline_module, "window_training_rows", no_rows)
+    ctx = _context(tiny_prepared, fast_pipeline_config(), tmp_path)
+    with pytest.raises(DataValidationError, match="no positive training row"):
+        train_ranker(ctx)
 
 
 # -------------------------------------------------------------------------- config
