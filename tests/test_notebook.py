@@ -203,6 +203,9 @@ def test_notebook_ends_with_the_metrics_table(executed: Executed) -> None:
     text = text_of(code_cells(executed.nb.cells[: executed.n_cells])[-1])
     for expected in ("warm/ranker", "warm/als", "warm/top_popular", "ndcg@10", "n_users"):
         assert expected in text, f"{expected!r} missing from the last cell's output"
+    before = text_of(code_cells(executed.nb.cells[: executed.n_cells])[-2])
+    for expected in ("ranker-als", "ranker-top_popular", "recall@5"):
+        assert expected in before, f"{expected!r} missing from the comparisons cell's output"
 
 
 @pytest.mark.slow
