@@ -187,6 +187,46 @@ def similar_to_latest(stage: FirstStage, users: np.ndarray, n_latest: int, n: in
     return pairs.reset_index(drop=True)
 
 
+def _pair_keys(df: pd.DataFrame) -> np.ndarray:
+    """(user, track) as one int64: user in the high 32 bits, track in the low 32 (both
+    int32 ids, so the keys sort like (user, track) for non-negative track ids)."""
+    u = df[C.User].to_numpy().astype(np.int64)
+    i = df[C.Item].to_numpy().astype(np.int64)
+    return (u << 32) | (i & 0xFFFFFFFF)
+
+
+def outer_join_pairs(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Full outer join of frames on (user_id, track_id), each with unique pairs: one row
+    per pair present in any part, sorted by (user, track), the other columns of every part
+    as float64 (NaN where that part lacks the pair).
+
+    The same rows as chained `merge(how="outer")` calls, several times faster: one sort of
+    int64 pair keys and a `searchsorted` per part instead of pandas' key factorisation."""
+    keys = np.concatenate([_pair_keys(p) for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, bool)
+    uniq = sorted_keys[first]
+    slot = np.empty(len(keys), dtype=np.int64)  # row of the output for each input row
+    slot[order] = np.cumsum(first) - 1
+    del order, sorted_keys
+    out: dict[str, np.ndarray] = {
+        C.User: (uniq >> 32).astype(np.int32),
+        C.Item: (uniq & 0xFFFFFFFF).astype(np.uint32).astype(np.int32),
+    }
+    start = 0
+    for part in parts:
+        pos = slot[start : start + len(part)]
+        start += len(part)
+        for col in part.columns:
+            if col in (C.User, C.Item):
+                continue
+            values = np.full(len(uniq), np.nan)
+            values[pos] = part[col].to_numpy(dtype=np.float64)
+            out[col] = values
+    return pd.DataFrame(out)
+
+
 def generate_candidates(stage: FirstStage, users: np.ndarray, cfg: RankerConfig) -> pd.DataFrame:
     """One row per (user, track) proposed by any source, for users with history.
 
@@ -207,9 +247,7 @@ def generate_candidates(stage: FirstStage, users: np.ndarray, cfg: RankerConfig)
                 [C.User, C.Item, "sim_rank", "sim_source_score"]
             ]
         )
-    cand = parts[0]
-    for p in parts[1:]:
-        cand = cand.merge(p, on=[C.User, C.Item], how="outer")
+    cand = outer_join_pairs(parts)
     for src, col in ((SRC_ALS, "als_rank"), (SRC_POP, "pop_rank"), (SRC_SIM, "sim_rank")):
         cand[src] = cand[col].notna().astype(np.int8) if col in cand else np.int8(0)
         if col not in cand:

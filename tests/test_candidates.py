@@ -15,6 +15,7 @@ from musicrec.candidates import (
     FirstStage,
     generate_candidates,
     latest_tracks,
+    outer_join_pairs,
     similar_to_latest,
 )
 from musicrec.columns import Columns as C
@@ -189,3 +190,31 @@ def test_similar_to_latest_matches_a_naive_computation(stage: FirstStage) -> Non
         # the kept scores are the n best, each the max over the latest tracks
         assert np.allclose(mine[C.Score], np.sort(best.to_numpy())[::-1][: len(mine)])
         assert np.allclose(mine[C.Score], best[mine[C.Item]].to_numpy())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_outer_join_pairs_equals_chained_pandas_merges(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+
+    def part(n: int, col: str, extra: str | None = None) -> pd.DataFrame:
+        pairs = np.unique(rng.integers(0, [40, 30], size=(n, 2)), axis=0)
+        df = pd.DataFrame({C.User: pairs[:, 0], C.Item: pairs[:, 1]}).astype(np.int32)
+        df[col] = rng.integers(1, 100, len(df)).astype(np.int16)
+        if extra:
+            df[extra] = rng.random(len(df)).astype(np.float32)
+        return df.sample(frac=1.0, random_state=seed)  # unsorted input
+
+    parts = [part(300, "als_rank"), part(200, "pop_rank"), part(250, "sim_rank", "sim_score")]
+    if seed == 2:
+        parts[1] = parts[1].iloc[:0]  # an empty source
+    want = parts[0]
+    for p in parts[1:]:
+        want = want.merge(p, on=[C.User, C.Item], how="outer")
+    want = want.sort_values([C.User, C.Item]).reset_index(drop=True)
+    got = outer_join_pairs(parts)
+    assert got[C.User].dtype == np.int32 and got[C.Item].dtype == np.int32
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    # large ids survive the 64-bit pair key
+    big = pd.DataFrame({C.User: [2**31 - 1], C.Item: [2**31 - 2], "x": [1]}).astype(np.int32)
+    one = outer_join_pairs([big])
+    assert one[C.User].tolist() == [2**31 - 1] and one[C.Item].tolist() == [2**31 - 2]
