@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
 from musicrec.config import load_config  # noqa: E402
 from musicrec.logs import setup_logging  # noqa: E402
 from musicrec.metrics import metrics_table  # noqa: E402
@@ -66,19 +68,21 @@ def table(name: str, metrics: dict) -> str:
         f"candidate recall on the test window {cand['test_candidate_recall']:.3f} "
         f"({cand['candidates_per_user']:.0f} candidates per user)\n\n"
     )
-    cols = ["model", *t.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for model, row in t.iterrows():
-        lines.append("| " + " | ".join([str(model), *map(str, row.tolist())]) + " |")
+    lines = markdown(t, "model")
     comp = metrics.get("comparisons") or {}
     if comp:
-        ct = metrics_table(comp)
         lines += ["", "Paired differences over the same warm users (mean ± paired stderr):", ""]
-        cols = ["comparison", *ct.columns]
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for model, row in ct.iterrows():
-            lines.append("| " + " | ".join([str(model), *map(str, row.tolist())]) + " |")
+        lines += markdown(metrics_table(comp), "comparison")
     return head + "\n".join(lines) + "\n"
+
+
+def markdown(t: pd.DataFrame, index_name: str) -> list[str]:
+    """`t` (index = row names) as the lines of a markdown table."""
+    cols = [index_name, *t.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, row in t.iterrows():
+        lines.append("| " + " | ".join([str(name), *map(str, row.tolist())]) + " |")
+    return lines
 
 
 def main() -> None:

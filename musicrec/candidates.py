@@ -17,7 +17,7 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
-from musicrec.matrix import InteractionMatrix, seen_mask
+from musicrec.matrix import InteractionMatrix, pair_keys, seen_mask
 from musicrec.popular import listeners_per_track, recommend_popular
 from musicrec.similar import similar_tracks
 
@@ -61,12 +61,12 @@ class FirstStage:
         matrix = InteractionMatrix.from_events(history)
         als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
         scored = top_item_codes(matrix, als_cfg.max_scored_items)
-        queries = None
+        queries, latest = None, None
         if similar_for is not None:
             users, n = similar_for
             latest = latest_tracks(history, n)
-            latest = latest[latest[C.User].isin(users)]
-            queries = als.items.codes(latest[C.Item].unique())
+            mine = latest[C.Item].to_numpy()[latest[C.User].isin(users).to_numpy()]
+            queries = als.items.codes(np.unique(mine))
             queries = queries[queries >= 0]
         sim = similar_tracks(
             als,
@@ -78,6 +78,8 @@ class FirstStage:
         )
         stage = cls(history, end, matrix, als, listeners_per_track(history), sim)
         stage.cache["scored_items"] = scored
+        if similar_for is not None:  # what `latest_for_users` would compute again
+            stage.cache[("latest_tracks", similar_for[1])] = latest
         return stage
 
 
@@ -187,22 +189,19 @@ def similar_to_latest(stage: FirstStage, users: np.ndarray, n_latest: int, n: in
     return pairs.reset_index(drop=True)
 
 
-def _pair_keys(df: pd.DataFrame) -> np.ndarray:
-    """(user, track) as one int64: user in the high 32 bits, track in the low 32 (both
-    int32 ids, so the keys sort like (user, track) for non-negative track ids)."""
-    u = df[C.User].to_numpy().astype(np.int64)
-    i = df[C.Item].to_numpy().astype(np.int64)
-    return (u << 32) | (i & 0xFFFFFFFF)
-
-
 def outer_join_pairs(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Full outer join of frames on (user_id, track_id), each with unique pairs: one row
     per pair present in any part, sorted by (user, track), the other columns of every part
     as float64 (NaN where that part lacks the pair).
 
-    The same rows as chained `merge(how="outer")` calls, several times faster: one sort of
-    int64 pair keys and a `searchsorted` per part instead of pandas' key factorisation."""
-    keys = np.concatenate([_pair_keys(p) for p in parts]) if parts else np.zeros(0, np.int64)
+    The same rows as chained `merge(how="outer")` calls, faster: one stable sort of the
+    parts' int64 (user, track) keys (`pair_keys`) gives every input row its output row,
+    instead of pandas' key factorisation per merge."""
+    keys = (
+        np.concatenate([pair_keys(p[C.User].to_numpy(), p[C.Item].to_numpy()) for p in parts])
+        if parts
+        else np.zeros(0, np.int64)
+    )
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, bool)

@@ -15,6 +15,15 @@ import scipy.sparse as sp
 from musicrec.columns import Columns as C
 
 
+def pair_keys(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Two int32-range id arrays as one int64 key each: `high` in the upper 32 bits, `low`
+    in the lower 32. Keys sort like (high, low) when `low` is non-negative; decode with
+    `key >> 32` and `(key & 0xFFFFFFFF).astype(np.uint32).astype(np.int32)`."""
+    return (np.asarray(high).astype(np.int64) << 32) | (
+        np.asarray(low).astype(np.int64) & 0xFFFFFFFF
+    )
+
+
 @dataclass(frozen=True)
 class IdMap:
     """Sorted unique ids; code of an id = its position."""

@@ -332,17 +332,15 @@ def label_windows(ctx: PipelineContext) -> Iterator[Split]:
     early, with a warning, when the history left is too short to split or holds no warm
     users."""
     want = ctx.cfg.ranker.label_windows
-    split: Split | None = ctx.label
-    for w in range(want):
-        assert split is not None
-        yield split
-        if w + 1 == want:
-            return
+    split = ctx.label
+    yield split
+    for w in range(1, want):
         try:
-            split = ctx._split(split.history, None, ctx.cfg.split.label_share, f"label {w + 1}")
+            split = ctx._split(split.history, None, ctx.cfg.split.label_share, f"label {w}")
         except DataValidationError as exc:
-            log.warning("ranker: %d label windows instead of %d: %s", w + 1, want, exc)
+            log.warning("ranker: %d label windows instead of %d: %s", w, want, exc)
             return
+        yield split
 
 
 def window_training_rows(
@@ -351,15 +349,15 @@ def window_training_rows(
     """Training rows of one label window: a first stage fit on the history before it,
     its candidates labelled by the window, the sampled rows with their features."""
     rcfg = ctx.cfg.ranker
-    users = np.intersect1d(lab.target[C.User].unique(), lab.history[C.User].unique())
     # similar tracks only for what the candidates read: the label users' latest tracks
     stage = FirstStage.fit(
         lab.history,
         lab.start,
         ctx.als_cfg(),
         ctx.cfg.similar,
-        similar_for=(users, rcfg.recent_tracks),
+        similar_for=(lab.target[C.User].unique(), rcfg.recent_tracks),
     )
+    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
     # label-window pairs of those users, sorted by user so each batch takes a slice
     target = lab.target[[C.User, C.Item]].drop_duplicates()
     target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")
@@ -481,11 +479,16 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         return evaluate(recs, test.target, test.history, catalog, e.k_precision, e.k_ndcg, users)
 
     popular = listeners_per_track(test.history)
-    warm_results = {
-        "top_popular": ev(recommend_popular(popular, stage.matrix, warm, kmax), warm),
-        "als": ev(pd.read_parquet(ctx.paths.personal_als), warm),
-        "ranker": ev(pd.read_parquet(ctx.paths.recommendations), warm),
+    warm_recs = {
+        "top_popular": recommend_popular(popular, stage.matrix, warm, kmax),
+        "als": pd.read_parquet(ctx.paths.personal_als),
+        "ranker": pd.read_parquet(ctx.paths.recommendations),
     }
+    warm_results = {name: ev(recs, warm) for name, recs in warm_recs.items()}
+    comparisons = compare_models(
+        warm_recs, test.target, warm, e.k_precision, e.k_ndcg, baselines=("als", "top_popular")
+    )
+    del warm_recs
     cold_recs = pd.DataFrame(
         {
             C.User: np.repeat(cold, kmax),
@@ -495,7 +498,6 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
-    comparisons = compare_models(ctx, warm, popular, stage)
     # candidate recall, in user batches (bounded memory): hits and test pairs are summed
     target = test.target[[C.User, C.Item]]
     target = target[target[C.User].isin(warm)].drop_duplicates()
@@ -540,28 +542,29 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
 
 
 def compare_models(
-    ctx: PipelineContext, warm: np.ndarray, popular: pd.DataFrame, stage: FirstStage
+    recs: dict[str, pd.DataFrame],
+    test: pd.DataFrame,
+    users: np.ndarray,
+    k_precision: int,
+    k_ndcg: int,
+    baselines: tuple[str, ...],
+    model: str = "ranker",
 ) -> dict[str, dict[str, Any]]:
-    """The ranker minus each baseline, per warm user, on NDCG@k and Recall@k: the mean
-    difference and its paired standard error (`paired_difference`)."""
+    """`model` minus each of `baselines` (keys of `recs`), per user of `users`, on
+    NDCG@k_ndcg and Recall@k_precision: the mean difference and its paired standard error
+    (`paired_difference`). Keys are "ranker-als" and so on, in the order of `baselines`."""
     from musicrec.metrics import paired_difference, per_user_metrics
 
-    e = ctx.cfg.eval
-    kmax = max(e.k_precision, e.k_ndcg)
-    cols = [f"ndcg@{e.k_ndcg}", f"recall@{e.k_precision}"]
+    cols = [f"ndcg@{k_ndcg}", f"recall@{k_precision}"]
 
-    def per_user(recs: pd.DataFrame) -> pd.DataFrame:
-        return per_user_metrics(recs, ctx.test.target, None, e.k_precision, e.k_ndcg, warm)
+    def per_user(name: str) -> pd.DataFrame:
+        return per_user_metrics(recs[name], test, None, k_precision, k_ndcg, users)
 
-    ranker = per_user(pd.read_parquet(ctx.paths.recommendations))
-    baselines = {
-        "als": pd.read_parquet(ctx.paths.personal_als),
-        "top_popular": recommend_popular(popular, stage.matrix, warm, kmax),
-    }
+    ours = per_user(model)
     out = {}
-    for name, recs in baselines.items():
-        base = per_user(recs)
-        out[f"ranker-{name}"] = {c: paired_difference(ranker[c], base[c]) for c in cols}
+    for name in baselines:
+        base = per_user(name)
+        out[f"{model}-{name}"] = {c: paired_difference(ours[c], base[c]) for c in cols}
     return out
 
 

@@ -17,6 +17,7 @@ from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.features import CAT_FEATURES, FEATURES
 from musicrec.io import atomic_path
+from musicrec.matrix import pair_keys
 
 log = logging.getLogger(__name__)
 TARGET = "target"
@@ -31,7 +32,7 @@ def group_ids(df: pd.DataFrame) -> np.ndarray:
     users = df[C.User].to_numpy().astype(np.int64)
     if WINDOW not in df:
         return users
-    return (df[WINDOW].to_numpy().astype(np.int64) << 32) | (users & 0xFFFFFFFF)
+    return pair_keys(df[WINDOW].to_numpy(), users)
 
 
 def label_candidates(cand: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
