@@ -10,6 +10,11 @@
   lets them read while the writer writes). Nothing blocks the event loop.
 * The whole history is kept; `(user_id, id)` is indexed, `id` grows with insertion order,
   so "latest k of a user" is an index range scan.
+* `RecentCache` keeps the latest `cache_depth` events of up to `cache_users` recently read
+  users in memory (LRU), so the hot read path (`latest`, k <= depth) is a dict lookup on
+  the event loop instead of a thread hop and a query. SQLite stays the only record: the
+  cache is filled from it on a miss and updated by the writer after each commit, and is
+  rebuilt from it after a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +73,95 @@ class StoreStats:
     opened_at: float = field(default_factory=time.time)
 
 
+@dataclass
+class _Recent:
+    """Cached latest events of one user: track ids oldest -> newest, and the id of the
+    newest event applied."""
+
+    tracks: list[int]
+    last_id: int
+
+
+class RecentCache:
+    """The latest `depth` track ids of up to `max_users` users, in memory, LRU-evicted.
+
+    Consistency with the database (every method takes one lock, briefly; it is used from
+    the event loop, the reader threads and the writer thread):
+
+    * the writer calls `apply(committed)` after every COMMIT (before the `add()` callers
+      are resumed, so a read after an acknowledged add sees it); events of cached users
+      are appended when their id is newer than the entry's `last_id` (ids grow with
+      insertion order), so an event the entry was filled with is never added twice;
+    * a miss is read from SQLite together with the highest event id of the same snapshot
+      (`snapshot_max`) and offered to `install`. If the writer has applied a commit newer
+      than the snapshot meanwhile, that commit may hold events of this user the snapshot
+      lacks (and `apply` skipped, as the user was not cached yet): the fill is refused and
+      the next read tries again. Otherwise every later commit reaches the entry by `apply`.
+    """
+
+    def __init__(self, max_users: int, depth: int) -> None:
+        if max_users < 1 or depth < 1:
+            raise ValueError("RecentCache needs max_users >= 1 and depth >= 1")
+        self.max_users = max_users
+        self.depth = depth
+        self._users: OrderedDict[int, _Recent] = OrderedDict()
+        self._lock = threading.Lock()
+        self._applied_id = 0
+        self.hits = 0
+        self.misses = 0
+        self.refused_fills = 0
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def get(self, user_id: int, k: int) -> list[int] | None:
+        """The user's latest `k` track ids, newest first, or None when not cached (or `k`
+        is deeper than the cache)."""
+        if k > self.depth:
+            return None
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._users.move_to_end(user_id)
+            self.hits += 1
+            return entry.tracks[-1 : -k - 1 : -1]
+
+    def install(self, user_id: int, rows: Sequence[tuple[int, int]], snapshot_max: int) -> bool:
+        """Cache a user read from SQLite: `rows` = (id, track_id) newest first, at least the
+        latest `depth` of the user (fewer if the user has fewer), read in the snapshot whose
+        highest event id is `snapshot_max`. False if refused (see the class docstring)."""
+        with self._lock:
+            if user_id in self._users:
+                return False  # already cached and kept current by `apply`
+            if self._applied_id > snapshot_max:
+                self.refused_fills += 1
+                return False
+            head = rows[: self.depth]
+            self._users[user_id] = _Recent(
+                [track for _, track in reversed(head)], head[0][0] if head else 0
+            )
+            if len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+            return True
+
+    def apply(self, committed: Sequence[tuple[int, int, int]]) -> None:
+        """Committed events `(id, user_id, track_id)` in id order (the writer's batch)."""
+        if not committed:
+            return
+        with self._lock:
+            for event_id, user_id, track_id in committed:
+                entry = self._users.get(user_id)
+                if entry is None or event_id <= entry.last_id:
+                    continue
+                entry.tracks.append(track_id)
+                entry.last_id = event_id
+                if len(entry.tracks) > 2 * self.depth:
+                    del entry.tracks[: -self.depth]
+            self._applied_id = max(self._applied_id, committed[-1][0])
+
+
 class EventStore:
     """SQLite event history with a single group-committing writer thread.
 
@@ -81,11 +176,15 @@ class EventStore:
         synchronous: Synchronous = "FULL",
         max_batch: int = 1000,
         readers: int = 2,
+        cache_users: int = 50_000,
+        cache_depth: int = 100,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_batch = max_batch
         self.n_readers = readers
+        #: None when `cache_users` is 0: every read goes to SQLite
+        self.cache = RecentCache(cache_users, cache_depth) if cache_users > 0 else None
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -187,7 +286,14 @@ class EventStore:
         return await asyncio.shield(fut)
 
     async def latest(self, user_id: int, k: int) -> list[int]:
-        """The user's `k` most recent track ids, newest first."""
+        """The user's `k` most recent track ids, newest first (from the cache when it holds
+        the user, without leaving the event loop)."""
+        if self._closed:
+            raise RuntimeError("event store is closed")
+        if self.cache is not None:
+            hit = self.cache.get(user_id, k)
+            if hit is not None:
+                return hit
         return await self._read(self._latest_sync, user_id, k)
 
     async def counts(self) -> dict[str, Any]:
@@ -205,6 +311,9 @@ class EventStore:
                 "uptime_s": round(time.time() - s.opened_at, 3),
                 "db_path": str(self.path),
                 "synchronous": self.synchronous,
+                "cache_users": len(self.cache) if self.cache is not None else 0,
+                "cache_hits": self.cache.hits if self.cache is not None else 0,
+                "cache_misses": self.cache.misses if self.cache is not None else 0,
             }
 
     # --- reads (reader threads) -----------------------------------------------------------
@@ -227,15 +336,22 @@ class EventStore:
         return conn
 
     def _latest_sync(self, user_id: int, k: int) -> list[int]:
-        rows = (
-            self._reader_conn()
-            .execute(
-                "SELECT track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                (user_id, k),
-            )
-            .fetchall()
-        )
-        return [r[0] for r in rows]
+        conn = self._reader_conn()
+        cache = self.cache
+        limit = max(k, cache.depth) if cache is not None else k
+        # one read transaction: the user's rows and the snapshot's highest id agree
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                "SELECT id, track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+            snapshot_max = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        finally:
+            conn.execute("COMMIT")
+        if cache is not None:
+            cache.install(user_id, rows, snapshot_max)
+        return [track for _, track in rows[:k]]
 
     # --- writes (writer thread) -----------------------------------------------------------
 
@@ -296,6 +412,10 @@ class EventStore:
                 self.stats.failed_commits += 1
             self._resolve(batch, None, exc)
             return
+        if self.cache is not None:
+            self.cache.apply(
+                [(i, ev.user_id, ev.track_id) for i, ev in zip(ids, batch, strict=True)]
+            )
         with self._stats_lock:
             s = self.stats
             s.events += len(batch)

@@ -6,9 +6,12 @@
   accepted.
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
-* `GET /stats` -> store counters (events, users, commits, mean group-commit size, ...).
+* `GET /stats` -> store counters (events, users, commits, mean group-commit size, cache
+  hits, ...).
 
-All database work happens on the store's threads; the handlers only await it.
+All database work happens on the store's threads; the handlers only await it. Reads of
+users whose latest events are cached (`settings.events_cache_users`) are answered from
+memory on the event loop.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class StatsResponse(BaseModel):
     uptime_s: float
     db_path: str
     synchronous: str
+    cache_users: int = Field(description="Users whose latest events are held in memory")
+    cache_hits: int = Field(description="`/get_events` answered from memory")
+    cache_misses: int = Field(description="`/get_events` of users not in memory (read from SQLite)")
 
 
 async def get_store(request: Request) -> EventStore:
@@ -122,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_service_logging(cfg)
-        store = EventStore(cfg.event_db_path)
+        store = EventStore(cfg.event_db_path, cache_users=cfg.events_cache_users)
         await asyncio.to_thread(store.open)
         app.state.store = store
         try:

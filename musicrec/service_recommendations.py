@@ -12,8 +12,8 @@
   `settings.request_budget_s`; the fallback is counted and logged.
 
 All answer `{"recs": [track_id, ...]}`. The artifacts are loaded once in the lifespan into
-numpy arrays with a `GroupedIndex` (user -> slice), and the upstream calls share one
-aiohttp session.
+numpy arrays with a `GroupedIndex` (user -> slice); the upstream calls go through one
+keep-alive connection pool per upstream (`musicrec.http_client.HttpPool`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import aiohttp
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
@@ -35,7 +34,7 @@ from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, cold_start, dedupe, merge_by_score
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
-from musicrec.http_client import UpstreamError, create_session, post_json
+from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
@@ -152,20 +151,24 @@ class OnlineFailure(Exception):
 
 
 class Upstreams:
-    """Calls to the event and similarity services over the shared session."""
+    """Calls to the event and similarity services, one connection pool each."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, settings: Settings, metrics: ServiceMetrics
-    ) -> None:
-        self.session = session
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.events_url = settings.events_base_url.rstrip("/") + "/get_events"
-        self.similar_url = settings.similar_base_url.rstrip("/") + "/similar_tracks_batch"
+        timeout = settings.upstream_timeout_s
+        self.pools = {
+            "events": HttpPool(settings.events_base_url, timeout_s=timeout),
+            "similar": HttpPool(settings.similar_base_url, timeout_s=timeout),
+        }
 
-    async def _call(self, upstream: str, url: str, **kwargs: Any) -> Any:
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+    async def _call(self, upstream: str, path: str, **kwargs: Any) -> Any:
         try:
-            data, seconds = await post_json(self.session, url, **kwargs)
+            data, seconds = await self.pools[upstream].post_json(path, **kwargs)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels(upstream, exc.kind).inc()
             raise OnlineFailure(upstream, exc.kind, exc.detail) from exc
@@ -174,7 +177,7 @@ class Upstreams:
 
     async def recent_events(self, user_id: int, k: int) -> list[int]:
         """The user's latest `k` track ids, newest first."""
-        data = await self._call("events", self.events_url, params={"user_id": user_id, "k": k})
+        data = await self._call("events", "/get_events", params={"user_id": user_id, "k": k})
         try:
             return [int(t) for t in data["events"]]
         except (KeyError, TypeError, ValueError) as exc:
@@ -183,7 +186,9 @@ class Upstreams:
 
     async def similar(self, seeds: list[int], k: int) -> list[tuple[list[int], list[float]]]:
         """`(track_ids, scores)` of each seed, in one batch call."""
-        data = await self._call("similar", self.similar_url, body={"track_ids": seeds, "k": k})
+        data = await self._call(
+            "similar", "/similar_tracks_batch", body={"track_ids": seeds, "k": k}
+        )
         try:
             sources = [(r["track_id_2"], r["score"]) for r in data["results"]]
             if len(sources) != len(seeds) or any(len(t) != len(s) for t, s in sources):
@@ -235,7 +240,7 @@ UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The recommendation app; artifacts and the HTTP session are set up in the lifespan."""
+    """The recommendation app; artifacts and the upstream pools are set up in the lifespan."""
     cfg = settings or get_settings()
     metrics = ServiceMetrics(SERVICE)
     fallback_log = RateLimitedLog(log)
@@ -255,15 +260,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             paths.top_popular,
             len(offline.popular),
         )
-        session = create_session(cfg)
-        app.state.upstreams = Upstreams(session, cfg, metrics)
+        upstreams = Upstreams(cfg, metrics)
+        app.state.upstreams = upstreams
         app.state.offline = offline
         try:
             yield
         finally:
             app.state.offline = None
             app.state.upstreams = None
-            await session.close()
+            await upstreams.close()
 
     app = FastAPI(
         title="musicrec recommendations",

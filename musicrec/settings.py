@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     events_url: str | None = Field(None, description="Default: http://{host}:{events_port}")
     event_db_path: Path = Field(Path("data/events.sqlite3"), description="Event history DB")
     events_api_key: SecretStr | None = Field(None, description="If set, /add_event needs it")
+    events_cache_users: int = Field(
+        50_000, ge=0, description="Users whose latest 100 events the event service keeps in memory"
+    )
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
     online_similar_k: int = Field(20, ge=1, le=200, description="Similar tracks per event")
     upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")

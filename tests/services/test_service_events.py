@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from musicrec.event_store import EventStore
+from musicrec.event_store import EventStore, RecentCache
 from musicrec.service_events import EVENTS_K_MAX, create_app
 from musicrec.settings import Settings
 
@@ -139,3 +139,96 @@ def test_store_rejects_adds_after_close(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(RuntimeError):
         asyncio.run(store.add(1, 1))
+
+
+# --- the in-memory cache of the latest events -------------------------------------------
+
+
+def test_recent_cache_install_get_apply_and_evict() -> None:
+    cache = RecentCache(max_users=2, depth=3)
+    assert cache.get(1, 2) is None and cache.misses == 1
+    # rows are (id, track) newest first, as read from SQLite; snapshot max id 12
+    assert cache.install(1, [(12, 120), (10, 100), (5, 50), (2, 20)], snapshot_max=12)
+    assert cache.get(1, 2) == [120, 100]
+    assert cache.get(1, 3) == [120, 100, 50]  # only `depth` kept
+    assert cache.get(1, 4) is None  # deeper than the cache: the caller reads SQLite
+    # a commit batch with an event the fill already had (id 12) and two new ones
+    cache.apply([(12, 1, 120), (13, 1, 130), (14, 2, 140)])
+    assert cache.get(1, 3) == [130, 120, 100]
+    assert cache.get(2, 1) is None  # user 2 was not cached: nothing invented for it
+    # a fill from a snapshot older than an applied commit may miss that commit: refused
+    assert not cache.install(2, [], snapshot_max=13)
+    assert cache.refused_fills == 1
+    assert cache.install(2, [], snapshot_max=14)  # empty history is cached too
+    assert cache.get(2, 3) == []
+    cache.get(1, 1)  # user 1 is now the most recently used
+    assert cache.install(3, [(15, 150)], snapshot_max=15)
+    assert len(cache) == 2 and cache.get(2, 1) is None  # user 2 evicted (least recent)
+    assert cache.get(1, 1) == [130] and cache.get(3, 1) == [150]
+
+
+def test_recent_cache_trims_long_histories() -> None:
+    cache = RecentCache(max_users=1, depth=2)
+    assert cache.install(1, [], snapshot_max=0)
+    cache.apply([(i, 1, i * 10) for i in range(1, 50)])
+    assert cache.get(1, 2) == [490, 480]
+    assert len(cache._users[1].tracks) <= 4
+
+
+def test_store_reads_after_adds_come_from_memory_and_match_sqlite(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "m.db", cache_users=100, cache_depth=100)
+    store.open()
+    try:
+
+        async def scenario() -> None:
+            assert await store.latest(1, 5) == []  # miss: read from SQLite, cached
+            for t in range(10):
+                await store.add(1, t)  # read-your-writes through the cache
+            assert await store.latest(1, 3) == [9, 8, 7]
+
+            # concurrent adds and reads of many users; every answer must be a prefix of
+            # the truth at some moment, and the final state must equal SQLite exactly
+            async def writer(u: int) -> None:
+                for t in range(30):
+                    await store.add(u, 1000 * u + t)
+
+            async def reader(u: int) -> None:
+                for _ in range(30):
+                    got = await store.latest(u, 10)
+                    assert got == sorted(got, reverse=True)
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(
+                *(writer(u) for u in range(2, 12)), *(reader(u) for u in range(2, 12))
+            )
+
+        asyncio.run(scenario())
+        assert store.cache is not None and store.cache.hits > 0
+        with sqlite3.connect(tmp_path / "m.db") as db:
+            for u in range(1, 12):
+                truth = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT track_id FROM events WHERE user_id=? ORDER BY id DESC LIMIT 20",
+                        (u,),
+                    )
+                ]
+                assert asyncio.run(store.latest(u, 20)) == truth
+                assert store.cache.get(u, 20) == truth  # cached, and current
+        assert asyncio.run(store.latest(1, 1000)) == list(range(9, -1, -1))  # deeper: SQLite
+        stats = asyncio.run(store.counts())
+        assert stats["cache_hits"] == store.cache.hits and stats["cache_users"] == 11
+    finally:
+        store.close()
+
+
+def test_store_without_cache_reads_sqlite(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "n.db", cache_users=0)
+    store.open()
+    try:
+        asyncio.run(store.add(4, 40))
+        assert store.cache is None
+        assert asyncio.run(store.latest(4, 5)) == [40]
+        assert asyncio.run(store.counts())["cache_users"] == 0
+    finally:
+        store.close()
