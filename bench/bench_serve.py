@@ -292,7 +292,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.only and name not in args.only:
                 continue
             fb0 = fallbacks(url["recommendations"])
+            spies = start_profilers(procs, name, args) if args.profile else []
             r = run_wrk(base, paths, args.duration, args.connections, workdir)
+            for spy in spies:
+                spy.wait(timeout=60)
             r["case"] = name
             r["fallbacks"] = fallbacks(url["recommendations"]) - fb0
             rows.append(r)
@@ -312,6 +315,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def start_profilers(procs: list[Any], case: str, args: argparse.Namespace) -> list[Any]:
+    """`py-spy record` (100 Hz, collapsed stacks) of each service during one case, written
+    to `<--profile>/<case>_<service>.txt`; the bare floor app is not profiled."""
+    args.profile.mkdir(parents=True, exist_ok=True)
+    venv_spy = Path(sys.executable).parent / "py-spy"
+    spy = shutil.which("py-spy") or (str(venv_spy) if venv_spy.exists() else None)
+    if spy is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    spies = []
+    for p in procs:
+        if p.name == "floor":
+            continue
+        out = args.profile / f"{case}_{p.name}.txt"
+        cmd = [spy, "record", "--pid", str(p.proc.pid), "--rate", "100", "--nonblocking"]
+        cmd += ["--duration", str(max(1, round(args.duration) - 1)), "--format", "raw"]
+        cmd += ["--output", str(out)]
+        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
 
 
 def recs_paths(users: list[int], k: int) -> list[str]:
@@ -385,6 +408,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--log-level", default="INFO", help="Services' log level")
     ap.add_argument("--smoke", action="store_true", help="1 s per case, 4 connections")
     ap.add_argument("--keep", action="store_true", help="Keep the work dir (service log)")
+    ap.add_argument(
+        "--profile", type=Path, help="Record each service with py-spy into this directory"
+    )
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.smoke:

@@ -80,8 +80,8 @@ def merge_by_score(
             prev = best.get(track)
             if prev is None or score > prev:
                 best[track] = score
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])  # stable: ties keep first-met order
-    return [track for track, _ in ranked[:k]]
+    # `sorted` is stable also with reverse=True: ties keep the first-met order
+    return sorted(best, key=best.__getitem__, reverse=True)[:k]
 
 
 def blend(
@@ -100,9 +100,20 @@ def blend(
     """
     if k <= 0:
         return []
-    recent_set = recent if isinstance(recent, set | frozenset) else set(recent)
-    merged = exclude(dedupe(interleave(online, offline)), recent_set)
-    return top_up(merged, popular, k, recent_set)
+    banned = recent if isinstance(recent, set | frozenset) else set(recent)
+    # one pass that stops at k: the same list as
+    # top_up(exclude(dedupe(interleave(online, offline)), banned), popular, k, banned)
+    out: list[int] = []
+    seen: set[int] = set()
+    for pair in zip_longest(online, offline, fillvalue=_MISSING):
+        for item in pair:
+            if item is _MISSING or item in seen or item in banned:
+                continue
+            seen.add(item)  # type: ignore[arg-type]
+            out.append(item)  # type: ignore[arg-type]
+            if len(out) >= k:
+                return out
+    return top_up(out, popular, k, banned)
 
 
 def cold_start(popular: Sequence[int], k: int) -> list[int]:

@@ -296,6 +296,21 @@ class EventStore:
                 return hit
         return await self._read(self._latest_sync, user_id, k)
 
+    async def latest_many(self, user_ids: Sequence[int], k: int) -> list[list[int]]:
+        """`latest(user, k)` of each user, in order: cached users from memory, the others
+        read together in one trip to a reader thread."""
+        if self._closed:
+            raise RuntimeError("event store is closed")
+        out: list[list[int] | None] = [
+            self.cache.get(u, k) if self.cache is not None else None for u in user_ids
+        ]
+        misses = [i for i, got in enumerate(out) if got is None]
+        if misses:
+            read = await self._read(self._latest_many_sync, [user_ids[i] for i in misses], k)
+            for i, events in zip(misses, read, strict=True):
+                out[i] = events
+        return [events or [] for events in out]
+
     async def counts(self) -> dict[str, Any]:
         """Counters for `/stats` (no table scan)."""
         with self._stats_lock:
@@ -352,6 +367,9 @@ class EventStore:
         if cache is not None:
             cache.install(user_id, rows, snapshot_max)
         return [track for _, track in rows[:k]]
+
+    def _latest_many_sync(self, user_ids: Sequence[int], k: int) -> list[list[int]]:
+        return [self._latest_sync(u, k) for u in user_ids]
 
     # --- writes (writer thread) -----------------------------------------------------------
 

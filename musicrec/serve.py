@@ -133,11 +133,13 @@ def uvicorn_command(spec: ServiceSpec, settings: Settings, port: int) -> list[st
     level = settings.log_level.lower()
     if level not in ("critical", "error", "warning", "info", "debug", "trace"):
         level = "info"
+    workers = settings.recs_workers if spec.port_field == "recs_port" else 1
     return [
         sys.executable,
         "-m",
         "uvicorn",
         spec.app,
+        *(["--workers", str(workers)] if workers > 1 else []),
         "--host",
         settings.host,
         "--port",

@@ -16,6 +16,7 @@ Nothing here has side effects at import.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -243,6 +244,13 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.upstream_batch = Histogram(
+            "upstream_batch_keys",
+            "Lookups (users, seed tracks) carried by one coalesced call to another service",
+            ["upstream"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -357,6 +365,15 @@ def install_common(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def freeze_startup_heap() -> None:
+    """Exclude everything allocated at start-up (modules, the app, loaded artifacts) from
+    the garbage collector's future passes (`gc.freeze`). A full collection of the ~70k
+    start-up objects takes tens of ms; under load it fired every few seconds and put
+    those pauses into the p99 latency. Call at the end of the lifespan's start-up."""
+    gc.collect()
+    gc.freeze()
+
+
 def not_ready(what: str) -> Exception:
     """The 503 raised by dependencies when the service has not finished starting."""
     from fastapi import HTTPException
@@ -425,6 +442,14 @@ def compact_ids(values: np.ndarray) -> np.ndarray:
     if values.size == 0 or (values.min() >= 0 and values.max() <= INT32_MAX):
         return values.astype(np.int32)
     return values.astype(np.int64)
+
+
+def json_integer(value: Any) -> Any:
+    """Only JSON numbers may be integers: `true` or `"5"` are refused instead of being read
+    as 1 or 5 (pydantic's lax mode); `5.0` is an integer in JSON Schema and is accepted."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON integer")
+    return value
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@
   accepted.
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
+* `POST /get_events_batch` with a JSON body `{"user_ids": [...], "k": ..}` (at most
+  `MAX_BATCH` ids) -> `{"results": [{"user_id", "events"}, ...]}`, one entry per requested
+  id in request order: the recommendation service's coalesced lookups.
 * `GET /stats` -> store counters (events, users, commits, mean group-commit size, cache
   hits, ...).
 
@@ -25,11 +28,12 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.responses import Response
 
 from musicrec.event_store import EventStore
 from musicrec.service_common import (
+    INT32_MAX,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -39,7 +43,9 @@ from musicrec.service_common import (
     TrackIdQuery,
     UserIdQuery,
     configure_service_logging,
+    freeze_startup_heap,
     install_common,
+    json_integer,
     not_ready,
 )
 from musicrec.settings import Settings, get_settings
@@ -49,6 +55,9 @@ log = logging.getLogger("musicrec.services.events")
 SERVICE = "events"
 #: the longest history one `/get_events` call returns
 EVENTS_K_MAX = 10_000
+#: the most users one `/get_events_batch` call may carry, and its body limit (bytes)
+MAX_BATCH = 500
+MAX_BATCH_BODY = 64 * 1024
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
@@ -65,6 +74,30 @@ class EventsResponse(BaseModel):
 
     events: list[int] = Field(examples=[[53404, 33311, 99262]])
     count: int = Field(description="Number of events in `events`")
+
+
+class EventsBatchRequest(BaseModel):
+    """Several users in one call."""
+
+    user_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]] = (
+        Field(max_length=MAX_BATCH, description=f"User ids (at most {MAX_BATCH})")
+    )
+    k: Annotated[int, BeforeValidator(json_integer)] = Field(
+        5, ge=1, le=EVENTS_K_MAX, description="Latest events per user"
+    )
+
+
+class EventsBatchItem(BaseModel):
+    """The latest events of one user, newest first (empty for a user without events)."""
+
+    user_id: int
+    events: list[int]
+
+
+class EventsBatchResponse(BaseModel):
+    """One entry per requested user, in request order."""
+
+    results: list[EventsBatchItem]
 
 
 class StatsResponse(BaseModel):
@@ -131,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = EventStore(cfg.event_db_path, cache_users=cfg.events_cache_users)
         await asyncio.to_thread(store.open)
         app.state.store = store
+        freeze_startup_heap()
         try:
             yield
         finally:
@@ -190,6 +224,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The user's latest `k` listened track ids, newest first."""
         events = await store.latest(user_id, k)
         return OrjsonResponse({"events": events, "count": len(events)})
+
+    @app.post(
+        "/get_events_batch",
+        response_model=EventsBatchResponse,
+        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
+        tags=["events"],
+        max_body_size=MAX_BATCH_BODY,
+    )
+    async def get_events_batch(store: StoreDep, req: EventsBatchRequest) -> Response:
+        """The latest `k` listened track ids of each user, newest first, in one round trip."""
+        events = await store.latest_many(req.user_ids, req.k)
+        results = [{"user_id": u, "events": e} for u, e in zip(req.user_ids, events, strict=True)]
+        return OrjsonResponse({"results": results})
 
     @app.get("/stats", response_model=StatsResponse, responses=NOT_READY_RESPONSES, tags=["events"])
     async def stats(store: StoreDep) -> Response:

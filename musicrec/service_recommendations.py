@@ -3,9 +3,11 @@
 * `POST /recommendations_offline` - the ranker's list (`recommendations.parquet`) of a user
   the pipeline saw; the most popular tracks (`top_popular.parquet`) for anyone else.
 * `POST /recommendations_online` - tracks similar to the user's latest listens: the latest
-  events come from the event service, their similar tracks from the similarity service in
-  one batch call, merged by score (max over seeds), without recently heard tracks; empty
-  when the user has no events; 503 when an upstream fails.
+  events come from the event service, their similar tracks from the similarity service,
+  merged by score (max over seeds), without recently heard tracks; empty when the user has
+  no events; 503 when an upstream fails. The lookups of concurrent requests are coalesced
+  into shared batch calls (`/get_events_batch`, `/similar_tracks_batch`; see
+  `musicrec.coalesce`).
 * `POST /recommendations` - `[online[0], offline[0], online[1], offline[1], ...]`, without
   duplicates or recently heard tracks, exactly `k` long (topped up from the popular list).
   If an upstream is down or slow it still answers 200 with the offline part within
@@ -32,6 +34,7 @@ from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, cold_start, dedupe, merge_by_score
+from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.http_client import HttpPool, UpstreamError
@@ -49,6 +52,7 @@ from musicrec.service_common import (
     compact_ids,
     configure_service_logging,
     fetch_artifacts_if_configured,
+    freeze_startup_heap,
     install_common,
     int_column,
     not_ready,
@@ -69,6 +73,9 @@ RECENT_WINDOW = 100
 ONLINE_BUDGET_SHARE = 0.75
 #: popular tracks kept as a Python list for top-ups (k + exclusions never need more)
 POPULAR_LIST_MAX = 20_000
+#: keys per coalesced upstream call (the upstreams accept 500 users / 200 seeds per call)
+EVENTS_BATCH = 200
+SIMILAR_BATCH = 200
 
 
 # --- offline data ----------------------------------------------------------------------
@@ -119,11 +126,16 @@ class OfflineRecs:
 
     def offline(self, user_id: int, k: int) -> list[int]:
         """The ranker's top `k` for a known user, else the cold-start answer."""
+        return dedupe(self.ranked(user_id, k))
+
+    def ranked(self, user_id: int, n: int) -> list[int]:
+        """The first `n` rows of the user's list as stored (not deduplicated: the blend
+        does that), or the popular list for an unknown user."""
         span = self.users.span(user_id)
         if span is None:
-            return cold_start(self.popular, k)
+            return cold_start(self.popular, n)
         start, stop = span
-        return dedupe(self.tracks[start : min(stop, start + k)].tolist())
+        return self.tracks[start : min(stop, start + n)].tolist()  # type: ignore[no-any-return]
 
 
 # --- online part -----------------------------------------------------------------------
@@ -145,13 +157,18 @@ class OnlineFailure(Exception):
         self.upstream = upstream
         self.kind = kind
         self.reason = f"{upstream}:{kind}"
+        self.detail = detail
         #: what the online part had gathered before failing (recent events, maybe)
         self.partial = OnlineResult()
         super().__init__(f"{self.reason} {detail}".strip())
 
 
+Similar = tuple[list[int], list[float]]
+
+
 class Upstreams:
-    """Calls to the event and similarity services, one connection pool each."""
+    """Calls to the event and similarity services: one connection pool each, and the
+    lookups of concurrent requests coalesced into batch calls."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
@@ -161,52 +178,68 @@ class Upstreams:
             "events": HttpPool(settings.events_base_url, timeout_s=timeout),
             "similar": HttpPool(settings.similar_base_url, timeout_s=timeout),
         }
+        self.events_k = max(settings.online_history_k, RECENT_WINDOW)
+        self.events: Coalescer[int, list[int]] = Coalescer(
+            self._fetch_events, max_batch=EVENTS_BATCH, max_in_flight=2
+        )
+        self.similar: Coalescer[int, Similar] = Coalescer(
+            self._fetch_similar, max_batch=SIMILAR_BATCH, max_in_flight=2
+        )
 
     async def close(self) -> None:
+        await self.events.close()
+        await self.similar.close()
         for pool in self.pools.values():
             await pool.close()
 
-    async def _call(self, upstream: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, upstream: str, path: str, keys: int, body: Any) -> Any:
         try:
-            data, seconds = await self.pools[upstream].post_json(path, **kwargs)
+            data, seconds = await self.pools[upstream].post_json(path, body=body)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels(upstream, exc.kind).inc()
             raise OnlineFailure(upstream, exc.kind, exc.detail) from exc
         self.metrics.upstream_latency.labels(upstream).observe(seconds)
+        self.metrics.upstream_batch.labels(upstream).observe(keys)
         return data
 
-    async def recent_events(self, user_id: int, k: int) -> list[int]:
-        """The user's latest `k` track ids, newest first."""
-        data = await self._call("events", "/get_events", params={"user_id": user_id, "k": k})
-        try:
-            return [int(t) for t in data["events"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            self.metrics.upstream_errors.labels("events", "bad_payload").inc()
-            raise OnlineFailure("events", "bad_payload", repr(exc)) from exc
+    def _bad_payload(self, upstream: str, exc: Exception) -> OnlineFailure:
+        self.metrics.upstream_errors.labels(upstream, "bad_payload").inc()
+        return OnlineFailure(upstream, "bad_payload", repr(exc))
 
-    async def similar(self, seeds: list[int], k: int) -> list[tuple[list[int], list[float]]]:
-        """`(track_ids, scores)` of each seed, in one batch call."""
-        data = await self._call(
-            "similar", "/similar_tracks_batch", body={"track_ids": seeds, "k": k}
-        )
+    async def _fetch_events(self, users: list[int]) -> dict[int, list[int]]:
+        """Latest `events_k` track ids of each user, newest first (one batch call)."""
+        body = {"user_ids": users, "k": self.events_k}
+        data = await self._call("events", "/get_events_batch", len(users), body)
         try:
-            sources = [(r["track_id_2"], r["score"]) for r in data["results"]]
-            if len(sources) != len(seeds) or any(len(t) != len(s) for t, s in sources):
-                raise ValueError("results do not match the request")
-            return sources
+            return {int(r["user_id"]): [int(t) for t in r["events"]] for r in data["results"]}
         except (KeyError, TypeError, ValueError) as exc:
-            self.metrics.upstream_errors.labels("similar", "bad_payload").inc()
-            raise OnlineFailure("similar", "bad_payload", repr(exc)) from exc
+            raise self._bad_payload("events", exc) from exc
 
-    async def online(self, user_id: int, k: int, out: OnlineResult) -> None:
+    async def _fetch_similar(self, seeds: list[int]) -> dict[int, Similar]:
+        """`(track_ids, scores)` of each seed (one batch call)."""
+        body = {"track_ids": seeds, "k": self.settings.online_similar_k}
+        data = await self._call("similar", "/similar_tracks_batch", len(seeds), body)
+        try:
+            out = {int(r["track_id"]): (r["track_id_2"], r["score"]) for r in data["results"]}
+            if any(len(t) != len(s) for t, s in out.values()):
+                raise ValueError("track and score lists differ in length")
+            return out
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._bad_payload("similar", exc) from exc
+
+    async def online(self, user_id: int, out: OnlineResult, k: int) -> None:
         """Fill `out`: latest events, then similar tracks of the distinct latest
         `online_history_k` of them, merged by best score without any recent track."""
         cfg = self.settings
-        out.recent = await self.recent_events(user_id, max(cfg.online_history_k, RECENT_WINDOW))
-        seeds = dedupe(out.recent)[: cfg.online_history_k]
-        if not seeds:
-            return
-        sources = await self.similar(seeds, cfg.online_similar_k)
+        try:
+            out.recent = await self.events.get(user_id)
+            seeds = dedupe(out.recent)[: cfg.online_history_k]
+            if not seeds:
+                return
+            sources = await self.similar.get_many(seeds)
+        except MissingKey as exc:
+            upstream = "similar" if out.recent else "events"
+            raise self._bad_payload(upstream, exc) from exc
         out.recs = merge_by_score(sources, k, banned=set(out.recent))
 
 
@@ -263,6 +296,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstreams = Upstreams(cfg, metrics)
         app.state.upstreams = upstreams
         app.state.offline = offline
+        freeze_startup_heap()
         try:
             yield
         finally:
@@ -293,14 +327,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         out = OnlineResult()
         try:
             async with asyncio.timeout(online_budget):
-                await upstreams.online(user_id, k, out)
+                await upstreams.online(user_id, out, k)
         except TimeoutError as exc:
             failure = OnlineFailure("budget", "exceeded", f"{online_budget:.3f}s")
             failure.partial = out
             raise failure from exc
         except OnlineFailure as exc:
-            exc.partial = out
-            raise
+            # the failure of a coalesced call is shared by its callers: one copy each
+            failure = OnlineFailure(exc.upstream, exc.kind, exc.detail)
+            failure.partial = out
+            raise failure from exc
         return out
 
     @app.post(
@@ -361,7 +397,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recent = set(out.recent)
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
-        offline_recs = offline.offline(user_id, 2 * k + len(recent))
+        offline_recs = offline.ranked(user_id, 2 * k + len(recent))
         recs = blend(out.recs, offline_recs, k, recent, offline.popular)
         return OrjsonResponse({"recs": recs})
 

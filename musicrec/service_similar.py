@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -44,8 +44,10 @@ from musicrec.service_common import (
     configure_service_logging,
     fetch_artifacts_if_configured,
     float_column,
+    freeze_startup_heap,
     install_common,
     int_column,
+    json_integer,
     not_ready,
     numeric_column,
     read_artifact,
@@ -113,14 +115,6 @@ class SimilarResponse(BaseModel):
     score: list[float] = Field(examples=[[0.93, 0.91]])
 
 
-def json_integer(value: Any) -> Any:
-    """Only JSON numbers may be integers: `true` or `"5"` are refused instead of being read
-    as 1 or 5 (pydantic's lax mode); `5.0` is an integer in JSON Schema and is accepted."""
-    if isinstance(value, bool | str | bytes):
-        raise ValueError("must be a JSON integer")
-    return value
-
-
 class SimilarBatchRequest(BaseModel):
     """Several seed tracks in one call."""
 
@@ -170,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         index = await asyncio.to_thread(SimilarIndex.load, path)
         app.state.similar = index
         log.info("loaded %s: %d tracks, %d pairs", path, len(index.index), index.n_pairs)
+        freeze_startup_heap()
         yield
         app.state.similar = None
 

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # --- services ---
     host: str = Field("127.0.0.1", description="Address the services bind to")
     recs_port: int = 8000
+    recs_workers: int = Field(
+        1, ge=1, le=16, description="uvicorn worker processes of the recommendation service"
+    )
     similar_port: int = 8010
     events_port: int = 8020
     similar_url: str | None = Field(None, description="Default: http://{host}:{similar_port}")

@@ -85,3 +85,25 @@ def test_bench_serve_smoke(bench_dirs: dict[str, Path]) -> None:
     result = json.loads(js[0].read_text())
     assert {c["case"] for c in result["cases"]} >= {"floor", "recs_online", "add_event"}
     assert all(c["requests"] > 0 for c in result["cases"])
+
+
+def test_profile_summary_counts_packages_and_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import profile_summary
+
+    stacks = tmp_path / "p.txt"
+    site = "/v/lib/python3.11/site-packages"
+    stacks.write_text(
+        f"run (uvicorn/main.py:1);handle ({site}/fastapi/routing.py:10);"
+        f"offline (/w/musicrec/service_recommendations.py:5) 3\n"
+        f"run ({site}/uvicorn/main.py:1);select (/usr/lib/python3.11/selectors.py:9) 1\n"
+        f"<module> (<frozen runpy>:1);run (asyncio/runners.py:1) 2\n"
+    )
+    text = profile_summary.summarise(stacks, top=5)
+    assert "(6 samples)" in text
+    assert " 50.0%  fastapi" in text and " 50.0%  musicrec" in text
+    assert " 66.7%  uvicorn" in text and " 16.7%  selectors" in text
+    assert " 33.3%  asyncio" in text and " 33.3%  <frozen runpy>" in text
+    assert " 50.0%  offline (musicrec)" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -98,3 +99,23 @@ def test_offline_short_list_is_not_padded(offline: OfflineRecs, artifacts: dict[
     user = artifacts["short_user"]
     assert offline.offline(user, 100) == artifacts["recs"][user]
     assert len(artifacts["recs"][user]) < 100
+
+
+def test_blend_is_the_composition_of_the_rules_on_random_lists() -> None:
+    """The single-pass `blend` gives exactly top_up(exclude(dedupe(interleave(...))))."""
+    rng = random.Random(5)
+    for _ in range(500):
+        online = [rng.randrange(40) for _ in range(rng.randrange(15))]
+        offline = [rng.randrange(40) for _ in range(rng.randrange(30))]
+        recent = {rng.randrange(40) for _ in range(rng.randrange(8))}
+        popular = rng.sample(range(60), rng.randrange(60))
+        k = rng.randrange(-1, 50)
+        merged = exclude(dedupe(interleave(online, offline)), recent)
+        expected = top_up(merged, popular, k, recent) if k > 0 else []
+        assert blend(online, offline, k, recent, popular) == expected
+
+
+def test_merge_by_score_ties_keep_first_met_order() -> None:
+    sources = [([5, 6, 7], [0.5, 0.9, 0.5]), ([8, 5, 9], [0.5, 0.2, 0.9])]
+    assert merge_by_score(sources, 10) == [6, 9, 5, 7, 8]
+    assert merge_by_score(sources, 2, banned={6}) == [9, 5]

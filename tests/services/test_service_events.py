@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from musicrec.event_store import EventStore, RecentCache
 from musicrec.service_events import EVENTS_K_MAX, create_app
+from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
 from musicrec.settings import Settings
 
 
@@ -232,3 +233,48 @@ def test_store_without_cache_reads_sqlite(tmp_path: Path) -> None:
         assert asyncio.run(store.counts())["cache_users"] == 0
     finally:
         store.close()
+
+
+def test_batch_answers_each_user_in_request_order(client: TestClient) -> None:
+    for u, t in [(1, 10), (1, 11), (2, 20), (3, 30)]:
+        add(client, u, t)
+    client.post("/get_events", params={"user_id": 1})  # user 1 now cached, 2 and 3 not
+    r = client.post("/get_events_batch", json={"user_ids": [3, 1, 99, 2, 1], "k": 1})
+    assert r.status_code == 200
+    assert r.json() == {
+        "results": [
+            {"user_id": 3, "events": [30]},
+            {"user_id": 1, "events": [11]},
+            {"user_id": 99, "events": []},
+            {"user_id": 2, "events": [20]},
+            {"user_id": 1, "events": [11]},
+        ]
+    }
+    deep = client.post("/get_events_batch", json={"user_ids": [1], "k": 5000}).json()
+    assert deep["results"][0]["events"] == [11, 10]
+    assert "/get_events_batch" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_ids": [1], "k": 0},
+        {"user_ids": [1], "k": EVENTS_K_MAX + 1},
+        {"user_ids": [-1]},
+        {"user_ids": ["1"]},
+        {"user_ids": [True]},
+        {"user_ids": list(range(EVENTS_BATCH_MAX + 1))},
+        {"k": 5},
+        {"user_ids": 5},
+    ],
+)
+def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
+    r = client.post("/get_events_batch", json=body)
+    assert r.status_code == 422, r.text
+    assert "invalid request" in r.json()["message"]
+
+
+def test_batch_body_size_is_bounded(client: TestClient) -> None:
+    big = b'{"user_ids": [' + b"1, " * 40_000 + b"1]}"
+    r = client.post("/get_events_batch", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413

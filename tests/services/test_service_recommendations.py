@@ -1,8 +1,9 @@
 """Routes of the recommendation service. The similar and event services run in-process on
-real ports (`upstream_settings`), so the aiohttp calls are real."""
+real ports (`upstream_settings`), so the upstream calls are real."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,49 @@ def test_probes_and_not_ready(upstream_settings: Settings) -> None:
         resp = schema["paths"]["/recommendations"]["post"]["responses"]
         assert resp["200"]["content"]["application/json"]["schema"]["$ref"].endswith("RecsResponse")
         assert "422" in resp
+
+
+def test_concurrent_requests_share_coalesced_upstream_calls(
+    upstream_settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    """40 users at once, each with its own events: every answer is what the user alone
+    would get, and the upstream lookups travelled in fewer calls than requests."""
+    from .conftest import ThreadedServer
+
+    users = [10_000 + i for i in range(40)]
+    tracks = artifacts["similar_tracks"]
+    history = {u: tracks[i % 20 : i % 20 + 3] for i, u in enumerate(users)}
+    for u, ts in history.items():
+        add_events(upstream_settings, u, ts)
+    cfg = upstream_settings.model_copy(update={"recs_port": free_port()})
+    server = ThreadedServer(create_app(cfg), cfg.recs_port)
+    server.start()
+    try:
+
+        async def fire() -> list[list[int]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+                rs = await asyncio.gather(
+                    *(
+                        c.post("/recommendations_online", params={"user_id": u, "k": 10})
+                        for u in users
+                    )
+                )
+            assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+            return [r.json()["recs"] for r in rs]
+
+        got = asyncio.run(fire())
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    for u, answer in zip(users, got, strict=True):
+        recent = list(reversed(history[u]))
+        assert answer == expected_online(cfg, artifacts, recent, 10)
+    calls = metric(metrics, 'upstream_batch_keys_count{upstream="events"}')
+    keys = metric(metrics, 'upstream_batch_keys_sum{upstream="events"}')
+    assert keys == len(users) and calls < len(users)
+    assert "recommendation_fallbacks_total{" not in metrics
+
+
+def metric(text: str, name: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
