@@ -101,7 +101,7 @@ def test_profile_summary_counts_packages_and_leaves(
         f"run ({site}/uvicorn/main.py:1);select (/usr/lib/python3.11/selectors.py:9) 1\n"
         f"<module> (<frozen runpy>:1);run (asyncio/runners.py:1) 2\n"
     )
-    text = profile_summary.summarise(stacks, top=5)
+    text = profile_summary.summarise(stacks, top=10)
     assert "(6 samples)" in text
     assert " 50.0%  fastapi" in text and " 50.0%  musicrec" in text
     assert " 66.7%  uvicorn" in text and " 16.7%  selectors" in text
