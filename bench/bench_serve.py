@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         similar_port=free_port(),
         events_port=free_port(),
         log_level=args.log_level,
+        recs_workers=args.recs_workers,
         events_api_key=None,
         fetch_artifacts_from_s3=False,
     )
@@ -243,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "duration_s": args.duration,
         "connections": args.connections,
+        "recs_workers": args.recs_workers,
         "smoke": args.smoke,
     }
     try:
@@ -331,6 +333,7 @@ def start_profilers(procs: list[Any], case: str, args: argparse.Namespace) -> li
             continue
         out = args.profile / f"{case}_{p.name}.txt"
         cmd = [spy, "record", "--pid", str(p.proc.pid), "--rate", "100", "--nonblocking"]
+        cmd += ["--subprocesses"]  # the uvicorn workers of a multi-worker service
         cmd += ["--duration", str(max(1, round(args.duration) - 1)), "--format", "raw"]
         cmd += ["--output", str(out)]
         spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -342,8 +345,15 @@ def recs_paths(users: list[int], k: int) -> list[str]:
 
 
 def rss_mib(pid: int) -> float:
+    """RSS of a service: the process and its children (the workers of a multi-worker
+    uvicorn)."""
     with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).memory_info().rss / 2**20
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total / 2**20
     return float("nan")
 
 
@@ -361,7 +371,8 @@ def render(result: dict[str, Any]) -> str:
         f"{m['load_avg_1m']}, end {result.get('load_avg_end', '-')}; services, wrk and other "
         "jobs share the cores)",
         f"wrk -t1 -c{result['connections']} -d{result['duration_s']}s per case; "
-        f"services started in {result.get('startup_s', 0):.1f} s",
+        f"{result.get('recs_workers', 1)} worker(s) for the recommendation service and the "
+        f"floor, 1 for the others; services started in {result.get('startup_s', 0):.1f} s",
     ]
     if result.get("smoke"):
         lines.append("SMOKE RUN: timings are meaningless")
@@ -405,6 +416,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-ids", type=int, default=5000, help="Distinct users/tracks per case")
     ap.add_argument("--pause", type=float, default=2.0, help="Seconds between cases")
     ap.add_argument("--only", nargs="+", help="Run only these cases")
+    ap.add_argument(
+        "--recs-workers",
+        type=int,
+        default=2,
+        help="uvicorn workers of the recommendation service and of the floor app (2)",
+    )
     ap.add_argument("--log-level", default="INFO", help="Services' log level")
     ap.add_argument("--smoke", action="store_true", help="1 s per case, 4 connections")
     ap.add_argument("--keep", action="store_true", help="Keep the work dir (service log)")

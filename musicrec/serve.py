@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -69,6 +71,8 @@ class ServiceProcess:
     name: str
     url: str
     proc: subprocess.Popen[bytes]
+    #: a directory made for this process (its workers' metrics), removed by `stop_all`
+    scratch: Path | None = None
 
 
 def connect_host(host: str) -> str:
@@ -162,9 +166,15 @@ def start_service(
     """Start one service subprocess (not waiting for it)."""
     port = int(getattr(settings, spec.port_field))
     cmd = uvicorn_command(spec, settings, port)
+    scratch = None
+    if "--workers" in cmd and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several workers share one /metrics: prometheus_client's multiprocess mode keeps
+        # each worker's values in files of this (fresh, empty) directory
+        scratch = Path(tempfile.mkdtemp(prefix=f"musicrec-{spec.name}-metrics-"))
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(scratch)}
     log.info("starting %s: %s", spec.name, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, **popen)
-    return ServiceProcess(spec.name, base_url(settings, port), proc)
+    return ServiceProcess(spec.name, base_url(settings, port), proc, scratch)
 
 
 def start_all(
@@ -225,6 +235,8 @@ def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
             log.warning("%s did not stop within %.0fs: killing it", p.name, timeout_s)
             p.proc.kill()
             p.proc.wait()
+        if p.scratch is not None:
+            shutil.rmtree(p.scratch, ignore_errors=True)
 
 
 def serve_all(

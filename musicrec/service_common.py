@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -257,6 +259,13 @@ class ServiceMetrics:
         self.latency.labels(route).observe(seconds)
 
     def render(self) -> bytes:
+        """The text exposition of this process's metrics, or, when the service runs as
+        several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set, see `musicrec.serve`), of
+        all its workers together."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

@@ -369,6 +369,18 @@ class Verifier:
             {"events": newest_first, "count": len(newest_first)},
             params={"user_id": user, "k": len(newest_first)},
         )
+        self.expect_json(
+            "get_events batch, one entry per user in order",
+            "POST",
+            f"{ev}/get_events_batch",
+            {
+                "results": [
+                    {"user_id": user, "events": newest_first[:2]},
+                    {"user_id": picks.cold_user, "events": []},
+                ]
+            },
+            body={"user_ids": [user, picks.cold_user], "k": 2},
+        )
         shown, reply = _call("GET", f"{ev}/stats")
         ok = (
             reply.status == 200

@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
 from pydantic import SecretStr
 
-from musicrec.serve import PROJECT_ROOT, child_environment, is_ready
+from musicrec.serve import PROJECT_ROOT, child_environment, is_ready, stop_all
 
 from .conftest import ServiceStarter, free_port, make_settings
 
@@ -27,6 +30,7 @@ CHECKS_EXPECTED = [
     "similar tracks batch",
     "without API key -> 401",
     "get_events newest first",
+    "get_events batch",
     "event /stats",
     "online = similar",
     "blended",
@@ -61,6 +65,41 @@ def test_verify_service_passes_against_real_processes(
     lines = run_verify_service(cfg, tmp_path)
     for check in CHECKS_EXPECTED:
         assert any(check in x and x.startswith("PASS") for x in lines), check
+
+
+def test_two_recommendation_workers_pass_verification_and_share_metrics(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """`recs_workers=2`: two uvicorn workers behind one port, /metrics counts both."""
+    cfg = make_settings(artifacts["root"], tmp_path, recs_workers=2)
+    procs = service_processes(cfg)
+    recs = next(p for p in procs if p.name == "recommendations")
+    assert recs.scratch is not None and recs.scratch.is_dir()
+    assert len(psutil.Process(recs.proc.pid).children()) >= 2  # the workers
+    lines = run_verify_service(cfg, tmp_path)
+    assert any(x.startswith("PASS") and "blended" in x for x in lines)
+
+    def served() -> float:
+        text = httpx.get(f"{recs.url}/metrics", timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("http_requests_total{") and "/recommendations_offline" in line
+        )
+
+    def one(user: int) -> int:  # a new connection each: the workers share the load
+        return httpx.post(
+            f"{recs.url}/recommendations_offline", params={"user_id": user}, timeout=10
+        ).status_code
+
+    before = served()
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(one, range(300))) == {200}
+    assert served() - before == 300  # whichever worker answers /metrics counts them all
+    pids = {f.stem.rsplit("_", 1)[-1] for f in recs.scratch.glob("*.db")}
+    assert len(pids) >= 2, pids  # and both workers did serve
+    stop_all(procs)
+    assert not recs.scratch.exists()
 
 
 def test_verify_service_fails_when_services_are_down(
