@@ -107,3 +107,9 @@ def test_profile_summary_counts_packages_and_leaves(
     assert " 66.7%  uvicorn" in text and " 16.7%  selectors" in text
     assert " 33.3%  asyncio" in text and " 33.3%  <frozen runpy>" in text
     assert " 50.0%  offline (musicrec)" in text
+
+
+def test_client_ab_smoke() -> None:
+    out = run_script("client_ab.py", "--calls", "200", "--concurrency", "4", "--rounds", "1")
+    assert "aiohttp / HttpPool CPU per call:" in out
+    assert any(line.startswith("HttpPool") for line in out.splitlines())
