@@ -44,7 +44,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -459,6 +459,12 @@ def json_integer(value: Any) -> Any:
     if isinstance(value, bool | str | bytes):
         raise ValueError("must be a JSON integer")
     return value
+
+
+#: an integer in a JSON body (see `json_integer`)
+JsonInt = Annotated[int, BeforeValidator(json_integer)]
+#: a user or track id in a JSON body: a JSON integer in 0 .. 2**31 - 1
+JsonId = Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]
 
 
 @dataclass(frozen=True)

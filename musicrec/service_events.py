@@ -28,16 +28,17 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from musicrec.event_store import EventStore
 from musicrec.service_common import (
-    INT32_MAX,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     ErrorResponse,
+    JsonId,
+    JsonInt,
     OrjsonResponse,
     ServiceMetrics,
     TrackIdQuery,
@@ -45,7 +46,6 @@ from musicrec.service_common import (
     configure_service_logging,
     freeze_startup_heap,
     install_common,
-    json_integer,
     not_ready,
 )
 from musicrec.settings import Settings, get_settings
@@ -79,12 +79,10 @@ class EventsResponse(BaseModel):
 class EventsBatchRequest(BaseModel):
     """Several users in one call."""
 
-    user_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]] = (
-        Field(max_length=MAX_BATCH, description=f"User ids (at most {MAX_BATCH})")
+    user_ids: list[JsonId] = Field(
+        max_length=MAX_BATCH, description=f"User ids (at most {MAX_BATCH})"
     )
-    k: Annotated[int, BeforeValidator(json_integer)] = Field(
-        5, ge=1, le=EVENTS_K_MAX, description="Latest events per user"
-    )
+    k: JsonInt = Field(5, ge=1, le=EVENTS_K_MAX, description="Latest events per user")
 
 
 class EventsBatchItem(BaseModel):

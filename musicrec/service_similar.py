@@ -24,18 +24,19 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.service_common import (
-    INT32_MAX,
     K_MAX,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     GroupedIndex,
+    JsonId,
+    JsonInt,
     KQuery,
     OrjsonResponse,
     ServiceMetrics,
@@ -47,7 +48,6 @@ from musicrec.service_common import (
     freeze_startup_heap,
     install_common,
     int_column,
-    json_integer,
     not_ready,
     numeric_column,
     read_artifact,
@@ -118,12 +118,10 @@ class SimilarResponse(BaseModel):
 class SimilarBatchRequest(BaseModel):
     """Several seed tracks in one call."""
 
-    track_ids: list[Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(json_integer)]] = (
-        Field(max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})")
+    track_ids: list[JsonId] = Field(
+        max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})"
     )
-    k: Annotated[int, BeforeValidator(json_integer)] = Field(
-        10, ge=1, le=K_MAX, description="Similar tracks per seed"
-    )
+    k: JsonInt = Field(10, ge=1, le=K_MAX, description="Similar tracks per seed")
 
 
 class SimilarBatchItem(BaseModel):
