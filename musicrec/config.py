@@ -33,10 +33,10 @@ class SplitConfig(_Strict):
     test_start: date | None = Field(None, description="First day of the test window")
     test_share: float = Field(0.10, gt=0, lt=1, description="Tail share if test_start unset")
     label_share: float = Field(
-        0.10, gt=0, lt=1, description="Share of pre-test events in the ranker's label window"
-    )
-    val_share: float = Field(
-        0.10, gt=0, lt=1, description="Share of pre-label events used to tune ALS"
+        0.10,
+        gt=0,
+        lt=1,
+        description="Share of pre-test events in the label window (ranker labels, ALS tuning)",
     )
 
 
@@ -74,7 +74,6 @@ class SimilarConfig(_Strict):
 
 
 class RankerConfig(_Strict):
-    enabled: bool = True
     als_candidates: int = Field(100, ge=1)
     popular_candidates: int = Field(50, ge=0)
     similar_candidates: int = Field(50, ge=0)
