@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from musicrec.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -132,11 +134,18 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     if path is None:
         return PipelineConfig()
     path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        raw = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        raw = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"{path}: config must be .toml, .yaml or .yml")
-    return PipelineConfig.model_validate(raw)
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: config must be .toml, .yaml or .yml")
+    try:
+        text = path.read_text()
+        raw = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from exc
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid config: {problems}") from exc

@@ -38,6 +38,12 @@ class DataValidationError(MusicRecError):
         super().__init__(msg)
 
 
+class ConfigError(MusicRecError):
+    """A pipeline config file is missing, unreadable or holds unknown or invalid values.
+
+    The message names the file and every offending key."""
+
+
 class ArtifactError(MusicRecError):
     """An artifact needed by a service or a stage is missing or corrupt."""
 

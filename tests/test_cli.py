@@ -84,3 +84,12 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
     assert len(errors) == 1
     assert RawFiles.Interactions in errors[0] and C.Item in errors[0]
     assert not (tmp_path / "recsys" / "data" / "events.parquet").exists()
+
+
+def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ranker]\nenabled = true\n")
+    run = cli("pipeline", "--config", str(bad), cwd=tmp_path)
+    assert run.returncode == 2
+    assert "invalid config: ranker.enabled: Extra inputs are not permitted" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
-from musicrec.errors import DataValidationError
+from musicrec.errors import ConfigError, DataValidationError
 from musicrec.features import FEATURES
 from musicrec.matrix import InteractionMatrix
 from musicrec.pipeline import (
@@ -404,24 +406,31 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "named"),
     [
-        "topk = 5\n",  # misspelt top-level key
-        "[als]\nfactor = 8\n",  # misspelt nested key
-        "[als]\nfactors = 0\n",  # out of range
-        'final_fit = "sometimes"\n',
-        "[nosuchsection]\nx = 1\n",
+        ("topk = 5\n", "topk"),  # misspelt top-level key
+        ("[als]\nfactor = 8\n", "als.factor"),  # misspelt nested key
+        ("[als]\nfactors = 0\n", "als.factors"),  # out of range
+        ('final_fit = "sometimes"\n', "final_fit"),
+        ("[nosuchsection]\nx = 1\n", "nosuchsection"),
+        ("[ranker]\nenabled = true\n", "ranker.enabled"),  # removed: nothing read it
+        ("[split]\nval_share = 0.1\n", "split.val_share"),
+        ("[als\nfactors = 8\n", "TOMLDecodeError"),  # not TOML
     ],
 )
-def test_load_config_rejects_bad_keys(tmp_path: Path, text: str) -> None:
+def test_load_config_rejects_bad_keys(tmp_path: Path, text: str, named: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(ConfigError, match=re.escape(named)) as err:
         load_config(path)
+    assert str(path) in str(err.value)
+    assert isinstance(err.value.__cause__, pydantic.ValidationError | tomllib.TOMLDecodeError)
 
 
-def test_load_config_rejects_other_formats(tmp_path: Path) -> None:
+def test_load_config_rejects_other_formats_and_missing_files(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text("{}")
-    with pytest.raises(ValueError, match="toml"):
+    with pytest.raises(ConfigError, match="toml"):
         load_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
