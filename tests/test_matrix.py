@@ -40,6 +40,26 @@ def test_idmap_accepts_series() -> None:
     assert m.codes(pd.Series([2, 4])).tolist() == [1, -1]
 
 
+@pytest.mark.parametrize(
+    ("top", "dense"),
+    [(5_000, True), (2**31 - 1, False)],  # compact ids: a dense table; sparse: binary search
+)
+def test_idmap_dense_table_and_binary_search_agree_with_a_dict(top: int, dense: bool) -> None:
+    rng = np.random.default_rng(top % 97)
+    m = IdMap.from_values(rng.integers(0, top, 2_000))
+    values = np.concatenate(
+        [rng.choice(m.ids, 5_000), rng.integers(-10, top, 5_000), [top, top + 7, -1, 0]]
+    )
+    reference = {int(i): c for c, i in enumerate(m.ids)}
+    expected = [reference.get(int(v), -1) for v in values]
+    for _ in range(2):  # the table is built on the first call and reused
+        got = m.codes(values)
+        assert got.dtype == np.int32 and got.tolist() == expected
+    assert (m._table is not None) == dense
+    assert m.codes(values.astype(np.uint32) if dense else values).tolist() == expected
+    assert m.codes(np.array([1.5])).tolist() == [-1]  # a non-integer never matches
+
+
 # ----------------------------------------------------------------------- the matrix
 
 
