@@ -288,13 +288,7 @@ class EventStore:
     async def latest(self, user_id: int, k: int) -> list[int]:
         """The user's `k` most recent track ids, newest first (from the cache when it holds
         the user, without leaving the event loop)."""
-        if self._closed:
-            raise RuntimeError("event store is closed")
-        if self.cache is not None:
-            hit = self.cache.get(user_id, k)
-            if hit is not None:
-                return hit
-        return await self._read(self._latest_sync, user_id, k)
+        return (await self.latest_many([user_id], k))[0]
 
     async def latest_many(self, user_ids: Sequence[int], k: int) -> list[list[int]]:
         """`latest(user, k)` of each user, in order: cached users from memory, the others
@@ -306,7 +300,7 @@ class EventStore:
         ]
         misses = [i for i, got in enumerate(out) if got is None]
         if misses:
-            read = await self._read(self._latest_many_sync, [user_ids[i] for i in misses], k)
+            read = await self._read(self._latest_sync, [user_ids[i] for i in misses], k)
             for i, events in zip(misses, read, strict=True):
                 out[i] = events
         return [events or [] for events in out]
@@ -350,26 +344,29 @@ class EventStore:
                 self._rconns.append(conn)
         return conn
 
-    def _latest_sync(self, user_id: int, k: int) -> list[int]:
+    def _latest_sync(self, user_ids: Sequence[int], k: int) -> list[list[int]]:
+        """The latest `k` track ids of each user, read in one transaction; each user read is
+        offered to the cache with the snapshot's highest id."""
         conn = self._reader_conn()
         cache = self.cache
         limit = max(k, cache.depth) if cache is not None else k
-        # one read transaction: the user's rows and the snapshot's highest id agree
+        # one read transaction: the users' rows and the snapshot's highest id agree
         conn.execute("BEGIN")
         try:
-            rows = conn.execute(
-                "SELECT id, track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                (user_id, limit),
-            ).fetchall()
             snapshot_max = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+            rows = [
+                conn.execute(
+                    "SELECT id, track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                    (user_id, limit),
+                ).fetchall()
+                for user_id in user_ids
+            ]
         finally:
             conn.execute("COMMIT")
         if cache is not None:
-            cache.install(user_id, rows, snapshot_max)
-        return [track for _, track in rows[:k]]
-
-    def _latest_many_sync(self, user_ids: Sequence[int], k: int) -> list[list[int]]:
-        return [self._latest_sync(u, k) for u in user_ids]
+            for user_id, user_rows in zip(user_ids, rows, strict=True):
+                cache.install(user_id, user_rows, snapshot_max)
+        return [[track for _, track in user_rows[:k]] for user_rows in rows]
 
     # --- writes (writer thread) -----------------------------------------------------------
 
