@@ -1,10 +1,15 @@
-"""A/B of the id -> code lookups inside `features.collect_features`: `IdMap`'s dense table
-against the binary search it falls back to, on one batch of real-size users.
+"""A/B of changes inside `features.collect_features`, on one batch of real-size users.
 
-    python bench/features_ab.py        # after `make bench-pipeline` (full10 artifacts)
+    python bench/features_ab.py                    # after `make bench-pipeline` (full10)
+    python bench/features_ab.py --change latest
+
+`--change lookup` (default): the id -> code lookups, `IdMap`'s dense table against the
+binary search it falls back to. `--change latest`: the similarity to the user's latest
+tracks, one einsum over all of them against one `pair_dots` pass per latest track (the
+code before 2026-12-02, kept below as the baseline).
 
 Loads the first stage from the artifacts, builds the candidates of `--users` users, then
-runs `collect_features` with each lookup, alternating `--repeats` times in one process;
+runs `collect_features` with each version, alternating `--repeats` times in one process;
 prints the times, their medians and the ratio, and checks that both give the same frame.
 """
 
@@ -13,7 +18,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +28,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import ab_setup  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from musicrec import candidates, features, matrix  # noqa: E402
+from musicrec.als import pair_dots  # noqa: E402
+from musicrec.columns import Columns as C  # noqa: E402
 
 
 def no_table(self: matrix.IdMap) -> None:
@@ -31,26 +41,84 @@ def no_table(self: matrix.IdMap) -> None:
     return None
 
 
+def latest_per_track(
+    stage: Any, u_ids: np.ndarray, i_ids: np.ndarray, n_latest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`features._similarity_to_latest` before 2026-12-02: one `pair_dots` pass (two row
+    gathers) per latest track."""
+    f = stage.als.item_factors
+    norms = np.linalg.norm(f, axis=1)
+    normed = f / np.where(norms > 0, norms, 1.0)[:, None]
+    users = np.unique(u_ids)
+    recent = candidates.latest_for_users(stage, users, n_latest)
+    umap = matrix.IdMap(users)
+    table = np.full((len(users), n_latest), -1, dtype=np.int64)
+    table[umap.codes(recent[C.User].to_numpy()), recent["recency"].to_numpy() - 1] = (
+        stage.als.items.codes(recent[C.Item].to_numpy())
+    )
+    c_u, c_i = umap.codes(u_ids), stage.als.items.codes(i_ids)
+    mx = np.full(len(u_ids), np.nan, dtype=np.float32)
+    mean = np.full(len(u_ids), np.nan, dtype=np.float32)
+    for s in range(0, len(u_ids), 1_000_000):
+        sl = slice(s, s + 1_000_000)
+        ci, rc = c_i[sl], table[c_u[sl]]
+        valid = rc >= 0
+        sims = np.stack(
+            [
+                pair_dots(normed, np.maximum(ci, 0), normed, np.maximum(rc[:, r], 0))
+                for r in range(rc.shape[1])
+            ],
+            axis=1,
+        ).reshape(len(ci), rc.shape[1])
+        sims = np.where(valid, sims, np.nan)
+        has = valid.any(axis=1) & (ci >= 0)
+        with np.errstate(all="ignore"):
+            mx[sl] = np.where(has, np.nanmax(np.where(valid, sims, -np.inf), axis=1), np.nan)
+            mean[sl] = np.where(has, np.nanmean(sims, axis=1), np.nan)
+    return mx, mean
+
+
+def patcher(owner: Any, attr: str, value: Any) -> Callable[[], None]:
+    return lambda: setattr(owner, attr, value)
+
+
+def versions(change: str) -> dict[str, Callable[[], None]]:
+    """Name -> a function that installs that version (the current code last)."""
+    if change == "lookup":
+        dense = matrix.IdMap._dense_table
+        return {
+            "binary search": patcher(matrix.IdMap, "_dense_table", no_table),
+            "dense table": patcher(matrix.IdMap, "_dense_table", dense),
+        }
+    current = features._similarity_to_latest
+    return {
+        "pair_dots per latest": patcher(features, "_similarity_to_latest", latest_per_track),
+        "one einsum": patcher(features, "_similarity_to_latest", current),
+    }
+
+
 def main() -> None:
-    args = ab_setup.parser(__doc__).parse_args()
+    ap = ab_setup.parser(__doc__)
+    ap.add_argument("--change", choices=["lookup", "latest"], default="lookup")
+    args = ap.parse_args()
     cfg, ctx, stage = ab_setup.load_first_stage(args)
     items = ctx.prepared.items
     cand = candidates.generate_candidates(stage, stage.matrix.users.ids[: args.users], cfg.ranker)
     features.collect_features(stage, items, cand.head(100_000), cfg.ranker)  # cached stats
-    dense = matrix.IdMap._dense_table
-    versions = {"binary search": no_table, "dense table": dense}
-    times: dict[str, list[float]] = {name: [] for name in versions}
+    install = versions(args.change)
+    times: dict[str, list[float]] = {name: [] for name in install}
     out: dict[str, pd.DataFrame] = {}
     try:
         for _ in range(args.repeats):
-            for name, fn in versions.items():
-                matrix.IdMap._dense_table = fn  # type: ignore[method-assign]
+            for name, use in install.items():
+                use()
                 t0 = time.perf_counter()
                 out[name] = features.collect_features(stage, items, cand, cfg.ranker)
                 times[name].append(time.perf_counter() - t0)
     finally:
-        matrix.IdMap._dense_table = dense  # type: ignore[method-assign]
-    pd.testing.assert_frame_equal(out["binary search"], out["dense table"])
+        list(install.values())[-1]()  # the current code back
+    a, b = out.values()
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)  # float32 sums in another order
     print(f"collect_features for {args.users:,} users ({len(cand):,} candidates), same output")
     ab_setup.report(times)
 

@@ -112,6 +112,14 @@ class RankerConfig(_Strict):
 class EvalConfig(_Strict):
     k_precision: int = 5
     k_ndcg: int = 10
+    candidate_recall_users: int | None = Field(
+        50_000,
+        ge=1,
+        description="The candidate-recall diagnostic is computed on a random sample of at "
+        "most this many warm users (it regenerates every candidate: ~5 min at the full "
+        "size for all 750k warm users); None: every warm user. The metrics always use "
+        "every user",
+    )
 
 
 class PipelineConfig(_Strict):

@@ -462,7 +462,7 @@ def rank_for_users(
 
 
 def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
-    from musicrec.metrics import candidate_recall, evaluate, metrics_table
+    from musicrec.metrics import evaluate, metrics_table
     from musicrec.plots import draw_metrics
 
     e = ctx.cfg.eval
@@ -498,33 +498,7 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
-    # candidate recall, in user batches (bounded memory): hits and test pairs are summed
-    target = test.target[[C.User, C.Item]]
-    target = target[target[C.User].isin(warm)].drop_duplicates()
-    target = target.sort_values(C.User, kind="stable")
-    t_users = target[C.User].to_numpy()
-    srcs = ("all", "src_als", "src_pop", "src_sim")
-    hits = dict.fromkeys(srcs, 0.0)
-    n_cand = 0
-    batch = ctx.cfg.ranker.inference_batch_users
-    for s in range(0, len(warm), batch):
-        b = warm[s : s + batch]
-        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
-        t = target.iloc[lo:hi]
-        if len(t) == 0:
-            continue
-        cand = generate_candidates(stage, b, ctx.cfg.ranker)
-        n_cand += len(cand)
-        for src in srcs:
-            c = cand if src == "all" else cand[cand[src] == 1]
-            hits[src] += candidate_recall(c, t) * len(t)
-    recall = {src: hits[src] / len(target) if len(target) else float("nan") for src in srcs}
-    diag = {
-        "test_candidate_recall": recall["all"],
-        "candidates_per_user": n_cand / max(len(warm), 1),
-    }
-    for src in srcs[1:]:
-        diag[f"test_candidate_recall_{src}"] = recall[src]
+    diag = candidate_recall_diagnostic(stage, warm, test.target, ctx.cfg, e.candidate_recall_users)
     table = metrics_table(
         {f"warm/{k}": v for k, v in warm_results.items()}
         | {f"cold/{k}": v for k, v in cold_results.items()}
@@ -539,6 +513,57 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         "comparisons": comparisons,
         "candidates": diag,
     }
+
+
+def candidate_recall_diagnostic(
+    stage: FirstStage,
+    warm: np.ndarray,
+    target: pd.DataFrame,
+    cfg: PipelineConfig,
+    max_users: int | None,
+) -> dict[str, Any]:
+    """Share of the test (user, track) pairs of warm users found among their ranker
+    candidates, overall and per source (`src_als`, `src_pop`, `src_sim`): the ceiling of
+    any reranker's recall.
+
+    Computed on a random sample of at most `max_users` of the sorted `warm` users (seeded
+    by `cfg.ranker.random_seed`; None: all), in user batches of
+    `cfg.ranker.inference_batch_users` (bounded memory); hits and test pairs are summed
+    over the batches, so the result equals one pass over the sample."""
+    from musicrec.metrics import candidate_recall
+
+    users = np.sort(warm)
+    if max_users is not None and len(users) > max_users:
+        rng = np.random.default_rng(cfg.ranker.random_seed)
+        users = np.sort(rng.choice(users, size=max_users, replace=False))
+    pairs = target[[C.User, C.Item]]
+    pairs = pairs[pairs[C.User].isin(users)].drop_duplicates()
+    pairs = pairs.sort_values(C.User, kind="stable")
+    t_users = pairs[C.User].to_numpy()
+    srcs = ("all", "src_als", "src_pop", "src_sim")
+    hits = dict.fromkeys(srcs, 0.0)
+    n_cand = 0
+    batch = cfg.ranker.inference_batch_users
+    for s in range(0, len(users), batch):
+        b = users[s : s + batch]
+        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
+        t = pairs.iloc[lo:hi]
+        if len(t) == 0:
+            continue
+        cand = generate_candidates(stage, b, cfg.ranker)
+        n_cand += len(cand)
+        for src in srcs:
+            c = cand if src == "all" else cand[cand[src] == 1]
+            hits[src] += candidate_recall(c, t) * len(t)
+    recall = {src: hits[src] / len(pairs) if len(pairs) else float("nan") for src in srcs}
+    diag: dict[str, Any] = {
+        "test_candidate_recall": recall["all"],
+        "candidates_per_user": n_cand / max(len(users), 1),
+        "candidate_recall_users": int(len(users)),
+    }
+    for src in srcs[1:]:
+        diag[f"test_candidate_recall_{src}"] = recall[src]
+    return diag
 
 
 def compare_models(

@@ -27,9 +27,11 @@ from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
 from musicrec.features import FEATURES
 from musicrec.matrix import InteractionMatrix
+from musicrec.metrics import candidate_recall
 from musicrec.pipeline import (
     PipelineContext,
     StageCache,
+    candidate_recall_diagnostic,
     label_windows,
     run_pipeline,
     train_ranker,
@@ -160,6 +162,56 @@ def test_second_run_reuses_every_stage(
     assert fingerprints(tiny_pipeline.root) == fps
     for key in ("split", "warm", "cold", "als_params", "candidates"):
         assert metrics[key] == tiny_pipeline.metrics[key], key
+
+
+def test_candidate_recall_diagnostic_batches_and_samples(
+    tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import musicrec.pipeline as pipeline_module
+
+    ctx = PipelineContext(
+        tiny_pipeline.root,
+        tiny_pipeline.paths,
+        tiny_pipeline.cfg,
+        StageCache(tiny_pipeline.root / "cache"),
+    )
+    stage, target = ctx.first_stage(), ctx.test.target
+    warm = np.intersect1d(target[C.User].unique(), ctx.test.history[C.User].unique())
+    cfg = tiny_pipeline.cfg.model_copy(
+        update={"ranker": tiny_pipeline.cfg.ranker.model_copy(update={"inference_batch_users": 7})}
+    )
+    seen: list[np.ndarray] = []
+    real = pipeline_module.generate_candidates
+
+    def recording(stage: Any, users: np.ndarray, rcfg: Any) -> pd.DataFrame:
+        seen.append(users)
+        return real(stage, users, rcfg)
+
+    monkeypatch.setattr(pipeline_module, "generate_candidates", recording)
+
+    def direct(users: np.ndarray) -> float:
+        cand = real(stage, users, cfg.ranker)
+        return candidate_recall(cand, target[target[C.User].isin(users)])
+
+    # every warm user, in batches of 7: the same figure as one pass, and as the pipeline's
+    full = candidate_recall_diagnostic(stage, warm, target, cfg, None)
+    assert len(seen) == -(-len(warm) // 7) and max(map(len, seen)) == 7
+    assert np.array_equal(np.concatenate(seen), np.sort(warm))
+    assert full["candidate_recall_users"] == len(warm)
+    assert full["test_candidate_recall"] == pytest.approx(direct(warm))
+    assert full == pytest.approx(tiny_pipeline.metrics["candidates"])
+    assert 0 < full["test_candidate_recall_src_als"] <= full["test_candidate_recall"] <= 1
+
+    # capped: a seeded sample of warm users, the recall computed on exactly those users
+    seen.clear()
+    part = candidate_recall_diagnostic(stage, warm, target, cfg, 10)
+    sample = np.concatenate(seen)
+    assert part["candidate_recall_users"] == 10 and len(np.unique(sample)) == 10
+    assert np.isin(sample, warm).all()
+    assert part["test_candidate_recall"] == pytest.approx(direct(sample))
+    seen.clear()
+    assert candidate_recall_diagnostic(stage, warm, target, cfg, 10) == part
+    assert np.array_equal(np.concatenate(seen), sample)
 
 
 # ---------------------------------------------------------- reruns in another dir
