@@ -158,13 +158,18 @@ TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 # --- responses -------------------------------------------------------------------------
 
 
+def json_body(content: Any) -> bytes:
+    """JSON bytes by orjson (numpy arrays and scalars allowed): every JSON answer's body."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 class OrjsonResponse(Response):
     """`application/json` rendered by orjson (numpy arrays and scalars allowed)."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return json_body(content)
 
 
 class HealthResponse(BaseModel):

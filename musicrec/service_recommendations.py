@@ -37,6 +37,7 @@ from musicrec.blending import blend, cold_start, dedupe, merge_by_score
 from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
+from musicrec.fast_path import FastPath, Lane
 from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -55,6 +56,7 @@ from musicrec.service_common import (
     freeze_startup_heap,
     install_common,
     int_column,
+    json_body,
     not_ready,
     numeric_column,
     read_artifact,
@@ -76,6 +78,8 @@ POPULAR_LIST_MAX = 20_000
 #: keys per coalesced upstream call (the upstreams accept 500 users / 200 seeds per call)
 EVENTS_BATCH = 200
 SIMILAR_BATCH = 200
+#: list length when the request gives no `k`
+DEFAULT_K = 100
 #: coalesced calls outstanding per upstream and worker (2 and 4 gave the same throughput
 #: within this machine's noise; 2 keeps batches larger)
 IN_FLIGHT = 2
@@ -316,6 +320,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.offline = None
     app.state.upstreams = None
+    # the express lane for the plain requests of the two hottest routes (filled below, once
+    # the routes exist); added before install_common so that MetricsMiddleware wraps it
+    lanes: dict[str, Lane] = {}
+    if cfg.fast_path:
+        app.add_middleware(FastPath, lanes=lanes)
     install_common(
         app,
         SERVICE,
@@ -349,7 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["recommendations"],
     )
     async def recommendations_offline(
-        offline: OfflineDep, user_id: UserIdQuery, k: KQuery = 100
+        offline: OfflineDep, user_id: UserIdQuery, k: KQuery = DEFAULT_K
     ) -> Response:
         """The ranker's list for a known user; the most popular tracks for a cold one."""
         return OrjsonResponse({"recs": offline.offline(user_id, k)})
@@ -364,7 +373,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["recommendations"],
     )
     async def recommendations_online(
-        upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = 100
+        upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = DEFAULT_K
     ) -> Response:
         """Tracks similar to the user's latest listens, best first, without the listened
         ones; empty when the user has no events."""
@@ -384,11 +393,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["recommendations"],
     )
     async def recommendations(
-        offline: OfflineDep, upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = 100
+        offline: OfflineDep,
+        upstreams: UpstreamsDep,
+        user_id: UserIdQuery,
+        k: KQuery = DEFAULT_K,
     ) -> Response:
         """Online and offline interleaved, deduplicated, without recently heard tracks,
         exactly `k` long (topped up from the popular list). Degrades to the offline list
         when an upstream is down or slow."""
+        return OrjsonResponse({"recs": await blended(offline, upstreams, user_id, k)})
+
+    async def blended(
+        offline: OfflineRecs, upstreams: Upstreams, user_id: int, k: int
+    ) -> list[int]:
         try:
             out = await gather_online(upstreams, user_id, k)
         except OnlineFailure as exc:
@@ -401,7 +418,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
         offline_recs = offline.ranked(user_id, 2 * k + len(recent))
-        recs = blend(out.recs, offline_recs, k, recent, offline.popular)
-        return OrjsonResponse({"recs": recs})
+        return blend(out.recs, offline_recs, k, recent, offline.popular)
 
+    async def lane_blended(user_id: int, k: int) -> bytes | None:
+        offline, upstreams = app.state.offline, app.state.upstreams
+        if offline is None or upstreams is None:
+            return None  # FastAPI answers the 503
+        return json_body({"recs": await blended(offline, upstreams, user_id, k)})
+
+    async def lane_offline(user_id: int, k: int) -> bytes | None:
+        offline = app.state.offline
+        if offline is None:
+            return None
+        return json_body({"recs": offline.offline(user_id, k)})
+
+    routes = {getattr(r, "path", None): r for r in app.routes}
+    lanes["/recommendations"] = Lane(routes["/recommendations"], lane_blended, DEFAULT_K)
+    lanes["/recommendations_offline"] = Lane(
+        routes["/recommendations_offline"], lane_offline, DEFAULT_K
+    )
     return app

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     recs_workers: int = Field(
         1, ge=1, le=16, description="uvicorn worker processes of the recommendation service"
     )
+    fast_path: bool = Field(
+        True,
+        description="Serve plain `?user_id=&k=` requests of /recommendations and "
+        "/recommendations_offline without FastAPI's routing and validation (same answers; "
+        "musicrec.fast_path)",
+    )
     similar_port: int = 8010
     events_port: int = 8020
     similar_url: str | None = Field(None, description="Default: http://{host}:{similar_port}")

@@ -1,0 +1,147 @@
+"""The express lane (`musicrec.fast_path`): it answers plain requests exactly as the FastAPI
+routes do, and leaves everything else to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from musicrec.fast_path import parse_user_k
+from musicrec.service_recommendations import create_app
+from musicrec.settings import Settings
+
+from .test_service_recommendations import add_events
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"user_id=42", (42, 100)),
+        (b"user_id=42&k=7", (42, 7)),
+        (b"k=7&user_id=42", (42, 7)),
+        (b"user_id=0&k=1", (0, 1)),
+        (b"user_id=2147483647&k=1000", (2**31 - 1, 1000)),
+        (b"user_id=007&k=05", (7, 5)),  # FastAPI reads leading zeros the same way
+        (b"", None),
+        (b"k=7", None),  # no user
+        (b"user_id=", None),
+        (b"user_id", None),
+        (b"user_id=-1", None),
+        (b"user_id=+1", None),
+        (b"user_id=2147483648", None),  # above int32
+        (b"user_id=12345678901", None),  # 11 digits
+        (b"user_id=1&k=0", None),
+        (b"user_id=1&k=1001", None),
+        (b"user_id=1&user_id=2", None),  # repeated
+        (b"user_id=1&k=2&k=3", None),
+        (b"user_id=1&foo=2", None),  # extra parameter: left to FastAPI
+        (b"user_id=%31", None),  # percent-encoded
+        (b"user_id=1.0", None),
+        (b"user_id=\xd9\xa1", None),  # a non-ASCII digit
+        (b"user_id=1&", None),
+        (b"user_id=1" + b"&k=1" * 20, None),  # too long
+    ],
+)
+def test_parse_user_k(query: bytes, expected: tuple[int, int] | None) -> None:
+    assert parse_user_k(query, 100) == expected
+
+
+QUERIES = [
+    "user_id={warm}",
+    "user_id={warm}&k=7",
+    "k=7&user_id={warm}",
+    "user_id={online}&k=12",
+    "user_id={cold}&k=5",
+    "user_id=0&k=1",
+    "user_id=2147483647&k=1000",
+    "user_id=007&k=05",
+    "",
+    "k=7",
+    "user_id=",
+    "user_id=-1",
+    "user_id=2147483648",
+    "user_id={warm}&k=0",
+    "user_id={warm}&k=1001",
+    "user_id=1&user_id={warm}",
+    "user_id={warm}&foo=2",
+    "user_id=%31&k=3",
+    "user_id=abc",
+]
+
+
+@pytest.fixture
+def both(upstream_settings: Settings, artifacts: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The service with and without the lane (same upstreams, same artifacts), and a user
+    with events (online blend)."""
+    online = artifacts["warm_user"] + 1
+    add_events(upstream_settings, online, artifacts["similar_tracks"][:4])
+    on = upstream_settings.model_copy(update={"fast_path": True})
+    off = upstream_settings.model_copy(update={"fast_path": False})
+    with TestClient(create_app(on)) as c_on, TestClient(create_app(off)) as c_off:
+        yield {
+            "on": c_on,
+            "off": c_off,
+            "ids": {
+                "warm": artifacts["warm_user"],
+                "cold": artifacts["cold_user"],
+                "online": online,
+            },
+        }
+
+
+@pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
+def test_lane_answers_exactly_as_the_route(both: dict[str, Any], path: str) -> None:
+    statuses = set()
+    for template in QUERIES:
+        url = f"{path}?{template.format(**both['ids'])}"
+        a, b = both["on"].post(url), both["off"].post(url)
+        assert (a.status_code, a.content) == (b.status_code, b.content), url
+        for h in ("content-type", "content-length"):
+            assert a.headers.get(h) == b.headers.get(h), (url, h)
+        statuses.add(a.status_code)
+    assert statuses == {200, 422}
+    # other methods are the router's business (405) whether or not the lane is on
+    url = f"{path}?user_id={both['ids']['warm']}"
+    assert both["on"].get(url).status_code == both["off"].get(url).status_code == 405
+
+
+def test_lane_serves_plain_requests_without_the_route(
+    upstream_settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    """Remove the FastAPI routes after start-up: plain requests are still answered (by the
+    lane, counted under the route's template), anything else now finds no route."""
+    warm = artifacts["warm_user"]
+    with TestClient(create_app(upstream_settings)) as c:
+        before = c.post("/recommendations", params={"user_id": warm, "k": 5}).json()
+        app: Any = c.app
+        app.router.routes = [
+            r for r in app.router.routes if getattr(r, "path", "") != "/recommendations"
+        ]
+        assert c.post(f"/recommendations?user_id={warm}&k=5").json() == before
+        assert c.post(f"/recommendations?user_id={warm}&k=5&x=1").status_code == 404
+        assert c.post("/recommendations?user_id=-1").status_code == 404
+        text = c.get("/metrics").text
+        assert (
+            'http_requests_total{method="POST",route="/recommendations",status="200"} 2.0' in text
+        )
+
+
+def test_lane_is_off_when_disabled(upstream_settings: Settings, artifacts: dict[str, Any]) -> None:
+    cfg = upstream_settings.model_copy(update={"fast_path": False})
+    with TestClient(create_app(cfg)) as c:
+        app: Any = c.app
+        app.router.routes = [
+            r for r in app.router.routes if getattr(r, "path", "") != "/recommendations"
+        ]
+        url = f"/recommendations?user_id={artifacts['warm_user']}&k=5"
+        assert c.post(url).status_code == 404
+
+
+def test_not_ready_falls_through_to_the_503(upstream_settings: Settings) -> None:
+    c = TestClient(create_app(upstream_settings))  # no lifespan: nothing loaded
+    for path in ("/recommendations", "/recommendations_offline"):
+        r = c.post(f"{path}?user_id=1&k=5")
+        assert r.status_code == 503 and "not ready" in r.json()["detail"]
