@@ -1,4 +1,4 @@
-"""An express lane in front of FastAPI for the hottest `?user_id=&k=` routes.
+"""An express lane in front of FastAPI for the hottest `?<id>=&k=` routes.
 
 Under load, most of a recommendation request's CPU went to the framework rather than to
 the recommendation: routing over every route, building a `Request`, resolving the
@@ -7,15 +7,17 @@ full10 artifacts: uvicorn + Starlette + FastAPI ~45% of the worker's samples). F
 routes registered here, `FastPath` answers a request itself when, and only when, its query
 string has the plain form the route accepts:
 
-    POST <path>?user_id=<digits>[&k=<digits>]     (either order, each at most once)
+    POST <path>?<id>=<digits>[&k=<digits>]     (either order, each at most once)
 
-with `user_id` in 0 .. 2**31-1 and `k` in 1 .. K_MAX. Everything else (another method, a
-missing or malformed parameter, a percent-encoded digit, an extra parameter, a service not
-ready yet, ...) goes on to FastAPI unchanged, which answers exactly as before: its 422 for
-bad input, its 503 while loading. The answer is the same bytes and headers as the FastAPI
-route's `OrjsonResponse`, and it is counted under the same route template by
-`MetricsMiddleware` (which wraps this lane). `tests/services/test_fast_path.py` sends the
-same requests with and without the lane and compares status, headers and body.
+with the id (`user_id`, `track_id`) in 0 .. 2**31-1 and `k` in 1 .. K_MAX. Everything
+else (another method, a missing or malformed parameter, a percent-encoded digit, an extra
+parameter, a service not ready yet, ...) goes on to FastAPI unchanged, which answers
+exactly as before: its 422 for bad input, its 503 while loading. The answer is the same
+bytes and headers as the FastAPI route's `OrjsonResponse`, and it is counted under the same
+route template by `MetricsMiddleware` (which wraps this lane).
+`tests/services/test_fast_path.py` sends the same requests with and without the lane and
+compares status, headers and body. Used by `/recommendations`, `/recommendations_offline`
+and `/similar_tracks`.
 """
 
 from __future__ import annotations
@@ -28,49 +30,50 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from musicrec.service_common import INT32_MAX, K_MAX
 
-#: the answer's body (JSON bytes), or None to let FastAPI answer (e.g. not ready)
-UserKHandler = Callable[[int, int], Awaitable[bytes | None]]
+#: (id, k) -> the answer's body (JSON bytes), or None to let FastAPI answer (not ready)
+IdKHandler = Callable[[int, int], Awaitable[bytes | None]]
 
-#: longer query strings are never the plain form (user_id=2147483647&k=1000 is 28 bytes)
+#: longer query strings are never the plain form (track_id=2147483647&k=1000 is 29 bytes)
 MAX_QUERY = 64
 
 
-def parse_user_k(query: bytes, default_k: int) -> tuple[int, int] | None:
-    """`(user_id, k)` if `query` is exactly `user_id=<digits>[&k=<digits>]` (either order,
-    each once, ASCII digits, within the bounds of `UserIdQuery` and `KQuery`), `k`
-    defaulting to `default_k`; None for anything else."""
+def parse_id_k(query: bytes, id_name: bytes, default_k: int) -> tuple[int, int] | None:
+    """`(id, k)` if `query` is exactly `<id_name>=<digits>[&k=<digits>]` (either order,
+    each once, ASCII digits, the id in 0 .. 2**31-1 like `UserIdQuery` / `TrackIdQuery`, k
+    in 1 .. K_MAX like `KQuery`), `k` defaulting to `default_k`; None for anything else."""
     if len(query) > MAX_QUERY:
         return None
-    user: int | None = None
+    key: int | None = None
     k: int | None = None
     for part in query.split(b"&"):
         name, sep, value = part.partition(b"=")
         # bytes.isdigit() is ASCII-only; 10 digits bound the int() below
         if not sep or not value.isdigit() or len(value) > 10:
             return None
-        if name == b"user_id" and user is None:
-            user = int(value)
+        if name == id_name and key is None:
+            key = int(value)
         elif name == b"k" and k is None:
             k = int(value)
         else:
             return None
-    if user is None or user > INT32_MAX:
+    if key is None or key > INT32_MAX:
         return None
     if k is None:
         k = default_k
     elif not 1 <= k <= K_MAX:
         return None
-    return user, k
+    return key, k
 
 
 @dataclass(frozen=True)
 class Lane:
-    """One route served by the lane: its FastAPI route object (for the metrics label) and
-    the handler computing the JSON body."""
+    """One route served by the lane: its FastAPI route object (for the metrics label), the
+    handler computing the JSON body, the route's default `k` and its id parameter."""
 
     route: Any
-    handler: UserKHandler
+    handler: IdKHandler
     default_k: int
+    id_name: bytes = b"user_id"
 
 
 class FastPath:
@@ -85,7 +88,7 @@ class FastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             lane = self.lanes.get(scope["path"])
             if lane is not None:
-                parsed = parse_user_k(scope["query_string"], lane.default_k)
+                parsed = parse_id_k(scope["query_string"], lane.id_name, lane.default_k)
                 if parsed is not None:
                     body = await lane.handler(*parsed)
                     if body is not None:

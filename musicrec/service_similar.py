@@ -29,6 +29,7 @@ from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
+from musicrec.fast_path import FastPath, Lane
 from musicrec.service_common import (
     K_MAX,
     NOT_READY_RESPONSES,
@@ -48,6 +49,7 @@ from musicrec.service_common import (
     freeze_startup_heap,
     install_common,
     int_column,
+    json_body,
     not_ready,
     numeric_column,
     read_artifact,
@@ -58,6 +60,8 @@ from musicrec.settings import Settings, get_settings
 log = logging.getLogger("musicrec.services.similar")
 
 SERVICE = "similar"
+#: list length when the request gives no `k`
+DEFAULT_K = 10
 #: the most track ids one batch request may carry
 MAX_BATCH = 200
 #: request body limit of the batch endpoint (bytes)
@@ -174,6 +178,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=TELEMETRY_OFF,
     )
     app.state.similar = None
+    # the express lane for plain /similar_tracks requests (musicrec.fast_path), filled once
+    # the route exists; added before install_common so that MetricsMiddleware wraps it
+    lanes: dict[str, Lane] = {}
+    if cfg.fast_path:
+        app.add_middleware(FastPath, lanes=lanes)
     install_common(app, SERVICE, metrics, lambda: app.state.similar is not None)
 
     @app.post(
@@ -182,10 +191,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
         tags=["similar"],
     )
-    async def similar_tracks(index: IndexDep, track_id: TrackIdQuery, k: KQuery = 10) -> Response:
+    async def similar_tracks(
+        index: IndexDep, track_id: TrackIdQuery, k: KQuery = DEFAULT_K
+    ) -> Response:
         """The `k` tracks most similar to `track_id`, best first (empty if unknown)."""
         tracks, scores = index.get(track_id, k)
         return OrjsonResponse({"track_id_2": tracks, "score": scores})
+
+    async def lane_similar(track_id: int, k: int) -> bytes | None:
+        index: SimilarIndex | None = app.state.similar
+        if index is None:
+            return None  # FastAPI answers the 503
+        tracks, scores = index.get(track_id, k)
+        return json_body({"track_id_2": tracks, "score": scores})
 
     @app.post(
         "/similar_tracks_batch",
@@ -202,4 +220,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             results.append({"track_id": track_id, "track_id_2": tracks, "score": scores})
         return OrjsonResponse({"results": results})
 
+    similar_route = next(r for r in app.routes if getattr(r, "path", None) == "/similar_tracks")
+    lanes["/similar_tracks"] = Lane(similar_route, lane_similar, DEFAULT_K, b"track_id")
     return app

@@ -35,9 +35,9 @@ class Settings(BaseSettings):
     )
     fast_path: bool = Field(
         True,
-        description="Serve plain `?user_id=&k=` requests of /recommendations and "
-        "/recommendations_offline without FastAPI's routing and validation (same answers; "
-        "musicrec.fast_path)",
+        description="Serve plain `?user_id=&k=` / `?track_id=&k=` requests of "
+        "/recommendations, /recommendations_offline and /similar_tracks without FastAPI's "
+        "routing and validation (same answers; musicrec.fast_path)",
     )
     similar_port: int = 8010
     events_port: int = 8020

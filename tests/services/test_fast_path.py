@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from musicrec.fast_path import parse_user_k
+from musicrec.fast_path import parse_id_k
 from musicrec.service_recommendations import create_app
+from musicrec.service_similar import create_app as similar_app
 from musicrec.settings import Settings
 
 from .test_service_recommendations import add_events
@@ -45,8 +46,13 @@ from .test_service_recommendations import add_events
         (b"user_id=1" + b"&k=1" * 20, None),  # too long
     ],
 )
-def test_parse_user_k(query: bytes, expected: tuple[int, int] | None) -> None:
-    assert parse_user_k(query, 100) == expected
+def test_parse_id_k(query: bytes, expected: tuple[int, int] | None) -> None:
+    assert parse_id_k(query, b"user_id", 100) == expected
+    # another route's id parameter: the user_id form is then not plain
+    other = query.replace(b"user_id", b"track_id")
+    assert parse_id_k(other, b"track_id", 100) == expected
+    if expected is not None:
+        assert parse_id_k(query, b"track_id", 100) is None
 
 
 QUERIES = [
@@ -92,20 +98,43 @@ def both(upstream_settings: Settings, artifacts: dict[str, Any]) -> Iterator[dic
         }
 
 
-@pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
-def test_lane_answers_exactly_as_the_route(both: dict[str, Any], path: str) -> None:
+def assert_same_answers(on: TestClient, off: TestClient, path: str, queries: list[str]) -> None:
+    """Every query gets the same status, body and headers with and without the lane; the
+    queries cover both 200s and 422s."""
     statuses = set()
-    for template in QUERIES:
-        url = f"{path}?{template.format(**both['ids'])}"
-        a, b = both["on"].post(url), both["off"].post(url)
+    for query in queries:
+        url = f"{path}?{query}"
+        a, b = on.post(url), off.post(url)
         assert (a.status_code, a.content) == (b.status_code, b.content), url
         for h in ("content-type", "content-length"):
             assert a.headers.get(h) == b.headers.get(h), (url, h)
         statuses.add(a.status_code)
     assert statuses == {200, 422}
     # other methods are the router's business (405) whether or not the lane is on
-    url = f"{path}?user_id={both['ids']['warm']}"
-    assert both["on"].get(url).status_code == both["off"].get(url).status_code == 405
+    url = f"{path}?{queries[0]}"
+    assert on.get(url).status_code == off.get(url).status_code == 405
+
+
+@pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
+def test_lane_answers_exactly_as_the_route(both: dict[str, Any], path: str) -> None:
+    queries = [q.format(**both["ids"]) for q in QUERIES]
+    assert_same_answers(both["on"], both["off"], path, queries)
+
+
+def test_similar_lane_answers_exactly_as_the_route(
+    settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    on = settings.model_copy(update={"fast_path": True})
+    off = settings.model_copy(update={"fast_path": False})
+    known = artifacts["similar_tracks"][0]
+    queries = [
+        q.replace("user_id", "track_id").format(warm=known, online=known + 1, cold=2**31 - 2)
+        for q in QUERIES
+    ]
+    with TestClient(similar_app(on)) as c_on, TestClient(similar_app(off)) as c_off:
+        assert_same_answers(c_on, c_off, "/similar_tracks", queries)
+        # the user_id form is not this route's plain form: FastAPI's 422 either way
+        assert c_on.post(f"/similar_tracks?user_id={known}").status_code == 422
 
 
 def test_lane_serves_plain_requests_without_the_route(
@@ -145,3 +174,5 @@ def test_not_ready_falls_through_to_the_503(upstream_settings: Settings) -> None
     for path in ("/recommendations", "/recommendations_offline"):
         r = c.post(f"{path}?user_id=1&k=5")
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
+    r = TestClient(similar_app(upstream_settings)).post("/similar_tracks?track_id=1&k=5")
+    assert r.status_code == 503 and "not ready" in r.json()["detail"]
