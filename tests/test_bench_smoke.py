@@ -113,3 +113,15 @@ def test_client_ab_smoke() -> None:
     out = run_script("client_ab.py", "--calls", "200", "--concurrency", "4", "--rounds", "1")
     assert "aiohttp / HttpPool CPU per call:" in out
     assert any(line.startswith("HttpPool") for line in out.splitlines())
+
+
+def test_fast_path_ab_smoke(bench_dirs: dict[str, Path]) -> None:
+    art = bench_dirs["art"]
+    if not (art / "recommendations" / "recommendations.parquet").exists():
+        pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    out = run_script(
+        "fast_path_ab.py", "--artifacts-dir", art, "--requests", "50", "--repeats", "1"
+    )
+    for route in ("/recommendations_offline", "/similar_tracks"):
+        assert f"{route}: 50 requests per round, same answers" in out
+    assert out.count("ratio ") == 2
