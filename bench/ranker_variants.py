@@ -1,0 +1,101 @@
+"""Ranker variants on the same training rows and test candidates (issue #3 experiments).
+
+    python bench/quality.py --only lastfm            # the artifacts this reads
+    python bench/ranker_variants.py base no_genre    # 2026-12-02: 0.0818 / 0.0810 NDCG@10
+
+Dumps once (into `--work`) the pipeline's pooled label-window training rows and the
+features of every warm test user's candidates, exactly as `run_pipeline` builds them from
+the artifacts in `--artifacts-dir` (the ALS factors, similar tracks, ALS lists); then, for
+each named variant, fits the CatBoost ranker with that variant's feature list and scores
+its top-10 on the test window. `base` reproduces the pipeline's ranker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from musicrec import ranker as ranker_module  # noqa: E402
+from musicrec.artifacts import ArtifactPaths  # noqa: E402
+from musicrec.candidates import generate_candidates  # noqa: E402
+from musicrec.columns import Columns as C  # noqa: E402
+from musicrec.config import load_config  # noqa: E402
+from musicrec.features import CAT_FEATURES, FEATURES, collect_features  # noqa: E402
+from musicrec.metrics import evaluate  # noqa: E402
+from musicrec.pipeline import (  # noqa: E402
+    PipelineContext,
+    StageCache,
+    label_windows,
+    window_training_rows,
+)
+from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
+
+GENRE = ("user_genre_share", "main_genre")
+#: name -> (numeric + categorical features, categorical features)
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "base": (list(FEATURES), list(CAT_FEATURES)),
+    "no_genre": ([f for f in FEATURES if f not in GENRE], []),
+    "no_main_genre": ([f for f in FEATURES if f != "main_genre"], []),
+}
+
+
+def dump(ctx: PipelineContext, work: Path) -> None:
+    frames = [window_training_rows(ctx, lab, w)[0] for w, lab in enumerate(label_windows(ctx))]
+    pd.concat(frames, ignore_index=True).to_parquet(work / "train.parquet")
+    stage, test = ctx.first_stage(), ctx.test
+    warm = np.intersect1d(test.target[C.User].unique(), test.history[C.User].unique())
+    cand = generate_candidates(stage, warm, ctx.cfg.ranker)
+    feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
+    feats.to_parquet(work / "test_candidates.parquet")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    ap.add_argument(
+        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
+    )
+    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    paths = ArtifactPaths(args.artifacts_dir)
+    ctx = PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.work / "test_candidates.parquet").exists():
+        dump(ctx, args.work)
+    train = pd.read_parquet(args.work / "train.parquet")
+    feats = pd.read_parquet(args.work / "test_candidates.parquet")
+    test = ctx.test
+    warm = np.sort(feats[C.User].unique())
+    rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads})
+    print(f"{len(train):,} training rows, {len(feats):,} test candidates of {len(warm)} users")
+    try:
+        for name in args.variants:
+            # the ranker module's feature lists, rebound for this variant
+            ranker_module.FEATURES, ranker_module.CAT_FEATURES = VARIANTS[name]
+            t0 = time.perf_counter()
+            model = Ranker.fit(train, rcfg)
+            recs = rank_candidates(feats, model.predict(feats), cfg.top_k)
+            res = evaluate(recs, test.target, test.history, len(ctx.prepared.items), 5, 10, warm)
+            cells = "  ".join(
+                f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}"
+                for m in ("ndcg@10", "recall@5")
+            )
+            print(f"{name:<14} {cells}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        ranker_module.FEATURES, ranker_module.CAT_FEATURES = FEATURES, CAT_FEATURES
+
+
+if __name__ == "__main__":
+    main()
