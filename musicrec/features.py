@@ -53,16 +53,39 @@ FEATURES = NUMERIC_FEATURES + CAT_FEATURES
 
 
 def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes).
+    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes; rows
+    with b == 0 are left out).
 
     Sort + run boundaries rather than `np.unique(..., return_counts=True)`: the same result,
-    several times faster on the history-sized arrays here (numpy 2.4)."""
-    keys = np.sort(a.astype(np.int64) * b_size + b.astype(np.int64))
+    several times faster on the history-sized arrays here (numpy 2.4). The keys are built
+    and sorted in place: one int64 array of len(a), the largest allocation of the features'
+    history statistics (1.7 GB at the full size)."""
+    keys = a.astype(np.int64)
+    keys *= b_size
+    keys += b
+    keys.sort()
     if len(keys) == 0:
         return keys, np.zeros(0, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     counts = np.diff(np.r_[starts, len(keys)])
-    return keys[starts], counts
+    keys = keys[starts]
+    keep = keys % b_size != 0
+    return keys[keep], counts[keep]
+
+
+def _first_last(codes: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Earliest and latest of `dates` (datetime64[ns]) per code in 0..n-1 (NaT if none).
+
+    Unbuffered `minimum.at` / `maximum.at` over the int64 view: no argsort of the history
+    (4.5 s and two 8-byte copies per 20M rows against 0.07 s and nothing)."""
+    ns = dates.astype("datetime64[ns]").view(np.int64)
+    nat = np.iinfo(np.int64).min  # NaT's int64 value
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(n, nat, dtype=np.int64)
+    np.minimum.at(first, codes, ns)
+    np.maximum.at(last, codes, ns)
+    first[first == np.iinfo(np.int64).max] = nat
+    return first.view("datetime64[ns]"), last.view("datetime64[ns]")
 
 
 def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -100,11 +123,7 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     listeners = np.bincount(h_icode, minlength=n_items).astype(np.float32)
     recent = h_dates >= recent_start
     listeners_recent = np.bincount(h_icode[recent], minlength=n_items).astype(np.float32)
-    first = np.full(n_items, np.datetime64("NaT"), dtype="datetime64[ns]")
-    last = np.full(n_items, np.datetime64("NaT"), dtype="datetime64[ns]")
-    order = np.argsort(h_dates, kind="stable")
-    first[h_icode[order[::-1]]] = h_dates[order[::-1]]  # last write wins: earliest date
-    last[h_icode[order]] = h_dates[order]  # last write wins: latest date
+    first, last = _first_last(h_icode, h_dates, n_items)
     st.update(item_map=item_map, listeners=listeners, listeners_recent=listeners_recent)
     st.update(first=first, last=last)
 
@@ -115,14 +134,16 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     n_users = len(user_map)
     u_listens = np.bincount(h_ucode, minlength=n_users).astype(np.float32)
     u_recent = np.bincount(h_ucode[recent], minlength=n_users).astype(np.float32)
-    u_first = np.full(n_users, np.datetime64("NaT"), dtype="datetime64[ns]")
-    u_last = np.full(n_users, np.datetime64("NaT"), dtype="datetime64[ns]")
-    u_first[h_ucode[order[::-1]]] = h_dates[order[::-1]]
-    u_last[h_ucode[order]] = h_dates[order]
-    del order
-    # the user's usual popularity (mean log listeners of the tracks heard)
+    u_first, u_last = _first_last(h_ucode, h_dates, n_users)
+    del recent
+    # the user's usual popularity (mean log listeners of the tracks heard), summed in
+    # chunks: bincount's weights are float64, a history-sized copy at once
     log_pop = np.log1p(listeners)
-    user_pop_sum = np.bincount(h_ucode, weights=log_pop[h_icode], minlength=n_users)
+    user_pop_sum = np.zeros(n_users, dtype=np.float64)
+    for s in range(0, len(h_ucode), 1 << 24):
+        sl = slice(s, s + (1 << 24))
+        user_pop_sum += np.bincount(h_ucode[sl], weights=log_pop[h_icode[sl]], minlength=n_users)
+    del h_icode
     user_mean_pop = (user_pop_sum / np.maximum(u_listens, 1)).astype(np.float32)
     st.update(user_map=user_map, u_listens=u_listens, u_recent=u_recent)
     st.update(u_first=u_first, u_last=u_last, user_mean_pop=user_mean_pop)
@@ -135,12 +156,15 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     h_cat = cat_map.codes(h_items)
     st.update(cat_map=cat_map, genre=genre_of, artist=artist_of)
     for name, table in (("genre", genre_of), ("artist", artist_of)):
-        h_attr = _attr(h_cat, table)
+        # int32 per history row when the ids allow it (half the memory of int64)
+        small = table.max(initial=0) < np.iinfo(np.int32).max
+        h_attr = _attr(h_cat, table.astype(np.int32) if small else table)
         # + 2: attribute codes are shifted by one (-1, unknown, becomes 0); any candidate
         # attribute is in the catalogue table, so its maximum bounds every key
         size = int(max(h_attr.max(initial=0), table.max(initial=0))) + 2
-        ok = h_attr >= 0
-        keys, counts = _pair_counts(h_ucode[ok], h_attr[ok] + 1, size)
+        h_attr += 1  # unknown (-1) becomes 0, which _pair_counts leaves out
+        keys, counts = _pair_counts(h_ucode, h_attr, size)
+        del h_attr
         st[f"{name}_pairs"] = (keys, counts, size)
     stage.cache[key] = st
     return st

@@ -174,3 +174,20 @@ def test_features_match_naive_computations(
         prof = normed[stage.als.items.codes(uh[C.Item].to_numpy())].mean(axis=0)
         prof /= np.linalg.norm(prof)
         assert r["profile_sim"] == pytest.approx(float(prof @ normed[ic]), abs=1e-4)
+
+
+def test_pair_counts_and_first_last_on_a_hand_example() -> None:
+    from musicrec.features import _first_last, _pair_counts
+
+    a = np.array([2, 0, 2, 1, 2, 0], dtype=np.int32)
+    b = np.array([1, 3, 1, 0, 2, 3], dtype=np.int32)  # b == 0: unknown, left out
+    keys, counts = _pair_counts(a, b, 4)
+    assert keys.tolist() == [0 * 4 + 3, 2 * 4 + 1, 2 * 4 + 2]
+    assert counts.tolist() == [2, 2, 1]
+
+    dates = np.array(["2022-01-03", "2022-01-01", "2022-01-02", "2022-01-05"], "datetime64[D]")
+    first, last = _first_last(np.array([1, 1, 0, 1]), dates, 3)
+    assert first.dtype == last.dtype == np.dtype("datetime64[ns]")
+    assert first[:2].astype("datetime64[D]").tolist() == [dates[2], dates[1]]
+    assert last[:2].astype("datetime64[D]").tolist() == [dates[2], dates[3]]
+    assert np.isnat(first[2]) and np.isnat(last[2])  # code 2 never seen
