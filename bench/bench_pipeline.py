@@ -12,6 +12,9 @@ CatBoost) are timed too. Then it fits bare `implicit` ALS on the same matrix as 
 pipeline's final ALS fit (same factors, iterations, threads) and prints the ratios.
 
 The table is printed and written to `bench/results/pipeline_<preset>_<utc time>.{txt,json}`.
+While the run goes, the stages done so far are kept in
+`bench/results/pipeline_<preset>_in_progress.json` (removed at the end), so a run the OOM
+killer ends still leaves its per-stage figures.
 """
 
 from __future__ import annotations
@@ -380,6 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     instrument(timer)
     stages: list[dict[str, Any]] = []
     paths = ArtifactPaths(artifacts)
+    progress = progress_path(args.results_dir, args.preset, args.smoke)
 
     def on_stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         timer.stage = name
@@ -393,6 +397,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"peak {rec['peak_rss_gib']:.2f} GiB",
             flush=True,
         )
+        # the stages so far, in case the run dies (the OOM killer leaves no traceback)
+        write_json_atomic(progress, {**result, "complete": False, "stages": stages})
         return info
 
     total: dict[str, Any] = {}
@@ -416,6 +422,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["bare_als"] = bare_als_fit(artifacts, cfg, metrics["als_params"])
     result["load_avg_end"] = round(os.getloadavg()[0], 2)
     return result
+
+
+def progress_path(results_dir: Path, preset: str, smoke: bool) -> Path:
+    """Where the stages done so far are kept while a run is going (removed at its end)."""
+    return results_dir / f"pipeline_{preset}{'_smoke' if smoke else ''}_in_progress.json"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
 def write_results(
@@ -451,6 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = render(result)
     print(table, flush=True)
     write_results(args.results_dir, f"pipeline_{args.preset}", args.smoke, table, result)
+    progress_path(args.results_dir, args.preset, args.smoke).unlink(missing_ok=True)
     if args.clean:
         shutil.rmtree(result["artifacts_dir"], ignore_errors=True)
     return result

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,33 @@ def test_bench_pipeline_smoke(bench_dirs: dict[str, Path]) -> None:
     assert [s["stage"] for s in result["stages"]][0] == "prepare"
     assert result["bare_als"]["wall_s"] > 0
     assert (d["art"] / "recommendations" / "recommendations.parquet").exists()
+    assert not list(d["results"].glob("*_in_progress.json"))  # removed once complete
+
+
+def test_bench_pipeline_keeps_the_stages_of_a_run_that_dies(
+    bench_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline dies after its first stage (as under the OOM killer): the stage's
+    figures are in the in-progress file."""
+    import musicrec.pipeline
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import bench_pipeline
+
+    def dies_after_prepare(*args: object, on_stage: Any, **kwargs: object) -> None:
+        on_stage("prepare", lambda: {})
+        raise MemoryError("killed")
+
+    monkeypatch.setattr(musicrec.pipeline, "run_pipeline", dies_after_prepare)
+    results = tmp_path / "results"
+    argv = ["--preset", "tiny", "--smoke", "--no-bare-als", "--data-dir", str(bench_dirs["data"])]
+    argv += ["--artifacts-dir", str(tmp_path / "art"), "--results-dir", str(results)]
+    with pytest.raises(MemoryError):
+        bench_pipeline.main(argv)
+    progress = json.loads((results / "pipeline_tiny_smoke_in_progress.json").read_text())
+    assert progress["complete"] is False
+    assert [s["stage"] for s in progress["stages"]] == ["prepare"]
+    assert progress["stages"][0]["wall_s"] >= 0 and progress["stages"][0]["rows_in"] > 0
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
