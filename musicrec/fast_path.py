@@ -76,6 +76,11 @@ class Lane:
     id_name: bytes = b"user_id"
 
 
+def route_of(app: Any, path: str) -> Any:
+    """The app's route object for `path` (what `Lane.route` needs for the metrics label)."""
+    return next(r for r in app.routes if getattr(r, "path", None) == path)
+
+
 class FastPath:
     """Pure ASGI middleware: serves the plain requests of `lanes` (path -> `Lane`) and
     passes everything else to the wrapped app."""

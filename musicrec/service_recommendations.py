@@ -37,7 +37,7 @@ from musicrec.blending import blend, cold_start, dedupe, merge_by_score
 from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
-from musicrec.fast_path import FastPath, Lane
+from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -432,9 +432,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return None
         return json_body({"recs": offline.offline(user_id, k)})
 
-    routes = {getattr(r, "path", None): r for r in app.routes}
-    lanes["/recommendations"] = Lane(routes["/recommendations"], lane_blended, DEFAULT_K)
-    lanes["/recommendations_offline"] = Lane(
-        routes["/recommendations_offline"], lane_offline, DEFAULT_K
-    )
+    for path, handler in (
+        ("/recommendations", lane_blended),
+        ("/recommendations_offline", lane_offline),
+    ):
+        lanes[path] = Lane(route_of(app, path), handler, DEFAULT_K)
     return app

@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
-from musicrec.fast_path import FastPath, Lane
+from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.service_common import (
     K_MAX,
     NOT_READY_RESPONSES,
@@ -125,7 +125,7 @@ class SimilarBatchRequest(BaseModel):
     track_ids: list[JsonId] = Field(
         max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})"
     )
-    k: JsonInt = Field(10, ge=1, le=K_MAX, description="Similar tracks per seed")
+    k: JsonInt = Field(DEFAULT_K, ge=1, le=K_MAX, description="Similar tracks per seed")
 
 
 class SimilarBatchItem(BaseModel):
@@ -220,6 +220,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             results.append({"track_id": track_id, "track_id_2": tracks, "score": scores})
         return OrjsonResponse({"results": results})
 
-    similar_route = next(r for r in app.routes if getattr(r, "path", None) == "/similar_tracks")
-    lanes["/similar_tracks"] = Lane(similar_route, lane_similar, DEFAULT_K, b"track_id")
+    route = route_of(app, "/similar_tracks")
+    lanes["/similar_tracks"] = Lane(route, lane_similar, DEFAULT_K, b"track_id")
     return app
