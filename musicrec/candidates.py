@@ -32,7 +32,7 @@ class FirstStage:
 
     history: pd.DataFrame
     end: pd.Timestamp
-    matrix: InteractionMatrix
+    matrix: InteractionMatrix  # InteractionMatrix.from_events(history): its binary pairs
     als: ALSModel
     popular: pd.DataFrame  # listeners_per_track(history)
     similar: pd.DataFrame  # track_id_1, track_id_2, score, rank

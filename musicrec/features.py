@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from musicrec.als import pair_dots
 from musicrec.candidates import FirstStage, latest_for_users
@@ -52,27 +53,6 @@ CAT_FEATURES = ["main_genre"]
 FEATURES = NUMERIC_FEATURES + CAT_FEATURES
 
 
-def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique keys a * b_size + b and their counts (a, b non-negative codes; rows
-    with b == 0 are left out).
-
-    Sort + run boundaries rather than `np.unique(..., return_counts=True)`: the same result,
-    several times faster on the history-sized arrays here (numpy 2.4). The keys are built
-    and sorted in place: one int64 array of len(a), the largest allocation of the features'
-    history statistics (1.7 GB at the full size)."""
-    keys = a.astype(np.int64)
-    keys *= b_size
-    keys += b
-    keys.sort()
-    if len(keys) == 0:
-        return keys, np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    counts = np.diff(np.r_[starts, len(keys)])
-    keys = keys[starts]
-    keep = keys % b_size != 0
-    return keys[keep], counts[keep]
-
-
 def _first_last(codes: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Earliest and latest of `dates` (datetime64[ns]) per code in 0..n-1 (NaT if none).
 
@@ -100,72 +80,98 @@ def _days(delta: np.ndarray) -> np.ndarray:
     return (delta / np.timedelta64(1, "D")).astype(np.float32)
 
 
+def _listen_counts(stage: FirstStage, h_ucode: np.ndarray, h_icode: np.ndarray) -> sp.csr_matrix:
+    """Users x items listen counts of `stage.history`, rows and columns as `stage.matrix`.
+
+    `stage.matrix` is the binary matrix of the history's pairs (`FirstStage`), so when the
+    history has one row per (user, track) - always for prepared data, whose repeated listens
+    are dropped (`raw.drop_repeated_listens`) - it already is the count matrix: no copy.
+    Otherwise the counts are built from the history's codes."""
+    csr = stage.matrix.csr
+    if csr.nnz == len(h_ucode):
+        return csr
+    counts = sp.csr_matrix(
+        (np.ones(len(h_ucode), dtype=np.float32), (h_ucode, h_icode)), shape=csr.shape
+    )
+    counts.sum_duplicates()
+    return counts
+
+
+def _attribute_pairs(
+    counts: sp.csr_matrix, attr_of_item: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Listens per (user, attribute) as sorted keys `user * size + attr + 1` and counts.
+
+    `attr_of_item[i]` is the attribute (genre, artist) of column i of `counts`, -1 when
+    unknown; unknown attributes get no pair; `size` > max attribute + 1. One sparse product
+    of the counts with the items x attributes one-hot matrix: its non-zeros are the user's
+    distinct attributes, so no history-sized temporary is made (sorting one int64 key per
+    listen instead took ~5 GB at the full size)."""
+    known = np.flatnonzero(attr_of_item >= 0)
+    one_hot = sp.csr_matrix(
+        (np.ones(len(known), dtype=np.float32), (known, attr_of_item[known] + 1)),
+        shape=(counts.shape[1], size),
+    )
+    per_user = (counts @ one_hot).tocsr()
+    per_user.sort_indices()
+    rows = np.repeat(np.arange(per_user.shape[0], dtype=np.int64), np.diff(per_user.indptr))
+    rows *= size
+    rows += per_user.indices
+    return rows, per_user.data.astype(np.float32)
+
+
 def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> dict[str, Any]:
     """Per-item, per-user and per-(user, genre/artist) counts over `stage.history`.
 
     They depend on the history, the catalogue and `recent_days` only, not on the candidates,
     so they are computed once per first stage and kept in `stage.cache` (the ranker scores
-    users in batches: recomputing them per batch sorted the whole history every time)."""
+    users in batches: recomputing them per batch sorted the whole history every time).
+    Users and items are coded as in `stage.matrix` (the history's own ids)."""
     key = ("history_stats", id(items), recent_days)
     if key in stage.cache:
         return stage.cache[key]  # type: ignore[no-any-return]
     hist = stage.history
     end = np.datetime64(stage.end, "ns")
     recent_start = end - np.timedelta64(recent_days, "D")
-    st: dict[str, Any] = {}
+    item_map, user_map = stage.matrix.items, stage.matrix.users
+    n_items, n_users = len(item_map), len(user_map)
+    h_dates = hist[C.Datetime].to_numpy()
+    recent = h_dates >= recent_start
+    h_icode = item_map.codes(hist[C.Item].to_numpy())
+    h_ucode = user_map.codes(hist[C.User].to_numpy())
+    counts = _listen_counts(stage, h_ucode, h_icode)
+    st: dict[str, Any] = {"item_map": item_map, "user_map": user_map}
 
     # --- item statistics over the history ---
-    h_items = hist[C.Item].to_numpy()
-    h_dates = hist[C.Datetime].to_numpy()
-    item_map = IdMap.from_values(h_items)
-    h_icode = item_map.codes(h_items)
-    n_items = len(item_map)
-    listeners = np.bincount(h_icode, minlength=n_items).astype(np.float32)
-    recent = h_dates >= recent_start
-    listeners_recent = np.bincount(h_icode[recent], minlength=n_items).astype(np.float32)
-    first, last = _first_last(h_icode, h_dates, n_items)
-    st.update(item_map=item_map, listeners=listeners, listeners_recent=listeners_recent)
-    st.update(first=first, last=last)
+    listeners = np.bincount(counts.indices, weights=counts.data, minlength=n_items)
+    st["listeners"] = listeners.astype(np.float32)
+    st["listeners_recent"] = np.bincount(h_icode[recent], minlength=n_items).astype(np.float32)
+    st["first"], st["last"] = _first_last(h_icode, h_dates, n_items)
+    del h_icode
 
     # --- user statistics ---
-    h_users = hist[C.User].to_numpy()
-    user_map = IdMap.from_values(h_users)
-    h_ucode = user_map.codes(h_users)
-    n_users = len(user_map)
-    u_listens = np.bincount(h_ucode, minlength=n_users).astype(np.float32)
-    u_recent = np.bincount(h_ucode[recent], minlength=n_users).astype(np.float32)
-    u_first, u_last = _first_last(h_ucode, h_dates, n_users)
-    del recent
-    # the user's usual popularity (mean log listeners of the tracks heard), summed in
-    # chunks: bincount's weights are float64, a history-sized copy at once
+    u_listens = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+    st["u_listens"] = u_listens
+    st["u_recent"] = np.bincount(h_ucode[recent], minlength=n_users).astype(np.float32)
+    st["u_first"], st["u_last"] = _first_last(h_ucode, h_dates, n_users)
+    del h_ucode, recent
+    # the user's usual popularity: the mean log listeners of the tracks heard
     log_pop = np.log1p(listeners)
-    user_pop_sum = np.zeros(n_users, dtype=np.float64)
-    for s in range(0, len(h_ucode), 1 << 24):
-        sl = slice(s, s + (1 << 24))
-        user_pop_sum += np.bincount(h_ucode[sl], weights=log_pop[h_icode[sl]], minlength=n_users)
-    del h_icode
-    user_mean_pop = (user_pop_sum / np.maximum(u_listens, 1)).astype(np.float32)
-    st.update(user_map=user_map, u_listens=u_listens, u_recent=u_recent)
-    st.update(u_first=u_first, u_last=u_last, user_mean_pop=user_mean_pop)
+    st["user_mean_pop"] = ((counts @ log_pop) / np.maximum(u_listens, 1)).astype(np.float32)
 
     # --- (user, genre) and (user, artist) listen counts ---
     cat = items[[C.Item, C.MainGenre, C.MainArtist]].drop_duplicates(C.Item).sort_values(C.Item)
     cat_map = IdMap(cat[C.Item].to_numpy().astype(np.int64))
     genre_of = cat[C.MainGenre].to_numpy().astype(np.int64)
     artist_of = cat[C.MainArtist].to_numpy().astype(np.int64)
-    h_cat = cat_map.codes(h_items)
     st.update(cat_map=cat_map, genre=genre_of, artist=artist_of)
+    m_cat = cat_map.codes(item_map.ids)  # catalogue row of each matrix column
     for name, table in (("genre", genre_of), ("artist", artist_of)):
-        # int32 per history row when the ids allow it (half the memory of int64)
-        small = table.max(initial=0) < np.iinfo(np.int32).max
-        h_attr = _attr(h_cat, table.astype(np.int32) if small else table)
-        # + 2: attribute codes are shifted by one (-1, unknown, becomes 0); any candidate
-        # attribute is in the catalogue table, so its maximum bounds every key
-        size = int(max(h_attr.max(initial=0), table.max(initial=0))) + 2
-        h_attr += 1  # unknown (-1) becomes 0, which _pair_counts leaves out
-        keys, counts = _pair_counts(h_ucode, h_attr, size)
-        del h_attr
-        st[f"{name}_pairs"] = (keys, counts, size)
+        # + 2: keys hold attribute + 1 (unknown, -1, would be 0); any candidate's attribute
+        # is in the catalogue table, so its maximum bounds every key
+        size = int(table.max(initial=0)) + 2
+        keys, n = _attribute_pairs(counts, _attr(m_cat, table), size)
+        st[f"{name}_pairs"] = (keys, n, size)
     stage.cache[key] = st
     return st
 

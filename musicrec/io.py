@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,34 @@ def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
+
+
+def write_parquet_batches(frames: Iterable[pd.DataFrame], path: str | Path) -> int:
+    """Write `frames` (same columns and dtypes) to one parquet file, a row group or more
+    per frame, atomically; returns the number of rows. Only one frame is in memory at a
+    time, so a result of any size is written without concatenating it first. An empty
+    iterable writes nothing and raises ValueError (there is no schema to write)."""
+    rows = 0
+    with atomic_path(path) as tmp:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for df in frames:
+                table = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                elif not table.schema.equals(writer.schema, check_metadata=False):
+                    raise ValueError(
+                        f"{path}: frame schema {table.schema} differs from the first frame's "
+                        f"{writer.schema}"
+                    )
+                writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{path}: no frames to write")
+    return rows
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

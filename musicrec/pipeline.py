@@ -39,8 +39,9 @@ from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
 from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
-from musicrec.io import read_json, write_json, write_parquet
+from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
 from musicrec.matrix import InteractionMatrix
+from musicrec.memory import release_free_memory
 from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
 from musicrec.prepare import PreparedData, load_prepared, prepare_data
 from musicrec.ranker import (
@@ -193,6 +194,9 @@ class PipelineContext:
             self._stage.cache["scored_items"] = top_item_codes(
                 matrix, self.cfg.als.max_scored_items
             )
+            # the matrix build and the parquet reads leave freed buffers behind (GBs at the
+            # full size): hand them back before the user batches allocate theirs
+            release_free_memory("after loading the first stage")
         return self._stage
 
     def run_stage(self, stage: Stage) -> dict[str, Any]:
@@ -440,25 +444,37 @@ def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
     ranker, info = train_ranker(ctx)
     ranker.save(ranker_path)
     ctx.label_split = None  # a copy of most of the history, not needed after training
-    recs, n_cand = rank_for_users(ctx, ranker, ctx.first_stage())
-    write_parquet(recs, ctx.paths.recommendations)
-    info.update({"users": int(recs[C.User].nunique()), "rows": len(recs), "candidates": n_cand})
+    release_free_memory("after the ranker's training")
+    info.update(write_ranked(ctx, ranker, ctx.first_stage()))
+    release_free_memory("after scoring every user")
     return info
 
 
-def rank_for_users(
-    ctx: PipelineContext, ranker: Ranker, stage: FirstStage, users: np.ndarray | None = None
-) -> tuple[pd.DataFrame, int]:
-    """Ranker top-k for `users` (default: every user with history), in user batches."""
-    users = stage.matrix.users.ids if users is None else users
-    frames, n_cand = [], 0
+def ranked_batches(
+    ctx: PipelineContext, ranker: Ranker, stage: FirstStage, counter: dict[str, int]
+) -> Iterator[pd.DataFrame]:
+    """Ranker top-k of every user with history, one user batch at a time (bounded memory:
+    1.37M users x top 100 is 137M rows at the full size). Adds the candidates scored and
+    the users ranked to `counter`."""
+    users = stage.matrix.users.ids
     batch = ctx.cfg.ranker.inference_batch_users
     for s in range(0, len(users), batch):
         cand = generate_candidates(stage, users[s : s + batch], ctx.cfg.ranker)
         feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
-        n_cand += len(feats)
-        frames.append(rank_candidates(feats, ranker.predict(feats), ctx.cfg.top_k))
-    return pd.concat(frames, ignore_index=True), n_cand
+        del cand
+        counter["candidates"] += len(feats)
+        top = rank_candidates(feats, ranker.predict(feats), ctx.cfg.top_k)
+        counter["users"] += int(top[C.User].nunique())
+        yield top
+
+
+def write_ranked(ctx: PipelineContext, ranker: Ranker, stage: FirstStage) -> dict[str, int]:
+    """Score every user of `stage` and write `recommendations.parquet` batch by batch."""
+    counter = {"candidates": 0, "users": 0}
+    rows = write_parquet_batches(
+        ranked_batches(ctx, ranker, stage, counter), ctx.paths.recommendations
+    )
+    return {"users": counter["users"], "rows": rows, "candidates": counter["candidates"]}
 
 
 def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
@@ -481,8 +497,10 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     popular = listeners_per_track(test.history)
     warm_recs = {
         "top_popular": recommend_popular(popular, stage.matrix, warm, kmax),
-        "als": pd.read_parquet(ctx.paths.personal_als),
-        "ranker": pd.read_parquet(ctx.paths.recommendations),
+        # only the first kmax of each list are scored: reading them alone keeps a tenth of
+        # the 137M rows of each file in memory at the full size
+        "als": read_top(ctx.paths.personal_als, kmax),
+        "ranker": read_top(ctx.paths.recommendations, kmax),
     }
     warm_results = {name: ev(recs, warm) for name, recs in warm_recs.items()}
     comparisons = compare_models(
@@ -513,6 +531,11 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         "comparisons": comparisons,
         "candidates": diag,
     }
+
+
+def read_top(path: Path, k: int) -> pd.DataFrame:
+    """The rows of a recommendations file (user, track, score, rank) with rank <= k."""
+    return pd.read_parquet(path, filters=[(C.Rank, "<=", k)])
 
 
 def candidate_recall_diagnostic(
@@ -612,9 +635,8 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     write_parquet(als, ctx.paths.personal_als)
     set_als_recs(stage, als, ctx.cfg.als.n_recs)  # candidates reuse these lists
     ranker = Ranker.load(ctx.paths.model_dir / "ranker.cbm")
-    recs, _ = rank_for_users(ctx, ranker, stage)
-    write_parquet(recs, ctx.paths.recommendations)
-    return {"fit_end": str(end.date()), "users": int(recs[C.User].nunique())}
+    written = write_ranked(ctx, ranker, stage)
+    return {"fit_end": str(end.date()), "users": written["users"]}
 
 
 # ---------------------------------------------------------------------------- driver

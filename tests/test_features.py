@@ -176,14 +176,56 @@ def test_features_match_naive_computations(
         assert r["profile_sim"] == pytest.approx(float(prof @ normed[ic]), abs=1e-4)
 
 
-def test_pair_counts_and_first_last_on_a_hand_example() -> None:
-    from musicrec.features import _first_last, _pair_counts
+def test_counts_hold_when_the_history_repeats_a_listen(
+    stage: FirstStage, tiny_prepared: PreparedData
+) -> None:
+    """Prepared histories have one row per (user, track), and the statistics then read the
+    first stage's binary matrix; a history with repeated listens must count every row."""
+    hist = stage.history
+    repeats = hist.sample(frac=0.3, random_state=1).copy()
+    repeats[C.Datetime] = repeats[C.Datetime] - pd.Timedelta(hours=5)
+    doubled = pd.concat([hist, repeats], ignore_index=True)
+    assert doubled.duplicated([C.User, C.Item]).any()
+    rep = FirstStage(
+        doubled, stage.end, stage.matrix, stage.als, stage.popular, stage.similar
+    )  # the same pairs, so the same binary matrix, first-stage model and similar tracks
+    items = tiny_prepared.items
+    users = stage.matrix.users.ids[::5]
+    feats = collect_features(rep, items, generate_candidates(rep, users, CFG), CFG)
+    by_item = items.set_index(C.Item)
+    n_listen = doubled.groupby(C.Item).size()
+    sample = feats.sample(120, random_state=2)
+    checked_repeats = 0
+    for r in cast(list[dict[str, Any]], sample.to_dict("records")):
+        u, t = r[C.User], r[C.Item]
+        uh = doubled[doubled[C.User] == u]
+        checked_repeats += int(uh.duplicated([C.User, C.Item]).any())
+        assert r["item_listeners"] == n_listen.get(t, 0)
+        assert r["user_listens"] == len(uh)
+        assert r["item_age_days"] == pytest.approx(
+            (stage.end - doubled[doubled[C.Item] == t][C.Datetime].min()) / pd.Timedelta(days=1),
+            rel=1e-5,
+        )
+        artist = by_item.loc[t, C.MainArtist]
+        n_artist = (by_item.loc[uh[C.Item], C.MainArtist].to_numpy() == artist).sum()
+        assert r["user_artist_listens"] == (n_artist if artist >= 0 else 0)
+        assert r["item_pop_vs_user"] == pytest.approx(
+            np.log1p(n_listen.get(t, 0)) - np.log1p(n_listen[uh[C.Item]]).mean(), abs=1e-4
+        )
+    assert checked_repeats > 50  # most sampled users have a repeated listen
 
-    a = np.array([2, 0, 2, 1, 2, 0], dtype=np.int32)
-    b = np.array([1, 3, 1, 0, 2, 3], dtype=np.int32)  # b == 0: unknown, left out
-    keys, counts = _pair_counts(a, b, 4)
-    assert keys.tolist() == [0 * 4 + 3, 2 * 4 + 1, 2 * 4 + 2]
-    assert counts.tolist() == [2, 2, 1]
+
+def test_attribute_pairs_and_first_last_on_a_hand_example() -> None:
+    import scipy.sparse as sp
+
+    from musicrec.features import _attribute_pairs, _first_last
+
+    # 3 users x 4 items listen counts; items' attributes 2, 0, 2 and unknown (-1)
+    counts = sp.csr_matrix(np.array([[1, 0, 0, 5], [0, 0, 0, 0], [2, 1, 3, 0]], dtype=np.float32))
+    keys, n = _attribute_pairs(counts, np.array([2, 0, 2, -1]), 4)
+    # keys user * 4 + attribute + 1; item 3's unknown attribute makes no pair
+    assert keys.tolist() == [0 * 4 + 3, 2 * 4 + 1, 2 * 4 + 3]
+    assert n.tolist() == [1, 1, 5]
 
     dates = np.array(["2022-01-03", "2022-01-01", "2022-01-02", "2022-01-05"], "datetime64[D]")
     first, last = _first_last(np.array([1, 1, 0, 1]), dates, 3)

@@ -1,0 +1,70 @@
+"""Batch parquet writer and the memory helper used by the ranker stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from musicrec.io import write_parquet, write_parquet_batches
+from musicrec.memory import release_free_memory, rss_gib
+
+
+def frames(n: int, rows: int) -> Iterator[pd.DataFrame]:
+    for b in range(n):
+        yield pd.DataFrame(
+            {
+                "user_id": np.full(rows, b, dtype=np.int32),
+                "track_id": np.arange(rows, dtype=np.int32) + 100 * b,
+                "score": np.linspace(1, 0, rows, dtype=np.float32),
+                "rank": np.arange(1, rows + 1, dtype=np.int16),
+            }
+        )
+
+
+def test_batches_make_the_same_file_content_as_one_write(tmp_path: Path) -> None:
+    rows = write_parquet_batches(frames(4, 7), tmp_path / "b.parquet")
+    write_parquet(pd.concat(frames(4, 7), ignore_index=True), tmp_path / "one.parquet")
+    assert rows == 28
+    batched = pd.read_parquet(tmp_path / "b.parquet")
+    pd.testing.assert_frame_equal(batched, pd.read_parquet(tmp_path / "one.parquet"))
+    assert pq.ParquetFile(tmp_path / "b.parquet").num_row_groups == 4  # one per frame
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failing_batch_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    target = tmp_path / "recs.parquet"
+    write_parquet(next(frames(1, 3)), target)
+
+    def broken() -> Iterator[pd.DataFrame]:
+        yield from frames(2, 5)
+        raise RuntimeError("scoring failed")
+
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        write_parquet_batches(broken(), target)
+    assert len(pd.read_parquet(target)) == 3  # the old file, not a half-written one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.parquet"]
+
+
+def test_mismatched_or_missing_frames_are_refused(tmp_path: Path) -> None:
+    first = next(frames(1, 3))
+    other = first.assign(score=first["score"].astype(np.float64))
+    with pytest.raises(ValueError, match="differs from the first frame"):
+        write_parquet_batches(iter([first, other]), tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="no frames"):
+        write_parquet_batches(iter([]), tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_release_free_memory_reports_the_resident_set(caplog: pytest.LogCaptureFixture) -> None:
+    big = np.ones(50_000_000, dtype=np.uint8)  # 50 MB, touched
+    held = rss_gib()
+    del big
+    with caplog.at_level("INFO", logger="musicrec.memory"):
+        after = release_free_memory("in a test")
+    assert 0 < after < held  # the freed 50 MB left the resident set
+    assert "memory in a test: RSS" in caplog.text
