@@ -217,6 +217,9 @@ class PipelineContext:
         self.results[name] = info
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         log.info("stage %-12s done in %.1f s", name, self.seconds[name])
+        # what the stage freed goes back to the system before the next one allocates (and
+        # the log gets the resident set of each stage)
+        release_free_memory(f"after stage {name}")
         return info
 
 
@@ -446,7 +449,6 @@ def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
     ctx.label_split = None  # a copy of most of the history, not needed after training
     release_free_memory("after the ranker's training")
     info.update(write_ranked(ctx, ranker, ctx.first_stage()))
-    release_free_memory("after scoring every user")
     return info
 
 

@@ -145,6 +145,9 @@ def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
     text = tiny_pipeline.log_file.read_text()
     for stage in STAGES:
         assert f"stage {stage}" in text, stage
+        # every stage hands its freed memory back and logs the resident set
+        assert f"memory after stage {stage}: RSS" in text, stage
+    assert "memory after the ranker's training: RSS" in text
     assert "evaluation (test window from" in text
     assert "ALS tuning picked" in text
     assert "Traceback" not in text
