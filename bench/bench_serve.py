@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         events_port=free_port(),
         log_level=args.log_level,
         recs_workers=args.recs_workers,
+        similar_workers=args.similar_workers,
         fast_path=not args.no_fast_path,
         events_api_key=None,
         fetch_artifacts_from_s3=False,
@@ -246,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "connections": args.connections,
         "recs_workers": args.recs_workers,
+        "similar_workers": args.similar_workers,
         "fast_path": not args.no_fast_path,
         "smoke": args.smoke,
     }
@@ -374,7 +376,8 @@ def render(result: dict[str, Any]) -> str:
         "jobs share the cores)",
         f"wrk -t1 -c{result['connections']} -d{result['duration_s']}s per case; "
         f"{result.get('recs_workers', 1)} worker(s) for the recommendation service and the "
-        f"floor, 1 for the others; services started in {result.get('startup_s', 0):.1f} s; "
+        f"floor, {result.get('similar_workers', 1)} for similar tracks, 1 for events; "
+        f"services started in {result.get('startup_s', 0):.1f} s; "
         f"fast path {'on' if result.get('fast_path', True) else 'off'}",
     ]
     if result.get("smoke"):
@@ -424,6 +427,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=int,
         default=2,
         help="uvicorn workers of the recommendation service and of the floor app (2)",
+    )
+    ap.add_argument(
+        "--similar-workers",
+        type=int,
+        default=1,
+        help="uvicorn workers of the similar-tracks service (1)",
     )
     ap.add_argument(
         "--no-fast-path",

@@ -132,12 +132,22 @@ def child_environment(settings: Settings, base: dict[str, str] | None = None) ->
     return env
 
 
+def service_workers(spec: ServiceSpec, settings: Settings) -> int:
+    """uvicorn workers of a service: `recs_workers` / `similar_workers`; the event service
+    always runs one (its in-memory cache of recent events lives in one process)."""
+    if spec.port_field == "recs_port":
+        return settings.recs_workers
+    if spec.port_field == "similar_port":
+        return settings.similar_workers
+    return 1
+
+
 def uvicorn_command(spec: ServiceSpec, settings: Settings, port: int) -> list[str]:
     """`python -m uvicorn <app> --host .. --port ..` with production-minded options."""
     level = settings.log_level.lower()
     if level not in ("critical", "error", "warning", "info", "debug", "trace"):
         level = "info"
-    workers = settings.recs_workers if spec.port_field == "recs_port" else 1
+    workers = service_workers(spec, settings)
     return [
         sys.executable,
         "-m",

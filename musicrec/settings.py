@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         "routing and validation (same answers; musicrec.fast_path)",
     )
     similar_port: int = 8010
+    similar_workers: int = Field(
+        1, ge=1, le=16, description="uvicorn worker processes of the similar-tracks service"
+    )
     events_port: int = 8020
     similar_url: str | None = Field(None, description="Default: http://{host}:{similar_port}")
     events_url: str | None = Field(None, description="Default: http://{host}:{events_port}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 from pydantic import SecretStr
 
 from musicrec.serve import PROJECT_ROOT, child_environment, is_ready, stop_all
@@ -67,39 +68,52 @@ def test_verify_service_passes_against_real_processes(
         assert any(check in x and x.startswith("PASS") for x in lines), check
 
 
-def test_two_recommendation_workers_pass_verification_and_share_metrics(
-    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+@pytest.mark.parametrize(
+    ("service", "setting", "route", "param"),
+    [
+        ("recommendations", "recs_workers", "/recommendations_offline", "user_id"),
+        ("similar", "similar_workers", "/similar_tracks", "track_id"),
+    ],
+)
+def test_two_workers_pass_verification_and_share_metrics(
+    service_processes: ServiceStarter,
+    artifacts: dict[str, Any],
+    tmp_path: Path,
+    service: str,
+    setting: str,
+    route: str,
+    param: str,
 ) -> None:
-    """`recs_workers=2`: two uvicorn workers behind one port, /metrics counts both."""
-    cfg = make_settings(artifacts["root"], tmp_path, recs_workers=2)
+    """`recs_workers=2` / `similar_workers=2`: two uvicorn workers behind one port,
+    verification passes, /metrics counts both."""
+    cfg = make_settings(artifacts["root"], tmp_path, **{setting: 2})
     procs = service_processes(cfg)
-    recs = next(p for p in procs if p.name == "recommendations")
-    assert recs.scratch is not None and recs.scratch.is_dir()
-    assert len(psutil.Process(recs.proc.pid).children()) >= 2  # the workers
+    proc = next(p for p in procs if p.name == service)
+    assert proc.scratch is not None and proc.scratch.is_dir()
+    assert len(psutil.Process(proc.proc.pid).children()) >= 2  # the workers
     lines = run_verify_service(cfg, tmp_path)
     assert any(x.startswith("PASS") and "blended" in x for x in lines)
+    assert not any(x.startswith("FAIL") for x in lines)
 
     def served() -> float:
-        text = httpx.get(f"{recs.url}/metrics", timeout=10).text
+        text = httpx.get(f"{proc.url}/metrics", timeout=10).text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("http_requests_total{") and "/recommendations_offline" in line
+            if line.startswith("http_requests_total{") and f'"{route}"' in line
         )
 
-    def one(user: int) -> int:  # a new connection each: the workers share the load
-        return httpx.post(
-            f"{recs.url}/recommendations_offline", params={"user_id": user}, timeout=10
-        ).status_code
+    def one(i: int) -> int:  # a new connection each: the workers share the load
+        return httpx.post(f"{proc.url}{route}", params={param: i}, timeout=10).status_code
 
     before = served()
     with ThreadPoolExecutor(16) as pool:
         assert set(pool.map(one, range(300))) == {200}
     assert served() - before == 300  # whichever worker answers /metrics counts them all
-    pids = {f.stem.rsplit("_", 1)[-1] for f in recs.scratch.glob("*.db")}
+    pids = {f.stem.rsplit("_", 1)[-1] for f in proc.scratch.glob("*.db")}
     assert len(pids) >= 2, pids  # and both workers did serve
     stop_all(procs)
-    assert not recs.scratch.exists()
+    assert not proc.scratch.exists()
 
 
 def test_verify_service_fails_when_services_are_down(
