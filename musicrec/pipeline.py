@@ -453,12 +453,16 @@ def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
 
 
 def ranked_batches(
-    ctx: PipelineContext, ranker: Ranker, stage: FirstStage, counter: dict[str, int]
+    ctx: PipelineContext,
+    ranker: Ranker,
+    stage: FirstStage,
+    counter: dict[str, int],
+    users: np.ndarray | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Ranker top-k of every user with history, one user batch at a time (bounded memory:
-    1.37M users x top 100 is 137M rows at the full size). Adds the candidates scored and
-    the users ranked to `counter`."""
-    users = stage.matrix.users.ids
+    """Ranker top-k of `users` (default: every user with history), one user batch at a
+    time (bounded memory: 1.37M users x top 100 is 137M rows at the full size). Adds the
+    candidates scored and the users ranked to `counter`."""
+    users = stage.matrix.users.ids if users is None else users
     batch = ctx.cfg.ranker.inference_batch_users
     for s in range(0, len(users), batch):
         cand = generate_candidates(stage, users[s : s + batch], ctx.cfg.ranker)
@@ -470,11 +474,18 @@ def ranked_batches(
         yield top
 
 
-def write_ranked(ctx: PipelineContext, ranker: Ranker, stage: FirstStage) -> dict[str, int]:
-    """Score every user of `stage` and write `recommendations.parquet` batch by batch."""
+def write_ranked(
+    ctx: PipelineContext,
+    ranker: Ranker,
+    stage: FirstStage,
+    users: np.ndarray | None = None,
+    path: Path | None = None,
+) -> dict[str, int]:
+    """Score `users` (default: every user of `stage`) and write their top-k to `path`
+    (default `recommendations.parquet`) batch by batch."""
     counter = {"candidates": 0, "users": 0}
     rows = write_parquet_batches(
-        ranked_batches(ctx, ranker, stage, counter), ctx.paths.recommendations
+        ranked_batches(ctx, ranker, stage, counter, users), path or ctx.paths.recommendations
     )
     return {"users": counter["users"], "rows": rows, "candidates": counter["candidates"]}
 

@@ -137,6 +137,34 @@ def test_profile_summary_counts_packages_and_leaves(
     assert " 50.0%  offline (musicrec)" in text
 
 
+@pytest.mark.parametrize("ranker", ["saved", "stand-in"])
+def test_ranker_inference_smoke(bench_dirs: dict[str, Path], ranker: str) -> None:
+    art = bench_dirs["art"]
+    if not (art / "model" / "ranker.cbm").exists():
+        pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    results = bench_dirs["results"] / f"inference_{ranker}"
+    extra = ["--stand-in"] if ranker == "stand-in" else []
+    out = run_script(
+        "ranker_inference.py",
+        "--artifacts-dir",
+        art,
+        "--smoke",
+        "--batches",
+        "1",
+        "--results-dir",
+        results,
+        *extra,
+    )
+    assert "[inference] first stage" in out and "[inference] history statistics" in out
+    step = "stand-in ranker (CatBoost fit)" if ranker == "stand-in" else "load ranker.cbm"
+    assert f"[inference] {step}" in out
+    result = json.loads(next(results.glob("ranker_inference_*.json")).read_text())
+    assert result["ranker"] == ("stand-in" if extra else str(art / "model" / "ranker.cbm"))
+    assert 0 < result["users_scored"] <= result["users_total"]
+    assert result["written"]["users"] == result["users_scored"]
+    assert result["peak_rss_gib"] > 0
+
+
 def test_client_ab_smoke() -> None:
     out = run_script("client_ab.py", "--calls", "200", "--concurrency", "4", "--rounds", "1")
     assert "aiohttp / HttpPool CPU per call:" in out
