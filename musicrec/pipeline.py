@@ -256,6 +256,9 @@ def stage_split(ctx: PipelineContext) -> dict[str, Any]:
     t = ctx.test.facts("test")
     facts["history_rows"], facts["history_users"] = t["history_rows"], t["history_users"]
     log.info("split: %s", json.dumps(facts))
+    # the label split is a reordered copy of most of the history (3.6 GB at the full size):
+    # it is not held through the ALS and similar-tracks stages, the ranker splits again
+    ctx.label_split = None
     return {"split": facts}
 
 

@@ -34,6 +34,7 @@ from musicrec.pipeline import (
     candidate_recall_diagnostic,
     label_windows,
     run_pipeline,
+    stage_split,
     train_ranker,
     tune_als,
 )
@@ -489,3 +490,20 @@ def test_load_config_rejects_other_formats_and_missing_files(tmp_path: Path) -> 
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_split_stage_does_not_hold_the_label_split(tiny_pipeline: TinyPipeline) -> None:
+    """The label split (a copy of most of the history) is dropped after the split stage's
+    facts and rebuilt by the ranker: the same window, so the facts stay true."""
+    ctx = PipelineContext(
+        tiny_pipeline.root,
+        tiny_pipeline.paths,
+        tiny_pipeline.cfg,
+        StageCache(tiny_pipeline.root / "cache"),
+    )
+    facts = stage_split(ctx)["split"]
+    assert ctx.label_split is None and ctx.test_split is not None
+    label = ctx.label  # rebuilt on demand
+    assert str(label.start.date()) == facts["label_start"]
+    assert len(label.target) == facts["label_rows"]
+    assert len(label.history) == facts["label_history_rows"]
