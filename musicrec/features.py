@@ -58,7 +58,7 @@ def _first_last(codes: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarra
 
     Unbuffered `minimum.at` / `maximum.at` over the int64 view: no argsort of the history
     (4.5 s and two 8-byte copies per 20M rows against 0.07 s and nothing)."""
-    ns = dates.astype("datetime64[ns]").view(np.int64)
+    ns = dates.astype("datetime64[ns]", copy=False).view(np.int64)  # no copy of ns dates
     nat = np.iinfo(np.int64).min  # NaT's int64 value
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(n, nat, dtype=np.int64)

@@ -95,8 +95,17 @@ class InteractionMatrix:
         u = users.codes(events[C.User].to_numpy())
         i = items.codes(events[C.Item].to_numpy())
         keep = (u >= 0) & (i >= 0)
-        data = np.ones(int(keep.sum()), dtype=np.float32)
-        csr = sp.csr_matrix((data, (u[keep], i[keep])), shape=(len(users), len(items)))
+        if not keep.all():  # no copies of the codes in the usual case (every id known)
+            u, i = u[keep], i[keep]
+        del keep
+        # COO -> CSR sums duplicate pairs; the COO (which holds u and i) is dropped as soon
+        # as the CSR exists: ~1.6 GB less at the peak for the 200M-listen history
+        coo = sp.coo_matrix(
+            (np.ones(len(u), dtype=np.float32), (u, i)), shape=(len(users), len(items))
+        )
+        del u, i
+        csr = coo.tocsr()
+        del coo
         csr.sum_duplicates()
         csr.data[:] = 1.0  # first listens are binary; duplicates never count twice
         csr.sort_indices()

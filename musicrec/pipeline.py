@@ -128,6 +128,8 @@ class PipelineContext:
     def prepared(self) -> PreparedData:
         if self.data is None:
             self.data = load_prepared(self.paths)
+            # the parquet reads' buffers (several GB at the full size) go back to the system
+            release_free_memory("after loading the prepared data")
         return self.data
 
     @property
@@ -140,6 +142,7 @@ class PipelineContext:
             # prepared frame, so that only one copy of the events stays in memory
             if self.test_split.frame is not None:
                 self.data = dataclasses.replace(self.prepared, events=self.test_split.frame)
+            release_free_memory("after the test split")  # the prepared events' copy
         return self.test_split
 
     @property
