@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    from musicrec.logs import setup_logging
+
+    setup_logging("INFO")  # the pipeline's own lines: one per user batch, memory releases
     result = run(args)
     print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=1), flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
 from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
 from musicrec.matrix import InteractionMatrix
-from musicrec.memory import release_free_memory
+from musicrec.memory import release_free_memory, rss_gib
 from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
 from musicrec.prepare import PreparedData, load_prepared, prepare_data
 from musicrec.ranker import (
@@ -470,13 +470,24 @@ def ranked_batches(
     candidates scored and the users ranked to `counter`."""
     users = stage.matrix.users.ids if users is None else users
     batch = ctx.cfg.ranker.inference_batch_users
+    t0 = time.perf_counter()
     for s in range(0, len(users), batch):
         cand = generate_candidates(stage, users[s : s + batch], ctx.cfg.ranker)
         feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
         del cand
         counter["candidates"] += len(feats)
         top = rank_candidates(feats, ranker.predict(feats), ctx.cfg.top_k)
+        del feats
         counter["users"] += int(top[C.User].nunique())
+        done = min(s + batch, len(users))
+        log.info(
+            "ranked %d of %d users (%d candidates so far), %.0f s, RSS %.2f GiB",
+            done,
+            len(users),
+            counter["candidates"],
+            time.perf_counter() - t0,
+            rss_gib(),
+        )
         yield top
 
 

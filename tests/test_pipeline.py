@@ -149,6 +149,9 @@ def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
         # every stage hands its freed memory back and logs the resident set
         assert f"memory after stage {stage}: RSS" in text, stage
     assert "memory after the ranker's training: RSS" in text
+    # the scoring of every user reports its progress, batch by batch, ending with all
+    n_users = len(pd.read_parquet(tiny_pipeline.paths.recommendations)["user_id"].unique())
+    assert f"ranked {n_users} of {n_users} users" in text
     assert "evaluation (test window from" in text
     assert "ALS tuning picked" in text
     assert "Traceback" not in text
