@@ -67,12 +67,6 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
     ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        help="CatBoost seeds: one model per seed, their scores averaged (default: the config's)",
-    )
     args = ap.parse_args()
     cfg = load_config(args.config)
     paths = ArtifactPaths(args.artifacts_dir)
@@ -91,19 +85,14 @@ def main() -> None:
             # the ranker module's feature lists, rebound for this variant
             ranker_module.FEATURES, ranker_module.CAT_FEATURES = VARIANTS[name]
             t0 = time.perf_counter()
-            seeds = args.seeds or [rcfg.random_seed]
-            scores = np.zeros(len(feats), dtype=np.float64)
-            for seed in seeds:
-                model = Ranker.fit(train, rcfg.model_copy(update={"random_seed": seed}))
-                scores += model.predict(feats)
-            recs = rank_candidates(feats, (scores / len(seeds)).astype(np.float32), cfg.top_k)
+            model = Ranker.fit(train, rcfg)
+            recs = rank_candidates(feats, model.predict(feats), cfg.top_k)
             res = evaluate(recs, test.target, test.history, len(ctx.prepared.items), 5, 10, warm)
             cells = "  ".join(
                 f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}"
                 for m in ("ndcg@10", "recall@5")
             )
-            tag = f"{name} x{len(seeds)}" if len(seeds) > 1 else name
-            print(f"{tag:<18} {cells}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"{name:<14} {cells}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
         ranker_module.FEATURES, ranker_module.CAT_FEATURES = FEATURES, CAT_FEATURES
 
