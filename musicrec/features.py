@@ -156,7 +156,9 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     st["u_first"], st["u_last"] = _first_last(h_ucode, h_dates, n_users)
     del h_ucode, recent
     # the user's usual popularity: the mean log listeners of the tracks heard
-    log_pop = np.log1p(listeners)
+    # (log of the float32 counts, summed in float64: the values of the per-listen sum this
+    # replaced, which the Last.fm ranker's figures were measured with)
+    log_pop = np.log1p(st["listeners"]).astype(np.float64)
     st["user_mean_pop"] = ((counts @ log_pop) / np.maximum(u_listens, 1)).astype(np.float32)
 
     # --- (user, genre) and (user, artist) listen counts ---
