@@ -37,14 +37,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from bench_pipeline import PeakRss, machine, smoke_config  # noqa: E402
 
+from musicrec.memory import rss_gib  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
-
-
-def gib() -> float:
-    return float(psutil.Process().memory_info().rss) / 2**30
 
 
 def stand_in_ranker(ctx: Any, stage: Any, users: np.ndarray) -> Any:
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             out = fn()
             dt = time.perf_counter() - t0
-        rec = {"step": name, "s": round(dt, 1), "rss_after_gib": round(gib(), 2)}
+        rec = {"step": name, "s": round(dt, 1), "rss_after_gib": round(rss_gib(), 2)}
         rec["peak_gib"] = round(peak.peak / 2**30, 2)
         result["steps"].append(rec)
         print(

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,7 @@ import pyarrow.parquet as pq
 
 from musicrec.columns import Columns, RawFiles
 from musicrec.io import atomic_path
+from musicrec.memory import peak_rss_gib
 
 log = logging.getLogger("musicrec.generate")
 
@@ -779,11 +779,6 @@ def _chunks(n_events: np.ndarray, chunk_events: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def _peak_rss_gib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def raw_data_present(data_dir: str | Path) -> bool:
     """True when the three raw files exist in `data_dir`."""
     return all((Path(data_dir) / name).is_file() for name in RawFiles.All)
@@ -862,7 +857,7 @@ def generate_dataset(
         "catalog_seconds": round(t_cat, 2),
         "seconds": round(time.perf_counter() - t0, 2),
         "cpu_seconds": round(time.process_time() - cpu0, 2),
-        "peak_rss_gib": round(_peak_rss_gib(), 3),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
         "bytes": sum((out / name).stat().st_size for name in RawFiles.All),
     }
     log.info(

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import resource
+from typing import Any
 
 import psutil
 
@@ -30,18 +32,27 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _malloc_trim() -> bool:
-    """glibc's `malloc_trim(0)`: give the free memory of every arena back to the system.
-    False where the C library has no such call (musl, macOS)."""
+@functools.cache
+def _libc_malloc_trim() -> Any:
+    """glibc's `malloc_trim`, looked up once (`find_library` runs `ldconfig`); None where
+    the C library has no such call (musl, macOS)."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         trim = ctypes.CDLL(name).malloc_trim
     except (OSError, AttributeError):
-        return False
+        return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
+    return trim
+
+
+def _malloc_trim() -> bool:
+    """`malloc_trim(0)`: give the free memory of every arena back to the system."""
+    trim = _libc_malloc_trim()
+    if trim is None:
+        return False
     trim(0)
     return True
 
