@@ -2,12 +2,15 @@
 
     python bench/quality.py --only lastfm            # the artifacts this reads
     python bench/ranker_variants.py base no_genre    # 2026-12-02: 0.0818 / 0.0810 NDCG@10
+    python bench/ranker_variants.py base --seeds 42 1 2 3 4   # each seed, then their average
 
 Dumps once (into `--work`) the pipeline's pooled label-window training rows and the
 features of every warm test user's candidates, exactly as `run_pipeline` builds them from
 the artifacts in `--artifacts-dir` (the ALS factors, similar tracks, ALS lists); then, for
 each named variant, fits the CatBoost ranker with that variant's feature list and scores
-its top-10 on the test window. `base` reproduces the pipeline's ranker.
+its top-10 on the test window. `base` reproduces the pipeline's ranker. With `--seeds`,
+each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
+models) is scored too.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
     ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     paths = ArtifactPaths(args.artifacts_dir)
@@ -80,19 +84,31 @@ def main() -> None:
     warm = np.sort(feats[C.User].unique())
     rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads})
     print(f"{len(train):,} training rows, {len(feats):,} test candidates of {len(warm)} users")
+    seeds = args.seeds or [rcfg.random_seed]
+
+    def report(label: str, scores: np.ndarray, seconds: float) -> None:
+        recs = rank_candidates(feats, scores, cfg.top_k)
+        res = evaluate(recs, test.target, test.history, len(ctx.prepared.items), 5, 10, warm)
+        cells = "  ".join(
+            f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}" for m in ("ndcg@10", "recall@5")
+        )
+        print(f"{label:<24} {cells}  ({seconds:.0f} s)", flush=True)
+
     try:
         for name in args.variants:
             # the ranker module's feature lists, rebound for this variant
             ranker_module.FEATURES, ranker_module.CAT_FEATURES = VARIANTS[name]
-            t0 = time.perf_counter()
-            model = Ranker.fit(train, rcfg)
-            recs = rank_candidates(feats, model.predict(feats), cfg.top_k)
-            res = evaluate(recs, test.target, test.history, len(ctx.prepared.items), 5, 10, warm)
-            cells = "  ".join(
-                f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}"
-                for m in ("ndcg@10", "recall@5")
-            )
-            print(f"{name:<14} {cells}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            bag = np.zeros(len(feats), dtype=np.float64)
+            t_all = time.perf_counter()
+            for seed in seeds:
+                t0 = time.perf_counter()
+                model = Ranker.fit(train, rcfg.model_copy(update={"random_seed": seed}))
+                scores = model.predict(feats)
+                bag += scores
+                report(f"{name} seed {seed}", scores, time.perf_counter() - t0)
+            if len(seeds) > 1:
+                label = f"{name} mean of {len(seeds)} seeds"
+                report(label, (bag / len(seeds)).astype(np.float32), time.perf_counter() - t_all)
     finally:
         ranker_module.FEATURES, ranker_module.CAT_FEATURES = FEATURES, CAT_FEATURES
 

@@ -104,11 +104,9 @@ class InteractionMatrix:
             (np.ones(len(u), dtype=np.float32), (u, i)), shape=(len(users), len(items))
         )
         del u, i
-        csr = coo.tocsr()
+        csr = coo.tocsr()  # canonical: duplicates summed, indices sorted
         del coo
-        csr.sum_duplicates()
         csr.data[:] = 1.0  # first listens are binary; duplicates never count twice
-        csr.sort_indices()
         return cls(users, items, csr)
 
     @property

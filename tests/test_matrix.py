@@ -75,7 +75,7 @@ def test_matrix_is_binary_float32_and_sums_to_unique_pairs() -> None:
     assert float(m.csr.sum()) == pytest.approx(n_pairs)  # the int8 trap would give ~0
     assert set(np.unique(m.csr.data).tolist()) == {1.0}
     assert m.shape == (ev[C.User].nunique(), ev[C.Item].nunique())
-    assert m.csr.has_sorted_indices
+    assert m.csr.has_sorted_indices and m.csr.has_canonical_format
     # every event is a non-zero at (code of user, code of track)
     dense = m.csr.toarray()
     assert (dense[m.users.codes(ev[C.User]), m.items.codes(ev[C.Item])] == 1.0).all()
