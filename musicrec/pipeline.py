@@ -356,6 +356,15 @@ def label_windows(ctx: PipelineContext) -> Iterator[Split]:
         yield split
 
 
+def rows_of_keys(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of the entries of `sorted_keys` (ascending) equal to one of `wanted`
+    (ascending, unique), in order: one binary search per wanted key, no scan."""
+    lo = np.searchsorted(sorted_keys, wanted, "left")
+    n = np.searchsorted(sorted_keys, wanted, "right") - lo
+    # position p of the output belongs to wanted[j] and maps to lo[j] + (p - start of j)
+    return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+
+
 def window_training_rows(
     ctx: PipelineContext, lab: Split, window: int
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -371,29 +380,42 @@ def window_training_rows(
         similar_for=(lab.target[C.User].unique(), rcfg.recent_tracks),
     )
     users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
-    # label-window pairs of those users, sorted by user so each batch takes a slice
+    # label-window pairs of those users, sorted by user so a batch's rows are gathered by
+    # binary search
     target = lab.target[[C.User, C.Item]].drop_duplicates()
     target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")
-    target_pairs = len(target)
     t_users = target[C.User].to_numpy()
     # Candidates are generated and labelled in user batches (bounded memory), and only the
-    # users with a positive are kept: the others can never be sampled. Features are then
-    # computed for the sampled rows only (they are per row, so this equals computing them
-    # for every candidate and sampling after, at a fraction of the cost).
-    frames, hits = [], 0
+    # users with a positive are kept: the others can never be sampled. With
+    # `max_train_users`, users are visited in a seeded random order and the visit stops once
+    # that many users with a positive are found: the users with a positive among the first
+    # ones of a random order are a uniform sample of all users with a positive, so the
+    # training sample has the same distribution as labelling every user first (at full
+    # size: 2 batches instead of 19). Features are then computed for the sampled rows only
+    # (they are per row, so this equals computing them for every candidate).
+    cap = rcfg.max_train_users
+    if cap is not None and len(users) > cap:
+        rng = np.random.default_rng(np.random.SeedSequence([rcfg.random_seed, window]))
+        visit = rng.permutation(users)
+    else:
+        visit = users
+    frames, hits, target_pairs, scanned, found = [], 0, 0, 0, 0
     batch = rcfg.inference_batch_users
-    for s in range(0, len(users), batch):
-        b = users[s : s + batch]
-        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
-        part = label_candidates(generate_candidates(stage, b, rcfg), target.iloc[lo:hi])
+    for s in range(0, len(visit), batch):
+        b = np.sort(visit[s : s + batch])
+        rows = rows_of_keys(t_users, b)
+        part = label_candidates(generate_candidates(stage, b, rcfg), target.iloc[rows])
         hits += int(part[TARGET].sum())
-        has_pos = part.groupby(C.User, sort=False)[TARGET].transform("max") > 0
-        frames.append(part[has_pos.to_numpy()])
+        target_pairs += len(rows)
+        scanned += len(b)
+        has_pos = (part.groupby(C.User, sort=False)[TARGET].transform("max") > 0).to_numpy()
+        frames.append(part[has_pos])
+        found += int(part.loc[has_pos, C.User].nunique())
+        if cap is not None and found >= cap:
+            break
     labelled = pd.concat(frames, ignore_index=True)
     del frames
-    train = sample_training_rows(
-        labelled, rcfg.negatives_per_user, rcfg.max_train_users, rcfg.random_seed + window
-    )
+    train = sample_training_rows(labelled, rcfg.negatives_per_user, cap, rcfg.random_seed + window)
     del labelled
     train = collect_features(stage, ctx.prepared.items, train, rcfg)
     train[WINDOW] = np.int8(window)
@@ -403,7 +425,10 @@ def window_training_rows(
         "rows": len(train),
         "users": int(train[C.User].nunique()),
         "positive_share": float(train[TARGET].mean()) if len(train) else 0.0,
+        # over the users visited (a random sample of them once max_train_users is reached)
         "candidate_recall": float(hits / max(target_pairs, 1)),
+        "users_scanned": scanned,
+        "users_with_positive": found,
     }
     log.info("ranker label window %d: %s", window, json.dumps(facts))
     return train, facts

@@ -33,10 +33,12 @@ from musicrec.pipeline import (
     StageCache,
     candidate_recall_diagnostic,
     label_windows,
+    rows_of_keys,
     run_pipeline,
     stage_split,
     train_ranker,
     tune_als,
+    window_training_rows,
 )
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
@@ -384,6 +386,114 @@ def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path
     assert len(lab.history) + len(lab.target) == len(test.history)
     m = InteractionMatrix.from_events(lab.history)
     assert m.users.ids.max() <= test.history[C.User].max()
+
+
+def test_rows_of_keys_hand_example() -> None:
+    keys = np.array([1, 1, 3, 5, 5, 5, 8])
+    assert rows_of_keys(keys, np.array([1, 5, 7, 8])).tolist() == [0, 1, 3, 4, 5, 6]
+    assert rows_of_keys(keys, np.array([3])).tolist() == [2]
+    assert rows_of_keys(keys, np.array([0, 2, 9])).tolist() == []
+    assert rows_of_keys(keys, np.array([], dtype=np.int64)).tolist() == []
+
+
+def _training_rows(
+    prepared: PreparedData, root: Path, monkeypatch: pytest.MonkeyPatch, **ranker: Any
+) -> tuple[pd.DataFrame, dict[str, Any], list[np.ndarray], Any]:
+    """`window_training_rows` of the newest label window, with the user batches it
+    generated candidates for and the first stage it fit."""
+    import musicrec.pipeline as pipeline_module
+    from musicrec.candidates import FirstStage
+
+    cfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], **ranker})
+    ctx = _context(prepared, cfg, root)
+    batches: list[np.ndarray] = []
+    stages: list[Any] = []
+    real_candidates, real_fit = pipeline_module.generate_candidates, FirstStage.fit
+
+    def recording(stage: Any, users: np.ndarray, rcfg: Any) -> pd.DataFrame:
+        batches.append(users)
+        return real_candidates(stage, users, rcfg)
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        stages.append(real_fit(*args, **kwargs))
+        return stages[-1]
+
+    monkeypatch.setattr(pipeline_module, "generate_candidates", recording)
+    monkeypatch.setattr(FirstStage, "fit", fit)
+    train, facts = window_training_rows(ctx, ctx.label, 0)
+    monkeypatch.undo()
+    return train, facts, batches, stages[0]
+
+
+def test_window_training_rows_uncapped_equals_labelling_every_user_at_once(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from musicrec.ranker import TARGET, label_candidates, sample_training_rows
+
+    train, facts, batches, stage = _training_rows(
+        tiny_prepared, tmp_path, monkeypatch, max_train_users=None, inference_batch_users=7
+    )
+    cfg = fast_pipeline_config()
+    lab = _context(tiny_prepared, cfg, tmp_path).label
+    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    # every label user visited once, in ascending batches of 7
+    assert len(batches) == -(-len(users) // 7)
+    assert np.array_equal(np.concatenate(batches), users)
+    assert facts["users_scanned"] == len(users)
+    # the reference: all users' candidates labelled at once, then sampled
+    rcfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "max_train_users": None}).ranker
+    cand = pipeline_generate(stage, users, rcfg)
+    labelled = label_candidates(cand, lab.target)
+    ref = sample_training_rows(labelled, rcfg.negatives_per_user, None, rcfg.random_seed)
+    got = train.drop(columns=[c for c in train.columns if c not in ref.columns])
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref.reset_index(drop=True))
+    assert facts["users_with_positive"] == ref[C.User].nunique() == train[C.User].nunique()
+    target = lab.target[lab.target[C.User].isin(users)][[C.User, C.Item]].drop_duplicates()
+    assert facts["candidate_recall"] == pytest.approx(labelled[TARGET].sum() / len(target))
+
+
+def rcfg_of(cap: int) -> Any:
+    return fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "max_train_users": cap}).ranker
+
+
+def pipeline_generate(stage: Any, users: np.ndarray, rcfg: Any) -> pd.DataFrame:
+    from musicrec.candidates import generate_candidates
+
+    return generate_candidates(stage, users, rcfg)
+
+
+def test_window_training_rows_capped_stops_once_enough_users_have_a_positive(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from musicrec.ranker import TARGET, label_candidates
+
+    cap = 6
+    train, facts, batches, stage = _training_rows(
+        tiny_prepared, tmp_path, monkeypatch, max_train_users=cap, inference_batch_users=4
+    )
+    lab = _context(tiny_prepared, fast_pipeline_config(), tmp_path).label
+    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    assert len(users) > 3 * cap  # the cap binds on this data
+    visited = np.concatenate(batches)
+    # a random order (not ascending), each batch sorted, no user twice, stopped early
+    assert not np.array_equal(visited, np.sort(visited))
+    assert all(np.array_equal(b, np.sort(b)) for b in batches)
+    assert len(np.unique(visited)) == len(visited) == facts["users_scanned"] < len(users)
+    # the batches before the last had found fewer than `cap` users with a positive
+    before = np.concatenate(batches[:-1])
+    part = label_candidates(pipeline_generate(stage, np.sort(before), rcfg_of(cap)), lab.target)
+    assert part.loc[part[TARGET] == 1, C.User].nunique() < cap
+    # exactly `cap` users, each with a positive, all among the visited users
+    assert train[C.User].nunique() == cap
+    assert (train.groupby(C.User)[TARGET].max() == 1).all()
+    assert np.isin(train[C.User].unique(), visited).all()
+    assert facts["users_with_positive"] >= cap
+    # seeded: the same sample again
+    again, _, batches2, _ = _training_rows(
+        tiny_prepared, tmp_path, monkeypatch, max_train_users=cap, inference_batch_users=4
+    )
+    pd.testing.assert_frame_equal(train, again)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, batches2, strict=True))
 
 
 def test_label_windows_are_disjoint_newest_first_each_after_its_history(
