@@ -29,6 +29,19 @@ def test_idmap_sorted_unique_codes_and_unknown_minus_one() -> None:
     assert np.array_equal(m.ids[m.codes(m.ids)], m.ids)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32])
+@pytest.mark.parametrize("top", [3_000_000, 20_000_000, 2**26])  # marked, marked, sorted
+def test_idmap_from_many_values_equals_np_unique(dtype: type, top: int) -> None:
+    rng = np.random.default_rng(top % 101)
+    values = np.concatenate([rng.integers(0, top, 1_100_000), [top - 1, 0, 7, 7]]).astype(dtype)
+    m = IdMap.from_values(values)
+    expected = np.unique(values)
+    assert m.ids.dtype == expected.dtype and np.array_equal(m.ids, expected)
+    # negative ids take the sorting path and still give the sorted unique ids
+    signed = np.append(values.astype(np.int64), -5)
+    assert np.array_equal(IdMap.from_values(signed).ids, np.unique(signed))
+
+
 def test_idmap_empty_map_gives_minus_one() -> None:
     m = IdMap.from_values(np.array([], dtype=np.int64))
     assert len(m) == 0
@@ -41,12 +54,20 @@ def test_idmap_accepts_series() -> None:
 
 
 @pytest.mark.parametrize(
-    ("top", "dense"),
-    [(5_000, True), (2**31 - 1, False)],  # compact ids: a dense table; sparse: binary search
+    ("top", "n_ids", "dense"),
+    [
+        (5_000, 2_000, True),  # compact ids: a dense table
+        (2**31 - 1, 2_000, False),  # sparse: binary search
+        (20_000_000, 2_000, False),  # sparse, few ids: binary search
+        (20_000_000, 70_000, True),  # sparse below DENSE_CAP, a big map: a table
+        (2**26, 70_000, False),  # a big map above DENSE_CAP: binary search
+    ],
 )
-def test_idmap_dense_table_and_binary_search_agree_with_a_dict(top: int, dense: bool) -> None:
+def test_idmap_dense_table_and_binary_search_agree_with_a_dict(
+    top: int, n_ids: int, dense: bool
+) -> None:
     rng = np.random.default_rng(top % 97)
-    m = IdMap.from_values(rng.integers(0, top, 2_000))
+    m = IdMap.from_values(np.append(rng.integers(0, top, n_ids), top - 1))
     values = np.concatenate(
         [rng.choice(m.ids, 5_000), rng.integers(-10, top, 5_000), [top, top + 7, -1, 0]]
     )
