@@ -181,3 +181,11 @@ def test_fast_path_ab_smoke(bench_dirs: dict[str, Path]) -> None:
     for route in ("/recommendations_offline", "/similar_tracks"):
         assert f"{route}: 50 requests per round, same answers" in out
     assert out.count("ratio ") == 2
+
+
+def test_idmap_ab_smoke() -> None:
+    out = run_script(
+        "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"
+    )
+    assert "1,100,000 values of 70,000 ids" in out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["map", "codes"]
