@@ -17,7 +17,7 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
-from musicrec.matrix import InteractionMatrix, pair_keys, seen_mask
+from musicrec.matrix import InteractionMatrix, pair_keys, rows_of_keys, seen_mask
 from musicrec.popular import listeners_per_track, recommend_popular
 from musicrec.similar import similar_tracks
 
@@ -153,12 +153,7 @@ def als_top(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFrame:
         return stage.als.recommend(users, stage.matrix, n, items=stage.cache.get("scored_items"))
     recs: pd.DataFrame = pre[0]
     col = recs[C.User].to_numpy()
-    users = np.unique(np.asarray(users))
-    lo = np.searchsorted(col, users, side="left")
-    hi = np.searchsorted(col, users, side="right")
-    cnt = hi - lo
-    idx = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum())
-    out = recs.iloc[idx]
+    out = recs.iloc[rows_of_keys(col, np.unique(np.asarray(users)))]
     return out[out[C.Rank].to_numpy() <= n].reset_index(drop=True)
 
 

@@ -25,6 +25,15 @@ def pair_keys(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     )
 
 
+def rows_of_keys(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of the entries of `sorted_keys` (ascending) equal to one of `wanted`
+    (ascending, unique), in order: one binary search per wanted key, no scan."""
+    lo = np.searchsorted(sorted_keys, wanted, "left")
+    n = np.searchsorted(sorted_keys, wanted, "right") - lo
+    # position p of the output belongs to wanted[j] and maps to lo[j] + (p - start of j)
+    return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+
+
 #: a dense lookup table is built when the largest id is below
 #: max(DENSE_FACTOR * number of ids, DENSE_MIN): at most a few times the ids' own memory;
 #: or, for a map of at least BIG_MAP ids, below DENSE_CAP (a table of at most 128 MiB).

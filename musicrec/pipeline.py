@@ -40,7 +40,7 @@ from musicrec.config import ALSConfig, PipelineConfig
 from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
 from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
-from musicrec.matrix import InteractionMatrix
+from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.memory import release_free_memory, rss_gib
 from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
 from musicrec.prepare import PreparedData, load_prepared, prepare_data
@@ -356,15 +356,6 @@ def label_windows(ctx: PipelineContext) -> Iterator[Split]:
         yield split
 
 
-def rows_of_keys(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Positions of the entries of `sorted_keys` (ascending) equal to one of `wanted`
-    (ascending, unique), in order: one binary search per wanted key, no scan."""
-    lo = np.searchsorted(sorted_keys, wanted, "left")
-    n = np.searchsorted(sorted_keys, wanted, "right") - lo
-    # position p of the output belongs to wanted[j] and maps to lo[j] + (p - start of j)
-    return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-
-
 def window_training_rows(
     ctx: PipelineContext, lab: Split, window: int
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -408,9 +399,9 @@ def window_training_rows(
         hits += int(part[TARGET].sum())
         target_pairs += len(rows)
         scanned += len(b)
-        has_pos = (part.groupby(C.User, sort=False)[TARGET].transform("max") > 0).to_numpy()
-        frames.append(part[has_pos])
-        found += int(part.loc[has_pos, C.User].nunique())
+        with_pos = part.loc[part[TARGET].to_numpy() == 1, C.User].unique()
+        frames.append(part[part[C.User].isin(with_pos).to_numpy()])
+        found += len(with_pos)
         if cap is not None and found >= cap:
             break
     labelled = pd.concat(frames, ignore_index=True)

@@ -26,14 +26,13 @@ from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
 from musicrec.features import FEATURES
-from musicrec.matrix import InteractionMatrix
+from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.metrics import candidate_recall
 from musicrec.pipeline import (
     PipelineContext,
     StageCache,
     candidate_recall_diagnostic,
     label_windows,
-    rows_of_keys,
     run_pipeline,
     stage_split,
     train_ranker,
