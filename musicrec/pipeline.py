@@ -541,13 +541,22 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         return evaluate(recs, test.target, test.history, catalog, e.k_precision, e.k_ndcg, users)
 
     popular = listeners_per_track(test.history)
+    pop_recs = recommend_popular(popular, stage.matrix, warm, kmax)
+    diag = candidate_recall_diagnostic(stage, warm, test.target, ctx.cfg, e.candidate_recall_users)
+    # the first stage is not read by the metrics: drop it (at the full size its matrix, the
+    # ALS lists of every user and the similar tracks are GBs) before they allocate theirs;
+    # the history it shares with the test split stays
+    del stage
+    ctx._stage = None
+    release_free_memory("after the candidate diagnostic")
     warm_recs = {
-        "top_popular": recommend_popular(popular, stage.matrix, warm, kmax),
+        "top_popular": pop_recs,
         # only the first kmax of each list are scored: reading them alone keeps a tenth of
         # the 137M rows of each file in memory at the full size
         "als": read_top(ctx.paths.personal_als, kmax),
         "ranker": read_top(ctx.paths.recommendations, kmax),
     }
+    del pop_recs
     warm_results = {name: ev(recs, warm) for name, recs in warm_recs.items()}
     comparisons = compare_models(
         warm_recs, test.target, warm, e.k_precision, e.k_ndcg, baselines=("als", "top_popular")
@@ -562,7 +571,6 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}
-    diag = candidate_recall_diagnostic(stage, warm, test.target, ctx.cfg, e.candidate_recall_users)
     table = metrics_table(
         {f"warm/{k}": v for k, v in warm_results.items()}
         | {f"cold/{k}": v for k, v in cold_results.items()}

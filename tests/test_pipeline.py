@@ -619,3 +619,30 @@ def test_split_stage_does_not_hold_the_label_split(tiny_pipeline: TinyPipeline) 
     assert str(label.start.date()) == facts["label_start"]
     assert len(label.target) == facts["label_rows"]
     assert len(label.history) == facts["label_history_rows"]
+
+
+def test_evaluation_drops_the_first_stage_before_the_metrics(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metrics never read the first stage (GBs at the full size): the evaluation stage
+    releases it before computing them, and the results are those of the pipeline's run."""
+    import shutil
+
+    import musicrec.metrics
+    from musicrec.pipeline import stage_evaluate
+
+    root = tmp_path / "recsys"
+    shutil.copytree(tiny_pipeline.root, root)  # the stage redraws a picture: not in the shared run
+    ctx = PipelineContext(root, ArtifactPaths(root), tiny_pipeline.cfg, StageCache(root / "cache"))
+    real = musicrec.metrics.evaluate
+    held: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        held.append(ctx._stage is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(musicrec.metrics, "evaluate", spy)
+    info = stage_evaluate(ctx)
+    assert held and not any(held)  # every evaluate call ran with the first stage dropped
+    assert info["warm"] == tiny_pipeline.metrics["warm"]
+    assert info["candidates"] == tiny_pipeline.metrics["candidates"]
