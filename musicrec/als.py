@@ -40,8 +40,15 @@ class ALSModel:
         cfg: ALSConfig,
         num_threads: int = 0,
         overrides: dict[str, float] | None = None,
+        init: ALSModel | None = None,
+        iterations: int | None = None,
     ) -> ALSModel:
-        """Fit on `matrix`; `overrides` replace factors/regularization/alpha (for tuning)."""
+        """Fit on `matrix`; `overrides` replace factors/regularization/alpha (for tuning).
+
+        With `init` (a model fit on other data, e.g. an earlier window of the same events),
+        the fit starts from its factors for the users and tracks it knows (`warm_factors`)
+        instead of random ones, so fewer `iterations` (default `cfg.iterations`) reach the
+        same fit. Its factor count must be the fit's."""
         from implicit.cpu.als import AlternatingLeastSquares
 
         params = {
@@ -54,7 +61,7 @@ class ALSModel:
             factors=int(params["factors"]),
             regularization=float(params["regularization"]),
             alpha=float(params["alpha"]),
-            iterations=cfg.iterations,
+            iterations=cfg.iterations if iterations is None else iterations,
             random_state=cfg.random_state,
             dtype=np.float32,
             num_threads=num_threads,
@@ -62,6 +69,16 @@ class ALSModel:
         total = float(matrix.csr.sum())
         if total <= 0:
             raise ValueError("ALS: the interaction matrix is empty")
+        if init is not None:
+            if init.user_factors.shape[1] != model.factors:
+                raise ValueError(
+                    f"ALS: a warm start needs {model.factors} factors, the initial model "
+                    f"has {init.user_factors.shape[1]}"
+                )
+            rng = np.random.default_rng(cfg.random_state)
+            # implicit keeps factors it finds set instead of drawing random ones
+            model.user_factors = warm_factors(init.users, init.user_factors, matrix.users.ids, rng)
+            model.item_factors = warm_factors(init.items, init.item_factors, matrix.items.ids, rng)
         with threadpool_limits(1, "blas"):
             model.fit(matrix.csr, show_progress=False)
         return cls(matrix.users, matrix.items, model.user_factors, model.item_factors)
@@ -152,6 +169,19 @@ class ALSModel:
             ld("als_user_factors.npy"),
             ld("als_item_factors.npy"),
         )
+
+
+def warm_factors(
+    init_ids: IdMap, init_factors: np.ndarray, ids: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Starting factors (float32, one row per id of `ids`) for a warm-started fit: the row of
+    `init_factors` with the same id where `init_ids` knows the id, else small uniform
+    values in [0, 0.01) (implicit's own random initialisation)."""
+    out = rng.random((len(ids), init_factors.shape[1]), dtype=np.float32) * np.float32(0.01)
+    codes = init_ids.codes(np.asarray(ids))
+    known = codes >= 0
+    out[known] = init_factors[codes[known]]
+    return out
 
 
 def pair_dots(

@@ -22,6 +22,11 @@ class ArtifactPaths:
         return self.root / "model"
 
     @property
+    def label_model_dir(self) -> Path:
+        """The ALS fit on the history before the ranker's (newest) label window."""
+        return self.model_dir / "label_window"
+
+    @property
     def recs_dir(self) -> Path:
         return self.root / "recommendations"
 

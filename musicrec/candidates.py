@@ -54,12 +54,21 @@ class FirstStage:
         sim_cfg: SimilarConfig,
         num_threads: int = 0,
         similar_for: tuple[np.ndarray, int] | None = None,
+        als: ALSModel | None = None,
     ) -> FirstStage:
         """Fit ALS and similar tracks on `history`. With `similar_for = (users, n)`, similar
         tracks are computed only for the `n` latest tracks of `users` (all a ranker over
-        those users' candidates reads), not for every track."""
+        those users' candidates reads), not for every track. `als`: a model already fit on
+        this very history (its users and tracks must be the matrix's), used instead of
+        fitting one."""
         matrix = InteractionMatrix.from_events(history)
-        als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
+        if als is None:
+            als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
+        elif not (
+            np.array_equal(als.users.ids, matrix.users.ids)
+            and np.array_equal(als.items.ids, matrix.items.ids)
+        ):
+            raise ValueError("FirstStage: the given ALS model was not fit on this history")
         scored = top_item_codes(matrix, als_cfg.max_scored_items)
         queries, latest = None, None
         if similar_for is not None:

@@ -49,6 +49,13 @@ class ALSConfig(_Strict):
         10.0, gt=0, description="Confidence of a listen (implicit 0.7: alpha*value)"
     )
     iterations: int = Field(15, ge=1)
+    warm_start_iterations: int | None = Field(
+        None,
+        ge=1,
+        description="Fit the served ALS (history before the test window) from the factors of "
+        "the label-window ALS with this many iterations instead of `iterations` from random "
+        "ones (the two histories differ by one label window); None = a cold fit",
+    )
     random_state: int = 42
     tune: bool = True
     tune_max_users: int | None = Field(

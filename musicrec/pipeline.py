@@ -12,6 +12,8 @@ Data flow (windows are global, by time):
 - top popular, ALS, similar tracks and the ranker's inference are fit on `history`;
 - ALS hyper-parameters are tuned and the ranker is trained on feature history -> label
   window; the test window is only read by the evaluation stage;
+- the `als_label` stage fits the ALS of the feature history once: the ranker's first stage
+  for the label window, and (with `als.warm_start_iterations`) the served ALS's start;
 - with `final_fit="all"` the served artifacts are refit on all events after evaluation.
 """
 
@@ -215,7 +217,7 @@ class PipelineContext:
         else:
             info = stage.run()
             self.cache.record(name, fp, info, stage.outputs)
-        if name == "als":  # a reused ALS stage still tells later stages the tuned parameters
+        if name == "als_label":  # reused, it still tells later stages the tuned parameters
             self.als_params = info.get("params") or {}
         self.results[name] = info
         self.seconds[name] = round(time.perf_counter() - t0, 2)
@@ -310,12 +312,29 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
     return best[1]
 
 
-def stage_als(ctx: PipelineContext) -> dict[str, Any]:
+def stage_als_label(ctx: PipelineContext) -> dict[str, Any]:
+    """ALS tuned (`tune_als`) and fit on the history before the ranker's newest label
+    window: that window's first stage in the ranker, and the starting point of the served
+    ALS when `als.warm_start_iterations` is set. It never sees the label window."""
     params = tune_als(ctx)
     ctx.als_params = params
+    matrix = InteractionMatrix.from_events(ctx.label.history)
+    ALSModel.fit(matrix, ctx.als_cfg()).save(ctx.paths.label_model_dir)
+    ctx.label_split = None  # a copy of most of the history: the ranker splits it again
+    return {"params": params, "users": len(matrix.users.ids), "tracks": len(matrix.items.ids)}
+
+
+def stage_als(ctx: PipelineContext) -> dict[str, Any]:
+    """The served ALS, fit on the history before the test window: from random factors with
+    `als.iterations`, or from the label-window model's with `als.warm_start_iterations`
+    (the two histories differ by the label window); then the top-n of every user."""
     hist = ctx.test.history
     matrix = InteractionMatrix.from_events(hist)
-    model = ALSModel.fit(matrix, ctx.als_cfg())
+    cfg = ctx.als_cfg()
+    warm = cfg.warm_start_iterations
+    init = ALSModel.load(ctx.paths.label_model_dir) if warm is not None else None
+    model = ALSModel.fit(matrix, cfg, init=init, iterations=warm)
+    del init
     model.save(ctx.paths.model_dir)
     scored = top_item_codes(matrix, ctx.cfg.als.max_scored_items)
     recs = model.recommend(
@@ -323,7 +342,12 @@ def stage_als(ctx: PipelineContext) -> dict[str, Any]:
     )
     write_parquet(recs, ctx.paths.personal_als)
     ctx._stage = None
-    return {"params": params, "users": int(recs[C.User].nunique()), "rows": len(recs)}
+    return {
+        "iterations": cfg.iterations if warm is None else warm,
+        "warm_start": warm is not None,
+        "users": int(recs[C.User].nunique()),
+        "rows": len(recs),
+    }
 
 
 def stage_similar(ctx: PipelineContext) -> dict[str, Any]:
@@ -362,13 +386,15 @@ def window_training_rows(
     """Training rows of one label window: a first stage fit on the history before it,
     its candidates labelled by the window, the sampled rows with their features."""
     rcfg = ctx.cfg.ranker
-    # similar tracks only for what the candidates read: the label users' latest tracks
+    # the newest window's ALS is the als_label stage's (fit on this very history); similar
+    # tracks only for what the candidates read: the label users' latest tracks
     stage = FirstStage.fit(
         lab.history,
         lab.start,
         ctx.als_cfg(),
         ctx.cfg.similar,
         similar_for=(lab.target[C.User].unique(), rcfg.recent_tracks),
+        als=ALSModel.load(ctx.paths.label_model_dir) if window == 0 else None,
     )
     users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
     # label-window pairs of those users, sorted by user so a batch's rows are gathered by
@@ -728,12 +754,20 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             ["split"],
         ),
         Stage(
+            "als_label",
+            lambda: stage_als_label(ctx),
+            [cfg.als.model_dump(exclude={"warm_start_iterations"}), cfg.eval.model_dump()],
+            [],
+            [paths.label_model_dir / f.name for f in model_files],
+            ["split"],
+        ),
+        Stage(
             "als",
             lambda: stage_als(ctx),
             [cfg.als.model_dump(), cfg.eval.model_dump()],
             [],
             [*model_files, paths.personal_als],
-            ["split"],
+            ["als_label"],
         ),
         Stage(
             "similar",
@@ -749,7 +783,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [cfg.ranker.model_dump(), cfg.top_k],
             [],
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
-            ["similar", "top_popular"],
+            ["als_label", "similar", "top_popular"],
         ),
         Stage(
             "evaluate",

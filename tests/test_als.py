@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from musicrec.als import ALSModel
+from musicrec.als import ALSModel, warm_factors
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig
-from musicrec.matrix import InteractionMatrix
+from musicrec.matrix import IdMap, InteractionMatrix
 
 N_USERS, N_ITEMS = 80, 120  # per group
 CFG = ALSConfig(factors=8, regularization=0.05, alpha=10.0, iterations=15, random_state=1)
@@ -159,3 +159,45 @@ def test_load_refuses_a_pickled_array(
     np.save(tmp_path / "als_user_ids.npy", np.array([1, "x", None], dtype=object))
     with pytest.raises(ValueError, match="pickle"):
         ALSModel.load(tmp_path)
+
+
+def test_warm_factors_hand_example() -> None:
+    init_ids = IdMap(np.array([10, 20, 30]))
+    init = np.arange(6, dtype=np.float32).reshape(3, 2)  # 10 -> [0, 1], 20 -> [2, 3], 30 -> [4, 5]
+    out = warm_factors(init_ids, init, np.array([30, 99, 10]), np.random.default_rng(0))
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    assert out[0].tolist() == [4.0, 5.0] and out[2].tolist() == [0.0, 1.0]
+    assert ((out[1] >= 0) & (out[1] < 0.01)).all()  # 99 is new: implicit's random start
+
+
+def _training_loss(model: ALSModel, m: InteractionMatrix) -> float:
+    from implicit.cpu._als import calculate_loss
+
+    conf = (m.csr * np.float32(CFG.alpha)).astype(np.float32).tocsr()
+    return float(
+        calculate_loss(conf, model.user_factors, model.item_factors, CFG.regularization, 1)
+    )
+
+
+def test_warm_start_from_an_earlier_fit_converges_in_fewer_iterations() -> None:
+    """Started from a model of 80% of the listens (three users unknown to it), two
+    iterations on all of them come within 3% of a 15-iteration cold fit's training loss,
+    far below two cold iterations."""
+    ev = planted_events(seed=5)
+    earlier = ev.sample(frac=0.8, random_state=1)
+    earlier = earlier[~earlier[C.User].isin([1000, 1001, 2000])]
+    m = InteractionMatrix.from_events(ev)
+    init = ALSModel.fit(InteractionMatrix.from_events(earlier), CFG, num_threads=1)
+    warm = ALSModel.fit(m, CFG, num_threads=1, init=init, iterations=2)
+    cold = ALSModel.fit(m, CFG, num_threads=1, iterations=2)
+    full = ALSModel.fit(m, CFG, num_threads=1)
+    assert warm.users.ids.tolist() == m.users.ids.tolist()  # every user, new ones included
+    assert _training_loss(warm, m) < 1.03 * _training_loss(full, m)
+    assert _training_loss(warm, m) < 0.9 * _training_loss(cold, m)
+
+
+def test_warm_start_needs_the_same_factor_count() -> None:
+    m = InteractionMatrix.from_events(planted_events(seed=3))
+    small = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4})
+    with pytest.raises(ValueError, match="8 factors"):
+        ALSModel.fit(m, CFG, num_threads=1, init=small, iterations=1)

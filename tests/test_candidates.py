@@ -218,3 +218,16 @@ def test_outer_join_pairs_equals_chained_pandas_merges(seed: int) -> None:
     big = pd.DataFrame({C.User: [2**31 - 1], C.Item: [2**31 - 2], "x": [1]}).astype(np.int32)
     one = outer_join_pairs([big])
     assert one[C.User].tolist() == [2**31 - 1] and one[C.Item].tolist() == [2**31 - 2]
+
+
+def test_first_stage_takes_a_model_fit_on_its_history_and_refuses_another(
+    stage: FirstStage, split: Split
+) -> None:
+    again = FirstStage.fit(
+        split.history, split.start, ALS_CFG, SIM_CFG, num_threads=1, als=stage.als
+    )
+    assert again.als is stage.als
+    pd.testing.assert_frame_equal(again.similar, stage.similar)
+    older = split.history[split.history[C.Datetime] < split.history[C.Datetime].quantile(0.5)]
+    with pytest.raises(ValueError, match="not fit on this history"):
+        FirstStage.fit(older, split.start, ALS_CFG, SIM_CFG, num_threads=1, als=stage.als)

@@ -21,6 +21,7 @@ import pydantic
 import pytest
 from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 
+from musicrec.als import ALSModel
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
@@ -34,6 +35,8 @@ from musicrec.pipeline import (
     candidate_recall_diagnostic,
     label_windows,
     run_pipeline,
+    stage_als,
+    stage_als_label,
     stage_split,
     train_ranker,
     tune_als,
@@ -42,7 +45,17 @@ from musicrec.pipeline import (
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
 
-STAGES = ["prepare", "eda", "split", "top_popular", "als", "similar", "ranker", "evaluate"]
+STAGES = [
+    "prepare",
+    "eda",
+    "split",
+    "top_popular",
+    "als_label",
+    "als",
+    "similar",
+    "ranker",
+    "evaluate",
+]
 MODEL_FILES = [f"als_{n}.npy" for n in ("user_ids", "item_ids", "user_factors", "item_factors")]
 
 
@@ -240,7 +253,7 @@ def test_changed_parameter_recomputes_stage_and_dependants(
     run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)  # baseline
     before, fps = snapshot(own_dir), fingerprints(own_dir)
     _, reused, ran = run(tiny_raw_dir, own_dir, CHANGED, caplog)
-    assert reused == {"prepare", "eda", "split", "top_popular", "als"}
+    assert reused == {"prepare", "eda", "split", "top_popular", "als_label", "als"}
     assert ran == {"similar", "ranker", "evaluate"}
     after, new_fps = snapshot(own_dir), fingerprints(own_dir)
     for f in ["data/items.parquet", "data/events.parquet", "recommendations/personal_als.parquet"]:
@@ -356,6 +369,7 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
         ranker={**FAST_CONFIG["ranker"], "label_windows": windows},
     )
     ctx = _context(tiny_prepared, cfg, tmp_path / "a")
+    stage_als_label(ctx)  # the newest window's first stage
     ranker, info = train_ranker(ctx)
     params = tune_als(ctx)
 
@@ -365,6 +379,7 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
     changed = pd.concat([past, future.astype(past.dtypes.to_dict())], ignore_index=True)
     ctx2 = _context(PreparedData(items, changed, {}), cfg, tmp_path / "b")
     assert ctx2.test.start == ctx.test.start
+    stage_als_label(ctx2)
     ranker2, info2 = train_ranker(ctx2)
     assert tune_als(ctx2) == params
 
@@ -417,6 +432,7 @@ def _training_rows(
         stages.append(real_fit(*args, **kwargs))
         return stages[-1]
 
+    stage_als_label(ctx)
     monkeypatch.setattr(pipeline_module, "generate_candidates", recording)
     monkeypatch.setattr(FirstStage, "fit", fit)
     train, facts = window_training_rows(ctx, ctx.label, 0)
@@ -646,3 +662,49 @@ def test_evaluation_drops_the_first_stage_before_the_metrics(
     assert held and not any(held)  # every evaluate call ran with the first stage dropped
     assert info["warm"] == tiny_pipeline.metrics["warm"]
     assert info["candidates"] == tiny_pipeline.metrics["candidates"]
+
+
+@pytest.mark.parametrize("warm", [None, 2])
+def test_label_window_als_is_the_rankers_first_stage_and_the_warm_start(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warm: int | None
+) -> None:
+    """`als_label` fits ALS on the feature history only; the ranker's newest window uses
+    that model instead of fitting another; the served ALS starts from it with
+    `warm_start_iterations` (or from random factors, with `iterations`, when None)."""
+    from musicrec.candidates import FirstStage
+
+    als_cfg = {**FAST_CONFIG["als"], "tune": False, "warm_start_iterations": warm}
+    ctx = _context(tiny_prepared, fast_pipeline_config(als=als_cfg), tmp_path)
+    stage_als_label(ctx)
+    label = ALSModel.load(ctx.paths.label_model_dir)
+    hist = ctx.label.history
+    assert np.array_equal(label.users.ids, np.unique(hist[C.User].to_numpy()))
+    assert np.array_equal(label.items.ids, np.unique(hist[C.Item].to_numpy()))
+
+    fits: list[dict[str, Any]] = []
+    real_fit = ALSModel.fit
+
+    def spy(matrix: InteractionMatrix, cfg: Any, *args: Any, **kwargs: Any) -> ALSModel:
+        fits.append(kwargs)
+        return real_fit(matrix, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ALSModel, "fit", spy)
+    info = stage_als(ctx)
+    assert len(fits) == 1 and fits[0]["iterations"] == warm
+    if warm is None:
+        assert fits[0]["init"] is None and info["iterations"] == ctx.cfg.als.iterations
+    else:
+        assert np.array_equal(fits[0]["init"].item_factors, label.item_factors)
+        assert info["iterations"] == warm and info["warm_start"]
+
+    stages: list[Any] = []
+    real_stage = FirstStage.fit
+
+    def stage_spy(*args: Any, **kwargs: Any) -> Any:
+        stages.append(real_stage(*args, **kwargs))
+        return stages[-1]
+
+    monkeypatch.setattr(FirstStage, "fit", stage_spy)
+    window_training_rows(ctx, ctx.label, 0)
+    assert len(fits) == 1  # no ALS fit for the label window: the saved one is used
+    assert np.array_equal(stages[0].als.item_factors, label.item_factors)
