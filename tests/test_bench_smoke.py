@@ -189,3 +189,25 @@ def test_idmap_ab_smoke() -> None:
     )
     assert "1,100,000 values of 70,000 ids" in out
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["map", "codes"]
+
+
+def test_warm_start_ab_smoke(tmp_path: Path) -> None:
+    out = run_script(
+        "warm_start_ab.py",
+        "--preset",
+        "tiny",
+        "--smoke",
+        "--data-dir",
+        tmp_path / "data",
+        "--work",
+        tmp_path / "work",
+        "--iterations",
+        "1",
+    )
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["als", "stage", "s"]
+    assert [line.split()[0] + " " + line.split()[1] for line in lines[2:4]] == ["3 cold", "1 warm"]
+    assert "1 warm: als ndcg@10" in out
+    assert (
+        json.loads((tmp_path / "work" / "warm_start_ab.json").read_text())["rows"][1]["users"] > 0
+    )
