@@ -93,7 +93,8 @@ class FirstStage:
 
 
 def latest_tracks(history: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The n most recent (user, track) rows per user, with `recency` 1 = newest."""
+    """The n most recent (user, track) rows per user, with `recency` 1 = newest, sorted by
+    user (then recency)."""
     fast = _latest_sorted(history, n)
     if fast is not None:
         return fast
@@ -150,7 +151,9 @@ def latest_for_users(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFra
     if key not in stage.cache:
         stage.cache[key] = latest_tracks(stage.history, n)
     latest: pd.DataFrame = stage.cache[key]
-    return latest[latest[C.User].isin(users)].reset_index(drop=True)
+    # sorted by user (latest_tracks): a binary search per user instead of a scan of all rows
+    rows = rows_of_keys(latest[C.User].to_numpy(), np.unique(np.asarray(users)))
+    return latest.iloc[rows].reset_index(drop=True)
 
 
 def als_top(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFrame:

@@ -242,14 +242,13 @@ def collect_features(
 def _profile_similarity(stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray) -> np.ndarray:
     """Cosine between the candidate's ALS item factors and the user's taste profile (the
     mean of the normalised factors of every track in the user's history)."""
-    f = stage.als.item_factors
-    normed = f / np.maximum(np.linalg.norm(f, axis=1), 1e-12)[:, None]
+    normed = unit_item_factors(stage)
     users = np.unique(u_ids)
     rows = stage.matrix.users.codes(users)
     ok = rows >= 0
     sub = stage.matrix.csr[rows[ok]]
     # history rows live in stage.matrix, whose item codes equal the ALS model's
-    profile = np.zeros((len(users), f.shape[1]), dtype=np.float32)
+    profile = np.zeros((len(users), normed.shape[1]), dtype=np.float32)
     counts = np.maximum(np.diff(sub.indptr), 1).astype(np.float32)
     profile[ok] = (sub @ normed) / counts[:, None]
     profile /= np.maximum(np.linalg.norm(profile, axis=1), 1e-12)[:, None]
@@ -261,14 +260,25 @@ def _profile_similarity(stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray)
     return out
 
 
+def unit_item_factors(stage: FirstStage) -> np.ndarray:
+    """The ALS item factors scaled to unit length (all-zero rows stay zero), computed once
+    per first stage (`stage.cache`): at full size a 256 MB array that every user batch of
+    the ranker reads twice."""
+    key = "unit_item_factors"
+    if key not in stage.cache:
+        f = stage.als.item_factors
+        norms = np.linalg.norm(f, axis=1)
+        stage.cache[key] = f / np.where(norms > 0, norms, np.float32(1))[:, None]
+    out: np.ndarray = stage.cache[key]
+    return out
+
+
 def _similarity_to_latest(
     stage: FirstStage, u_ids: np.ndarray, i_ids: np.ndarray, n_latest: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Max and mean cosine (ALS item factors) between a candidate and the user's latest
     `n_latest` tracks; NaN where the candidate or the user has no factors."""
-    f = stage.als.item_factors
-    norms = np.linalg.norm(f, axis=1)
-    normed = f / np.where(norms > 0, norms, 1.0)[:, None]
+    normed = unit_item_factors(stage)
     users = np.unique(u_ids)
     recent = latest_for_users(stage, users, n_latest)
     r_code = stage.als.items.codes(recent[C.Item].to_numpy())

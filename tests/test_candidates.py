@@ -231,3 +231,17 @@ def test_first_stage_takes_a_model_fit_on_its_history_and_refuses_another(
     older = split.history[split.history[C.Datetime] < split.history[C.Datetime].quantile(0.5)]
     with pytest.raises(ValueError, match="not fit on this history"):
         FirstStage.fit(older, split.start, ALS_CFG, SIM_CFG, num_threads=1, als=stage.als)
+
+
+def test_latest_for_users_equals_filtering_every_users_latest_tracks(stage: FirstStage) -> None:
+    from musicrec.candidates import latest_for_users
+
+    every = latest_tracks(stage.history, 3)
+    known = every[C.User].unique()
+    rng = np.random.default_rng(0)
+    # unsorted, repeated and unknown users
+    users = np.concatenate([rng.choice(known, 25), rng.choice(known, 5), [-7, 10**9]])
+    got = latest_for_users(stage, users, 3)
+    want = every[every[C.User].isin(users)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert len(latest_for_users(stage, np.array([-7]), 3)) == 0

@@ -233,3 +233,20 @@ def test_attribute_pairs_and_first_last_on_a_hand_example() -> None:
     assert first[:2].astype("datetime64[D]").tolist() == [dates[2], dates[1]]
     assert last[:2].astype("datetime64[D]").tolist() == [dates[2], dates[3]]
     assert np.isnat(first[2]) and np.isnat(last[2])  # code 2 never seen
+
+
+def test_unit_item_factors_are_unit_rows_computed_once() -> None:
+    from musicrec.als import ALSModel
+    from musicrec.features import unit_item_factors
+    from musicrec.matrix import IdMap
+
+    factors = np.array([[3, 4], [0, 0], [1, 0]], dtype=np.float32)
+    als = ALSModel(IdMap(np.array([1])), IdMap(np.array([5, 6, 7])), np.ones((1, 2)), factors)
+    history = pd.DataFrame(
+        {C.User: [1], C.Item: [5], C.Datetime: pd.to_datetime(["2022-01-01"]), C.Seq: [1]}
+    )
+    stage = FirstStage(history, pd.Timestamp("2022-02-01"), cast(Any, None), als, history, history)
+    unit = unit_item_factors(stage)
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, [[0.6, 0.8], [0, 0], [1, 0]])
+    assert unit_item_factors(stage) is unit  # cached per first stage
