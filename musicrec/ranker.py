@@ -132,11 +132,24 @@ class Ranker:
 
 
 def rank_candidates(df: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Top-k candidates per user by ranker score: user_id, track_id, score, rank."""
-    out = pd.DataFrame(
-        {C.User: df[C.User].to_numpy(), C.Item: df[C.Item].to_numpy(), C.Score: scores}
+    """Top-k candidates per user by ranker score: user_id, track_id, score, rank; users
+    ascending, ties in the candidates' order, NaN scores last.
+
+    One stable `np.lexsort` by (user, -score) and ranks from the user blocks' starts (a
+    pandas two-key sort plus two groupbys cost ~10% of scoring every user, 2026-12-02)."""
+    users, items = df[C.User].to_numpy(), df[C.Item].to_numpy()
+    scores = np.asarray(scores)
+    order = np.lexsort((-scores, users))
+    u = users[order]
+    block = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[block, len(u)])
+    rank = np.arange(len(u)) - np.repeat(block, sizes) + 1
+    keep = order[rank <= k]
+    return pd.DataFrame(
+        {
+            C.User: users[keep],
+            C.Item: items[keep],
+            C.Score: scores[keep],
+            C.Rank: rank[rank <= k].astype(np.int16),
+        }
     )
-    out = out.sort_values([C.User, C.Score], ascending=[True, False], kind="stable")
-    out = out.groupby(C.User, sort=False).head(k).copy()
-    out[C.Rank] = (out.groupby(C.User, sort=False).cumcount() + 1).astype(np.int16)
-    return out.reset_index(drop=True)

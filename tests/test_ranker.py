@@ -171,6 +171,30 @@ def test_rank_candidates_top_k_per_user() -> None:
     assert out[C.Score].tolist() == pytest.approx([0.7, 0.5, 0.9, 0.3, -1.0])
 
 
+def test_rank_candidates_nan_scores_last_and_empty_input() -> None:
+    df = _cand([(1, 10), (1, 11), (1, 12), (2, 20)])
+    scores = np.array([np.nan, 0.2, 0.4, np.nan], dtype=np.float32)
+    out = rank_candidates(df, scores, k=5)
+    assert out[C.Item].tolist() == [12, 11, 10, 20]
+    assert out[C.Rank].tolist() == [1, 2, 3, 1]
+    empty = rank_candidates(df.iloc[:0], scores[:0], k=5)
+    assert list(empty.columns) == C.Recommendations and len(empty) == 0
+
+
+def test_rank_candidates_equals_a_pandas_sort() -> None:
+    rng = np.random.default_rng(7)
+    df = _cand(
+        list(zip(rng.integers(0, 300, 20_000), rng.integers(0, 10**6, 20_000), strict=True))
+    ).drop_duplicates()
+    scores = rng.integers(0, 20, len(df)).astype(np.float32)  # many ties
+    scores[rng.random(len(df)) < 0.05] = np.nan
+    ref = df[[C.User, C.Item]].assign(**{C.Score: scores})
+    ref = ref.sort_values([C.User, C.Score], ascending=[True, False], kind="stable")
+    ref = ref.groupby(C.User, sort=False).head(7).copy()
+    ref[C.Rank] = (ref.groupby(C.User, sort=False).cumcount() + 1).astype(np.int16)
+    pd.testing.assert_frame_equal(rank_candidates(df, scores, 7), ref.reset_index(drop=True))
+
+
 def test_rank_candidates_random_properties() -> None:
     rng = np.random.default_rng(2)
     df = _cand(
