@@ -17,7 +17,13 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
-from musicrec.matrix import InteractionMatrix, pair_keys, rows_of_keys, seen_mask
+from musicrec.matrix import (
+    InteractionMatrix,
+    pair_keys,
+    rows_of_keys,
+    seen_mask,
+    top_k_per_user,
+)
 from musicrec.popular import listeners_per_track, recommend_popular
 from musicrec.similar import similar_tracks
 
@@ -190,10 +196,9 @@ def similar_to_latest(stage: FirstStage, users: np.ndarray, n_latest: int, n: in
         stage.matrix.items.codes(pairs[C.Item].to_numpy()),
     )
     pairs = pairs[~seen]
-    pairs = pairs.sort_values([C.User, C.Score], ascending=[True, False], kind="stable")
-    pairs = pairs.groupby(C.User, sort=False).head(n).copy()
-    pairs[C.Rank] = (pairs.groupby(C.User, sort=False).cumcount() + 1).astype(np.int16)
-    return pairs.reset_index(drop=True)
+    return top_k_per_user(
+        pairs[C.User].to_numpy(), pairs[C.Item].to_numpy(), pairs[C.Score].to_numpy(), n
+    )
 
 
 def outer_join_pairs(parts: list[pd.DataFrame]) -> pd.DataFrame:

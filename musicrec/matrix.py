@@ -211,3 +211,28 @@ def topk_frame(
             C.Rank: ranks[valid],
         }
     )
+
+
+def top_k_per_user(
+    users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int
+) -> pd.DataFrame:
+    """The k best-scored rows of each user: user_id, track_id, score, rank (1 = best);
+    users ascending, ties in the input order, NaN scores last.
+
+    One stable `np.lexsort` by (user, -score) and ranks from the user blocks' starts
+    (pandas' two-key sort plus two groupbys cost ~10% of the ranker's scoring of every
+    user, 2026-12-02)."""
+    order = np.lexsort((-scores, users))
+    u = users[order]
+    block = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, np.int64)
+    rank = np.arange(len(u)) - np.repeat(block, np.diff(np.r_[block, len(u)])) + 1
+    keep = rank <= k
+    sel = order[keep]
+    return pd.DataFrame(
+        {
+            C.User: users[sel],
+            C.Item: items[sel],
+            C.Score: scores[sel],
+            C.Rank: rank[keep].astype(np.int16),
+        }
+    )
