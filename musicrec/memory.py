@@ -57,10 +57,10 @@ def _malloc_trim() -> bool:
     return True
 
 
-def release_free_memory(where: str) -> float:
+def release_free_memory(where: str, level: int = logging.INFO) -> float:
     """Collect garbage, return freed heap and pyarrow pool memory to the system, and log the
-    resident set before and after (`where` names the point in the log). Returns the
-    resident set after, GiB."""
+    resident set before and after (`where` names the point in the log, `level` the log
+    level). Returns the resident set after, GiB."""
     before = rss_gib()
     gc.collect()
     try:
@@ -71,5 +71,7 @@ def release_free_memory(where: str) -> float:
         pass
     _malloc_trim()
     after = rss_gib()
-    log.info("memory %s: RSS %.2f -> %.2f GiB (peak %.2f)", where, before, after, peak_rss_gib())
+    log.log(
+        level, "memory %s: RSS %.2f -> %.2f GiB (peak %.2f)", where, before, after, peak_rss_gib()
+    )
     return after

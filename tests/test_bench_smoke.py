@@ -54,6 +54,7 @@ def test_bench_pipeline_smoke(bench_dirs: dict[str, Path]) -> None:
     for stage in ("prepare", "split", "als", "similar", "ranker", "evaluate", "TOTAL"):
         assert f"\n{stage} " in out
     assert "bare implicit ALS fit" in out and "pipeline ALS stage" in out
+    assert "als_label + als stages" in out
     txt = list(d["results"].glob("pipeline_tiny_smoke_*.txt"))
     js = list(d["results"].glob("pipeline_tiny_smoke_*.json"))
     assert len(txt) == 1 and len(js) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,12 @@ def test_release_free_memory_reports_the_resident_set(caplog: pytest.LogCaptureF
         after = release_free_memory("in a test")
     assert 0 < after < held  # the freed 50 MB left the resident set
     assert "memory in a test: RSS" in caplog.text
+
+
+def test_release_free_memory_logs_at_the_level_asked(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="musicrec.memory"):
+        release_free_memory("quietly", logging.DEBUG)
+    assert "quietly" not in caplog.text
+    with caplog.at_level("DEBUG", logger="musicrec.memory"):
+        release_free_memory("quietly", logging.DEBUG)
+    assert "memory quietly: RSS" in caplog.text

@@ -41,6 +41,7 @@ from musicrec.pipeline import (
     train_ranker,
     tune_als,
     window_training_rows,
+    write_ranked,
 )
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
@@ -245,6 +246,48 @@ def own_dir(tiny_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     root = tmp_path_factory.mktemp("own_run") / "recsys"
     run_pipeline(tiny_raw_dir, root, fast_pipeline_config(), progress=False)
     return root
+
+
+def test_write_ranked_frees_memory_after_every_batch_and_batches_change_nothing(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring every user in batches of 7 calls release_free_memory once per batch (the
+    resident-set creep of the full run) and writes the same rows as the pipeline's one
+    batch per 50,000 users: the ranker's output is per user, whatever the batch."""
+    import musicrec.pipeline as pipeline_module
+    from musicrec.ranker import Ranker
+
+    ctx = PipelineContext(
+        tiny_pipeline.root,
+        tiny_pipeline.paths,
+        tiny_pipeline.cfg.model_copy(
+            update={
+                "ranker": tiny_pipeline.cfg.ranker.model_copy(update={"inference_batch_users": 7})
+            }
+        ),
+        StageCache(tiny_pipeline.root / "cache"),
+    )
+    released: list[str] = []
+    real = pipeline_module.release_free_memory
+
+    def spy(where: str, level: int = logging.INFO) -> float:
+        released.append(where)
+        return real(where, level)
+
+    monkeypatch.setattr(pipeline_module, "release_free_memory", spy)
+    stage = ctx.first_stage()
+    released.clear()  # loading the first stage releases memory too
+    ranker = Ranker.load(tiny_pipeline.paths.model_dir / "ranker.cbm")
+    out = tmp_path / "recs.parquet"
+    info = write_ranked(ctx, ranker, stage, path=out)
+    n_batches = -(-len(stage.matrix.users.ids) // 7)
+    assert n_batches > 1
+    assert released == [f"after batch {b}" for b in range(n_batches)]
+    key = [C.User, C.Rank]
+    got = pd.read_parquet(out).sort_values(key, ignore_index=True)
+    want = pd.read_parquet(tiny_pipeline.paths.recommendations).sort_values(key, ignore_index=True)
+    assert info["rows"] == len(got) == len(want)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
 
 
 def test_changed_parameter_recomputes_stage_and_dependants(
