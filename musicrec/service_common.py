@@ -210,6 +210,7 @@ NOT_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # --- metrics and request logging -------------------------------------------------------
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
@@ -259,9 +260,25 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        # (method, route, status) -> the two labelled children `observe` updates: the
+        # label sets are few and bounded (route templates), and `labels()` (a lock, string
+        # conversions, a dict lookup) cost more than the update itself
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        """Count one request and record its latency (called once per request)."""
+        if method not in HTTP_METHODS:
+            method = "OTHER"  # any token is a valid method: keep the label set bounded
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition of this process's metrics, or, when the service runs as
