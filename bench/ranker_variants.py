@@ -3,6 +3,7 @@
     python bench/quality.py --only lastfm            # the artifacts this reads
     python bench/ranker_variants.py base no_genre    # 2026-12-02: 0.0818 / 0.0810 NDCG@10
     python bench/ranker_variants.py base --seeds 42 1 2 3 4   # each seed, then their average
+    python bench/ranker_variants.py base --losses PairLogit LambdaMart --seeds 42 1 2
 
 Dumps once (into `--work`) the pipeline's pooled label-window training rows and the
 features of every warm test user's candidates, exactly as `run_pipeline` builds them from
@@ -10,7 +11,8 @@ the artifacts in `--artifacts-dir` (the ALS factors, similar tracks, ALS lists);
 each named variant, fits the CatBoost ranker with that variant's feature list and scores
 its top-10 on the test window. `base` reproduces the pipeline's ranker. With `--seeds`,
 each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
-models) is scored too.
+models) is scored too. With `--losses`, each variant is fit with each CatBoost loss (default:
+the config's `ranker.loss_function`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
+    ap.add_argument("--losses", nargs="+", help="CatBoost losses (default: the config's)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     paths = ArtifactPaths(args.artifacts_dir)
@@ -94,21 +97,24 @@ def main() -> None:
         )
         print(f"{label:<24} {cells}  ({seconds:.0f} s)", flush=True)
 
+    losses = args.losses or [rcfg.loss_function]
     try:
-        for name in args.variants:
+        for name, loss in [(n, lo) for n in args.variants for lo in losses]:
             # the ranker module's feature lists, rebound for this variant
             ranker_module.FEATURES, ranker_module.CAT_FEATURES = VARIANTS[name]
+            label = name if args.losses is None else f"{name} {loss}"
             bag = np.zeros(len(feats), dtype=np.float64)
             t_all = time.perf_counter()
             for seed in seeds:
                 t0 = time.perf_counter()
-                model = Ranker.fit(train, rcfg.model_copy(update={"random_seed": seed}))
+                update = {"random_seed": seed, "loss_function": loss}
+                model = Ranker.fit(train, rcfg.model_copy(update=update))
                 scores = model.predict(feats)
                 bag += scores
-                report(f"{name} seed {seed}", scores, time.perf_counter() - t0)
+                report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
             if len(seeds) > 1:
-                label = f"{name} mean of {len(seeds)} seeds"
-                report(label, (bag / len(seeds)).astype(np.float32), time.perf_counter() - t_all)
+                mean = (bag / len(seeds)).astype(np.float32)
+                report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
     finally:
         ranker_module.FEATURES, ranker_module.CAT_FEATURES = FEATURES, CAT_FEATURES
 

@@ -84,8 +84,6 @@ class Ranker:
             "verbose": False,
             "allow_writing_files": False,
         }
-        if cfg.loss_function.startswith(("YetiRank", "PairLogit")):
-            params["loss_function"] = cfg.loss_function
         if cfg.loss_function in ("Logloss", "CrossEntropy"):
             params["eval_metric"] = "Logloss"
         model = CatBoost(params)
