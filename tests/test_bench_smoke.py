@@ -212,3 +212,13 @@ def test_warm_start_ab_smoke(tmp_path: Path) -> None:
     assert (
         json.loads((tmp_path / "work" / "warm_start_ab.json").read_text())["rows"][1]["users"] > 0
     )
+
+
+def test_metrics_ab_smoke() -> None:
+    out = run_script("metrics_ab.py", "--requests", "200", "--rounds", "1")
+    lines = out.splitlines()
+    assert lines[0].startswith("200 requests per round, 1 rounds")
+    names = ("bare", "labels() per request", "cached children")
+    assert len(lines) == 4 and out.count("metrics overhead") == 2
+    for line, name in zip(lines[1:], names, strict=True):
+        assert line.startswith(name)
