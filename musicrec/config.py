@@ -113,7 +113,13 @@ class RankerConfig(_Strict):
         "it. More windows = more training users (helps small data sets), one more ALS fit "
         "each",
     )
-    inference_batch_users: int = Field(50_000, ge=1, description="Users scored per batch")
+    inference_batch_users: int = Field(
+        25_000,
+        ge=1,
+        description="Users per batch when scoring every user and when labelling the label "
+        "users; a batch's candidates and features set the peak memory at full size (25,000: "
+        "scoring peak 13.26 GiB against 14.97 with 50,000, same time; docs/benchmarks.md)",
+    )
 
 
 class EvalConfig(_Strict):
