@@ -49,6 +49,21 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "base": (list(FEATURES), list(CAT_FEATURES)),
     "no_genre": ([f for f in FEATURES if f not in GENRE], []),
     "no_main_genre": ([f for f in FEATURES if f != "main_genre"], []),
+    # the nine largest importances on Last.fm (2026-12-03), the rest dropped
+    "compact": (
+        [
+            "als_score",
+            "als_rank",
+            "profile_sim",
+            "sim_max_latest",
+            "item_listeners",
+            "item_pop_vs_user",
+            "item_days_since_last",
+            "user_genre_share",
+            "main_genre",
+        ],
+        ["main_genre"],
+    ),
 }
 
 

@@ -97,6 +97,15 @@ class RankerConfig(_Strict):
     )
     thread_count: int = 2
     random_seed: int = 42
+    bag_size: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="CatBoost models fit on the same rows with seeds random_seed, "
+        "random_seed + 1, ...; the saved ranker is their average (one model file). More "
+        "than 1 steadies a small data set's ranking against the seed; training costs that "
+        "many fits",
+    )
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
     max_train_users: int | None = Field(
         50_000,

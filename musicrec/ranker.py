@@ -69,32 +69,39 @@ class Ranker:
         self.model = model
 
     @classmethod
-    def fit(
-        cls, train: pd.DataFrame, cfg: RankerConfig, valid: pd.DataFrame | None = None
-    ) -> Ranker:
-        from catboost import CatBoost, Pool
+    def fit(cls, train: pd.DataFrame, cfg: RankerConfig) -> Ranker:
+        """One CatBoost model, or with `cfg.bag_size` > 1 the average of that many fit on
+        the same rows with seeds `random_seed`, `random_seed + 1`, ...: CatBoost's
+        `sum_models` with weights 1/n merges their trees into one model whose score is the
+        mean of theirs (tested against the mean of the separate models' scores)."""
+        from catboost import CatBoost, Pool, sum_models
 
-        params: dict[str, object] = {
-            "loss_function": cfg.loss_function,
-            "iterations": cfg.iterations,
-            "learning_rate": cfg.learning_rate,
-            "depth": cfg.depth,
-            "random_seed": cfg.random_seed,
-            "thread_count": cfg.thread_count,
-            "verbose": False,
-            "allow_writing_files": False,
-        }
-        if cfg.loss_function in ("Logloss", "CrossEntropy"):
-            params["eval_metric"] = "Logloss"
-        model = CatBoost(params)
         pool = Pool(
             train[FEATURES],
             label=train[TARGET].to_numpy(),
             group_id=group_ids(train),
             cat_features=CAT_FEATURES,
         )
-        model.fit(pool)
-        return cls(model)
+        models = []
+        for i in range(cfg.bag_size):
+            params: dict[str, object] = {
+                "loss_function": cfg.loss_function,
+                "iterations": cfg.iterations,
+                "learning_rate": cfg.learning_rate,
+                "depth": cfg.depth,
+                "random_seed": cfg.random_seed + i,
+                "thread_count": cfg.thread_count,
+                "verbose": False,
+                "allow_writing_files": False,
+            }
+            if cfg.loss_function in ("Logloss", "CrossEntropy"):
+                params["eval_metric"] = "Logloss"
+            model = CatBoost(params)
+            model.fit(pool)
+            models.append(model)
+        if len(models) == 1:
+            return cls(models[0])
+        return cls(sum_models(models, weights=[1.0 / len(models)] * len(models)))
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         from catboost import Pool

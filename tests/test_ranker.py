@@ -149,6 +149,29 @@ def test_ranker_logloss_variant() -> None:
     assert np.isfinite(r.predict(train)).all()
 
 
+def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path) -> None:
+    train = synthetic_rows(n_users=40).sort_values(C.User, kind="stable")
+    test = synthetic_rows(n_users=20, seed=3)
+    cfg = FAST.model_copy(update={"loss_function": "PairLogit"})
+    singles = [
+        Ranker.fit(train, cfg.model_copy(update={"random_seed": 7 + i})).predict(test)
+        for i in range(3)
+    ]
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)  # the seeds differ
+    bag = Ranker.fit(train, cfg.model_copy(update={"bag_size": 3}))
+    pred = bag.predict(test)
+    np.testing.assert_allclose(pred, np.mean(singles, axis=0), atol=1e-5)
+    path = tmp_path / "ranker.cbm"
+    bag.save(path)
+    assert np.array_equal(Ranker.load(path).predict(test), pred)
+    assert set(bag.feature_importances(train)) == set(FEATURES)
+
+
+def test_bag_size_is_validated() -> None:
+    with pytest.raises(ValueError, match="bag_size"):
+        RankerConfig(bag_size=0)
+
+
 def test_cat_features_are_strings(trained: tuple[Ranker, pd.DataFrame]) -> None:
     ranker, test = trained
     assert CAT_FEATURES == ["main_genre"]
