@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from musicrec import ranker as ranker_module  # noqa: E402
 from musicrec.artifacts import ArtifactPaths  # noqa: E402
 from musicrec.candidates import generate_candidates  # noqa: E402
+from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import load_config  # noqa: E402
-from musicrec.features import CAT_FEATURES, FEATURES, collect_features  # noqa: E402
+from musicrec.features import collect_features  # noqa: E402
 from musicrec.metrics import evaluate  # noqa: E402
 from musicrec.pipeline import (  # noqa: E402
     PipelineContext,
@@ -44,26 +44,24 @@ from musicrec.pipeline import (  # noqa: E402
 from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
 
 GENRE = ("user_genre_share", "main_genre")
-#: name -> (numeric + categorical features, categorical features)
-VARIANTS: dict[str, tuple[list[str], list[str]]] = {
-    "base": (list(FEATURES), list(CAT_FEATURES)),
-    "no_genre": ([f for f in FEATURES if f not in GENRE], []),
-    "no_main_genre": ([f for f in FEATURES if f != "main_genre"], []),
-    # the nine largest importances on Last.fm (2026-12-03), the rest dropped
-    "compact": (
-        [
-            "als_score",
-            "als_rank",
-            "profile_sim",
-            "sim_max_latest",
-            "item_listeners",
-            "item_pop_vs_user",
-            "item_days_since_last",
-            "user_genre_share",
-            "main_genre",
-        ],
-        ["main_genre"],
-    ),
+#: name -> the features the variant's ranker is trained on (`ranker.features`)
+VARIANTS: dict[str, list[str]] = {
+    "base": list(FEATURES),
+    "no_genre": [f for f in FEATURES if f not in GENRE],
+    "no_main_genre": [f for f in FEATURES if f != "main_genre"],
+    # the nine largest importances of the pipeline's Last.fm ranker on its training rows
+    # (2026-12-03), the rest dropped
+    "compact": [
+        "als_score",
+        "als_rank",
+        "profile_sim",
+        "sim_max_latest",
+        "item_listeners",
+        "item_pop_vs_user",
+        "item_days_since_last",
+        "user_genre_share",
+        "main_genre",
+    ],
 }
 
 
@@ -113,25 +111,20 @@ def main() -> None:
         print(f"{label:<24} {cells}  ({seconds:.0f} s)", flush=True)
 
     losses = args.losses or [rcfg.loss_function]
-    try:
-        for name, loss in [(n, lo) for n in args.variants for lo in losses]:
-            # the ranker module's feature lists, rebound for this variant
-            ranker_module.FEATURES, ranker_module.CAT_FEATURES = VARIANTS[name]
-            label = name if args.losses is None else f"{name} {loss}"
-            bag = np.zeros(len(feats), dtype=np.float64)
-            t_all = time.perf_counter()
-            for seed in seeds:
-                t0 = time.perf_counter()
-                update = {"random_seed": seed, "loss_function": loss}
-                model = Ranker.fit(train, rcfg.model_copy(update=update))
-                scores = model.predict(feats)
-                bag += scores
-                report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
-            if len(seeds) > 1:
-                mean = (bag / len(seeds)).astype(np.float32)
-                report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
-    finally:
-        ranker_module.FEATURES, ranker_module.CAT_FEATURES = FEATURES, CAT_FEATURES
+    for name, loss in [(n, lo) for n in args.variants for lo in losses]:
+        label = name if args.losses is None else f"{name} {loss}"
+        bag = np.zeros(len(feats), dtype=np.float64)
+        t_all = time.perf_counter()
+        for seed in seeds:
+            t0 = time.perf_counter()
+            update = {"random_seed": seed, "loss_function": loss, "features": VARIANTS[name]}
+            model = Ranker.fit(train, rcfg.model_copy(update=update))
+            scores = model.predict(feats)
+            bag += scores
+            report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
+        if len(seeds) > 1:
+            mean = (bag / len(seeds)).astype(np.float32)
+            report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,37 @@ class RawFiles:
 
 #: catalog_names `type` values
 CATALOG_TYPES = ("album", "artist", "genre", "track")
+
+
+# The ranker's feature columns (computed by musicrec.features.collect_features).
+#: numeric features, in the order the model sees them
+NUMERIC_FEATURES = [
+    "als_score",
+    "als_rank",
+    "pop_rank",
+    "sim_rank",
+    "sim_source_score",
+    "src_als",
+    "src_pop",
+    "src_sim",
+    "n_sources",
+    "sim_max_latest",
+    "sim_mean_latest",
+    "profile_sim",
+    "item_pop_vs_user",
+    "item_listeners",
+    "item_listeners_recent",
+    "item_recent_share",
+    "item_age_days",
+    "item_days_since_last",
+    "user_listens",
+    "user_listens_recent",
+    "user_days_since_last",
+    "user_tenure_days",
+    "user_genre_share",
+    "user_artist_share",
+    "user_artist_listens",
+]
+#: categorical features (CatBoost handles them natively)
+CAT_FEATURES = ["main_genre"]
+FEATURES = NUMERIC_FEATURES + CAT_FEATURES

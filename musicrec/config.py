@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from musicrec.columns import FEATURES
 from musicrec.errors import ConfigError
 
 
@@ -106,6 +107,12 @@ class RankerConfig(_Strict):
         "than 1 steadies a small data set's ranking against the seed; training costs that "
         "many fits",
     )
+    features: list[str] | None = Field(
+        None,
+        description="The features the ranker is trained on, a subset of "
+        "musicrec.columns.FEATURES (kept in that order); None: all of them. With few "
+        "training users (Last.fm) a short list overfits less",
+    )
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
     max_train_users: int | None = Field(
         50_000,
@@ -129,6 +136,18 @@ class RankerConfig(_Strict):
         "users; a batch's candidates and features set the peak memory at full size (25,000: "
         "scoring peak 13.26 GiB against 14.97 with 50,000, same time; docs/benchmarks.md)",
     )
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        unknown = [n for n in names if n not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; known: {FEATURES}")
+        if not names or len(set(names)) != len(names):
+            raise ValueError("features must be a non-empty list without repeats")
+        return [f for f in FEATURES if f in names]
 
 
 class EvalConfig(_Strict):

@@ -20,38 +20,6 @@ from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.matrix import IdMap
 
-#: numeric features, in the order the model sees them
-NUMERIC_FEATURES = [
-    "als_score",
-    "als_rank",
-    "pop_rank",
-    "sim_rank",
-    "sim_source_score",
-    "src_als",
-    "src_pop",
-    "src_sim",
-    "n_sources",
-    "sim_max_latest",
-    "sim_mean_latest",
-    "profile_sim",
-    "item_pop_vs_user",
-    "item_listeners",
-    "item_listeners_recent",
-    "item_recent_share",
-    "item_age_days",
-    "item_days_since_last",
-    "user_listens",
-    "user_listens_recent",
-    "user_days_since_last",
-    "user_tenure_days",
-    "user_genre_share",
-    "user_artist_share",
-    "user_artist_listens",
-]
-#: categorical features (CatBoost handles them natively)
-CAT_FEATURES = ["main_genre"]
-FEATURES = NUMERIC_FEATURES + CAT_FEATURES
-
 
 def _first_last(codes: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Earliest and latest of `dates` (datetime64[ns]) per code in 0..n-1 (NaT if none).
@@ -185,7 +153,7 @@ def _attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
 def collect_features(
     stage: FirstStage, items: pd.DataFrame, cand: pd.DataFrame, cfg: RankerConfig
 ) -> pd.DataFrame:
-    """Add the FEATURES columns to `cand` (user_id, track_id, source columns)."""
+    """Add the `columns.FEATURES` columns to `cand` (user_id, track_id, source columns)."""
     end = np.datetime64(stage.end, "ns")
     st = _history_stats(stage, items, cfg.recent_days)
     out = cand.copy()

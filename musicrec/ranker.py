@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from musicrec.columns import CAT_FEATURES, FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
-from musicrec.features import CAT_FEATURES, FEATURES
 from musicrec.io import atomic_path
 from musicrec.matrix import pair_keys, top_k_per_user
 
@@ -63,10 +63,26 @@ def sample_training_rows(
 
 
 class Ranker:
-    """A CatBoost ranking model over FEATURES."""
+    """A CatBoost ranking model over `cfg.features` (default: all of FEATURES); the model
+    file carries the names, so `predict` reads the columns it was trained on."""
 
     def __init__(self, model: object) -> None:
         self.model = model
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.model.feature_names_)  # type: ignore[attr-defined]
+
+    def _pool(self, df: pd.DataFrame, labelled: bool = False) -> object:
+        from catboost import Pool
+
+        names = self.features
+        cats = [c for c in CAT_FEATURES if c in names]
+        if not labelled:
+            return Pool(df[names], cat_features=cats)
+        return Pool(
+            df[names], label=df[TARGET].to_numpy(), group_id=group_ids(df), cat_features=cats
+        )
 
     @classmethod
     def fit(cls, train: pd.DataFrame, cfg: RankerConfig) -> Ranker:
@@ -76,11 +92,12 @@ class Ranker:
         mean of theirs (tested against the mean of the separate models' scores)."""
         from catboost import CatBoost, Pool, sum_models
 
+        names = cfg.features or FEATURES
         pool = Pool(
-            train[FEATURES],
+            train[names],
             label=train[TARGET].to_numpy(),
             group_id=group_ids(train),
-            cat_features=CAT_FEATURES,
+            cat_features=[c for c in CAT_FEATURES if c in names],
         )
         models = []
         for i in range(cfg.bag_size):
@@ -104,23 +121,13 @@ class Ranker:
         return cls(sum_models(models, weights=[1.0 / len(models)] * len(models)))
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        from catboost import Pool
-
-        pool = Pool(df[FEATURES], cat_features=CAT_FEATURES)
+        pool = self._pool(df)
         return np.asarray(self.model.predict(pool), dtype=np.float32)  # type: ignore[attr-defined]
 
     def feature_importances(self, data: pd.DataFrame) -> dict[str, float]:
         """Loss change per feature on `data` (labelled, grouped rows), largest first."""
-        from catboost import Pool
-
-        pool = Pool(
-            data[FEATURES],
-            label=data[TARGET].to_numpy(),
-            group_id=group_ids(data),
-            cat_features=CAT_FEATURES,
-        )
-        vals = self.model.get_feature_importance(pool)  # type: ignore[attr-defined]
-        pairs = sorted(zip(FEATURES, map(float, vals), strict=True), key=lambda p: -p[1])
+        vals = self.model.get_feature_importance(self._pool(data, labelled=True))  # type: ignore[attr-defined]
+        pairs = sorted(zip(self.features, map(float, vals), strict=True), key=lambda p: -p[1])
         return dict(pairs)
 
     def save(self, path: str | Path) -> None:

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from musicrec.candidates import FirstStage, generate_candidates, latest_tracks
+from musicrec.columns import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
-from musicrec.features import CAT_FEATURES, FEATURES, NUMERIC_FEATURES, collect_features
+from musicrec.features import collect_features
 from musicrec.prepare import PreparedData
 from musicrec.split import choose_window_start, split_by_time
 

@@ -23,10 +23,10 @@ from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 
 from musicrec.als import ALSModel
 from musicrec.artifacts import ArtifactPaths
+from musicrec.columns import FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
-from musicrec.features import FEATURES
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.metrics import candidate_recall
 from musicrec.pipeline import (

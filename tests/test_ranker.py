@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from musicrec.columns import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
-from musicrec.features import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
 from musicrec.ranker import (
     TARGET,
     WINDOW,
@@ -170,6 +170,36 @@ def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path) -> 
 def test_bag_size_is_validated() -> None:
     with pytest.raises(ValueError, match="bag_size"):
         RankerConfig(bag_size=0)
+
+
+def test_feature_subset_is_all_the_model_reads(tmp_path: Path) -> None:
+    train = synthetic_rows(n_users=40).sort_values(C.User, kind="stable")
+    subset = ["main_genre", "als_score", "item_listeners"]  # any order in the config
+    cfg = RankerConfig.model_validate({**FAST.model_dump(), "features": subset})
+    assert cfg.features == ["als_score", "item_listeners", "main_genre"]  # FEATURES' order
+    ranker = Ranker.fit(train, cfg)
+    assert ranker.features == cfg.features
+    assert set(ranker.feature_importances(train)) == set(subset)
+    test = synthetic_rows(n_users=20, seed=3)
+    pred = ranker.predict(test)
+    # the other feature columns are not read: dropping them changes nothing, after a save too
+    ranker.save(tmp_path / "ranker.cbm")
+    slim = test[[C.User, C.Item, *subset]]
+    assert np.array_equal(Ranker.load(tmp_path / "ranker.cbm").predict(slim), pred)
+    assert np.corrcoef(pred, test["als_score"])[0, 1] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (["als_score", "no_such_feature"], "unknown features"),
+        ([], "non-empty"),
+        (["als_score", "als_score"], "without repeats"),
+    ],
+)
+def test_feature_subset_is_validated(features: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RankerConfig(features=features)
 
 
 def test_cat_features_are_strings(trained: tuple[Ranker, pd.DataFrame]) -> None:
