@@ -9,10 +9,19 @@ Dumps once (into `--work`) the pipeline's pooled label-window training rows and 
 features of every warm test user's candidates, exactly as `run_pipeline` builds them from
 the artifacts in `--artifacts-dir` (the ALS factors, similar tracks, ALS lists); then, for
 each named variant, fits the CatBoost ranker with that variant's feature list and scores
-its top-10 on the test window. `base` reproduces the pipeline's ranker. With `--seeds`,
+its top-10 on the test window. `base` reproduces the pipeline's single-model ranker
+(`ranker.bag_size` is set to 1 here: the bag is what `--seeds` averages). With `--seeds`,
 each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
 models) is scored too. With `--losses`, each variant is fit with each CatBoost loss (default:
 the config's `ranker.loss_function`).
+
+With `--holdout`, the test window is not used at all: the variants are fit on the label
+windows 1.. and scored on the newest label window's rows (its users with a positive among
+their candidates; NDCG@10 and Recall@5 over those candidates, `musicrec.metrics.evaluate`),
+and the paired difference of the first two variants' seed averages is printed. Choose
+variants this way; the test window only reports the choice.
+
+    python bench/ranker_variants.py base compact --seeds 42 1 2 --holdout   # 2026-12-03
 """
 
 from __future__ import annotations
@@ -34,14 +43,14 @@ from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import load_config  # noqa: E402
 from musicrec.features import collect_features  # noqa: E402
-from musicrec.metrics import evaluate  # noqa: E402
+from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
 from musicrec.pipeline import (  # noqa: E402
     PipelineContext,
     StageCache,
     label_windows,
     window_training_rows,
 )
-from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
+from musicrec.ranker import TARGET, WINDOW, Ranker, rank_candidates  # noqa: E402
 
 GENRE = ("user_genre_share", "main_genre")
 #: name -> the features the variant's ranker is trained on (`ranker.features`)
@@ -87,6 +96,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
     ap.add_argument("--losses", nargs="+", help="CatBoost losses (default: the config's)")
+    ap.add_argument(
+        "--holdout", action="store_true", help="fit on label windows 1.., score window 0"
+    )
     args = ap.parse_args()
     cfg = load_config(args.config)
     paths = ArtifactPaths(args.artifacts_dir)
@@ -96,15 +108,22 @@ def main() -> None:
         dump(ctx, args.work)
     train = pd.read_parquet(args.work / "train.parquet")
     feats = pd.read_parquet(args.work / "test_candidates.parquet")
-    test = ctx.test
+    target = ctx.test.target
+    history: pd.DataFrame | None = ctx.test.history
+    if args.holdout:
+        feats = train[train[WINDOW] == 0].reset_index(drop=True)
+        train = train[train[WINDOW] > 0].reset_index(drop=True)
+        target, history = feats[feats[TARGET] == 1], None
     warm = np.sort(feats[C.User].unique())
-    rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads})
-    print(f"{len(train):,} training rows, {len(feats):,} test candidates of {len(warm)} users")
+    rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
+    where = "label window 0 (holdout)" if args.holdout else "test"
+    print(f"{len(train):,} training rows, {len(feats):,} {where} candidates of {len(warm)} users")
     seeds = args.seeds or [rcfg.random_seed]
+    averages: dict[str, pd.Series] = {}
 
     def report(label: str, scores: np.ndarray, seconds: float) -> None:
         recs = rank_candidates(feats, scores, cfg.top_k)
-        res = evaluate(recs, test.target, test.history, len(ctx.prepared.items), 5, 10, warm)
+        res = evaluate(recs, target, history, len(ctx.prepared.items), 5, 10, warm)
         cells = "  ".join(
             f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}" for m in ("ndcg@10", "recall@5")
         )
@@ -122,9 +141,16 @@ def main() -> None:
             scores = model.predict(feats)
             bag += scores
             report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
+        mean = (bag / len(seeds)).astype(np.float32)
         if len(seeds) > 1:
-            mean = (bag / len(seeds)).astype(np.float32)
             report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
+        recs = rank_candidates(feats, mean, cfg.top_k)
+        averages[label] = per_user_metrics(recs, target, history, 5, 10, warm)["ndcg@10"]
+    report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
+    if len(averages) >= 2:
+        (a, va), (b, vb) = list(averages.items())[:2]
+        d = paired_difference(vb, va)
+        print(f"paired NDCG@10 {b} - {a}: {d['mean']:+.4f} ± {d['stderr']:.4f}")
 
 
 if __name__ == "__main__":
