@@ -110,8 +110,9 @@ class RankerConfig(_Strict):
     features: list[str] | None = Field(
         None,
         description="The features the ranker is trained on, a subset of "
-        "musicrec.columns.FEATURES (kept in that order); None: all of them. With few "
-        "training users (Last.fm) a short list overfits less",
+        "musicrec.columns.FEATURES (kept in that order); None: all of them. For feature "
+        "studies: compare lists on a label window (bench/ranker_variants.py --holdout), "
+        "not on the test window",
     )
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
     max_train_users: int | None = Field(
