@@ -111,6 +111,8 @@ def main() -> None:
     target = ctx.test.target
     history: pd.DataFrame | None = ctx.test.history
     if args.holdout:
+        if not (train[WINDOW] > 0).any():
+            raise SystemExit("--holdout needs ranker.label_windows >= 2 (it fits on windows 1..)")
         feats = train[train[WINDOW] == 0].reset_index(drop=True)
         train = train[train[WINDOW] > 0].reset_index(drop=True)
         target, history = feats[feats[TARGET] == 1], None

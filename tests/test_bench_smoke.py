@@ -222,3 +222,35 @@ def test_metrics_ab_smoke() -> None:
     assert len(lines) == 4 and out.count("metrics overhead") == 2
     for line, name in zip(lines[1:], names, strict=True):
         assert line.startswith(name)
+
+
+def test_ranker_variants_smoke(tmp_path: Path) -> None:
+    """bench/ranker_variants.py on the tiny preset: the test-window and the holdout modes
+    print each variant's seeds, their mean, the ALS score alone and the paired line."""
+    data, art, cfg = tmp_path / "data", tmp_path / "recsys", tmp_path / "tiny.toml"
+    cfg.write_text(
+        "[als]\nfactors = 8\niterations = 3\ntune = false\n"
+        "[ranker]\nlabel_windows = 2\niterations = 20\ndepth = 3\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    for cmd in (
+        ["generate", "--preset", "tiny", "--out", data],
+        ["pipeline", "--data-dir", data, "--artifacts-dir", art, "--config", cfg],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "musicrec", *map(str, cmd)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    common = ["--data-dir", data, "--artifacts-dir", art, "--config", cfg]
+    common += ["--work", tmp_path / "work", "--seeds", "1", "2"]
+    for extra, where in (([], "test candidates"), (["--holdout"], "label window 0 (holdout)")):
+        out = run_script("ranker_variants.py", "base", "no_genre", *common, *extra)
+        assert where in out
+        for line in ("base seed 1 ", "base seed 2 ", "base mean of 2 seeds", "no_genre seed 2 "):
+            assert line in out
+        assert "ALS score alone" in out and "paired NDCG@10 no_genre - base: " in out
