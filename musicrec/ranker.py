@@ -62,6 +62,17 @@ def sample_training_rows(
     return out.sort_values([C.User, C.Item], kind="stable").reset_index(drop=True)
 
 
+def _pool(df: pd.DataFrame, names: list[str], labelled: bool = False) -> object:
+    """A CatBoost pool of `df`'s `names` columns (the categorical ones marked); with
+    `labelled`, the target and the query ids too."""
+    from catboost import Pool
+
+    cats = [c for c in CAT_FEATURES if c in names]
+    if not labelled:
+        return Pool(df[names], cat_features=cats)
+    return Pool(df[names], label=df[TARGET].to_numpy(), group_id=group_ids(df), cat_features=cats)
+
+
 class Ranker:
     """A CatBoost ranking model over `cfg.features` (default: all of FEATURES); the model
     file carries the names, so `predict` reads the columns it was trained on."""
@@ -73,47 +84,29 @@ class Ranker:
     def features(self) -> list[str]:
         return list(self.model.feature_names_)  # type: ignore[attr-defined]
 
-    def _pool(self, df: pd.DataFrame, labelled: bool = False) -> object:
-        from catboost import Pool
-
-        names = self.features
-        cats = [c for c in CAT_FEATURES if c in names]
-        if not labelled:
-            return Pool(df[names], cat_features=cats)
-        return Pool(
-            df[names], label=df[TARGET].to_numpy(), group_id=group_ids(df), cat_features=cats
-        )
-
     @classmethod
     def fit(cls, train: pd.DataFrame, cfg: RankerConfig) -> Ranker:
         """One CatBoost model, or with `cfg.bag_size` > 1 the average of that many fit on
         the same rows with seeds `random_seed`, `random_seed + 1`, ...: CatBoost's
         `sum_models` with weights 1/n merges their trees into one model whose score is the
         mean of theirs (tested against the mean of the separate models' scores)."""
-        from catboost import CatBoost, Pool, sum_models
+        from catboost import CatBoost, sum_models
 
-        names = cfg.features or FEATURES
-        pool = Pool(
-            train[names],
-            label=train[TARGET].to_numpy(),
-            group_id=group_ids(train),
-            cat_features=[c for c in CAT_FEATURES if c in names],
-        )
+        pool = _pool(train, cfg.features or FEATURES, labelled=True)
+        params: dict[str, object] = {
+            "loss_function": cfg.loss_function,
+            "iterations": cfg.iterations,
+            "learning_rate": cfg.learning_rate,
+            "depth": cfg.depth,
+            "thread_count": cfg.thread_count,
+            "verbose": False,
+            "allow_writing_files": False,
+        }
+        if cfg.loss_function in ("Logloss", "CrossEntropy"):
+            params["eval_metric"] = "Logloss"
         models = []
         for i in range(cfg.bag_size):
-            params: dict[str, object] = {
-                "loss_function": cfg.loss_function,
-                "iterations": cfg.iterations,
-                "learning_rate": cfg.learning_rate,
-                "depth": cfg.depth,
-                "random_seed": cfg.random_seed + i,
-                "thread_count": cfg.thread_count,
-                "verbose": False,
-                "allow_writing_files": False,
-            }
-            if cfg.loss_function in ("Logloss", "CrossEntropy"):
-                params["eval_metric"] = "Logloss"
-            model = CatBoost(params)
+            model = CatBoost({**params, "random_seed": cfg.random_seed + i})
             model.fit(pool)
             models.append(model)
         if len(models) == 1:
@@ -121,12 +114,13 @@ class Ranker:
         return cls(sum_models(models, weights=[1.0 / len(models)] * len(models)))
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        pool = self._pool(df)
+        pool = _pool(df, self.features)
         return np.asarray(self.model.predict(pool), dtype=np.float32)  # type: ignore[attr-defined]
 
     def feature_importances(self, data: pd.DataFrame) -> dict[str, float]:
         """Loss change per feature on `data` (labelled, grouped rows), largest first."""
-        vals = self.model.get_feature_importance(self._pool(data, labelled=True))  # type: ignore[attr-defined]
+        pool = _pool(data, self.features, labelled=True)
+        vals = self.model.get_feature_importance(pool)  # type: ignore[attr-defined]
         pairs = sorted(zip(self.features, map(float, vals), strict=True), key=lambda p: -p[1])
         return dict(pairs)
 

@@ -17,10 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str | Path) -> str:
+def run_python(*args: str | Path) -> str:
+    """stdout of `python args` in the project root (asserts it exits 0)."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / name), *map(str, args)],
+        [sys.executable, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -29,6 +30,10 @@ def run_script(name: str, *args: str | Path) -> str:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def run_script(name: str, *args: str | Path) -> str:
+    return run_python(ROOT / "bench" / name, *args)
 
 
 @pytest.fixture(scope="module")
@@ -232,20 +237,10 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
         "[als]\nfactors = 8\niterations = 3\ntune = false\n"
         "[ranker]\nlabel_windows = 2\niterations = 20\ndepth = 3\n"
     )
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    for cmd in (
-        ["generate", "--preset", "tiny", "--out", data],
-        ["pipeline", "--data-dir", data, "--artifacts-dir", art, "--config", cfg],
-    ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "musicrec", *map(str, cmd)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            cwd=ROOT,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    run_python("-m", "musicrec", "generate", "--preset", "tiny", "--out", data)
+    run_python(
+        "-m", "musicrec", "pipeline", "--data-dir", data, "--artifacts-dir", art, "--config", cfg
+    )
     common = ["--data-dir", data, "--artifacts-dir", art, "--config", cfg]
     common += ["--work", tmp_path / "work", "--seeds", "1", "2"]
     for extra, where in (([], "test candidates"), (["--holdout"], "label window 0 (holdout)")):
