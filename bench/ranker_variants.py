@@ -13,12 +13,14 @@ its top-10 on the test window. `base` reproduces the pipeline's single-model ran
 (`ranker.bag_size` is set to 1 here: the bag is what `--seeds` averages). With `--seeds`,
 each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
 models) is scored too. With `--losses`, each variant is fit with each CatBoost loss (default:
-the config's `ranker.loss_function`).
+the config's `ranker.loss_function`). With `--set KEY=VALUE[,KEY=VALUE]` (repeatable), each
+variant is fit once more per `--set` with those `ranker` settings (e.g. `depth=2`,
+`l2_leaf_reg=10`), after the config's own.
 
 With `--holdout`, the test window is not used at all: the variants are fit on the label
 windows 1.. and scored on the newest label window's rows (its users with a positive among
 their candidates; NDCG@10 and Recall@5 over those candidates, `musicrec.metrics.evaluate`),
-and the paired difference of the first two variants' seed averages is printed. Choose
+and the paired difference of each later variant's seed average from the first's is printed. Choose
 variants this way; the test window only reports the choice.
 
     python bench/ranker_variants.py base compact --seeds 42 1 2 --holdout   # 2026-12-03
@@ -41,7 +43,7 @@ from musicrec.artifacts import ArtifactPaths  # noqa: E402
 from musicrec.candidates import generate_candidates  # noqa: E402
 from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
-from musicrec.config import load_config  # noqa: E402
+from musicrec.config import RankerConfig, load_config  # noqa: E402
 from musicrec.features import collect_features  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
 from musicrec.pipeline import (  # noqa: E402
@@ -84,6 +86,15 @@ def dump(ctx: PipelineContext, work: Path) -> None:
     feats.to_parquet(work / "test_candidates.parquet")
 
 
+def with_settings(cfg: RankerConfig, tweak: str, update: dict[str, object]) -> RankerConfig:
+    """`cfg` with `tweak`'s "key=value,key=value" settings and then `update` applied,
+    validated like a config file's (unknown keys and bad values are errors)."""
+    pairs = [kv.split("=", 1) for kv in tweak.split(",") if kv]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"--set wants KEY=VALUE[,KEY=VALUE], got {tweak!r}")
+    return RankerConfig.model_validate({**cfg.model_dump(), **dict(pairs), **update})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
@@ -98,6 +109,15 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", help="CatBoost losses (default: the config's)")
     ap.add_argument(
         "--holdout", action="store_true", help="fit on label windows 1.., score window 0"
+    )
+    ap.add_argument(
+        "--set",
+        dest="tweaks",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="ranker settings for one more fit of each variant after the config's own "
+        "(e.g. --set depth=2 --set l2_leaf_reg=10,iterations=600); repeatable",
     )
     args = ap.parse_args()
     cfg = load_config(args.config)
@@ -132,14 +152,17 @@ def main() -> None:
         print(f"{label:<24} {cells}  ({seconds:.0f} s)", flush=True)
 
     losses = args.losses or [rcfg.loss_function]
-    for name, loss in [(n, lo) for n in args.variants for lo in losses]:
+    tweaks = [""] + args.tweaks
+    runs = [(n, lo, tw) for n in args.variants for lo in losses for tw in tweaks]
+    for name, loss, tweak in runs:
         label = name if args.losses is None else f"{name} {loss}"
+        label = f"{label} {tweak}".rstrip()
         bag = np.zeros(len(feats), dtype=np.float64)
         t_all = time.perf_counter()
         for seed in seeds:
             t0 = time.perf_counter()
             update = {"random_seed": seed, "loss_function": loss, "features": VARIANTS[name]}
-            model = Ranker.fit(train, rcfg.model_copy(update=update))
+            model = Ranker.fit(train, with_settings(rcfg, tweak, update))
             scores = model.predict(feats)
             bag += scores
             report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
@@ -149,8 +172,8 @@ def main() -> None:
         recs = rank_candidates(feats, mean, cfg.top_k)
         averages[label] = per_user_metrics(recs, target, history, 5, 10, warm)["ndcg@10"]
     report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
-    if len(averages) >= 2:
-        (a, va), (b, vb) = list(averages.items())[:2]
+    (a, va), *others = averages.items()
+    for b, vb in others:
         d = paired_difference(vb, va)
         print(f"paired NDCG@10 {b} - {a}: {d['mean']:+.4f} ± {d['stderr']:.4f}")
 

@@ -92,6 +92,9 @@ class RankerConfig(_Strict):
     iterations: int = Field(300, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     depth: int = Field(6, ge=1, le=16)
+    l2_leaf_reg: float = Field(
+        3.0, ge=0, description="CatBoost's L2 regularisation of leaf values (its default, 3)"
+    )
     loss_function: str = Field(
         "YetiRank:permutations=1",
         description="CatBoost loss; one YetiRank permutation trains ~3x faster, same NDCG on demo",

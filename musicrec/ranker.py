@@ -98,6 +98,7 @@ class Ranker:
             "iterations": cfg.iterations,
             "learning_rate": cfg.learning_rate,
             "depth": cfg.depth,
+            "l2_leaf_reg": cfg.l2_leaf_reg,
             "thread_count": cfg.thread_count,
             "verbose": False,
             "allow_writing_files": False,

@@ -167,6 +167,17 @@ def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path) -> 
     assert set(bag.feature_importances(train)) == set(FEATURES)
 
 
+def test_l2_leaf_reg_reaches_catboost() -> None:
+    train = synthetic_rows(n_users=30).sort_values(C.User, kind="stable")
+    weak = Ranker.fit(train, FAST)
+    strong = Ranker.fit(train, FAST.model_copy(update={"l2_leaf_reg": 1000.0}))
+    assert strong.model.get_params()["l2_leaf_reg"] == 1000.0  # type: ignore[attr-defined]
+    # heavier regularisation shrinks the leaf values, so the scores spread less
+    assert np.std(strong.predict(train)) < np.std(weak.predict(train))
+    with pytest.raises(ValueError, match="l2_leaf_reg"):
+        RankerConfig(l2_leaf_reg=-1.0)
+
+
 def test_bag_size_is_validated() -> None:
     with pytest.raises(ValueError, match="bag_size"):
         RankerConfig(bag_size=0)
