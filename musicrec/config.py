@@ -133,6 +133,13 @@ class RankerConfig(_Strict):
         "it. More windows = more training users (helps small data sets), one more ALS fit "
         "each",
     )
+    window_weight_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Training weight of label window w's queries: decay**w (w = 0 the "
+        "newest window, the one closest to what is predicted); 1: every window alike",
+    )
     inference_batch_users: int = Field(
         25_000,
         ge=1,

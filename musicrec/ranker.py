@@ -62,15 +62,31 @@ def sample_training_rows(
     return out.sort_values([C.User, C.Item], kind="stable").reset_index(drop=True)
 
 
-def _pool(df: pd.DataFrame, names: list[str], labelled: bool = False) -> object:
+def window_weights(df: pd.DataFrame, decay: float) -> np.ndarray | None:
+    """Each row's query weight, `decay ** window` (window 0 = the newest label window);
+    None (every query alike) when `decay` is 1 or the rows carry no `WINDOW`."""
+    if decay == 1.0 or WINDOW not in df:
+        return None
+    return np.power(decay, df[WINDOW].to_numpy(np.float64))
+
+
+def _pool(
+    df: pd.DataFrame, names: list[str], labelled: bool = False, window_decay: float = 1.0
+) -> object:
     """A CatBoost pool of `df`'s `names` columns (the categorical ones marked); with
-    `labelled`, the target and the query ids too."""
+    `labelled`, the target, the query ids and the queries' window weights too."""
     from catboost import Pool
 
     cats = [c for c in CAT_FEATURES if c in names]
     if not labelled:
         return Pool(df[names], cat_features=cats)
-    return Pool(df[names], label=df[TARGET].to_numpy(), group_id=group_ids(df), cat_features=cats)
+    return Pool(
+        df[names],
+        label=df[TARGET].to_numpy(),
+        group_id=group_ids(df),
+        group_weight=window_weights(df, window_decay),
+        cat_features=cats,
+    )
 
 
 class Ranker:
@@ -92,7 +108,7 @@ class Ranker:
         mean of theirs (tested against the mean of the separate models' scores)."""
         from catboost import CatBoost, sum_models
 
-        pool = _pool(train, cfg.features or FEATURES, labelled=True)
+        pool = _pool(train, cfg.features or FEATURES, True, cfg.window_weight_decay)
         params: dict[str, object] = {
             "loss_function": cfg.loss_function,
             "iterations": cfg.iterations,

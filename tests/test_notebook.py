@@ -109,6 +109,29 @@ def test_default_parameters_equal_the_pipeline_defaults(monkeypatch: pytest.Monk
     assert namespace["cfg"] == PipelineConfig()
 
 
+def test_parameters_cell_sets_every_config_field() -> None:
+    """The config cell passes every field of every config model by keyword, so each
+    pipeline parameter is visible (and settable) in the notebook, new ones included."""
+    import ast
+
+    from pydantic import BaseModel
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tree = ast.parse(code_cells(nb.cells)[1].source)
+    passed = {
+        node.func.id: {kw.arg for kw in node.keywords}
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    models = {"PipelineConfig": PipelineConfig}
+    for field in PipelineConfig.model_fields.values():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            models[field.annotation.__name__] = field.annotation
+    for name, model in models.items():
+        missing = set(model.model_fields) - passed.get(name, set())
+        assert not missing, f"{name}(...) in the notebook does not set {sorted(missing)}"
+
+
 @pytest.mark.parametrize("name", ["demo.toml", "lastfm.toml"])
 def test_example_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)

@@ -19,6 +19,7 @@ from musicrec.ranker import (
     label_candidates,
     rank_candidates,
     sample_training_rows,
+    window_weights,
 )
 
 FAST = RankerConfig(iterations=40, depth=3, thread_count=2, random_seed=7)
@@ -301,3 +302,28 @@ def test_pooled_windows_train_one_query_per_window_and_user() -> None:
     # CatBoost would reject a query id that is split over non-contiguous rows, and with
     # user-only ids the two windows of a user would merge into one query of 2x the rows
     assert len(np.unique(group_ids(pooled))) == 2 * a[C.User].nunique()
+
+
+def test_window_weight_decay_lets_the_newest_window_win() -> None:
+    """Window 0 says "high als_score is good", the larger window 1 says the opposite: with
+    every window alike the model follows window 1; with a steep decay, window 0."""
+    new = synthetic_rows(n_users=40, seed=1).assign(**{WINDOW: 0})
+    old = synthetic_rows(n_users=120, seed=2).assign(**{WINDOW: 1})
+    old["als_score"] = -old["als_score"]
+    pooled = pd.concat([new, old], ignore_index=True)
+    test = synthetic_rows(n_users=30, seed=3)
+    cfg = FAST.model_copy(update={"loss_function": "PairLogit"})
+
+    def corr(decay: float) -> float:
+        ranker = Ranker.fit(pooled, cfg.model_copy(update={"window_weight_decay": decay}))
+        return float(np.corrcoef(ranker.predict(test), test["als_score"])[0, 1])
+
+    assert corr(1.0) < -0.5
+    assert corr(0.01) > 0.5
+    assert window_weights(pooled, 0.5).tolist() == [1.0] * 1000 + [0.5] * 3000
+    assert (
+        window_weights(pooled, 1.0) is None
+        and window_weights(new.drop(columns=WINDOW), 0.5) is None
+    )
+    with pytest.raises(ValueError, match="window_weight_decay"):
+        RankerConfig(window_weight_decay=0.0)
