@@ -20,8 +20,8 @@ variant is fit once more per `--set` with those `ranker` settings (e.g. `depth=2
 With `--holdout`, the test window is not used at all: the variants are fit on the label
 windows 1.. and scored on the newest label window's rows (its users with a positive among
 their candidates; NDCG@10 and Recall@5 over those candidates, `musicrec.metrics.evaluate`),
-and the paired difference of each later variant's seed average from the first's is printed. Choose
-variants this way; the test window only reports the choice.
+and the paired difference of each later variant's seed average from the first's is
+printed. Choose variants this way; the test window only reports the choice.
 
     python bench/ranker_variants.py base compact --seeds 42 1 2 --holdout   # 2026-12-03
 """
