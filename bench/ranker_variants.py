@@ -143,13 +143,15 @@ def main() -> None:
     seeds = args.seeds or [rcfg.random_seed]
     averages: dict[str, pd.Series] = {}
 
-    def report(label: str, scores: np.ndarray, seconds: float) -> None:
+    def report(label: str, scores: np.ndarray, seconds: float) -> pd.DataFrame:
+        """Print the top-10's NDCG@10 and Recall@5; return the top-10 lists."""
         recs = rank_candidates(feats, scores, cfg.top_k)
         res = evaluate(recs, target, history, len(ctx.prepared.items), 5, 10, warm)
         cells = "  ".join(
             f"{m} {res[m]['mean']:.4f} ± {res[m]['stderr']:.4f}" for m in ("ndcg@10", "recall@5")
         )
         print(f"{label:<24} {cells}  ({seconds:.0f} s)", flush=True)
+        return recs
 
     losses = args.losses or [rcfg.loss_function]
     tweaks = [""] + args.tweaks
@@ -157,19 +159,18 @@ def main() -> None:
     for name, loss, tweak in runs:
         label = name if args.losses is None else f"{name} {loss}"
         label = f"{label} {tweak}".rstrip()
+        run_cfg = with_settings(rcfg, tweak, {"loss_function": loss, "features": VARIANTS[name]})
         bag = np.zeros(len(feats), dtype=np.float64)
         t_all = time.perf_counter()
         for seed in seeds:
             t0 = time.perf_counter()
-            update = {"random_seed": seed, "loss_function": loss, "features": VARIANTS[name]}
-            model = Ranker.fit(train, with_settings(rcfg, tweak, update))
+            model = Ranker.fit(train, run_cfg.model_copy(update={"random_seed": seed}))
             scores = model.predict(feats)
             bag += scores
-            report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
-        mean = (bag / len(seeds)).astype(np.float32)
-        if len(seeds) > 1:
-            report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
-        recs = rank_candidates(feats, mean, cfg.top_k)
+            recs = report(f"{label} seed {seed}", scores, time.perf_counter() - t0)
+        if len(seeds) > 1:  # with one seed, the mean is that seed's scores: `recs` as is
+            mean = (bag / len(seeds)).astype(np.float32)
+            recs = report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
         averages[label] = per_user_metrics(recs, target, history, 5, 10, warm)["ndcg@10"]
     report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
     (a, va), *others = averages.items()

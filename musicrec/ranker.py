@@ -108,7 +108,8 @@ class Ranker:
         mean of theirs (tested against the mean of the separate models' scores)."""
         from catboost import CatBoost, sum_models
 
-        pool = _pool(train, cfg.features or FEATURES, True, cfg.window_weight_decay)
+        names = cfg.features or FEATURES
+        pool = _pool(train, names, labelled=True, window_decay=cfg.window_weight_decay)
         params: dict[str, object] = {
             "loss_function": cfg.loss_function,
             "iterations": cfg.iterations,

@@ -14,6 +14,7 @@ metrics.json.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from musicrec.config import PipelineConfig, load_config
 from musicrec.plots import EDA_FILES
@@ -112,10 +114,6 @@ def test_default_parameters_equal_the_pipeline_defaults(monkeypatch: pytest.Monk
 def test_parameters_cell_sets_every_config_field() -> None:
     """The config cell passes every field of every config model by keyword, so each
     pipeline parameter is visible (and settable) in the notebook, new ones included."""
-    import ast
-
-    from pydantic import BaseModel
-
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tree = ast.parse(code_cells(nb.cells)[1].source)
     passed = {
