@@ -36,8 +36,8 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.artifacts import ArtifactPaths
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
+from musicrec.columns import FEATURES, RawFiles
 from musicrec.columns import Columns as C
-from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
 from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
@@ -49,6 +49,7 @@ from musicrec.prepare import PreparedData, load_prepared, prepare_data
 from musicrec.ranker import (
     TARGET,
     WINDOW,
+    FeatureRange,
     Ranker,
     group_ids,
     label_candidates,
@@ -454,13 +455,26 @@ def window_training_rows(
 def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     """Fit the ranker on the pooled rows of its label windows (`label_windows`): each
     window's features come from a first stage fit only on the history before it."""
-    frames, windows = [], []
+    frames, windows, ranges = [], [], []
+    names = ctx.cfg.ranker.features or FEATURES
     for w, lab in enumerate(label_windows(ctx)):
         rows, facts = window_training_rows(ctx, lab, w)
         frames.append(rows)
         windows.append(facts)
+        ranges.append(FeatureRange(names).update(rows))
     train = pd.concat(frames, ignore_index=True)
     del frames
+    pooled = functools.reduce(FeatureRange.merge, ranges)
+    for w, rng in enumerate(ranges):
+        windows[w]["constant_features"] = skew = rng.constant_where_varying(pooled)
+        if skew:
+            log.warning(
+                "ranker label window %d: features %s take one value in this window but vary "
+                "in the others (a time window shorter than the data's time step, e.g. "
+                "ranker.recent_days on monthly dates?)",
+                w,
+                skew,
+            )
     if not len(train):
         raise DataValidationError(
             str(ctx.paths.events),
@@ -476,6 +490,7 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
         float(train[TARGET].mean()),
     )
     ranker = Ranker.fit(train, ctx.cfg.ranker)
+    ranker.training_range = pooled
     importances = ranker.feature_importances(train)
     log.info(
         "feature importances: %s", json.dumps({k: round(v, 3) for k, v in importances.items()})
@@ -506,10 +521,12 @@ def ranked_batches(
     stage: FirstStage,
     counter: dict[str, int],
     users: np.ndarray | None = None,
+    scored: FeatureRange | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Ranker top-k of `users` (default: every user with history), one user batch at a
     time (bounded memory: 1.37M users x top 100 is 137M rows at the full size). Adds the
-    candidates scored and the users ranked to `counter`."""
+    candidates scored and the users ranked to `counter`, and their features' values to
+    `scored`."""
     users = stage.matrix.users.ids if users is None else users
     batch = ctx.cfg.ranker.inference_batch_users
     t0 = time.perf_counter()
@@ -518,6 +535,8 @@ def ranked_batches(
         feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
         del cand
         counter["candidates"] += len(feats)
+        if scored is not None:
+            scored.update(feats)
         top = rank_candidates(feats, ranker.predict(feats), ctx.cfg.top_k)
         del feats
         # each batch frees ~2 GiB of candidates and features at full size; without this the
@@ -543,14 +562,33 @@ def write_ranked(
     stage: FirstStage,
     users: np.ndarray | None = None,
     path: Path | None = None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Score `users` (default: every user of `stage`) and write their top-k to `path`
-    (default `recommendations.parquet`) batch by batch."""
+    (default `recommendations.parquet`) batch by batch. With a ranker trained in this
+    process, also the features constant over every scored candidate though they vary in
+    training (`constant_at_inference`, logged as a warning)."""
     counter = {"candidates": 0, "users": 0}
+    trained = ranker.training_range
+    scored = FeatureRange(ranker.features) if trained is not None else None
     rows = write_parquet_batches(
-        ranked_batches(ctx, ranker, stage, counter, users), path or ctx.paths.recommendations
+        ranked_batches(ctx, ranker, stage, counter, users, scored),
+        path or ctx.paths.recommendations,
     )
-    return {"users": counter["users"], "rows": rows, "candidates": counter["candidates"]}
+    out: dict[str, Any] = {
+        "users": counter["users"],
+        "rows": rows,
+        "candidates": counter["candidates"],
+    }
+    if scored is not None and trained is not None:
+        out["constant_at_inference"] = skew = scored.constant_where_varying(trained)
+        if skew:
+            log.warning(
+                "ranker: features %s take one value over every scored candidate but vary in "
+                "the training rows: a train/serve skew (a time window shorter than the "
+                "data's time step, e.g. ranker.recent_days on monthly dates?)",
+                skew,
+            )
+    return out
 
 
 def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:

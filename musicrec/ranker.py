@@ -95,6 +95,9 @@ class Ranker:
 
     def __init__(self, model: object) -> None:
         self.model = model
+        #: the value range of the training rows' features, when this process trained the
+        #: model (`pipeline.train_ranker`); scoring compares against it (`FeatureRange`)
+        self.training_range: FeatureRange | None = None
 
     @property
     def features(self) -> list[str]:
@@ -153,6 +156,64 @@ class Ranker:
         model = CatBoost()
         model.load_model(str(path), format="cbm")
         return cls(model)
+
+
+class FeatureRange:
+    """Running minimum and maximum of numeric feature columns over batches of rows, to find
+    the features that take one value over all of them.
+
+    A feature that varies in the training rows but is constant in one label window, or over
+    every candidate scored, is a train/serve skew: the model splits on values it never sees
+    there. (It happened: on Last.fm, whose events are all dated the 1st of a month, the
+    30-day "recent" window before 2010-11-01 held no event, so the recent-popularity
+    features were 0 for every test candidate while three of five label windows had them.)
+    NaN counts as one more value."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = [n for n in names if n not in CAT_FEATURES]
+        self.lo = dict.fromkeys(self.names, np.inf)
+        self.hi = dict.fromkeys(self.names, -np.inf)
+        self.has_nan = dict.fromkeys(self.names, False)
+        self.rows = 0
+
+    def update(self, df: pd.DataFrame) -> FeatureRange:
+        """Take in `df`'s rows (an empty frame, which may lack the columns, adds nothing)."""
+        if not len(df):
+            return self
+        for n in self.names:
+            v = df[n].to_numpy(np.float64)
+            nan = np.isnan(v)
+            if nan.any():
+                self.has_nan[n] = True
+                v = v[~nan]
+            if len(v):
+                self.lo[n] = min(self.lo[n], float(v.min()))
+                self.hi[n] = max(self.hi[n], float(v.max()))
+        self.rows += len(df)
+        return self
+
+    def merge(self, other: FeatureRange) -> FeatureRange:
+        """A new range over the rows of both."""
+        out = FeatureRange([n for n in self.names if n in other.names])
+        for n in out.names:
+            out.lo[n] = min(self.lo[n], other.lo[n])
+            out.hi[n] = max(self.hi[n], other.hi[n])
+            out.has_nan[n] = self.has_nan[n] or other.has_nan[n]
+        out.rows = self.rows + other.rows
+        return out
+
+    def constant(self) -> list[str]:
+        """The features with one value (or only NaN) over the rows seen; none if no rows."""
+        if not self.rows:
+            return []
+        values = {n: (self.lo[n] < self.hi[n]) + (self.lo[n] <= self.hi[n]) for n in self.names}
+        # values[n]: 0 = no finite value, 1 = one, 2 = several; NaN adds one more
+        return [n for n in self.names if values[n] + self.has_nan[n] <= 1]
+
+    def constant_where_varying(self, reference: FeatureRange) -> list[str]:
+        """Features constant here that are not constant over `reference`'s rows."""
+        varying = set(reference.names) - set(reference.constant())
+        return [n for n in self.constant() if n in varying]
 
 
 def rank_candidates(df: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:

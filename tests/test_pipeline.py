@@ -45,6 +45,7 @@ from musicrec.pipeline import (
 )
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
+from musicrec.ranker import Ranker
 
 STAGES = [
     "prepare",
@@ -255,7 +256,6 @@ def test_write_ranked_frees_memory_after_every_batch_and_batches_change_nothing(
     resident-set creep of the full run) and writes the same rows as the pipeline's one
     batch per 50,000 users: the ranker's output is per user, whatever the batch."""
     import musicrec.pipeline as pipeline_module
-    from musicrec.ranker import Ranker
 
     ctx = PipelineContext(
         tiny_pipeline.root,
@@ -751,3 +751,58 @@ def test_label_window_als_is_the_rankers_first_stage_and_the_warm_start(
     window_training_rows(ctx, ctx.label, 0)
     assert len(fits) == 1  # no ALS fit for the label window: the saved one is used
     assert np.array_equal(stages[0].als.item_factors, label.item_factors)
+
+
+def test_features_constant_in_one_window_or_at_inference_are_reported(
+    tiny_prepared: PreparedData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A feature that varies in training but takes one value in one label window, or over
+    every scored candidate, is reported (a train/serve skew, e.g. a "recent" window
+    shorter than the data's time step: on Last.fm's monthly dates the recent-popularity
+    features were 0 for every test candidate). Here one feature is zeroed in label window 1
+    and another in every candidate scored."""
+    import musicrec.pipeline as pipeline_module
+
+    cfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "label_windows": 2})
+    ctx = _context(tiny_prepared, cfg, tmp_path / "ctx")
+    stage_als_label(ctx)
+    real_rows = pipeline_module.window_training_rows
+
+    def window_1_without_recent_pop(
+        c: PipelineContext, lab: Any, window: int
+    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        rows, facts = real_rows(c, lab, window)
+        if window == 1:
+            rows["item_listeners_recent"] = 0.0
+        return rows, facts
+
+    monkeypatch.setattr(pipeline_module, "window_training_rows", window_1_without_recent_pop)
+    with caplog.at_level(logging.WARNING, logger="musicrec.pipeline"):
+        ranker, info = train_ranker(ctx)
+    windows = info["label_windows"]
+    assert [w["constant_features"] for w in windows] == [[], ["item_listeners_recent"]]
+    assert "label window 1: features ['item_listeners_recent']" in caplog.text
+
+    pipeline_module.stage_als(ctx)
+    pipeline_module.stage_similar(ctx)
+    stage = ctx.first_stage()
+    clean = write_ranked(ctx, ranker, stage, path=tmp_path / "clean.parquet")
+    assert clean["constant_at_inference"] == []
+    real_features = pipeline_module.collect_features
+
+    def without_user_recent(*args: Any) -> pd.DataFrame:
+        return real_features(*args).assign(user_listens_recent=np.float32(3))
+
+    monkeypatch.setattr(pipeline_module, "collect_features", without_user_recent)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="musicrec.pipeline"):
+        skewed = write_ranked(ctx, ranker, stage, path=tmp_path / "skewed.parquet")
+    assert skewed["constant_at_inference"] == ["user_listens_recent"]
+    assert "train/serve skew" in caplog.text
+    # a ranker loaded from disk carries no training range: nothing to compare against
+    ranker.save(tmp_path / "r.cbm")
+    loaded = write_ranked(ctx, Ranker.load(tmp_path / "r.cbm"), stage, path=tmp_path / "l.pq")
+    assert "constant_at_inference" not in loaded

@@ -327,3 +327,28 @@ def test_window_weight_decay_lets_the_newest_window_win() -> None:
     )
     with pytest.raises(ValueError, match="window_weight_decay"):
         RankerConfig(window_weight_decay=0.0)
+
+
+def test_feature_range_finds_constant_features_on_a_hand_example() -> None:
+    """a: 1 everywhere; b: NaN then 3 (NaN counts as a value); c: 0 and 2; main_genre is
+    categorical and never checked."""
+    from musicrec.ranker import FeatureRange
+
+    names = ["a", "b", "c", "main_genre"]
+    first = pd.DataFrame(
+        {"a": [1.0, 1.0], "b": [np.nan, np.nan], "c": [0.0, 2.0], "main_genre": "x"}
+    )
+    second = pd.DataFrame({"a": [1.0], "b": [3.0], "c": [2.0], "main_genre": "y"})
+    r1 = FeatureRange(names).update(first)
+    r2 = FeatureRange(names).update(second)
+    assert r1.names == ["a", "b", "c"]
+    assert r1.constant() == ["a", "b"]
+    assert r2.constant() == ["a", "b", "c"]
+    both = r1.merge(r2)
+    assert (both.rows, both.constant()) == (3, ["a"])
+    assert r1.constant_where_varying(both) == ["b"]
+    assert r2.constant_where_varying(both) == ["b", "c"]
+    # updating in batches gives the merged range; an empty range reports nothing
+    assert FeatureRange(names).update(first).update(second).constant() == ["a"]
+    assert FeatureRange(names).constant() == []
+    assert FeatureRange(names).update(pd.DataFrame({"user_id": []})).constant() == []
