@@ -57,15 +57,18 @@ class ALSModel:
             "alpha": cfg.alpha,
             **(overrides or {}),
         }
-        model = AlternatingLeastSquares(
-            factors=int(params["factors"]),
-            regularization=float(params["regularization"]),
-            alpha=float(params["alpha"]),
-            iterations=cfg.iterations if iterations is None else iterations,
-            random_state=cfg.random_state,
-            dtype=np.float32,
-            num_threads=num_threads,
-        )
+        # implicit checks the BLAS thread count when the model is built: inside the limit,
+        # so its "OpenBLAS is configured to use N threads" warning is not a false alarm
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=int(params["factors"]),
+                regularization=float(params["regularization"]),
+                alpha=float(params["alpha"]),
+                iterations=cfg.iterations if iterations is None else iterations,
+                random_state=cfg.random_state,
+                dtype=np.float32,
+                num_threads=num_threads,
+            )
         total = float(matrix.csr.sum())
         if total <= 0:
             raise ValueError("ALS: the interaction matrix is empty")

@@ -201,3 +201,25 @@ def test_warm_start_needs_the_same_factor_count() -> None:
     small = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4})
     with pytest.raises(ValueError, match="8 factors"):
         ALSModel.fit(m, CFG, num_threads=1, init=small, iterations=1)
+
+
+def test_fit_runs_blas_single_threaded_without_implicits_false_alarm(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """implicit warns once per process when it is built under a multi-threaded BLAS; the
+    model is built and fit under a one-thread limit, so that warning must not appear even
+    when the process's BLAS has two threads."""
+    import warnings
+
+    import implicit.utils
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if not any(api["user_api"] == "blas" for api in threadpool_info()):
+        pytest.skip("no BLAS library found by threadpoolctl")
+    monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
+    _, m, _ = planted
+    with threadpool_limits(2, "blas"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ALSModel.fit(m, CFG, num_threads=1)
+    assert not [w for w in caught if "OpenBLAS is configured" in str(w.message)]
