@@ -21,7 +21,9 @@ With `--holdout`, the test window is not used at all: the variants are fit on th
 windows 1.. and scored on the newest label window's rows (its users with a positive among
 their candidates; NDCG@10 and Recall@5 over those candidates, `musicrec.metrics.evaluate`),
 and the paired difference of each later variant's seed average from the first's is
-printed. Choose variants this way; the test window only reports the choice.
+printed. Choose variants this way; the test window only reports the choice. Settings that
+change the dumped features (e.g. `ranker.recent_days`) need one dump per config (`--config`,
+`--work`); `--save` in one run and `--paired-with` in the other pair them user by user.
 
     python bench/ranker_variants.py base compact --seeds 42 1 2 --holdout   # 2026-12-03
 """
@@ -119,6 +121,18 @@ def main() -> None:
         help="ranker settings for one more fit of each variant after the config's own "
         "(e.g. --set depth=2 --set l2_leaf_reg=10,iterations=600); repeatable",
     )
+    ap.add_argument(
+        "--save",
+        type=Path,
+        help="write each variant's per-user NDCG@10 and Recall@5 (seed average) to this "
+        "parquet file, for --paired-with in a run over another dump",
+    )
+    ap.add_argument(
+        "--paired-with",
+        type=Path,
+        help="a --save file of another run on the same users (e.g. the same holdout dumped "
+        "with another config): print each variant's paired difference from its first variant",
+    )
     args = ap.parse_args()
     cfg = load_config(args.config)
     paths = ArtifactPaths(args.artifacts_dir)
@@ -142,6 +156,7 @@ def main() -> None:
     print(f"{len(train):,} training rows, {len(feats):,} {where} candidates of {len(warm)} users")
     seeds = args.seeds or [rcfg.random_seed]
     averages: dict[str, pd.Series] = {}
+    per_user: dict[str, pd.Series] = {}
 
     def report(label: str, scores: np.ndarray, seconds: float) -> pd.DataFrame:
         """Print the top-10's NDCG@10 and Recall@5; return the top-10 lists."""
@@ -171,12 +186,28 @@ def main() -> None:
         if len(seeds) > 1:  # with one seed, the mean is that seed's scores: `recs` as is
             mean = (bag / len(seeds)).astype(np.float32)
             recs = report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
-        averages[label] = per_user_metrics(recs, target, history, 5, 10, warm)["ndcg@10"]
+        users = per_user_metrics(recs, target, history, 5, 10, warm)
+        averages[label] = users["ndcg@10"]
+        per_user |= {f"{label} {m}": users[m] for m in ("ndcg@10", "recall@5")}
     report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
     (a, va), *others = averages.items()
     for b, vb in others:
         d = paired_difference(vb, va)
         print(f"paired NDCG@10 {b} - {a}: {d['mean']:+.4f} ± {d['stderr']:.4f}")
+    if args.save:
+        pd.DataFrame(per_user).to_parquet(args.save)
+    if args.paired_with:
+        other = pd.read_parquet(args.paired_with)
+        for m in ("ndcg@10", "recall@5"):
+            base = other[[c for c in other.columns if c.endswith(f" {m}")][0]]
+            if not base.index.equals(per_user[f"{a} {m}"].index):
+                raise SystemExit(f"{args.paired_with}: not the same users as this run")
+            for label in averages:
+                d = paired_difference(per_user[f"{label} {m}"], base)
+                print(
+                    f"paired {m} {label} - {base.name.removesuffix(' ' + m)} of "
+                    f"{args.paired_with.name}: {d['mean']:+.4f} ± {d['stderr']:.4f}"
+                )
 
 
 if __name__ == "__main__":

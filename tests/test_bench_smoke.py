@@ -253,3 +253,9 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     out = run_script("ranker_variants.py", "base", *common, "--set", "depth=2,l2_leaf_reg=10")
     assert "base depth=2,l2_leaf_reg=10 seed 2 " in out
     assert "paired NDCG@10 base depth=2,l2_leaf_reg=10 - base: " in out
+    # --save / --paired-with: the same run paired with itself differs by exactly zero
+    saved = tmp_path / "base.parquet"
+    run_script("ranker_variants.py", "base", *common, "--holdout", "--save", saved)
+    out = run_script("ranker_variants.py", "base", *common, "--holdout", "--paired-with", saved)
+    for m in ("ndcg@10", "recall@5"):
+        assert f"paired {m} base - base of base.parquet: +0.0000 ± 0.0000" in out
