@@ -199,13 +199,14 @@ def main() -> None:
     if args.paired_with:
         other = pd.read_parquet(args.paired_with)
         for m in ("ndcg@10", "recall@5"):
-            base = other[[c for c in other.columns if c.endswith(f" {m}")][0]]
+            column = next(str(c) for c in other.columns if str(c).endswith(f" {m}"))
+            base = other[column]
             if not base.index.equals(per_user[f"{a} {m}"].index):
                 raise SystemExit(f"{args.paired_with}: not the same users as this run")
             for label in averages:
                 d = paired_difference(per_user[f"{label} {m}"], base)
                 print(
-                    f"paired {m} {label} - {base.name.removesuffix(' ' + m)} of "
+                    f"paired {m} {label} - {column.removesuffix(' ' + m)} of "
                     f"{args.paired_with.name}: {d['mean']:+.4f} ± {d['stderr']:.4f}"
                 )
 
