@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import implicit.utils
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from musicrec.als import ALSModel, warm_factors
 from musicrec.columns import Columns as C
@@ -210,11 +213,6 @@ def test_fit_runs_blas_single_threaded_without_implicits_false_alarm(
     """implicit warns once per process when it is built under a multi-threaded BLAS; the
     model is built and fit under a one-thread limit, so that warning must not appear even
     when the process's BLAS has two threads."""
-    import warnings
-
-    import implicit.utils
-    from threadpoolctl import threadpool_info, threadpool_limits
-
     if not any(api["user_api"] == "blas" for api in threadpool_info()):
         pytest.skip("no BLAS library found by threadpoolctl")
     monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)

@@ -14,6 +14,7 @@ from musicrec.config import RankerConfig
 from musicrec.ranker import (
     TARGET,
     WINDOW,
+    FeatureRange,
     Ranker,
     group_ids,
     label_candidates,
@@ -332,8 +333,6 @@ def test_window_weight_decay_lets_the_newest_window_win() -> None:
 def test_feature_range_finds_constant_features_on_a_hand_example() -> None:
     """a: 1 everywhere; b: NaN then 3 (NaN counts as a value); c: 0 and 2; main_genre is
     categorical and never checked."""
-    from musicrec.ranker import FeatureRange
-
     names = ["a", "b", "c", "main_genre"]
     first = pd.DataFrame(
         {"a": [1.0, 1.0], "b": [np.nan, np.nan], "c": [0.0, 2.0], "main_genre": "x"}
