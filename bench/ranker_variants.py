@@ -9,8 +9,10 @@ Dumps once (into `--work`) the pipeline's pooled label-window training rows and 
 features of every warm test user's candidates, exactly as `run_pipeline` builds them from
 the artifacts in `--artifacts-dir` (the ALS factors, similar tracks, ALS lists); then, for
 each named variant, fits the CatBoost ranker with that variant's feature list and scores
-its top-10 on the test window. `base` reproduces the pipeline's single-model ranker
-(`ranker.bag_size` is set to 1 here: the bag is what `--seeds` averages). With `--seeds`,
+its top-10 on the test window, and the paired difference of each variant's seed average
+from the ALS score alone (the first stage's own ranking of the same candidates). `base`
+reproduces the pipeline's single-model ranker (`ranker.bag_size` is set to 1 here: the bag
+is what `--seeds` averages). With `--seeds`,
 each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
 models) is scored too. With `--losses`, each variant is fit with each CatBoost loss (default:
 the config's `ranker.loss_function`). With `--set KEY=VALUE[,KEY=VALUE]` (repeatable), each
@@ -189,7 +191,15 @@ def main() -> None:
         users = per_user_metrics(recs, target, history, 5, 10, warm)
         averages[label] = users["ndcg@10"]
         per_user |= {f"{label} {m}": users[m] for m in ("ndcg@10", "recall@5")}
-    report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
+    als = report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
+    als_users = per_user_metrics(als, target, history, 5, 10, warm)
+    for label in averages:
+        cells = "  ".join(
+            f"{m} {d['mean']:+.4f} ± {d['stderr']:.4f}"
+            for m in ("ndcg@10", "recall@5")
+            for d in [paired_difference(per_user[f"{label} {m}"], als_users[m])]
+        )
+        print(f"paired {label} - ALS score alone: {cells}")
     (a, va), *others = averages.items()
     for b, vb in others:
         d = paired_difference(vb, va)

@@ -249,6 +249,7 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
         for line in ("base seed 1 ", "base seed 2 ", "base mean of 2 seeds", "no_genre seed 2 "):
             assert line in out
         assert "ALS score alone" in out and "paired NDCG@10 no_genre - base: " in out
+        assert "paired no_genre - ALS score alone: ndcg@10 " in out
     # --set: one more fit per setting, compared with the config's own
     out = run_script("ranker_variants.py", "base", *common, "--set", "depth=2,l2_leaf_reg=10")
     assert "base depth=2,l2_leaf_reg=10 seed 2 " in out
