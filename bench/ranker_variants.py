@@ -12,12 +12,11 @@ each named variant, fits the CatBoost ranker with that variant's feature list an
 its top-10 on the test window, and the paired difference of each variant's seed average
 from the ALS score alone (the first stage's own ranking of the same candidates). `base`
 reproduces the pipeline's single-model ranker (`ranker.bag_size` is set to 1 here: the bag
-is what `--seeds` averages). With `--seeds`,
-each variant is fit once per CatBoost seed, and the mean of the seeds' scores (a bag of
-models) is scored too. With `--losses`, each variant is fit with each CatBoost loss (default:
-the config's `ranker.loss_function`). With `--set KEY=VALUE[,KEY=VALUE]` (repeatable), each
-variant is fit once more per `--set` with those `ranker` settings (e.g. `depth=2`,
-`l2_leaf_reg=10`), after the config's own.
+is what `--seeds` averages). With `--seeds`, each variant is fit once per CatBoost seed,
+and the mean of the seeds' scores (a bag of models) is scored too. With `--losses`, each
+variant is fit with each CatBoost loss (default: the config's `ranker.loss_function`). With
+`--set KEY=VALUE[,KEY=VALUE]` (repeatable), each variant is fit once more per `--set` with
+those `ranker` settings (e.g. `depth=2`, `l2_leaf_reg=10`), after the config's own.
 
 With `--holdout`, the test window is not used at all: the variants are fit on the label
 windows 1.. and scored on the newest label window's rows (its users with a positive among
@@ -157,7 +156,8 @@ def main() -> None:
     where = "label window 0 (holdout)" if args.holdout else "test"
     print(f"{len(train):,} training rows, {len(feats):,} {where} candidates of {len(warm)} users")
     seeds = args.seeds or [rcfg.random_seed]
-    averages: dict[str, pd.Series] = {}
+    labels: list[str] = []
+    #: "<label> <metric>" -> the label's per-user values of NDCG@10 and Recall@5 (seed average)
     per_user: dict[str, pd.Series] = {}
 
     def report(label: str, scores: np.ndarray, seconds: float) -> pd.DataFrame:
@@ -189,20 +189,20 @@ def main() -> None:
             mean = (bag / len(seeds)).astype(np.float32)
             recs = report(f"{label} mean of {len(seeds)} seeds", mean, time.perf_counter() - t_all)
         users = per_user_metrics(recs, target, history, 5, 10, warm)
-        averages[label] = users["ndcg@10"]
+        labels.append(label)
         per_user |= {f"{label} {m}": users[m] for m in ("ndcg@10", "recall@5")}
     als = report("ALS score alone", feats["als_score"].to_numpy(np.float32), 0.0)
     als_users = per_user_metrics(als, target, history, 5, 10, warm)
-    for label in averages:
+    for label in labels:
         cells = "  ".join(
             f"{m} {d['mean']:+.4f} ± {d['stderr']:.4f}"
             for m in ("ndcg@10", "recall@5")
             for d in [paired_difference(per_user[f"{label} {m}"], als_users[m])]
         )
         print(f"paired {label} - ALS score alone: {cells}")
-    (a, va), *others = averages.items()
-    for b, vb in others:
-        d = paired_difference(vb, va)
+    a, *others = labels
+    for b in others:
+        d = paired_difference(per_user[f"{b} ndcg@10"], per_user[f"{a} ndcg@10"])
         print(f"paired NDCG@10 {b} - {a}: {d['mean']:+.4f} ± {d['stderr']:.4f}")
     if args.save:
         pd.DataFrame(per_user).to_parquet(args.save)
@@ -213,7 +213,7 @@ def main() -> None:
             base = other[column]
             if not base.index.equals(per_user[f"{a} {m}"].index):
                 raise SystemExit(f"{args.paired_with}: not the same users as this run")
-            for label in averages:
+            for label in labels:
                 d = paired_difference(per_user[f"{label} {m}"], base)
                 print(
                     f"paired {m} {label} - {column.removesuffix(' ' + m)} of "

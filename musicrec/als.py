@@ -57,11 +57,20 @@ class ALSModel:
             "alpha": cfg.alpha,
             **(overrides or {}),
         }
-        # implicit checks the BLAS thread count when the model is built: inside the limit,
-        # so its "OpenBLAS is configured to use N threads" warning is not a false alarm
+        if float(matrix.csr.sum()) <= 0:
+            raise ValueError("ALS: the interaction matrix is empty")
+        factors = int(params["factors"])
+        if init is not None and init.user_factors.shape[1] != factors:
+            raise ValueError(
+                f"ALS: a warm start needs {factors} factors, the initial model "
+                f"has {init.user_factors.shape[1]}"
+            )
+        # one thread for BLAS while the model is built (implicit checks the thread count
+        # then: its "OpenBLAS is configured to use N threads" warning is no false alarm)
+        # and while it is fit
         with threadpool_limits(1, "blas"):
             model = AlternatingLeastSquares(
-                factors=int(params["factors"]),
+                factors=factors,
                 regularization=float(params["regularization"]),
                 alpha=float(params["alpha"]),
                 iterations=cfg.iterations if iterations is None else iterations,
@@ -69,20 +78,15 @@ class ALSModel:
                 dtype=np.float32,
                 num_threads=num_threads,
             )
-        total = float(matrix.csr.sum())
-        if total <= 0:
-            raise ValueError("ALS: the interaction matrix is empty")
-        if init is not None:
-            if init.user_factors.shape[1] != model.factors:
-                raise ValueError(
-                    f"ALS: a warm start needs {model.factors} factors, the initial model "
-                    f"has {init.user_factors.shape[1]}"
+            if init is not None:
+                rng = np.random.default_rng(cfg.random_state)
+                # implicit keeps factors it finds set instead of drawing random ones
+                model.user_factors = warm_factors(
+                    init.users, init.user_factors, matrix.users.ids, rng
                 )
-            rng = np.random.default_rng(cfg.random_state)
-            # implicit keeps factors it finds set instead of drawing random ones
-            model.user_factors = warm_factors(init.users, init.user_factors, matrix.users.ids, rng)
-            model.item_factors = warm_factors(init.items, init.item_factors, matrix.items.ids, rng)
-        with threadpool_limits(1, "blas"):
+                model.item_factors = warm_factors(
+                    init.items, init.item_factors, matrix.items.ids, rng
+                )
             model.fit(matrix.csr, show_progress=False)
         return cls(matrix.users, matrix.items, model.user_factors, model.item_factors)
 
