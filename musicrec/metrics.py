@@ -700,6 +700,41 @@ def candidate_recall(candidates: pd.DataFrame, test: pd.DataFrame) -> float:
     return float(_in_sorted(test_keys, np.sort(enc.keys(cu, ct))).mean())
 
 
+def within_user_auc(
+    users: npt.ArrayLike, scores: npt.ArrayLike, labels: npt.ArrayLike, nan_high: bool = False
+) -> pd.Series:
+    """Per user, the probability that one of the user's positive rows outscores one of the
+    user's negative rows, ties counting one half (the AUC of the user's rows), indexed by
+    user (ascending).
+
+    AUC_u = (#{(p, n): s_p > s_n} + 0.5 #{(p, n): s_p = s_n}) / (n_pos_u * n_neg_u) over
+    the pairs of a positive p (label > 0) and a negative n of user u; computed from the
+    ranks of the user's scores (ties get their average rank) as
+    (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg). NaN scores rank
+    below every number, or above with `nan_high` (for a rank where NaN means "not ranked"),
+    and tie with each other. Users without a positive or without a
+    negative have no AUC and are left out. 0.5 = the score does not tell the user's
+    positives from negatives; below 0.5, smaller scores mark the positives (e.g. ranks).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    df = pd.DataFrame(
+        {
+            "u": np.asarray(users),
+            "s": np.where(np.isnan(s), np.inf if nan_high else -np.inf, s),
+            "pos": np.asarray(labels) > 0,
+        }
+    )
+    df["r"] = df.groupby("u", sort=False)["s"].rank(method="average")
+    g = df.assign(rp=df["r"].where(df["pos"], 0.0)).groupby("u", sort=True)
+    n = g.size().astype(np.float64)
+    n_pos = g["pos"].sum().astype(np.float64)
+    n_neg = n - n_pos
+    auc = (g["rp"].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    out = auc[(n_pos > 0) & (n_neg > 0)]
+    out.index.name = C.User
+    return out.rename("auc")
+
+
 # ------------------------------------------------------------------------- reporting
 def _fmt(mean: float | None, stderr: float | None) -> str:
     """Round to the stderr's second significant digit: 0.01352 ± 0.00012."""

@@ -260,3 +260,14 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     out = run_script("ranker_variants.py", "base", *common, "--holdout", "--paired-with", saved)
     for m in ("ndcg@10", "recall@5"):
         assert f"paired {m} base - base of base.parquet: +0.0000 ± 0.0000" in out
+
+    # ranker_diagnostics on the same dump: a within-user AUC row per feature and for the
+    # saved ranker, then the cutoff table, whose ranker NDCG@10 is the pipeline's own figure
+    out = run_script("ranker_diagnostics.py", *common[: common.index("--seeds")])
+    lines = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.strip()}
+    for row in ("als_score", "profile_sim", "ranker", "users"):
+        assert row in lines, out
+    assert any(row.startswith("als_rank") for row in lines)
+    assert "ranker - ALS (paired)" in out and "recall@100" in lines
+    pipeline = json.loads((art / "metrics.json").read_text())["warm"]["ranker"]["ndcg@10"]
+    assert float(lines["ndcg@10"].split()[1]) == pytest.approx(pipeline["mean"], abs=5e-5)

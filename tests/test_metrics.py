@@ -365,3 +365,21 @@ def test_metrics_table_treats_float_noise_as_zero_stderr() -> None:
     # every cold user gets the same list: the stderr is 0 up to rounding (about 1e-16)
     noisy = {"m": {"ndcg@10": {"mean": 3.44397805, "stderr": 4e-16, "n_users": 136}}}
     assert M.metrics_table(noisy).loc["m", "ndcg@10"] == "3.444 ± 0"
+
+
+def test_within_user_auc_by_hand() -> None:
+    """User 1: the positive outscores both negatives (1.0). User 2: positives 2 and 0,
+    negatives 1 and 2: 2 > 1 wins, 2 = 2 ties (0.5), 0 loses twice -> 1.5 / 4. User 3: a
+    NaN positive ranks below the negative (0.0). User 4 (no positive) and user 5 (no
+    negative) have no AUC. Row order within a user does not matter."""
+    users = [2, 1, 2, 1, 3, 2, 1, 3, 2, 4, 4, 5]
+    scores = [1.0, 3.0, 2.0, 1.0, np.nan, 2.0, 2.0, 0.5, 0.0, 1.0, 2.0, 1.0]
+    labels = [0, 1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 1]
+    auc = M.within_user_auc(users, scores, labels)
+    assert auc.index.tolist() == [1, 2, 3]
+    assert auc.tolist() == pytest.approx([1.0, 1.5 / 4, 0.0])
+    # a score and its negation are mirror images; ties stay one half
+    flipped = M.within_user_auc(users, [-x for x in scores], labels)
+    assert flipped.loc[[1, 2]].tolist() == pytest.approx([0.0, 1 - 1.5 / 4])
+    # with nan_high, user 3's NaN positive ranks above the negative
+    assert M.within_user_auc(users, scores, labels, nan_high=True).loc[3] == 1.0

@@ -1,0 +1,162 @@
+"""Where the ranker's signal comes from and where its gain shows (issue #3).
+
+    python bench/quality.py --only lastfm          # the artifacts this reads
+    python bench/ranker_diagnostics.py             # Last.fm
+
+1. **Within-user AUC of each feature**, per label window and on the test window: a check
+for leaks and train/serve skew. For every numeric feature (and, as `ranker`, the score of
+the pipeline's saved model `model/ranker.cbm`), the mean over users of the within-user AUC
+(`musicrec.metrics.within_user_auc`: the chance that one of the user's positive candidates
+outscores one of the negatives) in each label window's training rows and among the warm
+test users' candidates (labelled by the test window). 0.5 = no signal; below 0.5 the
+feature marks positives by small values (ranks, days since). The last column, `test -
+windows`, is |AUC - 0.5| on the test window minus its mean over the label windows.
+
+A feature whose AUC is clearly further from 0.5 in the label windows than on the test
+window learned something there that does not hold at test time: a leak into the training
+features (e.g. metadata built from the label window's events) or a skew. The saved ranker
+was fit on these label windows, so its own AUC there is in-sample: the gap between its
+label-window and test figures is its overfit plus the windows' difference.
+
+2. **The saved ranker against the ALS score at several cutoffs**: NDCG@k and Recall@k of
+the top-k of the ranker's score and of the ALS score over the same test candidates, and
+their paired difference, for k = 5, 10, 20, 50, 100: whether the ranker's gain is in the
+head of the list (what the product shows) or deeper.
+
+The rows are the dump of `bench/ranker_variants.py` (`--work`; made here when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from ranker_variants import dump  # noqa: E402
+
+from musicrec.artifacts import ArtifactPaths  # noqa: E402
+from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
+from musicrec.columns import Columns as C  # noqa: E402
+from musicrec.config import load_config  # noqa: E402
+from musicrec.metrics import (  # noqa: E402
+    paired_difference,
+    per_user_metrics,
+    summarize,
+    within_user_auc,
+)
+from musicrec.pipeline import PipelineContext, StageCache  # noqa: E402
+from musicrec.ranker import (  # noqa: E402
+    TARGET,
+    WINDOW,
+    Ranker,
+    label_candidates,
+    rank_candidates,
+)
+
+CUTOFFS = (5, 10, 20, 50, 100)
+
+
+def mean_auc(df: pd.DataFrame, col: str, nan_high: bool) -> tuple[float, int]:
+    """Mean within-user AUC of `df[col]` over the users with a positive and a negative, and
+    how many users that is."""
+    auc = within_user_auc(df[C.User], df[col].to_numpy(np.float64), df[TARGET], nan_high)
+    s = summarize(auc)
+    return (np.nan if s["mean"] is None else float(s["mean"])), int(s["n_users"] or 0)
+
+
+def auc_table(
+    parts: dict[str, pd.DataFrame], columns: list[str], train: pd.DataFrame
+) -> pd.DataFrame:
+    """Mean within-user AUC of each column (rows) in each labelled part (columns); the last
+    row holds how many users each part's means average over. A column with NaN values
+    (e.g. `als_rank` of a candidate ALS did not propose) ranks them below every value, or
+    above when that puts its AUC on `train` further from 0.5 (row name marked "NaN high");
+    the choice is made on `train`, never on the test window."""
+    table: dict[str, dict[str, float]] = {name: {} for name in parts}
+    users: dict[str, float] = {}
+    for col in columns:
+        nan_high = False
+        if train[col].isna().any():
+            low, high = (mean_auc(train, col, flag)[0] for flag in (False, True))
+            nan_high = abs(high - 0.5) > abs(low - 0.5)
+        row = f"{col} (NaN high)" if nan_high else col
+        for name, df in parts.items():
+            table[name][row], users[name] = mean_auc(df, col, nan_high)
+    out = pd.DataFrame(table)
+    out.loc["users"] = pd.Series(users)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
+    )
+    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    paths = ArtifactPaths(args.artifacts_dir)
+    ctx = PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.work / "test_candidates.parquet").exists():
+        dump(ctx, args.work)
+    train = pd.read_parquet(args.work / "train.parquet")
+    test = label_candidates(pd.read_parquet(args.work / "test_candidates.parquet"), ctx.test.target)
+
+    columns = [f for f in FEATURES if f not in CAT_FEATURES]
+    model_path = paths.model_dir / "ranker.cbm"
+    if model_path.exists():
+        ranker = Ranker.load(model_path)
+        train["ranker"] = ranker.predict(train)
+        test["ranker"] = ranker.predict(test)
+        columns.append("ranker")
+    parts = {"test": test}
+    parts |= {f"window {w}": train[train[WINDOW] == w] for w in sorted(train[WINDOW].unique())}
+    table = auc_table(parts, columns, train)
+    windows = [c for c in table.columns if c != "test"]
+    # how much further from 0.5 (more telling) the feature is on the test window than on
+    # the label windows on average: clearly negative = it told the labels apart better in
+    # training than it can at test time
+    strength = (table[windows] - 0.5).abs().mean(axis=1)
+    table["test - windows"] = (table["test"] - 0.5).abs() - strength
+    table.loc["users", "test - windows"] = np.nan
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(3).to_string())
+    if "ranker" in test:
+        print()
+        print(cutoff_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
+
+
+def cutoff_table(
+    cand: pd.DataFrame, target: pd.DataFrame, scores: np.ndarray, cutoffs: tuple[int, ...] = CUTOFFS
+) -> pd.DataFrame:
+    """NDCG@k and Recall@k of the top-k by `scores` and by `cand`'s ALS score, over the
+    users of `cand`, with the paired difference (mean ± stderr), one row per metric."""
+    users = np.sort(cand[C.User].unique())
+    rows = []
+    for k in cutoffs:
+        ranker = per_user_metrics(rank_candidates(cand, scores, k), target, None, k, k, users)
+        als_scores = cand["als_score"].to_numpy(np.float32)
+        als = per_user_metrics(rank_candidates(cand, als_scores, k), target, None, k, k, users)
+        for m in (f"ndcg@{k}", f"recall@{k}"):
+            d = paired_difference(ranker[m], als[m])
+            rows.append(
+                {
+                    "metric": m,
+                    "ranker": round(float(ranker[m].mean()), 4),
+                    "ALS score": round(float(als[m].mean()), 4),
+                    "ranker - ALS (paired)": f"{d['mean']:+.4f} ± {d['stderr']:.4f}",
+                }
+            )
+    return pd.DataFrame(rows).set_index("metric")
+
+
+if __name__ == "__main__":
+    main()
