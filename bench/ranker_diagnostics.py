@@ -23,6 +23,12 @@ the top-k of the ranker's score and of the ALS score over the same test candidat
 their paired difference, for k = 5, 10, 20, 50, 100: whether the ranker's gain is in the
 head of the list (what the product shows) or deeper.
 
+3. **What the ranker changes in the head**: of the top-k (k = 5, 10) by the ranker and by
+the ALS score, the candidates in both, the ones the ranker promoted into its top-k and the
+ones it demoted out of ALS's, with how many there are, their hit rate (share listened to in
+the test window) and their mean position in the ALS order. Promoted items that hit no more
+often than the demoted ones mean the reordering of the head is a wash.
+
 The rows are the dump of `bench/ranker_variants.py` (`--work`; made here when missing).
 """
 
@@ -132,6 +138,41 @@ def main() -> None:
     if "ranker" in test:
         print()
         print(cutoff_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
+        print()
+        print(head_swaps(test, test["ranker"].to_numpy()).to_string())
+
+
+def head_swaps(
+    cand: pd.DataFrame, scores: np.ndarray, cutoffs: tuple[int, ...] = (5, 10)
+) -> pd.DataFrame:
+    """For each k: the labelled candidates (`TARGET`) in both top-k lists (by `scores` and by
+    the ALS score), only in the top-k by `scores` ("promoted") and only in ALS's
+    ("demoted"): their count, hit rate and mean position in the ALS order (1 = first)."""
+    users = cand[C.User].to_numpy()
+    order = pd.DataFrame({"u": users, "s": scores, "a": cand["als_score"].to_numpy()})
+    new_pos = order.groupby("u", sort=False)["s"].rank(ascending=False, method="first")
+    als_pos = order.groupby("u", sort=False)["a"].rank(ascending=False, method="first")
+    hits = cand[TARGET].to_numpy()
+    rows = []
+    for k in cutoffs:
+        mine, als = (new_pos <= k).to_numpy(), (als_pos <= k).to_numpy()
+        for name, rows_in in (
+            ("both", mine & als),
+            ("promoted", mine & ~als),
+            ("demoted", als & ~mine),
+        ):
+            rows.append(
+                {
+                    "k": k,
+                    "rows": name,
+                    "count": int(rows_in.sum()),
+                    "hit rate": round(float(hits[rows_in].mean()), 4) if rows_in.any() else np.nan,
+                    "mean ALS position": round(float(als_pos[rows_in].mean()), 1)
+                    if rows_in.any()
+                    else np.nan,
+                }
+            )
+    return pd.DataFrame(rows).set_index(["k", "rows"])
 
 
 def cutoff_table(

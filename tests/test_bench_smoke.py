@@ -269,5 +269,13 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
         assert row in lines, out
     assert any(row.startswith("als_rank") for row in lines)
     assert "ranker - ALS (paired)" in out and "recall@100" in lines
+    # the head swaps: as many promoted as demoted rows at each k
+    swaps = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[-4] in ("both", "promoted", "demoted"):
+            swaps[(len(swaps) // 3, parts[-4])] = int(parts[-3])
+    assert len(swaps) == 6, out
+    assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
     pipeline = json.loads((art / "metrics.json").read_text())["warm"]["ranker"]["ndcg@10"]
     assert float(lines["ndcg@10"].split()[1]) == pytest.approx(pipeline["mean"], abs=5e-5)
