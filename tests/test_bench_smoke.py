@@ -277,5 +277,13 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
             swaps[(len(swaps) // 3, parts[-4])] = int(parts[-3])
     assert len(swaps) == 6, out
     assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
+
+    # als_seeds: each seed's NDCG@10 and the ensembles; the "ensemble" of one seed is it
+    out = run_script("als_seeds.py", *common[: common.index("--work")], "--seeds", "3")
+    for where in ("label window 0 (", "test window ("):
+        assert where in out
+    assert out.count("single seeds NDCG@10: ") == 2 and out.count("mean of  3 seeds") == 2
+    assert out.count("mean of  1 seeds") == 2
+    assert out.count("paired over the first seed +0.0000 ± 0.0000") >= 2
     pipeline = json.loads((art / "metrics.json").read_text())["warm"]["ranker"]["ndcg@10"]
     assert float(lines["ndcg@10"].split()[1]) == pytest.approx(pipeline["mean"], abs=5e-5)
