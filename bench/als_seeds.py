@@ -20,11 +20,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from musicrec.als import ALSModel  # noqa: E402
 from musicrec.artifacts import ArtifactPaths  # noqa: E402
@@ -55,7 +57,7 @@ def study(name: str, split: Split, ctx: PipelineContext, n_seeds: int, threads: 
     ]
     n_items = len(ctx.prepared.items)
 
-    def score(model: ALSModel) -> tuple[dict, dict]:
+    def score(model: ALSModel) -> tuple[dict[str, Any], pd.DataFrame]:
         recs = model.recommend(warm, matrix, ctx.cfg.top_k)
         res = evaluate(recs, target, hist, n_items, 5, 10, warm)
         return res, per_user_metrics(recs, target, hist, 5, 10, warm)
