@@ -278,6 +278,20 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert len(swaps) == 6, out
     assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
 
+    # ranker_head: every kind of variant runs; restricting the rerank to the ALS top-N
+    # with N above any user's candidate count changes nothing (the base model's figures)
+    head = ["restrict:100000", "filter:20", "blend:0.5", "baseline:1", "pairs:lambda"]
+    out = run_script("ranker_head.py", *head, *common, "--holdout")
+    # each row: the variant, then "ndcg@10 X  recall@5 Y  ndcg@10 - ALS ..."
+    rows = {
+        line.split()[0]: line.split(maxsplit=1)[1]
+        for line in out.splitlines()
+        if "ndcg@10 " in line and not line.startswith("ALS")
+    }
+    assert set(head) | {"base"} <= set(rows), out
+    assert "ALS score alone" in out and "ndcg@10 - ALS " in rows["pairs:lambda"]
+    assert rows["base"].split()[:4] == rows["restrict:100000"].split()[:4]
+
     # als_seeds: each seed's NDCG@10 and the ensembles; the "ensemble" of one seed is it
     out = run_script("als_seeds.py", *common[: common.index("--work")], "--seeds", "3")
     for where in ("label window 0 (", "test window ("):
