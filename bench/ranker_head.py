@@ -20,6 +20,7 @@ Other fits (same features, loss, depth, trees, seeds):
 - `pairs:lambda` / `pairs:hardneg` - PairLogit over explicit (positive, negative) pairs of
   a user weighted by their places p, n in the ALS order: |1/log2(1+p) - 1/log2(1+n)| (the
   NDCG change of swapping them) or 1/log2(1+n) (hard negatives count more); mean weight 1.
+  `pairs:uniform` (every weight 1) checks that explicit pairs alone change nothing.
 Printed: NDCG@10 and Recall@5 of each, and its paired difference from the ALS score alone.
 """
 
@@ -80,12 +81,14 @@ def all_pairs(groups: np.ndarray, target: np.ndarray) -> np.ndarray:
 def pair_weights(scheme: str, als_place: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     gain_p = 1 / np.log2(1 + als_place[pairs[:, 0]])
     gain_n = 1 / np.log2(1 + als_place[pairs[:, 1]])
-    if scheme == "lambda":
+    if scheme == "uniform":  # the pairs PairLogit makes from the labels, as a check
+        w = np.ones(len(pairs))
+    elif scheme == "lambda":
         w = np.abs(gain_p - gain_n)
     elif scheme == "hardneg":
         w = gain_n
     else:
-        raise SystemExit(f"pairs:{scheme}: want lambda or hardneg")
+        raise SystemExit(f"pairs:{scheme}: want uniform, lambda or hardneg")
     return np.asarray(w / w.mean())
 
 
