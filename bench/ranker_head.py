@@ -44,7 +44,14 @@ from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig, load_config  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
 from musicrec.pipeline import PipelineContext, StageCache  # noqa: E402
-from musicrec.ranker import TARGET, WINDOW, Ranker, group_ids, rank_candidates  # noqa: E402
+from musicrec.ranker import (  # noqa: E402
+    TARGET,
+    WINDOW,
+    Ranker,
+    group_ids,
+    rank_candidates,
+    window_weights,
+)
 
 DEFAULT = ["restrict:50", "filter:20", "blend:0.7", "baseline:1", "pairs:lambda"]
 
@@ -100,7 +107,9 @@ def fit_predict(
     baseline: float = 0.0,
     pairs: str | None = None,
 ) -> np.ndarray:
-    """One CatBoost fit with the config's settings (plus a baseline or explicit pairs)."""
+    """The scores of `cand` by one CatBoost fit with the config's settings: `Ranker.fit`'s
+    model, or with a `baseline` or explicit `pairs` the same parameters, query ids and
+    window weights on a pool of this script's making."""
     if not baseline and pairs is None:
         return Ranker.fit(train, cfg.model_copy(update={"random_seed": seed})).predict(cand)
     from catboost import CatBoost, Pool
@@ -110,7 +119,11 @@ def fit_predict(
     groups = group_ids(train)
     # the label goes in even with explicit pairs: CatBoost 1.2.10 crashes (SIGSEGV) on
     # categorical features with pairs but no label
-    kw: dict[str, object] = {"label": train[TARGET].to_numpy(), "group_id": groups}
+    kw: dict[str, object] = {
+        "label": train[TARGET].to_numpy(),
+        "group_id": groups,
+        "group_weight": window_weights(train, cfg.window_weight_decay),
+    }
     if baseline:
         kw["baseline"] = baseline * standardised(groups, train["als_score"].to_numpy())[:, None]
     if pairs is not None:
