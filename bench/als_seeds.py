@@ -27,14 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from ranker_dump import add_context_args, context  # noqa: E402
 
 from musicrec.als import ALSModel  # noqa: E402
-from musicrec.artifacts import ArtifactPaths  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
-from musicrec.config import load_config  # noqa: E402
 from musicrec.matrix import InteractionMatrix  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
-from musicrec.pipeline import PipelineContext, StageCache  # noqa: E402
+from musicrec.pipeline import PipelineContext  # noqa: E402
 from musicrec.split import Split  # noqa: E402
 
 
@@ -79,20 +78,13 @@ def study(name: str, split: Split, ctx: PipelineContext, n_seeds: int, threads: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
-    )
-    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
+    add_context_args(ap, work=False)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    paths = ArtifactPaths(args.artifacts_dir)
-    ctx = PipelineContext(
-        args.data_dir, paths, load_config(args.config), StageCache(paths.cache_dir)
-    )
+    ctx = context(args)
     # the parameters the pipeline's tuning chose (metrics.json), else the config's
-    ctx.als_params = json.loads(paths.metrics.read_text()).get("als_params")
+    ctx.als_params = json.loads(ctx.paths.metrics.read_text()).get("als_params")
     print(f"ALS {ctx.als_cfg().model_dump(include={'factors', 'regularization', 'alpha'})}")
     study("label window 0", ctx.label, ctx, args.seeds, args.threads)
     study("test window", ctx.test, ctx, args.seeds, args.threads)

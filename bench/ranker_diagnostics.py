@@ -43,19 +43,16 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from ranker_variants import dump  # noqa: E402
+from ranker_dump import add_context_args, context, load_dump  # noqa: E402
 
-from musicrec.artifacts import ArtifactPaths  # noqa: E402
 from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
-from musicrec.config import load_config  # noqa: E402
 from musicrec.metrics import (  # noqa: E402
     paired_difference,
     per_user_metrics,
     summarize,
     within_user_auc,
 )
-from musicrec.pipeline import PipelineContext, StageCache  # noqa: E402
 from musicrec.ranker import (  # noqa: E402
     TARGET,
     WINDOW,
@@ -100,24 +97,14 @@ def auc_table(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
-    )
-    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+    add_context_args(ap)
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    paths = ArtifactPaths(args.artifacts_dir)
-    ctx = PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
-    args.work.mkdir(parents=True, exist_ok=True)
-    if not (args.work / "test_candidates.parquet").exists():
-        dump(ctx, args.work)
-    train = pd.read_parquet(args.work / "train.parquet")
-    test = label_candidates(pd.read_parquet(args.work / "test_candidates.parquet"), ctx.test.target)
+    ctx = context(args)
+    train, cand = load_dump(ctx, args.work)
+    test = label_candidates(cand, ctx.test.target)
 
     columns = [f for f in FEATURES if f not in CAT_FEATURES]
-    model_path = paths.model_dir / "ranker.cbm"
+    model_path = ctx.paths.model_dir / "ranker.cbm"
     if model_path.exists():
         ranker = Ranker.load(model_path)
         train["ranker"] = ranker.predict(train)

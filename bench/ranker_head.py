@@ -36,18 +36,17 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from ranker_variants import dump  # noqa: E402
+from ranker_dump import add_context_args, context, load_dump  # noqa: E402
 
-from musicrec.artifacts import ArtifactPaths  # noqa: E402
 from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
-from musicrec.config import RankerConfig, load_config  # noqa: E402
+from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
-from musicrec.pipeline import PipelineContext, StageCache  # noqa: E402
 from musicrec.ranker import (  # noqa: E402
     TARGET,
     WINDOW,
     Ranker,
+    catboost_params,
     group_ids,
     rank_candidates,
     window_weights,
@@ -130,19 +129,7 @@ def fit_predict(
         pp = all_pairs(groups, train[TARGET].to_numpy())
         als_place = positions(groups, train["als_score"].to_numpy())
         kw |= {"pairs": pp, "pairs_weight": pair_weights(pairs, als_place, pp)}
-    model = CatBoost(
-        {
-            "loss_function": cfg.loss_function,
-            "iterations": cfg.iterations,
-            "learning_rate": cfg.learning_rate,
-            "depth": cfg.depth,
-            "l2_leaf_reg": cfg.l2_leaf_reg,
-            "thread_count": cfg.thread_count,
-            "random_seed": seed,
-            "verbose": False,
-            "allow_writing_files": False,
-        }
-    )
+    model = CatBoost({**catboost_params(cfg), "random_seed": seed})
     model.fit(Pool(train[names], cat_features=cats, **kw))
     scores = np.asarray(model.predict(Pool(cand[names], cat_features=cats)), np.float64)
     if baseline:
@@ -154,24 +141,14 @@ def fit_predict(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("variants", nargs="*", default=DEFAULT, help=f"default: {DEFAULT}")
-    ap.add_argument(
-        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
-    )
-    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+    add_context_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
     ap.add_argument("--holdout", action="store_true", help="fit on windows 1.., score window 0")
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    paths = ArtifactPaths(args.artifacts_dir)
-    ctx = PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
-    args.work.mkdir(parents=True, exist_ok=True)
-    if not (args.work / "test_candidates.parquet").exists():
-        dump(ctx, args.work)
-    train = pd.read_parquet(args.work / "train.parquet")
-    cand = pd.read_parquet(args.work / "test_candidates.parquet")
+    ctx = context(args)
+    cfg = ctx.cfg
+    train, cand = load_dump(ctx, args.work)
     target: pd.DataFrame = ctx.test.target
     if args.holdout:
         cand = train[train[WINDOW] == 0].reset_index(drop=True)

@@ -41,20 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from ranker_dump import add_context_args, context, load_dump  # noqa: E402
 
-from musicrec.artifacts import ArtifactPaths  # noqa: E402
-from musicrec.candidates import generate_candidates  # noqa: E402
 from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
-from musicrec.config import RankerConfig, load_config  # noqa: E402
-from musicrec.features import collect_features  # noqa: E402
+from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
-from musicrec.pipeline import (  # noqa: E402
-    PipelineContext,
-    StageCache,
-    label_windows,
-    window_training_rows,
-)
 from musicrec.ranker import TARGET, WINDOW, Ranker, rank_candidates  # noqa: E402
 
 GENRE = ("user_genre_share", "main_genre")
@@ -79,16 +71,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def dump(ctx: PipelineContext, work: Path) -> None:
-    frames = [window_training_rows(ctx, lab, w)[0] for w, lab in enumerate(label_windows(ctx))]
-    pd.concat(frames, ignore_index=True).to_parquet(work / "train.parquet")
-    stage, test = ctx.first_stage(), ctx.test
-    warm = np.intersect1d(test.target[C.User].unique(), test.history[C.User].unique())
-    cand = generate_candidates(stage, warm, ctx.cfg.ranker)
-    feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
-    feats.to_parquet(work / "test_candidates.parquet")
-
-
 def with_settings(cfg: RankerConfig, tweak: str, update: dict[str, object]) -> RankerConfig:
     """`cfg` with `tweak`'s "key=value,key=value" settings and then `update` applied,
     validated like a config file's (unknown keys and bad values are errors)."""
@@ -101,12 +83,7 @@ def with_settings(cfg: RankerConfig, tweak: str, update: dict[str, object]) -> R
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
-    ap.add_argument(
-        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
-    )
-    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+    add_context_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
     ap.add_argument("--losses", nargs="+", help="CatBoost losses (default: the config's)")
@@ -135,14 +112,9 @@ def main() -> None:
         "with another config): print each variant's paired difference from its first variant",
     )
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    paths = ArtifactPaths(args.artifacts_dir)
-    ctx = PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
-    args.work.mkdir(parents=True, exist_ok=True)
-    if not (args.work / "test_candidates.parquet").exists():
-        dump(ctx, args.work)
-    train = pd.read_parquet(args.work / "train.parquet")
-    feats = pd.read_parquet(args.work / "test_candidates.parquet")
+    ctx = context(args)
+    cfg = ctx.cfg
+    train, feats = load_dump(ctx, args.work)
     target = ctx.test.target
     history: pd.DataFrame | None = ctx.test.history
     if args.holdout:

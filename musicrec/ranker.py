@@ -89,6 +89,23 @@ def _pool(
     )
 
 
+def catboost_params(cfg: RankerConfig) -> dict[str, object]:
+    """CatBoost's training parameters for `cfg`, without the random seed."""
+    params: dict[str, object] = {
+        "loss_function": cfg.loss_function,
+        "iterations": cfg.iterations,
+        "learning_rate": cfg.learning_rate,
+        "depth": cfg.depth,
+        "l2_leaf_reg": cfg.l2_leaf_reg,
+        "thread_count": cfg.thread_count,
+        "verbose": False,
+        "allow_writing_files": False,
+    }
+    if cfg.loss_function in ("Logloss", "CrossEntropy"):
+        params["eval_metric"] = "Logloss"
+    return params
+
+
 class Ranker:
     """A CatBoost ranking model over `cfg.features` (default: all of FEATURES); the model
     file carries the names, so `predict` reads the columns it was trained on."""
@@ -113,18 +130,7 @@ class Ranker:
 
         names = cfg.features or FEATURES
         pool = _pool(train, names, labelled=True, window_decay=cfg.window_weight_decay)
-        params: dict[str, object] = {
-            "loss_function": cfg.loss_function,
-            "iterations": cfg.iterations,
-            "learning_rate": cfg.learning_rate,
-            "depth": cfg.depth,
-            "l2_leaf_reg": cfg.l2_leaf_reg,
-            "thread_count": cfg.thread_count,
-            "verbose": False,
-            "allow_writing_files": False,
-        }
-        if cfg.loss_function in ("Logloss", "CrossEntropy"):
-            params["eval_metric"] = "Logloss"
+        params = catboost_params(cfg)
         models = []
         for i in range(cfg.bag_size):
             model = CatBoost({**params, "random_seed": cfg.random_seed + i})

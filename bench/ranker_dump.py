@@ -1,0 +1,63 @@
+"""The context and the dumped rows shared by the ranker experiments (`ranker_variants.py`,
+`ranker_head.py`, `ranker_diagnostics.py`, `als_seeds.py`): the command-line options that
+locate a finished pipeline run (data, artifacts, config) and, in `--work`, the pipeline's
+pooled label-window training rows and the features of every warm test user's candidates,
+built once exactly as `run_pipeline` builds them from the artifacts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from musicrec.artifacts import ArtifactPaths
+from musicrec.candidates import generate_candidates
+from musicrec.columns import Columns as C
+from musicrec.config import load_config
+from musicrec.features import collect_features
+from musicrec.pipeline import PipelineContext, StageCache, label_windows, window_training_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_context_args(ap: argparse.ArgumentParser, work: bool = True) -> None:
+    """--data-dir, --artifacts-dir, --config (default: the Last.fm run of
+    `bench/quality.py --only lastfm`) and, with `work`, --work (the dump's folder)."""
+    ap.add_argument(
+        "--data-dir", type=Path, default=ROOT.parent / "shared/datasets/lastfm-hetrec2k"
+    )
+    ap.add_argument("--artifacts-dir", type=Path, default=Path("/tmp/musicrec-quality/lastfm"))
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lastfm.toml")
+    if work:
+        ap.add_argument("--work", type=Path, default=Path("/tmp/musicrec-ranker-variants"))
+
+
+def context(args: argparse.Namespace) -> PipelineContext:
+    """The pipeline's context over the finished run that `args` names."""
+    paths = ArtifactPaths(args.artifacts_dir)
+    cfg = load_config(args.config)
+    return PipelineContext(args.data_dir, paths, cfg, StageCache(paths.cache_dir))
+
+
+def dump(ctx: PipelineContext, work: Path) -> None:
+    """Write `train.parquet` (every label window's training rows, `label_window` marking
+    them) and `test_candidates.parquet` (the warm test users' candidates with features)."""
+    frames = [window_training_rows(ctx, lab, w)[0] for w, lab in enumerate(label_windows(ctx))]
+    pd.concat(frames, ignore_index=True).to_parquet(work / "train.parquet")
+    stage, test = ctx.first_stage(), ctx.test
+    warm = np.intersect1d(test.target[C.User].unique(), test.history[C.User].unique())
+    cand = generate_candidates(stage, warm, ctx.cfg.ranker)
+    feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
+    feats.to_parquet(work / "test_candidates.parquet")
+
+
+def load_dump(ctx: PipelineContext, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, test candidates) from `work`, dumped there first when missing."""
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "test_candidates.parquet").exists():
+        dump(ctx, work)
+    return pd.read_parquet(work / "train.parquet"), pd.read_parquet(
+        work / "test_candidates.parquet"
+    )
