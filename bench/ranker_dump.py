@@ -1,8 +1,9 @@
 """The context and the dumped rows shared by the ranker experiments (`ranker_variants.py`,
-`ranker_head.py`, `ranker_diagnostics.py`, `als_seeds.py`): the command-line options that
-locate a finished pipeline run (data, artifacts, config) and, in `--work`, the pipeline's
-pooled label-window training rows and the features of every warm test user's candidates,
-built once exactly as `run_pipeline` builds them from the artifacts."""
+`ranker_head.py`, `ranker_diagnostics.py`, `als_seeds.py`, `cotag_feature.py`): the
+command-line options that locate a finished pipeline run (data, artifacts, config) and, in
+`--work`, the pipeline's pooled label-window training rows and the features of every warm
+test user's candidates, built once exactly as `run_pipeline` builds them from the
+artifacts."""
 
 from __future__ import annotations
 

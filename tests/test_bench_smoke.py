@@ -292,6 +292,12 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert "ALS score alone" in out and "ndcg@10 - ALS " in rows["pairs:lambda"]
     assert rows["base"].split()[:4] == rows["restrict:100000"].split()[:4]
 
+    # cotag_feature: the feature's AUC per window, both fits and their paired difference
+    out = run_script("cotag_feature.py", *common)
+    assert out.count("within-user AUC of cotag_latest") == 2  # the tiny config's 2 windows
+    assert "without cotag_latest: ndcg@10 " in out and "with cotag_latest: ndcg@10 " in out
+    assert "paired recall@5 with - without: " in out
+
     # als_seeds: each seed's NDCG@10 and the ensembles; the "ensemble" of one seed is it
     out = run_script("als_seeds.py", *common[: common.index("--work")], "--seeds", "3")
     for where in ("label window 0 (", "test window ("):
