@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,7 +31,7 @@ from ranker_dump import add_context_args, context  # noqa: E402
 from musicrec.als import ALSModel  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.matrix import InteractionMatrix  # noqa: E402
-from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
+from musicrec.metrics import paired_difference, per_user_metrics, summarize  # noqa: E402
 from musicrec.pipeline import PipelineContext  # noqa: E402
 from musicrec.split import Split  # noqa: E402
 
@@ -54,20 +53,21 @@ def study(name: str, split: Split, ctx: PipelineContext, n_seeds: int, threads: 
         ALSModel.fit(matrix, cfg.model_copy(update={"random_state": cfg.random_state + i}), threads)
         for i in range(n_seeds)
     ]
-    n_items = len(ctx.prepared.items)
 
-    def score(model: ALSModel) -> tuple[dict[str, Any], pd.DataFrame]:
+    def score(model: ALSModel) -> pd.DataFrame:
+        """Per-user metrics of the model's top-k (the warm users who get none count 0)."""
         recs = model.recommend(warm, matrix, ctx.cfg.top_k)
-        res = evaluate(recs, target, hist, n_items, 5, 10, warm)
-        return res, per_user_metrics(recs, target, hist, 5, 10, warm)
+        return per_user_metrics(recs, target, hist, 5, 10, warm)
 
-    singles = [score(m)[0]["ndcg@10"]["mean"] for m in models]
+    singles = [score(m) for m in models]
+    first = singles[0]
     print(f"{name} ({len(warm)} warm users, history before {split.start.date()}):")
-    cells = ", ".join(f"{v:.4f}" for v in singles)
-    print(f"  single seeds NDCG@10: {cells}; median {float(np.median(singles)):.4f}")
-    _, first = score(models[0])
+    ndcg = [float(u["ndcg@10"].mean()) for u in singles]
+    cells = ", ".join(f"{v:.4f}" for v in ndcg)
+    print(f"  single seeds NDCG@10: {cells}; median {float(np.median(ndcg)):.4f}")
     for n in sorted({1, 3, 5, n_seeds} & set(range(1, n_seeds + 1))):
-        res, users = score(mean_score_model(models[:n]))
+        users = score(mean_score_model(models[:n]))
+        res = {m: summarize(users[m]) for m in ("ndcg@10", "recall@5")}
         d = paired_difference(users["ndcg@10"], first["ndcg@10"])
         print(
             f"  mean of {n:>2} seeds: NDCG@10 {res['ndcg@10']['mean']:.4f} ± "

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
-from ranker_dump import add_context_args, context, load_dump  # noqa: E402
+from ranker_dump import add_context_args, context, holdout_split, load_dump  # noqa: E402
 
 from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
@@ -92,9 +92,8 @@ def main() -> None:
         print(
             f"window {w} (from {split.start.date()}): within-user AUC of {NAME} {auc['mean']:.3f}"
         )
-    cand = train[train[WINDOW] == 0].reset_index(drop=True)
-    fit_rows = train[train[WINDOW] > 0].reset_index(drop=True)
-    target, users = cand[cand[TARGET] == 1], np.sort(cand[C.User].unique())
+    fit_rows, cand, target = holdout_split(train)
+    users = np.sort(cand[C.User].unique())
     rcfg = ctx.cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
     per_user = {}
     for label, names in (("without", list(FEATURES)), ("with", [*FEATURES, NAME])):

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from ranker_dump import add_context_args, context, load_dump  # noqa: E402
+from ranker_dump import add_context_args, context, load_dump, positions  # noqa: E402
 
 from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
@@ -136,13 +136,11 @@ def head_swaps(
     the ALS score), only in the top-k by `scores` ("promoted") and only in ALS's
     ("demoted"): their count, hit rate and mean position in the ALS order (1 = first)."""
     users = cand[C.User].to_numpy()
-    order = pd.DataFrame({"u": users, "s": scores, "a": cand["als_score"].to_numpy()})
-    new_pos = order.groupby("u", sort=False)["s"].rank(ascending=False, method="first")
-    als_pos = order.groupby("u", sort=False)["a"].rank(ascending=False, method="first")
+    new_pos, als_pos = positions(users, scores), positions(users, cand["als_score"].to_numpy())
     hits = cand[TARGET].to_numpy()
     rows = []
     for k in cutoffs:
-        mine, als = (new_pos <= k).to_numpy(), (als_pos <= k).to_numpy()
+        mine, als = new_pos <= k, als_pos <= k
         for name, rows_in in (
             ("both", mine & als),
             ("promoted", mine & ~als),

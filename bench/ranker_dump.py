@@ -19,6 +19,7 @@ from musicrec.columns import Columns as C
 from musicrec.config import load_config
 from musicrec.features import collect_features
 from musicrec.pipeline import PipelineContext, StageCache, label_windows, window_training_rows
+from musicrec.ranker import TARGET, WINDOW
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +63,21 @@ def load_dump(ctx: PipelineContext, work: Path) -> tuple[pd.DataFrame, pd.DataFr
     return pd.read_parquet(work / "train.parquet"), pd.read_parquet(
         work / "test_candidates.parquet"
     )
+
+
+def holdout_split(train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The holdout of the dumped training rows: (rows to fit on: label windows 1..,
+    candidates to score: window 0, their positives as the target). The test window is not
+    used."""
+    if not (train[WINDOW] > 0).any():
+        raise SystemExit("--holdout needs ranker.label_windows >= 2 (it fits on windows 1..)")
+    cand = train[train[WINDOW] == 0].reset_index(drop=True)
+    fit_rows = train[train[WINDOW] > 0].reset_index(drop=True)
+    return fit_rows, cand, cand[cand[TARGET] == 1]
+
+
+def positions(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """1-based place of each row in its group by descending score (NaN last, ties in row
+    order)."""
+    s = pd.Series(np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf))
+    return s.groupby(groups, sort=False).rank(ascending=False, method="first").to_numpy()

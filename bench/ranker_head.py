@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from ranker_dump import add_context_args, context, load_dump  # noqa: E402
+from ranker_dump import add_context_args, context, holdout_split, load_dump, positions  # noqa: E402
 
 from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
@@ -44,7 +44,6 @@ from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
 from musicrec.ranker import (  # noqa: E402
     TARGET,
-    WINDOW,
     Ranker,
     catboost_params,
     group_ids,
@@ -53,13 +52,6 @@ from musicrec.ranker import (  # noqa: E402
 )
 
 DEFAULT = ["restrict:50", "filter:20", "blend:0.7", "baseline:1", "pairs:lambda"]
-
-
-def positions(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """1-based place of each row in its group by descending score (NaN last, ties in row
-    order)."""
-    s = pd.Series(np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf))
-    return s.groupby(groups, sort=False).rank(ascending=False, method="first").to_numpy()
 
 
 def standardised(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -151,9 +143,7 @@ def main() -> None:
     train, cand = load_dump(ctx, args.work)
     target: pd.DataFrame = ctx.test.target
     if args.holdout:
-        cand = train[train[WINDOW] == 0].reset_index(drop=True)
-        train = train[train[WINDOW] > 0].reset_index(drop=True)
-        target = cand[cand[TARGET] == 1]
+        train, cand, target = holdout_split(train)
     users = np.sort(cand[C.User].unique())
     rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
     seeds = args.seeds or [rcfg.random_seed]

@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from ranker_dump import add_context_args, context, load_dump  # noqa: E402
+from ranker_dump import add_context_args, context, holdout_split, load_dump  # noqa: E402
 
 from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
-from musicrec.ranker import TARGET, WINDOW, Ranker, rank_candidates  # noqa: E402
+from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
 
 GENRE = ("user_genre_share", "main_genre")
 #: name -> the features the variant's ranker is trained on (`ranker.features`)
@@ -118,11 +118,8 @@ def main() -> None:
     target = ctx.test.target
     history: pd.DataFrame | None = ctx.test.history
     if args.holdout:
-        if not (train[WINDOW] > 0).any():
-            raise SystemExit("--holdout needs ranker.label_windows >= 2 (it fits on windows 1..)")
-        feats = train[train[WINDOW] == 0].reset_index(drop=True)
-        train = train[train[WINDOW] > 0].reset_index(drop=True)
-        target, history = feats[feats[TARGET] == 1], None
+        train, feats, target = holdout_split(train)
+        history = None
     warm = np.sort(feats[C.User].unique())
     rcfg = cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
     where = "label window 0 (holdout)" if args.holdout else "test"
