@@ -491,7 +491,7 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     )
     ranker = Ranker.fit(train, ctx.cfg.ranker)
     ranker.training_range = pooled
-    importances = ranker.feature_importances(train)
+    importances = ranker.feature_importances(train, ctx.cfg.ranker.window_weight_decay)
     log.info(
         "feature importances: %s", json.dumps({k: round(v, 3) for k, v in importances.items()})
     )

@@ -144,9 +144,12 @@ class Ranker:
         pool = _pool(df, self.features)
         return np.asarray(self.model.predict(pool), dtype=np.float32)  # type: ignore[attr-defined]
 
-    def feature_importances(self, data: pd.DataFrame) -> dict[str, float]:
-        """Loss change per feature on `data` (labelled, grouped rows), largest first."""
-        pool = _pool(data, self.features, labelled=True)
+    def feature_importances(
+        self, data: pd.DataFrame, window_decay: float = 1.0
+    ) -> dict[str, float]:
+        """Loss change per feature on `data` (labelled, grouped rows), largest first; the
+        queries weighted as in training (`window_decay`, `window_weights`)."""
+        pool = _pool(data, self.features, labelled=True, window_decay=window_decay)
         vals = self.model.get_feature_importance(pool)  # type: ignore[attr-defined]
         pairs = sorted(zip(self.features, map(float, vals), strict=True), key=lambda p: -p[1])
         return dict(pairs)

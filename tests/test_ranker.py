@@ -330,6 +330,22 @@ def test_window_weight_decay_lets_the_newest_window_win() -> None:
         RankerConfig(window_weight_decay=0.0)
 
 
+def test_feature_importances_weight_the_windows_as_training_does() -> None:
+    """With a vanishing decay the older window's queries weigh nothing, so the importances
+    over both windows are those over window 0 alone; with every window alike they are not."""
+    new = synthetic_rows(n_users=40, seed=1).assign(**{WINDOW: 0})
+    old = synthetic_rows(n_users=120, seed=2).assign(**{WINDOW: 1})
+    old["als_score"] = -old["als_score"]
+    pooled = pd.concat([new, old], ignore_index=True)
+    cfg = FAST.model_copy(update={"loss_function": "PairLogit", "window_weight_decay": 0.2})
+    ranker = Ranker.fit(pooled, cfg)
+    alone = pd.Series(ranker.feature_importances(new))
+    weighted = pd.Series(ranker.feature_importances(pooled, window_decay=1e-9))
+    equal = pd.Series(ranker.feature_importances(pooled))
+    assert np.allclose(weighted[alone.index], alone, rtol=1e-3, atol=1e-9)
+    assert not np.allclose(equal[alone.index], alone, rtol=1e-3, atol=1e-9)
+
+
 def test_feature_range_finds_constant_features_on_a_hand_example() -> None:
     """a: 1 everywhere; b: NaN then 3 (NaN counts as a value); c: 0 and 2; main_genre is
     categorical and never checked."""
