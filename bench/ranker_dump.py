@@ -65,14 +65,19 @@ def load_dump(ctx: PipelineContext, work: Path) -> tuple[pd.DataFrame, pd.DataFr
     )
 
 
-def holdout_split(train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The holdout of the dumped training rows: (rows to fit on: label windows 1..,
-    candidates to score: window 0, their positives as the target). The test window is not
-    used."""
-    if not (train[WINDOW] > 0).any():
-        raise SystemExit("--holdout needs ranker.label_windows >= 2 (it fits on windows 1..)")
-    cand = train[train[WINDOW] == 0].reset_index(drop=True)
-    fit_rows = train[train[WINDOW] > 0].reset_index(drop=True)
+def holdout_split(
+    train: pd.DataFrame, window: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The holdout of the dumped training rows: (rows to fit on: the label windows older
+    than `window`, candidates to score: `window`'s rows, their positives as the target).
+    Windows are numbered newest first; the test window is not used."""
+    if not (train[WINDOW] > window).any():
+        raise SystemExit(
+            f"a holdout on label window {window} needs ranker.label_windows >= {window + 2}"
+            f" (it fits on windows {window + 1}..)"
+        )
+    cand = train[train[WINDOW] == window].reset_index(drop=True)
+    fit_rows = train[train[WINDOW] > window].reset_index(drop=True)
     return fit_rows, cand, cand[cand[TARGET] == 1]
 
 

@@ -17,6 +17,9 @@ after the fit:
 Other fits (same features, loss, depth, trees, seeds):
 - `baseline:S` - the trees start from S * (the ALS score standardised within the user's
   candidates) instead of 0 and learn a correction to it (CatBoost's `baseline`);
+- `headtrain:N` - fit only on the training rows among their user's ALS top N and rerank
+  only the test candidates in the ALS top N with it (the rest follow in the base model's
+  order): the model learns to tell apart what ALS already ranks high;
 - `pairs:lambda` / `pairs:hardneg` - PairLogit over explicit (positive, negative) pairs of
   a user weighted by their places p, n in the ALS order: |1/log2(1+p) - 1/log2(1+n)| (the
   NDCG change of swapping them) or 1/log2(1+n) (hard negatives count more); mean weight 1.
@@ -185,6 +188,14 @@ def main() -> None:
         elif kind == "baseline":
             fits = [fit_predict(train, cand, rcfg, s, baseline=float(value)) for s in seeds]
             scores = np.mean(fits, axis=0)
+        elif kind == "headtrain":
+            n = float(value)
+            t_place = positions(group_ids(train), train["als_score"].to_numpy())
+            head_rows = train[t_place <= n].reset_index(drop=True)
+            head = np.mean([fit_predict(head_rows, cand, rcfg, s) for s in seeds], axis=0)
+            # head scores above every base score: the ALS top N first, in the head model's order
+            offset = np.nanmax(np.abs(base)) + np.nanmax(np.abs(head)) + 1
+            scores = np.where(als_place <= n, head + offset, base - offset)
         elif kind == "pairs":
             scores = np.mean([fit_predict(train, cand, rcfg, s, pairs=value) for s in seeds], 0)
         else:

@@ -278,9 +278,11 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert len(swaps) == 6, out
     assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
 
-    # ranker_head: every kind of variant runs; restricting the rerank to the ALS top-N
-    # with N above any user's candidate count changes nothing (the base model's figures)
-    head = ["restrict:100000", "filter:20", "blend:0.5", "baseline:1", "pairs:lambda"]
+    # ranker_head: every kind of variant runs; restricting the rerank (or its training) to
+    # the ALS top-N with N above any user's candidate count changes nothing (the base
+    # model's figures)
+    head = ["restrict:100000", "headtrain:100000", "filter:20", "blend:0.5", "baseline:1"]
+    head += ["pairs:lambda"]
     out = run_script("ranker_head.py", *head, *common, "--holdout")
     # each row: the variant, then "ndcg@10 X  recall@5 Y  ndcg@10 - ALS ..."
     rows = {
@@ -291,6 +293,15 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert set(head) | {"base"} <= set(rows), out
     assert "ALS score alone" in out and "ndcg@10 - ALS " in rows["pairs:lambda"]
     assert rows["base"].split()[:4] == rows["restrict:100000"].split()[:4]
+    assert rows["base"].split()[:4] == rows["headtrain:100000"].split()[:4]
+
+    # ranker_rolling on window 0 is the same holdout: the same ranker and ALS figures
+    out = run_script("ranker_rolling.py", *common, "--windows", "0", "--drop", "main_genre")
+    ranker_line = next(x for x in out.splitlines() if x.startswith("window 0 (") and "ranker:" in x)
+    assert f"ndcg@10 {rows['base'].split()[1]} vs " in ranker_line, (ranker_line, rows["base"])
+    assert "ranker without main_genre:" in out and "pooled over windows [0] (" in out
+    with pytest.raises(AssertionError, match="label_windows >= 3"):  # no window before 1
+        run_script("ranker_rolling.py", *common, "--windows", "1")
 
     # cotag_feature: the feature's AUC per window, both fits and their paired difference
     out = run_script("cotag_feature.py", *common)

@@ -1,0 +1,120 @@
+"""The ranker against the ALS score on several label windows in turn (issue #3).
+
+    python bench/quality.py --only lastfm                    # the artifacts this reads
+    python bench/ranker_rolling.py --windows 0 1 2 --seeds 42 43
+
+The test window has 466 warm users on Last.fm, so one standard error of NDCG@10 there is
+about 0.008 and a paired difference's about 0.005: a head gain of that size cannot be told
+from noise on it. This script asks the same question on more users without touching the
+test window: for each label window w (newest first) the config's ranker is fit on the
+label windows older than w and scores w's candidates (its users with a positive among
+them), as `--holdout` does for w = 0 in the other ranker scripts. Each window's paired
+difference from the ALS score alone (the first stage's order of the same candidates) is
+printed, then the pooled one over every (window, user) pair: a user in two windows counts
+twice, as two independent questions (their answers correlate a little, so the pooled
+standard error is somewhat optimistic). `--drop` refits without the named features as well
+(e.g. the two genre features, whose Last.fm genres were built partly from label-window tag
+events: a leak inside the label windows only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from ranker_dump import add_context_args, context, holdout_split, load_dump  # noqa: E402
+
+from musicrec.columns import FEATURES  # noqa: E402
+from musicrec.columns import Columns as C  # noqa: E402
+from musicrec.config import RankerConfig  # noqa: E402
+from musicrec.metrics import paired_difference, per_user_metrics  # noqa: E402
+from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
+
+METRICS = ("ndcg@10", "recall@5", "ndcg@20")
+
+
+def window_scores(
+    train: pd.DataFrame, window: int, rcfg: RankerConfig, seeds: list[int], top_k: int
+) -> dict[str, pd.DataFrame]:
+    """Per-user metrics of the ALS score and of the ranker (mean of `seeds`) on `window`."""
+    fit_rows, cand, target = holdout_split(train, window)
+    users = np.sort(target[C.User].unique())
+
+    def per_user(scores: np.ndarray) -> pd.DataFrame:
+        recs = rank_candidates(cand, np.asarray(scores, np.float64), max(top_k, 20))
+        return per_user_metrics(recs, target, None, 5, 10, users).join(
+            per_user_metrics(recs, target, None, 5, 20, users)[["ndcg@20"]]
+        )
+
+    out = {"ALS score": per_user(cand["als_score"].to_numpy())}
+    scores = [
+        Ranker.fit(fit_rows, rcfg.model_copy(update={"random_seed": s})).predict(cand)
+        for s in seeds
+    ]
+    out["ranker"] = per_user(np.mean(scores, axis=0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    add_context_args(ap)
+    ap.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
+    ap.add_argument("--drop", nargs="*", default=[], help="features to refit without as well")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    ctx = context(args)
+    train, _ = load_dump(ctx, args.work)
+    base = ctx.cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
+    seeds = args.seeds or [base.random_seed]
+    configs = {"ranker": base}
+    if args.drop:
+        kept = [f for f in (base.features or FEATURES) if f not in args.drop]
+        configs["ranker without " + "+".join(args.drop)] = base.model_copy(
+            update={"features": kept}
+        )
+    pooled: dict[str, list[pd.DataFrame]] = {}
+    for w in args.windows:
+        for name, rcfg in configs.items():
+            t0 = time.perf_counter()
+            res = window_scores(train, w, rcfg, seeds, ctx.cfg.top_k)
+            for model, per_user in res.items():
+                label = name if model == "ranker" else model
+                if model == "ALS score" and name != "ranker":
+                    continue  # the ALS score does not depend on the ranker's features
+                keyed = pd.concat({w: per_user}, names=["window", C.User])  # (window, user)
+                pooled.setdefault(label, []).append(keyed)
+            line = [f"window {w} ({len(res['ranker'])} users) {name}:"]
+            for m in METRICS:
+                d = paired_difference(res["ranker"][m], res["ALS score"][m])
+                line.append(
+                    f"{m} {res['ranker'][m].mean():.4f} vs {res['ALS score'][m].mean():.4f}"
+                    f" ({d['mean']:+.4f} ± {d['stderr']:.4f})"
+                )
+            print("  ".join(line) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    als = pd.concat(pooled.pop("ALS score"))
+    for name, frames in pooled.items():
+        ranker = pd.concat(frames)
+        cells = []
+        for m in METRICS:
+            d = paired_difference(ranker[m], als[m])
+            mean, se = float(d["mean"] or 0.0), float(d["stderr"] or np.nan)
+            cells.append(
+                f"{m} {ranker[m].mean():.4f} vs {als[m].mean():.4f}"
+                f" ({mean:+.4f} ± {se:.4f}, {mean / se:.1f} SE)"
+            )
+        print(
+            f"pooled over windows {args.windows} ({len(ranker)} user-windows) {name}: "
+            + "  ".join(cells)
+        )
+
+
+if __name__ == "__main__":
+    main()
