@@ -118,6 +118,16 @@ class RankerConfig(_Strict):
         "not on the test window",
     )
     recent_days: int = Field(30, ge=1, description="Window for 'recent popularity'")
+    genre_min_listeners: int = Field(
+        0,
+        ge=0,
+        description="The genre features (main_genre, user_genre_share) treat a candidate "
+        "with at most this many listeners in the history as having no genre. 0: genres "
+        "always used. For data sets whose genres were derived from the listens themselves "
+        "after the label windows (Last.fm: from tags before the test window), where a "
+        "rarely heard track's genre in a label window was made by that window's own "
+        "listeners",
+    )
     max_train_users: int | None = Field(
         50_000,
         ge=1,

@@ -194,8 +194,11 @@ def collect_features(
 
     # --- user affinity to the candidate's genre and artist ---
     c_cat = st["cat_map"].codes(i_ids)
+    genre = _attr(c_cat, st["genre"])
+    if cfg.genre_min_listeners:
+        genre[out["item_listeners"].to_numpy() <= cfg.genre_min_listeners] = -1
     for name in ("genre", "artist"):
-        c_attr = _attr(c_cat, st[name])
+        c_attr = genre if name == "genre" else _attr(c_cat, st[name])
         keys, counts, size = st[f"{name}_pairs"]
         q = cu.astype(np.int64) * size + (c_attr + 1)
         cnt = np.where(uk & (c_attr >= 0), _lookup(keys, counts, q), 0)
@@ -203,7 +206,7 @@ def collect_features(
         out[f"user_{name}_share"] = share.astype(np.float32)
         if name == "artist":
             out["user_artist_listens"] = cnt.astype(np.float32)
-    out["main_genre"] = _attr(c_cat, st["genre"]).astype(str)
+    out["main_genre"] = genre.astype(str)
     return out
 
 

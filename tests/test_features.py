@@ -177,6 +177,27 @@ def test_features_match_naive_computations(
         assert r["profile_sim"] == pytest.approx(float(prof @ normed[ic]), abs=1e-4)
 
 
+def test_genre_min_listeners_hides_the_genre_of_rarely_heard_candidates(
+    feats: pd.DataFrame, stage: FirstStage, tiny_prepared: PreparedData
+) -> None:
+    """At most N listeners in the history: no genre (main_genre "-1", user_genre_share 0);
+    every other row and every other feature as without the setting."""
+    n = int(feats["item_listeners"].median())
+    cfg = CFG.model_copy(update={"genre_min_listeners": n})
+    users = stage.matrix.users.ids[::3]
+    masked = collect_features(
+        stage, tiny_prepared.items, generate_candidates(stage, users, cfg), cfg
+    )
+    rare = masked["item_listeners"].to_numpy() <= n
+    assert 0 < rare.sum() < len(masked)
+    assert (masked.loc[rare, "main_genre"] == "-1").all()
+    assert (masked.loc[rare, "user_genre_share"] == 0).all()
+    assert (feats.loc[rare, "main_genre"] != "-1").any()  # there was a genre to hide
+    genre = ["main_genre", "user_genre_share"]
+    pd.testing.assert_frame_equal(masked.loc[~rare], feats.loc[~rare])
+    pd.testing.assert_frame_equal(masked.drop(columns=genre), feats.drop(columns=genre))
+
+
 def test_counts_hold_when_the_history_repeats_a_listen(
     stage: FirstStage, tiny_prepared: PreparedData
 ) -> None:
