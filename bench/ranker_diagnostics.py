@@ -29,6 +29,14 @@ ones it demoted out of ALS's, with how many there are, their hit rate (share lis
 the test window) and their mean position in the ALS order. Promoted items that hit no more
 often than the demoted ones mean the reordering of the head is a wash.
 
+4. **A leak check of the genre metadata**: per label window and on the test window, for
+candidates grouped by their listeners in the history, how many times more often a
+candidate with a genre is a positive than one without (positive rate with a genre / without
+one). Where the genres were built from events up to the test window (Last.fm: tags before
+2010-11-01), a rarely heard track in a label window may have a genre only because that
+window's listeners tagged it, so having a genre marks positives there and not at test time.
+`ranker.genre_min_listeners` hides the genre of such candidates.
+
 The rows are the dump of `bench/ranker_variants.py` (`--work`; made here when missing).
 """
 
@@ -127,6 +135,29 @@ def main() -> None:
         print(cutoff_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
         print()
         print(head_swaps(test, test["ranker"].to_numpy()).to_string())
+    print()
+    print(genre_lift(parts).to_string())
+
+
+LISTENER_BINS = (-1, 2, 5, 10, 20, np.inf)
+
+
+def genre_lift(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """For each part (columns) and bucket of the candidates' history listeners (rows): the
+    positive rate of the candidates with a genre divided by that of the ones without (NaN
+    where a side has no rows or no positive), then, as "rows without genre", how many rows
+    the rates without a genre average over."""
+    lift, bare = {}, {}
+    for name, df in parts.items():
+        bucket = pd.cut(df["item_listeners"], LISTENER_BINS)
+        has = (df["main_genre"] != "-1").rename("has_genre")
+        rate = df[TARGET].groupby([bucket, has], observed=False).mean().unstack("has_genre")
+        rate = rate.reindex(columns=[False, True])
+        lift[name] = (rate[True] / rate[False].replace(0.0, np.nan)).round(2)
+        bare[name] = (~has).groupby(bucket, observed=False).sum()
+    out = pd.concat({"genre lift": pd.DataFrame(lift), "rows without genre": pd.DataFrame(bare)})
+    out.index.names = ["", "history listeners"]
+    return out
 
 
 def head_swaps(

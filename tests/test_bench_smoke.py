@@ -277,6 +277,7 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
             swaps[(len(swaps) // 3, parts[-4])] = int(parts[-3])
     assert len(swaps) == 6, out
     assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
+    assert "genre lift" in out and "rows without genre" in out
 
     # ranker_head: every kind of variant runs; restricting the rerank (or its training) to
     # the ALS top-N with N above any user's candidate count changes nothing (the base
@@ -318,3 +319,26 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert out.count("paired over the first seed +0.0000 ± 0.0000") >= 2
     pipeline = json.loads((art / "metrics.json").read_text())["warm"]["ranker"]["ndcg@10"]
     assert float(lines["ndcg@10"].split()[1]) == pytest.approx(pipeline["mean"], abs=5e-5)
+
+
+def test_genre_lift_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bucket (-1, 2]: with a genre 2 positives of 4 rows (0.5), without 1 of 4 (0.25):
+    lift 2.0 over 4 rows without a genre. Bucket (20, inf]: no row without a genre, NaN."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from ranker_diagnostics import genre_lift
+
+    df = pd.DataFrame(
+        {
+            "item_listeners": [1, 1, 2, 2, 0, 1, 2, 2, 30, 40],
+            "main_genre": ["7", "7", "8", "8", "-1", "-1", "-1", "-1", "7", "7"],
+            "target": [1, 1, 0, 0, 1, 0, 0, 0, 1, 0],
+        }
+    )
+    out = genre_lift({"w": df})
+    low, high = pd.Interval(-1.0, 2.0), pd.Interval(20.0, float("inf"))
+    assert out.loc[("genre lift", low), "w"] == pytest.approx(2.0)
+    assert out.loc[("rows without genre", low), "w"] == 4
+    assert out.loc[("rows without genre", high), "w"] == 0
+    assert pd.isna(out.loc[("genre lift", high), "w"])
