@@ -35,7 +35,9 @@ candidate with a genre is a positive than one without (positive rate with a genr
 one). Where the genres were built from events up to the test window (Last.fm: tags before
 2010-11-01), a rarely heard track in a label window may have a genre only because that
 window's listeners tagged it, so having a genre marks positives there and not at test time.
-`ranker.genre_min_listeners` hides the genre of such candidates.
+`ranker.genre_min_listeners` hides the genre of such candidates (the buckets it covers then
+have no candidate with a genre: NaN lifts; run the check with `--config` a copy of the
+config without it and its own `--work`).
 
 The rows are the dump of `bench/ranker_variants.py` (`--work`; made here when missing).
 """
