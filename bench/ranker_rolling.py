@@ -41,9 +41,14 @@ METRICS = ("ndcg@10", "recall@5", "ndcg@20")
 
 
 def window_scores(
-    train: pd.DataFrame, window: int, rcfg: RankerConfig, seeds: list[int], top_k: int
+    train: pd.DataFrame,
+    window: int,
+    configs: dict[str, RankerConfig],
+    seeds: list[int],
+    top_k: int,
 ) -> dict[str, pd.DataFrame]:
-    """Per-user metrics of the ALS score and of the ranker (mean of `seeds`) on `window`."""
+    """Per-user metrics on `window` of the ALS score ("ALS score") and of each named ranker
+    config (the mean score of its `seeds` fits), all over the same candidates."""
     fit_rows, cand, target = holdout_split(train, window)
     users = np.sort(target[C.User].unique())
 
@@ -54,11 +59,12 @@ def window_scores(
         )
 
     out = {"ALS score": per_user(cand["als_score"].to_numpy())}
-    scores = [
-        Ranker.fit(fit_rows, rcfg.model_copy(update={"random_seed": s})).predict(cand)
-        for s in seeds
-    ]
-    out["ranker"] = per_user(np.mean(scores, axis=0))
+    for name, rcfg in configs.items():
+        scores = [
+            Ranker.fit(fit_rows, rcfg.model_copy(update={"random_seed": s})).predict(cand)
+            for s in seeds
+        ]
+        out[name] = per_user(np.mean(scores, axis=0))
     return out
 
 
@@ -82,23 +88,21 @@ def main() -> None:
         )
     pooled: dict[str, list[pd.DataFrame]] = {}
     for w in args.windows:
-        for name, rcfg in configs.items():
-            t0 = time.perf_counter()
-            res = window_scores(train, w, rcfg, seeds, ctx.cfg.top_k)
-            for model, per_user in res.items():
-                label = name if model == "ranker" else model
-                if model == "ALS score" and name != "ranker":
-                    continue  # the ALS score does not depend on the ranker's features
-                keyed = pd.concat({w: per_user}, names=["window", C.User])  # (window, user)
-                pooled.setdefault(label, []).append(keyed)
-            line = [f"window {w} ({len(res['ranker'])} users) {name}:"]
+        t0 = time.perf_counter()
+        res = window_scores(train, w, configs, seeds, ctx.cfg.top_k)
+        for name, per_user in res.items():
+            keyed = pd.concat({w: per_user}, names=["window", C.User])  # (window, user)
+            pooled.setdefault(name, []).append(keyed)
+        for name in configs:
+            line = [f"window {w} ({len(res[name])} users) {name}:"]
             for m in METRICS:
-                d = paired_difference(res["ranker"][m], res["ALS score"][m])
+                d = paired_difference(res[name][m], res["ALS score"][m])
                 line.append(
-                    f"{m} {res['ranker'][m].mean():.4f} vs {res['ALS score'][m].mean():.4f}"
+                    f"{m} {res[name][m].mean():.4f} vs {res['ALS score'][m].mean():.4f}"
                     f" ({d['mean']:+.4f} ± {d['stderr']:.4f})"
                 )
-            print("  ".join(line) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            print("  ".join(line), flush=True)
+        print(f"window {w}: {time.perf_counter() - t0:.0f} s", flush=True)
     als = pd.concat(pooled.pop("ALS score"))
     for name, frames in pooled.items():
         ranker = pd.concat(frames)
