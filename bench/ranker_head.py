@@ -193,9 +193,8 @@ def main() -> None:
             t_place = positions(group_ids(train), train["als_score"].to_numpy())
             head_rows = train[t_place <= n].reset_index(drop=True)
             head = np.mean([fit_predict(head_rows, cand, rcfg, s) for s in seeds], axis=0)
-            # head scores above every base score: the ALS top N first, in the head model's order
-            offset = np.nanmax(np.abs(base)) + np.nanmax(np.abs(head)) + 1
-            scores = np.where(als_place <= n, head + offset, base - offset)
+            # the ALS top N first, in the head model's order; the rest after, as `restrict`
+            scores = np.where(als_place <= n, head, base - 1e9)
         elif kind == "pairs":
             scores = np.mean([fit_predict(train, cand, rcfg, s, pairs=value) for s in seeds], 0)
         else:
