@@ -14,7 +14,8 @@ printed, then the pooled one over every (window, user) pair: a user in two windo
 twice, as two independent questions (their answers correlate a little, so the pooled
 standard error is somewhat optimistic). `--drop` refits without the named features as well
 (e.g. the two genre features, whose Last.fm genres were built partly from label-window tag
-events: a leak inside the label windows only).
+events: a leak inside the label windows only) and `--keep` with only the named ones; each
+can be repeated, one variant per group, all paired with the same ALS score.
 """
 
 from __future__ import annotations
@@ -73,7 +74,22 @@ def main() -> None:
     add_context_args(ap)
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
-    ap.add_argument("--drop", nargs="*", default=[], help="features to refit without as well")
+    ap.add_argument(
+        "--drop",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="refit without these features as well (repeat for several variants)",
+    )
+    ap.add_argument(
+        "--keep",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="refit with only these features as well (repeat for several variants)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     ctx = context(args)
@@ -81,10 +97,15 @@ def main() -> None:
     base = ctx.cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
     seeds = args.seeds or [base.random_seed]
     configs = {"ranker": base}
-    if args.drop:
-        kept = [f for f in (base.features or FEATURES) if f not in args.drop]
-        configs["ranker without " + "+".join(args.drop)] = base.model_copy(
-            update={"features": kept}
+    every = base.features or FEATURES
+    unknown = sorted({f for g in args.drop + args.keep for f in g} - set(FEATURES))
+    assert not unknown, f"unknown features: {unknown}"
+    for group in args.drop:
+        kept = [f for f in every if f not in group]
+        configs["ranker without " + "+".join(group)] = base.model_copy(update={"features": kept})
+    for group in args.keep:
+        configs["ranker with only " + "+".join(group)] = base.model_copy(
+            update={"features": list(group)}
         )
     pooled: dict[str, list[pd.DataFrame]] = {}
     for w in args.windows:
@@ -118,6 +139,16 @@ def main() -> None:
             f"pooled over windows {args.windows} ({len(ranker)} user-windows) {name}: "
             + "  ".join(cells)
         )
+    base_pooled = pd.concat(pooled["ranker"])
+    for name, frames in pooled.items():
+        if name == "ranker":
+            continue
+        variant = pd.concat(frames)
+        cells = []
+        for m in METRICS:
+            d = paired_difference(variant[m], base_pooled[m])
+            cells.append(f"{m} {float(d['mean'] or 0.0):+.4f} ± {float(d['stderr'] or np.nan):.4f}")
+        print(f"pooled {name} - ranker: " + "  ".join(cells))
 
 
 if __name__ == "__main__":

@@ -646,6 +646,8 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     log.info("evaluation (test window from %s):\n%s", test.start.date(), table.to_string())
     log.info("candidates: %s", json.dumps(diag))
     log.info("paired differences (mean ± stderr over warm users): %s", json.dumps(comparisons))
+    for line in unproven_gains(comparisons):
+        log.warning(line)
     draw_metrics(warm_results, ctx.paths.pictures_dir / "metrics_comparison.png")
     return {
         "warm": warm_results,
@@ -736,6 +738,25 @@ def compare_models(
         base = per_user(name)
         out[f"{model}-{name}"] = {c: paired_difference(ours[c], base[c]) for c in cols}
     return out
+
+
+def unproven_gains(comparisons: dict[str, dict[str, Any]]) -> list[str]:
+    """One warning per (comparison, metric) of `compare_models` whose paired gain is not
+    above one paired standard error (mean <= stderr): the second stage is then not shown
+    to earn its cost over that baseline on the test window, and serving the baseline is
+    as good as far as this evaluation can tell."""
+    lines = []
+    for name, diffs in comparisons.items():
+        model, base = name.split("-", 1)
+        for metric, d in diffs.items():
+            mean, se = d.get("mean"), d.get("stderr")
+            if mean is None or se is None or mean <= se:
+                lines.append(
+                    f"{model} does not beat {base} on {metric} by more than one paired "
+                    f"standard error: {mean if mean is not None else float('nan'):+.4f} ± "
+                    f"{se if se is not None else float('nan'):.4f} over {d.get('n_users')} users"
+                )
+    return lines
 
 
 def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:

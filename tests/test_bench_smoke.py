@@ -297,10 +297,18 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert rows["base"].split()[:4] == rows["headtrain:100000"].split()[:4]
 
     # ranker_rolling on window 0 is the same holdout: the same ranker and ALS figures
-    out = run_script("ranker_rolling.py", *common, "--windows", "0", "--drop", "main_genre")
+    out = run_script(
+        "ranker_rolling.py",
+        *common,
+        *("--windows", "0", "--drop", "main_genre", "--keep", "als_score", "als_rank"),
+    )
     ranker_line = next(x for x in out.splitlines() if x.startswith("window 0 (") and "ranker:" in x)
     assert f"ndcg@10 {rows['base'].split()[1]} vs " in ranker_line, (ranker_line, rows["base"])
     assert "ranker without main_genre:" in out and "pooled over windows [0] (" in out
+    assert "ranker with only als_score+als_rank:" in out
+    assert "pooled ranker with only als_score+als_rank - ranker: ndcg@10 " in out
+    with pytest.raises(AssertionError, match="unknown features: \\['no_such'\\]"):
+        run_script("ranker_rolling.py", *common, "--windows", "0", "--drop", "no_such")
     with pytest.raises(AssertionError, match="label_windows >= 3"):  # no window before 1
         run_script("ranker_rolling.py", *common, "--windows", "1")
 

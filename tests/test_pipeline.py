@@ -40,6 +40,7 @@ from musicrec.pipeline import (
     stage_split,
     train_ranker,
     tune_als,
+    unproven_gains,
     window_training_rows,
     write_ranked,
 )
@@ -151,11 +152,41 @@ def test_metrics_json(tiny_pipeline: TinyPipeline) -> None:
             assert diff[metric]["mean"] == pytest.approx(want, abs=1e-12), (name, metric)
             assert diff[metric]["n_users"] == s["test_warm_users"]
             assert diff[metric]["stderr"] is not None and diff[metric]["stderr"] >= 0
+    # a gain of at most one paired standard error is flagged in the log, and only then
+    log = tiny_pipeline.log_file.read_text()
+    for name, diff in m["comparisons"].items():
+        model, base = name.split("-", 1)
+        for metric, d in diff.items():
+            flagged = f"{model} does not beat {base} on {metric} by more than one paired" in log
+            assert flagged == (d["mean"] <= d["stderr"]), (name, metric, d)
     assert m["final_fit"] == "before_test"
     assert set(m["als_params"]) == {"factors", "regularization", "alpha"}
     assert m["ranker"]["train_rows"] > 0 and 0 < m["ranker"]["label_candidate_recall"] <= 1
     assert set(m["ranker"]["feature_importances"]) == set(FEATURES)
     assert set(m["stage_seconds"]) == set(STAGES)
+
+
+def test_unproven_gains_by_hand() -> None:
+    """A gain above one stderr passes; equal to it, below it, negative or undefined (one
+    user: no stderr) is flagged, one line per comparison and metric."""
+    comparisons = {
+        "ranker-als": {
+            "ndcg@10": {"mean": 0.0050, "stderr": 0.0042, "n_users": 466},
+            "recall@5": {"mean": 0.0042, "stderr": 0.0042, "n_users": 466},
+        },
+        "ranker-top_popular": {
+            "ndcg@10": {"mean": -0.0100, "stderr": 0.0050, "n_users": 466},
+            "recall@5": {"mean": 0.5, "stderr": None, "n_users": 1},
+        },
+    }
+    assert unproven_gains(comparisons) == [
+        "ranker does not beat als on recall@5 by more than one paired standard error: "
+        "+0.0042 ± 0.0042 over 466 users",
+        "ranker does not beat top_popular on ndcg@10 by more than one paired standard "
+        "error: -0.0100 ± 0.0050 over 466 users",
+        "ranker does not beat top_popular on recall@5 by more than one paired standard "
+        "error: +0.5000 ± nan over 1 users",
+    ]
 
 
 def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
