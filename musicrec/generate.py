@@ -66,6 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from musicrec.columns import Columns, RawFiles
+from musicrec.errors import MusicRecError
 from musicrec.io import atomic_path
 from musicrec.memory import peak_rss_gib
 
@@ -784,6 +785,20 @@ def raw_data_present(data_dir: str | Path) -> bool:
     return all((Path(data_dir) / name).is_file() for name in RawFiles.All)
 
 
+def refuse_partial_raw_data(data_dir: str | Path) -> None:
+    """Raise MusicRecError when `data_dir` holds some of the three raw files but not all:
+    they are the user's (a download that stopped half-way, say), and writing a synthetic
+    set would replace them. Nothing is written; the message names what is missing."""
+    here = [name for name in RawFiles.All if (Path(data_dir) / name).is_file()]
+    if here and len(here) < len(RawFiles.All):
+        missing = [name for name in RawFiles.All if name not in here]
+        raise MusicRecError(
+            f"{data_dir} holds {', '.join(here)} but not {', '.join(missing)}: add the "
+            "missing file, or remove the others (or pass --force) to generate a synthetic "
+            "set; nothing was written"
+        )
+
+
 def get_preset(preset: str | Preset) -> Preset:
     if isinstance(preset, Preset):
         return preset
@@ -804,9 +819,11 @@ def generate_dataset(
     """
     p = get_preset(preset)
     out = Path(out_dir)
-    if raw_data_present(out) and not overwrite:
-        log.info("raw files already in %s; not generating (overwrite=False)", out)
-        return {"skipped": True, "preset": p.name, "out_dir": str(out)}
+    if not overwrite:
+        if raw_data_present(out):
+            log.info("raw files already in %s; not generating (overwrite=False)", out)
+            return {"skipped": True, "preset": p.name, "out_dir": str(out)}
+        refuse_partial_raw_data(out)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     out.mkdir(parents=True, exist_ok=True)
@@ -873,13 +890,16 @@ def generate_dataset(
 
 
 def ensure_raw_data(data_dir: str | Path, preset: str = "demo", seed: int = 42) -> bool:
-    """Generate the raw files into `data_dir` unless all three are already there.
+    """Generate the raw files into `data_dir` when none of the three is there.
 
-    Returns True if data was generated, False if existing files were left untouched.
+    Returns True if data was generated, False if the three files were already there (left
+    untouched). Some but not all of them: MusicRecError (`refuse_partial_raw_data`), as
+    they may be the user's own.
     """
     if raw_data_present(data_dir):
         log.info("raw data present in %s; not generating", data_dir)
         return False
+    refuse_partial_raw_data(data_dir)
     log.info("raw data missing in %s; generating preset %s (seed %d)", data_dir, preset, seed)
     generate_dataset(preset, seed=seed, out_dir=data_dir, overwrite=True)
     return True

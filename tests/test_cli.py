@@ -86,6 +86,21 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
     assert not (tmp_path / "recsys" / "data" / "events.parquet").exists()
 
 
+def test_a_partial_data_folder_is_refused_not_overwritten(tmp_path: Path) -> None:
+    """`pipeline --generate` (make run) over a folder with one raw file of three: exit 2
+    naming the missing files, the user's file untouched."""
+    data = tmp_path / "data"
+    data.mkdir()
+    mine = data / "tracks.parquet"
+    mine.write_bytes(b"the user's download")
+    run = cli("pipeline", "--generate", "tiny", "--data-dir", str(data), cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "but not catalog_names.parquet, interactions.parquet" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["tracks.parquet"]
+    assert mine.read_bytes() == b"the user's download"
+
+
 def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[ranker]\nenabled = true\n")

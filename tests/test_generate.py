@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
+from musicrec.errors import MusicRecError
 from musicrec.generate import (
     PRESETS,
     build_catalog,
@@ -314,8 +315,23 @@ def test_skip_and_ensure_raw_data(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert any("not generating" in r.getMessage() for r in caplog.records)
     assert generate_dataset("tiny", seed=2, out_dir=out)["skipped"] is True
     assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
-    # a missing file means the set is regenerated
+    # some files but not all: they may be the user's (a download that stopped), so
+    # neither path writes over them unless forced, and the error names the missing one
     (out / RawFiles.Catalog).unlink()
+    mtimes.pop(RawFiles.Catalog)
+    for call in (
+        lambda: ensure_raw_data(out, preset="tiny", seed=1),
+        lambda: generate_dataset("tiny", seed=1, out_dir=out),
+    ):
+        with pytest.raises(MusicRecError, match=f"but not {RawFiles.Catalog}: add the missing"):
+            call()
+    assert sorted(p.name for p in out.iterdir()) == sorted(mtimes)
+    assert {name: os.stat(out / name).st_mtime_ns for name in mtimes} == mtimes
+    # --force regenerates the whole set; an empty folder is generated into
+    assert generate_dataset("tiny", seed=1, out_dir=out, overwrite=True)["rows"] > 0
+    assert raw_data_present(out)
+    for name in RawFiles.All:
+        (out / name).unlink()
     assert ensure_raw_data(out, preset="tiny", seed=1) is True
     assert raw_data_present(out)
 
