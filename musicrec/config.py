@@ -172,8 +172,8 @@ class RankerConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    k_precision: int = 5
-    k_ndcg: int = 10
+    k_precision: int = Field(5, ge=1, le=1000, description="k of Precision@k, Recall@k")
+    k_ndcg: int = Field(10, ge=1, le=1000, description="k of NDCG@k and MAP@k")
     candidate_recall_users: int | None = Field(
         50_000,
         ge=1,

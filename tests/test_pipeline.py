@@ -669,6 +669,8 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ("topk = 5\n", "topk"),  # misspelt top-level key
         ("[als]\nfactor = 8\n", "als.factor"),  # misspelt nested key
         ("[als]\nfactors = 0\n", "als.factors"),  # out of range
+        ("[eval]\nk_ndcg = 0\n", "eval.k_ndcg"),  # a metric at k = 0 is undefined
+        ("[eval]\nk_precision = 0\n", "eval.k_precision"),
         ('final_fit = "sometimes"\n', "final_fit"),
         ("[nosuchsection]\nx = 1\n", "nosuchsection"),
         ("[ranker]\nenabled = true\n", "ranker.enabled"),  # removed: nothing read it
