@@ -57,6 +57,12 @@ class Reply:
         return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
 
 
+#: the user ids the checks use when the artifacts leave them free: the verifier's own
+#: events (four `add_event`s per run, kept in the event store) and a user without any
+RESERVED_VERIFY_USER = INT32_MAX - 1
+RESERVED_COLD_USER = INT32_MAX - 2
+
+
 @dataclass
 class Picks:
     """Ids taken from the artifacts and what the artifacts say about them."""
@@ -146,8 +152,10 @@ def pick_ids(settings: Settings) -> Picks:
             filters=[(C.User, "==", warm_user)],
         )
         warm_list = dedupe(_sorted_by_rank(rows, C.Item))
-    if hi + 2 <= INT32_MAX:
-        cold_user, verify_user = hi + 1, hi + 2
+    # the events the checks add stay in the event store: they go to a reserved id at the
+    # top of the id range, never to the next id a sequentially numbered new user will get
+    if hi < RESERVED_COLD_USER:
+        cold_user, verify_user = RESERVED_COLD_USER, RESERVED_VERIFY_USER
     elif lo >= 2:
         cold_user, verify_user = lo - 1, lo - 2
     else:

@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from musicrec.serve import PROJECT_ROOT, child_environment, is_ready, stop_all
+from musicrec.verify import RESERVED_VERIFY_USER
 
 from .conftest import ServiceStarter, free_port, make_settings
 
@@ -66,6 +67,14 @@ def test_verify_service_passes_against_real_processes(
     lines = run_verify_service(cfg, tmp_path)
     for check in CHECKS_EXPECTED:
         assert any(check in x and x.startswith("PASS") for x in lines), check
+    # its events stay in the store, under the reserved verifier id: a second run still passes
+    events = httpx.post(
+        f"http://127.0.0.1:{cfg.events_port}/get_events",
+        params={"user_id": RESERVED_VERIFY_USER, "k": 100},
+        timeout=10,
+    ).json()
+    assert events["count"] == 4, events  # an unknown track and three similar-track seeds
+    run_verify_service(cfg, tmp_path)
 
 
 @pytest.mark.parametrize(
