@@ -37,6 +37,13 @@ from musicrec.errors import ArtifactError
 
 log = logging.getLogger("musicrec.event_store")
 
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot take or answer the call right now: it is closed (shutting down),
+    its write queue is full, or the commit holding the event failed (disk full, read-only
+    file). An `add` that raises this stored nothing, so the client may retry it."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY,
@@ -70,6 +77,7 @@ class StoreStats:
     committed_events: int = 0
     max_batch: int = 0
     failed_commits: int = 0
+    refused_full: int = 0
     opened_at: float = field(default_factory=time.time)
 
 
@@ -178,10 +186,14 @@ class EventStore:
         readers: int = 2,
         cache_users: int = 50_000,
         cache_depth: int = 100,
+        max_pending: int = 100_000,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_batch = max_batch
+        #: events waiting for the writer beyond which `add` is refused (backpressure: an
+        #: overloaded disk answers 503 at once instead of an ever longer wait)
+        self.max_pending = max_pending
         self.n_readers = readers
         #: None when `cache_users` is 0: every read goes to SQLite
         self.cache = RecentCache(cache_users, cache_depth) if cache_users > 0 else None
@@ -278,7 +290,11 @@ class EventStore:
     async def add(self, user_id: int, track_id: int) -> int:
         """Store one event; returns its id once the transaction holding it is committed."""
         if self._closed:
-            raise RuntimeError("event store is closed")
+            raise StoreUnavailable("event store is closed")
+        if self._queue.qsize() >= self.max_pending:
+            with self._stats_lock:
+                self.stats.refused_full += 1
+            raise StoreUnavailable(f"write queue full ({self.max_pending} events waiting)")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         self._queue.put(_Pending(user_id, track_id, time.time(), loop, fut))
@@ -294,7 +310,7 @@ class EventStore:
         """`latest(user, k)` of each user, in order: cached users from memory, the others
         read together in one trip to a reader thread."""
         if self._closed:
-            raise RuntimeError("event store is closed")
+            raise StoreUnavailable("event store is closed")
         out: list[list[int] | None] = [
             self.cache.get(u, k) if self.cache is not None else None for u in user_ids
         ]
@@ -316,6 +332,7 @@ class EventStore:
                 "mean_batch": round(s.committed_events / s.commits, 3) if s.commits else 0.0,
                 "max_batch": s.max_batch,
                 "failed_commits": s.failed_commits,
+                "refused_full": s.refused_full,
                 "pending": self._queue.qsize(),
                 "uptime_s": round(time.time() - s.opened_at, 3),
                 "db_path": str(self.path),
@@ -329,7 +346,7 @@ class EventStore:
 
     async def _read(self, func: Callable[..., Any], *args: Any) -> Any:
         if self._closed or self._readers is None:
-            raise RuntimeError("event store is closed")
+            raise StoreUnavailable("event store is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, func, *args)
 
@@ -397,7 +414,7 @@ class EventStore:
             if item is not None:
                 leftover.append(item)
         if leftover:
-            self._resolve(leftover, None, RuntimeError("event store closed"))
+            self._resolve(leftover, None, StoreUnavailable("event store closed"))
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         conn = self._wconn
@@ -459,6 +476,6 @@ def _settle(items: list[tuple[asyncio.Future[int], int]], exc: BaseException | N
         if fut.done():
             continue
         if exc is not None:
-            fut.set_exception(RuntimeError(f"event not stored: {exc}"))
+            fut.set_exception(StoreUnavailable(f"event not stored: {exc}"))
         else:
             fut.set_result(event_id)

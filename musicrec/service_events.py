@@ -31,7 +31,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from musicrec.event_store import EventStore
+from musicrec.event_store import EventStore, StoreUnavailable
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
@@ -107,6 +107,7 @@ class StatsResponse(BaseModel):
     mean_batch: float = Field(description="Mean events per group commit")
     max_batch: int
     failed_commits: int
+    refused_full: int = Field(description="`/add_event` calls refused: write queue full")
     pending: int
     uptime_s: float
     db_path: str
@@ -186,6 +187,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.store is not None and app.state.store.is_open,
     )
 
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        """503 with the reason: the store is closing, its write queue is full or a commit
+        failed. For `/add_event` nothing was stored, so the client can retry."""
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return OrjsonResponse({"detail": f"event store unavailable: {exc}"}, status_code=503)
+
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
+
     @app.post(
         "/add_event",
         response_model=AddEventResponse,
@@ -193,6 +202,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **VALIDATION_RESPONSES,
             **NOT_READY_RESPONSES,
             401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+            503: {
+                "model": ErrorResponse,
+                "description": "Not ready, or the event was not stored (closing, write queue "
+                "full, failed commit): retry",
+            },
         },
         tags=["events"],
     )

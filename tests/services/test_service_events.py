@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from musicrec.event_store import EventStore, RecentCache
+from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
 from musicrec.service_events import EVENTS_K_MAX, create_app
 from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
 from musicrec.settings import Settings
@@ -138,8 +138,67 @@ def test_store_rejects_adds_after_close(tmp_path: Path) -> None:
     store = EventStore(tmp_path / "c.db")
     store.open()
     store.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StoreUnavailable, match="closed"):
         asyncio.run(store.add(1, 1))
+    with pytest.raises(StoreUnavailable, match="closed"):
+        asyncio.run(store.latest(1, 1))
+
+
+def test_a_failed_commit_is_a_503_and_stores_nothing(settings: Settings) -> None:
+    """A commit that fails in SQLite (here a trigger stands for a full disk) answers 503
+    with the reason; the events acknowledged before it are intact, and once the disk is
+    back the same call succeeds."""
+    with TestClient(create_app(settings)) as c:
+        assert add(c, 5, 50).status_code == 200
+        with sqlite3.connect(settings.event_db_path) as db:
+            db.execute(
+                "CREATE TRIGGER full_disk BEFORE INSERT ON events "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END"
+            )
+        r = add(c, 5, 51)
+        assert r.status_code == 503
+        assert r.json()["detail"].startswith("event store unavailable: event not stored: ")
+        assert "disk is full (test)" in r.json()["detail"]
+        assert c.post("/get_events", params={"user_id": 5, "k": 10}).json()["events"] == [50]
+        assert c.get("/stats").json()["failed_commits"] == 1
+        with sqlite3.connect(settings.event_db_path) as db:
+            db.execute("DROP TRIGGER full_disk")
+        assert add(c, 5, 51).status_code == 200
+        assert c.post("/get_events", params={"user_id": 5, "k": 10}).json()["events"] == [51, 50]
+
+
+def test_a_full_write_queue_refuses_new_events_and_keeps_the_queued(tmp_path: Path) -> None:
+    """Backpressure: while the writer is stuck (another connection holds the write lock),
+    events queue up to `max_pending`; the next add is refused at once with
+    StoreUnavailable; the queued ones are all committed once the lock is released."""
+    store = EventStore(tmp_path / "q.db", max_pending=2)
+    store.open()
+    blocker = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    try:
+
+        async def scenario() -> tuple[list[int], int]:
+            blocker.execute("BEGIN IMMEDIATE")  # the writer's BEGIN IMMEDIATE now waits
+            first = asyncio.ensure_future(store.add(1, 10))
+            await asyncio.sleep(0)  # it is queued now
+            for _ in range(500):  # until the writer took it (and waits for the lock)
+                if not store._queue.qsize():
+                    break
+                await asyncio.sleep(0.01)
+            assert not store._queue.qsize()
+            queued = [asyncio.ensure_future(store.add(1, t)) for t in (11, 12)]
+            await asyncio.sleep(0)  # both are in the queue now
+            with pytest.raises(StoreUnavailable, match="write queue full"):
+                await store.add(1, 13)
+            blocker.execute("COMMIT")
+            ids = list(await asyncio.gather(first, *queued))
+            return ids, (await store.counts())["refused_full"]
+
+        ids, refused = asyncio.run(scenario())
+        assert len(set(ids)) == 3 and refused == 1
+        assert asyncio.run(store.latest(1, 10)) == [12, 11, 10]
+    finally:
+        blocker.close()
+        store.close()
 
 
 # --- the in-memory cache of the latest events -------------------------------------------
