@@ -535,15 +535,18 @@ def sort_order(keys: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:
     return np.lexsort((ranks, keys))
 
 
-def fetch_artifacts_if_configured(settings: Settings) -> None:
-    """Download the artifacts from S3 first when `settings.fetch_artifacts_from_s3`
+def fetch_artifacts_if_configured(settings: Settings, files: Sequence[Path]) -> None:
+    """Download `files` (paths under `settings.artifacts_dir`: what the service reads, not
+    the whole tree of data and models) from S3 first when `settings.fetch_artifacts_from_s3`
     (blocking; call it from a thread). `musicrec.storage` is imported only then."""
     if not settings.fetch_artifacts_from_s3:
         return
     from musicrec.storage import download_artifacts  # lazy: optional, owned by storage.py
 
-    log.info("fetching artifacts from S3 into %s", settings.artifacts_dir)
-    download_artifacts(settings, settings.artifacts_dir)
+    root = Path(settings.artifacts_dir)
+    only = [Path(f).relative_to(root).as_posix() for f in files]
+    log.info("fetching %s from S3 into %s", ", ".join(only), root)
+    download_artifacts(settings, root, only=only)
 
 
 def configure_service_logging(settings: Settings) -> None:

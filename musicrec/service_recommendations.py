@@ -289,8 +289,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_service_logging(cfg)
-        await asyncio.to_thread(fetch_artifacts_if_configured, cfg)
         paths = ArtifactPaths(cfg.artifacts_dir)
+        await asyncio.to_thread(
+            fetch_artifacts_if_configured, cfg, [paths.recommendations, paths.top_popular]
+        )
         offline = await asyncio.to_thread(OfflineRecs.load, paths)
         log.info(
             "loaded %s (%d users, %d rows) and %s (%d tracks)",

@@ -161,8 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_service_logging(cfg)
-        await asyncio.to_thread(fetch_artifacts_if_configured, cfg)
         path = ArtifactPaths(cfg.artifacts_dir).similar
+        await asyncio.to_thread(fetch_artifacts_if_configured, cfg, [path])
         index = await asyncio.to_thread(SimilarIndex.load, path)
         app.state.similar = index
         log.info("loaded %s: %d tracks, %d pairs", path, len(index.index), index.n_pairs)

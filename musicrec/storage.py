@@ -19,6 +19,7 @@ upload; the download writes each file atomically.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -260,13 +261,20 @@ def upload_artifacts(
 
 
 def download_artifacts(
-    settings: Settings, artifacts_dir: str | Path, *, client: Any = None
+    settings: Settings,
+    artifacts_dir: str | Path,
+    *,
+    client: Any = None,
+    only: Collection[str] | None = None,
 ) -> list[Path]:
     """Fetch the artifacts uploaded by `upload_artifacts` into `artifacts_dir`.
 
     Each file is written atomically (a service starting meanwhile never reads half a
-    file); keys outside the artifact layout are ignored. Without S3_BUCKET_NAME this logs
-    one info line and returns []. Errors raise `StorageError` like the upload.
+    file); keys outside the artifact layout are ignored. `only`: the paths relative to
+    `artifacts_dir` to fetch (e.g. "recommendations/similar.parquet": what one service
+    reads), every artifact when None; one of them missing from the bucket is a
+    `StorageError`. Without S3_BUCKET_NAME this logs one info line and returns [].
+    Errors raise `StorageError` like the upload.
     """
     if not settings.s3_bucket_name:
         log.info("S3 download skipped: S3_BUCKET_NAME is not set")
@@ -288,12 +296,21 @@ def download_artifacts(
                 if rel is None:
                     log.debug("Skipping s3://%s/%s (not an artifact)", bucket, key)
                     continue
+                if only is not None and str(rel) not in only:
+                    continue
                 target = root.joinpath(*rel.parts)
                 with atomic_path(target) as tmp:
                     client.download_file(bucket, key, str(tmp))
                 written.append(target)
     except (ClientError, BotoCoreError) as exc:
         raise _error(exc, settings, "S3 download") from None
+    if only is not None:
+        missing = sorted(set(only) - {p.relative_to(root).as_posix() for p in written})
+        if missing:
+            raise StorageError(
+                f"S3 download from s3://{bucket}/{base} ({_where(settings)}): "
+                f"{', '.join(missing)} not in the bucket"
+            )
     if written:
         log.info("Downloaded %d artifact files from s3://%s/%s", len(written), bucket, base)
     else:

@@ -169,6 +169,21 @@ def test_download_overwrites_existing_files(s3_url: str, artifacts: Path, tmp_pa
     assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_download_only_the_named_files(s3_url: str, artifacts: Path, tmp_path: Path) -> None:
+    """A service fetches what it reads, not the whole tree; a named file the bucket lacks
+    is a StorageError naming it."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "similar-service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    paths = download_artifacts(settings, target, only=wanted)
+    assert sorted(p.relative_to(target).as_posix() for p in paths) == sorted(wanted)
+    assert snapshot(target) == {rel: hashlib.sha256(ARTIFACTS[rel]).hexdigest() for rel in wanted}
+    with pytest.raises(StorageError, match="recommendations/nope.parquet not in the bucket"):
+        download_artifacts(settings, tmp_path / "x", only=[*wanted, "recommendations/nope.parquet"])
+
+
 def test_skipped_when_bucket_not_set(
     artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

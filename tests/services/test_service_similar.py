@@ -124,12 +124,14 @@ def test_not_ready_before_the_artifacts_are_loaded(settings: Settings) -> None:
 def test_artifacts_fetched_from_s3_first_when_configured(
     artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[Settings, Path]] = []
+    calls: list[tuple[Settings, Path, list[str]]] = []
     fake = types.ModuleType("musicrec.storage")
 
-    def download_artifacts(cfg: Settings, artifacts_dir: Path) -> None:
-        calls.append((cfg, artifacts_dir))
-        shutil.copytree(artifacts["root"], artifacts_dir, dirs_exist_ok=True)
+    def download_artifacts(cfg: Settings, artifacts_dir: Path, *, only: list[str]) -> None:
+        calls.append((cfg, artifacts_dir, only))
+        for rel in only:  # the service names what it reads
+            (artifacts_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
 
     fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
@@ -139,7 +141,7 @@ def test_artifacts_fetched_from_s3_first_when_configured(
         track = artifacts["similar_tracks"][0]
         r = c.post("/similar_tracks", params={"track_id": track, "k": 3})
         assert r.json()["track_id_2"] == artifacts["similar"][track][0][:3]
-    assert calls == [(cfg, tmp_path / "fresh")]
+    assert calls == [(cfg, tmp_path / "fresh", ["recommendations/similar.parquet"])]
 
 
 def test_one_structured_debug_line_per_request(
