@@ -28,6 +28,7 @@ import pytest
 from pydantic import BaseModel
 
 from musicrec.config import PipelineConfig, load_config
+from musicrec.pipeline import unproven_gains
 from musicrec.plots import EDA_FILES
 
 nbformat = pytest.importorskip("nbformat")
@@ -227,6 +228,10 @@ def test_notebook_ends_with_the_metrics_table(executed: Executed) -> None:
     before = text_of(code_cells(executed.nb.cells[: executed.n_cells])[-2])
     for expected in ("ranker-als", "ranker-top_popular", "recall@5"):
         assert expected in before, f"{expected!r} missing from the comparisons cell's output"
+    # and, above the table, exactly the gains that are not above one paired stderr
+    metrics = json.loads((executed.artifacts / "metrics.json").read_text())
+    listed = [x[len("not shown: ") :] for x in before.splitlines() if x.startswith("not shown: ")]
+    assert listed == unproven_gains(metrics["comparisons"])
 
 
 @pytest.mark.slow
