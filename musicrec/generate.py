@@ -794,8 +794,8 @@ def refuse_partial_raw_data(data_dir: str | Path) -> None:
         missing = [name for name in RawFiles.All if name not in here]
         raise MusicRecError(
             f"{data_dir} holds {', '.join(here)} but not {', '.join(missing)}: add the "
-            "missing file, or remove the others (or pass --force) to generate a synthetic "
-            "set; nothing was written"
+            "missing file, or remove the others to generate a synthetic set (`python -m "
+            "musicrec generate --force` replaces them); nothing was written"
         )
 
 
