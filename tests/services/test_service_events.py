@@ -160,6 +160,8 @@ def test_a_failed_commit_is_a_503_and_stores_nothing(settings: Settings) -> None
         assert r.json()["detail"].startswith("event store unavailable: event not stored: ")
         assert "disk is full (test)" in r.json()["detail"]
         assert c.post("/get_events", params={"user_id": 5, "k": 10}).json()["events"] == [50]
+        with sqlite3.connect(settings.event_db_path) as db:  # the file, not only the cache
+            assert db.execute("SELECT track_id FROM events WHERE user_id = 5").fetchall() == [(50,)]
         assert c.get("/stats").json()["failed_commits"] == 1
         with sqlite3.connect(settings.event_db_path) as db:
             db.execute("DROP TRIGGER full_disk")
