@@ -15,7 +15,9 @@ twice, as two independent questions (their answers correlate a little, so the po
 standard error is somewhat optimistic). `--drop` refits without the named features as well
 (e.g. the two genre features, whose Last.fm genres were built partly from label-window tag
 events: a leak inside the label windows only) and `--keep` with only the named ones; each
-can be repeated, one variant per group, all paired with the same ALS score.
+can be repeated, one variant per group, all paired with the same ALS score. `--save` in
+one run and `--paired-with` in another (e.g. over rows dumped with another config) pair the
+two rankers by (window, user).
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def window_scores(
     return out
 
 
+def diff_text(d: dict[str, float | int | None]) -> str:
+    """'+mean ± stderr' of a `paired_difference` (nan where it is undefined)."""
+    mean, se = d["mean"], d["stderr"]
+    return f"{np.nan if mean is None else mean:+.4f} ± {np.nan if se is None else se:.4f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     add_context_args(ap)
@@ -91,6 +99,18 @@ def main() -> None:
         help="refit with only these features as well (repeat for several variants)",
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        help="write the ranker's pooled per-(window, user) metrics to this parquet file, for "
+        "--paired-with in a run over another dump (e.g. the rows of another config)",
+    )
+    ap.add_argument(
+        "--paired-with",
+        type=Path,
+        help="a --save file of another run over the same windows: print this run's ranker "
+        "minus that one, paired by (window, user)",
+    )
     args = ap.parse_args()
     ctx = context(args)
     train, _ = load_dump(ctx, args.work)
@@ -140,6 +160,18 @@ def main() -> None:
             + "  ".join(cells)
         )
     base_pooled = pd.concat(pooled["ranker"])
+    if args.save:
+        base_pooled[list(METRICS)].to_parquet(args.save)
+    if args.paired_with:
+        other = pd.read_parquet(args.paired_with)
+        cells = []
+        for m in METRICS:
+            d = paired_difference(base_pooled[m], other[m])
+            cells.append(f"{m} {diff_text(d)}")
+        print(
+            f"pooled ranker - the ranker of {args.paired_with} ({d['n_users']} user-windows): "
+            + "  ".join(cells)
+        )
     for name, frames in pooled.items():
         if name == "ranker":
             continue
@@ -147,7 +179,7 @@ def main() -> None:
         cells = []
         for m in METRICS:
             d = paired_difference(variant[m], base_pooled[m])
-            cells.append(f"{m} {float(d['mean'] or 0.0):+.4f} ± {float(d['stderr'] or np.nan):.4f}")
+            cells.append(f"{m} {diff_text(d)}")
         print(f"pooled {name} - ranker: " + "  ".join(cells))
 
 

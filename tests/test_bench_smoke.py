@@ -301,12 +301,16 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
         "ranker_rolling.py",
         *common,
         *("--windows", "0", "--drop", "main_genre", "--keep", "als_score", "als_rank"),
+        *("--save", tmp_path / "roll.parquet", "--paired-with", tmp_path / "roll.parquet"),
     )
     ranker_line = next(x for x in out.splitlines() if x.startswith("window 0 (") and "ranker:" in x)
     assert f"ndcg@10 {rows['base'].split()[1]} vs " in ranker_line, (ranker_line, rows["base"])
     assert "ranker without main_genre:" in out and "pooled over windows [0] (" in out
     assert "ranker with only als_score+als_rank:" in out
     assert "pooled ranker with only als_score+als_rank - ranker: ndcg@10 " in out
+    # saved, then paired with itself (the file this run wrote): no difference
+    assert f"pooled ranker - the ranker of {tmp_path / 'roll.parquet'} (" in out
+    assert "ndcg@10 +0.0000 ± 0.0000  recall@5 +0.0000 ± 0.0000" in out
     with pytest.raises(AssertionError, match="unknown features: \\['no_such'\\]"):
         run_script("ranker_rolling.py", *common, "--windows", "0", "--drop", "no_such")
     with pytest.raises(AssertionError, match="label_windows >= 3"):  # no window before 1
