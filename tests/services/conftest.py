@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,27 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def settings(artifacts: dict[str, Any], tmp_path: Path) -> Settings:
     return make_settings(artifacts["root"], tmp_path)
+
+
+@pytest.fixture
+def fake_s3(
+    artifacts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[Settings, Path, list[str]]]:
+    """A stand-in for `musicrec.storage` whose `download_artifacts` copies the named files
+    (`only`) from the fake artifacts; returns the list of its calls (settings, folder,
+    files), for the tests of `fetch_artifacts_from_s3`."""
+    calls: list[tuple[Settings, Path, list[str]]] = []
+    fake = types.ModuleType("musicrec.storage")
+
+    def download_artifacts(cfg: Settings, artifacts_dir: Path, *, only: list[str]) -> None:
+        calls.append((cfg, artifacts_dir, only))
+        for rel in only:
+            (artifacts_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
+
+    fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
+    return calls
 
 
 class ThreadedServer:

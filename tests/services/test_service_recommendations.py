@@ -4,9 +4,6 @@ real ports (`upstream_settings`), so the upstream calls are real."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,27 +228,15 @@ def metric(text: str, name: str) -> float:
 
 
 def test_artifacts_fetched_from_s3_are_the_two_it_reads(
-    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    artifacts: dict[str, Any], tmp_path: Path, fake_s3: list[tuple[Settings, Path, list[str]]]
 ) -> None:
     """With `fetch_artifacts_from_s3` the service downloads its two files (not the data,
     models and pictures of the tree) before it loads them."""
-    fetched: list[list[str]] = []
-    fake = types.ModuleType("musicrec.storage")
-
-    def download_artifacts(cfg: Settings, artifacts_dir: Path, *, only: list[str]) -> None:
-        fetched.append(only)
-        for rel in only:
-            (artifacts_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
-
-    fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
     cfg = make_settings(tmp_path / "fresh", tmp_path, fetch_artifacts_from_s3=True)
     with TestClient(create_app(cfg)) as c:
         assert c.get("/ready").status_code == 200
         user = artifacts["warm_user"]
         got = c.post("/recommendations_offline", params={"user_id": user, "k": 3}).json()
         assert got["recs"] == artifacts["recs"][user][:3]
-    assert fetched == [
-        ["recommendations/recommendations.parquet", "recommendations/top_popular.parquet"]
-    ]
+    files = ["recommendations/recommendations.parquet", "recommendations/top_popular.parquet"]
+    assert fake_s3 == [(cfg, tmp_path / "fresh", files)]

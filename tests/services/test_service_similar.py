@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,26 +119,16 @@ def test_not_ready_before_the_artifacts_are_loaded(settings: Settings) -> None:
 
 
 def test_artifacts_fetched_from_s3_first_when_configured(
-    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    artifacts: dict[str, Any], tmp_path: Path, fake_s3: list[tuple[Settings, Path, list[str]]]
 ) -> None:
-    calls: list[tuple[Settings, Path, list[str]]] = []
-    fake = types.ModuleType("musicrec.storage")
-
-    def download_artifacts(cfg: Settings, artifacts_dir: Path, *, only: list[str]) -> None:
-        calls.append((cfg, artifacts_dir, only))
-        for rel in only:  # the service names what it reads
-            (artifacts_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
-
-    fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
+    """With `fetch_artifacts_from_s3` the service downloads the file it reads, then loads it."""
     cfg = make_settings(tmp_path / "fresh", tmp_path, fetch_artifacts_from_s3=True)
     with TestClient(create_app(cfg)) as c:
         assert c.get("/ready").status_code == 200
         track = artifacts["similar_tracks"][0]
         r = c.post("/similar_tracks", params={"track_id": track, "k": 3})
         assert r.json()["track_id_2"] == artifacts["similar"][track][0][:3]
-    assert calls == [(cfg, tmp_path / "fresh", ["recommendations/similar.parquet"])]
+    assert fake_s3 == [(cfg, tmp_path / "fresh", ["recommendations/similar.parquet"])]
 
 
 def test_one_structured_debug_line_per_request(
