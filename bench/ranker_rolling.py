@@ -150,10 +150,11 @@ def main() -> None:
         cells = []
         for m in METRICS:
             d = paired_difference(ranker[m], als[m])
-            mean, se = float(d["mean"] or 0.0), float(d["stderr"] or np.nan)
+            mean, se = d["mean"], d["stderr"]
+            ratio = mean / se if mean is not None and se else np.nan  # no ratio of a 0 stderr
             cells.append(
                 f"{m} {ranker[m].mean():.4f} vs {als[m].mean():.4f}"
-                f" ({mean:+.4f} ± {se:.4f}, {mean / se:.1f} SE)"
+                f" ({diff_text(d)}, {ratio:.1f} SE)"
             )
         print(
             f"pooled over windows {args.windows} ({len(ranker)} user-windows) {name}: "
