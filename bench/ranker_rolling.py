@@ -37,7 +37,7 @@ from ranker_dump import add_context_args, context, holdout_split, load_dump  # n
 from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig  # noqa: E402
-from musicrec.metrics import paired_difference, per_user_metrics  # noqa: E402
+from musicrec.metrics import paired_difference, paired_text, per_user_metrics  # noqa: E402
 from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@5", "ndcg@20")
@@ -69,12 +69,6 @@ def window_scores(
         ]
         out[name] = per_user(np.mean(scores, axis=0))
     return out
-
-
-def diff_text(d: dict[str, float | int | None]) -> str:
-    """'+mean ± stderr' of a `paired_difference` (nan where it is undefined)."""
-    mean, se = d["mean"], d["stderr"]
-    return f"{np.nan if mean is None else mean:+.4f} ± {np.nan if se is None else se:.4f}"
 
 
 def main() -> None:
@@ -154,7 +148,7 @@ def main() -> None:
             ratio = mean / se if mean is not None and se else np.nan  # no ratio of a 0 stderr
             cells.append(
                 f"{m} {ranker[m].mean():.4f} vs {als[m].mean():.4f}"
-                f" ({diff_text(d)}, {ratio:.1f} SE)"
+                f" ({paired_text(d)}, {ratio:.1f} SE)"
             )
         print(
             f"pooled over windows {args.windows} ({len(ranker)} user-windows) {name}: "
@@ -168,7 +162,7 @@ def main() -> None:
         cells = []
         for m in METRICS:
             d = paired_difference(base_pooled[m], other[m])
-            cells.append(f"{m} {diff_text(d)}")
+            cells.append(f"{m} {paired_text(d)}")
         print(
             f"pooled ranker - the ranker of {args.paired_with} ({d['n_users']} user-windows): "
             + "  ".join(cells)
@@ -180,7 +174,7 @@ def main() -> None:
         cells = []
         for m in METRICS:
             d = paired_difference(variant[m], base_pooled[m])
-            cells.append(f"{m} {diff_text(d)}")
+            cells.append(f"{m} {paired_text(d)}")
         print(f"pooled {name} - ranker: " + "  ".join(cells))
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "ndcg_at_k",
     "novelty_unseen_at_k",
     "paired_difference",
+    "paired_text",
     "per_user_metrics",
     "precision_at_k",
     "recall_at_k",
@@ -648,6 +649,13 @@ def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float | int | Non
     """
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
     return summarize((joined["a"] - joined["b"]).to_numpy())
+
+
+def paired_text(d: dict[str, float | int | None]) -> str:
+    """A `paired_difference` as "+mean ± stderr" to 4 decimals, nan where undefined (one
+    user: no stderr)."""
+    mean, se = d.get("mean"), d.get("stderr")
+    return f"{np.nan if mean is None else mean:+.4f} ± {np.nan if se is None else se:.4f}"
 
 
 def evaluate(

@@ -745,6 +745,8 @@ def unproven_gains(comparisons: dict[str, dict[str, Any]]) -> list[str]:
     above one paired standard error (mean <= stderr): the second stage is then not shown
     to earn its cost over that baseline on the test window, and serving the baseline is
     as good as far as this evaluation can tell."""
+    from musicrec.metrics import paired_text
+
     lines = []
     for name, diffs in comparisons.items():
         model, base = name.split("-", 1)
@@ -753,8 +755,7 @@ def unproven_gains(comparisons: dict[str, dict[str, Any]]) -> list[str]:
             if mean is None or se is None or mean <= se:
                 lines.append(
                     f"{model} does not beat {base} on {metric} by more than one paired "
-                    f"standard error: {mean if mean is not None else float('nan'):+.4f} ± "
-                    f"{se if se is not None else float('nan'):.4f} over {d.get('n_users')} users"
+                    f"standard error: {paired_text(d)} over {d.get('n_users')} users"
                 )
     return lines
 
