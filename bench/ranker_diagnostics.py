@@ -39,6 +39,12 @@ window's listeners tagged it, so having a genre marks positives there and not at
 have no candidate with a genre: NaN lifts; run the check with `--config` a copy of the
 config without it and its own `--work`).
 
+5. **The ranker against the ALS score by user activity** on the test window: NDCG@10 and
+Recall@5 of both over the same candidates, with their paired difference, for users grouped
+by the days between their latest listen and the test window (`user_days_since_last`): at
+most 31 (active in the month before; on monthly dates a whole month), 32-90, over 90, and
+all. `bench/ranker_rolling.py --active-days 31` prints the same split on the label windows.
+
 The rows are the dump of `bench/ranker_variants.py` (`--work`; made here when missing).
 """
 
@@ -72,6 +78,8 @@ from musicrec.ranker import (  # noqa: E402
 )
 
 CUTOFFS = (5, 10, 20, 50, 100)
+#: buckets of days between a user's latest listen and the window (table 5)
+ACTIVITY_BINS = (-np.inf, 31.0, 90.0, np.inf)
 
 
 def mean_auc(df: pd.DataFrame, col: str, nan_high: bool) -> tuple[float, int]:
@@ -137,6 +145,8 @@ def main() -> None:
         print(cutoff_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
         print()
         print(head_swaps(test, test["ranker"].to_numpy()).to_string())
+        print()
+        print(activity_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
     print()
     print(genre_lift(parts).to_string())
 
@@ -215,6 +225,37 @@ def cutoff_table(
                 }
             )
     return pd.DataFrame(rows).set_index("metric")
+
+
+def activity_table(
+    cand: pd.DataFrame,
+    target: pd.DataFrame,
+    scores: np.ndarray,
+    bins: tuple[float, ...] = ACTIVITY_BINS,
+) -> pd.DataFrame:
+    """NDCG@10 and Recall@5 of the top-10 by `scores` and by `cand`'s ALS score with their
+    paired difference, for the users of `cand` grouped by their days since their latest
+    listen (`user_days_since_last`, in `bins`), then for all of them."""
+    users = np.sort(cand[C.User].unique())
+    ranker = per_user_metrics(rank_candidates(cand, scores, 10), target, None, 5, 10, users)
+    als_scores = cand["als_score"].to_numpy(np.float32)
+    als = per_user_metrics(rank_candidates(cand, als_scores, 10), target, None, 5, 10, users)
+    since = cand.groupby(C.User)["user_days_since_last"].first().reindex(users)
+    buckets = pd.cut(since, list(bins))
+    groups = [(str(b), (buckets == b).to_numpy()) for b in buckets.cat.categories]
+    rows = []
+    for label, mask in [
+        *((b, m) for b, m in groups if m.any()),
+        ("all", np.ones(len(users), bool)),
+    ]:
+        row: dict[str, object] = {"days since latest listen": label, "users": int(mask.sum())}
+        for m in ("ndcg@10", "recall@5"):
+            d = paired_difference(ranker[m][mask], als[m][mask])
+            row[f"{m} ranker"] = round(float(ranker[m][mask].mean()), 4)
+            row[f"{m} ALS score"] = round(float(als[m][mask].mean()), 4)
+            row[f"{m} ranker - ALS"] = f"{d['mean']:+.4f} ± {d['stderr']:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("days since latest listen")
 
 
 if __name__ == "__main__":

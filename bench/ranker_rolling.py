@@ -17,7 +17,10 @@ standard error is somewhat optimistic). `--drop` refits without the named featur
 events: a leak inside the label windows only) and `--keep` with only the named ones; each
 can be repeated, one variant per group, all paired with the same ALS score. `--save` in
 one run and `--paired-with` in another (e.g. over rows dumped with another config) pair the
-two rankers by (window, user).
+two rankers by (window, user). `--active-days N` also scores each ranker's lists routed by
+user activity (the ALS order for the users whose latest listen is at most N days before
+the window, the ranker's for the others: "ranker, routed") and prints the ranker's pooled
+difference from the ALS score for each kind of user.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import paired_difference, paired_text, per_user_metrics  # noqa: E402
-from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
+from musicrec.ranker import WINDOW, Ranker, rank_candidates  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@5", "ndcg@20")
 
@@ -49,9 +52,12 @@ def window_scores(
     configs: dict[str, RankerConfig],
     seeds: list[int],
     top_k: int,
+    active_days: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Per-user metrics on `window` of the ALS score ("ALS score") and of each named ranker
-    config (the mean score of its `seeds` fits), all over the same candidates."""
+    config (the mean score of its `seeds` fits), all over the same candidates; with
+    `active_days`, also each ranker routed by activity ("<name>, routed": the ALS score
+    for the users whose latest listen is at most that many days before the window)."""
     fit_rows, cand, target = holdout_split(train, window)
     users = np.sort(target[C.User].unique())
 
@@ -67,7 +73,11 @@ def window_scores(
             Ranker.fit(fit_rows, rcfg.model_copy(update={"random_seed": s})).predict(cand)
             for s in seeds
         ]
-        out[name] = per_user(np.mean(scores, axis=0))
+        mean = np.mean(scores, axis=0)
+        out[name] = per_user(mean)
+        if active_days is not None:
+            active = (cand["user_days_since_last"] <= active_days).to_numpy()
+            out[f"{name}, routed"] = per_user(np.where(active, cand["als_score"], mean))
     return out
 
 
@@ -91,6 +101,13 @@ def main() -> None:
         default=[],
         metavar="FEATURE",
         help="refit with only these features as well (repeat for several variants)",
+    )
+    ap.add_argument(
+        "--active-days",
+        type=int,
+        metavar="N",
+        help="also score the rankers routed by activity (ALS order for users with a listen "
+        "in the N days before the window) and split the ranker's gain by it",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -124,11 +141,13 @@ def main() -> None:
     pooled: dict[str, list[pd.DataFrame]] = {}
     for w in args.windows:
         t0 = time.perf_counter()
-        res = window_scores(train, w, configs, seeds, ctx.cfg.top_k)
+        res = window_scores(train, w, configs, seeds, ctx.cfg.top_k, args.active_days)
         for name, per_user in res.items():
             keyed = pd.concat({w: per_user}, names=["window", C.User])  # (window, user)
             pooled.setdefault(name, []).append(keyed)
-        for name in configs:
+        for name in res:
+            if name == "ALS score":
+                continue
             line = [f"window {w} ({len(res[name])} users) {name}:"]
             for m in METRICS:
                 d = paired_difference(res[name][m], res["ALS score"][m])
@@ -155,6 +174,19 @@ def main() -> None:
             + "  ".join(cells)
         )
     base_pooled = pd.concat(pooled["ranker"])
+    days = args.active_days
+    if days is not None:  # the ranker against the ALS score on each kind of user
+        since = train.groupby([WINDOW, C.User])["user_days_since_last"].first()
+        active = (since.reindex(base_pooled.index) <= days).to_numpy()
+        for label, rows in [
+            (f"users active within {days} days", active),
+            ("the other users", ~active),
+        ]:
+            cells = []
+            for m in METRICS:
+                d = paired_difference(base_pooled[m][rows], als[m][rows])
+                cells.append(f"{m} {paired_text(d)}")
+            print(f"pooled ranker - ALS score, {label} ({rows.sum()}): " + "  ".join(cells))
     if args.save:
         base_pooled[list(METRICS)].to_parquet(args.save)
     if args.paired_with:

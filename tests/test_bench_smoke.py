@@ -278,6 +278,13 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert len(swaps) == 6, out
     assert all(swaps[(i, "promoted")] == swaps[(i, "demoted")] for i in (0, 1))
     assert "genre lift" in out and "rows without genre" in out
+    # the split by activity: its buckets hold every test user once, and its "all" row is
+    # the cutoff table's NDCG@10 of the ranker and of the ALS score
+    at = out.index("days since latest listen")
+    activity = [line.split() for line in out[at:].splitlines()[1:] if line.startswith("(")]
+    all_row = next(line.split() for line in out[at:].splitlines() if line.startswith("all "))
+    assert activity and sum(int(row[2]) for row in activity) == int(all_row[1])
+    assert all_row[2:4] == lines["ndcg@10"].split()[1:3]
 
     # ranker_head: every kind of variant runs; restricting the rerank (or its training) to
     # the ALS top-N with N above any user's candidate count changes nothing (the base
@@ -311,6 +318,12 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     # saved, then paired with itself (the file this run wrote): no difference
     assert f"pooled ranker - the ranker of {tmp_path / 'roll.parquet'} (" in out
     assert "ndcg@10 +0.0000 ± 0.0000  recall@5 +0.0000 ± 0.0000" in out
+    # routed by activity with a day limit above any gap: every user gets the ALS order
+    out = run_script("ranker_rolling.py", *common, "--windows", "0", "--active-days", "1000000")
+    routed = next(x for x in out.splitlines() if x.startswith("pooled over") and "routed" in x)
+    assert "ranker, routed: ndcg@10 " in routed
+    assert routed.count("(+0.0000 ± 0.0000, nan SE)") == 3  # equal to ALS: no ratio
+    assert "users active within 1000000 days (" in out and "the other users (0): " in out
     with pytest.raises(AssertionError, match="unknown features: \\['no_such'\\]"):
         run_script("ranker_rolling.py", *common, "--windows", "0", "--drop", "no_such")
     with pytest.raises(AssertionError, match="label_windows >= 3"):  # no window before 1

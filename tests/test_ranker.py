@@ -151,10 +151,11 @@ def test_ranker_logloss_variant() -> None:
     assert np.isfinite(r.predict(train)).all()
 
 
-def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", ["PairLogit", "Logloss"])
+def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path, loss: str) -> None:
     train = synthetic_rows(n_users=40).sort_values(C.User, kind="stable")
     test = synthetic_rows(n_users=20, seed=3)
-    cfg = FAST.model_copy(update={"loss_function": "PairLogit"})
+    cfg = FAST.model_copy(update={"loss_function": loss})
     singles = [
         Ranker.fit(train, cfg.model_copy(update={"random_seed": 7 + i})).predict(test)
         for i in range(3)
