@@ -86,22 +86,15 @@ def main() -> None:
     add_context_args(ap)
     ap.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
-    ap.add_argument(
-        "--drop",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar="FEATURE",
-        help="refit without these features as well (repeat for several variants)",
-    )
-    ap.add_argument(
-        "--keep",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar="FEATURE",
-        help="refit with only these features as well (repeat for several variants)",
-    )
+    for flag, how in (("--drop", "without"), ("--keep", "with only")):
+        ap.add_argument(
+            flag,
+            nargs="+",
+            action="append",
+            default=[],
+            metavar="FEATURE",
+            help=f"refit {how} these features as well (repeat for several variants)",
+        )
     ap.add_argument(
         "--active-days",
         type=int,
