@@ -109,11 +109,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["ranker"] = "stand-in"
     n_batches = min(args.batches, -(-len(all_users) // batch))
     users = all_users[: n_batches * batch]
-    out = Path(tempfile.mkdtemp(prefix="ranker_inference_")) / "recommendations.parquet"
-    written = step(
-        f"score {len(users):,} users ({n_batches} batches)",
-        lambda: write_ranked(ctx, ranker, stage, users, out),
-    )
+    with tempfile.TemporaryDirectory(prefix="ranker_inference_") as tmp:
+        out = Path(tmp) / "recommendations.parquet"
+        written = step(
+            f"score {len(users):,} users ({n_batches} batches)",
+            lambda: write_ranked(ctx, ranker, stage, users, out),
+        )
     scoring = result["steps"][-1]
     per_user = scoring["s"] / max(len(users), 1)
     result.update(
@@ -125,7 +126,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extrapolated_all_users_s=round(per_user * len(all_users), 0),
         peak_rss_gib=round(max(s["peak_gib"] for s in result["steps"]), 2),
     )
-    out.unlink(missing_ok=True)
     return result
 
 
