@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.candidates import generate_candidates
+from musicrec.columns import FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import load_config
 from musicrec.features import collect_features
@@ -56,9 +58,17 @@ def dump(ctx: PipelineContext, work: Path) -> None:
 
 
 def load_dump(ctx: PipelineContext, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, test candidates) from `work`, dumped there first when missing."""
+    """(training rows, test candidates) from `work`, dumped there first when missing or
+    when a file lacks one of today's feature columns (a dump of older code)."""
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "test_candidates.parquet").exists():
+    files = [work / "train.parquet", work / "test_candidates.parquet"]
+    missing = set()
+    for f in files:
+        if f.exists():
+            missing |= set(FEATURES) - set(pq.read_schema(f).names)
+    if missing:
+        print(f"{work}: the dump lacks {sorted(missing)} (older code): dumping again")
+    if missing or not all(f.exists() for f in files):
         dump(ctx, work)
     return pd.read_parquet(work / "train.parquet"), pd.read_parquet(
         work / "test_candidates.parquet"

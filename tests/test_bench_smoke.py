@@ -144,10 +144,15 @@ def test_profile_summary_counts_packages_and_leaves(
 
 
 @pytest.mark.parametrize("ranker", ["saved", "stand-in"])
-def test_ranker_inference_smoke(bench_dirs: dict[str, Path], ranker: str) -> None:
+def test_ranker_inference_smoke(
+    bench_dirs: dict[str, Path], ranker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     art = bench_dirs["art"]
     if not (art / "model" / "ranker.cbm").exists():
         pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the script's temporary files go here
     results = bench_dirs["results"] / f"inference_{ranker}"
     extra = ["--stand-in"] if ranker == "stand-in" else []
     out = run_script(
@@ -169,6 +174,7 @@ def test_ranker_inference_smoke(bench_dirs: dict[str, Path], ranker: str) -> Non
     assert 0 < result["users_scored"] <= result["users_total"]
     assert result["written"]["users"] == result["users_scored"]
     assert result["peak_rss_gib"] > 0
+    assert list(scratch.iterdir()) == []  # its scratch folder removed, not left in /tmp
 
 
 def test_client_ab_smoke() -> None:
@@ -367,3 +373,33 @@ def test_genre_lift_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.loc[("rows without genre", low), "w"] == 4
     assert out.loc[("rows without genre", high), "w"] == 0
     assert pd.isna(out.loc[("genre lift", high), "w"])
+
+
+def test_a_dump_of_older_code_is_made_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`load_dump` dumps when a file is missing or lacks a feature column, else reads."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import ranker_dump
+
+    from musicrec.columns import FEATURES
+
+    calls: list[Path] = []
+
+    def fake_dump(ctx: Any, work: Path) -> None:
+        calls.append(work)
+        full = pd.DataFrame({f: [1.0] for f in FEATURES})
+        for name in ("train.parquet", "test_candidates.parquet"):
+            full.to_parquet(work / name)
+
+    monkeypatch.setattr(ranker_dump, "dump", fake_dump)
+    ranker_dump.load_dump(None, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 1  # nothing there
+    train, cand = ranker_dump.load_dump(None, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 1 and list(train.columns) == list(cand.columns) == FEATURES
+    pd.DataFrame({f: [1.0] for f in FEATURES[:-1]}).to_parquet(tmp_path / "train.parquet")
+    ranker_dump.load_dump(None, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 2  # a column missing: dumped again
+    assert FEATURES[-1] in capsys.readouterr().out
