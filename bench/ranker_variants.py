@@ -49,26 +49,30 @@ from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
 from musicrec.ranker import Ranker, rank_candidates  # noqa: E402
 
-GENRE = ("user_genre_share", "main_genre")
-#: name -> the features the variant's ranker is trained on (`ranker.features`)
-VARIANTS: dict[str, list[str]] = {
-    "base": list(FEATURES),
-    "no_genre": [f for f in FEATURES if f not in GENRE],
-    "no_main_genre": [f for f in FEATURES if f != "main_genre"],
-    # the nine largest importances of the pipeline's Last.fm ranker on its training rows
-    # (2026-12-03), the rest dropped
-    "compact": [
-        "als_score",
-        "als_rank",
-        "profile_sim",
-        "sim_max_latest",
-        "item_listeners",
-        "item_pop_vs_user",
-        "item_days_since_last",
-        "user_genre_share",
-        "main_genre",
-    ],
-}
+GENRE = ("user_genre_share", "user_genre_cosine", "main_genre")
+#: the nine largest importances of the pipeline's Last.fm ranker on its training rows
+#: (2026-12-03), the rest dropped
+COMPACT = [
+    "als_score",
+    "als_rank",
+    "profile_sim",
+    "sim_max_latest",
+    "item_listeners",
+    "item_pop_vs_user",
+    "item_days_since_last",
+    "user_genre_share",
+    "main_genre",
+]
+VARIANT_NAMES = ("base", "no_genre", "no_main_genre", "compact")
+
+
+def variant_features(name: str, base: list[str]) -> list[str]:
+    """The features variant `name` is trained on (`ranker.features`), from `base`: the
+    config's list (every feature when it has none)."""
+    if name == "compact":
+        return COMPACT
+    drop = {"base": (), "no_genre": GENRE, "no_main_genre": ("main_genre",)}[name]
+    return [f for f in base if f not in drop]
 
 
 def with_settings(cfg: RankerConfig, tweak: str, update: dict[str, object]) -> RankerConfig:
@@ -82,7 +86,7 @@ def with_settings(cfg: RankerConfig, tweak: str, update: dict[str, object]) -> R
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    ap.add_argument("variants", nargs="+", choices=VARIANT_NAMES)
     add_context_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", help="CatBoost seeds (default: the config's)")
@@ -145,7 +149,8 @@ def main() -> None:
     for name, loss, tweak in runs:
         label = name if args.losses is None else f"{name} {loss}"
         label = f"{label} {tweak}".rstrip()
-        run_cfg = with_settings(rcfg, tweak, {"loss_function": loss, "features": VARIANTS[name]})
+        feats_of = variant_features(name, rcfg.features or FEATURES)
+        run_cfg = with_settings(rcfg, tweak, {"loss_function": loss, "features": feats_of})
         bag = np.zeros(len(feats), dtype=np.float64)
         t_all = time.perf_counter()
         for seed in seeds:

@@ -83,6 +83,7 @@ NUMERIC_FEATURES = [
     "user_days_since_last",
     "user_tenure_days",
     "user_genre_share",
+    "user_genre_cosine",
     "user_artist_share",
     "user_artist_listens",
 ]

@@ -142,8 +142,77 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
         size = int(table.max(initial=0)) + 2
         keys, n = _attribute_pairs(counts, _attr(m_cat, table), size)
         st[f"{name}_pairs"] = (keys, n, size)
+
+    # --- every genre of every track, for the users' genre profiles (user_genre_cosine) ---
+    # the profiles themselves (users x genres, ~460 MB at the full size) are made per batch
+    # of users from `counts` (the first stage's own matrix for prepared data: no copy)
+    st["item_genres"] = _genre_matrix(items, cat_map)
+    hist_genres = st["item_genres"][np.maximum(m_cat, 0)]
+    st["hist_genres"] = sp.diags((m_cat >= 0).astype(np.float32)) @ hist_genres
+    st["counts"] = counts
     stage.cache[key] = st
     return st
+
+
+def _genre_matrix(items: pd.DataFrame, cat_map: IdMap) -> sp.csr_matrix:
+    """Catalogue rows (as `cat_map`) x genres, 1 where the genre is among the track's
+    `genre_ids` (each genre once); genre ids coded 0..n-1 in sorted order."""
+    rows = items[[C.Item, C.GenreIds]].drop_duplicates(C.Item)
+    lists = rows[C.GenreIds].to_numpy()
+    lens = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    flat = (
+        np.concatenate([np.asarray(x, dtype=np.int64) for x in lists if len(x)])
+        if lens.sum()
+        else np.zeros(0, dtype=np.int64)
+    )
+    genre_ids, g_code = np.unique(flat, return_inverse=True)
+    r_code = np.repeat(cat_map.codes(rows[C.Item].to_numpy().astype(np.int64)), lens)
+    m = sp.csr_matrix(
+        (np.ones(len(flat), dtype=np.float32), (r_code, g_code)),
+        shape=(len(cat_map), max(len(genre_ids), 1)),
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0  # a genre listed twice for a track counts once
+    return m
+
+
+def _genre_cosine(
+    st: dict[str, Any], cu: np.ndarray, uk: np.ndarray, c_cat: np.ndarray, hide: np.ndarray
+) -> np.ndarray:
+    """Per pair: cosine between the user's genre profile P (listens per genre over every
+    genre of every track heard) and the candidate's 0/1 genre vector g,
+    sum_{genre of the track} P[genre] / (|P| * sqrt(number of the track's genres)); 0 when
+    either has no genre, the user no history, or `hide` is set. `st` holds `item_genres`
+    (catalogue rows x genres), `hist_genres` (the history's columns x genres) and `counts`
+    (users x the history's columns); `cu` are rows of `counts`, `c_cat` catalogue rows."""
+    g_mat: sp.csr_matrix = st["item_genres"]
+    ok = uk & (c_cat >= 0) & ~hide
+    out = np.zeros(len(cu), dtype=np.float32)
+    pairs = np.flatnonzero(ok)
+    if len(pairs) == 0:
+        return out
+    rows = c_cat[pairs]
+    lens = (g_mat.indptr[rows + 1] - g_mat.indptr[rows]).astype(np.int64)
+    # the flattened genre codes of every pair's track: for pair j, indices[start_j ..]
+    # (int32 where it fits: at the full size a batch holds ~10M pairs)
+    pair_of = np.repeat(np.arange(len(pairs), dtype=np.int32), lens)
+    offset = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    genres = g_mat.indices[np.repeat(g_mat.indptr[rows], lens) + offset]
+    del offset
+    # the profiles of these pairs' users only, and a sorted-key lookup of (user, genre)
+    users, u_local = np.unique(cu[pairs], return_inverse=True)
+    sub = (st["counts"][users] @ st["hist_genres"]).tocsr()
+    sub.sort_indices()
+    norm = np.sqrt(np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
+    size = sub.shape[1]
+    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr)) * size
+    keys += sub.indices
+    hits = _lookup(keys, sub.data, u_local[pair_of].astype(np.int64) * size + genres)
+    dots = np.bincount(pair_of, weights=hits, minlength=len(pairs))
+    denom = norm[u_local] * np.sqrt(np.maximum(lens, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[pairs] = np.where(denom > 0, dots / denom, 0.0)
+    return out
 
 
 def _attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -195,8 +264,11 @@ def collect_features(
     # --- user affinity to the candidate's genre and artist ---
     c_cat = st["cat_map"].codes(i_ids)
     genre = _attr(c_cat, st["genre"])
+    hide = np.zeros(len(out), dtype=bool)
     if cfg.genre_min_listeners:
-        genre[out["item_listeners"].to_numpy() <= cfg.genre_min_listeners] = -1
+        hide = out["item_listeners"].to_numpy() <= cfg.genre_min_listeners
+        genre[hide] = -1
+    out["user_genre_cosine"] = _genre_cosine(st, cu, uk, c_cat, hide)
     for name in ("genre", "artist"):
         c_attr = genre if name == "genre" else _attr(c_cat, st[name])
         keys, counts, size = st[f"{name}_pairs"]

@@ -403,3 +403,16 @@ def test_a_dump_of_older_code_is_made_again(
     ranker_dump.load_dump(None, tmp_path)  # type: ignore[arg-type]
     assert len(calls) == 2  # a column missing: dumped again
     assert FEATURES[-1] in capsys.readouterr().out
+
+
+def test_variants_start_from_the_configs_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`base` is the config's feature list (as the pipeline's ranker), the others derive
+    from it; `compact` is fixed."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from ranker_variants import COMPACT, variant_features
+
+    listed = ["als_score", "user_genre_share", "user_genre_cosine", "main_genre"]
+    assert variant_features("base", listed) == listed
+    assert variant_features("no_genre", listed) == ["als_score"]
+    assert variant_features("no_main_genre", listed) == listed[:3]
+    assert variant_features("compact", listed) == COMPACT

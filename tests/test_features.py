@@ -115,6 +115,8 @@ def test_every_feature_is_present_and_candidates_kept(
     for col in ("profile_sim", "sim_max_latest", "sim_mean_latest"):
         assert feats[col].between(-1.0 - 1e-4, 1.0 + 1e-4).all(), col
     assert (feats["sim_mean_latest"] <= feats["sim_max_latest"] + 1e-6).all()
+    assert feats["user_genre_cosine"].between(0.0, 1.0 + 1e-5).all()
+    assert (feats["user_genre_cosine"] > 0).mean() > 0.5
     assert (feats["n_sources"] == feats[["src_als", "src_pop", "src_sim"]].sum(axis=1)).all()
     assert (feats["item_days_since_last"] > 0).all()
     assert (feats["item_age_days"] >= feats["item_days_since_last"]).all()
@@ -162,6 +164,15 @@ def test_features_match_naive_computations(
         assert r["user_genre_share"] == pytest.approx(n_genre / len(uh), abs=1e-6)
         assert r["user_artist_share"] == pytest.approx(n_artist / len(uh), abs=1e-6)
         assert r["user_artist_listens"] == n_artist
+        # genre profile: listens per genre over every genre of every heard track
+        profile: dict[int, int] = {}
+        for g_list in items.loc[uh[C.Item], C.GenreIds]:
+            for g in set(g_list):
+                profile[g] = profile.get(g, 0) + 1
+        t_genres = set(items.loc[t, C.GenreIds])
+        norm = np.sqrt(sum(v * v for v in profile.values()))
+        want = sum(profile.get(g, 0) for g in t_genres) / (norm * np.sqrt(len(t_genres)))
+        assert r["user_genre_cosine"] == pytest.approx(want if t_genres else 0.0, abs=1e-5)
         assert r["main_genre"] == str(genre)
         # first-stage scores and similarities from the ALS factors
         uc, ic = stage.als.users.codes(np.array([u]))[0], stage.als.items.codes(np.array([t]))[0]
@@ -180,8 +191,8 @@ def test_features_match_naive_computations(
 def test_genre_min_listeners_hides_the_genre_of_rarely_heard_candidates(
     feats: pd.DataFrame, stage: FirstStage, tiny_prepared: PreparedData
 ) -> None:
-    """At most N listeners in the history: no genre (main_genre "-1", user_genre_share 0);
-    every other row and every other feature as without the setting."""
+    """At most N listeners in the history: no genre (main_genre "-1", user_genre_share and
+    user_genre_cosine 0); every other row and every other feature as without the setting."""
     n = int(feats["item_listeners"].median())
     cfg = CFG.model_copy(update={"genre_min_listeners": n})
     users = stage.matrix.users.ids[::3]
@@ -192,8 +203,10 @@ def test_genre_min_listeners_hides_the_genre_of_rarely_heard_candidates(
     assert 0 < rare.sum() < len(masked)
     assert (masked.loc[rare, "main_genre"] == "-1").all()
     assert (masked.loc[rare, "user_genre_share"] == 0).all()
+    assert (masked.loc[rare, "user_genre_cosine"] == 0).all()
     assert (feats.loc[rare, "main_genre"] != "-1").any()  # there was a genre to hide
-    genre = ["main_genre", "user_genre_share"]
+    assert (feats.loc[rare, "user_genre_cosine"] > 0).any()
+    genre = ["main_genre", "user_genre_share", "user_genre_cosine"]
     pd.testing.assert_frame_equal(masked.loc[~rare], feats.loc[~rare])
     pd.testing.assert_frame_equal(masked.drop(columns=genre), feats.drop(columns=genre))
 
@@ -255,6 +268,31 @@ def test_attribute_pairs_and_first_last_on_a_hand_example() -> None:
     assert first[:2].astype("datetime64[D]").tolist() == [dates[2], dates[1]]
     assert last[:2].astype("datetime64[D]").tolist() == [dates[2], dates[3]]
     assert np.isnat(first[2]) and np.isnat(last[2])  # code 2 never seen
+
+
+def test_genre_cosine_on_a_hand_example() -> None:
+    """Tracks 10 (genres 7, 9), 11 (genre 9 twice), 12 (none); user 0 heard 10 and 11,
+    user 1 heard 12 only. Profiles: user 0 {7: 1, 9: 2}, user 1 {}."""
+    import scipy.sparse as sp
+
+    from musicrec.features import _genre_cosine, _genre_matrix
+    from musicrec.matrix import IdMap
+
+    items = pd.DataFrame({C.Item: [10, 11, 12], C.GenreIds: [[9, 7], [9, 9], []]})
+    cat = IdMap(np.array([10, 11, 12], dtype=np.int64))
+    g = _genre_matrix(items, cat)
+    assert g.toarray().tolist() == [[1, 1], [0, 1], [0, 0]]  # genre codes: 7 -> 0, 9 -> 1
+    counts = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 1]], dtype=np.float32))
+    st = {"item_genres": g, "hist_genres": g, "counts": counts}  # history columns = catalogue
+    # pairs: (user 0, track 10), (0, 11), (0, 12), (1, 10), (0, 10) hidden, (0, 10) no user
+    cu = np.array([0, 0, 0, 1, 0, 0])
+    uk = np.array([True, True, True, True, True, False])
+    c_cat = np.array([0, 1, 2, 0, 0, 0])
+    hide = np.array([False, False, False, False, True, False])
+    got = _genre_cosine(st, cu, uk, c_cat, hide)
+    # (1*1 + 2*1) / (sqrt(5) * sqrt(2)); 2 / sqrt(5); the rest 0
+    want = [3 / np.sqrt(10), 2 / np.sqrt(5), 0, 0, 0, 0]
+    assert got.tolist() == pytest.approx(want, abs=1e-6)
 
 
 def test_unit_item_factors_are_unit_rows_computed_once() -> None:
