@@ -844,7 +844,9 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
         Stage(
             "ranker",
             lambda: stage_ranker(ctx),
-            [cfg.ranker.model_dump(), cfg.top_k],
+            # the feature list the model is fit on, also when the config names none: a
+            # version that adds a feature must not reuse a ranker fit without it
+            [cfg.ranker.model_dump(), cfg.top_k, cfg.ranker.features or FEATURES],
             [],
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
             ["als_label", "similar", "top_popular"],

@@ -32,6 +32,7 @@ from musicrec.metrics import candidate_recall
 from musicrec.pipeline import (
     PipelineContext,
     StageCache,
+    build_plan,
     candidate_recall_diagnostic,
     label_windows,
     run_pipeline,
@@ -839,3 +840,24 @@ def test_features_constant_in_one_window_or_at_inference_are_reported(
     ranker.save(tmp_path / "r.cbm")
     loaded = write_ranked(ctx, Ranker.load(tmp_path / "r.cbm"), stage, path=tmp_path / "l.pq")
     assert "constant_at_inference" not in loaded
+
+
+def test_ranker_fingerprint_follows_the_code_feature_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no `ranker.features` in the config, the ranker stage's parameters still hold
+    the feature list, so a version that adds a feature refits the ranker."""
+    import musicrec.pipeline as pipeline_module
+
+    ctx = PipelineContext(
+        tmp_path, ArtifactPaths(tmp_path), PipelineConfig(), StageCache(tmp_path / "cache")
+    )
+
+    def ranker_params() -> Any:
+        return next(s.params for s in build_plan(ctx) if s.name == "ranker")
+
+    before = ranker_params()
+    monkeypatch.setattr(pipeline_module, "FEATURES", FEATURES[:-1])
+    assert ranker_params() != before
+    monkeypatch.setattr(pipeline_module, "FEATURES", FEATURES)
+    assert ranker_params() == before
