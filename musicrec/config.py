@@ -121,9 +121,9 @@ class RankerConfig(_Strict):
     genre_min_listeners: int = Field(
         0,
         ge=0,
-        description="The genre features (main_genre, user_genre_share, user_genre_cosine) treat a "
-        "candidate "
-        "with at most this many listeners in the history as having no genre. 0: genres "
+        description="The genre features (main_genre, user_genre_share, user_genre_cosine) "
+        "treat a candidate with at most this many listeners in the history as having no "
+        "genre. 0: genres "
         "always used. For data sets whose genres were derived from the listens themselves "
         "after the label windows (Last.fm: from tags before the test window), where a "
         "rarely heard track's genre in a label window was made by that window's own "
