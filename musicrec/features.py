@@ -80,12 +80,17 @@ def _attribute_pairs(
         (np.ones(len(known), dtype=np.float32), (known, attr_of_item[known] + 1)),
         shape=(counts.shape[1], size),
     )
-    per_user = (counts @ one_hot).tocsr()
-    per_user.sort_indices()
-    rows = np.repeat(np.arange(per_user.shape[0], dtype=np.int64), np.diff(per_user.indptr))
-    rows *= size
-    rows += per_user.indices
-    return rows, per_user.data.astype(np.float32)
+    return _sorted_keys((counts @ one_hot).tocsr())
+
+
+def _sorted_keys(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zeros of `m` as sorted int64 keys `row * n_columns + column` and their
+    values (float32), for `_lookup`."""
+    m.sort_indices()
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    keys *= m.shape[1]
+    keys += m.indices
+    return keys, m.data.astype(np.float32)
 
 
 def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> dict[str, Any]:
@@ -202,12 +207,9 @@ def _genre_cosine(
     # the profiles of these pairs' users only, and a sorted-key lookup of (user, genre)
     users, u_local = np.unique(cu[pairs], return_inverse=True)
     sub = (st["counts"][users] @ st["hist_genres"]).tocsr()
-    sub.sort_indices()
     norm = np.sqrt(np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
-    size = sub.shape[1]
-    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr)) * size
-    keys += sub.indices
-    hits = _lookup(keys, sub.data, u_local[pair_of].astype(np.int64) * size + genres)
+    keys, values = _sorted_keys(sub)
+    hits = _lookup(keys, values, u_local[pair_of].astype(np.int64) * sub.shape[1] + genres)
     dots = np.bincount(pair_of, weights=hits, minlength=len(pairs))
     denom = norm[u_local] * np.sqrt(np.maximum(lens, 1))
     with np.errstate(divide="ignore", invalid="ignore"):
