@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from ranker_dump import add_context_args, context, holdout_split, load_dump, positions  # noqa: E402
 
-from musicrec.columns import CAT_FEATURES, FEATURES  # noqa: E402
+from musicrec.columns import CAT_FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
@@ -108,7 +108,7 @@ def fit_predict(
         return Ranker.fit(train, cfg.model_copy(update={"random_seed": seed})).predict(cand)
     from catboost import CatBoost, Pool
 
-    names = cfg.features or FEATURES
+    names = cfg.feature_names
     cats = [c for c in CAT_FEATURES if c in names]
     groups = group_ids(train)
     # the label goes in even with explicit pairs: CatBoost 1.2.10 crashes (SIGSEGV) on

@@ -121,7 +121,7 @@ def main() -> None:
     base = ctx.cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
     seeds = args.seeds or [base.random_seed]
     configs = {"ranker": base}
-    every = base.features or FEATURES
+    every = base.feature_names
     unknown = sorted({f for g in args.drop + args.keep for f in g} - set(FEATURES))
     assert not unknown, f"unknown features: {unknown}"
     for group in args.drop:

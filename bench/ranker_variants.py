@@ -43,7 +43,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from ranker_dump import add_context_args, context, holdout_split, load_dump  # noqa: E402
 
-from musicrec.columns import FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.config import RankerConfig  # noqa: E402
 from musicrec.metrics import evaluate, paired_difference, per_user_metrics  # noqa: E402
@@ -149,7 +148,7 @@ def main() -> None:
     for name, loss, tweak in runs:
         label = name if args.losses is None else f"{name} {loss}"
         label = f"{label} {tweak}".rstrip()
-        feats_of = variant_features(name, rcfg.features or FEATURES)
+        feats_of = variant_features(name, rcfg.feature_names)
         run_cfg = with_settings(rcfg, tweak, {"loss_function": loss, "features": feats_of})
         bag = np.zeros(len(feats), dtype=np.float64)
         t_all = time.perf_counter()

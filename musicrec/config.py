@@ -159,6 +159,11 @@ class RankerConfig(_Strict):
         "scoring peak 13.26 GiB against 14.97 with 50,000, same time; docs/benchmarks.md)",
     )
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The features the ranker is fit on: `features`, or every one of FEATURES."""
+        return self.features or FEATURES
+
     @field_validator("features")
     @classmethod
     def _known_features(cls, names: list[str] | None) -> list[str] | None:

@@ -36,8 +36,8 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.artifacts import ArtifactPaths
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
-from musicrec.columns import FEATURES, RawFiles
 from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
 from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
@@ -456,7 +456,7 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     """Fit the ranker on the pooled rows of its label windows (`label_windows`): each
     window's features come from a first stage fit only on the history before it."""
     frames, windows, ranges = [], [], []
-    names = ctx.cfg.ranker.features or FEATURES
+    names = ctx.cfg.ranker.feature_names
     for w, lab in enumerate(label_windows(ctx)):
         rows, facts = window_training_rows(ctx, lab, w)
         frames.append(rows)
@@ -846,7 +846,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             lambda: stage_ranker(ctx),
             # the feature list the model is fit on, also when the config names none: a
             # version that adds a feature must not reuse a ranker fit without it
-            [cfg.ranker.model_dump(), cfg.top_k, cfg.ranker.features or FEATURES],
+            [cfg.ranker.model_dump(), cfg.top_k, cfg.ranker.feature_names],
             [],
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
             ["als_label", "similar", "top_popular"],

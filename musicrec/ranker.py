@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from musicrec.columns import CAT_FEATURES, FEATURES
+from musicrec.columns import CAT_FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.io import atomic_path
@@ -128,7 +128,7 @@ class Ranker:
         mean of theirs (tested against the mean of the separate models' scores)."""
         from catboost import CatBoost, sum_models
 
-        names = cfg.features or FEATURES
+        names = cfg.feature_names
         pool = _pool(train, names, labelled=True, window_decay=cfg.window_weight_decay)
         params = catboost_params(cfg)
         models = []

@@ -847,7 +847,7 @@ def test_ranker_fingerprint_follows_the_code_feature_list(
 ) -> None:
     """With no `ranker.features` in the config, the ranker stage's parameters still hold
     the feature list, so a version that adds a feature refits the ranker."""
-    import musicrec.pipeline as pipeline_module
+    import musicrec.config as config_module
 
     ctx = PipelineContext(
         tmp_path, ArtifactPaths(tmp_path), PipelineConfig(), StageCache(tmp_path / "cache")
@@ -857,7 +857,7 @@ def test_ranker_fingerprint_follows_the_code_feature_list(
         return next(s.params for s in build_plan(ctx) if s.name == "ranker")
 
     before = ranker_params()
-    monkeypatch.setattr(pipeline_module, "FEATURES", FEATURES[:-1])
+    monkeypatch.setattr(config_module, "FEATURES", FEATURES[:-1])
     assert ranker_params() != before
-    monkeypatch.setattr(pipeline_module, "FEATURES", FEATURES)
+    monkeypatch.setattr(config_module, "FEATURES", FEATURES)
     assert ranker_params() == before
