@@ -1,8 +1,9 @@
 """The offline job: raw files -> every artifact the services read, with honest metrics.
 
-Stages run in order; each one's result is reused when its fingerprint (parameters plus the
-size and modification time of its input files, plus the fingerprints of the stages it
-depends on) matches the last run and its outputs exist. `force=True` recomputes all.
+Stages run in order; each one's result is reused when its fingerprint (parameters, the
+size and modification time of its input files, the fingerprints of the stages it depends
+on, and the hash of the code it runs: `musicrec.codehash`) matches the last run and its
+outputs exist. `force=True` recomputes all.
 
 Data flow (windows are global, by time):
 
@@ -36,6 +37,7 @@ import pandas as pd
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.artifacts import ArtifactPaths
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
+from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
@@ -72,8 +74,11 @@ class StageCache:
         self.force = force
 
     @staticmethod
-    def fingerprint(name: str, params: Any, inputs: list[Path], upstream: list[str]) -> str:
+    def fingerprint(
+        name: str, params: Any, inputs: list[Path], upstream: list[str], code: str = ""
+    ) -> str:
         h = hashlib.sha256(name.encode())
+        h.update(code.encode())
         h.update(json.dumps(params, sort_keys=True, default=str).encode())
         for p in inputs:
             st = p.stat()
@@ -209,7 +214,9 @@ class PipelineContext:
         """Run `stage`, or reuse its recorded result when its fingerprint is unchanged."""
         name = stage.name
         upstream = [self.fingerprints[u] for u in stage.upstream]
-        fp = StageCache.fingerprint(name, stage.params, stage.inputs, upstream)
+        fp = StageCache.fingerprint(
+            name, stage.params, stage.inputs, upstream, code_hash(stage.code)
+        )
         self.fingerprints[name] = fp
         t0 = time.perf_counter()
         info = self.cache.fresh(name, fp, stage.outputs)
@@ -239,6 +246,7 @@ class Stage:
     inputs: list[Path]  # files read that no other stage writes (size + mtime)
     outputs: list[Path]  # files it writes; all must exist (unchanged) to reuse it
     upstream: list[str]  # stages whose results it uses
+    code: tuple[str, ...] = ()  # package modules it runs (musicrec.codehash.code_hash)
 
 
 # ---------------------------------------------------------------------------- stages
@@ -799,6 +807,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [ctx.data_dir / f for f in RawFiles.All],
             [paths.events, paths.items],
             [],
+            code=("prepare",),
         ),
         Stage(
             "eda",
@@ -807,8 +816,17 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.pictures_dir / "user_activity.png"],
             ["prepare"],
+            code=("plots",),
         ),
-        Stage("split", lambda: stage_split(ctx), cfg.split.model_dump(), [], [], ["prepare"]),
+        Stage(
+            "split",
+            lambda: stage_split(ctx),
+            cfg.split.model_dump(),
+            [],
+            [],
+            ["prepare"],
+            code=("split",),
+        ),
         Stage(
             "top_popular",
             lambda: stage_top_popular(ctx),
@@ -816,6 +834,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.top_popular],
             ["split"],
+            code=("popular",),
         ),
         Stage(
             "als_label",
@@ -824,6 +843,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.label_model_dir / f.name for f in model_files],
             ["split"],
+            code=("als", "metrics"),  # tuned by NDCG@10 on the label window
         ),
         Stage(
             "als",
@@ -832,6 +852,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [*model_files, paths.personal_als],
             ["als_label"],
+            code=("als",),
         ),
         Stage(
             "similar",
@@ -840,6 +861,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.similar],
             ["als"],
+            code=("similar",),
         ),
         Stage(
             "ranker",
@@ -850,6 +872,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
             ["als_label", "similar", "top_popular"],
+            code=("candidates", "features", "ranker"),
         ),
         Stage(
             "evaluate",
@@ -858,6 +881,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.pictures_dir / "metrics_comparison.png"],
             ["ranker"],
+            code=("metrics", "plots"),
         ),
     ]
     if cfg.final_fit == "all":
@@ -872,6 +896,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
                 [],
                 [*served, paths.recommendations],
                 ["evaluate"],
+                code=("candidates", "features", "ranker"),
             )
         )
     return plan

@@ -342,6 +342,40 @@ def test_changed_parameter_recomputes_stage_and_dependants(
     assert (sim.groupby(C.Item1).size() == 7).all()
 
 
+def test_changed_code_recomputes_the_stages_that_run_it(
+    own_dir: Path,
+    tiny_raw_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upgrade that changes `features.py` refits the ranker (and evaluates again) while
+    the other stages are reused; a change to a service module recomputes nothing. The
+    package's sources are copied and edited; the run itself uses the installed code."""
+    import shutil
+
+    import musicrec.codehash as codehash
+
+    copy = tmp_path / "musicrec"
+    shutil.copytree(codehash.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codehash, "PACKAGE_DIR", copy)
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)  # baseline
+    fps = fingerprints(own_dir)
+
+    with (copy / "service_recommendations.py").open("a") as f:
+        f.write("\n# a new version of the service\n")
+    _, reused, ran = run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    assert ran == set() and reused == set(STAGES)
+
+    with (copy / "features.py").open("a") as f:
+        f.write("\n# a new version of the features\n")
+    _, reused, ran = run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    assert ran == {"ranker", "evaluate"}
+    assert reused == set(STAGES) - ran
+    new_fps = fingerprints(own_dir)
+    assert {k for k in fps if fps[k] != new_fps[k]} == {"ranker", "evaluate"}
+
+
 def test_final_fit_all_serves_models_fit_on_all_events(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

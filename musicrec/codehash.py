@@ -1,0 +1,98 @@
+"""The code a pipeline stage's result depends on, as one hash (part of its fingerprint).
+
+A stage names the package modules it runs (e.g. `("als", "matrix")`). Its code hash covers
+- the source of those modules and of every package module they import, followed through
+  imports at any depth (also imports inside functions),
+- the source of the driver, `pipeline.py`, where every stage's own function lives (its
+  imports are not followed: it imports every stage's modules),
+- the installed versions of the libraries that compute results (`LIBRARIES`).
+
+So after an upgrade that changes `features.py` the ranker and the stages after it run again,
+while `prepare` or `als` are reused; a change to a service module recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from importlib import metadata
+from pathlib import Path
+
+PACKAGE = "musicrec"
+PACKAGE_DIR = Path(__file__).resolve().parent
+DRIVER = "pipeline"
+# libraries whose version can change a stage's numbers
+LIBRARIES = ("numpy", "pandas", "pyarrow", "scipy", "implicit", "catboost")
+
+
+def imported_modules(source: str, package: str = PACKAGE) -> set[str]:
+    """Names of the `package` modules that `source` imports (`import package.x`,
+    `from package.x import y`, `from package import x`, `from .x import y`), anywhere in
+    the file. `from package import name` gives `name` whether or not it is a module; the
+    caller keeps the ones that are files."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == package and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level > 0 or module.split(".")[0] == package:
+                parts = module.split(".") if node.level == 0 else [package, *module.split(".")]
+                parts = [p for p in parts if p]
+                if len(parts) > 1:
+                    found.add(parts[1])
+                else:  # `from package import x` / `from . import x`
+                    found.update(alias.name for alias in node.names)
+                    found.add("__init__")
+    return found
+
+
+def module_closure(roots: tuple[str, ...], package_dir: Path | None = None) -> list[str]:
+    """`roots` and every package module they import, transitively; sorted names."""
+    package_dir = PACKAGE_DIR if package_dir is None else package_dir
+    unknown = [r for r in roots if not (package_dir / f"{r}.py").is_file()]
+    if unknown:
+        raise ValueError(f"no module {unknown} in {package_dir}")
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = package_dir / f"{name}.py"
+        st = path.stat()
+        imports = _imports_of(path, st.st_mtime_ns, st.st_size)
+        todo += [m for m in imports if (package_dir / f"{m}.py").is_file()]
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=256)
+def _imports_of(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """The parse of one file, kept while it is unchanged (the key has its mtime and size)."""
+    return frozenset(imported_modules(path.read_text(encoding="utf-8")))
+
+
+def _library_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
+    """sha256 (16 hex digits) of the driver, the closure of `roots` and `LIBRARIES`'
+    versions. Read afresh on every call: an edited module changes it in the same process
+    (a notebook's kernel). `package_dir` defaults to `PACKAGE_DIR`, read at call time."""
+    package_dir = PACKAGE_DIR if package_dir is None else package_dir
+    h = hashlib.sha256()
+    for name in sorted({DRIVER, *module_closure(roots, package_dir)}):
+        h.update(f"{name}\0".encode())
+        h.update((package_dir / f"{name}.py").read_bytes())
+    for lib in LIBRARIES:
+        h.update(f"{lib}={_library_version(lib)}\0".encode())
+    return h.hexdigest()[:16]

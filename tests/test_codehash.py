@@ -1,0 +1,125 @@
+"""The code hash of a pipeline stage: which modules it covers and what changes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from musicrec import codehash
+from musicrec.artifacts import ArtifactPaths
+from musicrec.codehash import code_hash, imported_modules, module_closure
+from musicrec.config import PipelineConfig
+from musicrec.pipeline import PipelineContext, StageCache, build_plan
+
+SERVICE_MODULES = {
+    "blending",
+    "coalesce",
+    "fast_path",
+    "serve",
+    "service_common",
+    "service_events",
+    "service_recommendations",
+    "service_similar",
+    "event_store",
+    "http_client",
+    "verify",
+}
+
+
+def test_imported_modules_reads_every_form_of_import() -> None:
+    source = """
+import os
+import musicrec
+import musicrec.als
+import musicrec.matrix as m
+from musicrec.columns import Columns
+from musicrec import io, config
+from .split import Split
+from . import popular
+from numpy import musicrec_like
+from othermusicrec.x import y
+
+def later():
+    from musicrec.features import collect_features
+"""
+    assert imported_modules(source) == {
+        "als",
+        "matrix",
+        "columns",
+        "io",
+        "config",
+        "__init__",  # `from musicrec import ...` runs the package's __init__
+        "split",
+        "popular",
+        "features",
+    }
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / f"{name}.py").write_text(text)
+    return root
+
+
+PACKAGE = {
+    "__init__": "",
+    "pipeline": "from musicrec.a import f\nfrom musicrec.d import g\n",
+    "a": "def f():\n    from musicrec.b import h\n    return h()\n",
+    "b": "from musicrec import c\nh = c.h\n",
+    "c": "import numpy\nh = 1\n",
+    "d": "g = 2\n",
+}
+
+
+def test_module_closure_follows_imports_at_any_depth(tmp_path: Path) -> None:
+    pkg = write_package(tmp_path / "pkg", PACKAGE)
+    assert module_closure(("a",), pkg) == ["__init__", "a", "b", "c"]
+    assert module_closure(("d",), pkg) == ["d"]
+    with pytest.raises(ValueError, match="nope"):
+        module_closure(("nope",), pkg)
+
+
+def test_code_hash_changes_with_the_code_a_stage_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = write_package(tmp_path / "pkg", PACKAGE)
+    a, d = code_hash(("a",), pkg), code_hash(("d",), pkg)
+    assert a != d
+    # a copy elsewhere hashes the same: the content counts, not the folder
+    assert code_hash(("a",), write_package(tmp_path / "copy", PACKAGE)) == a
+
+    (pkg / "c.py").write_text("import numpy\nh = 2\n")  # imported by a, two levels down
+    assert code_hash(("a",), pkg) != a
+    assert code_hash(("d",), pkg) == d  # d does not run c
+    a = code_hash(("a",), pkg)
+
+    (pkg / "pipeline.py").write_text(PACKAGE["pipeline"] + "# edited\n")  # the driver
+    assert code_hash(("a",), pkg) != a and code_hash(("d",), pkg) != d
+    a, d = code_hash(("a",), pkg), code_hash(("d",), pkg)
+
+    real = codehash._library_version
+    monkeypatch.setattr(
+        codehash, "_library_version", lambda n: "9.9" if n == "catboost" else real(n)
+    )
+    assert code_hash(("a",), pkg) != a and code_hash(("d",), pkg) != d
+
+
+def test_every_stage_names_real_modules_and_no_service_code() -> None:
+    """Each stage's code exists, covers its own module, and a change to a service module
+    (or the CLI) recomputes no stage."""
+
+    cfg = PipelineConfig(final_fit="all")
+    root = Path("unused")  # build_plan only names paths
+    ctx = PipelineContext(root, ArtifactPaths(root), cfg, StageCache(root / "cache"))
+    plan = build_plan(ctx)
+    assert [s.name for s in plan][-1] == "final_fit"
+    for stage in plan:
+        assert stage.code, stage.name
+        closure = set(module_closure(stage.code))
+        assert set(stage.code) <= closure
+        assert not closure & (SERVICE_MODULES | {"cli", "__main__", "storage"}), stage.name
+    by_name = {s.name: set(module_closure(s.code)) for s in plan}
+    assert {"features", "candidates", "ranker"} <= by_name["ranker"]
+    assert "features" not in by_name["als"] and "features" not in by_name["prepare"]
