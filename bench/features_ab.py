@@ -2,11 +2,15 @@
 
     python bench/features_ab.py                    # after `make bench-pipeline` (full10)
     python bench/features_ab.py --change latest
+    python bench/features_ab.py --change cosine --users 25000
 
 `--change lookup` (default): the id -> code lookups, `IdMap`'s dense table against the
 binary search it falls back to. `--change latest`: the similarity to the user's latest
 tracks, one einsum over all of them against one `pair_dots` pass per latest track (the
-code before 2026-12-02, kept below as the baseline).
+code before 2026-12-02, kept below as the baseline). `--change cosine`: the users' genre
+profiles of `user_genre_cosine`, read through the sorted keys of the sparse profiles (the
+first version, still the path for catalogues with very many genres) against a dense users x
+genres table.
 
 Loads the first stage from the artifacts, builds the candidates of `--users` users, then
 runs `collect_features` with each version, alternating `--repeats` times in one process;
@@ -90,6 +94,12 @@ def versions(change: str) -> dict[str, Callable[[], None]]:
             "binary search": patcher(matrix.IdMap, "_dense_table", no_table),
             "dense table": patcher(matrix.IdMap, "_dense_table", dense),
         }
+    if change == "cosine":
+        dense = features.DENSE_PROFILE_CELLS
+        return {
+            "sorted keys": patcher(features, "DENSE_PROFILE_CELLS", 0),
+            "dense table": patcher(features, "DENSE_PROFILE_CELLS", dense),
+        }
     current = features._similarity_to_latest
     return {
         "pair_dots per latest": patcher(features, "_similarity_to_latest", latest_per_track),
@@ -99,7 +109,7 @@ def versions(change: str) -> dict[str, Callable[[], None]]:
 
 def main() -> None:
     ap = ab_setup.parser(__doc__)
-    ap.add_argument("--change", choices=["lookup", "latest"], default="lookup")
+    ap.add_argument("--change", choices=["lookup", "latest", "cosine"], default="lookup")
     args = ap.parse_args()
     cfg, ctx, stage = ab_setup.load_first_stage(args)
     items = ctx.prepared.items

@@ -181,6 +181,10 @@ def _genre_matrix(items: pd.DataFrame, cat_map: IdMap) -> sp.csr_matrix:
     return m
 
 
+# the largest users x genres table `_genre_cosine` makes dense (64 MB of float32)
+DENSE_PROFILE_CELLS = 16_000_000
+
+
 def _genre_cosine(
     st: dict[str, Any], cu: np.ndarray, uk: np.ndarray, c_cat: np.ndarray, hide: np.ndarray
 ) -> np.ndarray:
@@ -204,12 +208,17 @@ def _genre_cosine(
     offset = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
     genres = g_mat.indices[np.repeat(g_mat.indptr[rows], lens) + offset]
     del offset
-    # the profiles of these pairs' users only, and a sorted-key lookup of (user, genre)
+    # the profiles of these pairs' users only; P[user, genre] read from a dense table
+    # (a batch's users x the genres: 25,000 x 173 at the full size) or, for catalogues
+    # with very many genres, from the sorted keys of the sparse profiles
     users, u_local = np.unique(cu[pairs], return_inverse=True)
     sub = (st["counts"][users] @ st["hist_genres"]).tocsr()
     norm = np.sqrt(np.asarray(sub.multiply(sub).sum(axis=1)).ravel())
-    keys, values = _sorted_keys(sub)
-    hits = _lookup(keys, values, u_local[pair_of].astype(np.int64) * sub.shape[1] + genres)
+    if sub.shape[0] * sub.shape[1] <= DENSE_PROFILE_CELLS:
+        hits = sub.toarray().astype(np.float32, copy=False)[u_local[pair_of], genres]
+    else:
+        keys, values = _sorted_keys(sub)
+        hits = _lookup(keys, values, u_local[pair_of].astype(np.int64) * sub.shape[1] + genres)
     dots = np.bincount(pair_of, weights=hits, minlength=len(pairs))
     denom = norm[u_local] * np.sqrt(np.maximum(lens, 1))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -270,13 +270,18 @@ def test_attribute_pairs_and_first_last_on_a_hand_example() -> None:
     assert np.isnat(first[2]) and np.isnat(last[2])  # code 2 never seen
 
 
-def test_genre_cosine_on_a_hand_example() -> None:
+@pytest.mark.parametrize("dense_cells", [16_000_000, 0], ids=["dense", "sorted keys"])
+def test_genre_cosine_on_a_hand_example(dense_cells: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tracks 10 (genres 7, 9), 11 (genre 9 twice), 12 (none); user 0 heard 10 and 11,
-    user 1 heard 12 only. Profiles: user 0 {7: 1, 9: 2}, user 1 {}."""
+    user 1 heard 12 only. Profiles: user 0 {7: 1, 9: 2}, user 1 {}. Both ways of reading
+    the profiles (a dense users x genres table, or sorted keys when it would be large)."""
     import scipy.sparse as sp
 
+    from musicrec import features
     from musicrec.features import _genre_cosine, _genre_matrix
     from musicrec.matrix import IdMap
+
+    monkeypatch.setattr(features, "DENSE_PROFILE_CELLS", dense_cells)
 
     items = pd.DataFrame({C.Item: [10, 11, 12], C.GenreIds: [[9, 7], [9, 9], []]})
     cat = IdMap(np.array([10, 11, 12], dtype=np.int64))
@@ -293,6 +298,22 @@ def test_genre_cosine_on_a_hand_example() -> None:
     # (1*1 + 2*1) / (sqrt(5) * sqrt(2)); 2 / sqrt(5); the rest 0
     want = [3 / np.sqrt(10), 2 / np.sqrt(5), 0, 0, 0, 0]
     assert got.tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_genre_cosine_reads_the_same_profiles_dense_or_sparse(
+    stage: FirstStage,
+    tiny_prepared: PreparedData,
+    feats: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from musicrec import features
+
+    monkeypatch.setattr(features, "DENSE_PROFILE_CELLS", 0)  # the sorted-key lookup
+    users = stage.matrix.users.ids[::3]
+    cand = generate_candidates(stage, users, CFG)
+    sparse = collect_features(stage, tiny_prepared.items, cand, CFG)
+    assert (feats["user_genre_cosine"] > 0).mean() > 0.5
+    np.testing.assert_array_equal(sparse["user_genre_cosine"], feats["user_genre_cosine"])
 
 
 def test_unit_item_factors_are_unit_rows_computed_once() -> None:
