@@ -95,10 +95,10 @@ def versions(change: str) -> dict[str, Callable[[], None]]:
             "dense table": patcher(matrix.IdMap, "_dense_table", dense),
         }
     if change == "cosine":
-        dense = features.DENSE_PROFILE_CELLS
+        cells = features.DENSE_PROFILE_CELLS
         return {
             "sorted keys": patcher(features, "DENSE_PROFILE_CELLS", 0),
-            "dense table": patcher(features, "DENSE_PROFILE_CELLS", dense),
+            "dense table": patcher(features, "DENSE_PROFILE_CELLS", cells),
         }
     current = features._similarity_to_latest
     return {
