@@ -5,10 +5,12 @@ A stage names the package modules it runs (e.g. `("als", "matrix")`). Its code h
   imports at any depth (also imports inside functions),
 - the source of the driver, `pipeline.py`, where every stage's own function lives (its
   imports are not followed: it imports every stage's modules),
-- the installed versions of the libraries that compute results (`LIBRARIES`).
+- the installed versions of the libraries that compute results: `LIBRARIES` for every
+  stage, and `MODULE_LIBRARIES` for the stages whose code includes that module.
 
-So after an upgrade that changes `features.py` the ranker and the stages after it run again,
-while `prepare` or `als` are reused; a change to a service module recomputes nothing.
+So after an upgrade that changes `features.py` (or CatBoost) the ranker and the stages after
+it run again, while `prepare` or `als` are reused; a change to a service module recomputes
+nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 PACKAGE = "musicrec"
 PACKAGE_DIR = Path(__file__).resolve().parent
 DRIVER = "pipeline"
-# libraries whose version can change a stage's numbers
-LIBRARIES = ("numpy", "pandas", "pyarrow", "scipy", "implicit", "catboost")
+# libraries whose version can change a stage's numbers: every stage's, and a module's
+LIBRARIES = ("numpy", "pandas", "pyarrow", "scipy")
+MODULE_LIBRARIES = {"als": ("implicit",), "ranker": ("catboost",)}
 
 
 def imported_modules(source: str, package: str = PACKAGE) -> set[str]:
@@ -85,14 +88,16 @@ def _library_version(name: str) -> str:
 
 
 def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
-    """sha256 (16 hex digits) of the driver, the closure of `roots` and `LIBRARIES`'
+    """sha256 (16 hex digits) of the driver, the closure of `roots` and the libraries'
     versions. Read afresh on every call: an edited module changes it in the same process
     (a notebook's kernel). `package_dir` defaults to `PACKAGE_DIR`, read at call time."""
     package_dir = PACKAGE_DIR if package_dir is None else package_dir
     h = hashlib.sha256()
-    for name in sorted({DRIVER, *module_closure(roots, package_dir)}):
+    modules = module_closure(roots, package_dir)
+    for name in sorted({DRIVER, *modules}):
         h.update(f"{name}\0".encode())
         h.update((package_dir / f"{name}.py").read_bytes())
-    for lib in LIBRARIES:
+    libraries = [*LIBRARIES, *(lib for m in modules for lib in MODULE_LIBRARIES.get(m, ()))]
+    for lib in libraries:
         h.update(f"{lib}={_library_version(lib)}\0".encode())
     return h.hexdigest()[:16]

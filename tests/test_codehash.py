@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,9 +101,15 @@ def test_code_hash_changes_with_the_code_a_stage_runs(
     a, d = code_hash(("a",), pkg), code_hash(("d",), pkg)
 
     real = codehash._library_version
-    monkeypatch.setattr(
-        codehash, "_library_version", lambda n: "9.9" if n == "catboost" else real(n)
-    )
+
+    def upgraded(name: str) -> Callable[[str], str]:
+        return lambda n: "99.0" if n == name else real(n)
+
+    monkeypatch.setattr(codehash, "MODULE_LIBRARIES", {"c": ("catboost",)})
+    monkeypatch.setattr(codehash, "_library_version", upgraded("catboost"))
+    assert code_hash(("a",), pkg) != a  # a runs c, which uses CatBoost
+    assert code_hash(("d",), pkg) == d
+    monkeypatch.setattr(codehash, "_library_version", upgraded("numpy"))  # every stage's
     assert code_hash(("a",), pkg) != a and code_hash(("d",), pkg) != d
 
 
@@ -123,3 +130,5 @@ def test_every_stage_names_real_modules_and_no_service_code() -> None:
     by_name = {s.name: set(module_closure(s.code)) for s in plan}
     assert {"features", "candidates", "ranker"} <= by_name["ranker"]
     assert "features" not in by_name["als"] and "features" not in by_name["prepare"]
+    assert set(codehash.MODULE_LIBRARIES) <= set(codehash.module_closure(("ranker", "als")))
+    assert "ranker" not in by_name["als"]  # a CatBoost upgrade refits no ALS
