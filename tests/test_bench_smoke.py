@@ -340,6 +340,12 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert out.count("within-user AUC of cotag_latest") == 2  # the tiny config's 2 windows
     assert "without cotag_latest: ndcg@10 " in out and "with cotag_latest: ndcg@10 " in out
     assert "paired recall@5 with - without: " in out
+    # genre_idf_feature: its unweighted version is user_genre_cosine (asserted in the
+    # script), the feature's AUC per window, each ranker against the ALS score, the pair
+    out = run_script("genre_idf_feature.py", *common, "--windows", "0")
+    assert out.count("within-user AUC of user_genre_idf_cosine") == 2
+    assert "window 0 (" in out and ") with - ALS score: ndcg@10 " in out
+    assert "with user_genre_idf_cosine - without: ndcg@10 " in out
 
     # als_seeds: each seed's NDCG@10 and the ensembles; the "ensemble" of one seed is it
     out = run_script("als_seeds.py", *common[: common.index("--work")], "--seeds", "3")
@@ -373,6 +379,37 @@ def test_genre_lift_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.loc[("rows without genre", low), "w"] == 4
     assert out.loc[("rows without genre", high), "w"] == 0
     assert pd.isna(out.loc[("genre lift", high), "w"])
+
+
+def test_genre_idf_cosine_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User 1 heard tracks 10 (genres 1, 2) and 11 (genre 2), user 2 track 12 (genre 3):
+    (listen, genre) shares 1/4, 2/4, 1/4, so w = ln 4, ln 2, ln 4 and u1's weighted profile
+    is (2 ln 2, 2 ln 2), norm 2 sqrt(2) ln 2. Track 13 (genres 1, 3): 4 ln^2 2 over
+    (2 sqrt(2) ln 2)^2 = 0.5; track 11: 2 ln^2 2 / (ln 2 * 2 sqrt(2) ln 2) = 1 / sqrt(2);
+    0 for a track without genres, with a genre no one heard, for a rarely heard track
+    (hidden) and for a user without history."""
+    import numpy as np
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from genre_idf_feature import genre_idf_cosine, track_genres
+
+    items = pd.DataFrame(
+        {
+            "track_id": [10, 11, 12, 13, 14, 15],
+            "genre_ids": [[1, 2], [2, 2], [3], [1, 3], [], [9]],
+        }
+    )
+    history = pd.DataFrame({"user_id": [1, 1, 2], "track_id": [10, 11, 12]})
+    rows = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1, 3],
+            "track_id": [13, 11, 14, 15, 13, 10],
+            "item_listeners": [10, 10, 10, 10, 3, 10],
+        }
+    )
+    got = genre_idf_cosine(history, track_genres(items), rows, min_listeners=5)
+    assert got.tolist() == pytest.approx([0.5, 1 / np.sqrt(2), 0, 0, 0, 0], abs=1e-6)
 
 
 def test_a_dump_of_older_code_is_made_again(
