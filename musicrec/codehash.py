@@ -39,8 +39,8 @@ def imported_modules(source: str, package: str = PACKAGE) -> set[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
-                if parts[0] == package and len(parts) > 1:
-                    found.add(parts[1])
+                if parts[0] == package:  # `import package` runs its __init__ only
+                    found.add(parts[1] if len(parts) > 1 else "__init__")
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level > 0 or module.split(".")[0] == package:

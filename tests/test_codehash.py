@@ -55,6 +55,7 @@ def later():
         "popular",
         "features",
     }
+    assert imported_modules("import musicrec\nimport numpy") == {"__init__"}
 
 
 def write_package(root: Path, files: dict[str, str]) -> Path:
