@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from musicrec.columns import FEATURES
+from musicrec.columns import DEFAULT_FEATURES, FEATURES
 from musicrec.errors import ConfigError
 
 
@@ -113,7 +113,8 @@ class RankerConfig(_Strict):
     features: list[str] | None = Field(
         None,
         description="The features the ranker is trained on, a subset of "
-        "musicrec.columns.FEATURES (kept in that order); None: all of them. For feature "
+        "musicrec.columns.FEATURES (kept in that order); None: DEFAULT_FEATURES (all but "
+        "the opt-in user_genre_cosine). For feature "
         "studies: compare lists on a label window (bench/ranker_variants.py --holdout), "
         "not on the test window",
     )
@@ -161,8 +162,8 @@ class RankerConfig(_Strict):
 
     @property
     def feature_names(self) -> list[str]:
-        """The features the ranker is fit on: `features`, or every one of FEATURES."""
-        return self.features or FEATURES
+        """The features the ranker is fit on: `features`, or DEFAULT_FEATURES."""
+        return self.features or DEFAULT_FEATURES
 
     @field_validator("features")
     @classmethod

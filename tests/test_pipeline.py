@@ -23,7 +23,7 @@ from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 
 from musicrec.als import ALSModel
 from musicrec.artifacts import ArtifactPaths
-from musicrec.columns import FEATURES
+from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
@@ -163,7 +163,9 @@ def test_metrics_json(tiny_pipeline: TinyPipeline) -> None:
     assert m["final_fit"] == "before_test"
     assert set(m["als_params"]) == {"factors", "regularization", "alpha"}
     assert m["ranker"]["train_rows"] > 0 and 0 < m["ranker"]["label_candidate_recall"] <= 1
-    assert set(m["ranker"]["feature_importances"]) == set(FEATURES)
+    # the default list: every feature but the opt-in ones, which are still computed
+    assert set(m["ranker"]["feature_importances"]) == set(DEFAULT_FEATURES)
+    assert set(OPT_IN_FEATURES) <= set(FEATURES) - set(DEFAULT_FEATURES)
     assert set(m["stage_seconds"]) == set(STAGES)
 
 
@@ -891,7 +893,8 @@ def test_ranker_fingerprint_follows_the_code_feature_list(
         return next(s.params for s in build_plan(ctx) if s.name == "ranker")
 
     before = ranker_params()
-    monkeypatch.setattr(config_module, "FEATURES", FEATURES[:-1])
+    default = config_module.DEFAULT_FEATURES
+    monkeypatch.setattr(config_module, "DEFAULT_FEATURES", default[:-1])
     assert ranker_params() != before
-    monkeypatch.setattr(config_module, "FEATURES", FEATURES)
+    monkeypatch.setattr(config_module, "DEFAULT_FEATURES", default)
     assert ranker_params() == before

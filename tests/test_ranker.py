@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from musicrec.columns import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
+from musicrec.columns import CAT_FEATURES, DEFAULT_FEATURES, NUMERIC_FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.ranker import (
@@ -125,7 +125,7 @@ def test_ranker_learns_the_signal(trained: tuple[Ranker, pd.DataFrame]) -> None:
     assert pred.dtype == np.float32 and len(pred) == len(test)
     assert np.corrcoef(pred, test["als_score"])[0, 1] > 0.5
     imp = ranker.feature_importances(test.sort_values(C.User, kind="stable"))
-    assert set(imp) == set(FEATURES)
+    assert set(imp) == set(DEFAULT_FEATURES)  # no ranker.features: the default list
     assert next(iter(imp)) == "als_score"
 
 
@@ -167,7 +167,7 @@ def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path, los
     path = tmp_path / "ranker.cbm"
     bag.save(path)
     assert np.array_equal(Ranker.load(path).predict(test), pred)
-    assert set(bag.feature_importances(train)) == set(FEATURES)
+    assert set(bag.feature_importances(train)) == set(DEFAULT_FEATURES)
 
 
 def test_l2_leaf_reg_reaches_catboost() -> None:
@@ -300,7 +300,7 @@ def test_pooled_windows_train_one_query_per_window_and_user() -> None:
     pooled = pd.concat([a.assign(**{WINDOW: 0}), b.assign(**{WINDOW: 1})], ignore_index=True)
     ranker = Ranker.fit(pooled, FAST)
     imp = ranker.feature_importances(pooled)
-    assert set(imp) == set(FEATURES)
+    assert set(imp) == set(DEFAULT_FEATURES)
     # CatBoost would reject a query id that is split over non-contiguous rows, and with
     # user-only ids the two windows of a user would merge into one query of 2x the rows
     assert len(np.unique(group_ids(pooled))) == 2 * a[C.User].nunique()
