@@ -67,7 +67,7 @@ VARIANT_NAMES = ("base", "no_genre", "no_main_genre", "compact")
 
 def variant_features(name: str, base: list[str]) -> list[str]:
     """The features variant `name` is trained on (`ranker.features`), from `base`: the
-    config's list (every feature when it has none)."""
+    config's list (DEFAULT_FEATURES when it has none)."""
     if name == "compact":
         return COMPACT
     drop = {"base": (), "no_genre": GENRE, "no_main_genre": ("main_genre",)}[name]

@@ -107,7 +107,7 @@ def catboost_params(cfg: RankerConfig) -> dict[str, object]:
 
 
 class Ranker:
-    """A CatBoost ranking model over `cfg.features` (default: all of FEATURES); the model
+    """A CatBoost ranking model over `cfg.features` (default: DEFAULT_FEATURES); the model
     file carries the names, so `predict` reads the columns it was trained on."""
 
     def __init__(self, model: object) -> None:
