@@ -866,9 +866,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
         Stage(
             "ranker",
             lambda: stage_ranker(ctx),
-            # the feature list the model is fit on, also when the config names none: a
-            # version that adds a feature must not reuse a ranker fit without it
-            [cfg.ranker.model_dump(), cfg.top_k, cfg.ranker.feature_names],
+            [cfg.ranker.model_dump(), cfg.top_k],
             [],
             [paths.recommendations, paths.model_dir / "ranker.cbm"],
             ["als_label", "similar", "top_popular"],

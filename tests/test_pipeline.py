@@ -881,20 +881,31 @@ def test_features_constant_in_one_window_or_at_inference_are_reported(
 def test_ranker_fingerprint_follows_the_code_feature_list(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With no `ranker.features` in the config, the ranker stage's parameters still hold
-    the feature list, so a version that adds a feature refits the ranker."""
-    import musicrec.config as config_module
+    """With no `ranker.features` in the config, a version that changes the default feature
+    list refits the ranker: the list lives in `columns.py`, which the ranker stage's code
+    hash covers (a copy of the package is edited)."""
+    import shutil
 
+    import musicrec.codehash as codehash
+    from musicrec.codehash import code_hash
+
+    copy = tmp_path / "musicrec"
+    shutil.copytree(codehash.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codehash, "PACKAGE_DIR", copy)
     ctx = PipelineContext(
         tmp_path, ArtifactPaths(tmp_path), PipelineConfig(), StageCache(tmp_path / "cache")
     )
+    ranker = next(s for s in build_plan(ctx) if s.name == "ranker")
 
-    def ranker_params() -> Any:
-        return next(s.params for s in build_plan(ctx) if s.name == "ranker")
+    def ranker_code() -> str:
+        return code_hash(ranker.code)
 
-    before = ranker_params()
-    default = config_module.DEFAULT_FEATURES
-    monkeypatch.setattr(config_module, "DEFAULT_FEATURES", default[:-1])
-    assert ranker_params() != before
-    monkeypatch.setattr(config_module, "DEFAULT_FEATURES", default)
-    assert ranker_params() == before
+    before = ranker_code()
+    columns = copy / "columns.py"
+    original = columns.read_text()
+    edited = original.replace('OPT_IN_FEATURES = ["user_genre_cosine"]', "OPT_IN_FEATURES = []")
+    assert edited != original
+    columns.write_text(edited)
+    assert ranker_code() != before
+    columns.write_text(original)
+    assert ranker_code() == before
