@@ -346,6 +346,13 @@ def test_ranker_variants_smoke(tmp_path: Path) -> None:
     assert out.count("within-user AUC of user_genre_idf_cosine") == 2
     assert "window 0 (" in out and ") with - ALS score: ndcg@10 " in out
     assert "with user_genre_idf_cosine - without: ndcg@10 " in out
+    # als_item_z_feature: the refit ALS reproduces als_score (asserted in the script), the
+    # feature's AUC per window, each ranker against the ALS score, the pair
+    out = run_script("als_item_z_feature.py", *common, "--windows", "0")
+    assert out.count("within-user AUC of als_item_z") == 2
+    assert out.count("ALS refit reproduces als_score to ") == 2
+    assert ") with - ALS score: ndcg@10 " in out
+    assert "with als_item_z - without: ndcg@10 " in out
 
     # als_seeds: each seed's NDCG@10 and the ensembles; the "ensemble" of one seed is it
     out = run_script("als_seeds.py", *common[: common.index("--work")], "--seeds", "3")
@@ -410,6 +417,29 @@ def test_genre_idf_cosine_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     got = genre_idf_cosine(history, track_genres(items), rows, min_listeners=5)
     assert got.tolist() == pytest.approx([0.5, 1 / np.sqrt(2), 0, 0, 0, 0], abs=1e-6)
+
+
+def test_als_item_z_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User factors (1, 0), (3, 0), (2, 0): track (1, 5) scores 1, 3, 2, mean 2, population
+    standard deviation sqrt(2/3), so z = -sqrt(1.5), +sqrt(1.5), 0; track (0, 1) scores 0 for
+    everyone (deviation 0): z 0; an unknown user or track: 0."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from als_item_z_feature import item_z
+
+    from musicrec.als import ALSModel
+    from musicrec.matrix import IdMap
+
+    als = ALSModel(
+        IdMap(np.array([7, 8, 9])),
+        IdMap(np.array([100, 200])),
+        np.array([[1, 0], [3, 0], [2, 0]], dtype=np.float32),
+        np.array([[1, 5], [0, 1]], dtype=np.float32),
+    )
+    got = item_z(als, np.array([7, 8, 9, 8, 5, 7]), np.array([100, 100, 100, 200, 100, 300]))
+    r = np.sqrt(1.5)
+    assert got.tolist() == pytest.approx([-r, r, 0, 0, 0, 0], abs=1e-6)
 
 
 def test_a_dump_of_older_code_is_made_again(
