@@ -67,7 +67,13 @@ log = logging.getLogger("musicrec.pipeline")
 
 # ---------------------------------------------------------------------------- caching
 class StageCache:
-    """Fingerprints of finished stages, one JSON file per stage under `recsys/cache/`."""
+    """Fingerprints of finished stages, one JSON file per stage under `recsys/cache/`.
+
+    Nothing in a record names the directories the run used: input files count by name,
+    size and mtime, outputs by their path inside the artifacts directory (the cache
+    directory's parent). So an artifacts directory moved or copied with its mtimes (`mv`,
+    `cp -a`, `rsync -a`), run from another working directory, or read with its data
+    directory moved likewise, reuses its stages."""
 
     def __init__(self, cache_dir: Path, force: bool = False) -> None:
         self.dir = cache_dir
@@ -82,15 +88,22 @@ class StageCache:
         h.update(json.dumps(params, sort_keys=True, default=str).encode())
         for p in inputs:
             st = p.stat()
-            h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         for u in upstream:
             h.update(u.encode())
         return h.hexdigest()[:16]
 
-    @staticmethod
-    def output_stats(outputs: list[Path]) -> dict[str, list[int]]:
-        """Size and modification time of each output (to notice files rewritten since)."""
-        return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in outputs}
+    def output_stats(self, outputs: list[Path]) -> dict[str, list[int]]:
+        """Size and modification time of each output (to notice files rewritten since),
+        keyed by the path inside the artifacts directory."""
+        root = self.dir.resolve().parent
+        out = {}
+        for p in outputs:
+            full = p.resolve()
+            key = full.relative_to(root) if full.is_relative_to(root) else full
+            st = p.stat()
+            out[key.as_posix()] = [st.st_size, st.st_mtime_ns]
+        return out
 
     def fresh(self, name: str, fp: str, outputs: list[Path]) -> dict[str, Any] | None:
         """The recorded info of stage `name` if it ran with `fp` and its outputs exist and

@@ -23,7 +23,7 @@ from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 
 from musicrec.als import ALSModel
 from musicrec.artifacts import ArtifactPaths
-from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES
+from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFiles
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
@@ -342,6 +342,37 @@ def test_changed_parameter_recomputes_stage_and_dependants(
     assert {k for k in fps if fps[k] != new_fps[k]} == {"similar", "ranker", "evaluate"}
     sim = pd.read_parquet(ArtifactPaths(own_dir).similar)
     assert (sim.groupby(C.Item1).size() == 7).all()
+
+
+def test_moved_directories_reuse_every_stage(
+    own_dir: Path,
+    tiny_raw_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The artifacts and the data directory copied elsewhere with their mtimes (as `mv` or
+    `cp -a` leave them), the run started from another working directory with relative
+    paths: every stage is reused and nothing rewritten. A raw file touched there (a new
+    mtime) recomputes every stage."""
+    import os
+    import shutil
+
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)  # every stage recorded
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_raw_dir, moved / "data")  # copy2: mtimes kept
+    shutil.copytree(own_dir, moved / "recsys")
+    before = snapshot(moved / "recsys")
+    monkeypatch.chdir(moved)
+    _, reused, ran = run(Path("data"), Path("recsys"), fast_pipeline_config(), caplog)
+    assert reused == set(STAGES) and not ran
+    assert snapshot(moved / "recsys") == before
+
+    raw = moved / "data" / RawFiles.Interactions
+    st = raw.stat()
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _, reused, ran = run(Path("data"), Path("recsys"), fast_pipeline_config(), caplog)
+    assert ran == set(STAGES) and not reused
 
 
 def test_changed_code_recomputes_the_stages_that_run_it(
