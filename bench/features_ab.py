@@ -3,6 +3,7 @@
     python bench/features_ab.py                    # after `make bench-pipeline` (full10)
     python bench/features_ab.py --change latest
     python bench/features_ab.py --change cosine --users 25000
+    python bench/features_ab.py --change opt-in --users 25000
 
 `--change lookup` (default): the id -> code lookups, `IdMap`'s dense table against the
 binary search it falls back to. `--change latest`: the similarity to the user's latest
@@ -10,7 +11,9 @@ tracks, one einsum over all of them against one `pair_dots` pass per latest trac
 code before 2026-12-02, kept below as the baseline). `--change cosine`: the users' genre
 profiles of `user_genre_cosine`, read through the sorted keys of the sparse profiles (the
 first version, still the path for catalogues with very many genres) against a dense users x
-genres table.
+genres table. `--change opt-in`: every feature (what the scoring path computed until
+2026-12-06) against the default list (what it computes for the default ranker: the opt-in
+`user_genre_cosine` left out); the columns both have must agree.
 
 Loads the first stage from the artifacts, builds the candidates of `--users` users, then
 runs `collect_features` with each version, alternating `--repeats` times in one process;
@@ -37,6 +40,7 @@ import pandas as pd  # noqa: E402
 
 from musicrec import candidates, features, matrix  # noqa: E402
 from musicrec.als import pair_dots  # noqa: E402
+from musicrec.columns import DEFAULT_FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 
 
@@ -94,6 +98,8 @@ def versions(change: str) -> dict[str, Callable[[], None]]:
             "binary search": patcher(matrix.IdMap, "_dense_table", no_table),
             "dense table": patcher(matrix.IdMap, "_dense_table", dense),
         }
+    if change == "opt-in":  # the versions differ in collect_features' argument (main)
+        return {"every feature": lambda: None, "default list": lambda: None}
     if change == "cosine":
         cells = features.DENSE_PROFILE_CELLS
         return {
@@ -109,13 +115,16 @@ def versions(change: str) -> dict[str, Callable[[], None]]:
 
 def main() -> None:
     ap = ab_setup.parser(__doc__)
-    ap.add_argument("--change", choices=["lookup", "latest", "cosine"], default="lookup")
+    ap.add_argument("--change", choices=["lookup", "latest", "cosine", "opt-in"], default="lookup")
     args = ap.parse_args()
     cfg, ctx, stage = ab_setup.load_first_stage(args)
     items = ctx.prepared.items
     cand = candidates.generate_candidates(stage, stage.matrix.users.ids[: args.users], cfg.ranker)
     features.collect_features(stage, items, cand.head(100_000), cfg.ranker)  # cached stats
     install = versions(args.change)
+    wanted = dict.fromkeys(install, None)  # None: every feature
+    if args.change == "opt-in":
+        wanted["default list"] = DEFAULT_FEATURES
     times: dict[str, list[float]] = {name: [] for name in install}
     out: dict[str, pd.DataFrame] = {}
     try:
@@ -123,12 +132,13 @@ def main() -> None:
             for name, use in install.items():
                 use()
                 t0 = time.perf_counter()
-                out[name] = features.collect_features(stage, items, cand, cfg.ranker)
+                out[name] = features.collect_features(stage, items, cand, cfg.ranker, wanted[name])
                 times[name].append(time.perf_counter() - t0)
     finally:
         list(install.values())[-1]()  # the current code back
     a, b = out.values()
-    pd.testing.assert_frame_equal(a, b, rtol=1e-5)  # float32 sums in another order
+    # float32 sums in another order; the opt-in A/B compares the columns both computed
+    pd.testing.assert_frame_equal(a[b.columns], b, rtol=1e-5)
     print(f"collect_features for {args.users:,} users ({len(cand):,} candidates), same output")
     ab_setup.report(times)
 

@@ -8,6 +8,7 @@ built the same way and never see the window they predict.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,7 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     artist_of = cat[C.MainArtist].to_numpy().astype(np.int64)
     st.update(cat_map=cat_map, genre=genre_of, artist=artist_of)
     m_cat = cat_map.codes(item_map.ids)  # catalogue row of each matrix column
+    st["m_cat"] = m_cat
     for name, table in (("genre", genre_of), ("artist", artist_of)):
         # + 2: keys hold attribute + 1 (unknown, -1, would be 0); any candidate's attribute
         # is in the catalogue table, so its maximum bounds every key
@@ -148,15 +150,24 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
         keys, n = _attribute_pairs(counts, _attr(m_cat, table), size)
         st[f"{name}_pairs"] = (keys, n, size)
 
-    # --- every genre of every track, for the users' genre profiles (user_genre_cosine) ---
-    # the profiles themselves (users x genres, ~460 MB at the full size) are made per batch
-    # of users from `counts` (the first stage's own matrix for prepared data: no copy)
-    st["item_genres"] = _genre_matrix(items, cat_map)
-    hist_genres = st["item_genres"][np.maximum(m_cat, 0)]
-    st["hist_genres"] = sp.diags((m_cat >= 0).astype(np.float32)) @ hist_genres
     st["counts"] = counts
     stage.cache[key] = st
     return st
+
+
+def _genre_tables(st: dict[str, Any], items: pd.DataFrame) -> None:
+    """Add to `st` every genre of every track, for the users' genre profiles of
+    `user_genre_cosine`: `item_genres` (catalogue rows x genres) and `hist_genres` (the
+    history's columns x genres). Made on the first call that computes the cosine, then kept
+    with the other statistics. The profiles themselves (users x genres, ~460 MB at the full
+    size) are made per batch of users from `counts` (the first stage's own matrix for
+    prepared data: no copy)."""
+    if "item_genres" in st:
+        return
+    m_cat = st["m_cat"]
+    st["item_genres"] = _genre_matrix(items, st["cat_map"])
+    hist_genres = st["item_genres"][np.maximum(m_cat, 0)]
+    st["hist_genres"] = sp.diags((m_cat >= 0).astype(np.float32)) @ hist_genres
 
 
 def _genre_matrix(items: pd.DataFrame, cat_map: IdMap) -> sp.csr_matrix:
@@ -231,9 +242,17 @@ def _attr(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def collect_features(
-    stage: FirstStage, items: pd.DataFrame, cand: pd.DataFrame, cfg: RankerConfig
+    stage: FirstStage,
+    items: pd.DataFrame,
+    cand: pd.DataFrame,
+    cfg: RankerConfig,
+    features: Collection[str] | None = None,
 ) -> pd.DataFrame:
-    """Add the `columns.FEATURES` columns to `cand` (user_id, track_id, source columns)."""
+    """Add the `columns.FEATURES` columns to `cand` (user_id, track_id, source columns).
+
+    `features`: the columns a model will read (the scoring path passes its ranker's list).
+    An opt-in feature (`columns.OPT_IN_FEATURES`) not among them is neither computed nor
+    added; every other column always is (they share their work). None: every feature."""
     end = np.datetime64(stage.end, "ns")
     st = _history_stats(stage, items, cfg.recent_days)
     out = cand.copy()
@@ -279,7 +298,9 @@ def collect_features(
     if cfg.genre_min_listeners:
         hide = out["item_listeners"].to_numpy() <= cfg.genre_min_listeners
         genre[hide] = -1
-    out["user_genre_cosine"] = _genre_cosine(st, cu, uk, c_cat, hide)
+    if features is None or "user_genre_cosine" in features:
+        _genre_tables(st, items)
+        out["user_genre_cosine"] = _genre_cosine(st, cu, uk, c_cat, hide)
     for name in ("genre", "artist"):
         c_attr = genre if name == "genre" else _attr(c_cat, st[name])
         keys, counts, size = st[f"{name}_pairs"]

@@ -553,7 +553,7 @@ def ranked_batches(
     t0 = time.perf_counter()
     for s in range(0, len(users), batch):
         cand = generate_candidates(stage, users[s : s + batch], ctx.cfg.ranker)
-        feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
+        feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker, ranker.features)
         del cand
         counter["candidates"] += len(feats)
         if scored is not None:

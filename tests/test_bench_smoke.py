@@ -195,6 +195,21 @@ def test_fast_path_ab_smoke(bench_dirs: dict[str, Path]) -> None:
     assert out.count("ratio ") == 2
 
 
+def test_features_ab_smoke(bench_dirs: dict[str, Path]) -> None:
+    """Each A/B of `collect_features` runs and its two versions agree (the script asserts
+    it; for `opt-in`, on the columns both compute)."""
+    art = bench_dirs["art"]
+    if not (art / "recommendations" / "recommendations.parquet").exists():
+        pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    dirs = ("--artifacts-dir", art, "--data-dir", bench_dirs["data"])
+    for change in ("lookup", "latest", "cosine", "opt-in"):
+        out = run_script(
+            "features_ab.py", *dirs, "--change", change, "--users", "40", "--repeats", "1"
+        )
+        assert "users (" in out and "same output" in out, (change, out)
+        assert "ratio " in out, (change, out)
+
+
 def test_idmap_ab_smoke() -> None:
     out = run_script(
         "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"

@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from musicrec.candidates import FirstStage, generate_candidates, latest_tracks
-from musicrec.columns import CAT_FEATURES, FEATURES, NUMERIC_FEATURES
+from musicrec.columns import (
+    CAT_FEATURES,
+    DEFAULT_FEATURES,
+    FEATURES,
+    NUMERIC_FEATURES,
+    OPT_IN_FEATURES,
+)
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
 from musicrec.features import collect_features
@@ -49,6 +55,29 @@ def stage(tiny_prepared: PreparedData, end: pd.Timestamp) -> FirstStage:
 def feats(stage: FirstStage, tiny_prepared: PreparedData) -> pd.DataFrame:
     users = stage.matrix.users.ids[::3]
     return collect_features(stage, tiny_prepared.items, generate_candidates(stage, users, CFG), CFG)
+
+
+def test_an_opt_in_feature_left_out_is_not_computed(
+    stage: FirstStage,
+    tiny_prepared: PreparedData,
+    feats: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the default list the opt-in columns are absent, their code never runs, and
+    every other column is the one computed with every feature; asked for, they are."""
+    import musicrec.features as features_module
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("computed")
+
+    cand = generate_candidates(stage, stage.matrix.users.ids[::3], CFG)
+    monkeypatch.setattr(features_module, "_genre_cosine", boom)
+    monkeypatch.setattr(features_module, "_genre_tables", boom)
+    got = collect_features(stage, tiny_prepared.items, cand, CFG, DEFAULT_FEATURES)
+    assert not set(OPT_IN_FEATURES) & set(got.columns)
+    pd.testing.assert_frame_equal(got, feats.drop(columns=OPT_IN_FEATURES))
+    with pytest.raises(RuntimeError, match="computed"):
+        collect_features(stage, tiny_prepared.items, cand, CFG, FEATURES)
 
 
 # ---------------------------------------------------------------------- leakage

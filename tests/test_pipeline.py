@@ -324,6 +324,52 @@ def test_write_ranked_frees_memory_after_every_batch_and_batches_change_nothing(
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
 
 
+def test_scoring_computes_an_opt_in_feature_only_for_a_ranker_that_reads_it(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default ranker does not read the opt-in features, so scoring every user leaves
+    their columns out (at the full size the genre cosine was a tenth of the feature time);
+    a ranker fit with them gets them."""
+    import musicrec.pipeline as pipeline_module
+    from musicrec.candidates import generate_candidates
+    from musicrec.features import collect_features
+    from musicrec.ranker import TARGET, sample_training_rows
+
+    ctx = PipelineContext(
+        tiny_pipeline.root,
+        tiny_pipeline.paths,
+        tiny_pipeline.cfg,
+        StageCache(tiny_pipeline.root / "cache"),
+    )
+    stage = ctx.first_stage()
+    default = Ranker.load(tiny_pipeline.paths.model_dir / "ranker.cbm")
+    assert OPT_IN_FEATURES and not set(OPT_IN_FEATURES) & set(default.features)
+    columns: list[set[str]] = []
+    real = pipeline_module.collect_features
+
+    def spy(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        out = real(*args, **kwargs)
+        columns.append(set(out.columns))
+        return out
+
+    monkeypatch.setattr(pipeline_module, "collect_features", spy)
+    write_ranked(ctx, default, stage, path=tmp_path / "default.parquet")
+    assert columns and all(not set(OPT_IN_FEATURES) & c for c in columns)
+    assert all(set(default.features) <= c for c in columns)
+
+    users = stage.matrix.users.ids[:60]
+    rows = collect_features(
+        stage, ctx.prepared.items, generate_candidates(stage, users, ctx.cfg.ranker), ctx.cfg.ranker
+    )
+    rows[TARGET] = (rows["als_rank"] <= 5).astype(np.int8)
+    every = ctx.cfg.ranker.model_copy(update={"features": FEATURES})
+    opt_in = Ranker.fit(sample_training_rows(rows, 30, None, 0), every)
+    columns.clear()
+    info = write_ranked(ctx, opt_in, stage, path=tmp_path / "opt_in.parquet")
+    assert columns and all(set(OPT_IN_FEATURES) <= c for c in columns)
+    assert info["rows"] == len(pd.read_parquet(tmp_path / "opt_in.parquet")) > 0
+
+
 def test_changed_parameter_recomputes_stage_and_dependants(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
