@@ -27,7 +27,6 @@ pooled paired difference with - without.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,14 +36,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from ranker_dump import add_context_args, context, load_dump  # noqa: E402
-from ranker_rolling import window_scores  # noqa: E402
+from ranker_dump import context, load_dump  # noqa: E402
+from ranker_rolling import feature_gain, feature_parser  # noqa: E402
 
 from musicrec.als import ALSModel  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
 from musicrec.matrix import InteractionMatrix  # noqa: E402
-from musicrec.metrics import paired_difference, paired_text, summarize, within_user_auc  # noqa: E402
+from musicrec.metrics import summarize, within_user_auc  # noqa: E402
 from musicrec.pipeline import label_windows  # noqa: E402
 from musicrec.ranker import TARGET, WINDOW  # noqa: E402
 
@@ -71,12 +69,7 @@ def item_z(als: ALSModel, users: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    add_context_args(ap)
-    ap.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = feature_parser(__doc__).parse_args()
     ctx = context(args)
     ctx.als_params = json.loads(ctx.paths.metrics.read_text()).get("als_params")
     train, _ = load_dump(ctx, args.work)
@@ -108,33 +101,7 @@ def main() -> None:
             flush=True,
         )
     base = ctx.cfg.ranker.model_copy(update={"thread_count": args.threads, "bag_size": 1})
-    # model_copy skips the config's check that features are the package's own
-    with_it = base.model_copy(update={"features": [*base.feature_names, NAME]})
-    configs = {"ranker": base, "with": with_it}
-    pooled: dict[str, list[pd.DataFrame]] = {}
-    for w in args.windows:
-        res = window_scores(train, w, configs, args.seeds, ctx.cfg.top_k)
-        for name, per_user in res.items():
-            pooled.setdefault(name, []).append(pd.concat({w: per_user}, names=["window", C.User]))
-        for name in configs:
-            cells = [
-                f"{m} {paired_text(paired_difference(res[name][m], res['ALS score'][m]))}"
-                for m in METRICS
-            ]
-            print(f"window {w} ({len(res[name])} users) {name} - ALS score: " + "  ".join(cells))
-    frames = {name: pd.concat(f) for name, f in pooled.items()}
-    n = len(frames["ranker"])
-    for name in configs:
-        cells = [
-            f"{m} {paired_text(paired_difference(frames[name][m], frames['ALS score'][m]))}"
-            for m in METRICS
-        ]
-        print(f"pooled ({n} user-windows) {name} - ALS score: " + "  ".join(cells))
-    cells = [
-        f"{m} {paired_text(paired_difference(frames['with'][m], frames['ranker'][m]))}"
-        for m in METRICS
-    ]
-    print(f"pooled ({n} user-windows) with {NAME} - without: " + "  ".join(cells))
+    feature_gain(train, NAME, base, args.windows, args.seeds, ctx.cfg.top_k, METRICS)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,62 @@ def window_scores(
     return out
 
 
+def feature_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a one-feature test (`feature_gain`): the run's context (`ranker_dump`),
+    --windows (default 0 1 2), --seeds (default 42 43) and --threads."""
+    ap = argparse.ArgumentParser(description=doc)
+    add_context_args(ap)
+    ap.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
+
+
+def feature_gain(
+    train: pd.DataFrame,
+    name: str,
+    base: RankerConfig,
+    windows: list[int],
+    seeds: list[int],
+    top_k: int,
+    metrics: tuple[str, ...] = ("ndcg@10", "recall@5"),
+) -> None:
+    """The label-window test of one new feature column `name` of `train` (not a package
+    feature): each of `windows` scored by `base` fit on the older windows ("ranker") and by
+    `base` with `name` added ("with"). Prints each window's and the pooled paired
+    differences of both from the ALS score, then the pooled with - without."""
+    # model_copy skips the config's check that features are the package's own
+    configs = {
+        "ranker": base,
+        "with": base.model_copy(update={"features": [*base.feature_names, name]}),
+    }
+    pooled: dict[str, list[pd.DataFrame]] = {}
+
+    def cells(a: pd.DataFrame, b: pd.DataFrame) -> str:
+        return "  ".join(f"{m} {paired_text(paired_difference(a[m], b[m]))}" for m in metrics)
+
+    for w in windows:
+        res = window_scores(train, w, configs, seeds, top_k)
+        for key, per_user in res.items():
+            pooled.setdefault(key, []).append(pd.concat({w: per_user}, names=["window", C.User]))
+        for key in configs:
+            print(
+                f"window {w} ({len(res[key])} users) {key} - ALS score: "
+                + cells(res[key], res["ALS score"])
+            )
+    frames = {key: pd.concat(f) for key, f in pooled.items()}
+    n = len(frames["ranker"])
+    for key in configs:
+        print(
+            f"pooled ({n} user-windows) {key} - ALS score: "
+            + cells(frames[key], frames["ALS score"])
+        )
+    print(
+        f"pooled ({n} user-windows) with {name} - without: "
+        + cells(frames["with"], frames["ranker"])
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     add_context_args(ap)
