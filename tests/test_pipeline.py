@@ -328,8 +328,8 @@ def test_scoring_computes_an_opt_in_feature_only_for_a_ranker_that_reads_it(
     tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default ranker does not read the opt-in features, so scoring every user leaves
-    their columns out (at the full size the genre cosine was a tenth of the feature time);
-    a ranker fit with them gets them."""
+    their columns out (at the full size the genre cosine took a quarter of the feature time
+    of a scoring batch: docs/benchmarks.md); a ranker fit with them gets them."""
     import musicrec.pipeline as pipeline_module
     from musicrec.candidates import generate_candidates
     from musicrec.features import collect_features
