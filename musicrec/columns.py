@@ -90,8 +90,9 @@ NUMERIC_FEATURES = [
 #: categorical features (CatBoost handles them natively)
 CAT_FEATURES = ["main_genre"]
 FEATURES = NUMERIC_FEATURES + CAT_FEATURES
-#: computed for every candidate, but used by the ranker only when `ranker.features` names
-#: them: user_genre_cosine lowered the default ranker's NDCG@10 by 0.00023 ± 0.00007 on
+#: used by the ranker, and computed on its scoring path, only when `ranker.features` names
+#: them (training rows and `collect_features(features=None)` still get every column):
+#: user_genre_cosine lowered the default ranker's NDCG@10 by 0.00023 ± 0.00007 on
 #: full10 (paired over 94,429 users, docs/benchmarks.md); the Last.fm config names it
 OPT_IN_FEATURES = ["user_genre_cosine"]
 #: what the ranker is fit on when `ranker.features` is not set
