@@ -65,6 +65,11 @@ class ArtifactPaths:
         return self.recs_dir / "recommendations.parquet"
 
     @property
+    def heard_dir(self) -> Path:
+        """What each user heard before the served fit (`musicrec.heard.HeardIndex`)."""
+        return self.recs_dir / "heard"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 

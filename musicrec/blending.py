@@ -89,7 +89,7 @@ def blend(
     offline: Sequence[int],
     k: int,
     recent: Collection[int] = (),
-    popular: Sequence[int] = (),
+    popular: Iterable[int] = (),
 ) -> list[int]:
     """The blended list of `/recommendations`.
 

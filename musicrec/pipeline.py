@@ -43,6 +43,8 @@ from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
 from musicrec.errors import DataValidationError
 from musicrec.features import collect_features
+from musicrec.heard import FILES as HEARD_FILES
+from musicrec.heard import HeardIndex
 from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.memory import release_free_memory, rss_gib
@@ -358,6 +360,9 @@ def stage_als(ctx: PipelineContext) -> dict[str, Any]:
     model = ALSModel.fit(matrix, cfg, init=init, iterations=warm)
     del init
     model.save(ctx.paths.model_dir)
+    # what every user heard before the served fit, for the services' online part and
+    # top-up (the stored lists already leave these tracks out)
+    HeardIndex.from_matrix(matrix).save(ctx.paths.heard_dir)
     scored = top_item_codes(matrix, ctx.cfg.als.max_scored_items)
     recs = model.recommend(
         matrix.users.ids, matrix, ctx.cfg.als.n_recs, ctx.cfg.als.batch_size, items=scored
@@ -789,6 +794,7 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     write_parquet(top, ctx.paths.top_popular)
     stage = FirstStage.fit(events, end, ctx.als_cfg(), ctx.cfg.similar)
     stage.als.save(ctx.paths.model_dir)
+    HeardIndex.from_matrix(stage.matrix).save(ctx.paths.heard_dir)
     write_parquet(stage.similar, ctx.paths.similar)
     als = stage.als.recommend(
         stage.matrix.users.ids,
@@ -812,6 +818,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
         paths.model_dir / f"als_{n}.npy"
         for n in ("user_ids", "item_ids", "user_factors", "item_factors")
     ]
+    heard_files = [paths.heard_dir / name for name in HEARD_FILES]
     plan = [
         Stage(
             "prepare",
@@ -863,9 +870,9 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             lambda: stage_als(ctx),
             [cfg.als.model_dump(), cfg.eval.model_dump()],
             [],
-            [*model_files, paths.personal_als],
+            [*model_files, *heard_files, paths.personal_als],
             ["als_label"],
-            code=("als",),
+            code=("als", "heard"),
         ),
         Stage(
             "similar",
@@ -898,7 +905,13 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
     if cfg.final_fit == "all":
         # it overwrites the artifacts of top_popular/als/similar/ranker: their records then
         # no longer match their outputs, so a later run recomputes them before reusing any
-        served = [paths.top_popular, *model_files, paths.personal_als, paths.similar]
+        served = [
+            paths.top_popular,
+            *model_files,
+            *heard_files,
+            paths.personal_als,
+            paths.similar,
+        ]
         plan.append(
             Stage(
                 "final_fit",
@@ -907,7 +920,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
                 [],
                 [*served, paths.recommendations],
                 ["evaluate"],
-                code=("candidates", "features", "ranker"),
+                code=("candidates", "features", "ranker", "heard"),
             )
         )
     return plan

@@ -535,18 +535,22 @@ def sort_order(keys: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:
     return np.lexsort((ranks, keys))
 
 
-def fetch_artifacts_if_configured(settings: Settings, files: Sequence[Path]) -> None:
+def fetch_artifacts_if_configured(
+    settings: Settings, files: Sequence[Path], optional: Sequence[Path] = ()
+) -> None:
     """Download `files` (paths under `settings.artifacts_dir`: what the service reads, not
     the whole tree of data and models) from S3 first when `settings.fetch_artifacts_from_s3`
-    (blocking; call it from a thread). `musicrec.storage` is imported only then."""
+    (blocking; call it from a thread), and `optional` too if the bucket has them.
+    `musicrec.storage` is imported only then."""
     if not settings.fetch_artifacts_from_s3:
         return
     from musicrec.storage import download_artifacts  # lazy: optional, owned by storage.py
 
     root = Path(settings.artifacts_dir)
     only = [Path(f).relative_to(root).as_posix() for f in files]
-    log.info("fetching %s from S3 into %s", ", ".join(only), root)
-    download_artifacts(settings, root, only=only)
+    extra = [Path(f).relative_to(root).as_posix() for f in optional]
+    log.info("fetching %s from S3 into %s", ", ".join([*only, *extra]), root)
+    download_artifacts(settings, root, only=only, optional=extra)
 
 
 def configure_service_logging(settings: Settings) -> None:

@@ -10,6 +10,9 @@
   `musicrec.coalesce`).
 * `POST /recommendations` - `[online[0], offline[0], online[1], offline[1], ...]`, without
   duplicates or recently heard tracks, exactly `k` long (topped up from the popular list).
+  Tracks the user heard before the pipeline's served fit (`recommendations/heard/`,
+  `musicrec.heard`) are left out of the online part and the top-up as well; the stored
+  lists never hold them.
   If an upstream is down or slow it still answers 200 with the offline part within
   `settings.request_budget_s`; the fallback is counted and logged.
 
@@ -38,6 +41,8 @@ from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.fast_path import FastPath, Lane, route_of
+from musicrec.heard import FILES as HEARD_FILES
+from musicrec.heard import HeardIndex, drop_heard, unheard
 from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -80,6 +85,8 @@ EVENTS_BATCH = 200
 SIMILAR_BATCH = 200
 #: list length when the request gives no `k`
 DEFAULT_K = 100
+#: the heard tracks of a user the index does not know
+NOTHING_HEARD = np.empty(0, dtype=np.int64)
 #: coalesced calls outstanding per upstream and worker (2 and 4 gave the same throughput
 #: within this machine's noise; 2 keeps batches larger)
 IN_FLIGHT = 2
@@ -90,15 +97,18 @@ IN_FLIGHT = 2
 
 @dataclass(frozen=True)
 class OfflineRecs:
-    """The ranker's lists (user -> slice of `tracks`, ranked) and the popular list."""
+    """The ranker's lists (user -> slice of `tracks`, ranked), the popular list and what
+    each user heard before the served fit (None for artifacts written before it existed)."""
 
     users: GroupedIndex
     tracks: np.ndarray
     popular: list[int]
+    heard: HeardIndex | None = None
 
     @classmethod
     def load(cls, paths: ArtifactPaths) -> OfflineRecs:
-        """Read and validate `recommendations.parquet` and `top_popular.parquet`."""
+        """Read and validate `recommendations.parquet`, `top_popular.parquet` and, when it
+        exists, the heard index (memory-mapped; a corrupt one is an `ArtifactError`)."""
         rec_path = paths.recommendations
         table = read_artifact(rec_path)
         users = compact_ids(int_column(table, C.User, rec_path))
@@ -125,7 +135,22 @@ class OfflineRecs:
         popular = pop_tracks[np.sort(first)][:POPULAR_LIST_MAX].tolist()
         if len(index) == 0:
             log.warning("%s has no users: everyone gets the popular list", rec_path)
-        return cls(index, compact_ids(tracks), popular)
+        heard = None
+        if paths.heard_dir.exists():
+            heard = HeardIndex.load(paths.heard_dir)
+        else:
+            log.warning(
+                "%s is missing (artifacts of an older pipeline run): the online part and the "
+                "popular top-up may hold tracks heard before the pipeline ran",
+                paths.heard_dir,
+            )
+        return cls(index, compact_ids(tracks), popular, heard)
+
+    def heard_of(self, user_id: int) -> np.ndarray:
+        """The sorted track ids the user heard before the served fit (empty if unknown)."""
+        if self.heard is None:
+            return NOTHING_HEARD
+        return self.heard.tracks_of(user_id)
 
     def knows(self, user_id: int) -> bool:
         """Whether the pipeline produced a personal list for the user."""
@@ -234,9 +259,12 @@ class Upstreams:
         except (KeyError, TypeError, ValueError) as exc:
             raise self._bad_payload("similar", exc) from exc
 
-    async def online(self, user_id: int, out: OnlineResult, k: int) -> None:
+    async def online(
+        self, user_id: int, out: OnlineResult, k: int, heard: np.ndarray = NOTHING_HEARD
+    ) -> None:
         """Fill `out`: latest events, then similar tracks of the distinct latest
-        `online_history_k` of them, merged by best score without any recent track."""
+        `online_history_k` of them, merged by best score without any recent track or any
+        track in `heard` (sorted: what the user heard before the served fit)."""
         cfg = self.settings
         try:
             out.recent = await self.events.get(user_id)
@@ -247,7 +275,11 @@ class Upstreams:
         except MissingKey as exc:
             upstream = "similar" if out.recent else "events"
             raise self._bad_payload(upstream, exc) from exc
-        out.recs = merge_by_score(sources, k, banned=set(out.recent))
+        if heard.size == 0:
+            out.recs = merge_by_score(sources, k, banned=set(out.recent))
+            return
+        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), set(out.recent))
+        out.recs = drop_heard(merged, heard)[:k]
 
 
 # --- app -------------------------------------------------------------------------------
@@ -291,7 +323,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_service_logging(cfg)
         paths = ArtifactPaths(cfg.artifacts_dir)
         await asyncio.to_thread(
-            fetch_artifacts_if_configured, cfg, [paths.recommendations, paths.top_popular]
+            fetch_artifacts_if_configured,
+            cfg,
+            [paths.recommendations, paths.top_popular],
+            [paths.heard_dir / name for name in HEARD_FILES],
         )
         offline = await asyncio.to_thread(OfflineRecs.load, paths)
         log.info(
@@ -335,13 +370,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     responses = {**VALIDATION_RESPONSES, **NOT_READY_RESPONSES}
 
-    async def gather_online(upstreams: Upstreams, user_id: int, k: int) -> OnlineResult:
+    async def gather_online(
+        upstreams: Upstreams, user_id: int, k: int, heard: np.ndarray
+    ) -> OnlineResult:
         """The online part within the budget; raises `OnlineFailure` on any failure, with
         whatever was gathered in `exc.partial`."""
         out = OnlineResult()
         try:
             async with asyncio.timeout(online_budget):
-                await upstreams.online(user_id, out, k)
+                await upstreams.online(user_id, out, k, heard)
         except TimeoutError as exc:
             failure = OnlineFailure("budget", "exceeded", f"{online_budget:.3f}s")
             failure.partial = out
@@ -375,12 +412,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["recommendations"],
     )
     async def recommendations_online(
-        upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = DEFAULT_K
+        offline: OfflineDep, upstreams: UpstreamsDep, user_id: UserIdQuery, k: KQuery = DEFAULT_K
     ) -> Response:
         """Tracks similar to the user's latest listens, best first, without the listened
         ones; empty when the user has no events."""
         try:
-            out = await gather_online(upstreams, user_id, k)
+            out = await gather_online(upstreams, user_id, k, offline.heard_of(user_id))
         except OnlineFailure as exc:
             fallback_log.warning("online recommendations for user %d failed: %s", user_id, exc)
             raise HTTPException(
@@ -408,8 +445,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def blended(
         offline: OfflineRecs, upstreams: Upstreams, user_id: int, k: int
     ) -> list[int]:
+        heard = offline.heard_of(user_id)
         try:
-            out = await gather_online(upstreams, user_id, k)
+            out = await gather_online(upstreams, user_id, k, heard)
         except OnlineFailure as exc:
             out = exc.partial
             metrics.fallbacks.labels(exc.reason).inc()
@@ -420,7 +458,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
         offline_recs = offline.ranked(user_id, 2 * k + len(recent))
-        return blend(out.recs, offline_recs, k, recent, offline.popular)
+        # the stored list holds no heard track; the online part was filtered above; the
+        # popular top-up is checked against the history lazily, only as far as it is read
+        return blend(out.recs, offline_recs, k, recent, unheard(offline.popular, heard))
 
     async def lane_blended(user_id: int, k: int) -> bytes | None:
         offline, upstreams = app.state.offline, app.state.upstreams

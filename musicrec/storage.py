@@ -266,6 +266,7 @@ def download_artifacts(
     *,
     client: Any = None,
     only: Collection[str] | None = None,
+    optional: Collection[str] = (),
 ) -> list[Path]:
     """Fetch the artifacts uploaded by `upload_artifacts` into `artifacts_dir`.
 
@@ -273,8 +274,9 @@ def download_artifacts(
     file); keys outside the artifact layout are ignored. `only`: the paths relative to
     `artifacts_dir` to fetch (e.g. "recommendations/similar.parquet": what one service
     reads), every artifact when None; one of them missing from the bucket is a
-    `StorageError`. Without S3_BUCKET_NAME this logs one info line and returns [].
-    Errors raise `StorageError` like the upload.
+    `StorageError`. `optional`: further paths fetched when the bucket has them (artifacts
+    that older pipeline runs did not write). Without S3_BUCKET_NAME this logs one info
+    line and returns []. Errors raise `StorageError` like the upload.
     """
     if not settings.s3_bucket_name:
         log.info("S3 download skipped: S3_BUCKET_NAME is not set")
@@ -296,7 +298,7 @@ def download_artifacts(
                 if rel is None:
                     log.debug("Skipping s3://%s/%s (not an artifact)", bucket, key)
                     continue
-                if only is not None and str(rel) not in only:
+                if only is not None and str(rel) not in only and str(rel) not in optional:
                     continue
                 target = root.joinpath(*rel.parts)
                 with atomic_path(target) as tmp:

@@ -33,6 +33,7 @@ from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
+from musicrec.heard import HeardIndex, drop_heard, unheard
 from musicrec.service_common import INT32_MAX, K_MAX
 from musicrec.service_recommendations import RECENT_WINDOW
 from musicrec.service_similar import MAX_BATCH
@@ -74,6 +75,14 @@ class Picks:
     popular: list[int]
     seeds: list[int]
     similar_of: Callable[[Sequence[int], int], dict[int, tuple[list[int], list[float]]]]
+    #: the heard index the service reads (None for artifacts written before it existed)
+    heard: HeardIndex | None = None
+
+    def heard_of(self, user_id: int) -> np.ndarray:
+        """The sorted tracks `user_id` heard before the served fit (empty if unknown)."""
+        if self.heard is None:
+            return np.empty(0, dtype=np.int64)
+        return self.heard.tracks_of(user_id)
 
 
 def _call(
@@ -191,7 +200,8 @@ def pick_ids(settings: Settings) -> Picks:
                 scs.append(float(sc))
         return out
 
-    return Picks(warm_user, warm_list, cold_user, verify_user, popular, seeds, similar_of)
+    heard = HeardIndex.load(paths.heard_dir) if paths.heard_dir.exists() else None
+    return Picks(warm_user, warm_list, cold_user, verify_user, popular, seeds, similar_of, heard)
 
 
 @dataclass
@@ -256,10 +266,11 @@ class Verifier:
             return []
         return [int(t) for t in reply.data.get("events", [])]
 
-    def expected_online(self, picks: Picks, recent: list[int], k: int) -> list[int]:
+    def expected_online(self, picks: Picks, user_id: int, recent: list[int], k: int) -> list[int]:
         seeds = dedupe(recent)[: self.settings.online_history_k]
         similar = picks.similar_of(seeds, self.settings.online_similar_k)
-        return merge_by_score((similar[s] for s in seeds), k, banned=set(recent))
+        merged = merge_by_score((similar[s] for s in seeds), K_MAX * len(seeds), set(recent))
+        return drop_heard(merged, picks.heard_of(user_id))[:k]
 
     def expected_offline(self, picks: Picks, user_id: int, n: int) -> list[int]:
         base = picks.warm_list if user_id == picks.warm_user else picks.popular
@@ -267,9 +278,10 @@ class Verifier:
 
     def expected_blend(self, picks: Picks, user_id: int, k: int) -> list[int]:
         recent = self.events_of(user_id)
-        online = self.expected_online(picks, recent, k)
+        online = self.expected_online(picks, user_id, recent, k)
         offline = self.expected_offline(picks, user_id, 2 * k + len(set(recent)))
-        return blend(online, offline, k, set(recent), picks.popular)
+        popular = unheard(picks.popular, picks.heard_of(user_id))
+        return blend(online, offline, k, set(recent), popular)
 
     # --- the checks ----------------------------------------------------------------------
 
@@ -399,7 +411,7 @@ class Verifier:
 
         # online and blended
         recent = self.events_of(user)
-        expected_online = self.expected_online(picks, recent, K)
+        expected_online = self.expected_online(picks, user, recent, K)
         reply = self.expect_json(
             "online = similar to latest listens, heard ones removed",
             "POST",
@@ -420,6 +432,22 @@ class Verifier:
                 {"recs": expected},
                 params={"user_id": uid, "k": K},
             )
+        # the longest list reaches the popular top-up: none of it heard before the fit
+        check = f"blended, user with history, k={K_MAX}: nothing heard before the pipeline's fit"
+        if picks.warm_user < 0 or picks.heard is None:
+            self.record(None, check, "", None, "no user with history or no heard index")
+        else:
+            reply = self.expect_json(
+                check,
+                "POST",
+                f"{rec}/recommendations",
+                {"recs": self.expected_blend(picks, picks.warm_user, K_MAX)},
+                params={"user_id": picks.warm_user, "k": K_MAX},
+            )
+            got = reply.data.get("recs", []) if isinstance(reply.data, dict) else []
+            heard = picks.heard_of(picks.warm_user)
+            if heard.size and np.isin(np.asarray(got, dtype=np.int64), heard).any():
+                self.record(False, check, "", reply, "a heard track came back")
         self.expect_json(
             "blended, cold user without events",
             "POST",

@@ -210,6 +210,24 @@ def test_features_ab_smoke(bench_dirs: dict[str, Path]) -> None:
         assert "ratio " in out, (change, out)
 
 
+def test_heard_index_bench_rebuilds_the_pipelines_index(bench_dirs: dict[str, Path]) -> None:
+    """bench/heard_index.py builds from events.parquet what the pipeline's `als` stage
+    wrote (same arrays), and prints its figures."""
+    import numpy as np
+
+    from musicrec.heard import FILES
+
+    art = bench_dirs["art"]
+    heard = art / "recommendations" / "heard"
+    if not heard.exists():
+        pytest.skip("needs the artifacts of test_bench_pipeline_smoke")
+    before = {name: np.load(heard / name) for name in FILES}
+    out = run_script("heard_index.py", "--artifacts-dir", art)
+    assert "the pipeline's step: from_matrix" in out and "GiB in" in out, out
+    for name in FILES:
+        assert np.array_equal(np.load(heard / name), before[name]), name
+
+
 def test_idmap_ab_smoke() -> None:
     out = run_script(
         "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"

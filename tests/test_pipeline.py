@@ -27,6 +27,7 @@ from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFil
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, load_config
 from musicrec.errors import ConfigError, DataValidationError
+from musicrec.heard import HeardIndex
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.metrics import candidate_recall
 from musicrec.pipeline import (
@@ -485,6 +486,11 @@ def test_final_fit_all_serves_models_fit_on_all_events(
     heard = events[[C.User, C.Item]].assign(_h=1)
     for served in (recs, als):  # nothing the user heard, test window included
         assert served.merge(heard, on=[C.User, C.Item], how="left")["_h"].isna().all()
+    # the services' heard index is the whole history too
+    index = HeardIndex.load(paths.heard_dir)
+    pairs = events[[C.User, C.Item]].drop_duplicates().sort_values([C.User, C.Item])
+    assert np.repeat(index.users, np.diff(index.offsets)).tolist() == pairs[C.User].tolist()
+    assert np.asarray(index.tracks).tolist() == pairs[C.Item].tolist()
     assert (recs.groupby(C.User).size() == CHANGED.top_k).all()
 
 

@@ -19,6 +19,7 @@ from conftest import TinyPipeline
 
 from musicrec.blending import cold_start
 from musicrec.columns import Columns as C
+from musicrec.heard import HeardIndex
 from musicrec.matrix import InteractionMatrix
 from musicrec.popular import listeners_per_track, recommend_popular
 
@@ -148,3 +149,16 @@ def test_cold_user_gets_the_top_popular_list(
     warm = int(recs[C.User].iloc[0])
     mine = recs[recs[C.User] == warm].sort_values(C.Rank)[C.Item].head(k).tolist()
     assert offline.offline(warm, k) == mine
+
+
+def test_heard_index_is_the_history_the_served_lists_were_fit_on(
+    tiny_pipeline: TinyPipeline, history: pd.DataFrame
+) -> None:
+    """`recommendations/heard/` holds every (user, track) pair before the test window and
+    nothing else: what the services drop from the online part and the popular top-up."""
+    index = HeardIndex.load(tiny_pipeline.paths.heard_dir)
+    pairs = history[[C.User, C.Item]].drop_duplicates().sort_values([C.User, C.Item])
+    assert index.users.tolist() == sorted(history[C.User].unique().tolist())
+    got_users = np.repeat(index.users, np.diff(index.offsets))
+    assert got_users.tolist() == pairs[C.User].tolist()
+    assert np.asarray(index.tracks).tolist() == pairs[C.Item].tolist()

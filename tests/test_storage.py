@@ -32,6 +32,7 @@ ARTIFACTS = {
     "data/events.parquet": b"PAR1 events" * 1000,
     "recommendations/top_popular.parquet": b"PAR1 top",
     "recommendations/similar.parquet": b"PAR1 similar",
+    "recommendations/heard/tracks.npy": b"\x93NUMPY fake",
     "model/als.npz": bytes(range(256)) * 50,
     "model/ranker/catboost.cbm": b"model bytes",
     "pictures/long_tail.png": b"\x89PNG fake",
@@ -171,7 +172,7 @@ def test_download_overwrites_existing_files(s3_url: str, artifacts: Path, tmp_pa
 
 def test_download_only_the_named_files(s3_url: str, artifacts: Path, tmp_path: Path) -> None:
     """A service fetches what it reads, not the whole tree; a named file the bucket lacks
-    is a StorageError naming it."""
+    is a StorageError naming it, an optional one is fetched only if the bucket has it."""
     bucket = new_bucket(s3_url)
     settings = make_settings(s3_url, bucket)
     upload_artifacts(settings, artifacts)
@@ -182,6 +183,13 @@ def test_download_only_the_named_files(s3_url: str, artifacts: Path, tmp_path: P
     assert snapshot(target) == {rel: hashlib.sha256(ARTIFACTS[rel]).hexdigest() for rel in wanted}
     with pytest.raises(StorageError, match="recommendations/nope.parquet not in the bucket"):
         download_artifacts(settings, tmp_path / "x", only=[*wanted, "recommendations/nope.parquet"])
+    # `optional` files come when the bucket has them, and their absence is no error
+    target = tmp_path / "recommendation-service"
+    extra = ["recommendations/heard/tracks.npy", "recommendations/heard/users.npy"]
+    paths = download_artifacts(settings, target, only=wanted, optional=extra)
+    got = sorted(p.relative_to(target).as_posix() for p in paths)
+    assert got == sorted([*wanted, "recommendations/heard/tracks.npy"])
+    assert snapshot(target) == {rel: hashlib.sha256(ARTIFACTS[rel]).hexdigest() for rel in got}
 
 
 def test_skipped_when_bucket_not_set(

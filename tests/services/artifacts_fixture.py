@@ -1,12 +1,14 @@
 """Small artifacts for the service tests.
 
 `write_fake_artifacts(root, n_users, n_tracks, seed)` writes the files the services read
-(`recommendations/recommendations.parquet`, `top_popular.parquet`, `similar.parquet`, and
-`personal_als.parquet`) under `root` with the pipeline's columns, deliberately unsorted,
-with sparse non-contiguous ids, a user with a short list and tracks without similar
-tracks. It returns `describe_artifacts(root)`, which derives everything the tests need
-from the files alone - so a tiny real pipeline run can replace the fake writer: run the
-pipeline into `root`, then call `describe_artifacts(root)`.
+(`recommendations/recommendations.parquet`, `top_popular.parquet`, `similar.parquet`,
+`personal_als.parquet`, and the heard index `recommendations/heard/`) under `root` with
+the pipeline's columns, deliberately unsorted, with sparse non-contiguous ids, a user with
+a short list, tracks without similar tracks, and histories that hold popular and similar
+tracks but none of the user's own list (as the pipeline guarantees). It returns
+`describe_artifacts(root)`, which derives everything the tests need from the files alone -
+so a tiny real pipeline run can replace the fake writer: run the pipeline into `root`, then
+call `describe_artifacts(root)`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from musicrec.artifacts import ArtifactPaths
+from musicrec.heard import HeardIndex
 from musicrec.io import write_parquet
 
 
@@ -69,6 +72,27 @@ def write_fake_artifacts(
     sim = pd.DataFrame(rows, columns=["track_id_1", "track_id_2", "score", "rank"])
     sim["score"] = sim["score"].astype(np.float32)
     write_parquet(sim.sample(frac=1.0, random_state=seed), paths.similar)
+
+    # what each user heard before the fit: 5..30 tracks outside the user's list, a third
+    # of them among the 60 most popular (so that top-ups meet them); one user heard nothing
+    by_user = recs.groupby("user_id")["track_id"].agg(set)
+    popular_head = pop.sort_values("rank")["track_id"].to_numpy()[:60]
+    heard_users, heard_tracks = [], []
+    for i, u in enumerate(sorted(int(x) for x in users)):
+        if i == 2:
+            continue
+        allowed = np.setdiff1d(tracks, list(by_user[u]))
+        n = int(rng.integers(5, 31))
+        head = np.intersect1d(popular_head, allowed)
+        pick = np.union1d(
+            rng.choice(head, size=min(n // 3, head.size), replace=False),
+            rng.choice(allowed, size=n - n // 3, replace=False),
+        )
+        heard_users.append(np.full(pick.size, u))
+        heard_tracks.append(pick)
+    hu, ht = np.concatenate(heard_users), np.concatenate(heard_tracks)
+    offsets = np.r_[0, np.cumsum([a.size for a in heard_users])].astype(np.int64)
+    HeardIndex(np.unique(hu), offsets, ht.astype(np.int64)).save(paths.heard_dir)
     return describe_artifacts(root)
 
 
@@ -79,7 +103,8 @@ def describe_artifacts(root: Path) -> dict[str, Any]:
     `warm_user` (the user with the longest list), `short_user` (the shortest list),
     `cold_user` (an id with no list), `similar` (track -> (ids, scores) best first),
     `similar_tracks` (tracks that have similar tracks, by id), `no_similar_track` (a
-    catalogue track without any, or None).
+    catalogue track without any, or None), `heard` (user -> sorted tracks heard before the
+    fit, from the heard index; empty when there is none).
     """
     paths = ArtifactPaths(Path(root))
     pop = pd.read_parquet(paths.top_popular).sort_values("rank", kind="stable")
@@ -91,6 +116,11 @@ def describe_artifacts(root: Path) -> dict[str, Any]:
         int(cast(int, t)): ([int(x) for x in g["track_id_2"]], [float(s) for s in g["score"]])
         for t, g in sim.groupby("track_id_1")
     }
+    heard: dict[int, list[int]] = {}
+    if paths.heard_dir.exists():
+        index = HeardIndex.load(paths.heard_dir, mmap=False)
+        for i, u in enumerate(index.users.tolist()):
+            heard[int(u)] = index.tracks[index.offsets[i] : index.offsets[i + 1]].tolist()
     by_len = sorted(recs, key=lambda u: (len(recs[u]), u))
     no_similar = [t for t in popular if t not in similar]
     return {
@@ -103,4 +133,5 @@ def describe_artifacts(root: Path) -> dict[str, Any]:
         "similar": similar,
         "similar_tracks": sorted(similar),
         "no_similar_track": no_similar[0] if no_similar else None,
+        "heard": heard,
     }

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +73,19 @@ def fake_s3(
     artifacts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[Settings, Path, list[str]]]:
     """A stand-in for `musicrec.storage` whose `download_artifacts` copies the named files
-    (`only`) from the fake artifacts; returns the list of its calls (settings, folder,
-    files), for the tests of `fetch_artifacts_from_s3`."""
+    (`only`, and those of `optional` that exist) from the fake artifacts; returns the list
+    of its calls (settings, folder, files fetched), for the tests of
+    `fetch_artifacts_from_s3`."""
     calls: list[tuple[Settings, Path, list[str]]] = []
     fake = types.ModuleType("musicrec.storage")
 
-    def download_artifacts(cfg: Settings, artifacts_dir: Path, *, only: list[str]) -> None:
-        calls.append((cfg, artifacts_dir, only))
-        for rel in only:
+    def download_artifacts(
+        cfg: Settings, artifacts_dir: Path, *, only: list[str], optional: Sequence[str] = ()
+    ) -> None:
+        # the files fetched: every one of `only`, those of `optional` the source has
+        fetched = [*only, *(rel for rel in optional if (Path(artifacts["root"]) / rel).exists())]
+        calls.append((cfg, artifacts_dir, fetched))
+        for rel in fetched:
             (artifacts_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
 

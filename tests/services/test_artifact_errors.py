@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from musicrec.artifacts import ArtifactPaths
+from musicrec.blending import blend
 from musicrec.errors import ArtifactError
 from musicrec.serve import SERVICES, child_environment, uvicorn_command
 from musicrec.service_recommendations import create_app as recs_app
@@ -140,3 +142,54 @@ def test_uvicorn_process_exits_naming_the_missing_file(own_artifacts: Path, tmp_
     )
     assert proc.returncode != 0
     assert str(path) in proc.stderr.decode()
+
+
+def object_array(path: Path) -> None:
+    """An .npy of Python objects: loading it would unpickle (never allowed)."""
+    np.save(path, np.array([1, "x", None], dtype=object), allow_pickle=True)
+
+
+HEARD_CASES: list[tuple[str, str, Breaker, str]] = [
+    ("missing", "tracks.npy", lambda p: p.unlink(), "missing"),
+    ("truncated", "tracks.npy", truncate, "not a readable .npy"),
+    ("garbage", "users.npy", lambda p: p.write_bytes(b"not npy at all"), "not a readable .npy"),
+    ("pickled objects", "users.npy", object_array, "not a readable .npy"),
+    ("floats", "tracks.npy", lambda p: np.save(p, np.zeros(3)), "1-d integer array"),
+    ("2-d", "users.npy", lambda p: np.save(p, np.zeros((2, 2), np.int64)), "1-d integer"),
+    ("offsets short", "offsets.npy", lambda p: np.save(p, np.zeros(1, np.int64)), "users + 1"),
+    ("offsets past the end", "offsets.npy", lambda p: np.save(p, np.load(p) * 2), "rise from 0"),
+    ("users unsorted", "users.npy", lambda p: np.save(p, np.load(p)[::-1].copy()), "ascending"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "file", "breaker", "words"), HEARD_CASES, ids=[c[0] for c in HEARD_CASES]
+)
+def test_a_broken_heard_index_stops_start_up_naming_the_file(
+    own_artifacts: Path, tmp_path: Path, label: str, file: str, breaker: Breaker, words: str
+) -> None:
+    path = ArtifactPaths(own_artifacts).heard_dir / file
+    breaker(path)
+    with pytest.raises(ArtifactError) as err:
+        start(recs_app(make_settings(own_artifacts, tmp_path)))
+    assert str(path.parent) in str(err.value) and words in str(err.value)
+
+
+def test_artifacts_without_a_heard_index_still_serve_with_a_warning(
+    own_artifacts: Path, tmp_path: Path, artifacts: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Artifacts of a pipeline run from before the heard index: the service starts, warns,
+    and answers as it did then (the popular top-up unfiltered)."""
+    shutil.rmtree(ArtifactPaths(own_artifacts).heard_dir)
+    user = artifacts["short_user"]
+    with (
+        caplog.at_level("WARNING"),
+        TestClient(recs_app(make_settings(own_artifacts, tmp_path))) as c,
+    ):
+        got = c.post("/recommendations_offline", params={"user_id": user, "k": 50}).json()
+        # upstreams down: the offline list, then the popular list as it is
+        blended = c.post("/recommendations", params={"user_id": user, "k": 50}).json()
+    assert got["recs"] == artifacts["recs"][user]
+    assert blended["recs"] == blend([], artifacts["recs"][user], 50, (), artifacts["popular"])
+    assert set(blended["recs"]) & set(artifacts["heard"][user])  # what the index would drop
+    assert any("heard" in r.getMessage() and "missing" in r.getMessage() for r in caplog.records)

@@ -39,11 +39,22 @@ def add_events(cfg: Settings, user: int, tracks: list[int]) -> None:
             c.post("/add_event", params={"user_id": user, "track_id": t}).raise_for_status()
 
 
-def expected_online(cfg: Settings, art: dict[str, Any], recent: list[int], k: int) -> list[int]:
+def expected_online(
+    cfg: Settings, art: dict[str, Any], recent: list[int], k: int, user: int | None = None
+) -> list[int]:
+    """The online list by the rules: similar tracks of the latest distinct events merged by
+    best score, without recent tracks and (for `user`) without tracks heard before the fit."""
     seeds = dedupe(recent)[: cfg.online_history_k]
     none: tuple[list[int], list[float]] = ([], [])
     sources = [tuple(x[: cfg.online_similar_k] for x in art["similar"].get(s, none)) for s in seeds]
-    return merge_by_score(sources, k, banned=set(recent))  # type: ignore[arg-type]
+    merged = merge_by_score(sources, 10**6, banned=set(recent))  # type: ignore[arg-type]
+    heard = set(art["heard"].get(user, ())) if user is not None else set()
+    return [t for t in merged if t not in heard][:k]
+
+
+def popular_unheard(art: dict[str, Any], user: int) -> list[int]:
+    heard = set(art["heard"].get(user, ()))
+    return [t for t in art["popular"] if t not in heard]
 
 
 def recs(client: TestClient, path: str, user: int, k: int | None = None) -> list[int]:
@@ -77,8 +88,13 @@ def test_online_merges_similar_tracks_of_latest_events(
     add_events(upstream_settings, user, events)
     recent = list(reversed(events))
     got = recs(online_client, "/recommendations_online", user, 30)
-    assert got == expected_online(upstream_settings, artifacts, recent, 30)
+    assert got == expected_online(upstream_settings, artifacts, recent, 30, user)
     assert got and not set(got) & set(events)
+    # tracks the user heard before the pipeline's fit are left out too: the same merge
+    # without that rule would have returned some of them
+    heard = set(artifacts["heard"][user])
+    assert set(expected_online(upstream_settings, artifacts, recent, 30)) & heard
+    assert not set(got) & heard
 
 
 def test_blended_interleaves_and_is_exactly_k(
@@ -90,13 +106,15 @@ def test_blended_interleaves_and_is_exactly_k(
     recent = list(reversed(events))
     for k in (1, 10, 60, 250):
         got = recs(online_client, "/recommendations", user, k)
-        online = expected_online(upstream_settings, artifacts, recent, k)
+        online = expected_online(upstream_settings, artifacts, recent, k, user)
         offline = artifacts["recs"][user][: 2 * k + len(recent)]
-        assert got == blend(online, offline, k, set(recent), artifacts["popular"])
+        popular = popular_unheard(artifacts, user)
+        assert got == blend(online, offline, k, set(recent), popular)
         assert len(got) == k and len(set(got)) == k
         assert not set(got) & set(events)
+        assert not set(got) & set(artifacts["heard"][user])
     got = recs(online_client, "/recommendations", user, 10)
-    online = expected_online(upstream_settings, artifacts, recent, 10)
+    online = expected_online(upstream_settings, artifacts, recent, 10, user)
     offline_first = [t for t in artifacts["recs"][user] if t not in online and t not in events]
     assert got[0] == online[0] and got[1] == offline_first[0]
 
@@ -105,11 +123,16 @@ def test_blended_tops_up_a_short_list_and_stops_at_the_catalogue(
     online_client: TestClient, artifacts: dict[str, Any]
 ) -> None:
     user = artifacts["short_user"]
+    heard = set(artifacts["heard"][user])
     got = recs(online_client, "/recommendations", user, 50)
     assert len(got) == 50 and len(set(got)) == 50
     assert got[: len(artifacts["recs"][user])] == artifacts["recs"][user]
-    n_catalogue = len(artifacts["popular"])
-    assert len(recs(online_client, "/recommendations", user, 1000)) == n_catalogue
+    # the top-up skips the popular tracks the user heard before the fit (some are among
+    # the first 50, so the unfiltered list would differ)
+    assert heard & set(artifacts["popular"][:50])
+    assert not set(got) & heard
+    everything = recs(online_client, "/recommendations", user, 1000)
+    assert set(everything) == set(artifacts["popular"]) - heard
 
 
 @pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
@@ -227,11 +250,11 @@ def metric(text: str, name: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def test_artifacts_fetched_from_s3_are_the_two_it_reads(
+def test_artifacts_fetched_from_s3_are_the_files_it_reads(
     artifacts: dict[str, Any], tmp_path: Path, fake_s3: list[tuple[Settings, Path, list[str]]]
 ) -> None:
-    """With `fetch_artifacts_from_s3` the service downloads its two files (not the data,
-    models and pictures of the tree) before it loads them."""
+    """With `fetch_artifacts_from_s3` the service downloads its two files and the heard
+    index (not the data, models and pictures of the tree) before it loads them."""
     cfg = make_settings(tmp_path / "fresh", tmp_path, fetch_artifacts_from_s3=True)
     with TestClient(create_app(cfg)) as c:
         assert c.get("/ready").status_code == 200
@@ -239,4 +262,7 @@ def test_artifacts_fetched_from_s3_are_the_two_it_reads(
         got = c.post("/recommendations_offline", params={"user_id": user, "k": 3}).json()
         assert got["recs"] == artifacts["recs"][user][:3]
     files = ["recommendations/recommendations.parquet", "recommendations/top_popular.parquet"]
+    files += [
+        f"recommendations/heard/{name}" for name in ("users.npy", "offsets.npy", "tracks.npy")
+    ]
     assert fake_s3 == [(cfg, tmp_path / "fresh", files)]
