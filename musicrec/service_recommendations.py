@@ -85,6 +85,9 @@ EVENTS_BATCH = 200
 SIMILAR_BATCH = 200
 #: list length when the request gives no `k`
 DEFAULT_K = 100
+#: users who heard up to this many tracks have them checked as a Python set in the online
+#: merge (a few microseconds to build); longer histories by binary search in the index
+SET_HISTORY_MAX = 2048
 #: the heard tracks of a user the index does not know
 NOTHING_HEARD = np.empty(0, dtype=np.int64)
 #: coalesced calls outstanding per upstream and worker (2 and 4 gave the same throughput
@@ -275,10 +278,14 @@ class Upstreams:
         except MissingKey as exc:
             upstream = "similar" if out.recent else "events"
             raise self._bad_payload(upstream, exc) from exc
-        if heard.size == 0:
-            out.recs = merge_by_score(sources, k, banned=set(out.recent))
+        banned = set(out.recent)
+        if heard.size <= SET_HISTORY_MAX:
+            # a short history joins the set every candidate is checked against
+            banned.update(heard.tolist())
+            out.recs = merge_by_score(sources, k, banned)
             return
-        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), set(out.recent))
+        # a long one is searched once for the whole merged list
+        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), banned)
         out.recs = drop_heard(merged, heard)[:k]
 
 

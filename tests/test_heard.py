@@ -42,7 +42,9 @@ def test_save_and_load_round_trip(tmp_path: Path, mmap: bool) -> None:
     pairs = [(int(u), int(t)) for u, t in rng.integers(0, 50, size=(400, 2))]
     index = HeardIndex.from_matrix(InteractionMatrix.from_events(events(pairs)))
     back = HeardIndex.load(index.save(tmp_path / "heard"), mmap=mmap)
-    assert isinstance(back.tracks, np.memmap) == mmap
+    # mapped: a plain ndarray view whose buffer is the file's mapping
+    assert type(back.tracks) is np.ndarray
+    assert isinstance(back.tracks.base, np.memmap) == mmap
     for a, b in zip(
         (index.users, index.offsets, index.tracks),
         (back.users, back.offsets, back.tracks),
@@ -101,3 +103,16 @@ def test_unheard_top_up_reads_the_popular_list_only_as_far_as_needed() -> None:
     assert unheard(popular, heard[:0]) is popular
     # the whole list when it must: everything but the heard tracks
     assert list(unheard(popular, heard)) == [t for t in popular.items if t not in {100, 102, 103}]
+
+
+def test_tracks_of_an_id_outside_the_users_dtype_is_empty() -> None:
+    """The key is searched in the ids' own dtype: an id int32 cannot hold is unknown, never
+    wrapped onto another user (2**32 + 5 would be 5)."""
+    index = HeardIndex(
+        np.array([5, 7], dtype=np.int32),
+        np.array([0, 2, 3], dtype=np.int64),
+        np.array([1, 2, 3], dtype=np.int32),
+    )
+    assert index.tracks_of(5).tolist() == [1, 2] and index.tracks_of(7).tolist() == [3]
+    for user in (2**32 + 5, -(2**32) + 7, 2**31, -1, 6):
+        assert index.tracks_of(user).tolist() == [], user

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from musicrec import service_recommendations
 from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.service_recommendations import create_app
 from musicrec.settings import Settings
@@ -78,9 +79,17 @@ def test_online_is_empty_without_events(
     assert recs(online_client, "/recommendations_online", artifacts["warm_user"], 10) == []
 
 
+@pytest.mark.parametrize("set_max", [2048, 0], ids=["history as a set", "binary search"])
 def test_online_merges_similar_tracks_of_latest_events(
-    online_client: TestClient, upstream_settings: Settings, artifacts: dict[str, Any]
+    online_client: TestClient,
+    upstream_settings: Settings,
+    artifacts: dict[str, Any],
+    set_max: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both ways of leaving out the heard tracks (a set for short histories, a binary search
+    in the index for long ones) give the rule's list."""
+    monkeypatch.setattr(service_recommendations, "SET_HISTORY_MAX", set_max)
     user = artifacts["warm_user"]
     seeds = artifacts["similar_tracks"][:7]
     # an unknown track and a repeat among the events: stored, ignored / counted once
