@@ -344,6 +344,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             paths.top_popular,
             len(offline.popular),
         )
+        if offline.heard is not None:
+            log.info(
+                "mapped %s (%d users, %d heard tracks)",
+                paths.heard_dir,
+                len(offline.heard),
+                offline.heard.tracks.size,
+            )
         upstreams = Upstreams(cfg, metrics)
         app.state.upstreams = upstreams
         app.state.offline = offline
