@@ -550,7 +550,9 @@ def fetch_artifacts_if_configured(
     only = [Path(f).relative_to(root).as_posix() for f in files]
     extra = [Path(f).relative_to(root).as_posix() for f in optional]
     log.info("fetching %s from S3 into %s", ", ".join([*only, *extra]), root)
-    download_artifacts(settings, root, only=only, optional=extra)
+    # reuse: the workers of a service start together; one downloads, the others (and later
+    # restarts) keep the files it wrote while the bucket holds the same objects
+    download_artifacts(settings, root, only=only, optional=extra, reuse=True)
 
 
 def configure_service_logging(settings: Settings) -> None:

@@ -18,13 +18,15 @@ upload; the download writes each file atomically.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from musicrec.errors import StorageError
-from musicrec.io import atomic_path
+from musicrec.io import atomic_path, read_json, write_json
 from musicrec.settings import Settings
 
 __all__ = [
@@ -45,6 +47,11 @@ TOP_FOLDER = "recsys"
 ARTIFACT_DIRS = ("data", "recommendations", "model", "pictures")
 #: single files at the top of the artifacts directory that are uploaded
 ARTIFACT_FILES = ("metrics.json",)
+#: what `download_artifacts(reuse=True)` fetched: per file the object's ETag and size and
+#: the local copy's size and mtime (at the top of the artifacts directory, never uploaded)
+FETCH_MANIFEST = ".s3-fetched.json"
+#: the lock that lets one process at a time fetch into an artifacts directory
+FETCH_LOCK = ".s3-fetch.lock"
 
 _ACCESS_DENIED = {
     "403",
@@ -267,6 +274,7 @@ def download_artifacts(
     client: Any = None,
     only: Collection[str] | None = None,
     optional: Collection[str] = (),
+    reuse: bool = False,
 ) -> list[Path]:
     """Fetch the artifacts uploaded by `upload_artifacts` into `artifacts_dir`.
 
@@ -277,18 +285,70 @@ def download_artifacts(
     `StorageError`. `optional`: further paths fetched when the bucket has them (artifacts
     that older pipeline runs did not write). Without S3_BUCKET_NAME this logs one info
     line and returns []. Errors raise `StorageError` like the upload.
+
+    `reuse` (what the services use): hold an exclusive lock on the directory while
+    fetching, and keep a local file that an earlier fetch wrote from the same object (same
+    ETag and size in the bucket; the local file's size and mtime as that fetch left them)
+    instead of downloading it again. So the workers of one service, started together,
+    download each file once, and a restart downloads only what changed. Returns the local
+    paths of the files fetched or kept.
     """
     if not settings.s3_bucket_name:
         log.info("S3 download skipped: S3_BUCKET_NAME is not set")
         return []
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket = settings.s3_bucket_name
     client = client if client is not None else s3_client(settings)
     _check_bucket(client, settings, "S3 download")
-    base = _base(settings)
     root = Path(artifacts_dir)
+    lock = _fetch_lock(root) if reuse else contextlib.nullcontext()
+    with lock:
+        return _download(settings, bucket, client, root, only, optional, reuse)
+
+
+@contextlib.contextmanager
+def _fetch_lock(root: Path) -> Iterator[None]:
+    """An exclusive `flock` on `root/FETCH_LOCK` (blocking; released on exit, or by the OS
+    when the process dies)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / FETCH_LOCK, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _local_state(path: Path) -> list[int] | None:
+    """[size, mtime_ns] of a local file, None if it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _download(
+    settings: Settings,
+    bucket: str,
+    client: Any,
+    root: Path,
+    only: Collection[str] | None,
+    optional: Collection[str],
+    reuse: bool,
+) -> list[Path]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = _base(settings)
+    manifest: dict[str, Any] = {}
+    if reuse:
+        try:
+            manifest = read_json(root / FETCH_MANIFEST) or {}
+        except ValueError:  # unreadable: fetch everything again
+            manifest = {}
+        if not isinstance(manifest, dict):
+            manifest = {}
     written: list[Path] = []
+    kept: list[Path] = []
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
         for page in pages:
@@ -301,20 +361,41 @@ def download_artifacts(
                 if only is not None and str(rel) not in only and str(rel) not in optional:
                     continue
                 target = root.joinpath(*rel.parts)
+                remote = {"etag": obj.get("ETag"), "size": obj.get("Size")}
+                entry = manifest.get(str(rel))
+                if (
+                    reuse
+                    and isinstance(entry, dict)
+                    and entry.get("remote") == remote
+                    and entry.get("local") == _local_state(target)
+                ):
+                    kept.append(target)
+                    continue
                 with atomic_path(target) as tmp:
                     client.download_file(bucket, key, str(tmp))
                 written.append(target)
+                manifest[str(rel)] = {"remote": remote, "local": _local_state(target)}
     except (ClientError, BotoCoreError) as exc:
         raise _error(exc, settings, "S3 download") from None
+    finally:
+        if reuse and written:
+            write_json(manifest, root / FETCH_MANIFEST)
+    found = written + kept
     if only is not None:
-        missing = sorted(set(only) - {p.relative_to(root).as_posix() for p in written})
+        missing = sorted(set(only) - {p.relative_to(root).as_posix() for p in found})
         if missing:
             raise StorageError(
                 f"S3 download from s3://{bucket}/{base} ({_where(settings)}): "
                 f"{', '.join(missing)} not in the bucket"
             )
-    if written:
-        log.info("Downloaded %d artifact files from s3://%s/%s", len(written), bucket, base)
+    if found:
+        log.info(
+            "Downloaded %d artifact files from s3://%s/%s%s",
+            len(written),
+            bucket,
+            base,
+            f" (kept {len(kept)} unchanged ones fetched before)" if kept else "",
+        )
     else:
         log.warning("S3 download: no artifacts under s3://%s/%s", bucket, base)
-    return written
+    return found

@@ -303,3 +303,88 @@ def test_empty_artifacts_dir_uploads_nothing(s3_url: str, tmp_path: Path) -> Non
     bucket = new_bucket(s3_url)
     assert upload_artifacts(make_settings(s3_url, bucket), tmp_path / "missing") == []
     assert bucket_objects(s3_url, bucket) == {}
+
+
+class CountingClient:
+    """A real S3 client whose downloads are counted (by key)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.downloads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        self.downloads.append(key)
+        self.client.download_file(bucket, key, filename)
+
+
+def test_reuse_downloads_only_what_changed(s3_url: str, artifacts: Path, tmp_path: Path) -> None:
+    """`reuse=True` (the services' fetch) keeps a file an earlier fetch wrote from the same
+    object, and downloads it again when the object or the local file changed or is gone."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+
+    def fetch() -> tuple[list[str], list[str]]:
+        client = CountingClient(s3_client(settings))
+        paths = download_artifacts(settings, target, client=client, only=wanted, reuse=True)
+        assert sorted(p.relative_to(target).as_posix() for p in paths) == sorted(wanted)
+        return sorted(k.removeprefix("recsys/") for k in client.downloads), paths_text()
+
+    def paths_text() -> list[str]:
+        return [(target / rel).read_text() for rel in wanted]
+
+    assert fetch() == (sorted(wanted), ["PAR1 similar", "PAR1 top"])
+    assert fetch() == ([], ["PAR1 similar", "PAR1 top"])  # nothing changed: nothing fetched
+    # a new object in the bucket
+    admin(s3_url).put_object(
+        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v2"
+    )
+    assert fetch() == (["recommendations/similar.parquet"], ["PAR1 similar v2", "PAR1 top"])
+    # a local file edited or deleted since the fetch
+    (target / "recommendations/top_popular.parquet").write_text("edited by hand")
+    assert fetch() == (["recommendations/top_popular.parquet"], ["PAR1 similar v2", "PAR1 top"])
+    (target / "recommendations/similar.parquet").unlink()
+    assert fetch() == (["recommendations/similar.parquet"], ["PAR1 similar v2", "PAR1 top"])
+    # an unreadable record of the fetches: everything again, no error
+    (target / ".s3-fetched.json").write_text("{not json")
+    assert fetch() == (sorted(wanted), ["PAR1 similar v2", "PAR1 top"])
+    # the record and the lock stay out of the uploads
+    assert not {key for _, key in artifact_files(target)} & {
+        "recsys/.s3-fetched.json",
+        "recsys/.s3-fetch.lock",
+    }
+    # without reuse every call downloads (the CLI's plain download)
+    client = CountingClient(s3_client(settings))
+    download_artifacts(settings, target, client=client, only=wanted)
+    assert len(client.downloads) == 2
+
+
+def test_workers_fetching_at_once_download_each_file_once(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The workers of one service start together: the lock makes one download and the
+    others keep its files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    clients = [CountingClient(s3_client(settings)) for _ in range(4)]
+
+    def fetch(client: CountingClient) -> list[Path]:
+        return download_artifacts(settings, target, client=client, reuse=True)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(fetch, clients))
+    downloads = [k for c in clients for k in c.downloads]
+    assert sorted(downloads) == sorted(f"recsys/{rel}" for rel in ARTIFACTS)
+    assert all(len(r) == len(ARTIFACTS) for r in results)
+    files = snapshot(target)
+    assert files.pop(".s3-fetched.json") and files.pop(".s3-fetch.lock")
+    assert files == {rel: hashlib.sha256(data).hexdigest() for rel, data in ARTIFACTS.items()}

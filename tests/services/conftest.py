@@ -80,7 +80,12 @@ def fake_s3(
     fake = types.ModuleType("musicrec.storage")
 
     def download_artifacts(
-        cfg: Settings, artifacts_dir: Path, *, only: list[str], optional: Sequence[str] = ()
+        cfg: Settings,
+        artifacts_dir: Path,
+        *,
+        only: list[str],
+        optional: Sequence[str] = (),
+        reuse: bool = False,
     ) -> None:
         # the files fetched: every one of `only`, those of `optional` the source has
         fetched = [*only, *(rel for rel in optional if (Path(artifacts["root"]) / rel).exists())]
