@@ -127,6 +127,16 @@ class HeardIndex:
         return self.tracks[:0]
 
 
+#: the heard tracks of a user no index knows
+NOTHING_HEARD = np.empty(0, dtype=np.int64)
+
+
+def heard_by(index: HeardIndex | None, user_id: int) -> np.ndarray:
+    """The sorted tracks `user_id` heard before the served fit; empty without an index
+    (artifacts written before it existed) or for a user it does not know."""
+    return NOTHING_HEARD if index is None else index.tracks_of(user_id)
+
+
 def heard_mask(heard: np.ndarray, items: np.ndarray) -> np.ndarray:
     """True where `items[j]` is in `heard` (sorted ascending): a binary search per item."""
     if heard.size == 0 or items.size == 0:

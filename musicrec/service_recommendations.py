@@ -42,7 +42,7 @@ from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.heard import FILES as HEARD_FILES
-from musicrec.heard import HeardIndex, drop_heard, unheard
+from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, unheard
 from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -88,8 +88,6 @@ DEFAULT_K = 100
 #: users who heard up to this many tracks have them checked as a Python set in the online
 #: merge (a few microseconds to build); longer histories by binary search in the index
 SET_HISTORY_MAX = 2048
-#: the heard tracks of a user the index does not know
-NOTHING_HEARD = np.empty(0, dtype=np.int64)
 #: coalesced calls outstanding per upstream and worker (2 and 4 gave the same throughput
 #: within this machine's noise; 2 keeps batches larger)
 IN_FLIGHT = 2
@@ -151,9 +149,7 @@ class OfflineRecs:
 
     def heard_of(self, user_id: int) -> np.ndarray:
         """The sorted track ids the user heard before the served fit (empty if unknown)."""
-        if self.heard is None:
-            return NOTHING_HEARD
-        return self.heard.tracks_of(user_id)
+        return heard_by(self.heard, user_id)
 
     def knows(self, user_id: int) -> bool:
         """Whether the pipeline produced a personal list for the user."""

@@ -33,7 +33,7 @@ from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
-from musicrec.heard import HeardIndex, drop_heard, unheard
+from musicrec.heard import HeardIndex, drop_heard, heard_by, unheard
 from musicrec.service_common import INT32_MAX, K_MAX
 from musicrec.service_recommendations import RECENT_WINDOW
 from musicrec.service_similar import MAX_BATCH
@@ -80,9 +80,7 @@ class Picks:
 
     def heard_of(self, user_id: int) -> np.ndarray:
         """The sorted tracks `user_id` heard before the served fit (empty if unknown)."""
-        if self.heard is None:
-            return np.empty(0, dtype=np.int64)
-        return self.heard.tracks_of(user_id)
+        return heard_by(self.heard, user_id)
 
 
 def _call(
