@@ -14,6 +14,9 @@ from a list of users/tracks of the case:
 - floor            POST /floor?user_id=..            (the server's ceiling on this machine)
 - recs_history     POST /recommendations, users with an offline list and no events
 - recs_online      POST /recommendations, users with 10 recent events (online blend)
+- recs_heavy       POST /recommendations, users with 150 events: more than the first read
+                   of 100, so their events are read again up to `exclude_events_max`
+                   (MUSICREC_EXCLUDE_EVENTS_MAX=100 turns that second read off)
 - recs_cold        POST /recommendations, users unknown to the pipeline
 - similar_tracks   POST /similar_tracks?track_id=..&k=10
 - add_event        POST /add_event (new users, so the other cases keep their events)
@@ -55,6 +58,8 @@ RESULTS = ROOT / "bench" / "results"
 TARGET_RECS_P99_MS = 25.0
 TARGET_SIMILAR_P99_MS = 5.0
 TARGET_FLOOR_SHARE = 0.25
+#: events of each user of the recs_heavy case (the recommendation service reads 100 first)
+HEAVY_EVENTS = 150
 
 # ---------------------------------------------------------------------------- floor app
 _FLOOR_BODY = json.dumps({"recs": list(range(1000, 1100))}).encode()
@@ -192,10 +197,13 @@ def load_ids(artifacts: Path, n: int, seed: int = 0) -> dict[str, list[int]]:
     pop = pq.read_table(p.top_popular, columns=[C.Item])[C.Item].to_numpy()
     perm = rng.permutation(users)
     n_online = min(n // 5, max(1, len(perm) // 2))  # 10 events each are added first
+    n_heavy = min(n // 25, max(1, len(perm) // 4))  # HEAVY_EVENTS each
+    rest = perm[n_online + n_heavy :]
     top = int(users.max()) + 1
     return {
-        "history": perm[n_online : n_online + n].tolist() or perm[:n].tolist(),
+        "history": rest[:n].tolist() or perm[:n].tolist(),
         "online": perm[:n_online].tolist(),
+        "heavy": perm[n_online : n_online + n_heavy].tolist(),
         "cold": list(range(top + 1_000_000, top + 1_000_000 + n)),
         "new": list(range(top + 10_000_000, top + 10_000_000 + n)),
         "tracks": rng.choice(tracks, size=min(n, len(tracks)), replace=False).tolist(),
@@ -272,12 +280,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(post, adds))
+        # users of the heavy case: HEAVY_EVENTS each, popular tracks first (the kind a
+        # recommendation would hold), then 10 tracks with similar tracks; in order per
+        # user, the users concurrently
+        popular, tracks = ids["popular"], ids["tracks"]
+        heavy = []
+        for j, u in enumerate(ids["heavy"]):
+            older = [popular[(j + i) % len(popular)] for i in range(HEAVY_EVENTS - 10)]
+            latest = tracks[(j * 10) % len(tracks) :][:10]
+            heavy.append(
+                [f"{url['events']}/add_event?user_id={u}&track_id={t}" for t in older + latest]
+            )
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda urls: [post(x) for x in urls], heavy))
 
         k = 100
         cases = [
             ("floor", url["floor"], [f"/floor?user_id={u}" for u in ids["history"]]),
             ("recs_history", url["recommendations"], recs_paths(ids["history"], k)),
             ("recs_online", url["recommendations"], recs_paths(ids["online"], k)),
+            ("recs_heavy", url["recommendations"], recs_paths(ids["heavy"], k)),
             ("recs_cold", url["recommendations"], recs_paths(ids["cold"], k)),
             (
                 "similar_tracks",

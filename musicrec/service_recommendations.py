@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -73,7 +73,9 @@ log = logging.getLogger("musicrec.services.recommendations")
 
 SERVICE = "recommendations"
 #: latest events read per online request; all of them are excluded from the answer, the
-#: first `settings.online_history_k` distinct ones are the seeds of the similar lookup
+#: first `settings.online_history_k` distinct ones are the seeds of the similar lookup. A
+#: user with this many is read again, up to `settings.exclude_events_max` events, so that
+#: older listens are excluded too
 RECENT_WINDOW = 100
 #: share of `settings.request_budget_s` the online part may use (the rest is for the
 #: offline lookup, blending and the response)
@@ -83,6 +85,9 @@ POPULAR_LIST_MAX = 20_000
 #: keys per coalesced upstream call (the upstreams accept 500 users / 200 seeds per call)
 EVENTS_BATCH = 200
 SIMILAR_BATCH = 200
+#: users per call of the second, longer read of heavy listeners' events (up to 10,000
+#: events each: a small batch keeps one answer within the upstream timeout)
+LONG_HISTORY_BATCH = 8
 #: list length when the request gives no `k`
 DEFAULT_K = 100
 #: users who heard up to this many tracks have them checked as a Python set in the online
@@ -195,6 +200,7 @@ class OnlineFailure(Exception):
 
 
 Similar = tuple[list[int], list[float]]
+V = TypeVar("V")
 
 
 class Upstreams:
@@ -213,6 +219,12 @@ class Upstreams:
         self.events: Coalescer[int, list[int]] = Coalescer(
             self._fetch_events, max_batch=EVENTS_BATCH, max_in_flight=IN_FLIGHT
         )
+        #: the longer read, only for users whose first read came back full (None: off)
+        self.long_history: Coalescer[int, list[int]] | None = None
+        if settings.exclude_events_max > self.events_k:
+            self.long_history = Coalescer(
+                self._fetch_long_history, max_batch=LONG_HISTORY_BATCH, max_in_flight=IN_FLIGHT
+            )
         self.similar: Coalescer[int, Similar] = Coalescer(
             self._fetch_similar, max_batch=SIMILAR_BATCH, max_in_flight=IN_FLIGHT
         )
@@ -220,6 +232,8 @@ class Upstreams:
     async def close(self) -> None:
         await self.events.close()
         await self.similar.close()
+        if self.long_history is not None:
+            await self.long_history.close()
         for pool in self.pools.values():
             await pool.close()
 
@@ -237,14 +251,19 @@ class Upstreams:
         self.metrics.upstream_errors.labels(upstream, "bad_payload").inc()
         return OnlineFailure(upstream, "bad_payload", repr(exc))
 
-    async def _fetch_events(self, users: list[int]) -> dict[int, list[int]]:
-        """Latest `events_k` track ids of each user, newest first (one batch call)."""
-        body = {"user_ids": users, "k": self.events_k}
+    async def _fetch_events(self, users: list[int], k: int | None = None) -> dict[int, list[int]]:
+        """Latest `k` (default `events_k`) track ids of each user, newest first (one batch
+        call)."""
+        body = {"user_ids": users, "k": k or self.events_k}
         data = await self._call("events", "/get_events_batch", len(users), body)
         try:
             return {int(r["user_id"]): [int(t) for t in r["events"]] for r in data["results"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise self._bad_payload("events", exc) from exc
+
+    async def _fetch_long_history(self, users: list[int]) -> dict[int, list[int]]:
+        """Latest `exclude_events_max` track ids of each user, newest first."""
+        return await self._fetch_events(users, self.settings.exclude_events_max)
 
     async def _fetch_similar(self, seeds: list[int]) -> dict[int, Similar]:
         """`(track_ids, scores)` of each seed (one batch call)."""
@@ -258,22 +277,42 @@ class Upstreams:
         except (KeyError, TypeError, ValueError) as exc:
             raise self._bad_payload("similar", exc) from exc
 
+    async def _lookup(
+        self, upstream: str, coalescer: Coalescer[int, V], keys: list[int]
+    ) -> list[V]:
+        """The values of `keys`; a key the answer lacks is the upstream's bad payload."""
+        try:
+            return await coalescer.get_many(keys)
+        except MissingKey as exc:
+            raise self._bad_payload(upstream, exc) from exc
+
     async def online(
         self, user_id: int, out: OnlineResult, k: int, heard: np.ndarray = NOTHING_HEARD
     ) -> None:
         """Fill `out`: latest events, then similar tracks of the distinct latest
         `online_history_k` of them, merged by best score without any recent track or any
-        track in `heard` (sorted: what the user heard before the served fit)."""
+        track in `heard` (sorted: what the user heard before the served fit).
+
+        A user whose first read came back full (`events_k` events) may have older ones: they
+        are read again, up to `exclude_events_max`, at the same time as the similar lookup,
+        and `out.recent` becomes that longer list (the seeds are the same)."""
         cfg = self.settings
-        try:
-            out.recent = await self.events.get(user_id)
-            seeds = dedupe(out.recent)[: cfg.online_history_k]
-            if not seeds:
-                return
-            sources = await self.similar.get_many(seeds)
-        except MissingKey as exc:
-            upstream = "similar" if out.recent else "events"
-            raise self._bad_payload(upstream, exc) from exc
+        (out.recent,) = await self._lookup("events", self.events, [user_id])
+        seeds = dedupe(out.recent)[: cfg.online_history_k]
+        if not seeds:
+            return
+        long_history = self.long_history
+        if long_history is None or len(out.recent) < self.events_k:
+            sources = await self._lookup("similar", self.similar, seeds)
+        else:
+            similar = asyncio.create_task(self._lookup("similar", self.similar, seeds))
+            try:
+                (out.recent,) = await self._lookup("events", long_history, [user_id])
+            except BaseException:
+                if not similar.cancel() and not similar.cancelled():
+                    similar.exception()  # it had ended too: its error counts as seen
+                raise
+            sources = await similar
         banned = set(out.recent)
         if heard.size <= SET_HISTORY_MAX:
             # a short history joins the set every candidate is checked against

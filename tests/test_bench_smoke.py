@@ -111,7 +111,14 @@ def test_bench_serve_smoke(bench_dirs: dict[str, Path]) -> None:
         "--results-dir",
         d["results"],
     )
-    for case in ("floor", "recs_history", "recs_online", "recs_cold", "similar_tracks"):
+    for case in (
+        "floor",
+        "recs_history",
+        "recs_online",
+        "recs_heavy",
+        "recs_cold",
+        "similar_tracks",
+    ):
         assert f"\n{case} " in out
     assert "add_event" in out and "RSS MiB" in out
     js = list(d["results"].glob("serve_tiny_smoke_*.json"))
