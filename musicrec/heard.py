@@ -36,6 +36,8 @@ from musicrec.matrix import InteractionMatrix
 FILES = ("users.npy", "offsets.npy", "tracks.npy")
 #: popular tracks checked against the user's history per step of a lazy top-up
 TOP_UP_CHUNK = 256
+#: track ids compared per step of the load-time order check (bounds its scratch memory)
+CHECK_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,13 @@ class HeardIndex:
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True) -> HeardIndex:
-        """Open the files (memory-mapped by default) and check their shape, or raise
-        `ArtifactError` naming the file and what is wrong. The checks read the small
-        arrays whole (users, offsets) and the large one only at its ends."""
+        """Open the files (memory-mapped by default) and check them, or raise
+        `ArtifactError` naming the file and what is wrong: shapes and dtypes, offsets
+        rising from 0 to the number of tracks, users ascending, and each user's tracks
+        strictly ascending (the lookups are binary searches: an unsorted list would let
+        heard tracks through without a sound). The order check reads `tracks.npy` once,
+        in chunks; with a mapping, that also brings its pages into the page cache before
+        the first request needs them."""
         directory = Path(directory)
         arrays = []
         for name in FILES:
@@ -112,6 +118,13 @@ class HeardIndex:
             )
         if users.size > 1 and np.any(np.diff(users) <= 0):
             raise ArtifactError(f"{directory / 'users.npy'}: user ids are not ascending")
+        at = first_out_of_order(tracks, offsets)
+        if at is not None:
+            user = users[int(np.searchsorted(offsets, at, side="right")) - 1]
+            raise ArtifactError(
+                f"{directory / 'tracks.npy'}: the track ids of user {user} are not strictly "
+                f"ascending (position {at})"
+            )
         return cls(users, offsets, tracks)
 
     def tracks_of(self, user_id: int) -> np.ndarray:
@@ -162,6 +175,22 @@ def drop_heard(items: Sequence[int], heard: np.ndarray) -> list[int]:
         return list(items)
     arr = np.array(items, dtype=np.int64)
     return arr[~heard_mask(heard, arr)].tolist()  # type: ignore[no-any-return]
+
+
+def first_out_of_order(tracks: np.ndarray, offsets: np.ndarray) -> int | None:
+    """The first position `p` where `tracks[p] <= tracks[p - 1]` inside one user's list
+    (not at the start of a user's list), or None; `CHECK_CHUNK` positions at a time."""
+    starts = offsets[1:-1]  # where the lists after the first one begin
+    for a in range(1, tracks.size, CHECK_CHUNK):
+        b = min(a + CHECK_CHUNK, tracks.size)
+        down = np.flatnonzero(tracks[a:b] <= tracks[a - 1 : b - 1]) + a
+        if down.size == 0:
+            continue
+        i = np.minimum(np.searchsorted(starts, down), max(starts.size - 1, 0))
+        bad = down if starts.size == 0 else down[starts[i] != down]
+        if bad.size:
+            return int(bad[0])
+    return None
 
 
 @functools.cache

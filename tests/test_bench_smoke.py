@@ -233,6 +233,8 @@ def test_heard_index_bench_rebuilds_the_pipelines_index(bench_dirs: dict[str, Pa
     assert "the pipeline's step: from_matrix" in out and "GiB in" in out, out
     for name in FILES:
         assert np.array_equal(np.load(heard / name), before[name]), name
+    out = run_script("heard_index.py", "--artifacts-dir", art, "--load-only", "--repeats", "2")
+    assert "2 loads" in out and "of which the order check: median" in out, out
 
 
 def test_idmap_ab_smoke() -> None:

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from musicrec import heard as heard_module
 from musicrec.blending import blend
 from musicrec.columns import Columns as C
+from musicrec.errors import ArtifactError
 from musicrec.heard import TOP_UP_CHUNK, HeardIndex, drop_heard, heard_mask, unheard
 from musicrec.matrix import InteractionMatrix
 
@@ -54,6 +56,44 @@ def test_save_and_load_round_trip(tmp_path: Path, mmap: bool) -> None:
     expected = events(pairs).drop_duplicates().groupby(C.User)[C.Item].agg(sorted)
     for user, tracks in expected.items():
         assert back.tracks_of(int(user)).tolist() == tracks
+
+
+ORDER_CASES = [
+    # (offsets, tracks, first position out of order or None)
+    ([0, 2, 4], [1, 5, 2, 3], None),  # the drop at 2 is where the second user begins
+    ([0, 2, 2, 4], [1, 5, 2, 3], None),  # a user with no tracks in between
+    ([0, 3, 4], [1, 5, 3, 4], 2),  # 3 after 5 inside the first user
+    ([0, 2, 4], [1, 5, 7, 7], 3),  # a repeat inside the second user
+    ([0, 4], [9, 8, 7, 6], 1),
+    ([0, 1, 2, 3, 4], [9, 8, 7, 6], None),  # one track each
+    ([0], [], None),
+]
+
+
+@pytest.mark.parametrize("chunk", [1 << 24, 2, 1])
+@pytest.mark.parametrize(("offsets", "tracks", "at"), ORDER_CASES)
+def test_load_finds_tracks_out_of_order_within_a_user(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    offsets: list[int],
+    tracks: list[int],
+    at: int | None,
+    chunk: int,
+) -> None:
+    """By hand, in one chunk and across chunk edges; the error names the user."""
+    monkeypatch.setattr(heard_module, "CHECK_CHUNK", chunk)
+    users = np.arange(100, 100 + len(offsets) - 1, dtype=np.int64)
+    index = HeardIndex(users, np.array(offsets, np.int64), np.array(tracks, np.int32))
+    where = index.save(tmp_path / "heard")
+    if at is None:
+        assert HeardIndex.load(where).tracks.tolist() == tracks
+        return
+    user = users[np.searchsorted(offsets, at, side="right") - 1]
+    words = (
+        rf"tracks.npy: the track ids of user {user} are not strictly ascending \(position {at}\)"
+    )
+    with pytest.raises(ArtifactError, match=words):
+        HeardIndex.load(where)
 
 
 def test_heard_mask_by_hand() -> None:

@@ -149,6 +149,15 @@ def object_array(path: Path) -> None:
     np.save(path, np.array([1, "x", None], dtype=object), allow_pickle=True)
 
 
+def swap_two_tracks(path: Path) -> None:
+    """The first two tracks of the first user with two or more, swapped."""
+    offsets = np.load(path.parent / "offsets.npy")
+    tracks = np.load(path)
+    i = int(offsets[np.flatnonzero(np.diff(offsets) >= 2)[0]])
+    tracks[[i, i + 1]] = tracks[[i + 1, i]]
+    np.save(path, tracks)
+
+
 HEARD_CASES: list[tuple[str, str, Breaker, str]] = [
     ("missing", "tracks.npy", lambda p: p.unlink(), "missing"),
     ("truncated", "tracks.npy", truncate, "not a readable .npy"),
@@ -159,6 +168,7 @@ HEARD_CASES: list[tuple[str, str, Breaker, str]] = [
     ("offsets short", "offsets.npy", lambda p: np.save(p, np.zeros(1, np.int64)), "users + 1"),
     ("offsets past the end", "offsets.npy", lambda p: np.save(p, np.load(p) * 2), "rise from 0"),
     ("users unsorted", "users.npy", lambda p: np.save(p, np.load(p)[::-1].copy()), "ascending"),
+    ("tracks unsorted in a user", "tracks.npy", swap_two_tracks, "not strictly ascending"),
 ]
 
 
