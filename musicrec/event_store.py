@@ -11,8 +11,9 @@
 * The whole history is kept; `(user_id, id)` is indexed, `id` grows with insertion order,
   so "latest k of a user" is an index range scan.
 * `RecentCache` keeps the latest `cache_depth` events of up to `cache_users` recently read
-  users in memory (LRU), so the hot read path (`latest`, k <= depth) is a dict lookup on
-  the event loop instead of a thread hop and a query. SQLite stays the only record: the
+  users in memory (LRU), and the whole history of those who have at most twice that many,
+  so the hot read path (`latest` with k <= depth, or any k for such a user) is a dict
+  lookup on the event loop instead of a thread hop and a query. SQLite stays the only record: the
   cache is filled from it on a miss and updated by the writer after each commit, and is
   rebuilt from it after a restart.
 """
@@ -83,15 +84,19 @@ class StoreStats:
 
 @dataclass
 class _Recent:
-    """Cached latest events of one user: track ids oldest -> newest, and the id of the
-    newest event applied."""
+    """Cached latest events of one user: track ids oldest -> newest, the id of the newest
+    event applied, and whether `tracks` is the user's whole history."""
 
     tracks: list[int]
     last_id: int
+    complete: bool = False
 
 
 class RecentCache:
-    """The latest `depth` track ids of up to `max_users` users, in memory, LRU-evicted.
+    """The latest `depth` track ids of up to `max_users` users, in memory, LRU-evicted;
+    all of them for a user whose whole history (up to `2 * depth` events) is known, so
+    that a read of any depth is answered from memory for the many users with short
+    histories.
 
     Consistency with the database (every method takes one lock, briefly; it is used from
     the event loop, the reader threads and the writer thread):
@@ -124,31 +129,35 @@ class RecentCache:
 
     def get(self, user_id: int, k: int) -> list[int] | None:
         """The user's latest `k` track ids, newest first, or None when not cached (or `k`
-        is deeper than the cache)."""
-        if k > self.depth:
-            return None
+        is deeper than the cache and the user's whole history is not cached)."""
         with self._lock:
             entry = self._users.get(user_id)
-            if entry is None:
+            if entry is None or (k > self.depth and not entry.complete):
                 self.misses += 1
                 return None
             self._users.move_to_end(user_id)
             self.hits += 1
             return entry.tracks[-1 : -k - 1 : -1]
 
-    def install(self, user_id: int, rows: Sequence[tuple[int, int]], snapshot_max: int) -> bool:
-        """Cache a user read from SQLite: `rows` = (id, track_id) newest first, at least the
-        latest `depth` of the user (fewer if the user has fewer), read in the snapshot whose
-        highest event id is `snapshot_max`. False if refused (see the class docstring)."""
+    def install(
+        self, user_id: int, rows: Sequence[tuple[int, int]], snapshot_max: int, limit: int
+    ) -> bool:
+        """Cache a user read from SQLite: `rows` = (id, track_id) newest first, read with
+        `LIMIT limit` (>= `depth`) in the snapshot whose highest event id is
+        `snapshot_max`; fewer rows than `limit` are the user's whole history. False if
+        refused (see the class docstring)."""
+        if limit < self.depth:
+            raise ValueError(f"a fill needs at least the latest {self.depth} rows")
+        complete = len(rows) < limit and len(rows) <= 2 * self.depth
         with self._lock:
             if user_id in self._users:
                 return False  # already cached and kept current by `apply`
             if self._applied_id > snapshot_max:
                 self.refused_fills += 1
                 return False
-            head = rows[: self.depth]
+            head = rows if complete else rows[: self.depth]
             self._users[user_id] = _Recent(
-                [track for _, track in reversed(head)], head[0][0] if head else 0
+                [track for _, track in reversed(head)], head[0][0] if head else 0, complete
             )
             if len(self._users) > self.max_users:
                 self._users.popitem(last=False)
@@ -167,6 +176,7 @@ class RecentCache:
                 entry.last_id = event_id
                 if len(entry.tracks) > 2 * self.depth:
                     del entry.tracks[: -self.depth]
+                    entry.complete = False
             self._applied_id = max(self._applied_id, committed[-1][0])
 
 
@@ -382,7 +392,7 @@ class EventStore:
             conn.execute("COMMIT")
         if cache is not None:
             for user_id, user_rows in zip(user_ids, rows, strict=True):
-                cache.install(user_id, user_rows, snapshot_max)
+                cache.install(user_id, user_rows, snapshot_max, limit)
         return [[track for _, track in user_rows[:k]] for user_rows in rows]
 
     # --- writes (writer thread) -----------------------------------------------------------

@@ -113,8 +113,10 @@ class StatsResponse(BaseModel):
     db_path: str
     synchronous: str
     cache_users: int = Field(description="Users whose latest events are held in memory")
-    cache_hits: int = Field(description="`/get_events` answered from memory")
-    cache_misses: int = Field(description="`/get_events` of users not in memory (read from SQLite)")
+    cache_hits: int = Field(description="Users' reads answered from memory")
+    cache_misses: int = Field(
+        description="Users' reads answered from SQLite (not in memory, or deeper than held)"
+    )
 
 
 async def get_store(request: Request) -> EventStore:

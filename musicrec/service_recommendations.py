@@ -4,12 +4,13 @@
   the pipeline saw; the most popular tracks (`top_popular.parquet`) for anyone else.
 * `POST /recommendations_online` - tracks similar to the user's latest listens: the latest
   events come from the event service, their similar tracks from the similarity service,
-  merged by score (max over seeds), without recently heard tracks; empty when the user has
-  no events; 503 when an upstream fails. The lookups of concurrent requests are coalesced
-  into shared batch calls (`/get_events_batch`, `/similar_tracks_batch`; see
-  `musicrec.coalesce`).
+  merged by score (max over seeds), without the user's events (the latest
+  `settings.exclude_events_max`); empty when the user has no events; 503 when an upstream
+  fails. The lookups of concurrent requests are coalesced into shared batch calls
+  (`/get_events_batch`, `/similar_tracks_batch`; see `musicrec.coalesce`).
 * `POST /recommendations` - `[online[0], offline[0], online[1], offline[1], ...]`, without
-  duplicates or recently heard tracks, exactly `k` long (topped up from the popular list).
+  duplicates or the user's events (read as for the online part), exactly `k` long (topped
+  up from the popular list).
   Tracks the user heard before the pipeline's served fit (`recommendations/heard/`,
   `musicrec.heard`) are left out of the online part and the top-up as well; the stored
   lists never hold them.
@@ -72,11 +73,6 @@ from musicrec.settings import Settings, get_settings
 log = logging.getLogger("musicrec.services.recommendations")
 
 SERVICE = "recommendations"
-#: latest events read per online request; all of them are excluded from the answer, the
-#: first `settings.online_history_k` distinct ones are the seeds of the similar lookup. A
-#: user with this many is read again, up to `settings.exclude_events_max` events, so that
-#: older listens are excluded too
-RECENT_WINDOW = 100
 #: share of `settings.request_budget_s` the online part may use (the rest is for the
 #: offline lookup, blending and the response)
 ONLINE_BUDGET_SHARE = 0.75
@@ -85,9 +81,6 @@ POPULAR_LIST_MAX = 20_000
 #: keys per coalesced upstream call (the upstreams accept 500 users / 200 seeds per call)
 EVENTS_BATCH = 200
 SIMILAR_BATCH = 200
-#: users per call of the second, longer read of heavy listeners' events (up to 10,000
-#: events each: a small batch keeps one answer within the upstream timeout)
-LONG_HISTORY_BATCH = 8
 #: list length when the request gives no `k`
 DEFAULT_K = 100
 #: users who heard up to this many tracks have them checked as a Python set in the online
@@ -215,16 +208,12 @@ class Upstreams:
             "events": HttpPool(settings.events_base_url, timeout_s=timeout),
             "similar": HttpPool(settings.similar_base_url, timeout_s=timeout),
         }
-        self.events_k = max(settings.online_history_k, RECENT_WINDOW)
+        #: latest events read per request: all of them are left out of the answer, the
+        #: first `online_history_k` distinct ones are the seeds of the similar lookup
+        self.events_k = max(settings.online_history_k, settings.exclude_events_max)
         self.events: Coalescer[int, list[int]] = Coalescer(
             self._fetch_events, max_batch=EVENTS_BATCH, max_in_flight=IN_FLIGHT
         )
-        #: the longer read, only for users whose first read came back full (None: off)
-        self.long_history: Coalescer[int, list[int]] | None = None
-        if settings.exclude_events_max > self.events_k:
-            self.long_history = Coalescer(
-                self._fetch_long_history, max_batch=LONG_HISTORY_BATCH, max_in_flight=IN_FLIGHT
-            )
         self.similar: Coalescer[int, Similar] = Coalescer(
             self._fetch_similar, max_batch=SIMILAR_BATCH, max_in_flight=IN_FLIGHT
         )
@@ -232,8 +221,6 @@ class Upstreams:
     async def close(self) -> None:
         await self.events.close()
         await self.similar.close()
-        if self.long_history is not None:
-            await self.long_history.close()
         for pool in self.pools.values():
             await pool.close()
 
@@ -251,19 +238,14 @@ class Upstreams:
         self.metrics.upstream_errors.labels(upstream, "bad_payload").inc()
         return OnlineFailure(upstream, "bad_payload", repr(exc))
 
-    async def _fetch_events(self, users: list[int], k: int | None = None) -> dict[int, list[int]]:
-        """Latest `k` (default `events_k`) track ids of each user, newest first (one batch
-        call)."""
-        body = {"user_ids": users, "k": k or self.events_k}
+    async def _fetch_events(self, users: list[int]) -> dict[int, list[int]]:
+        """Latest `events_k` track ids of each user, newest first (one batch call)."""
+        body = {"user_ids": users, "k": self.events_k}
         data = await self._call("events", "/get_events_batch", len(users), body)
         try:
             return {int(r["user_id"]): [int(t) for t in r["events"]] for r in data["results"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise self._bad_payload("events", exc) from exc
-
-    async def _fetch_long_history(self, users: list[int]) -> dict[int, list[int]]:
-        """Latest `exclude_events_max` track ids of each user, newest first."""
-        return await self._fetch_events(users, self.settings.exclude_events_max)
 
     async def _fetch_similar(self, seeds: list[int]) -> dict[int, Similar]:
         """`(track_ids, scores)` of each seed (one batch call)."""
@@ -291,28 +273,13 @@ class Upstreams:
     ) -> None:
         """Fill `out`: latest events, then similar tracks of the distinct latest
         `online_history_k` of them, merged by best score without any recent track or any
-        track in `heard` (sorted: what the user heard before the served fit).
-
-        A user whose first read came back full (`events_k` events) may have older ones: they
-        are read again, up to `exclude_events_max`, at the same time as the similar lookup,
-        and `out.recent` becomes that longer list (the seeds are the same)."""
+        track in `heard` (sorted: what the user heard before the served fit)."""
         cfg = self.settings
         (out.recent,) = await self._lookup("events", self.events, [user_id])
         seeds = dedupe(out.recent)[: cfg.online_history_k]
         if not seeds:
             return
-        long_history = self.long_history
-        if long_history is None or len(out.recent) < self.events_k:
-            sources = await self._lookup("similar", self.similar, seeds)
-        else:
-            similar = asyncio.create_task(self._lookup("similar", self.similar, seeds))
-            try:
-                (out.recent,) = await self._lookup("events", long_history, [user_id])
-            except BaseException:
-                if not similar.cancel() and not similar.cancelled():
-                    similar.exception()  # it had ended too: its error counts as seen
-                raise
-            sources = await similar
+        sources = await self._lookup("similar", self.similar, seeds)
         banned = set(out.recent)
         if heard.size <= SET_HISTORY_MAX:
             # a short history joins the set every candidate is checked against

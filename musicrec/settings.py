@@ -54,12 +54,11 @@ class Settings(BaseSettings):
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
     exclude_events_max: int = Field(
         10_000,
-        ge=100,
+        ge=1,
         le=10_000,
         description="Latest events of the event service that /recommendations and "
-        "/recommendations_online never recommend again. The first 100 come with the online "
-        "lookup; a user with more is read again, up to this many, beside the similar "
-        "lookup (100: no second read)",
+        "/recommendations_online never recommend again (read in the one events call per "
+        "request; users with up to 200 events are answered from the event service's memory)",
     )
     online_similar_k: int = Field(20, ge=1, le=200, description="Similar tracks per event")
     upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")

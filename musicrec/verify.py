@@ -35,7 +35,6 @@ from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.heard import HeardIndex, drop_heard, heard_by, unheard
 from musicrec.service_common import INT32_MAX, K_MAX
-from musicrec.service_recommendations import RECENT_WINDOW
 from musicrec.service_similar import MAX_BATCH
 from musicrec.settings import Settings, get_settings
 
@@ -256,7 +255,7 @@ class Verifier:
         return reply
 
     def events_of(self, user_id: int) -> list[int]:
-        k = max(self.settings.online_history_k, RECENT_WINDOW)
+        k = max(self.settings.online_history_k, self.settings.exclude_events_max)
         _, reply = _call(
             "POST", f"{self.events_url}/get_events", params={"user_id": user_id, "k": k}
         )

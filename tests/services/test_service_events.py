@@ -210,7 +210,7 @@ def test_recent_cache_install_get_apply_and_evict() -> None:
     cache = RecentCache(max_users=2, depth=3)
     assert cache.get(1, 2) is None and cache.misses == 1
     # rows are (id, track) newest first, as read from SQLite; snapshot max id 12
-    assert cache.install(1, [(12, 120), (10, 100), (5, 50), (2, 20)], snapshot_max=12)
+    assert cache.install(1, [(12, 120), (10, 100), (5, 50), (2, 20)], snapshot_max=12, limit=3)
     assert cache.get(1, 2) == [120, 100]
     assert cache.get(1, 3) == [120, 100, 50]  # only `depth` kept
     assert cache.get(1, 4) is None  # deeper than the cache: the caller reads SQLite
@@ -219,22 +219,74 @@ def test_recent_cache_install_get_apply_and_evict() -> None:
     assert cache.get(1, 3) == [130, 120, 100]
     assert cache.get(2, 1) is None  # user 2 was not cached: nothing invented for it
     # a fill from a snapshot older than an applied commit may miss that commit: refused
-    assert not cache.install(2, [], snapshot_max=13)
+    assert not cache.install(2, [], snapshot_max=13, limit=3)
     assert cache.refused_fills == 1
-    assert cache.install(2, [], snapshot_max=14)  # empty history is cached too
+    assert cache.install(2, [], snapshot_max=14, limit=3)  # empty history is cached too
     assert cache.get(2, 3) == []
     cache.get(1, 1)  # user 1 is now the most recently used
-    assert cache.install(3, [(15, 150)], snapshot_max=15)
+    assert cache.install(3, [(15, 150)], snapshot_max=15, limit=3)
     assert len(cache) == 2 and cache.get(2, 1) is None  # user 2 evicted (least recent)
     assert cache.get(1, 1) == [130] and cache.get(3, 1) == [150]
 
 
 def test_recent_cache_trims_long_histories() -> None:
     cache = RecentCache(max_users=1, depth=2)
-    assert cache.install(1, [], snapshot_max=0)
+    assert cache.install(1, [], snapshot_max=0, limit=2)
     cache.apply([(i, 1, i * 10) for i in range(1, 50)])
     assert cache.get(1, 2) == [490, 480]
     assert len(cache._users[1].tracks) <= 4
+
+
+def test_recent_cache_answers_any_depth_for_a_whole_short_history() -> None:
+    """A fill that read fewer rows than it asked for holds the whole history: up to
+    2 x depth of it is kept and answers reads of any depth, until events push it past
+    that; other users answer only up to `depth` (deeper: None, the caller reads SQLite)."""
+    cache = RecentCache(max_users=4, depth=3)
+    rows = [(i, i * 10) for i in range(5, 0, -1)]  # 5 events, newest first
+    assert cache.install(1, rows, snapshot_max=5, limit=100)
+    assert cache.get(1, 10_000) == [50, 40, 30, 20, 10] and cache.hits == 1
+    # 7 events (more than 2 x depth), or as many rows as the limit: not known whole
+    assert cache.install(2, [(i, i) for i in range(7, 0, -1)], snapshot_max=7, limit=100)
+    assert cache.install(3, [(i, i) for i in range(3, 0, -1)], snapshot_max=7, limit=3)
+    for user in (2, 3):
+        assert cache.get(user, 4) is None
+        assert cache.get(user, 3) is not None
+    assert cache.get(2, 3) == [7, 6, 5] and cache.get(3, 3) == [3, 2, 1]
+    # user 1 stays whole while appended to, up to 2 x depth; then only `depth` is kept
+    cache.apply([(8, 1, 60)])
+    assert cache.get(1, 100) == [60, 50, 40, 30, 20, 10]
+    cache.apply([(9, 1, 70)])
+    assert cache.get(1, 4) is None and cache.get(1, 3) == [70, 60, 50]
+    with pytest.raises(ValueError, match="latest 3 rows"):
+        cache.install(4, [], snapshot_max=9, limit=2)
+
+
+def test_store_answers_deep_reads_of_short_histories_from_memory(tmp_path: Path) -> None:
+    """`latest(user, 10_000)`: SQLite once for a short history, then memory; SQLite every
+    time for a long one; the same answers as SQLite."""
+    store = EventStore(tmp_path / "d.db", cache_users=100, cache_depth=4)
+    store.open()
+    try:
+
+        async def scenario() -> None:
+            for t in range(5):
+                await store.add(1, t)
+            for t in range(20):
+                await store.add(2, 100 + t)
+            assert await store.latest(1, 10_000) == [4, 3, 2, 1, 0]
+            assert await store.latest(2, 10_000) == list(range(119, 99, -1))
+            assert store.cache is not None
+            hits, misses = store.cache.hits, store.cache.misses
+            assert await store.latest(1, 10_000) == [4, 3, 2, 1, 0]
+            assert (store.cache.hits, store.cache.misses) == (hits + 1, misses)
+            assert await store.latest(2, 10_000) == list(range(119, 99, -1))
+            assert (store.cache.hits, store.cache.misses) == (hits + 1, misses + 1)
+            await store.add(1, 5)  # read-your-writes for the whole history too
+            assert await store.latest(1, 10_000) == [5, 4, 3, 2, 1, 0]
+
+        asyncio.run(scenario())
+    finally:
+        store.close()
 
 
 def test_store_reads_after_adds_come_from_memory_and_match_sqlite(tmp_path: Path) -> None:

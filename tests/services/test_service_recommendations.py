@@ -144,105 +144,61 @@ def test_blended_tops_up_a_short_list_and_stops_at_the_catalogue(
     assert set(everything) == set(artifacts["popular"]) - heard
 
 
-def heavy_listener(cfg: Settings, art: dict[str, Any], window: int) -> dict[str, Any]:
+def long_history(cfg: Settings, art: dict[str, Any]) -> dict[str, Any]:
     """A warm user who, after the fit, heard the head of their own stored list and popular
-    tracks, then `window` tracks with similar tracks: more events than the first read of
-    `window` returns, the older ones worth recommending."""
+    tracks (12 events worth recommending), then 6 tracks with similar tracks."""
     user = art["warm_user"]
     heard = set(art["heard"][user])
     old = art["recs"][user][:6] + [t for t in art["popular"] if t not in heard][:6]
-    new = [t for t in art["similar_tracks"] if t not in old][:window]
+    new = [t for t in art["similar_tracks"] if t not in old][:6]
     add_events(cfg, user, old + new)
     return {"user": user, "old": old, "recent": list(reversed(old + new))}
 
 
-def test_events_older_than_the_first_read_are_never_recommended(
-    upstream_settings: Settings, artifacts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("exclude", [10_000, 6])
+def test_the_latest_exclude_events_max_events_are_never_recommended(
+    upstream_settings: Settings, artifacts: dict[str, Any], exclude: int
 ) -> None:
-    """A user with more events than the first read (100; 6 here) is read again, up to
-    `exclude_events_max`: the online part, the offline part and the top-up drop them all,
-    which the first read alone would not have done."""
-    window = 6
-    monkeypatch.setattr(service_recommendations, "RECENT_WINDOW", window)
-    cfg = upstream_settings
-    h = heavy_listener(cfg, artifacts, window)
-    user, old, recent = h["user"], set(h["old"]), h["recent"]
+    """The online part, the offline part and the top-up drop the user's latest
+    `exclude_events_max` events: all 18 by default; with 6, the older 12 come back (so
+    the rule is what decides)."""
+    cfg = upstream_settings.model_copy(update={"exclude_events_max": exclude})
+    h = long_history(cfg, artifacts)
+    user, old = h["user"], set(h["old"])
+    dropped = h["recent"][:exclude]
     popular = popular_unheard(artifacts, user)
     with TestClient(create_app(cfg)) as c:
         online = recs(c, "/recommendations_online", user, 50)
-        assert online == expected_online(cfg, artifacts, recent, 50, user)
+        assert online == expected_online(cfg, artifacts, dropped, 50, user)
         for k in (10, 1000):
             got = recs(c, "/recommendations", user, k)
-            on = expected_online(cfg, artifacts, recent, k, user)
-            off = artifacts["recs"][user][: 2 * k + len(recent)]
-            assert got == blend(on, off, k, set(recent), popular)
-            assert not set(got) & old
-            # the rule of the first read alone would have returned older events
-            first_read = recent[:window]
-            on1 = expected_online(cfg, artifacts, first_read, k, user)
-            off1 = artifacts["recs"][user][: 2 * k + window]
-            assert set(blend(on1, off1, k, set(first_read), popular)) & old
-        long_history = c.app.state.upstreams.long_history  # type: ignore[attr-defined]
-        assert long_history is not None and long_history.keys_sent == 3
-        metrics = c.get("/metrics").text
-    assert "recommendation_fallbacks_total{" not in metrics
+            on = expected_online(cfg, artifacts, dropped, k, user)
+            off = artifacts["recs"][user][: 2 * k + len(dropped)]
+            assert got == blend(on, off, k, set(dropped), popular)
+            assert not set(got) & set(dropped)
+            assert bool(set(got) & old) == (exclude == 6)
+        assert "recommendation_fallbacks_total{" not in c.get("/metrics").text
 
 
-def test_a_user_within_the_first_read_is_read_once(
-    online_client: TestClient, upstream_settings: Settings, artifacts: dict[str, Any]
+def test_fallback_keeps_excluding_every_event_read_when_only_similar_is_down(
+    upstream_settings: Settings, artifacts: dict[str, Any]
 ) -> None:
-    user = artifacts["warm_user"]
-    add_events(upstream_settings, user, artifacts["similar_tracks"][:5])
-    assert recs(online_client, "/recommendations", user, 10)
-    upstreams = online_client.app.state.upstreams  # type: ignore[attr-defined]
-    assert upstreams.events.keys_sent == 1 and upstreams.long_history.keys_sent == 0
-
-
-def test_exclude_events_max_at_the_first_read_turns_the_second_read_off(
-    upstream_settings: Settings, artifacts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_recommendations, "RECENT_WINDOW", 100)
-    cfg = upstream_settings.model_copy(update={"exclude_events_max": 100})
-    with TestClient(create_app(cfg)) as c:
-        assert c.app.state.upstreams.long_history is None  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="exclude_events_max"):
-        Settings(exclude_events_max=99)
-    with pytest.raises(ValueError, match="exclude_events_max"):
-        Settings(exclude_events_max=10_001)
-
-
-@pytest.mark.parametrize("failing", ["long read", "similar"])
-def test_a_failed_call_falls_back_to_offline_keeping_what_was_read(
-    upstream_settings: Settings,
-    artifacts: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-    failing: str,
-) -> None:
-    """If the long read fails, the fallback still drops the first read's events; if the
-    similar lookup fails, it drops every event the long read returned."""
-    window = 6
-    monkeypatch.setattr(service_recommendations, "RECENT_WINDOW", window)
-    h = heavy_listener(upstream_settings, artifacts, window)
+    """With the similar service down, the offline answer still leaves out all the events
+    the first call read (the user's own stored tracks among them)."""
+    cfg = upstream_settings.model_copy(update={"similar_url": f"http://127.0.0.1:{free_port()}"})
+    h = long_history(cfg, artifacts)
     user, recent = h["user"], h["recent"]
-
-    async def down(self: Any, keys: list[int]) -> dict[int, Any]:
-        raise service_recommendations.OnlineFailure(
-            "events" if failing == "long read" else "similar", "timeout"
-        )
-
-    name = "_fetch_long_history" if failing == "long read" else "_fetch_similar"
-    monkeypatch.setattr(service_recommendations.Upstreams, name, down)
-    dropped = recent[:window] if failing == "long read" else recent
-    with TestClient(create_app(upstream_settings)) as c:
+    with TestClient(create_app(cfg)) as c:
         got = recs(c, "/recommendations", user, 10)
-        assert got == [t for t in artifacts["recs"][user] if t not in dropped][:10]
-        r = c.post("/recommendations_online", params={"user_id": user, "k": 10})
-        assert r.status_code == 503
-        metrics = c.get("/metrics").text
-    upstream = "events" if failing == "long read" else "similar"
-    assert f'recommendation_fallbacks_total{{reason="{upstream}:timeout"}} 1.0' in metrics
-    if failing == "similar":
-        assert set(h["old"]) & set(artifacts["recs"][user][:10])  # the long read mattered
+        assert got == [t for t in artifacts["recs"][user] if t not in recent][:10]
+        assert 'reason="similar:unreachable"' in c.get("/metrics").text
+    assert set(h["old"]) & set(artifacts["recs"][user][:10])  # what it dropped
+
+
+def test_exclude_events_max_is_bounded() -> None:
+    for bad in (0, 10_001):
+        with pytest.raises(ValueError, match="exclude_events_max"):
+            Settings(exclude_events_max=bad)
 
 
 @pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
@@ -285,19 +241,6 @@ def test_fallback_to_offline_when_upstreams_are_down(
         metrics = c.get("/metrics").text
     assert 'recommendation_fallbacks_total{reason="events:unreachable"} 1.0' in metrics
     assert 'upstream_errors_total{kind="unreachable",upstream="events"}' in metrics
-
-
-def test_fallback_keeps_excluding_recent_tracks_when_only_similar_is_down(
-    upstream_settings: Settings, artifacts: dict[str, Any]
-) -> None:
-    cfg = upstream_settings.model_copy(update={"similar_url": f"http://127.0.0.1:{free_port()}"})
-    user = artifacts["warm_user"]
-    heard = artifacts["recs"][user][:2]
-    add_events(cfg, user, heard)
-    with TestClient(create_app(cfg)) as c:
-        got = recs(c, "/recommendations", user, 10)
-        assert got == [t for t in artifacts["recs"][user] if t not in heard][:10]
-        assert 'reason="similar:unreachable"' in c.get("/metrics").text
 
 
 def test_probes_and_not_ready(upstream_settings: Settings) -> None:
