@@ -14,10 +14,9 @@ from a list of users/tracks of the case:
 - floor            POST /floor?user_id=..            (the server's ceiling on this machine)
 - recs_history     POST /recommendations, users with an offline list and no events
 - recs_online      POST /recommendations, users with 10 recent events (online blend)
-- recs_heavy       POST /recommendations, users with 300 events: more than the event
-                   service holds in memory per user (its latest 100, or a whole history
-                   of up to 200), so each request reads them from SQLite (up to
-                   MUSICREC_EXCLUDE_EVENTS_MAX; 100 keeps the read in memory)
+- recs_heavy       POST /recommendations, users with 300 events, all of them read by
+                   each request (MUSICREC_EXCLUDE_EVENTS_MAX, 10,000 by default; 100
+                   reads only the latest 100, as the other cases do)
 - recs_cold        POST /recommendations, users unknown to the pipeline
 - similar_tracks   POST /similar_tracks?track_id=..&k=10
 - add_event        POST /add_event (new users, so the other cases keep their events)
@@ -59,8 +58,7 @@ RESULTS = ROOT / "bench" / "results"
 TARGET_RECS_P99_MS = 25.0
 TARGET_SIMILAR_P99_MS = 5.0
 TARGET_FLOOR_SHARE = 0.25
-#: events of each user of the recs_heavy case (the event service keeps at most 200 of a
-#: user in memory)
+#: events of each user of the recs_heavy case
 HEAVY_EVENTS = 300
 
 # ---------------------------------------------------------------------------- floor app

@@ -10,10 +10,11 @@
   lets them read while the writer writes). Nothing blocks the event loop.
 * The whole history is kept; `(user_id, id)` is indexed, `id` grows with insertion order,
   so "latest k of a user" is an index range scan.
-* `RecentCache` keeps the latest `cache_depth` events of up to `cache_users` recently read
-  users in memory (LRU), and the whole history of those who have at most twice that many,
-  so the hot read path (`latest` with k <= depth, or any k for such a user) is a dict
-  lookup on the event loop instead of a thread hop and a query. SQLite stays the only record: the
+* `RecentCache` keeps the latest events of up to `cache_users` recently read users in
+  memory (LRU, `cache_events` in all): at least `cache_depth` of each, as many as the
+  read that filled the entry asked for, or the whole history when it found fewer. So the
+  hot read path (`latest`) is a dict lookup on the event loop instead of a thread hop and
+  a query for every user read before at the same depth. SQLite stays the only record: the
   cache is filled from it on a miss and updated by the writer after each commit, and is
   rebuilt from it after a restart.
 """
@@ -84,19 +85,22 @@ class StoreStats:
 
 @dataclass
 class _Recent:
-    """Cached latest events of one user: track ids oldest -> newest, the id of the newest
-    event applied, and whether `tracks` is the user's whole history."""
+    """Cached latest events of one user: track ids oldest -> newest (always the user's
+    latest `len(tracks)` events), the id of the newest event applied, whether `tracks` is
+    the user's whole history, and how many the entry keeps when it is trimmed."""
 
     tracks: list[int]
     last_id: int
-    complete: bool = False
+    complete: bool
+    keep: int
 
 
 class RecentCache:
-    """The latest `depth` track ids of up to `max_users` users, in memory, LRU-evicted;
-    all of them for a user whose whole history (up to `2 * depth` events) is known, so
-    that a read of any depth is answered from memory for the many users with short
-    histories.
+    """The latest events of up to `max_users` users, `max_events` in all, in memory,
+    LRU-evicted. Each entry holds at least the user's latest `depth` events, or as many as
+    the read that filled it asked for, or the user's whole history when that read found
+    fewer; so a read of any depth for a user whose history is short, or who was read as
+    deep before, is answered from memory.
 
     Consistency with the database (every method takes one lock, briefly; it is used from
     the event loop, the reader threads and the writer thread):
@@ -112,14 +116,17 @@ class RecentCache:
       the next read tries again. Otherwise every later commit reaches the entry by `apply`.
     """
 
-    def __init__(self, max_users: int, depth: int) -> None:
-        if max_users < 1 or depth < 1:
-            raise ValueError("RecentCache needs max_users >= 1 and depth >= 1")
+    def __init__(self, max_users: int, depth: int, max_events: int = 5_000_000) -> None:
+        if max_users < 1 or depth < 1 or max_events < depth:
+            raise ValueError("RecentCache needs max_users >= 1, depth >= 1, max_events >= depth")
         self.max_users = max_users
         self.depth = depth
+        self.max_events = max_events
         self._users: OrderedDict[int, _Recent] = OrderedDict()
         self._lock = threading.Lock()
         self._applied_id = 0
+        #: track ids held in all entries
+        self.events = 0
         self.hits = 0
         self.misses = 0
         self.refused_fills = 0
@@ -128,11 +135,12 @@ class RecentCache:
         return len(self._users)
 
     def get(self, user_id: int, k: int) -> list[int] | None:
-        """The user's latest `k` track ids, newest first, or None when not cached (or `k`
-        is deeper than the cache and the user's whole history is not cached)."""
+        """The user's latest `k` track ids, newest first, or None when the cache cannot
+        tell them (the user is not cached, or `k` is deeper than its entry and the entry
+        is not the whole history)."""
         with self._lock:
             entry = self._users.get(user_id)
-            if entry is None or (k > self.depth and not entry.complete):
+            if entry is None or (k > len(entry.tracks) and not entry.complete):
                 self.misses += 1
                 return None
             self._users.move_to_end(user_id)
@@ -145,22 +153,28 @@ class RecentCache:
         """Cache a user read from SQLite: `rows` = (id, track_id) newest first, read with
         `LIMIT limit` (>= `depth`) in the snapshot whose highest event id is
         `snapshot_max`; fewer rows than `limit` are the user's whole history. False if
-        refused (see the class docstring)."""
+        refused (see the class docstring) or larger than the whole cache."""
         if limit < self.depth:
             raise ValueError(f"a fill needs at least the latest {self.depth} rows")
-        complete = len(rows) < limit and len(rows) <= 2 * self.depth
         with self._lock:
-            if user_id in self._users:
-                return False  # already cached and kept current by `apply`
+            old = self._users.get(user_id)
+            if old is not None and (old.complete or len(old.tracks) >= len(rows)):
+                return False  # cached as deep and kept current by `apply`
             if self._applied_id > snapshot_max:
                 self.refused_fills += 1
                 return False
-            head = rows if complete else rows[: self.depth]
+            if len(rows) > self.max_events:
+                return False
+            if old is not None:  # a deeper read of a cached user replaces its entry
+                self.events -= len(self._users.pop(user_id).tracks)
             self._users[user_id] = _Recent(
-                [track for _, track in reversed(head)], head[0][0] if head else 0, complete
+                [track for _, track in reversed(rows)],
+                rows[0][0] if rows else 0,
+                complete=len(rows) < limit,
+                keep=max(self.depth, len(rows)),
             )
-            if len(self._users) > self.max_users:
-                self._users.popitem(last=False)
+            self.events += len(rows)
+            self._evict()
             return True
 
     def apply(self, committed: Sequence[tuple[int, int, int]]) -> None:
@@ -174,10 +188,19 @@ class RecentCache:
                     continue
                 entry.tracks.append(track_id)
                 entry.last_id = event_id
-                if len(entry.tracks) > 2 * self.depth:
-                    del entry.tracks[: -self.depth]
+                self.events += 1
+                if len(entry.tracks) > 2 * entry.keep:
+                    self.events -= len(entry.tracks) - entry.keep
+                    del entry.tracks[: -entry.keep]
                     entry.complete = False
             self._applied_id = max(self._applied_id, committed[-1][0])
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until both limits hold (lock held)."""
+        while self._users and (len(self._users) > self.max_users or self.events > self.max_events):
+            _, entry = self._users.popitem(last=False)
+            self.events -= len(entry.tracks)
 
 
 class EventStore:
@@ -196,6 +219,7 @@ class EventStore:
         readers: int = 2,
         cache_users: int = 50_000,
         cache_depth: int = 100,
+        cache_events: int = 5_000_000,
         max_pending: int = 100_000,
     ) -> None:
         self.path = Path(path)
@@ -206,7 +230,9 @@ class EventStore:
         self.max_pending = max_pending
         self.n_readers = readers
         #: None when `cache_users` is 0: every read goes to SQLite
-        self.cache = RecentCache(cache_users, cache_depth) if cache_users > 0 else None
+        self.cache = (
+            RecentCache(cache_users, cache_depth, cache_events) if cache_users > 0 else None
+        )
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -348,6 +374,7 @@ class EventStore:
                 "db_path": str(self.path),
                 "synchronous": self.synchronous,
                 "cache_users": len(self.cache) if self.cache is not None else 0,
+                "cache_events": self.cache.events if self.cache is not None else 0,
                 "cache_hits": self.cache.hits if self.cache is not None else 0,
                 "cache_misses": self.cache.misses if self.cache is not None else 0,
             }

@@ -113,6 +113,7 @@ class StatsResponse(BaseModel):
     db_path: str
     synchronous: str
     cache_users: int = Field(description="Users whose latest events are held in memory")
+    cache_events: int = Field(description="Events held in memory, all users together")
     cache_hits: int = Field(description="Users' reads answered from memory")
     cache_misses: int = Field(
         description="Users' reads answered from SQLite (not in memory, or deeper than held)"
@@ -162,7 +163,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_service_logging(cfg)
-        store = EventStore(cfg.event_db_path, cache_users=cfg.events_cache_users)
+        store = EventStore(
+            cfg.event_db_path,
+            cache_users=cfg.events_cache_users,
+            cache_events=cfg.events_cache_events,
+        )
         await asyncio.to_thread(store.open)
         app.state.store = store
         freeze_startup_heap()

@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     event_db_path: Path = Field(Path("data/events.sqlite3"), description="Event history DB")
     events_api_key: SecretStr | None = Field(None, description="If set, /add_event needs it")
     events_cache_users: int = Field(
-        50_000, ge=0, description="Users whose latest 100 events the event service keeps in memory"
+        50_000, ge=0, description="Users whose latest events the event service keeps in memory"
+    )
+    events_cache_events: int = Field(
+        5_000_000,
+        ge=100,
+        description="Events the event service keeps in memory, all users together (about 40 "
+        "bytes each)",
     )
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
     exclude_events_max: int = Field(
@@ -57,8 +63,8 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000,
         description="Latest events of the event service that /recommendations and "
-        "/recommendations_online never recommend again (read in the one events call per "
-        "request; users with up to 200 events are answered from the event service's memory)",
+        "/recommendations_online never recommend again (read in the one events call of each "
+        "request; from the event service's memory once it holds the user that deep)",
     )
     online_similar_k: int = Field(20, ge=1, le=200, description="Similar tracks per event")
     upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")

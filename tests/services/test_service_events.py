@@ -209,11 +209,11 @@ def test_a_full_write_queue_refuses_new_events_and_keeps_the_queued(tmp_path: Pa
 def test_recent_cache_install_get_apply_and_evict() -> None:
     cache = RecentCache(max_users=2, depth=3)
     assert cache.get(1, 2) is None and cache.misses == 1
-    # rows are (id, track) newest first, as read from SQLite; snapshot max id 12
-    assert cache.install(1, [(12, 120), (10, 100), (5, 50), (2, 20)], snapshot_max=12, limit=3)
+    # rows are (id, track) newest first, as read from SQLite with LIMIT 3; snapshot max 12
+    assert cache.install(1, [(12, 120), (10, 100), (5, 50)], snapshot_max=12, limit=3)
     assert cache.get(1, 2) == [120, 100]
-    assert cache.get(1, 3) == [120, 100, 50]  # only `depth` kept
-    assert cache.get(1, 4) is None  # deeper than the cache: the caller reads SQLite
+    assert cache.get(1, 3) == [120, 100, 50]
+    assert cache.get(1, 4) is None  # deeper than the entry: the caller reads SQLite
     # a commit batch with an event the fill already had (id 12) and two new ones
     cache.apply([(12, 1, 120), (13, 1, 130), (14, 2, 140)])
     assert cache.get(1, 3) == [130, 120, 100]
@@ -227,6 +227,7 @@ def test_recent_cache_install_get_apply_and_evict() -> None:
     assert cache.install(3, [(15, 150)], snapshot_max=15, limit=3)
     assert len(cache) == 2 and cache.get(2, 1) is None  # user 2 evicted (least recent)
     assert cache.get(1, 1) == [130] and cache.get(3, 1) == [150]
+    assert cache.events == 5  # 4 of user 1, 1 of user 3
 
 
 def test_recent_cache_trims_long_histories() -> None:
@@ -234,36 +235,54 @@ def test_recent_cache_trims_long_histories() -> None:
     assert cache.install(1, [], snapshot_max=0, limit=2)
     cache.apply([(i, 1, i * 10) for i in range(1, 50)])
     assert cache.get(1, 2) == [490, 480]
-    assert len(cache._users[1].tracks) <= 4
+    assert len(cache._users[1].tracks) <= 4 and cache.events == len(cache._users[1].tracks)
 
 
-def test_recent_cache_answers_any_depth_for_a_whole_short_history() -> None:
-    """A fill that read fewer rows than it asked for holds the whole history: up to
-    2 x depth of it is kept and answers reads of any depth, until events push it past
-    that; other users answer only up to `depth` (deeper: None, the caller reads SQLite)."""
-    cache = RecentCache(max_users=4, depth=3)
-    rows = [(i, i * 10) for i in range(5, 0, -1)]  # 5 events, newest first
-    assert cache.install(1, rows, snapshot_max=5, limit=100)
+def test_recent_cache_answers_reads_as_deep_as_its_fill() -> None:
+    """A fill that found fewer rows than it asked for is the whole history: reads of any
+    depth come from memory until a trim; a deeper fill makes deeper reads hits."""
+    cache = RecentCache(max_users=10, depth=3)
+    whole = [(i, i * 10) for i in range(5, 0, -1)]  # 5 events, newest first
+    assert cache.install(1, whole, snapshot_max=5, limit=100)
     assert cache.get(1, 10_000) == [50, 40, 30, 20, 10] and cache.hits == 1
-    # 7 events (more than 2 x depth), or as many rows as the limit: not known whole
-    assert cache.install(2, [(i, i) for i in range(7, 0, -1)], snapshot_max=7, limit=100)
-    assert cache.install(3, [(i, i) for i in range(3, 0, -1)], snapshot_max=7, limit=3)
-    for user in (2, 3):
-        assert cache.get(user, 4) is None
-        assert cache.get(user, 3) is not None
-    assert cache.get(2, 3) == [7, 6, 5] and cache.get(3, 3) == [3, 2, 1]
-    # user 1 stays whole while appended to, up to 2 x depth; then only `depth` is kept
-    cache.apply([(8, 1, 60)])
-    assert cache.get(1, 100) == [60, 50, 40, 30, 20, 10]
-    cache.apply([(9, 1, 70)])
-    assert cache.get(1, 4) is None and cache.get(1, 3) == [70, 60, 50]
+    # as many rows as the LIMIT: maybe more in SQLite, so deeper reads miss
+    assert cache.install(2, [(i, i) for i in range(8, 2, -1)], snapshot_max=8, limit=6)
+    assert cache.get(2, 6) == [8, 7, 6, 5, 4, 3] and cache.get(2, 7) is None
+    # a deeper read of user 2 replaces its entry (not refused as "already cached")
+    assert cache.install(2, [(i, i) for i in range(8, 0, -1)], snapshot_max=8, limit=100)
+    assert cache.get(2, 100) == [8, 7, 6, 5, 4, 3, 2, 1] and cache.events == 5 + 8
+    # user 2 stays whole while appended to, up to 2 x its 8; then it keeps its latest 8
+    cache.apply([(10 + i, 2, 100 + i) for i in range(8)])
+    assert cache.get(2, 100) == [107, 106, 105, 104, 103, 102, 101, 100, 8, 7, 6, 5, 4, 3, 2, 1]
+    cache.apply([(18, 2, 108)])
+    assert cache.get(2, 9) is None
+    assert cache.get(2, 8) == [108, 107, 106, 105, 104, 103, 102, 101]
+    assert cache.events == 5 + 8
     with pytest.raises(ValueError, match="latest 3 rows"):
-        cache.install(4, [], snapshot_max=9, limit=2)
+        cache.install(5, [], snapshot_max=18, limit=2)
 
 
-def test_store_answers_deep_reads_of_short_histories_from_memory(tmp_path: Path) -> None:
-    """`latest(user, 10_000)`: SQLite once for a short history, then memory; SQLite every
-    time for a long one; the same answers as SQLite."""
+def test_recent_cache_holds_at_most_max_events() -> None:
+    """Fills and appends beyond `max_events` evict the least recently used users; a fill
+    larger than the whole budget is not cached."""
+    cache = RecentCache(max_users=10, depth=2, max_events=6)
+    assert cache.install(1, [(3, 30), (2, 20), (1, 10)], snapshot_max=3, limit=10)
+    assert cache.install(2, [(6, 60), (5, 50), (4, 40)], snapshot_max=6, limit=10)
+    assert cache.events == 6
+    assert cache.get(1, 1) == [30]  # user 2 is now the least recently used
+    assert cache.install(3, [(8, 80), (7, 70)], snapshot_max=8, limit=10)
+    assert cache.events == 5 and cache.get(2, 1) is None
+    assert not cache.install(4, [(i, i) for i in range(15, 8, -1)], snapshot_max=15, limit=10)
+    assert cache.events == 5 and cache.get(4, 1) is None
+    assert cache.get(3, 1) == [80]  # user 1 is now the least recently used
+    cache.apply([(16, 3, 90), (17, 3, 100)])
+    assert cache.get(1, 1) is None and cache.get(3, 10) == [100, 90, 80, 70]
+    assert cache.events == 4
+
+
+def test_store_answers_repeated_deep_reads_from_memory(tmp_path: Path) -> None:
+    """`latest(user, 10_000)`: SQLite the first time, then memory, for a short history and
+    a long one alike; the same answers as SQLite, adds included."""
     store = EventStore(tmp_path / "d.db", cache_users=100, cache_depth=4)
     store.open()
     try:
@@ -278,13 +297,13 @@ def test_store_answers_deep_reads_of_short_histories_from_memory(tmp_path: Path)
             assert store.cache is not None
             hits, misses = store.cache.hits, store.cache.misses
             assert await store.latest(1, 10_000) == [4, 3, 2, 1, 0]
-            assert (store.cache.hits, store.cache.misses) == (hits + 1, misses)
             assert await store.latest(2, 10_000) == list(range(119, 99, -1))
-            assert (store.cache.hits, store.cache.misses) == (hits + 1, misses + 1)
-            await store.add(1, 5)  # read-your-writes for the whole history too
-            assert await store.latest(1, 10_000) == [5, 4, 3, 2, 1, 0]
+            assert (store.cache.hits, store.cache.misses) == (hits + 2, misses)
+            await store.add(2, 120)  # read-your-writes at any depth too
+            assert await store.latest(2, 10_000) == list(range(120, 99, -1))
 
         asyncio.run(scenario())
+        assert asyncio.run(store.counts())["cache_events"] == 5 + 21
     finally:
         store.close()
 
