@@ -335,6 +335,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.pause)
         result["cases"] = rows
         result["rss_after_mib"] = {p.name: rss_mib(p.proc.pid) for p in procs}
+        with urllib.request.urlopen(f"{url['events']}/stats", timeout=10) as resp:
+            stats = json.loads(resp.read())
+        result["events_cache"] = {
+            key: stats[key] for key in ("cache_users", "cache_events", "cache_hits", "cache_misses")
+        }
         result["services"] = [s.name for s in SERVICES]
         result["load_avg_end"] = round(os.getloadavg()[0], 2)
     finally:
@@ -430,6 +435,11 @@ def render(result: dict[str, Any]) -> str:
     lines.append(
         "RSS MiB (idle -> after load): "
         + ", ".join(f"{n} {idle[n]:.0f} -> {after[n]:.0f}" for n in after)
+    )
+    cache = result["events_cache"]
+    lines.append(
+        f"event service cache: {cache['cache_users']} users, {cache['cache_events']} events; "
+        f"reads from memory {cache['cache_hits']}, from SQLite {cache['cache_misses']}"
     )
     return "\n".join(lines)
 

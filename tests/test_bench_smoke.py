@@ -120,7 +120,7 @@ def test_bench_serve_smoke(bench_dirs: dict[str, Path]) -> None:
         "similar_tracks",
     ):
         assert f"\n{case} " in out
-    assert "add_event" in out and "RSS MiB" in out
+    assert "add_event" in out and "RSS MiB" in out and "event service cache:" in out
     js = list(d["results"].glob("serve_tiny_smoke_*.json"))
     assert len(js) == 1
     result = json.loads(js[0].read_text())
