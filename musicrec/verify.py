@@ -41,6 +41,8 @@ from musicrec.settings import Settings, get_settings
 log = logging.getLogger("musicrec.verify")
 
 K = 10
+#: events of the verify user beyond the latest 100 (its oldest): see `Verifier.run`
+LONG_HISTORY = 105
 _BODY_SHOWN = 400
 
 
@@ -359,6 +361,21 @@ class Verifier:
             self.record(reply.status == 401, "add_event wrong API key -> 401", shown, reply)
         else:
             self.record(None, "add_event API key", "events_api_key not set: open", None)
+        # a history longer than the latest 100 events the services once left out: the most
+        # popular tracks, oldest first, added once (events stay in the store for later runs)
+        long_history = picks.popular[:LONG_HISTORY]
+        if len(long_history) == LONG_HISTORY and len(self.events_of(user)) < LONG_HISTORY:
+            statuses = [
+                _call(
+                    "POST",
+                    f"{ev}/add_event",
+                    params={"user_id": user, "track_id": t},
+                    headers=self.api_headers,
+                )[1].status
+                for t in long_history
+            ]
+            ok = statuses == [200] * LONG_HISTORY
+            self.record(ok, f"add_event x{LONG_HISTORY}: popular tracks", "", None)
         unknown_track = INT32_MAX - 7
         self.expect_status(
             "add_event unknown track accepted",
@@ -429,6 +446,19 @@ class Verifier:
                 {"recs": expected},
                 params={"user_id": uid, "k": K},
             )
+        # every event of the verify user is left out, not only the latest 100 (the oldest
+        # are the most popular tracks, first in its cold-start list)
+        check = "blended, verify user: none of its events, older than the latest 100 too"
+        events = self.events_of(user)
+        if self.settings.exclude_events_max < LONG_HISTORY:
+            self.record(None, check, "", None, "MUSICREC_EXCLUDE_EVENTS_MAX is below it")
+        elif len(events) < LONG_HISTORY:
+            self.record(None, check, "", None, f"fewer than {LONG_HISTORY} popular tracks")
+        else:
+            shown, reply = _call("POST", f"{rec}/recommendations", params={"user_id": user, "k": K})
+            got = reply.data.get("recs", []) if isinstance(reply.data, dict) else []
+            ok = reply.status == 200 and len(got) == K and not set(got) & set(events)
+            self.record(ok, check, shown, reply, "" if ok else f"{len(events)} events")
         # the longest list reaches the popular top-up: none of it heard before the fit
         check = f"blended, user with history, k={K_MAX}: nothing heard before the pipeline's fit"
         if picks.warm_user < 0 or picks.heard is None:

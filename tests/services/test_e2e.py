@@ -36,6 +36,8 @@ CHECKS_EXPECTED = [
     "event /stats",
     "online = similar",
     "blended",
+    "add_event x105: popular tracks",
+    "blended, verify user: none of its events, older than the latest 100 too",
     "-> 422",
     "/metrics",
 ]
@@ -70,11 +72,18 @@ def test_verify_service_passes_against_real_processes(
     # its events stay in the store, under the reserved verifier id: a second run still passes
     events = httpx.post(
         f"http://127.0.0.1:{cfg.events_port}/get_events",
-        params={"user_id": RESERVED_VERIFY_USER, "k": 100},
+        params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
         timeout=10,
     ).json()
-    assert events["count"] == 4, events  # an unknown track and three similar-track seeds
+    # 105 popular tracks (once), then an unknown track and three similar-track seeds
+    assert events["count"] == 109, events
     run_verify_service(cfg, tmp_path)
+    events = httpx.post(
+        f"http://127.0.0.1:{cfg.events_port}/get_events",
+        params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
+        timeout=10,
+    ).json()
+    assert events["count"] == 113, events  # the popular tracks are not added again
 
 
 @pytest.mark.parametrize(
@@ -123,6 +132,26 @@ def test_two_workers_pass_verification_and_share_metrics(
     assert len(pids) >= 2, pids  # and both workers did serve
     stop_all(procs)
     assert not proc.scratch.exists()
+
+
+def test_verify_service_fails_when_older_events_come_back(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """Services that leave out only the latest 100 events (as before) fail the verifier's
+    long-history check: the oldest of its 109 events come back."""
+    cfg = make_settings(artifacts["root"], tmp_path)
+    service_processes(cfg.model_copy(update={"exclude_events_max": 100}))
+    log = tmp_path / "service_test.log"
+    run = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "verify_service.py"), "--log", str(log)],
+        env=child_environment(cfg),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    lines = log.read_text().splitlines()
+    assert any(x.startswith("FAIL blended, verify user: none of its events") for x in lines)
 
 
 def test_verify_service_fails_when_services_are_down(
