@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     events_cache_events: int = Field(
         5_000_000,
         ge=100,
-        description="Events the event service keeps in memory, all users together (about 40 "
+        description="Events the event service keeps in memory, all users together (about 12 "
         "bytes each)",
     )
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")

@@ -237,6 +237,11 @@ def test_heard_index_bench_rebuilds_the_pipelines_index(bench_dirs: dict[str, Pa
     assert "2 loads" in out and "of which the order check: median" in out, out
 
 
+def test_event_cache_memory_smoke() -> None:
+    out = run_script("event_cache_memory.py", "--users", "200", "--events-per-user", "50")
+    assert "10,000 events of 200 users held" in out and "bytes per event" in out, out
+
+
 def test_idmap_ab_smoke() -> None:
     out = run_script(
         "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"
