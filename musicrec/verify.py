@@ -362,9 +362,14 @@ class Verifier:
         else:
             self.record(None, "add_event API key", "events_api_key not set: open", None)
         # a history longer than the latest 100 events the services once left out: the most
-        # popular tracks, oldest first, added once (events stay in the store for later runs)
+        # popular tracks, oldest first, added once (events stay in the store for later
+        # runs; `events_of` reads at least LONG_HISTORY when the check below runs)
         long_history = picks.popular[:LONG_HISTORY]
-        if len(long_history) == LONG_HISTORY and len(self.events_of(user)) < LONG_HISTORY:
+        if (
+            self.settings.exclude_events_max >= LONG_HISTORY
+            and len(long_history) == LONG_HISTORY
+            and len(self.events_of(user)) < LONG_HISTORY
+        ):
             statuses = [
                 _call(
                     "POST",

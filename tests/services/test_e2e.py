@@ -154,6 +154,24 @@ def test_verify_service_fails_when_older_events_come_back(
     assert any(x.startswith("FAIL blended, verify user: none of its events") for x in lines)
 
 
+def test_verify_service_below_105_skips_the_long_history_check_and_adds_nothing(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """With MUSICREC_EXCLUDE_EVENTS_MAX=100 on both sides the verifier passes, skips the
+    check it cannot make and does not add the 105 popular tracks (run after run)."""
+    cfg = make_settings(artifacts["root"], tmp_path).model_copy(update={"exclude_events_max": 100})
+    service_processes(cfg)
+    for _ in range(2):
+        lines = run_verify_service(cfg, tmp_path)
+    assert any(x.startswith("SKIP blended, verify user: none of its events") for x in lines)
+    events = httpx.post(
+        f"http://127.0.0.1:{cfg.events_port}/get_events",
+        params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
+        timeout=10,
+    ).json()
+    assert events["count"] == 8, events  # four per run
+
+
 def test_verify_service_fails_when_services_are_down(
     artifacts: dict[str, Any], tmp_path: Path
 ) -> None:
