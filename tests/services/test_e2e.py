@@ -43,8 +43,9 @@ CHECKS_EXPECTED = [
 ]
 
 
-def run_verify_service(cfg: Any, tmp_path: Path) -> list[str]:
-    """Run verify_service.py against the services of `cfg`; assert it passed; log lines."""
+def run_verify_service(cfg: Any, tmp_path: Path, passes: bool = True) -> list[str]:
+    """Run verify_service.py against the services of `cfg`; assert it passed (or, with
+    `passes=False`, that it failed); its log lines."""
     log = tmp_path / "service_test.log"
     run = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "verify_service.py"), "--log", str(log)],
@@ -54,8 +55,11 @@ def run_verify_service(cfg: Any, tmp_path: Path) -> list[str]:
         timeout=120,
     )
     out = run.stdout.decode() + run.stderr.decode()
-    assert run.returncode == 0, out
     lines = log.read_text().splitlines()
+    if not passes:
+        assert run.returncode != 0, out
+        return lines
+    assert run.returncode == 0, out
     assert lines[-1].startswith("PASSED")
     assert not [x for x in lines if x.startswith("FAIL")]
     return lines
@@ -141,16 +145,7 @@ def test_verify_service_fails_when_older_events_come_back(
     long-history check: the oldest of its 109 events come back."""
     cfg = make_settings(artifacts["root"], tmp_path)
     service_processes(cfg.model_copy(update={"exclude_events_max": 100}))
-    log = tmp_path / "service_test.log"
-    run = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "verify_service.py"), "--log", str(log)],
-        env=child_environment(cfg),
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-    )
-    assert run.returncode != 0
-    lines = log.read_text().splitlines()
+    lines = run_verify_service(cfg, tmp_path, passes=False)
     assert any(x.startswith("FAIL blended, verify user: none of its events") for x in lines)
 
 
