@@ -137,6 +137,7 @@ class OfflineRecs:
         heard = None
         if paths.heard_dir.exists():
             heard = HeardIndex.load(paths.heard_dir)
+            _warn_of_users_missing_from(heard, index.keys, paths)
         else:
             log.warning(
                 "%s is missing (artifacts of an older pipeline run): the online part and the "
@@ -165,6 +166,26 @@ class OfflineRecs:
             return cold_start(self.popular, n)
         start, stop = span
         return self.tracks[start : min(stop, start + n)].tolist()  # type: ignore[no-any-return]
+
+
+def _warn_of_users_missing_from(heard: HeardIndex, users: np.ndarray, paths: ArtifactPaths) -> None:
+    """Warn when users with a stored list are not in the heard index: the pipeline writes
+    both from the same history, so the two files come from different runs (a newer list
+    beside an older index) and those users' history is not left out of the online part
+    and the top-up."""
+    ids = heard.users.astype(np.int64, copy=False)
+    pos = np.minimum(np.searchsorted(ids, users), max(ids.size - 1, 0))
+    missing = int(users.size) if ids.size == 0 else int(np.count_nonzero(ids[pos] != users))
+    if missing:
+        log.warning(
+            "%d of the %d users of %s are not in the heard index %s (files of different "
+            "pipeline runs?): tracks they heard before the fit may come back in the online "
+            "part and the popular top-up",
+            missing,
+            users.size,
+            paths.recommendations,
+            paths.heard_dir,
+        )
 
 
 # --- online part -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend
 from musicrec.errors import ArtifactError
+from musicrec.heard import HeardIndex
 from musicrec.serve import SERVICES, child_environment, uvicorn_command
 from musicrec.service_recommendations import create_app as recs_app
 from musicrec.service_similar import create_app as similar_app
@@ -203,3 +204,23 @@ def test_artifacts_without_a_heard_index_still_serve_with_a_warning(
     assert blended["recs"] == blend([], artifacts["recs"][user], 50, (), artifacts["popular"])
     assert set(blended["recs"]) & set(artifacts["heard"][user])  # what the index would drop
     assert any("heard" in r.getMessage() and "missing" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("every_user", [False, True])
+def test_users_with_a_list_missing_from_the_heard_index_are_warned_of(
+    own_artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, every_user: bool
+) -> None:
+    """The fake index leaves out one user with a list (as an index of an older run
+    would); an index holding every such user starts without the warning."""
+    paths = ArtifactPaths(own_artifacts)
+    users = np.unique(pd.read_parquet(paths.recommendations)["user_id"].to_numpy())
+    if every_user:
+        empty = np.zeros(users.size + 1, np.int64)
+        HeardIndex(users.astype(np.int64), empty, np.empty(0, np.int64)).save(paths.heard_dir)
+    with caplog.at_level("WARNING"):
+        start(recs_app(make_settings(own_artifacts, tmp_path)))
+    warned = [r.getMessage() for r in caplog.records if "not in the heard index" in r.getMessage()]
+    if every_user:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and f"1 of the {users.size} users of" in warned[0]
