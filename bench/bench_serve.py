@@ -15,7 +15,7 @@ from a list of users/tracks of the case:
 - recs_history     POST /recommendations, users with an offline list and no events
 - recs_online      POST /recommendations, users with 10 recent events (online blend)
 - recs_heavy       POST /recommendations, users with 300 events, all of them read by
-                   each request (MUSICREC_EXCLUDE_EVENTS_MAX, 10,000 by default; set it
+                   each request (MUSICREC_EXCLUDE_EVENTS_MAX, 1,000 by default; set it
                    to 100 for the services' rule before 2026-12-06, the latest 100 only)
 - recs_cold        POST /recommendations, users unknown to the pipeline
 - similar_tracks   POST /similar_tracks?track_id=..&k=10

@@ -59,12 +59,14 @@ class Settings(BaseSettings):
     )
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
     exclude_events_max: int = Field(
-        10_000,
+        1_000,
         ge=1,
         le=10_000,
         description="Latest events of the event service that /recommendations and "
         "/recommendations_online never recommend again (read in the one events call of each "
-        "request; from the event service's memory once it holds the user that deep)",
+        "request; from the event service's memory once it holds the user that deep). 1,000 "
+        "listens are over two days of non-stop listening: with a daily pipeline run, every "
+        "listen since the fit",
     )
     online_similar_k: int = Field(20, ge=1, le=200, description="Similar tracks per event")
     upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")

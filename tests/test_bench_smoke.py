@@ -242,6 +242,14 @@ def test_event_cache_memory_smoke() -> None:
     assert "10,000 events of 200 users held" in out and "bytes per event" in out, out
 
 
+def test_event_store_reads_smoke() -> None:
+    out = run_script(
+        "event_store_reads.py", "--events", "30", "--k", "1000", "--users", "20", "--batch", "5"
+    )
+    assert "latest_many of 5 users, k=1,000" in out, out
+    assert [line.split()[0] for line in out.splitlines()[2:3]] == ["30"], out
+
+
 def test_idmap_ab_smoke() -> None:
     out = run_script(
         "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"
