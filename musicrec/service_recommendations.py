@@ -43,7 +43,7 @@ from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.heard import FILES as HEARD_FILES
-from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, unheard
+from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, heard_mask, unheard
 from musicrec.http_client import HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -173,9 +173,7 @@ def _warn_of_users_missing_from(heard: HeardIndex, users: np.ndarray, paths: Art
     both from the same history, so the two files come from different runs (a newer list
     beside an older index) and those users' history is not left out of the online part
     and the top-up."""
-    ids = heard.users.astype(np.int64, copy=False)
-    pos = np.minimum(np.searchsorted(ids, users), max(ids.size - 1, 0))
-    missing = int(users.size) if ids.size == 0 else int(np.count_nonzero(ids[pos] != users))
+    missing = int(np.count_nonzero(~heard_mask(heard.users, users)))
     if missing:
         log.warning(
             "%d of the %d users of %s are not in the heard index %s (files of different "
@@ -197,6 +195,8 @@ class OnlineResult:
     call still leaves the recent events for the exclusion."""
 
     recent: list[int] = field(default_factory=list)
+    #: `recent` as a set, built once (up to `exclude_events_max` ids) for every check
+    recent_set: set[int] = field(default_factory=set)
     recs: list[int] = field(default_factory=list)
 
 
@@ -297,18 +297,17 @@ class Upstreams:
         track in `heard` (sorted: what the user heard before the served fit)."""
         cfg = self.settings
         (out.recent,) = await self._lookup("events", self.events, [user_id])
+        out.recent_set = set(out.recent)
         seeds = dedupe(out.recent)[: cfg.online_history_k]
         if not seeds:
             return
         sources = await self._lookup("similar", self.similar, seeds)
-        banned = set(out.recent)
         if heard.size <= SET_HISTORY_MAX:
             # a short history joins the set every candidate is checked against
-            banned.update(heard.tolist())
-            out.recs = merge_by_score(sources, k, banned)
+            out.recs = merge_by_score(sources, k, out.recent_set.union(heard.tolist()))
             return
         # a long one is searched once for the whole merged list
-        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), banned)
+        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), out.recent_set)
         out.recs = drop_heard(merged, heard)[:k]
 
 
@@ -491,7 +490,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fallback_log.warning(
                 "fallback to offline recommendations for user %d: %s", user_id, exc
             )
-        recent = set(out.recent)
+        recent = out.recent_set
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
         offline_recs = offline.ranked(user_id, 2 * k + len(recent))
