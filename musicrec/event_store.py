@@ -158,9 +158,12 @@ class RecentCache:
         refused (see the class docstring) or larger than the whole cache."""
         if limit < self.depth:
             raise ValueError(f"a fill needs at least the latest {self.depth} rows")
+        complete = len(rows) < limit
         with self._lock:
             old = self._users.get(user_id)
-            if old is not None and (old.complete or len(old.tracks) >= len(rows)):
+            if old is not None and (
+                old.complete or (len(old.tracks) >= len(rows) and not complete)
+            ):
                 return False  # cached as deep and kept current by `apply`
             if self._applied_id > snapshot_max:
                 self.refused_fills += 1
@@ -172,7 +175,7 @@ class RecentCache:
             self._users[user_id] = _Recent(
                 array("q", [track for _, track in reversed(rows)]),
                 rows[0][0] if rows else 0,
-                complete=len(rows) < limit,
+                complete=complete,
                 keep=max(self.depth, len(rows)),
             )
             self.events += len(rows)

@@ -262,6 +262,23 @@ def test_recent_cache_answers_reads_as_deep_as_its_fill() -> None:
         cache.install(5, [], snapshot_max=18, limit=2)
 
 
+def test_recent_cache_completes_an_entry_whose_history_was_exactly_its_depth() -> None:
+    """A first read whose LIMIT equals the history's length cannot tell it is the whole
+    history; a deeper read that finds the same rows can, and must replace the entry, or
+    every later deep read of that user misses and goes to SQLite."""
+    cache = RecentCache(max_users=10, depth=3)
+    rows = [(3, 30), (2, 20), (1, 10)]
+    assert cache.install(1, rows, snapshot_max=3, limit=3)
+    assert cache.get(1, 1000) is None  # maybe more in SQLite
+    assert cache.install(1, rows, snapshot_max=3, limit=1000)  # the same rows, all of them
+    misses = cache.misses
+    assert cache.get(1, 1000) == [30, 20, 10] and cache.misses == misses
+    assert cache.events == 3
+    # a read as deep as its entry that again finds LIMIT rows adds nothing: refused
+    assert cache.install(2, rows, snapshot_max=3, limit=3)
+    assert not cache.install(2, rows, snapshot_max=3, limit=3)
+
+
 def test_recent_cache_holds_at_most_max_events() -> None:
     """Fills and appends beyond `max_events` evict the least recently used users; a fill
     larger than the whole budget is not cached."""
