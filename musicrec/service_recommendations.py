@@ -29,6 +29,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -37,7 +38,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
-from musicrec.blending import blend, cold_start, dedupe, merge_by_score
+from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
@@ -160,10 +161,12 @@ class OfflineRecs:
 
     def ranked(self, user_id: int, n: int) -> list[int]:
         """The first `n` rows of the user's list as stored (not deduplicated: the blend
-        does that), or the popular list for an unknown user."""
+        does that), or for a user without a list the popular list without the tracks the
+        user heard: nothing for a cold user, but a user of the heard index can lack a
+        list (no candidate left after the heard filter, or files of different runs)."""
         span = self.users.span(user_id)
         if span is None:
-            return cold_start(self.popular, n)
+            return list(islice(unheard(self.popular, self.heard_of(user_id)), max(n, 0)))
         start, stop = span
         return self.tracks[start : min(stop, start + n)].tolist()  # type: ignore[no-any-return]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -142,6 +143,37 @@ def test_blended_tops_up_a_short_list_and_stops_at_the_catalogue(
     assert not set(got) & heard
     everything = recs(online_client, "/recommendations", user, 1000)
     assert set(everything) == set(artifacts["popular"]) - heard
+
+
+def test_a_user_with_history_but_no_stored_list_gets_popular_tracks_not_heard(
+    tmp_path: Path,
+) -> None:
+    """A user of the heard index without a stored list (the pipeline found no candidate
+    worth ranking, or the files come from different runs) gets the popular tracks without
+    those heard, from both routes that fall back to the popular list."""
+    from musicrec.artifacts import ArtifactPaths
+    from musicrec.heard import HeardIndex
+
+    from .artifacts_fixture import describe_artifacts, write_fake_artifacts
+
+    art = write_fake_artifacts(tmp_path / "art", n_users=10, n_tracks=100, seed=3)
+    paths = ArtifactPaths(art["root"])
+    index = HeardIndex.load(paths.heard_dir, mmap=False)
+    user = art["cold_user"]  # above every user with a list: appended, the ids stay sorted
+    heard = np.sort(np.array(art["popular"][1:12:2], dtype=index.tracks.dtype))
+    HeardIndex(
+        np.append(index.users, np.array([user], dtype=index.users.dtype)),
+        np.append(index.offsets, index.offsets[-1] + heard.size),
+        np.concatenate([index.tracks, heard]),
+    ).save(paths.heard_dir)
+    assert describe_artifacts(art["root"])["heard"][user] == heard.tolist()
+    unheard = [t for t in art["popular"] if t not in set(heard.tolist())]
+    cfg = make_settings(art["root"], tmp_path)  # upstreams down: the offline fallback
+    with TestClient(create_app(cfg)) as c:
+        assert recs(c, "/recommendations_offline", user, 10) == unheard[:10]
+        assert recs(c, "/recommendations", user, 10) == unheard[:10]
+        # a user the pipeline never saw still gets the popular list as it is
+        assert recs(c, "/recommendations_offline", user + 1, 10) == art["popular"][:10]
 
 
 def long_history(cfg: Settings, art: dict[str, Any]) -> dict[str, Any]:
