@@ -202,7 +202,7 @@ class HttpPool:
                     raise _ProtocolError(f"answer of {length} bytes is too large")
                 answer = await conn.reader.readexactly(length)
             else:  # no length: the body ends with the connection
-                answer = await conn.reader.read(MAX_BODY + 1)
+                answer = await _read_to_end(conn.reader)
                 keep_alive = False
             reusable = keep_alive and not self._closed and len(self._idle) < self.limit
             return status, answer
@@ -254,18 +254,40 @@ def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:
     return status, length, chunked, keep_alive
 
 
+async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
+    """A body delimited by the end of the connection (no length, not chunked), however
+    many segments it arrives in; `_ProtocolError` beyond `MAX_BODY`."""
+    parts: list[bytes] = []
+    total = 0
+    while chunk := await reader.read(65536):
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise _ProtocolError("answer is too large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """A CRLF-ended line of a chunked body; `_ProtocolError` if longer than the reader's
+    limit (a chunk-size line or trailer no server of ours sends)."""
+    try:
+        return await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError as exc:
+        raise _ProtocolError("chunk-size or trailer line too long") from exc
+
+
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     """A chunked body (RFC 9112 section 7.1); trailers are read and ignored."""
     parts: list[bytes] = []
     total = 0
     while True:
-        line = await reader.readuntil(b"\r\n")
+        line = await _read_line(reader)
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError as exc:
             raise _ProtocolError(f"bad chunk size line: {line[:40]!r}") from exc
         if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the end
+            while await _read_line(reader) != b"\r\n":  # trailers, then the end
                 pass
             return b"".join(parts)
         total += size

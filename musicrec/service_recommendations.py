@@ -427,6 +427,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             failure = OnlineFailure(exc.upstream, exc.kind, exc.detail)
             failure.partial = out
             raise failure from exc
+        except Exception as exc:
+            # anything else (an answer no check foresaw, a bug): the offline answer rather
+            # than a 500, and the traceback in the log so that it is not hidden
+            log.exception("online part failed for user %d", user_id)
+            failure = OnlineFailure("online", "error", repr(exc)[:200])
+            failure.partial = out
+            raise failure from exc
         return out
 
     @app.post(

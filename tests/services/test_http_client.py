@@ -111,7 +111,11 @@ def test_reads_chunked_and_close_delimited_answers() -> None:
                 b'5;ext=1\r\n{"a":\r\n3\r\n[1]\r\n1\r\n}\r\n0\r\nx-trailer: 1\r\n\r\n'
             )
             return True
-        w.write(b"HTTP/1.0 200 OK\r\n\r\n[1, 2, 3]")  # no length: ends with the connection
+        # no length: the body ends with the connection, here in two segments
+        w.write(b"HTTP/1.0 200 OK\r\n\r\n[1, 2,")
+        await w.drain()
+        await asyncio.sleep(0.02)
+        w.write(b" 3]")
         return False
 
     async def main() -> None:
@@ -123,6 +127,33 @@ def test_reads_chunked_and_close_delimited_answers() -> None:
             assert srv.connections == 1
             assert (await pool.post_json("/plain"))[0] == [1, 2, 3]
             assert pool.idle_connections == 0  # not reusable
+            await pool.close()
+
+    run(main())
+
+
+def test_answers_beyond_the_body_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Close-delimited and chunked answers alike stop at `MAX_BODY`: a bad response, not
+    an ever larger buffer."""
+    from musicrec import http_client
+
+    monkeypatch.setattr(http_client, "MAX_BODY", 10)
+
+    async def big(head: bytes, body: bytes, w: asyncio.StreamWriter) -> bool:
+        if b"/chunked" in head:
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            w.write(b"8\r\n[1,2,3,4\r\n8\r\n,5,6,7]\r\n0\r\n\r\n")
+            return True
+        w.write(b"HTTP/1.0 200 OK\r\n\r\n[1, 2, 3, 4, 5]")
+        return False
+
+    async def main() -> None:
+        async with Server(big) as srv:
+            pool = HttpPool(srv.url, timeout_s=2)
+            for path in ("/plain", "/chunked"):
+                with pytest.raises(UpstreamError) as err:
+                    await pool.post_json(path)
+                assert err.value.kind == "bad_response" and "too large" in str(err.value)
             await pool.close()
 
     run(main())
@@ -162,6 +193,13 @@ def test_connection_close_is_honoured_and_stale_connections_are_retried() -> Non
         (b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", "bad_response"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nshort", "disconnected"),
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "bad_response"),
+        # a chunk-size line longer than the reader's 64 KiB limit
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;"
+            + b"x" * 70_000
+            + b"\r\n[]\r\n0\r\n\r\n",
+            "bad_response",
+        ),
     ],
 )
 def test_bad_answers_become_upstream_errors(answer: bytes, kind: str) -> None:

@@ -275,6 +275,34 @@ def test_fallback_to_offline_when_upstreams_are_down(
     assert 'upstream_errors_total{kind="unreachable",upstream="events"}' in metrics
 
 
+def test_an_unforeseen_error_in_the_online_part_falls_back_and_is_logged(
+    upstream_settings: Settings,
+    artifacts: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not only the upstream failures the client names: any exception in the online part
+    gives the offline answer (still without the events read before it), not a 500, and
+    its traceback in the log."""
+    h = long_history(upstream_settings, artifacts)
+    user, recent = h["user"], h["recent"]
+
+    def broken_merge(*args: Any, **kwargs: Any) -> list[int]:
+        raise KeyError("an answer nobody foresaw")  # after the events and similar calls
+
+    monkeypatch.setattr(service_recommendations, "merge_by_score", broken_merge)
+    with TestClient(create_app(upstream_settings)) as c:
+        got = recs(c, "/recommendations", user, 10)
+        assert got == [t for t in artifacts["recs"][user] if t not in recent][:10]
+        r = c.post("/recommendations_online", params={"user_id": user, "k": 10})
+        assert r.status_code == 503 and "online:error" in r.json()["detail"]
+        metrics = c.get("/metrics").text
+    assert 'recommendation_fallbacks_total{reason="online:error"} 1.0' in metrics
+    assert any(
+        "online part failed" in rec.message and rec.exc_info is not None for rec in caplog.records
+    )
+
+
 def test_probes_and_not_ready(upstream_settings: Settings) -> None:
     app = create_app(upstream_settings)
     c = TestClient(app)
