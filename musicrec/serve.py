@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import AliasChoices, SecretStr
 
-from musicrec.settings import Settings
+from musicrec.settings import Settings, connect_host
 
 log = logging.getLogger("musicrec.serve")
 
@@ -73,15 +73,6 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     #: a directory made for this process (its workers' metrics), removed by `stop_all`
     scratch: Path | None = None
-
-
-def connect_host(host: str) -> str:
-    """The address to connect to for a bind address (`0.0.0.0` -> `127.0.0.1`)."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 def base_url(settings: Settings, port: int) -> str:
@@ -177,11 +168,14 @@ def start_service(
     port = int(getattr(settings, spec.port_field))
     cmd = uvicorn_command(spec, settings, port)
     scratch = None
-    if "--workers" in cmd and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+    # a directory inherited from the parent would be shared by the three services (each
+    # /metrics adding up the others' requests) and hold the files of earlier runs
+    env = {key: value for key, value in env.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    if "--workers" in cmd:
         # several workers share one /metrics: prometheus_client's multiprocess mode keeps
         # each worker's values in files of this (fresh, empty) directory
         scratch = Path(tempfile.mkdtemp(prefix=f"musicrec-{spec.name}-metrics-"))
-        env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(scratch)}
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch)
     log.info("starting %s: %s", spec.name, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, **popen)
     return ServiceProcess(spec.name, base_url(settings, port), proc, scratch)

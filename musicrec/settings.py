@@ -94,11 +94,21 @@ class Settings(BaseSettings):
 
     @property
     def similar_base_url(self) -> str:
-        return self.similar_url or f"http://{self.host}:{self.similar_port}"
+        return self.similar_url or f"http://{connect_host(self.host)}:{self.similar_port}"
 
     @property
     def events_base_url(self) -> str:
-        return self.events_url or f"http://{self.host}:{self.events_port}"
+        return self.events_url or f"http://{connect_host(self.host)}:{self.events_port}"
+
+
+def connect_host(host: str) -> str:
+    """The address to connect to for a bind address: `0.0.0.0` -> `127.0.0.1`, `::` ->
+    `[::1]`, other IPv6 addresses in brackets (as a URL needs them)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 @lru_cache(maxsize=1)

@@ -138,6 +138,37 @@ def test_two_workers_pass_verification_and_share_metrics(
     assert not proc.scratch.exists()
 
 
+def test_each_service_gets_its_own_metrics_directory(
+    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `PROMETHEUS_MULTIPROC_DIR` in the parent's environment is not handed on: a service
+    with several workers gets a fresh directory of its own, a single-worker one none (so
+    no /metrics adds up another service's requests or an earlier run's)."""
+    from musicrec import serve
+
+    started: dict[str, dict[str, str]] = {}
+
+    class FakePopen:
+        def __init__(self, cmd: list[str], env: dict[str, str], **kwargs: Any) -> None:
+            started[cmd[cmd.index("uvicorn") + 1]] = env
+
+    monkeypatch.setattr(serve.subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "shared"))
+    cfg = make_settings(artifacts["root"], tmp_path, recs_workers=2, similar_workers=2)
+    procs = serve.start_all(cfg)
+    dirs = {p.name: p.scratch for p in procs}
+    assert set(started) == {"api_main:app", "similarity_store:app", "event_storage:app"}
+    assert "PROMETHEUS_MULTIPROC_DIR" not in started["event_storage:app"]
+    for app, name in (("api_main:app", "recommendations"), ("similarity_store:app", "similar")):
+        own = dirs[name]
+        assert own is not None and own.is_dir() and not any(own.iterdir())
+        assert started[app]["PROMETHEUS_MULTIPROC_DIR"] == str(own)
+    assert dirs["recommendations"] != dirs["similar"]
+    for d in dirs.values():
+        if d is not None:
+            d.rmdir()
+
+
 def test_verify_service_fails_when_older_events_come_back(
     service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
 ) -> None:

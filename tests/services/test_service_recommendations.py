@@ -227,6 +227,22 @@ def test_fallback_keeps_excluding_every_event_read_when_only_similar_is_down(
     assert set(h["old"]) & set(artifacts["recs"][user][:10])  # what it dropped
 
 
+@pytest.mark.parametrize(
+    ("host", "connect"),
+    [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]")],
+)
+def test_default_upstream_urls_follow_the_bind_address(host: str, connect: str) -> None:
+    """The upstream URLs derived from `MUSICREC_HOST` are ones the client accepts: a
+    wildcard bind address becomes loopback, an IPv6 address gets its brackets."""
+    from musicrec.http_client import HttpPool
+
+    cfg = Settings(host=host, similar_port=8010, events_port=8020)
+    assert cfg.similar_base_url == f"http://{connect}:8010"
+    assert cfg.events_base_url == f"http://{connect}:8020"
+    for url in (cfg.similar_base_url, cfg.events_base_url):
+        assert HttpPool(url, timeout_s=1).base_url == url
+
+
 def test_exclude_events_max_is_bounded() -> None:
     for bad in (0, 10_001):
         with pytest.raises(ValueError, match="exclude_events_max"):
