@@ -656,12 +656,15 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         warm_recs, test.target, warm, e.k_precision, e.k_ndcg, baselines=("als", "top_popular")
     )
     del warm_recs
+    # every cold user gets the popular list, as long as it is (a small catalogue can hold
+    # fewer than kmax tracks)
+    top = popular.head(kmax)
     cold_recs = pd.DataFrame(
         {
-            C.User: np.repeat(cold, kmax),
-            C.Item: np.tile(popular[C.Item].to_numpy()[:kmax], len(cold)),
-            C.Score: np.tile(popular[C.Listeners].to_numpy()[:kmax], len(cold)).astype(float),
-            C.Rank: np.tile(np.arange(1, kmax + 1), len(cold)),
+            C.User: np.repeat(cold, len(top)),
+            C.Item: np.tile(top[C.Item].to_numpy(), len(cold)),
+            C.Score: np.tile(top[C.Listeners].to_numpy(), len(cold)).astype(float),
+            C.Rank: np.tile(np.arange(1, len(top) + 1), len(cold)),
         }
     )
     cold_results = {"top_popular": ev(cold_recs, cold)} if len(cold) else {}

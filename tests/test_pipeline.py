@@ -193,6 +193,50 @@ def test_unproven_gains_by_hand() -> None:
     ]
 
 
+def write_small_catalogue(out: Path, n_tracks: int = 5, n_users: int = 60) -> None:
+    """Raw files of `n_tracks` tracks (fewer than the k of the metrics) and `n_users` users
+    listening over 30 days, in the Yandex schema."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(n_tracks, dtype=np.int64) + 100
+    pd.DataFrame(
+        {
+            C.Item: ids,
+            C.Albums: [[] for _ in ids],
+            C.Artists: [[] for _ in ids],
+            C.Genres: [[int(i % 3)] for i in range(n_tracks)],
+        }
+    ).to_parquet(out / RawFiles.Tracks)
+    pd.DataFrame(
+        {C.CatalogId: ids, C.CatalogType: "track", C.CatalogName: [f"t{i}" for i in ids]}
+    ).to_parquet(out / RawFiles.Catalog)
+    rows = []
+    for user in range(n_users):
+        tracks = rng.choice(ids, int(rng.integers(1, n_tracks + 1)), replace=False)
+        days = np.sort(rng.integers(0, 30, tracks.size))
+        for seq, (track, day) in enumerate(zip(tracks, days, strict=True), start=1):
+            rows.append(
+                (user, int(track), seq, pd.Timestamp("2022-01-01") + pd.Timedelta(days=int(day)))
+            )
+    pd.DataFrame(rows, columns=[C.User, C.Item, C.Seq, C.Datetime]).astype(
+        {C.User: "int32", C.Item: "int32", C.Seq: "int16"}
+    ).to_parquet(out / RawFiles.Interactions)
+
+
+def test_a_catalogue_smaller_than_k_is_evaluated(tmp_path: Path) -> None:
+    """Five tracks, k = 10: every list is shorter than k; the cold users' popular list too
+    (it was cut to k tracks but given k ranks: the evaluation crashed)."""
+    write_small_catalogue(tmp_path / "raw")
+    m = run_pipeline(tmp_path / "raw", tmp_path / "art", fast_pipeline_config(), progress=False)
+    s = m["split"]
+    assert s["test_cold_users"] > 0 and m["data"]["tracks_with_events"] == 5
+    k5 = fast_pipeline_config().eval.k_precision
+    cold = m["cold"]["top_popular"][f"precision@{k5}"]
+    assert cold["n_users"] == s["test_cold_users"] and 0.0 <= cold["mean"] <= 1.0
+    ranked = pd.read_parquet(ArtifactPaths(tmp_path / "art").recommendations)
+    assert ranked.groupby(C.User).size().max() <= 5
+
+
 def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
     text = tiny_pipeline.log_file.read_text()
     for stage in STAGES:
