@@ -459,14 +459,23 @@ def _timestamps(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedAr
 
 
 def _parse_dates(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Parse ISO-8601 strings; on failure, find the unparseable rows with pandas."""
+    """Parse ISO-8601 strings to naive UTC wall times: without a zone (read as UTC), with
+    one (`Z`, `+03:00`: converted), or a mix; on failure, name the unparseable rows."""
     try:
         return values.cast(pa.timestamp("ns"))
     except pa.ArrowInvalid as exc:
-        as_strings = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-        parsed = pd.to_datetime(as_strings, errors="coerce", format="ISO8601")
-        bad = pa.array(parsed.isna().to_numpy())
-        _fail(file, column, "ISO-8601 dates", values, bad, found=str(exc))
+        naive_failed = exc
+    try:  # every string with a zone offset
+        return values.cast(pa.timestamp("ns", "UTC")).cast(pa.timestamp("ns"))
+    except pa.ArrowInvalid:
+        pass
+    # a mix of zoned and naive strings, or bad ones: pandas reads each row on its own
+    as_strings = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    parsed = pd.to_datetime(as_strings, errors="coerce", format="ISO8601", utc=True)
+    bad = parsed.isna().to_numpy()
+    if not bad.any():
+        return pa.chunked_array([pa.array(parsed.dt.tz_localize(None), pa.timestamp("ns"))])
+    _fail(file, column, "ISO-8601 dates", values, pa.array(bad), found=str(naive_failed))
 
 
 def _fail_on_duplicates(

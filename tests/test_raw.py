@@ -223,6 +223,25 @@ def test_other_date_types_are_accepted(tmp_path: Path, started_at: pa.Array) -> 
     assert inter[C.Datetime].min() == pd.Timestamp("2022-01-01")
 
 
+@pytest.mark.parametrize(
+    "strings",
+    [
+        ["2022-01-01T01:00:00Z", "2022-01-02T00:00:00Z"],
+        ["2022-01-01T04:00:00+03:00", "2022-01-02T03:00:00+03:00"],
+        ["2022-01-01T01:00:00Z", "2022-01-02T03:00:00+03:00"],
+        ["2022-01-01T01:00:00", "2022-01-02T03:00:00+03:00"],
+    ],
+    ids=["Z", "+03:00", "mixed zones", "naive and zoned"],
+)
+def test_iso_strings_with_zones_are_read_as_utc(tmp_path: Path, strings: list[str]) -> None:
+    """ISO-8601 strings with a zone offset are converted to UTC (naive strings are UTC)."""
+    values = pa.array(strings + [f"2022-01-0{d}" for d in range(3, 7)], pa.string())
+    write_raw(tmp_path, **_interactions(C.Datetime, values))
+    got = read_raw(tmp_path, DataConfig()).interactions[C.Datetime]
+    assert got.dtype == "datetime64[ns]"
+    assert sorted(got)[:2] == [pd.Timestamp("2022-01-01 01:00"), pd.Timestamp("2022-01-02")]
+
+
 def test_safe_casts_are_accepted(tmp_path: Path) -> None:
     """int64 ids in range, whole floats and int32 track_seq all read fine."""
     inter = interactions_table()
