@@ -84,9 +84,11 @@ class SimilarConfig(_Strict):
 
 
 class RankerConfig(_Strict):
-    als_candidates: int = Field(100, ge=1)
-    popular_candidates: int = Field(50, ge=0)
-    similar_candidates: int = Field(50, ge=0)
+    # at most 10,000 of each per user (ranks are stored as int16; a reranker over more
+    # candidates per user would be scoring most of a catalogue anyway)
+    als_candidates: int = Field(100, ge=1, le=10_000)
+    popular_candidates: int = Field(50, ge=0, le=10_000)
+    similar_candidates: int = Field(50, ge=0, le=10_000)
     recent_tracks: int = Field(5, ge=1, description="Latest tracks whose neighbours are candidates")
     negatives_per_user: int = Field(30, ge=1)
     iterations: int = Field(300, ge=1)

@@ -835,6 +835,10 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ("[als]\nfactors = 0\n", "als.factors"),  # out of range
         ("[eval]\nk_ndcg = 0\n", "eval.k_ndcg"),  # a metric at k = 0 is undefined
         ("[eval]\nk_precision = 0\n", "eval.k_precision"),
+        # ranks of candidates are int16: more than 10,000 per source is refused
+        ("[ranker]\npopular_candidates = 40000\n", "ranker.popular_candidates"),
+        ("[ranker]\nals_candidates = 10001\n", "ranker.als_candidates"),
+        ("[ranker]\nsimilar_candidates = 10001\n", "ranker.similar_candidates"),
         ('final_fit = "sometimes"\n', "final_fit"),
         ("[nosuchsection]\nx = 1\n", "nosuchsection"),
         ("[ranker]\nenabled = true\n", "ranker.enabled"),  # removed: nothing read it
