@@ -45,7 +45,7 @@ from musicrec.errors import ArtifactError
 from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, heard_mask, unheard
-from musicrec.http_client import HttpPool, UpstreamError
+from musicrec.http_client import MAX_BODY, HttpPool, UpstreamError
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
@@ -87,6 +87,8 @@ DEFAULT_K = 100
 #: users who heard up to this many tracks have them checked as a Python set in the online
 #: merge (a few microseconds to build); longer histories by binary search in the index
 SET_HISTORY_MAX = 2048
+#: bytes of JSON an event id can take in an events answer (an int64 with its sign and comma)
+EVENT_ID_JSON_BYTES = 21
 #: coalesced calls outstanding per upstream and worker (2 and 4 gave the same throughput
 #: within this machine's noise; 2 keeps batches larger)
 IN_FLIGHT = 2
@@ -220,6 +222,13 @@ Similar = tuple[list[int], list[float]]
 V = TypeVar("V")
 
 
+def events_batch(events_k: int) -> int:
+    """Users per coalesced events call: `EVENTS_BATCH`, fewer when that many users with
+    `events_k` events each could make an answer larger than the client reads (`MAX_BODY`;
+    with 10,000 events a user, 200 users could)."""
+    return max(1, min(EVENTS_BATCH, MAX_BODY // (events_k * EVENT_ID_JSON_BYTES)))
+
+
 class Upstreams:
     """Calls to the event and similarity services: one connection pool each, and the
     lookups of concurrent requests coalesced into batch calls."""
@@ -236,7 +245,7 @@ class Upstreams:
         #: first `online_history_k` distinct ones are the seeds of the similar lookup
         self.events_k = max(settings.online_history_k, settings.exclude_events_max)
         self.events: Coalescer[int, list[int]] = Coalescer(
-            self._fetch_events, max_batch=EVENTS_BATCH, max_in_flight=IN_FLIGHT
+            self._fetch_events, max_batch=events_batch(self.events_k), max_in_flight=IN_FLIGHT
         )
         self.similar: Coalescer[int, Similar] = Coalescer(
             self._fetch_similar, max_batch=SIMILAR_BATCH, max_in_flight=IN_FLIGHT

@@ -243,6 +243,24 @@ def test_default_upstream_urls_follow_the_bind_address(host: str, connect: str) 
         assert HttpPool(url, timeout_s=1).base_url == url
 
 
+def test_coalesced_events_answers_stay_within_the_client_body_limit() -> None:
+    """However deep the events read, a coalesced call's answer fits what the client reads:
+    every id at its longest JSON (an int64 with sign and comma) times the users per call."""
+    from musicrec.http_client import MAX_BODY
+    from musicrec.service_recommendations import EVENTS_BATCH, events_batch
+
+    assert len(str(-(2**63))) + 1 == service_recommendations.EVENT_ID_JSON_BYTES
+    assert events_batch(1_000) == EVENTS_BATCH  # the default depth keeps full batches
+    for k in (1, 100, 1_000, 5_000, 10_000):
+        assert 1 <= events_batch(k) <= EVENTS_BATCH
+        assert events_batch(k) * k * service_recommendations.EVENT_ID_JSON_BYTES <= MAX_BODY
+    assert events_batch(10_000) < EVENTS_BATCH
+    # the service's own coalescer takes that size (metrics are not used to build it)
+    metrics: Any = None
+    upstreams = service_recommendations.Upstreams(Settings(exclude_events_max=10_000), metrics)
+    assert upstreams.events.max_batch == events_batch(10_000)
+
+
 def test_exclude_events_max_is_bounded() -> None:
     for bad in (0, 10_001):
         with pytest.raises(ValueError, match="exclude_events_max"):
