@@ -575,6 +575,10 @@ def target_day_curve() -> np.ndarray:
     return curve / curve.sum()
 
 
+#: the smallest share of all listens a day can get in `fit_day_weights` (1e-6 of a mean day)
+DAY_WEIGHT_FLOOR = 1e-6 / N_DAYS
+
+
 def fit_day_weights(
     join: np.ndarray, leave: np.ndarray, n: np.ndarray, iters: int = 60
 ) -> np.ndarray:
@@ -595,7 +599,15 @@ def fit_day_weights(
         coef = np.diagonal(s)  # sum over windows containing day d of n / weight
         expected = w * coef
         w = np.where(coef > 0, w * target / np.maximum(expected, 1e-300), w)
+        # a floor far above the rounding error of the cumulative sums (~1e-16): without it
+        # a day pushed to ~1e-17 made a window's weight c[l+1] - c[j] round to 0, and the
+        # division above turned every weight into NaN (27 of 2,000 `tiny` seeds)
         w /= w.sum()
+        if w.min() < DAY_WEIGHT_FLOOR:
+            w = np.maximum(w, DAY_WEIGHT_FLOOR)
+            w /= w.sum()
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise RuntimeError("fitting the day weights failed (a weight is not positive)")
     return w
 
 

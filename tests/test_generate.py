@@ -24,10 +24,12 @@ from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.errors import MusicRecError
 from musicrec.generate import (
+    DAY_WEIGHT_FLOOR,
     PRESETS,
     build_catalog,
     build_users,
     ensure_raw_data,
+    fit_day_weights,
     generate_chunk,
     generate_dataset,
     raw_data_present,
@@ -197,6 +199,23 @@ def test_no_listen_before_release() -> None:
     assert (cat.release >= 0).mean() > 0.05  # some tracks are 2022 releases
     assert (cat.release[track] <= day).all()
     assert (np.diff(user) >= 0).all() and seq.min() == 1
+
+
+def test_day_weights_stay_positive_for_every_seed_of_a_small_preset() -> None:
+    """Seed 135 of `tiny` drove one day's weight to ~3e-17, a window's weight rounded to 0
+    and every weight became NaN: each user's listens all fell on one day, silently. The
+    weights stay positive and finite, and users listen on many days."""
+    p = PRESETS["tiny"]
+    users = build_users(p, 135)
+    assert np.isfinite(users.cum_day).all() and (np.diff(users.cum_day) > 0).all()
+    assert users.cum_day[-1] == pytest.approx(1.0)
+    cat = build_catalog(p, 135)
+    user, _, day, _ = generate_chunk(cat, users, 0, p.n_users, p, 135, 0)
+    days_per_user = pd.Series(day).groupby(user).nunique()
+    assert (days_per_user == 1).mean() < 0.2  # 1.00 with the NaN weights
+    # the floor is enforced for any activity pattern: one user active on one day only
+    w = fit_day_weights(np.array([5]), np.array([5]), np.array([10]))
+    assert np.isfinite(w).all() and w.min() >= DAY_WEIGHT_FLOOR * 0.99
 
 
 # --- structure (demo) ------------------------------------------------------------------------
