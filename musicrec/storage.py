@@ -104,14 +104,19 @@ def s3_client(
         options["s3"] = {"addressing_style": "path"}
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=settings.s3_region or None,
-        aws_access_key_id=key_id or None,
-        aws_secret_access_key=secret or None,
-        config=Config(**options),
-    )
+    try:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=settings.s3_region or None,
+            aws_access_key_id=key_id or None,
+            aws_secret_access_key=secret or None,
+            config=Config(**options),
+        )
+    except ValueError as exc:  # botocore's "Invalid endpoint: ..." (no scheme, bad port)
+        raise StorageError(
+            f"S3_ENDPOINT_URL {endpoint!r} is not a valid URL (e.g. http://host:9000): {exc}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -235,7 +240,7 @@ def upload_artifacts(
     if not settings.s3_bucket_name:
         log.info("S3 upload skipped: S3_BUCKET_NAME is not set")
         return []
-    from boto3.exceptions import S3UploadFailedError
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = settings.s3_bucket_name
@@ -252,7 +257,7 @@ def upload_artifacts(
         key = prefix + rel_key
         try:
             client.upload_file(str(path), bucket, key)
-        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise _error(exc, settings, f"S3 upload of {path}") from None
         log.debug("Uploaded %s -> s3://%s/%s", path, bucket, key)
         keys.append(key)
@@ -336,6 +341,7 @@ def _download(
     optional: Collection[str],
     reuse: bool,
 ) -> list[Path]:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     base = _base(settings)
@@ -375,7 +381,8 @@ def _download(
                     client.download_file(bucket, key, str(tmp))
                 written.append(target)
                 manifest[str(rel)] = {"remote": remote, "local": _local_state(target)}
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        # Boto3Error: e.g. RetriesExceededError, a body cut off on every attempt
         raise _error(exc, settings, "S3 download") from None
     finally:
         if reuse and written:

@@ -299,6 +299,43 @@ def test_client_settings(s3_url: str) -> None:
     assert "AKIA" not in str(err.value)
 
 
+def test_malformed_endpoint_is_a_storage_error(artifacts: Path) -> None:
+    """An S3_ENDPOINT_URL without a scheme is a clear `StorageError` naming it, for the
+    client alone and for the upload and download that build one (botocore's ValueError
+    escaped before, as a traceback after the whole pipeline had run)."""
+    settings = make_settings("127.0.0.1:5077", "some-bucket")
+    for call in (
+        lambda: s3_client(settings),
+        lambda: upload_artifacts(settings, artifacts),
+        lambda: download_artifacts(settings, artifacts),
+    ):
+        with pytest.raises(StorageError, match="S3_ENDPOINT_URL '127.0.0.1:5077'") as err:
+            call()
+        assert SECRET not in str(err.value)
+
+
+def test_a_download_that_fails_on_every_attempt_is_a_storage_error(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """boto3's own errors (here RetriesExceededError: the body was cut off on every try)
+    become a `StorageError` too, and no partial file is left behind."""
+    from boto3.exceptions import RetriesExceededError
+
+    settings = make_settings(s3_url, new_bucket(s3_url))
+    upload_artifacts(settings, artifacts)
+
+    class CutOff(CountingClient):
+        def download_file(self, bucket: str, key: str, filename: str) -> None:
+            Path(filename).write_bytes(b"half a file")
+            raise RetriesExceededError(ConnectionError("connection closed mid-body"))
+
+    client = CutOff(s3_client(settings))
+    with pytest.raises(StorageError, match="S3 download failed") as err:
+        download_artifacts(settings, tmp_path / "out", client=client)
+    assert SECRET not in str(err.value)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
 def test_empty_artifacts_dir_uploads_nothing(s3_url: str, tmp_path: Path) -> None:
     bucket = new_bucket(s3_url)
     assert upload_artifacts(make_settings(s3_url, bucket), tmp_path / "missing") == []
