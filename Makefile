@@ -39,7 +39,7 @@ lint: install-dev
 	$(VENV)/bin/mypy
 
 generate: install
-	$(PY) -m musicrec generate --preset $(PRESET) --out data $(if $(FORCE),--force)
+	$(PY) -m musicrec generate --preset $(PRESET) --out data $(if $(filter 1 yes true,$(FORCE)),--force)
 
 prepare: install
 	$(PY) -m musicrec prepare

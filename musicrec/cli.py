@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from musicrec.errors import MusicRecError
+from musicrec.errors import ArtifactError, MusicRecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("musicrec.cli")
@@ -128,7 +128,10 @@ def upload(artifacts_dir: ArtifactsDir = None) -> None:
 
     _setup()
     s = get_settings()
-    upload_artifacts(s, artifacts_dir or s.artifacts_dir)
+    root = Path(artifacts_dir or s.artifacts_dir)
+    if not root.is_dir():  # a mistyped path would otherwise "upload" nothing, with exit 0
+        raise ArtifactError(f"{root} is not a directory: nothing to upload")
+    upload_artifacts(s, root)
 
 
 def main() -> None:

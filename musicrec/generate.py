@@ -66,7 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from musicrec.columns import Columns, RawFiles
-from musicrec.errors import MusicRecError
+from musicrec.errors import ConfigError, MusicRecError
 from musicrec.io import atomic_path
 from musicrec.memory import peak_rss_gib
 
@@ -817,7 +817,7 @@ def get_preset(preset: str | Preset) -> Preset:
     try:
         return PRESETS[preset]
     except KeyError:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}") from None
 
 
 def generate_dataset(
@@ -830,6 +830,8 @@ def generate_dataset(
     leaves no partial file. Returns statistics (rows, users, tracks, seconds, peak RSS).
     """
     p = get_preset(preset)
+    if seed < 0:
+        raise ConfigError(f"the seed must be a non-negative integer, got {seed}")
     out = Path(out_dir)
     if not overwrite:
         if raw_data_present(out):

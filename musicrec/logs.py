@@ -15,6 +15,11 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> No
     """Log to stderr and, if given, append to `log_file` (e.g. `execution_log.txt`).
 
     `QUIET_LIBRARIES` are kept at INFO even at DEBUG level (they would log credentials)."""
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if level.upper() not in levels:
+        from musicrec.errors import ConfigError
+
+        raise ConfigError(f"unknown log level {level!r} (MUSICREC_LOG_LEVEL); one of {levels}")
     root = logging.getLogger()
     root.setLevel(level.upper())
     for name in QUIET_LIBRARIES:

@@ -19,9 +19,13 @@ from musicrec.columns import RawFiles
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `python -m musicrec ARGS` in `cwd` with no MUSICREC_* settings from outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSICREC_", "S3_", "AWS_"))}
+def cli(
+    *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m musicrec ARGS` in `cwd` with no MUSICREC_* settings from outside
+    (but those of `env`)."""
+    outside = os.environ.items()
+    env = {k: v for k, v in outside if not k.startswith(("MUSICREC_", "S3_", "AWS_"))} | (env or {})
     env["PYTHONPATH"] = str(REPO)
     env["OPENBLAS_NUM_THREADS"] = "1"
     return subprocess.run(
@@ -84,6 +88,51 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
     assert len(errors) == 1
     assert RawFiles.Interactions in errors[0] and C.Item in errors[0]
     assert not (tmp_path / "recsys" / "data" / "events.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["generate", "--preset", "bogus", "--out", "d"], {}, "unknown preset 'bogus'"),
+        (["pipeline", "--generate", "bogus", "--data-dir", "d"], {}, "unknown preset 'bogus'"),
+        (["generate", "--preset", "tiny", "--seed", "-1", "--out", "d"], {}, "non-negative"),
+        (["generate", "--out", "d"], {"MUSICREC_LOG_LEVEL": "verbose"}, "unknown log level"),
+        (
+            ["upload", "--artifacts-dir", "d"],
+            {"S3_BUCKET_NAME": "b"},
+            "d is not a directory: nothing to upload",
+        ),
+    ],
+    ids=["preset", "pipeline preset", "seed", "log level", "upload of no directory"],
+)
+def test_bad_cli_values_are_one_line_errors(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A bad preset, seed, log level or artifacts folder: exit 2 with one `error:` line,
+    no traceback, and no folder made."""
+    res = cli(*args, cwd=tmp_path, env=env)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], res.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(("force", "replaces"), [("", False), ("0", False), ("1", True)])
+def test_make_generate_replaces_data_only_with_force_1(force: str, replaces: bool) -> None:
+    """`make generate FORCE=0` must not pass `--force` (any non-empty value did)."""
+    res = subprocess.run(
+        ["make", "-n", "generate", f"FORCE={force}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    command = res.stdout.strip().splitlines()[-1]
+    assert "musicrec generate" in command
+    assert command.split().count("--force") == int(replaces)
 
 
 def test_a_partial_data_folder_is_refused_not_overwritten(tmp_path: Path) -> None:

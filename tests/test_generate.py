@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
-from musicrec.errors import MusicRecError
+from musicrec.errors import ConfigError, MusicRecError
 from musicrec.generate import (
     DAY_WEIGHT_FLOOR,
     PRESETS,
@@ -366,5 +366,5 @@ def test_presets() -> None:
     assert (full.target_events, full.n_genres, full.n_genre_ids) == (222_629_898, 166, 173)
     assert full.max_events_per_user == 16_637
     assert {"tiny", "demo", "full10", "full"} <= set(PRESETS)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset"):
         generate_dataset("nope", out_dir="/nonexistent")
