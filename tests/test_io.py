@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from musicrec.io import write_parquet, write_parquet_batches
+from musicrec.io import write_json, write_parquet, write_parquet_batches
 from musicrec.memory import release_free_memory, rss_gib
 
 
@@ -78,3 +79,21 @@ def test_release_free_memory_logs_at_the_level_asked(caplog: pytest.LogCaptureFi
     with caplog.at_level("DEBUG", logger="musicrec.memory"):
         release_free_memory("quietly", logging.DEBUG)
     assert "memory quietly: RSS" in caplog.text
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_permissions_of_a_plain_file(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    """Artifacts written through a temporary file have the mode the umask gives any new
+    file (they were always 0600: unreadable by a service running as another user)."""
+    old = os.umask(umask)
+    try:
+        written = [
+            write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "x.parquet"),
+            write_json({"a": 1}, tmp_path / "m.json"),
+        ]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert path.stat().st_mode & 0o777 == mode, path
