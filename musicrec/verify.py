@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -138,8 +139,19 @@ def _column_extreme(path: Path, column: str) -> tuple[int, int]:
 
 
 def pick_ids(settings: Settings) -> Picks:
-    """Choose the ids to test with from the current artifacts."""
+    """Choose the ids to test with from the current artifacts; `ArtifactError` when they
+    are missing or cannot be read (a damaged parquet file, a column missing)."""
     paths = ArtifactPaths(settings.artifacts_dir)
+    try:
+        return _pick_ids(paths)
+    except (pa.ArrowException, ValueError, KeyError) as exc:
+        raise ArtifactError(
+            f"{paths.root}: cannot read the artifacts to pick ids from "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _pick_ids(paths: ArtifactPaths) -> Picks:
     for p in (paths.recommendations, paths.top_popular, paths.similar):
         if not p.is_file():
             raise ArtifactError(f"{p}: artifact file is missing; cannot pick ids to verify")
