@@ -31,6 +31,10 @@ class MissingKey(LookupError):
     """The upstream answer did not include a key that was asked for."""
 
 
+class CoalescerClosed(RuntimeError):
+    """A lookup on a closed coalescer."""
+
+
 class Coalescer(Generic[K, V]):
     """`await coalescer.get(key)` -> value, fetched by `fetch(keys) -> {key: value}` in
     batches. Use from one event loop."""
@@ -51,6 +55,7 @@ class Coalescer(Generic[K, V]):
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         #: calls made and keys sent (their ratio is the mean batch size)
         self.calls = 0
         self.keys_sent = 0
@@ -60,7 +65,10 @@ class Coalescer(Generic[K, V]):
         return (await self.get_many([key]))[0]
 
     async def get_many(self, keys: Sequence[K]) -> list[V]:
-        """The values of `keys`, in order (they travel in the same call when they fit)."""
+        """The values of `keys`, in order (they travel in the same call when they fit);
+        `CoalescerClosed` after `close()`."""
+        if self._closed:
+            raise CoalescerClosed("the coalescer was closed")
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[V]] = []
         for key in keys:
@@ -82,16 +90,22 @@ class Coalescer(Generic[K, V]):
             raise
 
     async def close(self) -> None:
-        """Cancel the calls in flight (their callers get `CancelledError`)."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
+        """Cancel the calls in flight and the lookups waiting for one (their callers get
+        `CancelledError`); no call starts after this, later lookups fail at once."""
+        self._closed = True
+        for waiters in self._pending.values():
+            for fut in waiters:
+                fut.cancel()
+        self._pending.clear()
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _launch(self) -> None:
         """Start calls for the pending keys while the in-flight limit allows."""
         self._scheduled = False
-        while self._pending and self._in_flight < self.max_in_flight:
+        while not self._closed and self._pending and self._in_flight < self.max_in_flight:
             batch: dict[K, list[asyncio.Future[V]]] = {}
             for key in list(self._pending)[: self.max_batch]:
                 futs = [f for f in self._pending.pop(key) if not f.done()]
@@ -130,6 +144,6 @@ class Coalescer(Generic[K, V]):
                         f.set_exception(MissingKey(f"the answer lacks {key!r}"))
         finally:
             self._in_flight -= 1
-            if self._pending and not self._scheduled:
+            if self._pending and not self._scheduled and not self._closed:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._launch)

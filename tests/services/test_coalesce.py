@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from musicrec.coalesce import Coalescer, MissingKey
+from musicrec.coalesce import Coalescer, CoalescerClosed, MissingKey
 
 
 class Upstream:
@@ -118,6 +118,31 @@ def test_close_cancels_calls_in_flight() -> None:
         await co.close()
         with pytest.raises(asyncio.CancelledError):
             await waiting
+
+    run(main())
+
+
+def test_close_starts_no_call_and_fails_the_lookups_waiting_behind_one() -> None:
+    """A lookup queued behind the in-flight limit when `close()` runs is cancelled too; no
+    call starts during or after `close()` (one did, for the queued key, and outlived it,
+    after the HTTP pools were closed), and later lookups fail at once."""
+
+    async def main() -> None:
+        up = Upstream(delay=10)
+        co: Coalescer[int, int] = Coalescer(up.fetch, max_batch=10, max_in_flight=1)
+        in_flight = asyncio.ensure_future(co.get(1))
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(co.get(2))  # behind the limit of one call
+        await asyncio.sleep(0.01)
+        await co.close()
+        await asyncio.sleep(0.05)
+        assert up.calls == [[1]]
+        for waiting in (in_flight, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        with pytest.raises(CoalescerClosed):
+            await co.get(3)
+        assert up.calls == [[1]]
 
     run(main())
 
