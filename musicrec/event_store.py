@@ -247,6 +247,8 @@ class EventStore:
         self._rconns: list[sqlite3.Connection] = []
         self._rconns_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        #: held by `add` from its closed check to its put and by `close` to set the flag
+        self._submit_lock = threading.Lock()
         self._closed = True
 
     # --- lifecycle (blocking) -------------------------------------------------------------
@@ -302,10 +304,11 @@ class EventStore:
 
     def close(self) -> None:
         """Finish queued writes, stop the threads and close every connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._submit_lock:  # no `add` can queue an event behind the stop marker
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         if self._writer is not None:
             self._writer.join()
         if self._readers is not None:
@@ -330,15 +333,18 @@ class EventStore:
 
     async def add(self, user_id: int, track_id: int) -> int:
         """Store one event; returns its id once the transaction holding it is committed."""
-        if self._closed:
-            raise StoreUnavailable("event store is closed")
-        if self._queue.qsize() >= self.max_pending:
-            with self._stats_lock:
-                self.stats.refused_full += 1
-            raise StoreUnavailable(f"write queue full ({self.max_pending} events waiting)")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        self._queue.put(_Pending(user_id, track_id, time.time(), loop, fut))
+        # the check and the put under one lock with `close()` (another thread): an event
+        # queued after the writer's stop marker would never be answered
+        with self._submit_lock:
+            if self._closed:
+                raise StoreUnavailable("event store is closed")
+            if self._queue.qsize() >= self.max_pending:
+                with self._stats_lock:
+                    self.stats.refused_full += 1
+                raise StoreUnavailable(f"write queue full ({self.max_pending} events waiting)")
+            self._queue.put(_Pending(user_id, track_id, time.time(), loop, fut))
         # shield: a client that disconnects must not cancel the bookkeeping of the future
         return await asyncio.shield(fut)
 

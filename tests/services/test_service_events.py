@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,6 +204,46 @@ def test_a_full_write_queue_refuses_new_events_and_keeps_the_queued(tmp_path: Pa
     finally:
         blocker.close()
         store.close()
+
+
+def test_an_add_racing_close_is_answered_and_kept(tmp_path: Path) -> None:
+    """`close()` (another thread, as in the lifespan) running between an `add`'s closed
+    check and its put: the add must still be answered, and an acknowledged event written
+    (it was queued behind the writer's stop marker and waited forever)."""
+
+    class WindowQueue(queue.SimpleQueue[Any]):
+        """`qsize()`, which `add` calls between the check and the put, lets close() run."""
+
+        def __init__(self, go: threading.Event) -> None:
+            self.go, self.armed = go, True
+
+        def qsize(self) -> int:
+            if self.armed:
+                self.armed = False
+                self.go.set()
+                time.sleep(0.1)  # close() would run to completion here without the lock
+            return super().qsize()
+
+    path = tmp_path / "e.db"
+    store = EventStore(path, synchronous="NORMAL", cache_users=0)
+    go = threading.Event()
+    store._queue = WindowQueue(go)  # before open(): the writer thread reads this queue
+    store.open()
+    closer = threading.Thread(target=lambda: (go.wait(), store.close()))
+    closer.start()
+
+    async def add() -> int | str:
+        try:
+            return await asyncio.wait_for(store.add(7, 70), timeout=5)
+        except StoreUnavailable:
+            return "refused"
+
+    got = asyncio.run(add())
+    closer.join(timeout=10)
+    assert not closer.is_alive()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT user_id, track_id FROM events").fetchall()
+    assert (got == "refused" and rows == []) or (isinstance(got, int) and rows == [(7, 70)])
 
 
 # --- the in-memory cache of the latest events -------------------------------------------
