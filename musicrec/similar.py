@@ -43,7 +43,7 @@ def similar_tracks(
         target_pos[items] = np.arange(len(items))
     k = min(k, len(targets) - 1)
     if k <= 0 or (queries is not None and len(queries) == 0):
-        return pd.DataFrame({C.Item1: [], C.Item2: [], C.Score: [], C.Rank: []})
+        return empty_similar()
     frames = []
     query_codes = np.arange(n) if queries is None else np.unique(np.asarray(queries, np.int64))
     with threadpool_limits(1, "blas"):
@@ -64,3 +64,16 @@ def similar_tracks(
             )
             frames.append(sims.astype({C.Item1: np.int32, C.Item2: np.int32}))
     return pd.concat(frames, ignore_index=True)
+
+
+def empty_similar() -> pd.DataFrame:
+    """No similar pairs, with the columns' usual types (the similar-tracks service refuses
+    a `similar.parquet` whose ids are not integers)."""
+    return pd.DataFrame(
+        {
+            C.Item1: np.array([], np.int32),
+            C.Item2: np.array([], np.int32),
+            C.Score: np.array([], np.float32),
+            C.Rank: np.array([], np.int16),
+        }
+    )

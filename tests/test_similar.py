@@ -89,4 +89,8 @@ def test_k_capped_by_catalogue_and_degenerate_models() -> None:
         np.ones((1, 3), np.float32),
         np.ones((1, 3), np.float32),
     )
-    assert len(similar_tracks(one, 5)) == 0
+    # no pairs, typed as a non-empty result is: the service loads such a similar.parquet
+    empty = similar_tracks(one, 5)
+    full = similar_tracks(model, 2, num_threads=1)
+    assert len(empty) == 0 and empty.dtypes.to_dict() == full.dtypes.to_dict()
+    assert str(empty[C.Item1].dtype) == "int32" and str(empty[C.Rank].dtype) == "int16"
