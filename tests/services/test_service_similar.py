@@ -141,3 +141,19 @@ def test_one_structured_debug_line_per_request(
     entry = json.loads(lines[0])
     assert entry["path"] == "/similar_tracks" and entry["status"] == 200
     assert entry["query"] == "track_id=5&k=2" and entry["ms"] >= 0
+
+
+def test_an_empty_similar_file_from_the_pipeline_serves_empty_lists(tmp_path: Path) -> None:
+    """What `similar_tracks` writes when it finds no pair (one scored track) is a file the
+    service starts with, answering empty lists (and warning)."""
+    from musicrec.artifacts import ArtifactPaths
+    from musicrec.io import write_parquet
+    from musicrec.similar import empty_similar
+
+    from .artifacts_fixture import write_fake_artifacts
+
+    art = write_fake_artifacts(tmp_path / "art", n_users=10, n_tracks=100, seed=3)
+    write_parquet(empty_similar(), ArtifactPaths(art["root"]).similar)
+    with TestClient(create_app(make_settings(art["root"], tmp_path))) as c:
+        r = c.post("/similar_tracks", params={"track_id": art["popular"][0], "k": 5})
+        assert r.status_code == 200 and r.json() == {"track_id_2": [], "score": []}
