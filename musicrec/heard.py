@@ -112,11 +112,12 @@ class HeardIndex:
             raise ArtifactError(
                 f"{where}: {offsets.size} offsets for {users.size} users (expected users + 1)"
             )
-        if offsets[0] != 0 or offsets[-1] != tracks.size or np.any(np.diff(offsets) < 0):
+        # neighbours compared, not np.diff: on unsigned arrays a difference wraps around
+        if offsets[0] != 0 or offsets[-1] != tracks.size or np.any(offsets[1:] < offsets[:-1]):
             raise ArtifactError(
                 f"{where}: offsets must rise from 0 to the {tracks.size} tracks of tracks.npy"
             )
-        if users.size > 1 and np.any(np.diff(users) <= 0):
+        if users.size > 1 and np.any(users[1:] <= users[:-1]):
             raise ArtifactError(f"{directory / 'users.npy'}: user ids are not ascending")
         at = first_out_of_order(tracks, offsets)
         if at is not None:

@@ -144,7 +144,8 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     the reason."""
     assert isinstance(exc, StarletteHTTPException)
     cause = exc.__cause__
-    if exc.status_code == 400 and isinstance(cause, ValueError):
+    # RecursionError: a body nested thousands of levels deep
+    if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
         msg = f"the body is not valid JSON: {cause}"
         return validation_response([{"type": "body_invalid", "loc": ["body"], "msg": msg}])
     return await default_http_exception_handler(request, exc)

@@ -31,6 +31,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from musicrec.errors import ConfigError
 from musicrec.event_store import EventStore, StoreUnavailable
 from musicrec.service_common import (
     NOT_READY_RESPONSES,
@@ -132,9 +133,22 @@ StoreDep = Annotated[EventStore, Depends(get_store)]
 
 
 def expected_api_key(settings: Settings) -> bytes:
-    """The configured events API key (empty: no key required)."""
+    """The configured events API key (empty: no key required). A key must be printable
+    ASCII: HTTP carries header values as bytes that servers decode as latin-1, so a key
+    with other characters could never be sent as configured (`ConfigError`, without the
+    key in the message). Set but empty: a warning, as the key is then not checked."""
     key = settings.events_api_key
-    return key.get_secret_value().encode() if key is not None else b""
+    if key is None:
+        return b""
+    value = key.get_secret_value()
+    if not value:
+        log.warning("MUSICREC_EVENTS_API_KEY is set but empty: /add_event needs no key")
+    elif not all(" " < c < "\x7f" for c in value):
+        raise ConfigError(
+            "MUSICREC_EVENTS_API_KEY must be printable ASCII without spaces (HTTP header "
+            "values are bytes; other characters cannot be sent as configured)"
+        )
+    return value.encode()
 
 
 async def check_api_key(

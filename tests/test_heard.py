@@ -96,6 +96,24 @@ def test_load_finds_tracks_out_of_order_within_a_user(
         HeardIndex.load(where)
 
 
+@pytest.mark.parametrize(
+    ("users", "offsets", "named"),
+    [
+        (np.array([10, 30, 20], np.uint32), np.array([0, 1, 2, 3], np.int64), "users.npy"),
+        (np.array([1, 2, 3], np.int64), np.array([0, 2, 1, 3], np.uint64), "offsets.npy"),
+    ],
+    ids=["unsigned users going down", "unsigned offsets going down"],
+)
+def test_load_refuses_unsigned_arrays_out_of_order(
+    tmp_path: Path, users: np.ndarray, offsets: np.ndarray, named: str
+) -> None:
+    """Unsigned ids or offsets that go down are refused like signed ones (a difference of
+    unsigned values wraps around, and they loaded: lookups then missed users)."""
+    where = HeardIndex(users, offsets, np.array([5, 6, 7], np.int32)).save(tmp_path / "heard")
+    with pytest.raises(ArtifactError, match=named):
+        HeardIndex.load(where)
+
+
 def test_heard_mask_by_hand() -> None:
     heard = np.array([3, 8, 20], dtype=np.int32)
     items = np.array([8, 1, 20, 21, 3, -4], dtype=np.int64)

@@ -190,6 +190,8 @@ FOUND: list[tuple[str, bytes, str, str]] = [
     ("string id", b'{"track_ids": ["7"]}', "application/json", "track_ids"),
     # a huge list: the answer must stay small (bounded echo)
     ("long list", b'{"track_ids": [' + b",".join([b"-1"] * 5000) + b"]}", "application/json", "0"),
+    # nested 5,000 deep: json.loads raised RecursionError, not ValueError: the vague 400
+    ("deep nesting", b"[" * 5000 + b"]" * 5000, "application/json", "body"),
 ]
 
 

@@ -104,6 +104,27 @@ def test_api_key_required_when_configured(artifacts: dict[str, Any], tmp_path: P
         assert db.execute("SELECT track_id FROM events").fetchall() == [(3,)]
 
 
+def test_a_non_ascii_api_key_is_refused_and_an_empty_one_warned_of(
+    artifacts: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key no client could send as configured (`clé`: servers read header bytes as
+    latin-1) stops the app's creation, without the key in the message; a key set but
+    empty checks nothing, so it is logged."""
+    from musicrec.errors import ConfigError
+
+    from .conftest import make_settings
+
+    for bad in ("clé", "two words"):
+        cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr(bad))
+        with pytest.raises(ConfigError, match="printable ASCII") as err:
+            create_app(cfg)
+        assert bad not in str(err.value)
+    cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr(""))
+    with caplog.at_level("WARNING"), TestClient(create_app(cfg)) as c:
+        assert add(c, 1, 1).status_code == 200
+    assert any("set but empty" in r.message for r in caplog.records)
+
+
 def test_not_ready_before_the_store_is_open(settings: Settings) -> None:
     c = TestClient(create_app(settings))
     assert c.get("/ready").status_code == 503
