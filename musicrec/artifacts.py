@@ -3,10 +3,59 @@ which columns each must have. Stages write these files; services read them."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from musicrec.columns import Columns as C
+from musicrec.errors import ArtifactError
+
+#: the lock file of a pipeline run, in the cache directory
+RUN_LOCK = ".pipeline.lock"
+#: lock files this process holds: path -> (file descriptor, nesting depth)
+_held: dict[Path, list[int]] = {}
+
+
+@contextlib.contextmanager
+def pipeline_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the artifacts directory for one pipeline run: an exclusive `flock` on
+    `cache_dir/RUN_LOCK`, taken at once or refused with `ArtifactError` (two runs on one
+    directory would read each other's half-finished stages and record the mix as fresh).
+    Re-entrant within a process (a run holds it, its stages take it again); the OS frees
+    it if the process dies."""
+    path = (cache_dir / RUN_LOCK).resolve()
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ArtifactError(
+            f"{cache_dir.parent}: another pipeline run (pid {holder}) is using this artifacts "
+            "directory; wait for it to finish or use another --artifacts-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        _held[path][1] -= 1
+        if _held[path][1] == 0:
+            del _held[path]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 @dataclass(frozen=True)

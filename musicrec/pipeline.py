@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from musicrec.als import ALSModel, top_item_codes
-from musicrec.artifacts import ArtifactPaths
+from musicrec.artifacts import ArtifactPaths, pipeline_lock
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
 from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
@@ -60,6 +60,7 @@ from musicrec.ranker import (
     rank_candidates,
     sample_training_rows,
 )
+from musicrec.raw import require_raw_files
 from musicrec.settings import Settings
 from musicrec.similar import similar_tracks
 from musicrec.split import Split, split_by_time
@@ -234,12 +235,14 @@ class PipelineContext:
         )
         self.fingerprints[name] = fp
         t0 = time.perf_counter()
-        info = self.cache.fresh(name, fp, stage.outputs)
-        if info is not None:
-            log.info("stage %-12s reused (fingerprint %s)", name, fp)
-        else:
-            info = stage.run()
-            self.cache.record(name, fp, info, stage.outputs)
+        # the notebook runs stages one by one: each holds the directory against a CLI run
+        with pipeline_lock(self.paths.cache_dir):
+            info = self.cache.fresh(name, fp, stage.outputs)
+            if info is not None:
+                log.info("stage %-12s reused (fingerprint %s)", name, fp)
+            else:
+                info = stage.run()
+                self.cache.record(name, fp, info, stage.outputs)
         if name == "als_label":  # reused, it still tells later stages the tuned parameters
             self.als_params = info.get("params") or {}
         self.results[name] = info
@@ -964,19 +967,21 @@ def run_pipeline(
     from tqdm.auto import tqdm
 
     cfg = cfg or PipelineConfig()
+    require_raw_files(data_dir)  # before any folder is made (the fingerprints stat them)
     paths = ArtifactPaths(Path(artifacts_dir))
     paths.ensure_dirs()
     ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
-    bar = tqdm(build_plan(ctx), desc="pipeline", unit="stage", disable=not progress)
-    for stage in bar:
-        bar.set_postfix_str(stage.name)
-        run = functools.partial(ctx.run_stage, stage)
-        if on_stage is not None:
-            on_stage(stage.name, run)
-        else:
-            run()
-    metrics = collect_metrics(ctx)
-    write_json(metrics, paths.metrics)
+    with pipeline_lock(paths.cache_dir):  # the whole run: no other run interleaves stages
+        bar = tqdm(build_plan(ctx), desc="pipeline", unit="stage", disable=not progress)
+        for stage in bar:
+            bar.set_postfix_str(stage.name)
+            run = functools.partial(ctx.run_stage, stage)
+            if on_stage is not None:
+                on_stage(stage.name, run)
+            else:
+                run()
+        metrics = collect_metrics(ctx)
+        write_json(metrics, paths.metrics)
     if settings is not None:
         from musicrec.storage import upload_artifacts
 

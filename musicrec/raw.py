@@ -91,6 +91,18 @@ def missing_raw_files(data_dir: str | Path) -> list[str]:
     return [name for name in RawFiles.All if not (Path(data_dir) / name).is_file()]
 
 
+def require_raw_files(data_dir: str | Path) -> None:
+    """`DataValidationError` naming the first missing raw file, if any is missing."""
+    missing = missing_raw_files(data_dir)
+    if missing:
+        raise DataValidationError(
+            str(Path(data_dir) / missing[0]),
+            None,
+            f"the raw files {', '.join(RawFiles.All)} in {data_dir}",
+            found=f"missing: {', '.join(missing)}",
+        )
+
+
 def read_raw(data_dir: str | Path, cfg: DataConfig) -> RawData:
     """Read, validate and clean the three raw files in `data_dir` as pandas frames."""
     return read_raw_tables(data_dir, cfg).to_pandas()
@@ -105,14 +117,7 @@ def read_raw_tables(data_dir: str | Path, cfg: DataConfig) -> RawTables:
     logged and returned in `stats`.
     """
     data_dir = Path(data_dir)
-    missing = missing_raw_files(data_dir)
-    if missing:
-        raise DataValidationError(
-            str(data_dir / missing[0]),
-            None,
-            f"the raw files {', '.join(RawFiles.All)} in {data_dir}",
-            found=f"missing: {', '.join(missing)}",
-        )
+    require_raw_files(data_dir)
     tracks = read_tracks_table(data_dir / RawFiles.Tracks)
     catalog = read_catalog_table(data_dir / RawFiles.Catalog)
     interactions_path = data_dir / RawFiles.Interactions

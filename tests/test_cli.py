@@ -135,6 +135,19 @@ def test_make_generate_replaces_data_only_with_force_1(force: str, replaces: boo
     assert command.split().count("--force") == int(replaces)
 
 
+def test_pipeline_without_raw_files_is_one_line_and_makes_no_folder(tmp_path: Path) -> None:
+    """`pipeline` (no `--generate`) on an empty data folder: exit 2 naming the missing file
+    (a FileNotFoundError traceback from the fingerprints before), no artifacts folder."""
+    (tmp_path / "empty").mkdir()
+    res = cli("pipeline", "--data-dir", "empty", "--artifacts-dir", "art", cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "empty/tracks.parquet" in errors[0], res.stderr
+    assert "missing: tracks.parquet, catalog_names.parquet, interactions.parquet" in errors[0]
+    assert not (tmp_path / "art").exists()
+
+
 def test_a_partial_data_folder_is_refused_not_overwritten(tmp_path: Path) -> None:
     """`pipeline --generate` (make run) over a folder with one raw file of three: exit 2
     naming the missing files, the user's file untouched."""

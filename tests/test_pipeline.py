@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -235,6 +236,46 @@ def test_a_catalogue_smaller_than_k_is_evaluated(tmp_path: Path) -> None:
     assert cold["n_users"] == s["test_cold_users"] and 0.0 <= cold["mean"] <= 1.0
     ranked = pd.read_parquet(ArtifactPaths(tmp_path / "art").recommendations)
     assert ranked.groupby(C.User).size().max() <= 5
+
+
+def test_a_second_run_on_the_same_artifacts_directory_is_refused(
+    tiny_raw_dir: Path, tmp_path: Path
+) -> None:
+    """While one process runs the pipeline on a directory, another run there (or a
+    notebook stage) stops at once naming that process, before any stage: interleaved,
+    each read the other's half-finished stages and recorded the mix as fresh."""
+    import subprocess
+    import sys
+
+    from musicrec.artifacts import RUN_LOCK, pipeline_lock
+    from musicrec.errors import ArtifactError
+
+    root = tmp_path / "art"
+    paths = ArtifactPaths(root)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from musicrec.artifacts import pipeline_lock\n"
+            "with pipeline_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(paths.cache_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ArtifactError, match=f"another pipeline run \\(pid {holder.pid}\\)"):
+            run_pipeline(tiny_raw_dir, root, fast_pipeline_config(), progress=False)
+        assert not paths.metrics.exists() and not list(paths.cache_dir.glob("*.json"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # once it is gone, the lock is free; within one process it nests
+    with pipeline_lock(paths.cache_dir), pipeline_lock(paths.cache_dir):
+        assert (paths.cache_dir / RUN_LOCK).read_text() == str(os.getpid())
 
 
 def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
