@@ -19,6 +19,22 @@ RUN_LOCK = ".pipeline.lock"
 _held: dict[Path, list[int]] = {}
 
 
+def _flock_holder(inode: int) -> int | None:
+    """The pid holding a `flock` on the file with this inode, from Linux's /proc/locks
+    (None elsewhere or when not found). The lock file itself is never written, so that a
+    run leaves every file under the artifacts directory as it found it."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+            return int(fields[4])
+    return None
+
+
 @contextlib.contextmanager
 def pipeline_lock(cache_dir: Path) -> Iterator[None]:
     """Hold the artifacts directory for one pipeline run: an exclusive `flock` on
@@ -39,14 +55,12 @@ def pipeline_lock(cache_dir: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        holder = _flock_holder(os.fstat(fd).st_ino)
         os.close(fd)
         raise ArtifactError(
-            f"{cache_dir.parent}: another pipeline run (pid {holder}) is using this artifacts "
-            "directory; wait for it to finish or use another --artifacts-dir"
+            f"{cache_dir.parent}: another pipeline run (pid {holder or '?'}) is using this "
+            "artifacts directory; wait for it to finish or use another --artifacts-dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
     _held[path] = [fd, 1]
     try:
         yield
