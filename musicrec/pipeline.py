@@ -48,6 +48,7 @@ from musicrec.heard import HeardIndex
 from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.memory import release_free_memory, rss_gib
+from musicrec.plots import EDA_FILES
 from musicrec.popular import listeners_per_track, recommend_popular, top_popular_table
 from musicrec.prepare import PreparedData, load_prepared, prepare_data
 from musicrec.ranker import (
@@ -840,7 +841,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             lambda: stage_eda(ctx),
             {},
             [],
-            [paths.pictures_dir / "user_activity.png"],
+            [paths.pictures_dir / name for name in EDA_FILES],
             ["prepare"],
             code=("plots",),
         ),

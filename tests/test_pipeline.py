@@ -458,6 +458,19 @@ def test_scoring_computes_an_opt_in_feature_only_for_a_ranker_that_reads_it(
     assert info["rows"] == len(pd.read_parquet(tmp_path / "opt_in.parquet")) > 0
 
 
+@pytest.mark.parametrize("picture", ["user_activity.png", "top_tracks.png", "long_tail.png"])
+def test_a_deleted_picture_is_drawn_again(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture, picture: str
+) -> None:
+    """Every EDA picture is an output of the `eda` stage: one deleted makes it run again
+    (only the first one was checked, so a missing `top_tracks.png` stayed missing)."""
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)  # baseline
+    (ArtifactPaths(own_dir).pictures_dir / picture).unlink()
+    _, _, ran = run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    assert ran == {"eda"}
+    assert (ArtifactPaths(own_dir).pictures_dir / picture).is_file()
+
+
 def test_changed_parameter_recomputes_stage_and_dependants(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
