@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     log_file: Path = Field(Path("execution_log.txt"), description="Pipeline log file")
     log_level: str = "INFO"
     config_file: Path | None = Field(None, description="Pipeline parameters (TOML/YAML)")
+
+    @field_validator("config_file", mode="before")
+    @classmethod
+    def _empty_config_file_is_none(cls, value: object) -> object:
+        """`MUSICREC_CONFIG_FILE=` (empty, as in a copied `.env`) means no file, not `.`."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     # --- services ---
     host: str = Field("127.0.0.1", description="Address the services bind to")

@@ -148,6 +148,20 @@ def test_pipeline_without_raw_files_is_one_line_and_makes_no_folder(tmp_path: Pa
     assert not (tmp_path / "art").exists()
 
 
+def test_an_empty_config_file_setting_means_no_config_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`MUSICREC_CONFIG_FILE=` (an empty line in `.env`) is no config file; it was read as
+    the path `.` and the pipeline stopped with "config must be .toml, .yaml or .yml"."""
+    from musicrec.settings import Settings
+
+    for empty in ("", "  "):
+        monkeypatch.setenv("MUSICREC_CONFIG_FILE", empty)
+        assert Settings(_env_file=None).config_file is None  # type: ignore[call-arg]
+    monkeypatch.setenv("MUSICREC_CONFIG_FILE", "configs/demo.toml")
+    assert Settings(_env_file=None).config_file == Path("configs/demo.toml")  # type: ignore[call-arg]
+
+
 def test_a_partial_data_folder_is_refused_not_overwritten(tmp_path: Path) -> None:
     """`pipeline --generate` (make run) over a folder with one raw file of three: exit 2
     naming the missing files, the user's file untouched."""
