@@ -184,8 +184,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def _thousands(ax_axis: Any) -> None:
-    from matplotlib.ticker import FuncFormatter
+    """Counts with thousands separators; on a linear axis, ticks at whole numbers only
+    (small counts got ticks at 0.5 steps, labelled `0 0 1 1 2`)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    if ax_axis.get_scale() == "linear":
+        ax_axis.set_major_locator(MaxNLocator(integer=True))
     ax_axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
 
 

@@ -179,3 +179,27 @@ def test_datetime_variants(tmp_path: Path, tz: str | None) -> None:
     if tz:
         ev["started_at"] = ev["started_at"].dt.tz_localize(tz)
     check_png(P.plot_user_activity(ev, tmp_path / "a.png"))
+
+
+@pytest.mark.parametrize("top", [1, 2, 3, 7])
+def test_small_counts_get_whole_number_ticks(top: int) -> None:
+    """A linear count axis up to a few listens has ticks at whole numbers only, each label
+    different (ticks at 0.5 steps read `0 0 1 1 2`); a log axis keeps its own ticks."""
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.bar(["a", "b"], [0, top])
+    P._thousands(ax.yaxis)
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    labels = [P._short(lbl.get_text()) for lbl in ax.get_yticklabels()]
+    assert all(float(t).is_integer() for t in ticks), ticks
+    shown = [label for label in labels if label]
+    assert len(shown) == len(set(shown)), shown
+    log_ax = fig.add_subplot(2, 1, 2)
+    log_ax.set_yscale("log")
+    log_ax.plot([1, 10, 1000])
+    P._thousands(log_ax.yaxis)
+    assert type(log_ax.yaxis.get_major_locator()).__name__ == "LogLocator"
