@@ -43,6 +43,24 @@ class SplitConfig(_Strict):
     )
 
 
+#: CatBoost losses the ranker can train with (on the CPU: QueryCrossEntropy is GPU-only)
+RANKER_LOSSES = frozenset(
+    {
+        "YetiRank",
+        "YetiRankPairwise",
+        "PairLogit",
+        "PairLogitPairwise",
+        "LambdaMart",
+        "StochasticRank",
+        "QueryRMSE",
+        "QuerySoftMax",
+        "Logloss",
+        "CrossEntropy",
+        "RMSE",
+    }
+)
+
+
 class ALSConfig(_Strict):
     factors: int = Field(64, ge=1)
     regularization: float = Field(0.01, ge=0)
@@ -65,9 +83,10 @@ class ALSConfig(_Strict):
         description="Users (a random subset, all their listens) the tuning grid is fit on; "
         "None = every user. The chosen parameters are then fit on every user",
     )
-    factors_grid: list[int] = [32, 64]
-    regularization_grid: list[float] = [0.01, 0.1]
-    alpha_grid: list[float] = [5.0, 20.0]
+    # each grid needs a value: an empty one made `tune` pick nothing, silently
+    factors_grid: list[int] = Field([32, 64], min_length=1)
+    regularization_grid: list[float] = Field([0.01, 0.1], min_length=1)
+    alpha_grid: list[float] = Field([5.0, 20.0], min_length=1)
     n_recs: int = Field(100, ge=1, le=1000, description="ALS recommendations kept per user")
     max_scored_items: int | None = Field(
         None,
@@ -166,6 +185,16 @@ class RankerConfig(_Strict):
     def feature_names(self) -> list[str]:
         """The features the ranker is fit on: `features`, or DEFAULT_FEATURES."""
         return self.features or DEFAULT_FEATURES
+
+    @field_validator("loss_function")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        """A CatBoost loss this ranker trains with (`Name` or `Name:param=value;...`),
+        checked here rather than by CatBoost after the ALS stages have run."""
+        name = loss.split(":", 1)[0]
+        if name not in RANKER_LOSSES:
+            raise ValueError(f"unknown loss {name!r}; one of {sorted(RANKER_LOSSES)}")
+        return loss
 
     @field_validator("features")
     @classmethod

@@ -891,6 +891,10 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ("[als]\nfactors = 0\n", "als.factors"),  # out of range
         ("[eval]\nk_ndcg = 0\n", "eval.k_ndcg"),  # a metric at k = 0 is undefined
         ("[eval]\nk_precision = 0\n", "eval.k_precision"),
+        # a loss CatBoost would refuse only after the ALS stages; an empty tuning grid
+        ('[ranker]\nloss_function = "Nonsense"\n', "ranker.loss_function"),
+        ('[ranker]\nloss_function = "QueryCrossEntropy"\n', "ranker.loss_function"),
+        ("[als]\nfactors_grid = []\n", "als.factors_grid"),
         # ranks of candidates are int16: more than 10,000 per source is refused
         ("[ranker]\npopular_candidates = 40000\n", "ranker.popular_candidates"),
         ("[ranker]\nals_candidates = 10001\n", "ranker.als_candidates"),
