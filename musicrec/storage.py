@@ -9,6 +9,14 @@ Layout in the bucket mirrors the artifacts directory under a top folder `recsys/
     {prefix}recsys/metrics.json         <- {artifacts_dir}/metrics.json
 
 `prefix` is `Settings.s3_prefix`, treated as a folder ("runs/42" -> "runs/42/recsys/...").
+
+An upload ends with `{prefix}recsys/upload-manifest.json`: every file it wrote, with the
+ETag and size the store gave it. A download (the services' start-up fetch) reads it first
+and takes only the files it lists, each as listed: an object that differs from its entry
+means an upload is under way (or stopped half-way), and the download stops with a
+`StorageError` before writing anything instead of mixing two runs' files; objects left
+from earlier runs are ignored, and a file fetched before that the manifest no longer lists
+is removed. A bucket written before manifests existed is read as before.
 Configuration comes from `Settings`: S3_BUCKET_NAME, AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY (else boto3's default credential chain), S3_ENDPOINT_URL,
 AWS_DEFAULT_REGION. Failures raise `StorageError` naming the bucket and endpoint; the
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
@@ -52,6 +61,8 @@ ARTIFACT_FILES = ("metrics.json",)
 FETCH_MANIFEST = ".s3-fetched.json"
 #: the lock that lets one process at a time fetch into an artifacts directory
 FETCH_LOCK = ".s3-fetch.lock"
+#: written last by an upload: the files of that upload (see the module docstring)
+UPLOAD_MANIFEST = "upload-manifest.json"
 
 _ACCESS_DENIED = {
     "403",
@@ -252,16 +263,28 @@ def upload_artifacts(
         return []
     prefix = _prefix(settings)
     keys: list[str] = []
+    listed: dict[str, dict[str, Any]] = {}
     size = 0
     for path, rel_key in files:
         key = prefix + rel_key
         try:
             client.upload_file(str(path), bucket, key)
+            head = client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise _error(exc, settings, f"S3 upload of {path}") from None
         log.debug("Uploaded %s -> s3://%s/%s", path, bucket, key)
         keys.append(key)
+        listed[rel_key[len(TOP_FOLDER) + 1 :]] = {
+            "etag": head.get("ETag"),
+            "size": head.get("ContentLength"),
+        }
         size += path.stat().st_size
+    manifest_key = _base(settings) + UPLOAD_MANIFEST
+    body = json.dumps({"files": listed}, indent=1, sort_keys=True).encode()
+    try:  # last: until it is replaced, downloads see the previous upload as unfinished
+        client.put_object(Bucket=bucket, Key=manifest_key, Body=body)
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        raise _error(exc, settings, "S3 upload of the upload manifest") from None
     log.info(
         "Uploaded %d artifact files (%.1f MB) to s3://%s/%s",
         len(keys),
@@ -323,6 +346,57 @@ def _fetch_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _upload_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The `files` of the bucket's upload manifest, None when it has none (an upload
+    from before manifests existed)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        files = json.loads(body)["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"s3://{bucket}/{key}: not a readable upload manifest ({exc})") from None
+    return files
+
+
+def _as_listed(
+    wanted: dict[str, tuple[str, dict[str, Any]]],
+    listed: dict[str, Any],
+    only: Collection[str] | None,
+    optional: Collection[str],
+    settings: Settings,
+    bucket: str,
+    base: str,
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """`wanted` restricted to the upload manifest's files; `StorageError` when one of them
+    is missing or differs from its entry (an upload under way or stopped half-way)."""
+    wanted_listed = {rel: got for rel, got in wanted.items() if rel in listed}
+    expected = [rel for rel in listed if only is None or rel in only or rel in optional]
+    changed = sorted(
+        rel
+        for rel in expected
+        if rel not in wanted or {k: listed[rel].get(k) for k in ("etag", "size")} != wanted[rel][1]
+    )
+    if changed:
+        raise StorageError(
+            f"S3 download from s3://{bucket}/{base} ({_where(settings)}): "
+            f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} differ from "
+            f"{UPLOAD_MANIFEST} (an upload under way or stopped half-way); nothing was "
+            "fetched: retry once the upload has finished"
+        )
+    ignored = sorted(set(wanted) - set(wanted_listed))
+    if ignored:
+        log.info("S3 download: ignoring %d objects of earlier uploads: %s", len(ignored), ignored)
+    return wanted_listed
+
+
 def _local_state(path: Path) -> list[int] | None:
     """[size, mtime_ns] of a local file, None if it does not exist."""
     try:
@@ -355,7 +429,11 @@ def _download(
             manifest = {}
     written: list[Path] = []
     kept: list[Path] = []
+    removed = False
     try:
+        # every wanted object first, checked against the upload manifest, then the fetch:
+        # nothing is written from a bucket in the middle of an upload
+        wanted: dict[str, tuple[str, dict[str, Any]]] = {}
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
         for page in pages:
             for obj in page.get("Contents", []):
@@ -366,26 +444,35 @@ def _download(
                     continue
                 if only is not None and str(rel) not in only and str(rel) not in optional:
                     continue
-                target = root.joinpath(*rel.parts)
-                remote = {"etag": obj.get("ETag"), "size": obj.get("Size")}
-                entry = manifest.get(str(rel))
-                if (
-                    reuse
-                    and isinstance(entry, dict)
-                    and entry.get("remote") == remote
-                    and entry.get("local") == _local_state(target)
-                ):
-                    kept.append(target)
-                    continue
-                with atomic_path(target) as tmp:
-                    client.download_file(bucket, key, str(tmp))
-                written.append(target)
-                manifest[str(rel)] = {"remote": remote, "local": _local_state(target)}
+                wanted[str(rel)] = (key, {"etag": obj.get("ETag"), "size": obj.get("Size")})
+        listed = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
+        if listed is not None:
+            wanted = _as_listed(wanted, listed, only, optional, settings, bucket, base)
+            if reuse:  # fetched before, no longer part of the bucket's upload: stale
+                for name in [n for n in manifest if n not in wanted]:
+                    (root / name).unlink(missing_ok=True)
+                    del manifest[name]
+                    removed = True
+        for name, (key, remote) in sorted(wanted.items()):
+            target = root.joinpath(*PurePosixPath(name).parts)
+            entry = manifest.get(name)
+            if (
+                reuse
+                and isinstance(entry, dict)
+                and entry.get("remote") == remote
+                and entry.get("local") == _local_state(target)
+            ):
+                kept.append(target)
+                continue
+            with atomic_path(target) as tmp:
+                client.download_file(bucket, key, str(tmp))
+            written.append(target)
+            manifest[name] = {"remote": remote, "local": _local_state(target)}
     except (ClientError, BotoCoreError, Boto3Error) as exc:
         # Boto3Error: e.g. RetriesExceededError, a body cut off on every attempt
         raise _error(exc, settings, "S3 download") from None
     finally:
-        if reuse and written:
+        if reuse and (written or removed):
             write_json(manifest, root / FETCH_MANIFEST)
     found = written + kept
     if only is not None:

@@ -18,6 +18,7 @@ import pytest
 from musicrec.errors import StorageError
 from musicrec.settings import Settings
 from musicrec.storage import (
+    UPLOAD_MANIFEST,
     artifact_files,
     download_artifacts,
     s3_client,
@@ -146,7 +147,14 @@ def test_upload_then_download_round_trip(
     folder = prefix.strip("/") + "/" if prefix.strip("/") else ""
     expected = {f"{folder}recsys/{rel}": data for rel, data in ARTIFACTS.items()}
     assert sorted(keys) == sorted(expected)
-    assert bucket_objects(s3_url, bucket) == expected
+    objects = bucket_objects(s3_url, bucket)
+    # and, written last, the manifest of this upload: every file with its size and ETag
+    listed = json.loads(objects.pop(f"{folder}recsys/{UPLOAD_MANIFEST}"))["files"]
+    assert objects == expected
+    assert {rel: e["size"] for rel, e in listed.items()} == {
+        rel: len(data) for rel, data in ARTIFACTS.items()
+    }
+    assert all(e["etag"] for e in listed.values())
     assert snapshot(artifacts) == before  # local artifacts untouched
 
     # a stray object in the bucket that is not an artifact is not downloaded
@@ -377,10 +385,9 @@ def test_reuse_downloads_only_what_changed(s3_url: str, artifacts: Path, tmp_pat
 
     assert fetch() == (sorted(wanted), ["PAR1 similar", "PAR1 top"])
     assert fetch() == ([], ["PAR1 similar", "PAR1 top"])  # nothing changed: nothing fetched
-    # a new object in the bucket
-    admin(s3_url).put_object(
-        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v2"
-    )
+    # a new object in the bucket (a new upload)
+    (artifacts / "recommendations/similar.parquet").write_text("PAR1 similar v2")
+    upload_artifacts(settings, artifacts)
     assert fetch() == (["recommendations/similar.parquet"], ["PAR1 similar v2", "PAR1 top"])
     # a local file edited or deleted since the fetch
     (target / "recommendations/top_popular.parquet").write_text("edited by hand")
@@ -399,6 +406,65 @@ def test_reuse_downloads_only_what_changed(s3_url: str, artifacts: Path, tmp_pat
     client = CountingClient(s3_client(settings))
     download_artifacts(settings, target, client=client, only=wanted)
     assert len(client.downloads) == 2
+
+
+def test_a_bucket_in_the_middle_of_an_upload_is_not_fetched(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """An object that differs from the upload manifest (a new upload has replaced it but
+    not yet the manifest, or stopped half-way) stops the download before anything is
+    written, naming the file; once the upload finishes, the fetch goes through."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    admin(s3_url).put_object(
+        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v2"
+    )
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    for reuse in (False, True):
+        with pytest.raises(StorageError, match="recommendations/similar.parquet differ") as err:
+            download_artifacts(settings, target, only=wanted, reuse=reuse)
+        assert "upload under way" in str(err.value) and SECRET not in str(err.value)
+        assert not target.exists() or not [p for p in target.rglob("*.parquet")]
+    # a file the manifest lists, deleted from the bucket: the same
+    (artifacts / "recommendations/similar.parquet").write_text("PAR1 similar v2")
+    upload_artifacts(settings, artifacts)
+    admin(s3_url).delete_object(Bucket=bucket, Key="recsys/recommendations/top_popular.parquet")
+    with pytest.raises(StorageError, match="top_popular.parquet differ"):
+        download_artifacts(settings, target, only=wanted, reuse=True)
+    upload_artifacts(settings, artifacts)  # the upload completes
+    paths = download_artifacts(settings, target, only=wanted, reuse=True)
+    assert [(target / rel).read_text() for rel in wanted] == ["PAR1 similar v2", "PAR1 top"]
+    assert len(paths) == 2
+
+
+def test_objects_of_earlier_uploads_are_ignored_and_stale_local_copies_removed(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """A file the latest upload did not write (an optional heard index left from an
+    earlier run) is not fetched, and a copy fetched from it before is removed; a bucket
+    without a manifest (uploaded before manifests existed) is fetched as it is."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    only = ["recommendations/similar.parquet"]
+    heard = "recommendations/heard/tracks.npy"
+    fetched = download_artifacts(settings, target, only=only, optional=[heard], reuse=True)
+    assert (target / heard).is_file() and len(fetched) == 2
+    # the next run writes no heard index; its old object stays in the bucket
+    (artifacts / heard).unlink()
+    upload_artifacts(settings, artifacts)
+    assert f"recsys/{heard}" in bucket_objects(s3_url, bucket)
+    fetched = download_artifacts(settings, target, only=only, optional=[heard], reuse=True)
+    assert [p.relative_to(target).as_posix() for p in fetched] == only
+    assert not (target / heard).exists()
+    assert heard not in json.loads((target / ".s3-fetched.json").read_text())
+    # no manifest at all: every artifact object counts, as before
+    admin(s3_url).delete_object(Bucket=bucket, Key=f"recsys/{UPLOAD_MANIFEST}")
+    fetched = download_artifacts(settings, target, only=only, optional=[heard], reuse=True)
+    assert (target / heard).is_file() and len(fetched) == 2
 
 
 def test_workers_fetching_at_once_download_each_file_once(
