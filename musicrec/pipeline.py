@@ -41,7 +41,7 @@ from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
-from musicrec.errors import DataValidationError
+from musicrec.errors import ArtifactError, DataValidationError
 from musicrec.features import collect_features
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import HeardIndex
@@ -211,7 +211,11 @@ class PipelineContext:
             if not np.array_equal(als.users.ids, matrix.users.ids) or not np.array_equal(
                 als.items.ids, matrix.items.ids
             ):
-                raise RuntimeError("saved ALS model does not match the history; rerun with --force")
+                raise ArtifactError(
+                    f"{self.paths.model_dir}: the saved ALS model was not fit on the history "
+                    "before the test window (a final_fit = 'all' run refit it, or the files "
+                    "come from another run); rerun with --force (FORCE = True in the notebook)"
+                )
             sim = pd.read_parquet(self.paths.similar)
             self._stage = FirstStage(
                 hist, self.test.start, matrix, als, listeners_per_track(hist), sim

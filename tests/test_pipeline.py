@@ -593,6 +593,22 @@ def test_final_fit_all_serves_models_fit_on_all_events(
     assert (recs.groupby(C.User).size() == CHANGED.top_k).all()
 
 
+def test_a_stage_run_alone_after_a_final_fit_says_how_to_recover(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notebook runs stages one by one: after `final_fit = "all"` refit the served
+    models on every event, a stage that needs the before-test ALS says so and how to
+    recover, for the CLI and the notebook (a bare RuntimeError naming only --force)."""
+    from musicrec.errors import ArtifactError
+
+    run(tiny_raw_dir, own_dir, CHANGED.model_copy(update={"final_fit": "all"}), caplog)
+    ctx = PipelineContext(
+        tiny_raw_dir, ArtifactPaths(own_dir), CHANGED, StageCache(own_dir / "cache")
+    )
+    with pytest.raises(ArtifactError, match=r"final_fit = 'all'.*FORCE = True in the notebook"):
+        ctx.first_stage()
+
+
 def test_after_final_fit_reruns_recompute_what_it_overwrote(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
