@@ -15,7 +15,11 @@ import typer
 
 from musicrec.errors import ArtifactError, MusicRecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="musicrec: synthetic data, the offline pipeline, the three services and their checks.",
+)
 log = logging.getLogger("musicrec.cli")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Raw files (default: settings)")]

@@ -807,7 +807,7 @@ def refuse_partial_raw_data(data_dir: str | Path) -> None:
         raise MusicRecError(
             f"{data_dir} holds {', '.join(here)} but not {', '.join(missing)}: add the "
             "missing file, or remove the others to generate a synthetic set (`python -m "
-            "musicrec generate --force` replaces them); nothing was written"
+            f"musicrec generate --out {data_dir} --force` replaces them); nothing was written"
         )
 
 
