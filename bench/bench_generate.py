@@ -72,6 +72,8 @@ def bench(preset: str, out: Path, seed: int) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "cpu_s": sum(proc.cpu_times()[:2]) - cpu0,
         "peak_rss_gib": rss.peak / 2**30,
+        # the kernel's figure is the process's peak so far: for the second preset of one
+        # run it is the larger of the two (psutil's `peak_rss_gib` is per preset)
         "maxrss_gib": stats["peak_rss_gib"],
         "files_gib": stats["bytes"] / 2**30,
     }
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.clean:
             shutil.rmtree(out)
     print_table(rows)
+    if len(rows) > 1:
+        print("maxrss_gib is the process's peak so far (each preset: run it alone for its own)")
 
 
 if __name__ == "__main__":

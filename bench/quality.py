@@ -105,7 +105,8 @@ def main() -> None:
     print(text)
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "quality.md").write_text(text)
+    # one data set's run must not replace the other tables: it writes its own file
+    (res / (f"quality_{args.only}.md" if args.only else "quality.md")).write_text(text)
 
 
 if __name__ == "__main__":
