@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from musicrec.artifacts import ArtifactPaths
-from musicrec.blending import blend, dedupe, merge_by_score
+from musicrec.blending import blend, cold_start, dedupe, merge_by_score
 from musicrec.coalesce import Coalescer, MissingKey
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
@@ -168,7 +168,10 @@ class OfflineRecs:
         list (no candidate left after the heard filter, or files of different runs)."""
         span = self.users.span(user_id)
         if span is None:
-            return list(islice(unheard(self.popular, self.heard_of(user_id)), max(n, 0)))
+            heard = self.heard_of(user_id)
+            if heard.size == 0:
+                return cold_start(self.popular, n)
+            return list(islice(unheard(self.popular, heard), max(n, 0)))
         start, stop = span
         return self.tracks[start : min(stop, start + n)].tolist()  # type: ignore[no-any-return]
 
