@@ -41,7 +41,7 @@ from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
-from musicrec.errors import ArtifactError, DataValidationError
+from musicrec.errors import ArtifactError, DataValidationError, MusicRecError
 from musicrec.features import collect_features
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import HeardIndex
@@ -234,6 +234,12 @@ class PipelineContext:
     def run_stage(self, stage: Stage) -> dict[str, Any]:
         """Run `stage`, or reuse its recorded result when its fingerprint is unchanged."""
         name = stage.name
+        missing = [u for u in stage.upstream if u not in self.fingerprints]
+        if missing:  # the notebook runs stages one by one: a cell run before the ones above
+            raise MusicRecError(
+                f"stage {name!r} needs {', '.join(map(repr, missing))} run first in this "
+                "context (in the notebook: run the cells above it)"
+            )
         upstream = [self.fingerprints[u] for u in stage.upstream]
         fp = StageCache.fingerprint(
             name, stage.params, stage.inputs, upstream, code_hash(stage.code)

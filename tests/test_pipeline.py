@@ -609,6 +609,23 @@ def test_a_stage_run_alone_after_a_final_fit_says_how_to_recover(
         ctx.first_stage()
 
 
+def test_a_stage_run_before_its_upstream_stages_names_them(tiny_pipeline: TinyPipeline) -> None:
+    """A notebook cell run before the cells above it: the stage names what must run first
+    (a bare KeyError before)."""
+    from musicrec.errors import MusicRecError
+
+    ctx = PipelineContext(
+        tiny_pipeline.data_dir,
+        tiny_pipeline.paths,
+        tiny_pipeline.cfg,
+        StageCache(tiny_pipeline.paths.cache_dir),
+    )
+    plan = {stage.name: stage for stage in build_plan(ctx)}
+    with pytest.raises(MusicRecError, match=r"stage 'evaluate' needs .*'ranker'.*cells above"):
+        ctx.run_stage(plan["evaluate"])
+    assert ctx.run_stage(plan["prepare"])  # a stage without upstream runs (reused here)
+
+
 def test_after_final_fit_reruns_recompute_what_it_overwrote(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
