@@ -128,6 +128,13 @@ def test_fit_overrides_and_determinism() -> None:
     b = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4})
     assert a.item_factors.shape[1] == 4
     assert np.array_equal(a.item_factors, b.item_factors)
+    # regularization and alpha overrides act too (the tuning grid varies them): each equals
+    # a fit with that value in the config, and differs from the config's own value
+    for key, value in (("alpha", 40.0), ("regularization", 5.0)):
+        over = ALSModel.fit(m, CFG, num_threads=1, overrides={"factors": 4, key: value})
+        cfg = CFG.model_copy(update={"factors": 4, key: value})
+        assert np.array_equal(over.item_factors, ALSModel.fit(m, cfg, num_threads=1).item_factors)
+        assert not np.allclose(over.item_factors, a.item_factors), key
 
 
 def test_save_load_round_trip_without_pickle(

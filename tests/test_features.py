@@ -172,6 +172,9 @@ def test_features_match_naive_computations(
         ih, uh = hist[hist[C.Item] == t], hist[hist[C.User] == u]
         assert r["item_listeners"] == len(ih)
         assert r["item_listeners_recent"] == (recent[C.Item] == t).sum()
+        assert r["item_recent_share"] == pytest.approx(
+            (recent[C.Item] == t).sum() / max(len(ih), 1), abs=1e-6
+        )
         assert r["item_age_days"] == pytest.approx((end - ih[C.Datetime].min()) / day, rel=1e-5)
         assert r["item_days_since_last"] == pytest.approx(
             (end - ih[C.Datetime].max()) / day, rel=1e-5

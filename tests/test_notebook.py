@@ -133,7 +133,19 @@ def test_parameters_cell_sets_every_config_field() -> None:
 
 @pytest.mark.parametrize("name", ["demo.toml", "lastfm.toml"])
 def test_example_configs_load(name: str) -> None:
+    """Each example config loads, and its values are the file's (read back with tomllib,
+    compared section by section), not the defaults."""
+    import tomllib
+
     cfg = load_config(REPO / "configs" / name)
+    raw = tomllib.loads((REPO / "configs" / name).read_text())
+    dumped = cfg.model_dump()
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                assert dumped[key][sub] == v, (key, sub)
+        else:
+            assert dumped[key] == value, key
     if name == "lastfm.toml":
         assert cfg.split.test_start == date(2010, 11, 1)
 

@@ -719,6 +719,27 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
     assert np.array_equal(ranker.predict(probe), ranker2.predict(probe))
 
 
+def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid point kept is the one scoring best, wherever it is in the grid (scores
+    scripted in the grid's order: factors, then regularization, then alpha)."""
+    import musicrec.metrics
+
+    cfg = fast_pipeline_config(
+        als={
+            "tune": True,
+            "factors_grid": [4, 6],
+            "regularization_grid": [0.01],
+            "alpha_grid": [5.0, 20.0],
+        }
+    )
+    scripted = iter([0.10, 0.30, 0.50, 0.20])  # (4, 5), (4, 20), (6, 5), (6, 20)
+    monkeypatch.setattr(musicrec.metrics, "ndcg_at_k", lambda *a, **k: pd.Series([next(scripted)]))
+    params = tune_als(_context(tiny_prepared, cfg, tmp_path / "a"))
+    assert params == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
+
+
 def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path: Path) -> None:
     ctx = _context(tiny_prepared, fast_pipeline_config(), tmp_path)
     lab, test = ctx.label, ctx.test

@@ -149,6 +149,8 @@ def test_ranker_logloss_variant() -> None:
     train = synthetic_rows(n_users=30).sort_values(C.User, kind="stable")
     r = Ranker.fit(train, FAST.model_copy(update={"loss_function": "Logloss"}))
     assert np.isfinite(r.predict(train)).all()
+    # the model was trained with the loss asked for, not a ranking loss in its place
+    assert r.model.get_params()["loss_function"] == "Logloss"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("loss", ["PairLogit", "Logloss"])
