@@ -18,8 +18,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import logging
+import sys
 from importlib import metadata
 from pathlib import Path
+
+log = logging.getLogger("musicrec.codehash")
 
 PACKAGE = "musicrec"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -90,10 +94,13 @@ def _library_version(name: str) -> str:
 def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
     """sha256 (16 hex digits) of the driver, the closure of `roots` and the libraries'
     versions. Read afresh on every call: an edited module changes it in the same process
-    (a notebook's kernel). `package_dir` defaults to `PACKAGE_DIR`, read at call time."""
+    (a notebook's kernel), which may still run the old code: see `_warn_if_edited`.
+    `package_dir` defaults to `PACKAGE_DIR`, read at call time."""
     package_dir = PACKAGE_DIR if package_dir is None else package_dir
     h = hashlib.sha256()
     modules = module_closure(roots, package_dir)
+    if package_dir == PACKAGE_DIR:
+        _warn_if_edited([DRIVER, *modules], package_dir)
     for name in sorted({DRIVER, *modules}):
         h.update(f"{name}\0".encode())
         h.update((package_dir / f"{name}.py").read_bytes())
@@ -101,3 +108,34 @@ def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
     for lib in libraries:
         h.update(f"{lib}={_library_version(lib)}\0".encode())
     return h.hexdigest()[:16]
+
+
+_warned: set[Path] = set()
+
+
+def _warn_if_edited(modules: list[str], package_dir: Path) -> None:
+    """Warn (once per file) when a module this process has imported was modified after the
+    process started: a kernel that imported it before the edit runs the old code, while
+    the hash (and so the stage cache) is the new code's; restart the kernel or reload."""
+    started = _process_start()
+    for name in modules:
+        path = package_dir / f"{name}.py"
+        if path in _warned or f"{PACKAGE}.{name}" not in sys.modules:
+            continue
+        if path.stat().st_mtime > started:
+            _warned.add(path)
+            log.warning(
+                "%s changed after this process started: if it was imported before the "
+                "change, this process runs the old code while the stage cache records the "
+                "new code's hash; restart the kernel (or reload the module) before running "
+                "stages",
+                path,
+            )
+
+
+@functools.cache
+def _process_start() -> float:
+    """This process's start time (seconds since the epoch)."""
+    import psutil
+
+    return float(psutil.Process().create_time())

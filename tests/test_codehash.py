@@ -133,3 +133,31 @@ def test_every_stage_names_real_modules_and_no_service_code() -> None:
     assert "features" not in by_name["als"] and "features" not in by_name["prepare"]
     assert set(codehash.MODULE_LIBRARIES) <= set(codehash.module_closure(("ranker", "als")))
     assert "ranker" not in by_name["als"]  # a CatBoost upgrade refits no ALS
+
+
+def test_a_module_edited_after_the_process_started_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A kernel that imported a module before it was edited runs the old code under the
+    new hash: when an imported module's file is newer than the process, a warning says so
+    (once per file); files older than the process are silent."""
+    import musicrec.popular  # noqa: F401  (imported, as in a kernel that ran the stage)
+
+    monkeypatch.setattr(codehash, "_warned", set())
+    monkeypatch.setattr(codehash, "_process_start", lambda: float("inf"))  # nothing newer
+    with caplog.at_level("WARNING", logger="musicrec.codehash"):
+        code_hash(("popular",))
+    assert not caplog.records
+    monkeypatch.setattr(codehash, "_process_start", lambda: 0.0)  # every file newer
+    with caplog.at_level("WARNING", logger="musicrec.codehash"):
+        code_hash(("popular",))
+        code_hash(("popular",))
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("popular.py changed after this process started" in m for m in warned)
+    assert len(warned) == len(set(warned))  # once per file
+    # a copy of the package (not what this process imported) is never warned of
+    caplog.clear()
+    monkeypatch.setattr(codehash, "_warned", set())
+    with caplog.at_level("WARNING", logger="musicrec.codehash"):
+        code_hash(("a",), write_package(tmp_path / "pkg", PACKAGE))
+    assert not caplog.records
