@@ -161,14 +161,15 @@ class OfflineRecs:
         """The ranker's top `k` for a known user, else the cold-start answer."""
         return dedupe(self.ranked(user_id, k))
 
-    def ranked(self, user_id: int, n: int) -> list[int]:
+    def ranked(self, user_id: int, n: int, heard: np.ndarray | None = None) -> list[int]:
         """The first `n` rows of the user's list as stored (not deduplicated: the blend
         does that), or for a user without a list the popular list without the tracks the
         user heard: nothing for a cold user, but a user of the heard index can lack a
-        list (no candidate left after the heard filter, or files of different runs)."""
+        list (no candidate left after the heard filter, or files of different runs).
+        `heard`: the user's `heard_of`, when the caller has looked it up already."""
         span = self.users.span(user_id)
         if span is None:
-            heard = self.heard_of(user_id)
+            heard = self.heard_of(user_id) if heard is None else heard
             if heard.size == 0:
                 return cold_start(self.popular, n)
             return list(islice(unheard(self.popular, heard), max(n, 0)))
@@ -515,7 +516,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recent = out.recent_set
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
-        offline_recs = offline.ranked(user_id, 2 * k + len(recent))
+        offline_recs = offline.ranked(user_id, 2 * k + len(recent), heard)
         # the stored list holds no heard track; the online part was filtered above; the
         # popular top-up is checked against the history lazily, only as far as it is read
         return blend(out.recs, offline_recs, k, recent, unheard(offline.popular, heard))

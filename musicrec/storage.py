@@ -346,6 +346,11 @@ def _fetch_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _is_wanted(rel: str, only: Collection[str] | None, optional: Collection[str]) -> bool:
+    """Whether a download with these `only` / `optional` lists fetches `rel`."""
+    return only is None or rel in only or rel in optional
+
+
 def _upload_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     """The `files` of the bucket's upload manifest, None when it has none (an upload
     from before manifests existed)."""
@@ -378,7 +383,7 @@ def _as_listed(
     """`wanted` restricted to the upload manifest's files; `StorageError` when one of them
     is missing or differs from its entry (an upload under way or stopped half-way)."""
     wanted_listed = {rel: got for rel, got in wanted.items() if rel in listed}
-    expected = [rel for rel in listed if only is None or rel in only or rel in optional]
+    expected = [rel for rel in listed if _is_wanted(rel, only, optional)]
     changed = sorted(
         rel
         for rel in expected
@@ -442,7 +447,7 @@ def _download(
                 if rel is None:
                     log.debug("Skipping s3://%s/%s (not an artifact)", bucket, key)
                     continue
-                if only is not None and str(rel) not in only and str(rel) not in optional:
+                if not _is_wanted(str(rel), only, optional):
                     continue
                 wanted[str(rel)] = (key, {"etag": obj.get("ETag"), "size": obj.get("Size")})
         listed = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
