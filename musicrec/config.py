@@ -3,8 +3,9 @@ TOML or YAML file (`load_config`) or built in the notebook's first cell."""
 
 from __future__ import annotations
 
+import json
 import tomllib
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import Literal
 
@@ -237,8 +238,22 @@ class PipelineConfig(_Strict):
     )
 
 
+def _as_json_value(value: object) -> str:
+    """The JSON form of the dates and times TOML and YAML parse natively (ISO 8601)."""
+    if isinstance(value, date | time):  # datetime is a date
+        return value.isoformat()
+    raise TypeError(f"a value of type {type(value).__name__} ({value!r}) has no config meaning")
+
+
 def load_config(path: str | Path | None) -> PipelineConfig:
-    """Read a TOML (`.toml`) or YAML (`.yaml`/`.yml`) file; `None` gives the defaults."""
+    """Read a TOML (`.toml`) or YAML (`.yaml`/`.yml`) file; `None` gives the defaults.
+
+    The file's values are checked strictly, as JSON would be: `k_ndcg = true`, `factors =
+    "64"`, `factors = 64.0` or `tune = 1` are errors naming the key, not the numbers 1 and
+    64 and the flag True that pydantic's lax mode would make of them (an integer is still
+    a float). A day is a date (`2022-12-01`, unquoted in TOML, or a YYYY-MM-DD string),
+    not a date-time. The notebook's `PipelineConfig(...)` keeps pydantic's usual mode.
+    """
     if path is None:
         return PipelineConfig()
     path = Path(path)
@@ -250,7 +265,11 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from exc
     try:
-        return PipelineConfig.model_validate(raw)
+        as_json = json.dumps(raw, default=_as_json_value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: invalid config: {exc}") from exc
+    try:
+        return PipelineConfig.model_validate_json(as_json, strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}"

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -958,6 +959,15 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ("[ranker]\nenabled = true\n", "ranker.enabled"),  # removed: nothing read it
         ("[split]\nval_share = 0.1\n", "split.val_share"),
         ("[als\nfactors = 8\n", "TOMLDecodeError"),  # not TOML
+        # values of the wrong type: errors, not what pydantic's lax mode makes of them
+        ("[eval]\nk_ndcg = true\n", "eval.k_ndcg"),  # lax: 1
+        ('[als]\nfactors = "64"\n', "als.factors"),  # lax: 64
+        ("[als]\nfactors = 64.0\n", "als.factors"),  # lax: 64
+        ("[als]\ntune = 1\n", "als.tune"),  # lax: True
+        ('[als]\ntune = "no"\n', "als.tune"),  # lax: False
+        ('[ranker]\nfeatures = "als_score"\n', "ranker.features"),
+        ("[split]\ntest_start = 2022-12-01T00:00:00\n", "split.test_start"),  # a day, not a time
+        ("[split]\ntest_start = 12:00:00\n", "split.test_start"),
     ],
 )
 def test_load_config_rejects_bad_keys(tmp_path: Path, text: str, named: str) -> None:
@@ -967,6 +977,27 @@ def test_load_config_rejects_bad_keys(tmp_path: Path, text: str, named: str) -> 
         load_config(path)
     assert str(path) in str(err.value)
     assert isinstance(err.value.__cause__, pydantic.ValidationError | tomllib.TOMLDecodeError)
+
+
+def test_load_config_is_strict_only_where_a_value_would_change_meaning(tmp_path: Path) -> None:
+    """An integer is a float, a YYYY-MM-DD string is a day, YAML's null is None."""
+    yml = tmp_path / "p.yaml"
+    yml.write_text(
+        "als:\n  alpha: 10\n  alpha_grid: [5, 20]\n  warm_start_iterations: null\n"
+        "split:\n  test_start: '2022-12-01'\n"
+    )
+    cfg = load_config(yml)
+    assert cfg.als.alpha == 10.0 and isinstance(cfg.als.alpha, float)
+    assert cfg.als.alpha_grid == [5.0, 20.0]
+    assert cfg.als.warm_start_iterations is None
+    assert cfg.split.test_start == date(2022, 12, 1)
+
+
+def test_load_config_names_a_yaml_value_with_no_config_meaning(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("als:\n  factors_grid: !!set {8: null, 16: null}\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: invalid config: .*type set"):
+        load_config(path)
 
 
 def test_load_config_rejects_other_formats_and_missing_files(tmp_path: Path) -> None:
