@@ -47,15 +47,18 @@ class StoreUnavailable(RuntimeError):
     file). An `add` that raises this stored nothing, so the client may retry it."""
 
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY,
     user_id  INTEGER NOT NULL,
     track_id INTEGER NOT NULL,
     ts       REAL    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_user_id ON events (user_id, id);
-"""
+)"""
+#: a user's latest events are one range of this index, track ids included (covering)
+_INDEX = "CREATE INDEX IF NOT EXISTS events_user_recent ON events (user_id, id, track_id)"
+#: the index of databases written before `events_user_recent` (no track_id in it: a user's
+#: read looked every row up in the table, 2-3x slower cold); replaced at `open`
+_OLD_INDEX = "events_user_id"
 _COLUMNS = ("id", "user_id", "track_id", "ts")
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
@@ -268,7 +271,7 @@ class EventStore:
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
+            conn.execute(_TABLE)
             found = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
             missing = [c for c in _COLUMNS if c not in found]
             if missing:
@@ -276,6 +279,7 @@ class EventStore:
                     f"{self.path}: table 'events' lacks column(s) {missing} (found {found}); "
                     "not an event database of this service"
                 )
+            self._ensure_index(conn)
             n_events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             n_users = conn.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0]
         except sqlite3.Error as exc:
@@ -389,6 +393,24 @@ class EventStore:
                 "cache_hits": self.cache.hits if self.cache is not None else 0,
                 "cache_misses": self.cache.misses if self.cache is not None else 0,
             }
+
+    def _ensure_index(self, conn: sqlite3.Connection) -> None:
+        """Create the covering index a user's read runs on (the user's rows in id order
+        with their track ids: one range of the index, no look-up in the table), replacing
+        the older one of a database written before it. Building it over an existing table
+        reads every row once, at this start only (logged)."""
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        if "events_user_recent" not in names:
+            t0 = time.perf_counter()
+            conn.execute(_INDEX)
+            if _OLD_INDEX in names:
+                log.info(
+                    "event store %s: built the index events_user_recent in %.1f s (once)",
+                    self.path,
+                    time.perf_counter() - t0,
+                )
+        if _OLD_INDEX in names:
+            conn.execute(f"DROP INDEX {_OLD_INDEX}")
 
     # --- reads (reader threads) -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,10 +245,15 @@ def test_event_cache_memory_smoke() -> None:
 
 def test_event_store_reads_smoke() -> None:
     out = run_script(
-        "event_store_reads.py", "--events", "30", "--k", "1000", "--users", "20", "--batch", "5"
+        "event_store_reads.py",
+        *("--events", "30", "--k", "1000", "--users", "20", "--batch", "5", "--writes", "1500"),
+        "--old-index",
     )
+    assert "first open of an older database (builds the covering index): 600 events:" in out
     assert "latest_many of 5 users, k=1,000" in out, out
     assert [line.split()[0] for line in out.splitlines()[2:3]] == ["30"], out
+    rate = re.search(r"writes: ([\d,]+) events/s \(1,500 adds into 20 users of 30 events", out)
+    assert rate and int(rate.group(1).replace(",", "")) > 0, out
 
 
 def test_idmap_ab_smoke() -> None:

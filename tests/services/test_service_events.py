@@ -155,7 +155,37 @@ def test_store_uses_wal_and_group_commits_concurrent_writes(tmp_path: Path) -> N
                 "EXPLAIN QUERY PLAN SELECT track_id FROM events WHERE user_id=1 ORDER BY id DESC"
             )
         )
-        assert "events_user_id" in plan and "TEMP B-TREE" not in plan
+        # a user's latest events: one range of the covering index, no look-up in the table
+        assert "COVERING INDEX events_user_recent" in plan and "TEMP B-TREE" not in plan
+
+
+def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path) -> None:
+    """A database written before the covering index (its index on (user_id, id) only) gets
+    the new index at open, loses the old one, and reads the same events."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
+            "track_id INTEGER NOT NULL, ts REAL NOT NULL);"
+            "CREATE INDEX events_user_id ON events (user_id, id);"
+        )
+        db.executemany(
+            "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
+            [(u, 100 * u + i, float(i)) for i in range(5) for u in (1, 2)],
+        )
+    store = EventStore(path)
+    store.open()
+    try:
+        assert asyncio.run(store.latest(2, 3)) == [204, 203, 202]
+        assert asyncio.run(store.counts())["events"] == 10
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert names == {"events_user_recent"}
+    store = EventStore(path)  # a second open finds it and builds nothing
+    store.open()
+    store.close()
 
 
 def test_store_rejects_adds_after_close(tmp_path: Path) -> None:
