@@ -128,13 +128,18 @@ def verify() -> None:
 def upload(artifacts_dir: ArtifactsDir = None) -> None:
     """Upload the artifacts to S3 (S3_BUCKET_NAME and credentials from the environment)."""
     from musicrec.settings import get_settings
-    from musicrec.storage import upload_artifacts
+    from musicrec.storage import ARTIFACT_DIRS, ARTIFACT_FILES, artifact_files, upload_artifacts
 
     _setup()
     s = get_settings()
     root = Path(artifacts_dir or s.artifacts_dir)
     if not root.is_dir():  # a mistyped path would otherwise "upload" nothing, with exit 0
         raise ArtifactError(f"{root} is not a directory: nothing to upload")
+    if s.s3_bucket_name and not artifact_files(root):  # the wrong folder, or a pipeline not run
+        raise ArtifactError(
+            f"{root} holds no artifacts (files under {', '.join(d + '/' for d in ARTIFACT_DIRS)}"
+            f" or {', '.join(ARTIFACT_FILES)}): nothing to upload"
+        )
     upload_artifacts(s, root)
 
 

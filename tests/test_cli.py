@@ -118,6 +118,20 @@ def test_bad_cli_values_are_one_line_errors(
     assert not (tmp_path / "d").exists()
 
 
+def test_upload_of_a_folder_without_artifacts_is_an_error(tmp_path: Path) -> None:
+    """A folder holding no artifact (the wrong one, or the pipeline not run): exit 2 and
+    one error line, before S3 is asked anything; without a bucket the upload is skipped."""
+    (tmp_path / "d" / "notes").mkdir(parents=True)
+    (tmp_path / "d" / "notes" / "x.txt").write_text("not an artifact")
+    res = cli("upload", "--artifacts-dir", "d", cwd=tmp_path, env={"S3_BUCKET_NAME": "b"})
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "d holds no artifacts" in errors[0], res.stderr
+    assert "recommendations/" in errors[0] and "metrics.json" in errors[0]
+    res = cli("upload", "--artifacts-dir", "d", cwd=tmp_path, env={"S3_BUCKET_NAME": ""})
+    assert res.returncode == 0, (res.stdout, res.stderr)
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize(("force", "replaces"), [("", False), ("0", False), ("1", True)])
 def test_make_generate_replaces_data_only_with_force_1(force: str, replaces: bool) -> None:
