@@ -6,6 +6,7 @@ column (or one table) with a malformed version and write them with `write_raw`.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +17,18 @@ import pyarrow.parquet as pq
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 
-REAL_DATASETS = Path("/work/shared/datasets")
+
+def _real_datasets() -> Path:
+    """The team's public data sets (`../shared/datasets/`): MUSICREC_DATASETS_DIR when set,
+    else `shared/datasets` beside the checkout, else where the team's machines keep it (a
+    clone elsewhere, as CI's fresh checkout in a temporary folder)."""
+    if os.environ.get("MUSICREC_DATASETS_DIR"):
+        return Path(os.environ["MUSICREC_DATASETS_DIR"])
+    beside = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    return beside if beside.is_dir() else Path("/work/shared/datasets")
+
+
+REAL_DATASETS = _real_datasets()
 LASTFM = REAL_DATASETS / "lastfm-hetrec2k"
 MOVIELENS = REAL_DATASETS / "ml-latest-small"
 

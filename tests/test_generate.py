@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from helpers_raw import LASTFM
 
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
@@ -36,7 +37,6 @@ from musicrec.generate import (
     target_day_curve,
 )
 
-LASTFM = Path("/work/shared/datasets/lastfm-hetrec2k")
 IDS = pa.list_(pa.field("element", pa.int64()))
 EXPECTED = {
     RawFiles.Tracks: pa.schema(
