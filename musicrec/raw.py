@@ -356,6 +356,10 @@ def _read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
                 raise DataValidationError(
                     file, column, f"columns {list(columns)}", found=f"columns {present}"
                 )
+            if present.count(column) > 1:  # pyarrow and Spark can write such a file
+                raise DataValidationError(
+                    file, column, "one column of that name", found=f"columns {present}"
+                )
         table = parquet.read(columns=list(columns), use_pandas_metadata=False)
     if table.num_rows == 0:
         raise DataValidationError(file, None, "at least one row", found="no rows")
@@ -383,6 +387,9 @@ def _ids(
         return values.cast(target)  # e.g. a list column whose lists are all empty
     if not (pa.types.is_integer(type_) or pa.types.is_floating(type_)):
         _fail(file, column, "integers", values, found=f"type {type_}", rows=rows)
+    if pa.types.is_float16(type_):  # Arrow's kernels (trunc, min_max) start at float32
+        values = values.cast(pa.float32())
+        type_ = values.type
     if values.null_count:
         _fail(file, column, "no nulls", values, pc.is_null(values), rows=rows)
     if pa.types.is_floating(type_):
@@ -396,7 +403,12 @@ def _ids(
         _fail(file, column, "non-negative values", values, pc.less(values, 0), rows=rows)
     limit = int(np.iinfo(target.to_pandas_dtype()).max)
     if highest.as_py() > limit:
-        too_big = pc.greater(values, limit)
+        # compared in the column's own type: a Python int is taken as int64, which neither
+        # a uint64 beyond it nor a float64 beyond 2^53 (inf included) converts to
+        if pa.types.is_floating(type_):  # whole numbers here: > limit is >= limit + 1
+            too_big = pc.greater_equal(values.cast(pa.float64()), float(limit + 1))
+        else:
+            too_big = pc.greater(values, pa.scalar(limit, type_))
         _fail(file, column, f"values that fit {target} (<= {limit})", values, too_big, rows=rows)
     return values.cast(target)
 
@@ -423,8 +435,12 @@ def _id_lists(file: str, column: str, lists: pa.ChunkedArray, target: pa.DataTyp
 
 
 def _strings(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Check that `values` are strings (plain or dictionary-encoded) and cast them to str."""
+    """Check that `values` are strings (plain or dictionary-encoded) and cast them to str.
+    A column of Arrow's type `null` (what pandas writes for a column of None only) is all
+    null strings; the caller decides whether nulls are allowed."""
     type_ = values.type
+    if pa.types.is_null(type_):
+        return values.cast(pa.string())
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
     if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
@@ -526,7 +542,13 @@ def _fail(
     else:
         index = _first_true(mask, N_EXAMPLES)
         count = int(pc.sum(mask).as_py() or 0)
-    picked = values.take(pa.array(index, type=pa.int64())).to_pylist()
+    taken = values.take(pa.array(index, type=pa.int64()))
+    try:
+        picked = taken.to_pylist()
+    except (OverflowError, ValueError):  # a date beyond Python's (year 9999): the raw number
+        arr = taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+        raw = arr.view(pa.int32() if arr.type.bit_width == 32 else pa.int64()).to_pylist()
+        picked = [f"{v} ({arr.type} counts)" for v in raw]
     row_numbers = index if rows is None else rows[index]
     examples = [{"row": int(r), column: v} for r, v in zip(row_numbers, picked, strict=True)]
     unit = "rows" if rows is None else "list elements"

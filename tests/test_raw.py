@@ -110,7 +110,32 @@ MALFORMED: dict[str, tuple[dict[str, pa.Table], str, str | None]] = {
     ),
     "integer dates": (_interactions(C.Datetime, [20220101, 20220102]), INT, C.Datetime),
     "no rows": ({"interactions": interactions_table().slice(0, 0)}, INT, None),
+    # checks that themselves failed (a traceback, or "not a readable parquet file"):
+    "uint64 id beyond int64": (
+        _catalog(C.CatalogId, pa.array([1, 2**63 + 5], pa.uint64())),
+        CAT,
+        C.CatalogId,
+    ),
+    "infinite float id": (_catalog(C.CatalogId, [1.0, float("inf")]), CAT, C.CatalogId),
+    "float id beyond 2^53": (_tracks(C.Item, [1.0, 2.0**60, 3.0, 4.0]), TRK, C.Item),
+    "dates beyond year 9999 (ns counts as us)": (
+        _interactions(C.Datetime, pa.array([1_640_995_200_000_000_000], pa.timestamp("us"))),
+        INT,
+        C.Datetime,
+    ),
+    "date32 beyond year 9999": (
+        _interactions(C.Datetime, pa.array([3_000_000], pa.int32()).cast(pa.date32())),
+        INT,
+        C.Datetime,
+    ),
+    "a column twice": (
+        {"interactions": interactions_table().append_column(C.Item, pa.array([1] * 6))},
+        INT,
+        C.Item,
+    ),
 }
+#: errors about the file's layout, with no offending rows to show
+NO_EXAMPLES = {"missing column", "a column twice"}
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -124,7 +149,7 @@ def test_malformed_file_names_file_and_column(tmp_path: Path, case: str) -> None
     assert error.column == column
     if column is not None:
         assert f"'{column}'" in str(error)
-    if case != "missing column" and column is not None:
+    if case not in NO_EXAMPLES and column is not None:
         assert error.examples, "a few offending rows are shown"
 
 
@@ -252,6 +277,24 @@ def test_safe_casts_are_accepted(tmp_path: Path) -> None:
     df = read_raw(tmp_path, DataConfig()).interactions
     assert [str(t) for t in df.dtypes[:3]] == ["int32", "int32", "int16"]
     assert sorted(df[C.Item].tolist()) == [1, 1, 2, 2, 3, 4]
+
+
+def test_half_precision_whole_numbers_are_accepted(tmp_path: Path) -> None:
+    """float16 has no Arrow kernel of its own for the checks: read as float32."""
+    write_raw(tmp_path, **_interactions(C.Seq, pa.array([2, 2, 1, 3, 1, 1], pa.float16())))
+    seqs = read_raw(tmp_path, DataConfig()).interactions[C.Seq]
+    assert sorted(seqs.tolist()) == [1, 1, 1, 2, 2, 3]
+    write_raw(tmp_path, **_interactions(C.Seq, pa.array([2, 2.5, 1, 3, 1, 1], pa.float16())))
+    with pytest.raises(DataValidationError, match="whole numbers"):
+        read_raw(tmp_path, DataConfig())
+
+
+def test_a_name_column_of_only_nulls_is_no_names(tmp_path: Path) -> None:
+    """pandas writes a column of None only as Arrow's type null: names may be null."""
+    names = pa.nulls(len(catalog_table()))
+    write_raw(tmp_path, catalog=catalog_table().set_column(2, C.CatalogName, names))
+    catalog = read_raw(tmp_path, DataConfig()).catalog
+    assert len(catalog) == len(catalog_table()) and catalog[C.CatalogName].isna().all()
 
 
 def test_long_histories_keep_int32_track_seq(tmp_path: Path) -> None:
