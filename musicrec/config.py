@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from musicrec.columns import DEFAULT_FEATURES, FEATURES
 from musicrec.errors import ConfigError
@@ -236,6 +243,20 @@ class PipelineConfig(_Strict):
         "before_test",
         description="Fit served artifacts on data before the test window, or refit on all",
     )
+
+    @model_validator(mode="after")
+    def _lists_as_long_as_the_metrics(self) -> PipelineConfig:
+        """The evaluated lists hold at least the metrics' k tracks: with `eval.k_ndcg` above
+        `top_k` the ranker (or above `als.n_recs` ALS) would be scored on a shorter list
+        than the popular baseline and lose points for it."""
+        k = max(self.eval.k_precision, self.eval.k_ndcg)
+        for name, length in (("top_k", self.top_k), ("als.n_recs", self.als.n_recs)):
+            if length < k:
+                raise ValueError(
+                    f"{name} = {length} is shorter than the metrics' k = {k} (eval.k_ndcg / "
+                    f"eval.k_precision): raise {name} or lower the k"
+                )
+        return self
 
 
 def _as_json_value(value: object) -> str:

@@ -968,6 +968,9 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ('[ranker]\nfeatures = "als_score"\n', "ranker.features"),
         ("[split]\ntest_start = 2022-12-01T00:00:00\n", "split.test_start"),  # a day, not a time
         ("[split]\ntest_start = 12:00:00\n", "split.test_start"),
+        # lists shorter than the metrics' k would be scored unfairly against popular
+        ("top_k = 20\n[eval]\nk_ndcg = 50\n", "top_k = 20 is shorter than the metrics' k = 50"),
+        ("[als]\nn_recs = 5\n[eval]\nk_ndcg = 10\n", "als.n_recs = 5 is shorter"),
     ],
 )
 def test_load_config_rejects_bad_keys(tmp_path: Path, text: str, named: str) -> None:
