@@ -11,7 +11,9 @@ alternated for `--rounds` rounds:
   before 2026-12-03 (`Counter.labels(...)` and `Histogram.labels(...)` looked up on every
   request);
 - `cached children`: wrapped in `MetricsMiddleware` with the current `ServiceMetrics`
-  (the labelled children cached per (method, route, status)).
+  (the labelled children cached per (method, route, status));
+- `+ JSON error bodies`: the same with `JsonErrorBodies` inside it, as the services run
+  since 2026-12-07 (it looks at each response's start; a 200 passes through).
 
 Prints the median microseconds per request of each and the middleware's overhead over
 `bare`. This is the cost the metrics add to every request of every service; the HTTP
@@ -32,7 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from musicrec.service_common import MetricsMiddleware, ServiceMetrics  # noqa: E402
+from musicrec.service_common import (  # noqa: E402
+    JsonErrorBodies,
+    MetricsMiddleware,
+    ServiceMetrics,
+)
 
 
 class LabelsPerRequest(ServiceMetrics):
@@ -82,6 +88,7 @@ def main() -> None:
         "bare": app,
         "labels() per request": MetricsMiddleware(app, LabelsPerRequest("a"), log),
         "cached children": MetricsMiddleware(app, ServiceMetrics("b"), log),
+        "+ JSON error bodies": MetricsMiddleware(JsonErrorBodies(app), ServiceMetrics("c"), log),
     }
     times: dict[str, list[float]] = {name: [] for name in versions}
     for _ in range(args.rounds):

@@ -46,6 +46,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -336,6 +337,55 @@ class MetricsMiddleware:
                 )
 
 
+class JsonErrorBodies:
+    """Pure ASGI middleware: an error answered in plain text below the app's handlers (the
+    413 that Starlette's body limit sends at once for a Content-Length over a route's
+    `max_body_size`, where a chunked body over it gets the JSON handler's 413) is sent as
+    every other error is, `{"detail": "<the text>"}` in JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        text = bytearray()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal held
+            if held is None:
+                if (
+                    message["type"] == "http.response.start"
+                    and message["status"] >= 400
+                    and dict(message.get("headers", [])).get(b"content-type", b"")[:10]
+                    == b"text/plain"
+                ):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body":
+                text.extend(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                body = orjson.dumps({"detail": text.decode("utf-8", "replace")})
+                kept = [
+                    (k, v)
+                    for k, v in held.get("headers", [])
+                    if k.lower() not in (b"content-type", b"content-length")
+                ]
+                kept += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({**held, "headers": kept})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
 class RateLimitedLog:
     """Logs a warning at most once per `interval_s`; the rest go to DEBUG with a count, so a
     long outage does not flood the log."""
@@ -365,7 +415,10 @@ class RateLimitedLog:
 def install_common(
     app: FastAPI, service: str, metrics: ServiceMetrics, is_ready: Callable[[], bool]
 ) -> None:
-    """Add the metrics middleware, the 422 handler and `/health`, `/ready`, `/metrics`."""
+    """Add the metrics middleware (outermost), JSON error bodies (innermost: after an
+    express lane, whose answers never need it), the 422 handler and `/health`, `/ready`,
+    `/metrics`."""
+    app.user_middleware.append(Middleware(JsonErrorBodies))
     app.add_middleware(MetricsMiddleware, metrics=metrics, logger=log.getChild(service))
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)

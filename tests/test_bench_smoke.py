@@ -290,8 +290,8 @@ def test_metrics_ab_smoke() -> None:
     out = run_script("metrics_ab.py", "--requests", "200", "--rounds", "1")
     lines = out.splitlines()
     assert lines[0].startswith("200 requests per round, 1 rounds")
-    names = ("bare", "labels() per request", "cached children")
-    assert len(lines) == 4 and out.count("metrics overhead") == 2
+    names = ("bare", "labels() per request", "cached children", "+ JSON error bodies")
+    assert len(lines) == 5 and out.count("metrics overhead") == 3
     for line, name in zip(lines[1:], names, strict=True):
         assert line.startswith(name)
 

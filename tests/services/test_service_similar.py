@@ -90,11 +90,54 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
 
 
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
+    """A 413 in JSON, as every other error, whether the body's size was announced or not."""
     big = b'{"track_ids": [' + b"1," * MAX_BATCH_BODY + b"1]}"
-    r = client.post(
-        "/similar_tracks_batch", content=big, headers={"Content-Type": "application/json"}
+    json_type = {"Content-Type": "application/json"}
+    announced = client.post("/similar_tracks_batch", content=big, headers=json_type)
+    chunked = client.post(
+        "/similar_tracks_batch", content=iter([big[:1000], big[1000:]]), headers=json_type
     )
-    assert r.status_code == 413
+    for r in (announced, chunked):
+        assert r.status_code == 413
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == {"detail": "Content Too Large"}
+
+
+def test_plain_text_errors_below_the_handlers_are_sent_as_json() -> None:
+    """`JsonErrorBodies` on its own: a plain-text error in several body parts becomes one
+    JSON `detail`, its other headers kept; a success passes untouched."""
+    import asyncio
+
+    from musicrec.service_common import JsonErrorBodies
+
+    def app_of(status: int, content_type: bytes) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            headers = [(b"content-type", content_type), (b"content-length", b"9"), (b"x-a", b"1")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"Too ", "more_body": True})
+            await send({"type": "http.response.body", "body": b"Large"})
+
+        return app
+
+    def run(app: Any) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        asyncio.run(JsonErrorBodies(app)({"type": "http"}, None, send))
+        return sent
+
+    start, body = run(app_of(413, b"text/plain; charset=utf-8"))
+    assert start["status"] == 413 and body["body"] == b'{"detail":"Too Large"}'
+    assert dict(start["headers"]) == {
+        b"x-a": b"1",
+        b"content-type": b"application/json",
+        b"content-length": str(len(body["body"])).encode(),
+    }
+    ok = run(app_of(200, b"text/plain"))
+    assert [m.get("body") for m in ok] == [None, b"Too ", b"Large"]
+    assert ok[0]["headers"][0] == (b"content-type", b"text/plain")
 
 
 def test_probes_metrics_and_openapi(client: TestClient) -> None:
