@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -177,8 +178,39 @@ def start_service(
         scratch = Path(tempfile.mkdtemp(prefix=f"musicrec-{spec.name}-metrics-"))
         env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch)
     log.info("starting %s: %s", spec.name, " ".join(cmd))
+    # a process group of its own: uvicorn's workers are its children, and if the uvicorn
+    # supervisor dies first (the OOM killer) `stop_all` still finds them by the group
+    popen.setdefault("start_new_session", True)
     proc = subprocess.Popen(cmd, env=env, **popen)
     return ServiceProcess(spec.name, base_url(settings, port), proc, scratch)
+
+
+def check_ports_free(settings: Settings, names: Iterable[str] | None = None) -> None:
+    """`ServeError` naming the service and port when another process listens on a port the
+    named services (default: all three) are to bind: its `/ready` would otherwise be taken
+    for the new service's (uvicorn binds only once the artifacts are loaded)."""
+    wanted = set(names) if names is not None else {s.name for s in SERVICES}
+    for spec in SERVICES:
+        if spec.name not in wanted:
+            continue
+        port = int(getattr(settings, spec.port_field))
+        try:
+            infos = socket.getaddrinfo(
+                settings.host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise ServeError(f"cannot resolve MUSICREC_HOST {settings.host!r}: {exc}") from None
+        for family, type_, proto, _, address in infos[:1]:
+            with socket.socket(family, type_, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise ServeError(
+                        f"port {port} of the {spec.name} service is in use ({exc.strerror}): "
+                        "another `musicrec serve` or uvicorn still running? Stop it, or set "
+                        f"MUSICREC_{spec.port_field.upper()}"
+                    ) from None
 
 
 def start_all(
@@ -186,6 +218,7 @@ def start_all(
 ) -> list[ServiceProcess]:
     """Start the named services (default: all three)."""
     wanted = set(names) if names is not None else {s.name for s in SERVICES}
+    check_ports_free(settings, wanted)
     env = child_environment(settings)
     return [start_service(s, settings, env, **popen) for s in SERVICES if s.name in wanted]
 
@@ -226,19 +259,44 @@ def wait_ready(
         time.sleep(0.1)
 
 
+def _signal_group(p: ServiceProcess, sig: signal.Signals) -> bool:
+    """Send `sig` to what is left of the service's process group; False when it is empty
+    (or the service was started without a group of its own)."""
+    try:
+        if os.getpgid(p.proc.pid) != p.proc.pid:
+            return False
+    except ProcessLookupError:
+        pass  # the leader is gone (reaped); its group lives while a member does
+    try:
+        os.killpg(p.proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
-    """SIGTERM every process, wait up to `timeout_s` in total, SIGKILL the rest."""
+    """SIGTERM every service, wait up to `timeout_s` in total, SIGKILL the rest; then the
+    same for what is left of each service's process group (the workers of a uvicorn
+    supervisor that died before them would keep its port)."""
     for p in procs:
         if p.proc.poll() is None:
-            p.proc.terminate()
+            p.proc.terminate()  # the supervisor stops its own workers
+        else:
+            _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     for p in procs:
         try:
             p.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop within %.0fs: killing it", p.name, timeout_s)
+            _signal_group(p, signal.SIGKILL)
             p.proc.kill()
             p.proc.wait()
+        while _signal_group(p, signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL):
+            if time.monotonic() >= deadline + 1.0:
+                log.warning("%s: processes of its group outlived SIGKILL", p.name)
+                break
+            time.sleep(0.05)
         if p.scratch is not None:
             shutil.rmtree(p.scratch, ignore_errors=True)
 

@@ -14,6 +14,7 @@ never for a real user.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import urllib.error
@@ -107,8 +108,9 @@ def _call(
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        return shown, Reply(0, f"connection failed: {exc}".encode(), None)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        # HTTPException: not HTTP at all (BadStatusLine) or cut off (IncompleteRead)
+        return shown, Reply(0, f"connection failed: {type(exc).__name__}: {exc}".encode(), None)
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -575,7 +577,10 @@ def run_verification(
             f"verify user {picks.verify_user}, seeds {picks.seeds}",
             None,
         )
-        v.run(picks)
+        try:
+            v.run(picks)
+        except Exception as exc:  # noqa: BLE001 - the log must say the run stopped, and why
+            v.record(False, "verification run", f"stopped: {type(exc).__name__}: {exc}", None)
     summary = (
         f"{'PASSED' if v.failures == 0 else 'FAILED'}: {v.passed} passed, {v.failures} failed, "
         f"{v.skipped} skipped in {time.perf_counter() - start:.2f}s"

@@ -275,3 +275,44 @@ def test_verify_service_passes_on_real_pipeline_artifacts(
     service_processes(cfg)
     lines = run_verify_service(cfg, tmp_path)
     assert any(x.startswith("PASS") and "user with history offline" in x for x in lines)
+
+
+def test_serve_refuses_a_port_another_process_listens_on(
+    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server on the recommendation port: `serve` starts nothing and says which
+    port (it took the other server's `/ready` for its own and verified it before)."""
+    import socket
+
+    from musicrec import serve
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    cfg = make_settings(artifacts["root"], tmp_path)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", cfg.recs_port))
+        other.listen(1)
+        with pytest.raises(serve.ServeError, match=f"port {cfg.recs_port} of the recommendations"):
+            serve.start_all(cfg)
+        assert serve.serve_all(cfg, run_verify=True, ready_timeout_s=5) == 1
+    assert started == []
+    serve.check_ports_free(cfg)  # free again
+
+
+def test_workers_of_a_dead_supervisor_are_stopped(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """The uvicorn supervisor of a two-worker service killed (as by the OOM killer): its
+    workers, left behind with the port, are stopped with the rest, so a restart can bind."""
+    cfg = make_settings(artifacts["root"], tmp_path, recs_workers=2)
+    procs = service_processes(cfg, ["recommendations"])
+    supervisor = procs[0].proc
+    workers = psutil.Process(supervisor.pid).children(recursive=True)
+    assert len(workers) >= 2
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait()
+    assert is_ready(procs[0].url)  # the orphans still answer on the port
+    stop_all(procs)
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, alive
+    assert not is_ready(procs[0].url)

@@ -54,3 +54,69 @@ def test_a_damaged_artifact_is_a_failed_check_in_the_log(tmp_path: Path) -> None
     assert run_verification(cfg, log_path=log) == 1
     lines = log.read_text().splitlines()
     assert any(x.startswith("FAIL pick ids from the artifacts") for x in lines), lines
+
+
+def test_a_peer_that_is_not_http_is_a_failed_check_and_the_log_is_written(
+    tmp_path: Path,
+) -> None:
+    """Every service address answering a line that is not HTTP (`BadStatusLine`, not an
+    `OSError`): failed checks in a fresh log, exit 1, no traceback; a stale PASSED log of
+    an earlier run is replaced."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    stop = threading.Event()
+
+    def answer() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    log = tmp_path / "service_test.log"
+    log.write_text("PASSED: 37 passed, 0 failed, 1 skipped in 0.60s\n")
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        rc = run_verification(
+            make_settings(root, tmp_path),
+            recs_url=url,
+            similar_url=url,
+            events_url=url,
+            log_path=log,
+        )
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    lines = log.read_text().splitlines()
+    assert rc == 1 and lines[-1].startswith("FAILED:"), lines[-3:]
+    assert any(x.startswith("FAIL") and "BadStatusLine" in x for x in lines), lines[:5]
+
+
+def test_a_check_that_raises_is_a_failed_line_and_the_log_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from musicrec import verify
+
+    def broken(self: object, picks: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(verify.Verifier, "run", broken)
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    log = tmp_path / "service_test.log"
+    assert run_verification(make_settings(root, tmp_path), log_path=log) == 1
+    lines = log.read_text().splitlines()
+    assert "FAIL verification run: stopped: RuntimeError: boom" in lines, lines
+    assert lines[-1].startswith("FAILED: 1 passed, 1 failed")
