@@ -7,8 +7,10 @@ import time.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -143,7 +145,15 @@ def upload(artifacts_dir: ArtifactsDir = None) -> None:
     upload_artifacts(s, root)
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (`timeout`, `docker stop`, systemd) ends the command as Ctrl-C does: by an
+    exception, so `finally` blocks remove half-written files and release locks (Python's
+    default SIGTERM ends the process at once)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `serve` sets its own while it runs
     try:
         app()
     except MusicRecError as exc:

@@ -833,6 +833,8 @@ def generate_dataset(
     if seed < 0:
         raise ConfigError(f"the seed must be a non-negative integer, got {seed}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output folder {out} is a file, not a directory")
     if not overwrite:
         if raw_data_present(out):
             log.info("raw files already in %s; not generating (overwrite=False)", out)
@@ -841,6 +843,10 @@ def generate_dataset(
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     out.mkdir(parents=True, exist_ok=True)
+    for name in RawFiles.All:  # half-written files of a run that was killed (SIGKILL)
+        for stale in out.glob(f".{name}.*.tmp"):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
     log.info("generating preset %s (seed %d) into %s", p.name, seed, out)
     cat = build_catalog(p, seed)
     users = build_users(p, seed)

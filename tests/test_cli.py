@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -116,6 +118,43 @@ def test_bad_cli_values_are_one_line_errors(
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], res.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_generate_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    res = cli("generate", "--preset", "tiny", "--out", "afile", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "error: the output folder afile is a file, not a directory" in res.stderr
+
+
+def test_sigterm_leaves_no_half_written_file(tmp_path: Path) -> None:
+    """`timeout` or `docker stop` (SIGTERM) in the middle of `generate`: exit 143 and no
+    temporary file left (Python's default SIGTERM skipped the clean-up); a temporary file
+    of a run killed outright (SIGKILL) is removed by the next run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICREC_")}
+    env["PYTHONPATH"] = str(REPO)
+    out = tmp_path / "d"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicrec", "generate", "--preset", "demo", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.glob(".*.tmp")), "generation never started writing"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert list(out.iterdir()) == []
+    stale = out / f".{RawFiles.Interactions}.abc123.tmp"
+    stale.write_bytes(b"half")
+    assert cli("generate", "--preset", "tiny", "--out", "d", cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(RawFiles.All)
 
 
 def test_upload_of_a_folder_without_artifacts_is_an_error(tmp_path: Path) -> None:
