@@ -135,7 +135,7 @@ def test_sigterm_leaves_no_half_written_file(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO)
     out = tmp_path / "d"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "musicrec", "generate", "--preset", "demo", "--out", str(out)],
+        [sys.executable, "-m", "musicrec", "generate", "--preset", "full10", "--out", str(out)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -143,9 +143,10 @@ def test_sigterm_leaves_no_half_written_file(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while not list(out.glob(".*.tmp")) and time.monotonic() < deadline:
+        # all three files begun (the listens being written): the signal lands in the loop
+        while len(list(out.glob(".*.tmp"))) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert list(out.glob(".*.tmp")), "generation never started writing"
+        assert len(list(out.glob(".*.tmp"))) == 3, "generation never started writing"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
