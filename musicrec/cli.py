@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -153,7 +154,8 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `serve` sets its own while it runs
+    if threading.current_thread() is threading.main_thread():  # only there can it be set
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `serve` sets its own while it runs
     try:
         app()
     except MusicRecError as exc:
