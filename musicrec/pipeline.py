@@ -946,6 +946,12 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
 def collect_metrics(ctx: PipelineContext) -> dict[str, Any]:
     """The content of `recsys/metrics.json`, from the results of a finished plan."""
     r = ctx.results
+    missing = [name for name in ("prepare", "split", "ranker", "evaluate") if name not in r]
+    if missing:  # the notebook's metrics cell run before the stage cells
+        raise MusicRecError(
+            f"the metrics need the stages {', '.join(map(repr, missing))} run first in this "
+            "context (in the notebook: run the cells above it)"
+        )
     return {
         "split": r["split"]["split"],
         "data": r["prepare"].get("stats", {}),

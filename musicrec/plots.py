@@ -365,6 +365,21 @@ def _draw_long_tail(pop: _Popularity, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def history_length_bars(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bins of the history-length picture: (edges, height of each bin).
+
+    Log-spaced bins with edges at x.5, so each holds whole listen counts, 1 to several
+    hundred of them; a bin's height is its users divided by the counts it holds (users per
+    listen count), so bins of different widths compare: the raw count per bin made a bin
+    of three counts tower over its neighbours of one or two.
+    """
+    lengths = np.asarray(lengths)
+    starts = np.unique(np.round(np.geomspace(1, float(lengths.max()), num=50)))
+    edges = np.append(starts - 0.5, starts[-1] + 0.5)
+    users, _ = np.histogram(lengths, bins=edges)
+    return edges, users / np.diff(edges)
+
+
 def _draw_user_history_length(pop: _Popularity, path: str | Path) -> Path:
     fig = _figure(9, 5.5)
     ax = fig.add_subplot()
@@ -372,16 +387,14 @@ def _draw_user_history_length(pop: _Popularity, path: str | Path) -> Path:
     if len(lengths) == 0:
         _no_data(ax, "events")
     else:
-        # log-spaced bins with integer edges (x.5), so no bin falls between two integers
-        edges = np.unique(np.round(np.geomspace(1, float(lengths.max()) + 1, num=50)))
-        bins = np.append(edges - 0.5, edges[-1] + 0.5)
-        ax.hist(lengths, bins=bins.tolist(), color=_BAR, edgecolor="white", linewidth=0.5)
+        edges, heights = history_length_bars(lengths)
+        ax.stairs(heights, edges, fill=True, color=_BAR)
         ax.set_xscale("log")
         med = float(np.median(lengths))
         ax.axvline(med, color=_ACCENT, ls="--", lw=1.5, label=f"median {med:,.0f} listens")
         ax.legend(loc="upper right", title=f"{len(lengths):,} users, mean {lengths.mean():,.1f}")
         ax.set_xlabel("listens per user (log)")
-        ax.set_ylabel("users")
+        ax.set_ylabel("users per listen count")
         _thousands(ax.xaxis)
         _thousands(ax.yaxis)
         ax.grid(axis="y", alpha=0.3)

@@ -71,6 +71,19 @@ assert _cli_metrics == _nb_metrics, "metrics.json of the notebook and of run_pip
 print("plan parity ok:", sorted(ctx.fingerprints))
 """
 
+#: appended after the parity check: a parameter cell re-run without the set-up cell
+STALE_CHECK = """
+_kept = cfg
+cfg = cfg.model_copy(update={"top_k": cfg.top_k + 1})
+try:
+    run("ranker")
+except ConfigError as _exc:
+    print("stale parameters refused:", _exc)
+finally:
+    cfg = _kept
+print("same parameters run:", bool(run("ranker")))
+"""
+
 
 def code_cells(cells: list[Any]) -> list[Any]:
     return [c for c in cells if c.cell_type == "code"]
@@ -159,6 +172,7 @@ class Executed:
     log_file: Path
     seconds: float
     parity_error: Exception | None
+    stale_output: str  # what STALE_CHECK printed
 
 
 def private_kernel(root: Path) -> str:
@@ -193,6 +207,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
         nb = nbformat.read(NOTEBOOK, as_version=4)
         n_cells = len(nb.cells)
         nb.cells.append(nbformat.v4.new_code_cell(PARITY_CHECK))
+        nb.cells.append(nbformat.v4.new_code_cell(STALE_CHECK))
         client = nbclient.NotebookClient(
             nb,
             timeout=CELL_TIMEOUT_S,
@@ -210,7 +225,19 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
                 client.execute_cell(nb.cells[n_cells], n_cells)
             except nbclient.exceptions.CellExecutionError as exc:
                 parity_error = exc
-    return Executed(nb, n_cells, artifacts, log_file, seconds, parity_error)
+            client.execute_cell(nb.cells[n_cells + 1], n_cells + 1)
+    stale = "".join(o.get("text", "") for o in nb.cells[n_cells + 1].outputs)
+    return Executed(nb, n_cells, artifacts, log_file, seconds, parity_error, stale)
+
+
+@pytest.mark.slow
+def test_a_stage_cell_refuses_parameters_the_set_up_cell_did_not_see(executed: Executed) -> None:
+    """The parameter cells re-run, the set-up cell not: a stage cell would have reused its
+    result under the old parameters without a word; it says to re-run the set-up cell."""
+    assert "stale parameters refused: the parameters changed since the set-up cell" in (
+        executed.stale_output
+    ), executed.stale_output
+    assert "same parameters run: True" in executed.stale_output
 
 
 @pytest.mark.slow

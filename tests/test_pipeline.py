@@ -37,6 +37,7 @@ from musicrec.pipeline import (
     StageCache,
     build_plan,
     candidate_recall_diagnostic,
+    collect_metrics,
     label_windows,
     run_pipeline,
     stage_als,
@@ -624,6 +625,10 @@ def test_a_stage_run_before_its_upstream_stages_names_them(tiny_pipeline: TinyPi
     plan = {stage.name: stage for stage in build_plan(ctx)}
     with pytest.raises(MusicRecError, match=r"stage 'evaluate' needs .*'ranker'.*cells above"):
         ctx.run_stage(plan["evaluate"])
+    with pytest.raises(
+        MusicRecError, match=r"metrics need the stages 'prepare', 'split', 'ranker'"
+    ):
+        collect_metrics(ctx)  # the notebook's metrics cell run first: a bare KeyError before
     assert ctx.run_stage(plan["prepare"])  # a stage without upstream runs (reused here)
 
 

@@ -98,6 +98,29 @@ def test_single_plot_functions(tmp_path: Path) -> None:
         check_png(path)
 
 
+def test_history_length_bars_are_users_per_listen_count() -> None:
+    """Five users at every length 1..300: every bar is 5 high (with users per bin, bins of
+    1, 2 and 3 counts drew 5, 10 and 15: peaks and dips the data does not have); the bars'
+    area is the number of users, and each bin's edges sit between whole counts."""
+    lengths = np.repeat(np.arange(1, 301), 5)
+    edges, heights = P.history_length_bars(lengths)
+    widths = np.diff(edges)
+    assert len(set(widths.tolist())) > 3  # bins of several widths
+    np.testing.assert_allclose(heights, 5.0)
+    assert float((heights * widths).sum()) == len(lengths)
+    np.testing.assert_array_equal(edges % 1, 0.5)
+    edges, heights = P.history_length_bars(np.array([1, 1, 2, 7, 7, 7]))
+    by_count = {c: heights[np.searchsorted(edges, c) - 1] for c in (1, 2, 7)}
+    assert by_count[1] == 2.0 and by_count[2] == 1.0
+    assert by_count[7] == 3.0 / widths_of(edges, 7)
+
+
+def widths_of(edges: np.ndarray, count: int) -> float:
+    """How many whole counts the bin holding `count` spans."""
+    i = np.searchsorted(edges, count) - 1
+    return float(edges[i + 1] - edges[i])
+
+
 def test_empty_lists_and_missing_names_are_handled(tmp_path: Path) -> None:
     # the most listened track has empty artist/genre lists, no name and no main artist;
     # list cells as numpy arrays, as they come back from parquet
