@@ -144,7 +144,7 @@ def test_parameters_cell_sets_every_config_field() -> None:
         assert not missing, f"{name}(...) in the notebook does not set {sorted(missing)}"
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "lastfm.toml"])
+@pytest.mark.parametrize("name", ["demo.toml", "lastfm.toml", "movielens.toml"])
 def test_example_configs_load(name: str) -> None:
     """Each example config loads, and its values are the file's (read back with tomllib,
     compared section by section), not the defaults."""
