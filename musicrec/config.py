@@ -256,6 +256,14 @@ class PipelineConfig(_Strict):
                     f"{name} = {length} is shorter than the metrics' k = {k} (eval.k_ndcg / "
                     f"eval.k_precision): raise {name} or lower the k"
                 )
+        head = self.als.max_scored_items
+        if head is not None and head <= max(self.als.n_recs, self.similar.k):
+            # ALS scores only the head: a user who heard most of it got a list of a few
+            # tracks, or none, though unheard tracks exist
+            raise ValueError(
+                f"als.max_scored_items = {head} must exceed als.n_recs ({self.als.n_recs}) "
+                f"and similar.k ({self.similar.k}): the lists are drawn from those tracks"
+            )
         return self
 
 

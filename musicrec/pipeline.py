@@ -41,7 +41,7 @@ from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 from musicrec.config import ALSConfig, PipelineConfig
-from musicrec.errors import ArtifactError, DataValidationError, MusicRecError
+from musicrec.errors import ArtifactError, ConfigError, DataValidationError, MusicRecError
 from musicrec.features import collect_features
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import HeardIndex
@@ -333,6 +333,12 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
     matrix = InteractionMatrix.from_events(hist)
     scored = top_item_codes(matrix, cfg.max_scored_items)
     warm = np.intersect1d(lab.target[C.User].unique(), matrix.users.ids)
+    if len(warm) == 0:  # no grid point could be scored: it fell back to the defaults, silently
+        raise ConfigError(
+            f"ALS tuning: none of the {len(matrix.users.ids):,} users it samples "
+            f"(als.tune_max_users = {cfg.tune_max_users}) listened in the label window, so "
+            "no grid point can be scored: raise als.tune_max_users or set als.tune = false"
+        )
     target = lab.target[lab.target[C.User].isin(warm)]
     for f in cfg.factors_grid:
         for r in cfg.regularization_grid:

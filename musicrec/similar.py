@@ -41,7 +41,9 @@ def similar_tracks(
     target_pos = np.arange(n) if items is None else np.full(n, -1, dtype=np.int64)
     if items is not None:
         target_pos[items] = np.arange(len(items))
-    k = min(k, len(targets) - 1)
+    # a query among the targets loses one of them to the self filter; one outside the
+    # scored head (with `items`) can have every target
+    k = min(k, len(targets) - 1 if items is None else len(targets))
     if k <= 0 or (queries is not None and len(queries) == 0):
         return empty_similar()
     frames = []

@@ -746,6 +746,39 @@ def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
     assert params == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
 
 
+def test_tuning_without_a_scorable_user_is_an_error() -> None:
+    """`tune_max_users` so small that no sampled user listened in the label window: no grid
+    point can be scored (the stage went on with the defaults, 64 factors here, silently)."""
+    from types import SimpleNamespace
+
+    hist = pd.DataFrame({C.User: [1, 1, 2, 2, 3, 3], C.Item: [10, 11, 11, 12, 10, 12]})
+    target = pd.DataFrame({C.User: [2], C.Item: [10]})
+    cfg = PipelineConfig.model_validate(
+        {
+            "als": {
+                "factors": 64,
+                "factors_grid": [4],
+                "regularization_grid": [0.1],
+                "alpha_grid": [5.0],
+                "tune_max_users": 1,
+                "iterations": 2,
+            }
+        }
+    )
+    picked = []
+    for seed in range(6):  # some seeds sample user 2 (a grid point), others not (the error)
+        c = cfg.model_copy(update={"als": cfg.als.model_copy(update={"random_state": seed})})
+        ctx = SimpleNamespace(cfg=c, label=SimpleNamespace(history=hist, target=target))
+        try:
+            picked.append(tune_als(ctx))
+        except ConfigError as exc:
+            assert "none of the 1 users it samples" in str(exc)
+            assert "als.tune_max_users" in str(exc)
+            picked.append(None)
+    assert {"factors": 4, "regularization": 0.1, "alpha": 5.0} in picked and None in picked
+    assert {} not in picked
+
+
 def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path: Path) -> None:
     ctx = _context(tiny_prepared, fast_pipeline_config(), tmp_path)
     lab, test = ctx.label, ctx.test
@@ -976,6 +1009,9 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         # lists shorter than the metrics' k would be scored unfairly against popular
         ("top_k = 20\n[eval]\nk_ndcg = 50\n", "top_k = 20 is shorter than the metrics' k = 50"),
         ("[als]\nn_recs = 5\n[eval]\nk_ndcg = 10\n", "als.n_recs = 5 is shorter"),
+        # ALS lists come from the scored head: one no longer than them cut them short
+        ("[als]\nmax_scored_items = 100\n", "als.max_scored_items = 100 must exceed"),
+        ("[als]\nmax_scored_items = 150\nn_recs = 200\n", "als.n_recs (200)"),
     ],
 )
 def test_load_config_rejects_bad_keys(tmp_path: Path, text: str, named: str) -> None:

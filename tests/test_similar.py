@@ -94,3 +94,18 @@ def test_k_capped_by_catalogue_and_degenerate_models() -> None:
     full = similar_tracks(model, 2, num_threads=1)
     assert len(empty) == 0 and empty.dtypes.to_dict() == full.dtypes.to_dict()
     assert str(empty[C.Item1].dtype) == "int32" and str(empty[C.Rank].dtype) == "int16"
+
+
+def test_a_scored_head_as_small_as_k_still_fills_the_tracks_outside_it() -> None:
+    """With `items` (the scored head), a track outside the head has every head track as a
+    candidate, a track inside it every other one: lists of len(head) and len(head) - 1
+    (both were one short: the self slot was reserved for every track)."""
+    model = random_model(30, seed=4)
+    head = np.array([2, 5, 9])
+    sim = similar_tracks(model, 3, num_threads=1, items=head)
+    sizes = sim.groupby(C.Item1).size()
+    in_head = set(model.items.ids[head].tolist())
+    assert set(sim[C.Item2]) <= in_head and not (sim[C.Item1] == sim[C.Item2]).any()
+    assert all(sizes[i] == (2 if i in in_head else 3) for i in model.items.ids.tolist())
+    one = similar_tracks(model, 5, num_threads=1, items=np.array([2]))
+    assert len(one) == 29 and set(one[C.Item2]) == {int(model.items.ids[2])}
