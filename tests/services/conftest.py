@@ -26,6 +26,19 @@ from musicrec.settings import Settings
 from .artifacts_fixture import write_fake_artifacts
 
 
+def assert_json_413(client: Any, path: str, body: bytes) -> None:
+    """`body` over `path`'s size limit gets a JSON 413, as every other error, whether its
+    size is announced (Content-Length) or not (chunked)."""
+    json_type = {"Content-Type": "application/json"}
+    announced = client.post(path, content=body, headers=json_type)
+    chunked = client.post(path, content=iter([body[:1000], body[1000:]]), headers=json_type)
+    for r in (announced, chunked):
+        assert r.status_code == 413
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == {"detail": "Content Too Large"}
+    assert announced.headers["content-length"] == str(len(announced.content))
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1."""
     with socket.socket() as s:

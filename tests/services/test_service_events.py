@@ -20,6 +20,8 @@ from musicrec.service_events import EVENTS_K_MAX, create_app
 from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
 from musicrec.settings import Settings
 
+from .conftest import assert_json_413
+
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
@@ -518,15 +520,4 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
 
 
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
-    """A 413 in JSON, as every other error, whether the body's size was announced or not."""
-    big = b'{"user_ids": [' + b"1, " * 40_000 + b"1]}"
-    json_type = {"Content-Type": "application/json"}
-    announced = client.post("/get_events_batch", content=big, headers=json_type)
-    chunked = client.post(
-        "/get_events_batch", content=iter([big[:1000], big[1000:]]), headers=json_type
-    )
-    for r in (announced, chunked):
-        assert r.status_code == 413
-        assert r.headers["content-type"] == "application/json"
-        assert r.json() == {"detail": "Content Too Large"}
-    assert announced.headers["content-length"] == str(len(announced.content))
+    assert_json_413(client, "/get_events_batch", b'{"user_ids": [' + b"1, " * 40_000 + b"1]}")

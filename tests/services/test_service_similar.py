@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from musicrec.service_similar import MAX_BATCH, MAX_BATCH_BODY, create_app
 from musicrec.settings import Settings
 
-from .conftest import make_settings
+from .conftest import assert_json_413, make_settings
 
 
 @pytest.fixture
@@ -90,17 +90,8 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
 
 
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
-    """A 413 in JSON, as every other error, whether the body's size was announced or not."""
     big = b'{"track_ids": [' + b"1," * MAX_BATCH_BODY + b"1]}"
-    json_type = {"Content-Type": "application/json"}
-    announced = client.post("/similar_tracks_batch", content=big, headers=json_type)
-    chunked = client.post(
-        "/similar_tracks_batch", content=iter([big[:1000], big[1000:]]), headers=json_type
-    )
-    for r in (announced, chunked):
-        assert r.status_code == 413
-        assert r.headers["content-type"] == "application/json"
-        assert r.json() == {"detail": "Content Too Large"}
+    assert_json_413(client, "/similar_tracks_batch", big)
 
 
 def test_plain_text_errors_below_the_handlers_are_sent_as_json() -> None:
