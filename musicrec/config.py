@@ -199,9 +199,11 @@ class RankerConfig(_Strict):
     def _known_loss(cls, loss: str) -> str:
         """A CatBoost loss this ranker trains with (`Name` or `Name:param=value;...`),
         checked here rather than by CatBoost after the ALS stages have run."""
-        name = loss.split(":", 1)[0]
+        name, _, params = loss.partition(":")
         if name not in RANKER_LOSSES:
             raise ValueError(f"unknown loss {name!r}; one of {sorted(RANKER_LOSSES)}")
+        if name == "StochasticRank" and "metric=" not in params:
+            raise ValueError("StochasticRank needs its metric, e.g. 'StochasticRank:metric=NDCG'")
         return loss
 
     @field_validator("features")
@@ -256,6 +258,13 @@ class PipelineConfig(_Strict):
                     f"{name} = {length} is shorter than the metrics' k = {k} (eval.k_ndcg / "
                     f"eval.k_precision): raise {name} or lower the k"
                 )
+        if self.ranker.als_candidates < k:
+            # the ranker orders its candidates only, and ALS's are the source that always
+            # fills: fewer of them made lists shorter than k, scored at k against full ones
+            raise ValueError(
+                f"ranker.als_candidates = {self.ranker.als_candidates} is fewer than the "
+                f"metrics' k = {k}: the ranker's lists could be shorter than k"
+            )
         head = self.als.max_scored_items
         if head is not None and head <= max(self.als.n_recs, self.similar.k):
             # ALS scores only the head: a user who heard most of it got a list of a few

@@ -528,6 +528,15 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
             "label windows where some candidate of a warm user is listened to",
             found="no positive training row",
         )
+    if train[TARGET].nunique() < 2:  # CatBoost: "All train targets are equal"
+        raise DataValidationError(
+            str(ctx.paths.events),
+            C.Datetime,
+            "training rows with both listened and unlistened candidates",
+            found=f"{len(train):,} rows, every one labelled {int(train[TARGET].iloc[0])}: too "
+            "few candidates per user (ranker.als_candidates, popular_candidates, "
+            "similar_candidates) to leave negatives",
+        )
     log.info(
         "ranker training: %d rows, %d queries over %d windows, %.3f positive",
         len(train),

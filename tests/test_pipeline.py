@@ -935,6 +935,29 @@ def test_label_windows_stop_early_when_the_history_runs_out(
     assert "1 label windows instead of 4" in caplog.text
 
 
+def test_training_rows_of_one_label_are_a_clear_error(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kept training row a positive (too few candidates per user to leave negatives):
+    a DataValidationError naming the candidate settings, not CatBoost's "All train targets
+    are equal" traceback after the ALS stages."""
+    import musicrec.pipeline as pipeline_module
+    from musicrec.ranker import TARGET
+
+    cfg = fast_pipeline_config()
+
+    def all_positive(ctx: PipelineContext, lab: object, w: int) -> tuple[pd.DataFrame, dict]:
+        rows = pd.DataFrame({C.User: np.arange(6, dtype=np.int32), TARGET: np.int8(1)})
+        for name in cfg.ranker.feature_names:
+            rows[name] = np.float32(w)
+        return rows, {"candidate_recall": 1.0}
+
+    monkeypatch.setattr(pipeline_module, "window_training_rows", all_positive)
+    ctx = _context(tiny_prepared, cfg, tmp_path)
+    with pytest.raises(DataValidationError, match=r"every one labelled 1.*als_candidates"):
+        train_ranker(ctx)
+
+
 def test_no_positive_training_row_is_a_clear_error(
     tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1011,6 +1034,10 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         ("[als]\nn_recs = 5\n[eval]\nk_ndcg = 10\n", "als.n_recs = 5 is shorter"),
         # ALS lists come from the scored head: one no longer than them cut them short
         ("[als]\nmax_scored_items = 100\n", "als.max_scored_items = 100 must exceed"),
+        # the ranker orders its candidates only: fewer ALS ones than k made short lists
+        ("[ranker]\nals_candidates = 5\n", "ranker.als_candidates = 5 is fewer than"),
+        # CatBoost refuses StochasticRank without its metric, after the ALS stages
+        ('[ranker]\nloss_function = "StochasticRank"\n', "StochasticRank needs its metric"),
         ("[als]\nmax_scored_items = 150\nn_recs = 200\n", "als.n_recs (200)"),
     ],
 )
