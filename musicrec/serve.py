@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,7 +38,7 @@ from typing import Any
 
 from pydantic import AliasChoices, SecretStr
 
-from musicrec.settings import Settings, connect_host
+from musicrec.settings import INSTANCE_HEADER, Settings, connect_host
 
 log = logging.getLogger("musicrec.serve")
 
@@ -223,10 +224,13 @@ def start_all(
     return [start_service(s, settings, env, **popen) for s in SERVICES if s.name in wanted]
 
 
-def is_ready(url: str, timeout_s: float = 1.0) -> bool:
-    """Whether `GET {url}/ready` answers 200."""
+def is_ready(url: str, timeout_s: float = 1.0, instance: str | None = None) -> bool:
+    """Whether `GET {url}/ready` answers 200 (with `instance`: from a service started with
+    that `serve_instance`, echoed in its header)."""
     try:
         with urllib.request.urlopen(f"{url}/ready", timeout=timeout_s) as resp:
+            if instance is not None and resp.headers.get(INSTANCE_HEADER) != instance:
+                return False
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -236,9 +240,10 @@ def wait_ready(
     procs: Sequence[ServiceProcess],
     timeout_s: float = 120.0,
     stop: threading.Event | None = None,
+    instance: str | None = None,
 ) -> None:
-    """Wait until every service answers `/ready`; `ServeError` if one exits or time runs
-    out (or `stop` is set)."""
+    """Wait until every service answers `/ready` (with `instance`: echoing it); `ServeError`
+    if one exits or time runs out (or `stop` is set)."""
     deadline = time.monotonic() + timeout_s
     pending = list(procs)
     while pending:
@@ -246,7 +251,7 @@ def wait_ready(
             code = p.proc.poll()
             if code is not None:
                 raise ServeError(f"{p.name} service exited with code {code} during start-up")
-            if is_ready(p.url):
+            if is_ready(p.url, instance=instance):
                 log.info("%s ready at %s", p.name, p.url)
                 pending.remove(p)
         if not pending:
@@ -326,9 +331,13 @@ def serve_all(
 
     procs: list[ServiceProcess] = []
     rc = 0
+    # a token per run, echoed by each child's /ready: an answer from another server that
+    # took a port after the check in start_all is not taken for a child's
+    instance = secrets.token_hex(8)
+    settings = settings.model_copy(update={"serve_instance": instance})
     try:
         procs = start_all(settings)
-        wait_ready(procs, ready_timeout_s, stop)
+        wait_ready(procs, ready_timeout_s, stop, instance=instance)
         for p in procs:
             print(f"{p.name:>15}: {p.url}  (docs: {p.url}/docs)", flush=True)
         if run_verify and not stop.is_set():

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from musicrec.artifacts import ARTIFACT_COLUMNS
 from musicrec.errors import ArtifactError
-from musicrec.settings import Settings
+from musicrec.settings import INSTANCE_HEADER, Settings
 
 log = logging.getLogger("musicrec.services")
 
@@ -413,7 +413,11 @@ class RateLimitedLog:
 
 
 def install_common(
-    app: FastAPI, service: str, metrics: ServiceMetrics, is_ready: Callable[[], bool]
+    app: FastAPI,
+    service: str,
+    metrics: ServiceMetrics,
+    is_ready: Callable[[], bool],
+    instance: str | None = None,
 ) -> None:
     """Add the metrics middleware (outermost), JSON error bodies (innermost: after an
     express lane, whose answers never need it), the 422 handler and `/health`, `/ready`,
@@ -435,9 +439,13 @@ def install_common(
         tags=["probes"],
     )
     async def ready() -> Response:
-        """Readiness probe: 200 `{"ready": true}` once loaded, else 503 `{"ready": false}`."""
+        """Readiness probe: 200 `{"ready": true}` once loaded, else 503 `{"ready": false}`
+        (started by `musicrec serve`: its run's token in the X-Musicrec-Instance header)."""
         ok = is_ready()
-        return OrjsonResponse({"ready": ok, "service": service}, status_code=200 if ok else 503)
+        headers = {INSTANCE_HEADER: instance} if instance else None
+        return OrjsonResponse(
+            {"ready": ok, "service": service}, status_code=200 if ok else 503, headers=headers
+        )
 
     @app.get(
         "/metrics",

@@ -206,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SERVICE,
         metrics,
         lambda: app.state.store is not None and app.state.store.is_open,
+        cfg.serve_instance,
     )
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:

@@ -419,6 +419,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SERVICE,
         metrics,
         lambda: app.state.offline is not None and app.state.upstreams is not None,
+        cfg.serve_instance,
     )
     responses = {**VALIDATION_RESPONSES, **NOT_READY_RESPONSES}
 

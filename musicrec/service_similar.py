@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     lanes: dict[str, Lane] = {}
     if cfg.fast_path:
         app.add_middleware(FastPath, lanes=lanes)
-    install_common(app, SERVICE, metrics, lambda: app.state.similar is not None)
+    install_common(app, SERVICE, metrics, lambda: app.state.similar is not None, cfg.serve_instance)
 
     @app.post(
         "/similar_tracks",

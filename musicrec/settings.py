@@ -14,6 +14,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: the header of `/ready` that carries `Settings.serve_instance`
+INSTANCE_HEADER = "X-Musicrec-Instance"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -38,6 +41,12 @@ class Settings(BaseSettings):
     recs_port: int = 8000
     recs_workers: int = Field(
         1, ge=1, le=16, description="uvicorn worker processes of the recommendation service"
+    )
+    serve_instance: str | None = Field(
+        None,
+        description="Set by `musicrec serve` for the services it starts: `/ready` echoes it "
+        "in the X-Musicrec-Instance header, so serve takes only its own children's answers "
+        "(not another server's that took the port)",
     )
     fast_path: bool = Field(
         True,

@@ -316,3 +316,23 @@ def test_workers_of_a_dead_supervisor_are_stopped(
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, alive
     assert not is_ready(procs[0].url)
+
+
+def test_serve_takes_only_its_own_childrens_ready(
+    service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """A service started with `serve_instance` echoes it in /ready's header; `wait_ready`
+    for another run's token never takes its answer (a server that took the port after the
+    port check answers /ready too)."""
+    from musicrec.serve import ServeError, wait_ready
+
+    cfg = make_settings(artifacts["root"], tmp_path, serve_instance="run-1")
+    procs = service_processes(cfg, ["similar"])
+    url = procs[0].url
+    ready = httpx.get(f"{url}/ready", timeout=10)
+    assert ready.json() == {"ready": True, "service": "similar"}  # the body is unchanged
+    assert ready.headers["x-musicrec-instance"] == "run-1"
+    assert is_ready(url) and is_ready(url, instance="run-1")
+    assert not is_ready(url, instance="run-2")
+    with pytest.raises(ServeError, match="not ready after"):
+        wait_ready(procs, timeout_s=1.0, instance="run-2")
