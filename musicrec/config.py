@@ -4,6 +4,7 @@ TOML or YAML file (`load_config`) or built in the notebook's first cell."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from datetime import date, time
 from pathlib import Path
@@ -276,6 +277,25 @@ class PipelineConfig(_Strict):
         return self
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-3` and `5e-2` are numbers (YAML 1.1,
+    which PyYAML follows, reads them as strings, which the strict check then refused)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def _as_json_value(value: object) -> str:
     """The JSON form of the dates and times TOML and YAML parse natively (ISO 8601)."""
     if isinstance(value, date | time):  # datetime is a date
@@ -299,7 +319,11 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         raise ConfigError(f"{path}: config must be .toml, .yaml or .yml")
     try:
         text = path.read_text()
-        raw = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        raw = (
+            tomllib.loads(text)
+            if path.suffix == ".toml"
+            else (yaml.load(text, Loader=_Yaml12Loader) or {})  # a SafeLoader subclass
+        )
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from exc
     try:

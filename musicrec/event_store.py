@@ -409,8 +409,8 @@ class EventStore:
                     self.path,
                     time.perf_counter() - t0,
                 )
-        if _OLD_INDEX in names:
-            conn.execute(f"DROP INDEX {_OLD_INDEX}")
+        if _OLD_INDEX in names:  # IF EXISTS: another process opening it may have dropped it
+            conn.execute(f"DROP INDEX IF EXISTS {_OLD_INDEX}")
 
     # --- reads (reader threads) -----------------------------------------------------------
 

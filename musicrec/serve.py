@@ -326,7 +326,9 @@ def serve_all(
             log.info("received %s: stopping the services", signal.Signals(signum).name)
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP (the terminal closed) and SIGQUIT (Ctrl+backslash) too: the services run in
+        # sessions of their own, so a signal to serve's process group no longer reaches them
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             previous[sig] = signal.signal(sig, on_signal)
 
     procs: list[ServiceProcess] = []

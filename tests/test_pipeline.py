@@ -1064,6 +1064,21 @@ def test_load_config_is_strict_only_where_a_value_would_change_meaning(tmp_path:
     assert cfg.split.test_start == date(2022, 12, 1)
 
 
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """`1e-3` is a string to PyYAML (YAML 1.1) and was refused by the strict check: read as
+    YAML 1.2 reads it; a float for an integer field stays an error."""
+    yml = tmp_path / "p.yaml"
+    yml.write_text(
+        "als:\n  regularization: 1e-3\n  alpha_grid: [5, 2e1]\nranker:\n  learning_rate: 5e-2\n"
+    )
+    cfg = load_config(yml)
+    assert cfg.als.regularization == 0.001 and cfg.ranker.learning_rate == 0.05
+    assert cfg.als.alpha_grid == [5.0, 20.0]
+    yml.write_text("als:\n  factors: 1e2\n")
+    with pytest.raises(ConfigError, match="als.factors"):
+        load_config(yml)
+
+
 def test_load_config_names_a_yaml_value_with_no_config_meaning(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("als:\n  factors_grid: !!set {8: null, 16: null}\n")

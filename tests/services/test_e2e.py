@@ -227,9 +227,14 @@ def test_verify_service_fails_when_services_are_down(
     assert "FAIL recommendations /health" in text and text.splitlines()[-1].startswith("FAILED")
 
 
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP (the terminal closed)"]
+)
 def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
-    artifacts: dict[str, Any], tmp_path: Path
+    artifacts: dict[str, Any], tmp_path: Path, sig: signal.Signals
 ) -> None:
+    """The services run in sessions of their own: a SIGHUP killed serve alone and left all
+    three running on their ports."""
     cfg = make_settings(artifacts["root"], tmp_path)
     env = child_environment(cfg)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -253,7 +258,7 @@ def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
                 output += proc.stdout.read1(65536)  # type: ignore[attr-defined]
         urls = [f"http://127.0.0.1:{p}" for p in (cfg.recs_port, cfg.similar_port, cfg.events_port)]
         assert all(is_ready(u) for u in urls)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=30)
         output += rest
     finally:

@@ -161,6 +161,42 @@ def test_store_uses_wal_and_group_commits_concurrent_writes(tmp_path: Path) -> N
         assert "COVERING INDEX events_user_recent" in plan and "TEMP B-TREE" not in plan
 
 
+def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path) -> None:
+    """Two stores opening the same database of the older index at once (two replicas): both
+    see the old index, one drops it; the other failed with "no such index"."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
+            "track_id INTEGER NOT NULL, ts REAL NOT NULL);"
+            "CREATE INDEX events_user_id ON events (user_id, id);"
+        )
+        db.executemany(
+            "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
+            ((i % 997, i, float(i)) for i in range(300_000)),
+        )
+    stores = [EventStore(path), EventStore(path)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def open_store(store: EventStore) -> None:
+        start.wait()
+        try:
+            store.open()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        if s.is_open:
+            s.close()
+    assert errors == []
+
+
 def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path) -> None:
     """A database written before the covering index (its index on (user_id, id) only) gets
     the new index at open, loses the old one, and reads the same events."""
