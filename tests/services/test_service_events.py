@@ -7,7 +7,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,20 +161,23 @@ def test_store_uses_wal_and_group_commits_concurrent_writes(tmp_path: Path) -> N
         assert "COVERING INDEX events_user_recent" in plan and "TEMP B-TREE" not in plan
 
 
-def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path) -> None:
-    """Two stores opening the same database of the older index at once (two replicas): both
-    see the old index, one drops it; the other failed with "no such index"."""
-    path = tmp_path / "old.db"
+def older_database(path: Path, rows: Iterable[tuple[int, int, float]]) -> Path:
+    """An event database of the layout before the covering index (user_id, id) with `rows`
+    of (user_id, track_id, ts)."""
     with sqlite3.connect(path) as db:
         db.executescript(
             "CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
             "track_id INTEGER NOT NULL, ts REAL NOT NULL);"
             "CREATE INDEX events_user_id ON events (user_id, id);"
         )
-        db.executemany(
-            "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
-            ((i % 997, i, float(i)) for i in range(300_000)),
-        )
+        db.executemany("INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)", rows)
+    return path
+
+
+def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path) -> None:
+    """Two stores opening the same database of the older index at once (two replicas): both
+    see the old index, one drops it; the other failed with "no such index"."""
+    path = older_database(tmp_path / "old.db", ((i % 997, i, float(i)) for i in range(300_000)))
     stores = [EventStore(path), EventStore(path)]
     start = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -200,17 +203,9 @@ def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path)
 def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path) -> None:
     """A database written before the covering index (its index on (user_id, id) only) gets
     the new index at open, loses the old one, and reads the same events."""
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
-            "track_id INTEGER NOT NULL, ts REAL NOT NULL);"
-            "CREATE INDEX events_user_id ON events (user_id, id);"
-        )
-        db.executemany(
-            "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
-            [(u, 100 * u + i, float(i)) for i in range(5) for u in (1, 2)],
-        )
+    path = older_database(
+        tmp_path / "old.db", [(u, 100 * u + i, float(i)) for i in range(5) for u in (1, 2)]
+    )
     store = EventStore(path)
     store.open()
     try:
