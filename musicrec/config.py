@@ -296,6 +296,15 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def _read_yaml(text: str) -> object:
+    """`text` read by `_Yaml12Loader` (a SafeLoader: plain data only, nothing executed)."""
+    loader = _Yaml12Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _as_json_value(value: object) -> str:
     """The JSON form of the dates and times TOML and YAML parse natively (ISO 8601)."""
     if isinstance(value, date | time):  # datetime is a date
@@ -319,11 +328,7 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         raise ConfigError(f"{path}: config must be .toml, .yaml or .yml")
     try:
         text = path.read_text()
-        raw = (
-            tomllib.loads(text)
-            if path.suffix == ".toml"
-            else (yaml.load(text, Loader=_Yaml12Loader) or {})  # a SafeLoader subclass
-        )
+        raw = tomllib.loads(text) if path.suffix == ".toml" else (_read_yaml(text) or {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from exc
     try:

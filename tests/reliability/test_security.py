@@ -42,6 +42,15 @@ AWS_SECRET = "wJalrXUtnFEMI-example-secret-0f9e8d7c"
 #: modules and calls that unpickle (or may): none of them may appear in the package
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve"}
 PICKLE_CALLS = {"read_pickle", "unsafe_load", "load_pickle", "full_load"}
+#: yaml loaders that build arbitrary Python objects (a loader of ours must extend SafeLoader)
+UNSAFE_YAML_LOADERS = {
+    "Loader",
+    "UnsafeLoader",
+    "FullLoader",
+    "CLoader",
+    "CUnsafeLoader",
+    "CFullLoader",
+}
 
 
 def python_sources() -> list[Path]:
@@ -56,6 +65,9 @@ def unpickling_sites(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
         where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ClassDef):  # a loader of our own must build on SafeLoader
+            bases = [b.attr for b in node.bases if isinstance(b, ast.Attribute)]
+            found += [f"{where} a subclass of yaml.{b}" for b in bases if b in UNSAFE_YAML_LOADERS]
         if isinstance(node, ast.Import):
             found += [f"{where} import {a.name}" for a in node.names if a.name in PICKLE_MODULES]
         elif (
@@ -96,8 +108,9 @@ def test_the_scan_would_see_unpickling(tmp_path: Path) -> None:
         "import pickle\nimport numpy as np\nimport yaml\nimport pandas as pd\n"
         "np.load('a.npy')\nnp.load('b.npy', allow_pickle=True)\nyaml.load(s)\n"
         "pd.read_pickle('c')\nfrom joblib import load\n"
+        "class L(yaml.FullLoader): pass\nclass S(yaml.SafeLoader): pass\n"
     )
-    assert len(unpickling_sites(bad)) == 6
+    assert len(unpickling_sites(bad)) == 7  # the SafeLoader subclass is not one
 
 
 @pytest.fixture
