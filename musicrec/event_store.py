@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
     ts       REAL    NOT NULL
 )"""
 #: a user's latest events are one range of this index, track ids included (covering)
-_INDEX = "CREATE INDEX IF NOT EXISTS events_user_recent ON events (user_id, id, track_id)"
+_INDEX_NAME = "events_user_recent"
+_INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX_NAME} ON events (user_id, id, track_id)"
 #: the index of databases written before `events_user_recent` (no track_id in it: a user's
 #: read looked every row up in the table, 2-3x slower cold); replaced at `open`
 _OLD_INDEX = "events_user_id"
@@ -400,13 +401,14 @@ class EventStore:
         the older one of a database written before it. Building it over an existing table
         reads every row once, at this start only (logged)."""
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        if "events_user_recent" not in names:
+        if _INDEX_NAME not in names:
             t0 = time.perf_counter()
             conn.execute(_INDEX)
             if _OLD_INDEX in names:
                 log.info(
-                    "event store %s: built the index events_user_recent in %.1f s (once)",
+                    "event store %s: built the index %s in %.1f s (once)",
                     self.path,
+                    _INDEX_NAME,
                     time.perf_counter() - t0,
                 )
         if _OLD_INDEX in names:  # IF EXISTS: another process opening it may have dropped it
