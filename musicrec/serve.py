@@ -191,10 +191,16 @@ def check_ports_free(settings: Settings, names: Iterable[str] | None = None) -> 
     named services (default: all three) are to bind: its `/ready` would otherwise be taken
     for the new service's (uvicorn binds only once the artifacts are loaded)."""
     wanted = set(names) if names is not None else {s.name for s in SERVICES}
+    taken: dict[int, str] = {}
     for spec in SERVICES:
         if spec.name not in wanted:
             continue
         port = int(getattr(settings, spec.port_field))
+        if port in taken:  # the second would die of "address already in use"
+            raise ServeError(
+                f"the {taken[port]} and {spec.name} services are both set to port {port}"
+            )
+        taken[port] = spec.name
         try:
             infos = socket.getaddrinfo(
                 settings.host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -39,6 +39,14 @@ def assert_json_413(client: Any, path: str, body: bytes) -> None:
     assert announced.headers["content-length"] == str(len(announced.content))
 
 
+def distinct_free_ports(n: int) -> list[int]:
+    """`n` different free ports (two calls of `free_port` can return the same one)."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1."""
     with socket.socket() as s:
@@ -52,9 +60,9 @@ def make_settings(artifacts_root: Path, work: Path, **overrides: Any) -> Setting
         "artifacts_dir": artifacts_root,
         "event_db_path": work / "e.db",
         "host": "127.0.0.1",
-        "recs_port": free_port(),
-        "similar_port": free_port(),
-        "events_port": free_port(),
+        **dict(
+            zip(("recs_port", "similar_port", "events_port"), distinct_free_ports(3), strict=True)
+        ),
         "similar_url": None,
         "events_url": None,
         "events_api_key": None,

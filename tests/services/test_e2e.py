@@ -302,6 +302,10 @@ def test_serve_refuses_a_port_another_process_listens_on(
         assert serve.serve_all(cfg, run_verify=True, ready_timeout_s=5) == 1
     assert started == []
     serve.check_ports_free(cfg)  # free again
+    same = cfg.model_copy(update={"similar_port": cfg.recs_port})
+    with pytest.raises(serve.ServeError, match=f"both set to port {cfg.recs_port}"):
+        serve.start_all(same)  # the second service would have died binding it
+    assert started == []
 
 
 def test_workers_of_a_dead_supervisor_are_stopped(
