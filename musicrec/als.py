@@ -104,42 +104,84 @@ class ALSModel:
 
         `history` must share this model's id maps (it is the matrix the model was fit on, or
         one built with the same maps); its non-zeros are filtered out. `items` (sorted item
-        codes), if given, restricts the tracks scored (see `top_item_codes`).
+        codes), if given, restricts the tracks scored (see `top_item_codes`); a user who
+        heard so much of that head that fewer than n of its tracks are left is scored again
+        against every track, so each list holds min(n, unheard tracks) rows either way.
         """
-        from implicit.cpu.topk import topk
-
         codes = self.users.codes(np.asarray(user_ids))
         codes = np.unique(codes[codes >= 0])
-        factors, filt = self.item_factors, history.csr
-        if items is not None:
-            factors = np.ascontiguousarray(self.item_factors[items])
-            filt = history.csr[:, items]  # column j of the result is item items[j]
-        n = min(n, len(factors))
-        frames = []
+        n_all = min(n, len(self.item_factors))
+        frames = [self._empty_recommendations()]
         with threadpool_limits(1, "blas"):
             for start in range(0, len(codes), batch_size):
                 batch = codes[start : start + batch_size]
-                ids, scores = topk(
-                    factors,
-                    self.user_factors[batch],
-                    n,
-                    filter_query_items=filt[batch],
-                    num_threads=num_threads,
-                )
-                frames.append(
-                    topk_frame(
-                        batch,
-                        ids,
-                        scores,
-                        self.users.ids,
-                        self.items.ids,
-                        (C.User, C.Item),
-                        subset=items,
-                    )
-                )
-        if not frames:
-            return pd.DataFrame({c: [] for c in C.Recommendations})
+                frame = self._topk(batch, history, n, num_threads, items)
+                if items is not None:
+                    frame = self._top_up(frame, batch, history, n_all, num_threads)
+                frames.append(frame)
         return pd.concat(frames, ignore_index=True)
+
+    def _empty_recommendations(self) -> pd.DataFrame:
+        """A frame of no rows with the dtypes of `recommend`'s rows."""
+        return pd.DataFrame(
+            {
+                C.User: self.users.ids[:0],
+                C.Item: self.items.ids[:0],
+                C.Score: np.empty(0, dtype=np.float32),
+                C.Rank: np.empty(0, dtype=np.int16),
+            }
+        )
+
+    def _topk(
+        self,
+        batch: np.ndarray,
+        history: InteractionMatrix,
+        n: int,
+        num_threads: int,
+        items: np.ndarray | None,
+    ) -> pd.DataFrame:
+        """`recommend` for one batch of user codes, scored against `items` (None: all)."""
+        from implicit.cpu.topk import topk
+
+        factors, filt = self.item_factors, history.csr[batch]
+        if items is not None:
+            factors = np.ascontiguousarray(self.item_factors[items])
+            filt = filt[:, items]  # column j of the result is item items[j]
+        ids, scores = topk(
+            factors,
+            self.user_factors[batch],
+            min(n, len(factors)),
+            filter_query_items=filt,
+            num_threads=num_threads,
+        )
+        return topk_frame(
+            batch, ids, scores, self.users.ids, self.items.ids, (C.User, C.Item), subset=items
+        )
+
+    def _top_up(
+        self,
+        frame: pd.DataFrame,
+        batch: np.ndarray,
+        history: InteractionMatrix,
+        n: int,
+        num_threads: int,
+    ) -> pd.DataFrame:
+        """Score again, against every track, the users of `batch` whose head-only list is
+        shorter than it could be (min(n, tracks they have not heard)); rare: heavy users."""
+        # rows per user of the batch (sorted unique codes, so positions by searchsorted)
+        got = np.bincount(
+            np.searchsorted(batch, self.users.codes(frame[C.User].to_numpy())),
+            minlength=len(batch),
+        )
+        heard = np.diff(history.csr.indptr)[batch]
+        short = batch[got < np.minimum(n, len(self.item_factors) - heard)]
+        if len(short) == 0:
+            return frame
+        redo = self._topk(short, history, n, num_threads, None)
+        keep = ~np.isin(frame[C.User].to_numpy(), self.users.ids[short])
+        return pd.concat([frame[keep], redo], ignore_index=True).sort_values(
+            [C.User, C.Rank], kind="stable", ignore_index=True
+        )
 
     def score_pairs(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Dot product of user and item factors per pair; NaN where either is unknown."""

@@ -268,8 +268,9 @@ class PipelineConfig(_Strict):
             )
         head = self.als.max_scored_items
         if head is not None and head <= max(self.als.n_recs, self.similar.k):
-            # ALS scores only the head: a user who heard most of it got a list of a few
-            # tracks, or none, though unheard tracks exist
+            # ALS and similar tracks score only the head: a track's similar list is drawn
+            # from it, and every user who heard most of it would be scored twice (ALS tops
+            # such a user up from the whole catalogue)
             raise ValueError(
                 f"als.max_scored_items = {head} must exceed als.n_recs ({self.als.n_recs}) "
                 f"and similar.k ({self.similar.k}): the lists are drawn from those tracks"

@@ -103,6 +103,30 @@ def test_recommend_unknown_users_are_skipped(
     assert set(recs[C.User]) == {1000}
     none = model.recommend(np.array([1, 2]), m, n=5)
     assert len(none) == 0 and list(none.columns) == C.Recommendations
+    # with the dtypes of a list that has rows (it was float64 everywhere)
+    assert none.dtypes.to_dict() == recs.dtypes.to_dict()
+
+
+def test_recommend_head_only_tops_up_a_user_who_heard_most_of_the_head() -> None:
+    """Scoring only the head (`items`): a user who heard all but a few of its tracks used to
+    get a list of those few; now they are scored against every track, and their list is
+    the whole-catalogue one. Everybody else keeps the head-only list."""
+    ev = planted_events()
+    heavy = pd.DataFrame({C.User: 9999, C.Item: 5000 + np.arange(N_ITEMS)}).astype(np.int32)
+    m = InteractionMatrix.from_events(pd.concat([ev, heavy], ignore_index=True))
+    model = ALSModel.fit(m, CFG, num_threads=1)
+    # the head: group A (all heard by the heavy user) and 5 tracks of group B
+    head = np.sort(m.items.codes(np.r_[5000 + np.arange(N_ITEMS), 7000 + np.arange(5)]))
+    n = 20
+    recs = model.recommend(m.users.ids, m, n=n, batch_size=50, items=head)
+    mine = recs[recs[C.User] == 9999].reset_index(drop=True)
+    whole = model.recommend(np.array([9999]), m, n=n)
+    pd.testing.assert_frame_equal(mine, whole)
+    assert len(mine) == n and not set(mine[C.Item]) & set(heavy[C.Item])
+    others = recs[recs[C.User] != 9999]
+    assert others.groupby(C.User).size().eq(n).all()
+    assert others[C.Item].isin(m.items.ids[head]).all()
+    assert (recs.groupby(C.User)[C.Rank].diff().dropna() == 1).all()
 
 
 def test_score_pairs_nan_for_unknown(
