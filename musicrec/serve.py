@@ -10,7 +10,8 @@
    exit code);
 3. with `run_verify`, runs `musicrec.verify.run_verification` and prints the result;
 4. serves until Ctrl-C / SIGTERM (or a child dies), then terminates all three, waits, and
-   kills what is still running after a timeout.
+   kills what is still running after a timeout. If `serve` itself is killed outright, the
+   kernel sends each service SIGTERM (`musicrec.parent_guard`).
 
 The helpers (`start_service`, `wait_ready`, `stop_all`) are reused by the tests.
 """
@@ -164,11 +165,26 @@ def uvicorn_command(spec: ServiceSpec, settings: Settings, port: int) -> list[st
 
 
 def start_service(
-    spec: ServiceSpec, settings: Settings, env: dict[str, str], **popen: Any
+    spec: ServiceSpec,
+    settings: Settings,
+    env: dict[str, str],
+    *,
+    die_with_parent: bool = True,
+    **popen: Any,
 ) -> ServiceProcess:
-    """Start one service subprocess (not waiting for it)."""
+    """Start one service subprocess (not waiting for it).
+
+    With `die_with_parent` (Linux) the service gets SIGTERM when the thread that started it
+    ends, or the whole process dies, even by SIGKILL (`musicrec.parent_guard`): call it
+    from a thread that outlives the service."""
     port = int(getattr(settings, spec.port_field))
     cmd = uvicorn_command(spec, settings, port)
+    if die_with_parent:
+        # `python -m uvicorn ...` -> `python -m musicrec.parent_guard PID -m uvicorn ...`;
+        # the package is found from the project root, as uvicorn's --app-dir finds the apps
+        cmd = [cmd[0], "-m", "musicrec.parent_guard", str(os.getpid()), *cmd[1:]]
+        path = env.get("PYTHONPATH")
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(PROJECT_ROOT), path)))}
     scratch = None
     # a directory inherited from the parent would be shared by the three services (each
     # /metrics adding up the others' requests) and hold the files of earlier runs

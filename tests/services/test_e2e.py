@@ -18,7 +18,7 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from musicrec.serve import PROJECT_ROOT, child_environment, is_ready, stop_all
+from musicrec.serve import PROJECT_ROOT, check_ports_free, child_environment, is_ready, stop_all
 from musicrec.verify import RESERVED_VERIFY_USER
 
 from .conftest import ServiceStarter, free_port, make_settings
@@ -227,21 +227,15 @@ def test_verify_service_fails_when_services_are_down(
     assert "FAIL recommendations /health" in text and text.splitlines()[-1].startswith("FAILED")
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP (the terminal closed)"]
-)
-def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
-    artifacts: dict[str, Any], tmp_path: Path, sig: signal.Signals
-) -> None:
-    """The services run in sessions of their own: a SIGHUP killed serve alone and left all
-    three running on their ports."""
-    cfg = make_settings(artifacts["root"], tmp_path)
+def start_serve_command(cfg: Any, cwd: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m musicrec serve ARGS` as a subprocess, read until it says it is serving;
+    the process and its output so far."""
     env = child_environment(cfg)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "musicrec", "serve", "--verify"],
+        [sys.executable, "-m", "musicrec", "serve", *args],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -256,20 +250,64 @@ def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
             assert proc.poll() is None, output.decode()
             if sel.select(timeout=0.5):
                 output += proc.stdout.read1(65536)  # type: ignore[attr-defined]
-        urls = [f"http://127.0.0.1:{p}" for p in (cfg.recs_port, cfg.similar_port, cfg.events_port)]
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, output.decode()
+
+
+def service_urls(cfg: Any) -> list[str]:
+    return [f"http://127.0.0.1:{p}" for p in (cfg.recs_port, cfg.similar_port, cfg.events_port)]
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP (the terminal closed)"]
+)
+def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
+    artifacts: dict[str, Any], tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The services run in sessions of their own: a SIGHUP killed serve alone and left all
+    three running on their ports."""
+    cfg = make_settings(artifacts["root"], tmp_path)
+    proc, text = start_serve_command(cfg, tmp_path, "--verify")
+    try:
+        urls = service_urls(cfg)
         assert all(is_ready(u) for u in urls)
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=30)
-        output += rest
+        text += rest.decode()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = output.decode()
     assert proc.returncode == 0, text
     assert "verification PASSED" in text and "services stopped" in text
     assert (tmp_path / "service_test.log").read_text().splitlines()[-1].startswith("PASSED")
     assert not any(is_ready(u) for u in urls)  # all three are gone
+
+
+def test_services_stop_when_serve_is_killed_outright(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """`serve` killed by SIGKILL (the OOM killer, kill -9) has no chance to stop its
+    services, which run in sessions of their own: they kept running on their ports and the
+    next `serve` refused to start. The kernel now sends them SIGTERM (parent_guard)."""
+    cfg = make_settings(artifacts["root"], tmp_path, recs_workers=2)
+    proc, _ = start_serve_command(cfg, tmp_path)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    try:
+        running = [is_ready(u) for u in service_urls(cfg)]
+    finally:
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(children, timeout=20)
+        for p in alive:  # not left to the other tests
+            p.kill()
+    assert running == [True, True, True] and len(children) >= 4  # 3 services, 2 workers
+    assert not alive, alive
+    assert not any(is_ready(u) for u in service_urls(cfg))
+    check_ports_free(cfg)  # a new `serve` can start
 
 
 def test_verify_service_passes_on_real_pipeline_artifacts(
