@@ -53,3 +53,8 @@ class StorageError(MusicRecError):
 
     The message names the bucket and the endpoint, never a secret.
     """
+
+
+class UploadInProgressError(StorageError):
+    """The bucket's objects differ from its upload manifest: an upload is under way (or
+    stopped half-way), so a download would mix two runs' files. Retrying later may work."""

@@ -597,24 +597,52 @@ def sort_order(keys: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:
     return np.lexsort((ranks, keys))
 
 
+#: seconds between the start-up fetch's attempts while an upload is under way
+FETCH_RETRY_S = 5.0
+
+
 def fetch_artifacts_if_configured(
     settings: Settings, files: Sequence[Path], optional: Sequence[Path] = ()
 ) -> None:
     """Download `files` (paths under `settings.artifacts_dir`: what the service reads, not
     the whole tree of data and models) from S3 first when `settings.fetch_artifacts_from_s3`
     (blocking; call it from a thread), and `optional` too if the bucket has them.
-    `musicrec.storage` is imported only then."""
+    `musicrec.storage` is imported only then.
+
+    A bucket in the middle of an upload is tried again every `FETCH_RETRY_S` for up to
+    `settings.fetch_wait_s`. When the fetch still fails (S3 unreachable, credentials
+    refused, the upload never finishes) and an earlier fetch left a complete copy from
+    one upload in the directory (`fetched_copy_is_complete`), the service starts on that
+    copy with an error in the log instead of not starting; otherwise the `StorageError`
+    stops the start-up."""
     if not settings.fetch_artifacts_from_s3:
         return
-    from musicrec.storage import download_artifacts  # lazy: optional, owned by storage.py
+    from musicrec.errors import StorageError, UploadInProgressError
+    from musicrec.storage import download_artifacts, fetched_copy_is_complete
 
     root = Path(settings.artifacts_dir)
     only = [Path(f).relative_to(root).as_posix() for f in files]
     extra = [Path(f).relative_to(root).as_posix() for f in optional]
     log.info("fetching %s from S3 into %s", ", ".join([*only, *extra]), root)
-    # reuse: the workers of a service start together; one downloads, the others (and later
-    # restarts) keep the files it wrote while the bucket holds the same objects
-    download_artifacts(settings, root, only=only, optional=extra, reuse=True)
+    deadline = time.monotonic() + settings.fetch_wait_s
+    while True:
+        try:
+            # reuse: the workers of a service start together; one downloads, the others
+            # (and later restarts) keep the files it wrote while the bucket is unchanged
+            download_artifacts(settings, root, only=only, optional=extra, reuse=True)
+            return
+        except UploadInProgressError as exc:
+            if time.monotonic() + FETCH_RETRY_S > deadline:
+                error: StorageError = exc
+                break
+            log.warning("%s; trying again in %.0f s", exc, FETCH_RETRY_S)
+            time.sleep(FETCH_RETRY_S)
+        except StorageError as exc:
+            error = exc
+            break
+    if not fetched_copy_is_complete(root, only, extra):
+        raise error
+    log.error("%s; serving the copy an earlier start fetched into %s instead", error, root)
 
 
 def configure_service_logging(settings: Settings) -> None:

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(0.05, gt=0, description="Per-call inter-service timeout")
     request_budget_s: float = Field(0.2, gt=0, description="Time budget of /recommendations")
     fetch_artifacts_from_s3: bool = False
+    fetch_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long a service's start-up fetch waits for an upload under way to "
+        "finish (retrying every few seconds) before it gives up",
+    )
 
     # --- S3 (customary variable names, no prefix) ---
     s3_bucket_name: str | None = Field(

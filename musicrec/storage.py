@@ -16,7 +16,10 @@ and takes only the files it lists, each as listed: an object that differs from i
 means an upload is under way (or stopped half-way), and the download stops with a
 `StorageError` before writing anything instead of mixing two runs' files; objects left
 from earlier runs are ignored, and a file fetched before that the manifest no longer lists
-is removed. A bucket written before manifests existed is read as before.
+is removed. A bucket written before manifests existed is read as before. A fetch into a
+directory records which upload each file came from, so `fetched_copy_is_complete` can tell
+a consistent earlier fetch (what a service may serve when S3 fails at its next start) from
+a mix.
 Configuration comes from `Settings`: S3_BUCKET_NAME, AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY (else boto3's default credential chain), S3_ENDPOINT_URL,
 AWS_DEFAULT_REGION. Failures raise `StorageError` naming the bucket and endpoint; the
@@ -34,7 +37,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from musicrec.errors import StorageError
+from musicrec.errors import StorageError, UploadInProgressError
 from musicrec.io import atomic_path, read_json, write_json
 from musicrec.settings import Settings
 
@@ -44,6 +47,7 @@ __all__ = [
     "TOP_FOLDER",
     "artifact_files",
     "download_artifacts",
+    "fetched_copy_is_complete",
     "s3_client",
     "upload_artifacts",
 ]
@@ -56,8 +60,9 @@ TOP_FOLDER = "recsys"
 ARTIFACT_DIRS = ("data", "recommendations", "model", "pictures")
 #: single files at the top of the artifacts directory that are uploaded
 ARTIFACT_FILES = ("metrics.json",)
-#: what `download_artifacts(reuse=True)` fetched: per file the object's ETag and size and
-#: the local copy's size and mtime (at the top of the artifacts directory, never uploaded)
+#: what `download_artifacts(reuse=True)` fetched: per file the object's ETag and size, the
+#: local copy's size and mtime, and the upload manifest's ETag at the time (at the top of
+#: the artifacts directory, never uploaded)
 FETCH_MANIFEST = ".s3-fetched.json"
 #: the lock that lets one process at a time fetch into an artifacts directory
 FETCH_LOCK = ".s3-fetch.lock"
@@ -351,16 +356,17 @@ def _is_wanted(rel: str, only: Collection[str] | None, optional: Collection[str]
     return only is None or rel in only or rel in optional
 
 
-def _upload_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    """The `files` of the bucket's upload manifest, None when it has none (an upload
-    from before manifests existed)."""
+def _upload_manifest(client: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, Any]:
+    """The `files` of the bucket's upload manifest and the manifest's ETag (which upload
+    it is); (None, None) when it has none (an upload from before manifests existed)."""
     from botocore.exceptions import ClientError
 
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        got = client.get_object(Bucket=bucket, Key=key)
+        body = got["Body"].read()
     except ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
-            return None
+            return None, None
         raise
     try:
         files = json.loads(body)["files"]
@@ -368,7 +374,7 @@ def _upload_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | Non
             raise TypeError("files is not an object")
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(f"s3://{bucket}/{key}: not a readable upload manifest ({exc})") from None
-    return files
+    return files, got.get("ETag")
 
 
 def _as_listed(
@@ -390,7 +396,7 @@ def _as_listed(
         if rel not in wanted or {k: listed[rel].get(k) for k in ("etag", "size")} != wanted[rel][1]
     )
     if changed:
-        raise StorageError(
+        raise UploadInProgressError(
             f"S3 download from s3://{bucket}/{base} ({_where(settings)}): "
             f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} differ from "
             f"{UPLOAD_MANIFEST} (an upload under way or stopped half-way); nothing was "
@@ -434,7 +440,7 @@ def _download(
             manifest = {}
     written: list[Path] = []
     kept: list[Path] = []
-    removed = False
+    record_changed = False  # other than by a download: the record is written again
     try:
         # every wanted object first, checked against the upload manifest, then the fetch:
         # nothing is written from a bucket in the middle of an upload
@@ -450,14 +456,14 @@ def _download(
                 if not _is_wanted(str(rel), only, optional):
                     continue
                 wanted[str(rel)] = (key, {"etag": obj.get("ETag"), "size": obj.get("Size")})
-        listed = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
+        listed, upload = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
         if listed is not None:
             wanted = _as_listed(wanted, listed, only, optional, settings, bucket, base)
             if reuse:  # fetched before, no longer part of the bucket's upload: stale
                 for name in [n for n in manifest if n not in wanted]:
                     (root / name).unlink(missing_ok=True)
                     del manifest[name]
-                    removed = True
+                    record_changed = True
         for name, (key, remote) in sorted(wanted.items()):
             target = root.joinpath(*PurePosixPath(name).parts)
             entry = manifest.get(name)
@@ -468,16 +474,19 @@ def _download(
                 and entry.get("local") == _local_state(target)
             ):
                 kept.append(target)
+                if entry.get("upload") != upload:  # the same object, listed by a newer upload
+                    entry["upload"] = upload
+                    record_changed = True
                 continue
             with atomic_path(target) as tmp:
                 client.download_file(bucket, key, str(tmp))
             written.append(target)
-            manifest[name] = {"remote": remote, "local": _local_state(target)}
+            manifest[name] = {"remote": remote, "local": _local_state(target), "upload": upload}
     except (ClientError, BotoCoreError, Boto3Error) as exc:
         # Boto3Error: e.g. RetriesExceededError, a body cut off on every attempt
         raise _error(exc, settings, "S3 download") from None
     finally:
-        if reuse and (written or removed):
+        if reuse and (written or record_changed):
             write_json(manifest, root / FETCH_MANIFEST)
     found = written + kept
     if only is not None:
@@ -498,3 +507,37 @@ def _download(
     else:
         log.warning("S3 download: no artifacts under s3://%s/%s", bucket, base)
     return found
+
+
+def fetched_copy_is_complete(
+    artifacts_dir: str | Path, only: Collection[str], optional: Collection[str] = ()
+) -> bool:
+    """Whether `artifacts_dir` holds, from earlier `download_artifacts(reuse=True)` calls,
+    every file of `only` (and each of `optional` that was fetched), untouched since and all
+    from one upload (the same upload manifest): a consistent copy to serve when S3 fails.
+
+    False for anything less: a file missing or changed locally, a fetch that stopped
+    half-way (files of two uploads), a record from before uploads were recorded, or an
+    unreadable record."""
+    root = Path(artifacts_dir)
+    try:
+        record = read_json(root / FETCH_MANIFEST)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    names = [*only, *(o for o in optional if o in record)]
+    entries: list[dict[str, Any]] = []
+    for name in names:
+        entry = record.get(name)
+        if not isinstance(entry, dict) or "upload" not in entry:
+            return False
+        entries.append(entry)
+    return (
+        bool(entries)
+        and len({json.dumps(e["upload"]) for e in entries}) == 1
+        and all(
+            e.get("local") == _local_state(root.joinpath(*PurePosixPath(n).parts))
+            for n, e in zip(names, entries, strict=True)
+        )
+    )

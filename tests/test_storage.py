@@ -15,12 +15,13 @@ from typing import Any
 import boto3
 import pytest
 
-from musicrec.errors import StorageError
+from musicrec.errors import StorageError, UploadInProgressError
 from musicrec.settings import Settings
 from musicrec.storage import (
     UPLOAD_MANIFEST,
     artifact_files,
     download_artifacts,
+    fetched_copy_is_complete,
     s3_client,
     upload_artifacts,
 )
@@ -491,3 +492,128 @@ def test_workers_fetching_at_once_download_each_file_once(
     files = snapshot(target)
     assert files.pop(".s3-fetched.json") and files.pop(".s3-fetch.lock")
     assert files == {rel: hashlib.sha256(data).hexdigest() for rel, data in ARTIFACTS.items()}
+
+
+def test_a_complete_earlier_fetch_is_told_from_a_mix(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """`fetched_copy_is_complete`: every wanted file fetched from one upload and untouched
+    since; not a copy edited locally, nor one whose files came from two uploads (a fetch
+    that stopped half-way), nor a record written before uploads were recorded."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    heard = ["recommendations/heard/tracks.npy", "recommendations/heard/users.npy"]
+    assert not fetched_copy_is_complete(target, wanted)  # nothing fetched yet
+    download_artifacts(settings, target, only=wanted, optional=heard, reuse=True)
+    assert fetched_copy_is_complete(target, wanted, heard)  # users.npy: not in the bucket
+    assert not fetched_copy_is_complete(target, [*wanted, "model/als.npz"])  # never fetched
+    # a new upload changes one file; the fetch of it "fails" before the second file:
+    # simulated by fetching only the changed one
+    (artifacts / "recommendations/similar.parquet").write_text("PAR1 similar v2")
+    upload_artifacts(settings, artifacts)
+    download_artifacts(settings, target, only=wanted[:1], reuse=True)
+    assert fetched_copy_is_complete(target, wanted[:1])
+    assert not fetched_copy_is_complete(target, wanted)  # two uploads' files
+    download_artifacts(settings, target, only=wanted, optional=heard, reuse=True)
+    assert fetched_copy_is_complete(target, wanted, heard)  # kept files re-recorded
+    (target / wanted[1]).write_text("edited by hand")
+    assert not fetched_copy_is_complete(target, wanted)
+    download_artifacts(settings, target, only=wanted, reuse=True)
+    record = json.loads((target / ".s3-fetched.json").read_text())
+    for entry in record.values():
+        del entry["upload"]  # as written before this was recorded
+    (target / ".s3-fetched.json").write_text(json.dumps(record))
+    assert not fetched_copy_is_complete(target, wanted)
+    (target / ".s3-fetched.json").write_text("{not json")
+    assert not fetched_copy_is_complete(target, wanted)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from musicrec import service_common
+
+    monkeypatch.setattr(service_common, "FETCH_RETRY_S", 0.2)
+
+
+def service_fetch(settings: Settings, root: Path, wanted: list[str]) -> None:
+    from musicrec.service_common import fetch_artifacts_if_configured
+
+    cfg = settings.model_copy(update={"artifacts_dir": root, "fetch_artifacts_from_s3": True})
+    fetch_artifacts_if_configured(cfg, [root / rel for rel in wanted])
+
+
+def test_service_fetch_waits_for_an_upload_under_way(
+    s3_url: str, artifacts: Path, tmp_path: Path, quick_retries: None
+) -> None:
+    """A service starting while the pipeline uploads tries again until the upload is
+    finished (it failed to start), within `fetch_wait_s`."""
+    import threading
+
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket, fetch_wait_s=30)
+    upload_artifacts(settings, artifacts)
+    admin(s3_url).put_object(
+        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v2"
+    )
+    (artifacts / "recommendations/similar.parquet").write_text("PAR1 similar v2")
+    finish = threading.Timer(1.0, upload_artifacts, (settings, artifacts))
+    finish.start()
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    try:
+        service_fetch(settings, target, wanted)
+    finally:
+        finish.join()
+    assert [(target / rel).read_text() for rel in wanted] == ["PAR1 similar v2", "PAR1 top"]
+    # with no time to wait the upload under way is an error (no copy fetched before)
+    admin(s3_url).put_object(
+        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v3"
+    )
+    impatient = settings.model_copy(update={"fetch_wait_s": 0.0})
+    with pytest.raises(UploadInProgressError, match="upload under way"):
+        service_fetch(impatient, tmp_path / "other", wanted)
+    assert not (tmp_path / "other" / wanted[0]).exists()
+
+
+def test_service_fetch_falls_back_to_a_complete_earlier_copy(
+    s3_url: str,
+    artifacts: Path,
+    tmp_path: Path,
+    quick_retries: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """S3 unreachable, or an upload that never finishes, at a restart: a service that
+    fetched a complete copy before starts on it, with an error logged (it did not start);
+    without such a copy the StorageError still stops it."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket, fetch_wait_s=0.5)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    service_fetch(settings, target, wanted)
+    before = snapshot(target)
+    down = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+    with caplog.at_level(logging.ERROR, logger="musicrec"):
+        service_fetch(down, target, wanted)
+    assert (
+        "cannot reach" in caplog.text and "serving the copy an earlier start fetched" in caplog.text
+    )
+    assert snapshot(target) == before
+    # an upload stuck half-way for longer than fetch_wait_s: the same
+    admin(s3_url).put_object(
+        Bucket=bucket, Key="recsys/recommendations/similar.parquet", Body=b"PAR1 similar v2"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="musicrec"):
+        service_fetch(settings, target, wanted)
+    assert "trying again" in caplog.text and "serving the copy" in caplog.text
+    assert snapshot(target) == before
+    # no complete copy (one file edited locally): the error stops the start
+    (target / wanted[1]).write_text("edited by hand")
+    with pytest.raises(StorageError, match="cannot reach"):
+        service_fetch(down, target, wanted)
+    with pytest.raises(StorageError, match="cannot reach"):
+        service_fetch(down, tmp_path / "fresh", wanted)
