@@ -719,8 +719,8 @@ def within_user_auc(
     the pairs of a positive p (label > 0) and a negative n of user u; computed from the
     ranks of the user's scores (ties get their average rank) as
     (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg). NaN scores rank
-    below every number, or above with `nan_high` (for a rank where NaN means "not ranked"),
-    and tie with each other. Users without a positive or without a negative have no AUC
+    below every finite number, or above with `nan_high` (for a rank where NaN means "not
+    ranked"), and tie with each other and with -inf (+inf with `nan_high`). Users without a positive or without a negative have no AUC
     and are left out. 0.5 = the score does not tell the user's positives from negatives;
     below 0.5, smaller scores mark the positives (e.g. ranks).
     """
@@ -745,7 +745,8 @@ def within_user_auc(
 
 # ------------------------------------------------------------------------- reporting
 def _fmt(mean: float | None, stderr: float | None) -> str:
-    """Round to the stderr's second significant digit: 0.01352 ± 0.00012."""
+    """Round to the stderr's second significant digit: 0.01352 ± 0.00012; with 1 to 8
+    decimals (so 0.5 ± 12.3, not 0 ± 12, and an error below 5e-9 shows as 0.00000000)."""
     if mean is None:
         return "n/a"
     if stderr is None or not np.isfinite(stderr):
