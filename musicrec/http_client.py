@@ -195,7 +195,11 @@ class HttpPool:
             except asyncio.LimitOverrunError as exc:
                 raise _ProtocolError("response head too long") from exc
             status, length, chunked, keep_alive = _parse_head(head)
-            if chunked:
+            if status < 200 or status in (204, 304):
+                answer = b""  # never a body (RFC 9112 section 6.3), whatever the head says
+                # an interim 1xx answer is followed by the final one: not ours to read
+                keep_alive = keep_alive and status >= 200
+            elif chunked:
                 answer = await _read_chunked(conn.reader)
             elif length is not None:
                 if length > MAX_BODY:
@@ -282,10 +286,11 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     total = 0
     while True:
         line = await _read_line(reader)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError as exc:
-            raise _ProtocolError(f"bad chunk size line: {line[:40]!r}") from exc
+        digits = line.split(b";", 1)[0].strip()
+        # hex digits only: int(.., 16) also takes "-5", "+5", "0x5" and "5_0"
+        if not digits or digits.lstrip(b"0123456789abcdefABCDEF"):
+            raise _ProtocolError(f"bad chunk size line: {line[:40]!r}")
+        size = int(digits, 16)
         if size == 0:
             while await _read_line(reader) != b"\r\n":  # trailers, then the end
                 pass

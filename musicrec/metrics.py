@@ -720,9 +720,10 @@ def within_user_auc(
     ranks of the user's scores (ties get their average rank) as
     (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg). NaN scores rank
     below every finite number, or above with `nan_high` (for a rank where NaN means "not
-    ranked"), and tie with each other and with -inf (+inf with `nan_high`). Users without a positive or without a negative have no AUC
-    and are left out. 0.5 = the score does not tell the user's positives from negatives;
-    below 0.5, smaller scores mark the positives (e.g. ranks).
+    ranked"), and tie with each other and with -inf (+inf with `nan_high`). Users without a
+    positive or without a negative have no AUC and are left out. 0.5 = the score does not
+    tell the user's positives from negatives; below 0.5, smaller scores mark the positives
+    (e.g. ranks).
     """
     s = np.asarray(scores, dtype=np.float64)
     df = pd.DataFrame(

@@ -209,6 +209,28 @@ class OnlineResult:
     recs: list[int] = field(default_factory=list)
 
 
+def _int(value: Any) -> int:
+    """`value` if it is a JSON integer (not a bool, float or string); else TypeError."""
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
+def _ints(values: Any) -> list[int]:
+    """`values` if it is a list of JSON integers; else TypeError (an upstream's ids are
+    served as they are: "123", 123.7 or true must not become recommendations)."""
+    if type(values) is not list or not all(type(v) is int for v in values):
+        raise TypeError(f"expected a list of integers, got {values!r:.60}")
+    return values
+
+
+def _numbers(values: Any) -> list[float]:
+    """`values` if it is a list of JSON numbers (not bools or strings); else TypeError."""
+    if type(values) is not list or not all(type(v) in (int, float) for v in values):
+        raise TypeError(f"expected a list of numbers, got {values!r:.60}")
+    return values
+
+
 class OnlineFailure(Exception):
     """An upstream failed; `reason` is a bounded label (`events:timeout`, ...)."""
 
@@ -280,7 +302,7 @@ class Upstreams:
         body = {"user_ids": users, "k": self.events_k}
         data = await self._call("events", "/get_events_batch", len(users), body)
         try:
-            return {int(r["user_id"]): [int(t) for t in r["events"]] for r in data["results"]}
+            return {_int(r["user_id"]): _ints(r["events"]) for r in data["results"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise self._bad_payload("events", exc) from exc
 
@@ -289,7 +311,10 @@ class Upstreams:
         body = {"track_ids": seeds, "k": self.settings.online_similar_k}
         data = await self._call("similar", "/similar_tracks_batch", len(seeds), body)
         try:
-            out = {int(r["track_id"]): (r["track_id_2"], r["score"]) for r in data["results"]}
+            out = {
+                _int(r["track_id"]): (_ints(r["track_id_2"]), _numbers(r["score"]))
+                for r in data["results"]
+            }
             if any(len(t) != len(s) for t, s in out.values()):
                 raise ValueError("track and score lists differ in length")
             return out

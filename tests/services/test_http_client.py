@@ -193,6 +193,10 @@ def test_connection_close_is_honoured_and_stale_connections_are_retried() -> Non
         (b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", "bad_response"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nshort", "disconnected"),
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "bad_response"),
+        # what int(.., 16) takes but HTTP does not: a negative size escaped as ValueError
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\n", "bad_response"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x2\r\n", "bad_response"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+2\r\n", "bad_response"),
         # a chunk-size line longer than the reader's 64 KiB limit
         (
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;"
@@ -233,6 +237,27 @@ def test_http_error_keeps_the_body_as_detail_and_the_connection() -> None:
                 await pool.post_json("/x")
             assert err.value.kind == "http_503" and err.value.detail == "not yet!"
             assert pool.idle_connections == 1  # the answer was complete: still usable
+            await pool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_answers_without_a_body_are_not_read_to_the_end(status: int) -> None:
+    """204 and 304 have no body whatever the head says: without a length they were read
+    until the server closed the connection (a timeout)."""
+
+    async def empty(head: bytes, body: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 %d Nothing\r\n\r\n" % status)
+        return True  # the connection stays open
+
+    async def main() -> None:
+        async with Server(empty) as srv:
+            pool = HttpPool(srv.url, timeout_s=2)
+            with pytest.raises(UpstreamError) as err:
+                await pool.post_json("/x")
+            assert err.value.kind == f"http_{status}"
+            assert pool.idle_connections == 1  # complete: reusable
             await pool.close()
 
     run(main())

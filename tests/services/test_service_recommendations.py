@@ -413,3 +413,64 @@ def test_artifacts_fetched_from_s3_are_the_files_it_reads(
         f"recommendations/heard/{name}" for name in ("users.npy", "offsets.npy", "tracks.npy")
     ]
     assert fake_s3 == [(cfg, tmp_path / "fresh", files)]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "answer"),
+    [
+        ("similar", {"track_id_2": ["123", "456"], "score": [0.9, 0.8]}),
+        ("similar", {"track_id_2": [123.7, 456.0], "score": [0.9, 0.8]}),
+        ("similar", {"track_id_2": [True, 456], "score": [0.9, 0.8]}),
+        ("similar", {"track_id_2": {"123": 1, "456": 2}, "score": "xy"}),
+        ("similar", {"track_id_2": [123, 456], "score": ["0.9", 0.8]}),
+        ("events", {"events": "123"}),
+        ("events", {"events": {"77": 1}}),
+        ("events", {"events": [1.9, True]}),
+        ("events", {"user_id": "USER", "events": []}),
+    ],
+)
+def test_an_upstream_answer_of_the_wrong_types_is_a_bad_payload(
+    artifacts: dict[str, Any], tmp_path: Path, upstream: str, answer: dict[str, Any]
+) -> None:
+    """JSON of the right shape but the wrong types from an upstream (strings, floats, bools
+    or an object where integer lists belong): they were served as recommendations ("123",
+    123.7, true) or read as other ids ("123" -> 1, 2, 3) with a 200. Now the upstream's
+    bad payload: the offline list, and 503 from /recommendations_online."""
+    from fastapi import Body, FastAPI
+
+    from .conftest import ThreadedServer
+
+    user = artifacts["warm_user"]
+    seed = next(iter(artifacts["similar"]))
+    fake = FastAPI()
+
+    @fake.post("/get_events_batch")
+    def events(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        good = {"events": [seed]}
+        return {
+            "results": [
+                {"user_id": u, **(answer if upstream == "events" else good)}
+                for u in body["user_ids"]
+            ]
+        }
+
+    @fake.post("/similar_tracks_batch")
+    def similar(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return {"results": [{"track_id": t, **answer} for t in body["track_ids"]]}
+
+    port = free_port()
+    server = ThreadedServer(fake, port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    cfg = make_settings(artifacts["root"], tmp_path, similar_url=url, events_url=url)
+    try:
+        with TestClient(create_app(cfg)) as c:
+            got = recs(c, "/recommendations", user, 10)
+            r = c.post("/recommendations_online", params={"user_id": user, "k": 10})
+            metrics = c.get("/metrics").text
+    finally:
+        server.stop()
+    read = [] if upstream == "events" else [seed]  # events read are still left out
+    assert got == [t for t in artifacts["recs"][user] if t not in read][:10]
+    assert r.status_code == 503 and f"{upstream}:bad_payload" in r.json()["detail"]
+    assert f'recommendation_fallbacks_total{{reason="{upstream}:bad_payload"}} 1.0' in metrics
