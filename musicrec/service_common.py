@@ -387,8 +387,9 @@ class JsonErrorBodies:
 
 
 class RateLimitedLog:
-    """Logs a warning at most once per `interval_s`; the rest go to DEBUG with a count, so a
-    long outage does not flood the log."""
+    """Logs a warning (or an error with its traceback) at most once per `interval_s`; the
+    rest go to DEBUG, without a traceback, and are counted in the next one logged, so a long
+    outage (or an upstream answering garbage to every request) does not flood the log."""
 
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
         self.logger = logger
@@ -398,6 +399,13 @@ class RateLimitedLog:
         self._lock = threading.Lock()
 
     def warning(self, msg: str, *args: object) -> None:
+        self._log(logging.WARNING, msg, args, exc_info=False)
+
+    def exception(self, msg: str, *args: object) -> None:
+        """An ERROR with the traceback of the exception being handled."""
+        self._log(logging.ERROR, msg, args, exc_info=True)
+
+    def _log(self, level: int, msg: str, args: tuple[object, ...], exc_info: bool) -> None:
         now = time.monotonic()
         with self._lock:
             due = now - self._last >= self.interval_s
@@ -407,7 +415,7 @@ class RateLimitedLog:
                 self._suppressed += 1
         if due:
             suffix = f" ({suppressed} similar messages suppressed)" if suppressed else ""
-            self.logger.warning(msg + suffix, *args)
+            self.logger.log(level, msg + suffix, *args, exc_info=exc_info)
         else:
             self.logger.debug(msg, *args)
 

@@ -386,6 +386,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cfg = settings or get_settings()
     metrics = ServiceMetrics(SERVICE)
     fallback_log = RateLimitedLog(log)
+    error_log = RateLimitedLog(log)  # the online part's unforeseen errors, with tracebacks
     online_budget = cfg.request_budget_s * ONLINE_BUDGET_SHARE
 
     @asynccontextmanager
@@ -469,7 +470,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:
             # anything else (an answer no check foresaw, a bug): the offline answer rather
             # than a 500, and the traceback in the log so that it is not hidden
-            log.exception("online part failed for user %d", user_id)
+            error_log.exception("online part failed for user %d", user_id)
             failure = OnlineFailure("online", "error", repr(exc)[:200])
             failure.partial = out
             raise failure from exc
