@@ -165,10 +165,16 @@ def latest_for_users(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFra
 def als_top(stage: FirstStage, users: np.ndarray, n: int) -> pd.DataFrame:
     """ALS top-n (user, track, score, rank) of `users`: sliced from the precomputed
     recommendations in `stage.cache["als_recs"]` (the pipeline's `personal_als`, made by the
-    same model on the same matrix) when they are deep enough, else scored now."""
+    same model on the same matrix) when they are deep enough, else scored now.
+
+    With a scored head (`als.max_scored_items`) only lists of exactly depth n are reused: a
+    deeper list is not a prefix extension there (a user with fewer than that many unheard
+    tracks in the head is scored against every track, so its top n can leave the head),
+    and the label windows' candidates, scored at depth n, must be made as the test's."""
     pre = stage.cache.get("als_recs")
-    if pre is None or pre[1] < n:
-        return stage.als.recommend(users, stage.matrix, n, items=stage.cache.get("scored_items"))
+    head = stage.cache.get("scored_items")
+    if pre is None or pre[1] < n or (head is not None and pre[1] != n):
+        return stage.als.recommend(users, stage.matrix, n, items=head)
     recs: pd.DataFrame = pre[0]
     col = recs[C.User].to_numpy()
     out = recs.iloc[rows_of_keys(col, np.unique(np.asarray(users)))]

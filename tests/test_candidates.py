@@ -13,9 +13,11 @@ from musicrec.candidates import (
     SRC_POP,
     SRC_SIM,
     FirstStage,
+    als_top,
     generate_candidates,
     latest_tracks,
     outer_join_pairs,
+    set_als_recs,
     similar_to_latest,
 )
 from musicrec.columns import Columns as C
@@ -245,3 +247,27 @@ def test_latest_for_users_equals_filtering_every_users_latest_tracks(stage: Firs
     want = every[every[C.User].isin(users)].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
     assert len(latest_for_users(stage, np.array([-7]), 3)) == 0
+
+
+def test_als_candidates_do_not_depend_on_the_depth_of_the_precomputed_lists(
+    split: Split,
+) -> None:
+    """With a scored head, the ALS lists the pipeline precomputes (depth `als.n_recs`) top
+    up users short of unheard head tracks from the whole catalogue; their first n were
+    sliced as the test's candidates, while the label windows' were scored at depth n,
+    inside the head: the ranker met other candidates at test than in training (found by a
+    review). Whatever the precomputed depth, the candidates are the ones scored at n."""
+    n = 25
+    # a head one longer than the deeper list: a user who heard 2 to 11 of its tracks is
+    # short at depth n + 35 (topped up from outside the head) but not at n
+    head_cfg = ALS_CFG.model_copy(update={"max_scored_items": n + 36, "n_recs": n + 35})
+    stage = FirstStage.fit(split.history, split.start, head_cfg, SIM_CFG, num_threads=1)
+    users = stage.matrix.users.ids
+    fresh = als_top(stage, users, n)
+    deep = stage.als.recommend(users, stage.matrix, n + 35, items=stage.cache["scored_items"])
+    sliced = deep[deep[C.Rank] <= n]
+    assert _pairs(sliced) != _pairs(fresh)  # the depths differ: so would the candidates
+    set_als_recs(stage, deep, n + 35)
+    assert _pairs(als_top(stage, users, n)) == _pairs(fresh)
+    set_als_recs(stage, fresh, n)  # the same depth: reused
+    assert _pairs(als_top(stage, users, n)) == _pairs(fresh)
