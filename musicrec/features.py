@@ -101,9 +101,12 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     so they are computed once per first stage and kept in `stage.cache` (the ranker scores
     users in batches: recomputing them per batch sorted the whole history every time).
     Users and items are coded as in `stage.matrix` (the history's own ids)."""
-    key = ("history_stats", id(items), recent_days)
-    if key in stage.cache:
-        return stage.cache[key]  # type: ignore[no-any-return]
+    # keyed by the catalogue object itself (kept with the stats), not its id(): an id can
+    # be reused by another catalogue once the first is freed
+    key = ("history_stats", recent_days)
+    cached = stage.cache.get(key)
+    if cached is not None and cached[0] is items:
+        return cached[1]  # type: ignore[no-any-return]
     hist = stage.history
     end = np.datetime64(stage.end, "ns")
     recent_start = end - np.timedelta64(recent_days, "D")
@@ -151,7 +154,7 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
         st[f"{name}_pairs"] = (keys, n, size)
 
     st["counts"] = counts
-    stage.cache[key] = st
+    stage.cache[key] = (items, st)
     return st
 
 

@@ -366,3 +366,23 @@ def test_unit_item_factors_are_unit_rows_computed_once() -> None:
     assert unit.dtype == np.float32
     np.testing.assert_allclose(unit, [[0.6, 0.8], [0, 0], [1, 0]])
     assert unit_item_factors(stage) is unit  # cached per first stage
+
+
+def test_history_stats_follow_the_catalogue_they_were_computed_for(
+    stage: FirstStage, tiny_prepared: PreparedData
+) -> None:
+    """The per-stage cache of history statistics is keyed by the catalogue object (kept with
+    them), so another catalogue gets its own (its genres here) and the first one's come
+    back with it. (Keyed by id(), another catalogue could take a freed one's id.)"""
+    users = stage.matrix.users.ids[::5]
+    cand = generate_candidates(stage, users, CFG)
+    items = tiny_prepared.items
+    first = collect_features(stage, items, cand, CFG)
+    no_genres = items.assign(
+        genres=[[] for _ in range(len(items))],
+        main_genre=np.full(len(items), -1, dtype=items[C.MainGenre].dtype),
+    )
+    other = collect_features(stage, no_genres, cand, CFG)
+    assert (other["main_genre"] == "-1").all() and (first["main_genre"] != "-1").any()
+    assert (other["user_genre_share"] == 0).all()
+    pd.testing.assert_frame_equal(collect_features(stage, items, cand, CFG), first)
