@@ -116,6 +116,7 @@ def fake_s3(
             shutil.copy(Path(artifacts["root"]) / rel, artifacts_dir / rel)
 
     fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
+    fake.fetched_copy_is_complete = lambda *args, **kwargs: False  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
     return calls
 
