@@ -589,7 +589,7 @@ def test_service_fetch_falls_back_to_a_complete_earlier_copy(
     fetched a complete copy before starts on it, with an error logged (it did not start);
     without such a copy the StorageError still stops it."""
     bucket = new_bucket(s3_url)
-    settings = make_settings(s3_url, bucket, fetch_wait_s=0.5)
+    settings = make_settings(s3_url, bucket, fetch_wait_s=3)  # room for a retry under load
     upload_artifacts(settings, artifacts)
     target = tmp_path / "service"
     wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
