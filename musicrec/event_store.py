@@ -61,6 +61,9 @@ _INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX_NAME} ON events (user_id, id, trac
 #: read looked every row up in the table, 2-3x slower cold); replaced at `open`
 _OLD_INDEX = "events_user_id"
 _COLUMNS = ("id", "user_id", "track_id", "ts")
+#: the declared type of each column, as `_TABLE` makes them (an `id` that is not the
+#: INTEGER PRIMARY KEY would be NULL: the ids order each user's events)
+_TYPES = {"id": "INTEGER", "user_id": "INTEGER", "track_id": "INTEGER", "ts": "REAL"}
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
@@ -205,6 +208,14 @@ class RecentCache:
             self._applied_id = max(self._applied_id, committed[-1][0])
             self._evict()
 
+    def reset(self, applied_id: int) -> None:
+        """Forget every entry, and refuse fills from snapshots older than `applied_id` (the
+        newest committed event): the writer's way out when `apply` failed half-way."""
+        with self._lock:
+            self._users.clear()
+            self.events = 0
+            self._applied_id = max(self._applied_id, applied_id)
+
     def _evict(self) -> None:
         """Drop least recently used entries until both limits hold (lock held)."""
         while self._users and (len(self._users) > self.max_users or self.events > self.max_events):
@@ -260,35 +271,60 @@ class EventStore:
     def open(self) -> None:
         """Create or open the database, count what is there, start the threads.
 
-        A file that is not an SQLite database, is damaged, or has an `events` table without
-        the expected columns raises `ArtifactError` naming the file (sqlite3's own message
-        does not)."""
+        Refused with an `ArtifactError` naming the file (sqlite3's own message does not),
+        before anything is written to it: a file that is not an SQLite database or is
+        damaged (the table and the index are read whole to count the events); another
+        application's database (tables, but no `events`); an `events` table of another
+        layout; a file this process cannot write (every `/add_event` would fail); a
+        database another process holds locked."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            tables = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            if tables and "events" not in tables:
+                raise ArtifactError(
+                    f"{self.path}: an SQLite database without an 'events' table (tables: "
+                    f"{', '.join(sorted(tables)[:5])}); not an event database of this service, "
+                    "left as it was"
+                )
+            if tables:
+                self._check_layout(conn)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
             conn.execute(_TABLE)
-            found = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
-            missing = [c for c in _COLUMNS if c not in found]
-            if missing:
-                raise ArtifactError(
-                    f"{self.path}: table 'events' lacks column(s) {missing} (found {found}); "
-                    "not an event database of this service"
-                )
+            # a write that is rolled back: a read-only file (or folder) fails here, not at
+            # every /add_event of a service that reported ready
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version={int(version)}")
+            finally:
+                conn.execute("ROLLBACK")
             self._ensure_index(conn)
-            n_events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            n_users = conn.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0]
+            # the table and the index each read whole: a damaged page fails the start
+            # instead of the reads that meet it
+            n_events = conn.execute("SELECT COUNT(*) FROM events NOT INDEXED").fetchone()[0]
+            n_users = conn.execute(
+                f"SELECT COUNT(DISTINCT user_id) FROM events INDEXED BY {_INDEX_NAME}"
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
-            raise ArtifactError(
-                f"{self.path}: not a usable SQLite event database ({type(exc).__name__}: {exc})"
-            ) from exc
+            text = str(exc)
+            why = (
+                "the file (or its folder) is read-only"
+                if "readonly" in text
+                else "another process holds it locked"
+                if "locked" in text
+                else "not a usable SQLite event database"
+            )
+            raise ArtifactError(f"{self.path}: {why} ({type(exc).__name__}: {text})") from exc
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -395,6 +431,25 @@ class EventStore:
                 "cache_misses": self.cache.misses if self.cache is not None else 0,
             }
 
+    def _check_layout(self, conn: sqlite3.Connection) -> None:
+        """`ArtifactError` unless the `events` table has the columns and types `_TABLE`
+        makes, `id` its INTEGER PRIMARY KEY."""
+        info = {
+            r[1]: (str(r[2]).upper(), int(r[5])) for r in conn.execute("PRAGMA table_info(events)")
+        }
+        found = {name: kind for name, (kind, _) in info.items()}
+        wrong = [
+            c
+            for c in _COLUMNS
+            if found.get(c) != _TYPES[c] or (c == "id") != (info.get(c, ("", 0))[1] == 1)
+        ]
+        if wrong:
+            raise ArtifactError(
+                f"{self.path}: table 'events' has column(s) {wrong} missing or not as this "
+                f"service makes them (found {found}; expected {_TYPES}, id the INTEGER "
+                "PRIMARY KEY); not an event database of this service"
+            )
+
     def _ensure_index(self, conn: sqlite3.Connection) -> None:
         """Create the covering index a user's read runs on (the user's rows in id order
         with their track ids: one range of the index, no look-up in the table), replacing
@@ -440,18 +495,25 @@ class EventStore:
         cache = self.cache
         limit = max(k, cache.depth) if cache is not None else k
         # one read transaction: the users' rows and the snapshot's highest id agree
-        conn.execute("BEGIN")
         try:
-            snapshot_max = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-            rows = [
-                conn.execute(
-                    "SELECT id, track_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                    (user_id, limit),
-                ).fetchall()
-                for user_id in user_ids
-            ]
-        finally:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                snapshot_max = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+                rows = [
+                    conn.execute(
+                        "SELECT id, track_id FROM events WHERE user_id = ? "
+                        "ORDER BY id DESC LIMIT ?",
+                        (user_id, limit),
+                    ).fetchall()
+                    for user_id in user_ids
+                ]
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # damaged pages, I/O errors: a 503, not a 500
+            with contextlib.suppress(sqlite3.Error):  # no transaction left open on the thread
+                conn.execute("ROLLBACK")
+            log.error("event read failed: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailable(f"event read failed: {exc}") from exc
         if cache is not None:
             for user_id, user_rows in zip(user_ids, rows, strict=True):
                 cache.install(user_id, user_rows, snapshot_max, limit)
@@ -517,9 +579,16 @@ class EventStore:
             self._resolve(batch, None, exc)
             return
         if self.cache is not None:
-            self.cache.apply(
-                [(i, ev.user_id, ev.track_id) for i, ev in zip(ids, batch, strict=True)]
-            )
+            try:
+                self.cache.apply(
+                    [(i, ev.user_id, ev.track_id) for i, ev in zip(ids, batch, strict=True)]
+                )
+            except Exception:
+                # the events are committed: they are acknowledged below whatever happens to
+                # the cache (an exception here ended the writer thread, and every later add
+                # waited forever); the cache is emptied so that no read serves a stale entry
+                log.exception("event cache update failed after a commit: cache emptied")
+                self.cache.reset(max(ids, default=0))
         with self._stats_lock:
             s = self.stats
             s.events += len(batch)

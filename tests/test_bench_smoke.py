@@ -256,6 +256,11 @@ def test_event_store_reads_smoke() -> None:
     assert rate and int(rate.group(1).replace(",", "")) > 0, out
 
 
+def test_event_store_open_smoke() -> None:
+    out = run_script("event_store_open.py", "--events", "2000", "--users", "50", "--repeat", "2")
+    assert "open of 2,000 events (50 users): median" in out, out
+
+
 def test_idmap_ab_smoke() -> None:
     out = run_script(
         "idmap_ab.py", "--values", "1100000", "--ids", "70000", "--top", "2000000", "--rounds", "1"

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from musicrec.errors import ArtifactError
 from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
 from musicrec.service_events import EVENTS_K_MAX, create_app
 from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
@@ -552,3 +553,160 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
 
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
     assert_json_413(client, "/get_events_batch", b'{"user_ids": [' + b"1, " * 40_000 + b"1]}")
+
+
+def filled_database(path: Path, n: int = 3000) -> Path:
+    """A database written by the store: `n` events of 50 users."""
+    store = EventStore(path, cache_users=0)
+    store.open()
+
+    async def fill() -> None:
+        await asyncio.gather(*(store.add(i % 50, i) for i in range(n)))
+
+    try:
+        asyncio.run(fill())
+    finally:
+        store.close()
+    return path
+
+
+def damage_index(path: Path) -> None:
+    """Zero the header of the covering index's root page (a bad sector), table intact."""
+    with sqlite3.connect(path) as db:
+        root = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'events_user_recent'"
+        ).fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * size)
+        fh.write(b"\x00" * 16)
+
+
+def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """An SQLite file without an `events` table was adopted: switched to WAL for good and
+    given an `events` table beside its own."""
+    path = tmp_path / "invoices.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(ArtifactError, match=r"invoices.db: an SQLite database without an 'events'"):
+        EventStore(path).open()
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        "id INT, user_id INTEGER, track_id INTEGER, ts REAL",  # id not the row id: NULL ids
+        "id INTEGER PRIMARY KEY, user_id TEXT, track_id INTEGER, ts REAL",
+        "id INTEGER PRIMARY KEY, user_id, track_id, ts",
+    ],
+)
+def test_an_events_table_of_another_layout_is_refused(tmp_path: Path, columns: str) -> None:
+    """Only the column names were checked: an `id` that is not the INTEGER PRIMARY KEY was
+    stored as NULL, the writer thread died on it after the commit, and every later
+    `/add_event` waited forever."""
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE events ({columns})")
+    db.close()
+    with pytest.raises(ArtifactError, match="not as this service makes them"):
+        EventStore(path).open()
+
+
+def test_a_damaged_index_stops_the_start(tmp_path: Path) -> None:
+    """The start-up counts read the table only: a damaged index passed, and then every read
+    of a user answered 500 and every add 503."""
+    path = filled_database(tmp_path / "events.db")
+    damage_index(path)
+    with pytest.raises(ArtifactError, match="events.db: not a usable SQLite event database"):
+        EventStore(path).open()
+
+
+def test_a_read_that_fails_in_sqlite_is_unavailable_not_an_error(settings: Settings) -> None:
+    """A page damaged after the start (a failing disk): the read is a 503 with the reason,
+    not a 500; the next reads on the same reader thread fail the same way, not with a
+    transaction left open."""
+    filled_database(settings.event_db_path)
+    with TestClient(create_app(settings.model_copy(update={"events_cache_users": 0}))) as c:
+        damage_index(settings.event_db_path)  # after the start-up's checks
+        for _ in range(2):
+            r = c.post("/get_events", params={"user_id": 8, "k": 3})
+            assert r.status_code == 503, r.text
+            assert "event read failed" in r.json()["detail"]
+
+
+def test_a_cache_update_failing_after_a_commit_keeps_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception after the COMMIT (in the cache update) ended the writer thread: the
+    committed event was never acknowledged and every later add waited forever. Now the
+    event is acknowledged, the cache emptied, and the writer goes on."""
+    store = EventStore(tmp_path / "events.db")
+    store.open()
+    try:
+        assert store.cache is not None
+        asyncio.run(store.add(1, 10))
+        assert asyncio.run(store.latest(1, 5)) == [10]  # user 1 is cached now
+        real_apply = store.cache.apply
+        calls = {"n": 0}
+
+        def failing_once(committed: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise TypeError("a bug in the cache")
+            real_apply(committed)
+
+        monkeypatch.setattr(store.cache, "apply", failing_once)
+
+        async def two_adds() -> list[int]:
+            first = await asyncio.wait_for(store.add(1, 11), 5)
+            second = await asyncio.wait_for(store.add(2, 20), 5)
+            return [first, second]
+
+        ids = asyncio.run(two_adds())
+        assert ids[0] < ids[1]
+        assert len(store.cache) <= 1  # emptied (user 2 may be cached again)
+        assert asyncio.run(store.latest(1, 5)) == [11, 10]
+        assert asyncio.run(store.latest(2, 5)) == [20]
+    finally:
+        store.close()
+
+
+def test_a_database_locked_by_another_process_is_named_so(tmp_path: Path) -> None:
+    path = filled_database(tmp_path / "events.db", 10)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ArtifactError, match="another process holds it locked"):
+            EventStore(path).open()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_a_read_only_database_stops_the_start(tmp_path: Path) -> None:
+    """A file the process cannot write: with the current index the service started, said
+    it was ready, and answered every `/add_event` with 503 (with the older index it failed
+    as "not a usable database"). Now both are one start-up error saying read-only."""
+    import shutil
+    import subprocess
+
+    path = filled_database(tmp_path / "events.db", 10)
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr")
+    # root ignores file modes: the immutable flag stands for a read-only file
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i not permitted here")
+    try:
+        with pytest.raises(ArtifactError, match="events.db: the file .* is read-only"):
+            EventStore(path).open()
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
