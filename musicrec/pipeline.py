@@ -244,7 +244,10 @@ class PipelineContext:
         fp = StageCache.fingerprint(
             name, stage.params, stage.inputs, upstream, code_hash(stage.code)
         )
-        self.fingerprints[name] = fp
+        # registered once the stage has run or been reused, not before: a stage that failed
+        # (or a notebook cell interrupted) would count as done, and the next cell would build
+        # on its previous outputs and record that under the new fingerprint
+        self.fingerprints.pop(name, None)
         t0 = time.perf_counter()
         # the notebook runs stages one by one: each holds the directory against a CLI run
         with pipeline_lock(self.paths.cache_dir):
@@ -254,6 +257,7 @@ class PipelineContext:
             else:
                 info = stage.run()
                 self.cache.record(name, fp, info, stage.outputs)
+        self.fingerprints[name] = fp
         if name == "als_label":  # reused, it still tells later stages the tuned parameters
             self.als_params = info.get("params") or {}
         self.results[name] = info
@@ -891,7 +895,12 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
         Stage(
             "als_label",
             lambda: stage_als_label(ctx),
-            [cfg.als.model_dump(exclude={"warm_start_iterations"}), cfg.eval.model_dump()],
+            # the only evaluation setting it reads: the k of the NDCG it tunes by (the
+            # whole `eval` refit both ALS stages when e.g. the recall sample changed)
+            [
+                cfg.als.model_dump(exclude={"warm_start_iterations"}),
+                {"k_ndcg": cfg.eval.k_ndcg} if cfg.als.tune else None,
+            ],
             [],
             [paths.label_model_dir / f.name for f in model_files],
             ["split"],
@@ -900,7 +909,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
         Stage(
             "als",
             lambda: stage_als(ctx),
-            [cfg.als.model_dump(), cfg.eval.model_dump()],
+            cfg.als.model_dump(),  # and the tuned parameters, through als_label's fingerprint
             [],
             [*model_files, *heard_files, paths.personal_als],
             ["als_label"],

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tomllib
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,31 @@ def test_changed_parameter_recomputes_stage_and_dependants(
     assert (sim.groupby(C.Item1).size() == 7).all()
 
 
+def test_evaluation_settings_recompute_only_what_reads_them(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ALS stages had the whole `eval` section in their fingerprints: a new recall
+    sample size refit both ALS models, the similar tracks and the ranker (an hour at the
+    full size). Only the NDCG's k reaches ALS, and only when it is tuned by it."""
+    base = fast_pipeline_config()
+    run(tiny_raw_dir, own_dir, base, caplog)
+    sample = base.model_copy(deep=True)
+    sample.eval.candidate_recall_users = 77
+    sample.eval.k_precision = 3
+    _, reused, ran = run(tiny_raw_dir, own_dir, sample, caplog)
+    assert ran == {"evaluate"}, ran
+    ndcg = sample.model_copy(deep=True)
+    ndcg.eval.k_ndcg = 5
+    _, _, ran = run(tiny_raw_dir, own_dir, ndcg, caplog)
+    assert ran == {"als_label", "als", "similar", "ranker", "evaluate"}, ran
+    untuned = ndcg.model_copy(deep=True)
+    untuned.als.tune = False
+    run(tiny_raw_dir, own_dir, untuned, caplog)
+    untuned.eval.k_ndcg = 10
+    _, _, ran = run(tiny_raw_dir, own_dir, untuned, caplog)
+    assert ran == {"evaluate"}, ran
+
+
 def test_moved_directories_reuse_every_stage(
     own_dir: Path,
     tiny_raw_dir: Path,
@@ -630,6 +656,32 @@ def test_a_stage_run_before_its_upstream_stages_names_them(tiny_pipeline: TinyPi
     ):
         collect_metrics(ctx)  # the notebook's metrics cell run first: a bare KeyError before
     assert ctx.run_stage(plan["prepare"])  # a stage without upstream runs (reused here)
+
+
+def test_a_stage_that_failed_does_not_count_as_run(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notebook cell that fails or is interrupted: its stage was registered as run before
+    it ran, so the next cell (evaluate) built on the previous ranker's outputs and recorded
+    the result as fresh under the new parameters. Now the next cell names the stage."""
+    from musicrec.errors import MusicRecError
+
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    cfg = fast_pipeline_config(top_k=15)  # the ranker and evaluate must run again
+    ctx = PipelineContext(tiny_raw_dir, ArtifactPaths(own_dir), cfg, StageCache(own_dir / "cache"))
+    plan = {stage.name: stage for stage in build_plan(ctx)}
+    for name in ["prepare", "eda", "split", "top_popular", "als_label", "als", "similar"]:
+        ctx.run_stage(plan[name])
+
+    def interrupted() -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ctx.run_stage(replace(plan["ranker"], run=interrupted))
+    with pytest.raises(MusicRecError, match=r"stage 'evaluate' needs 'ranker' run first"):
+        ctx.run_stage(plan["evaluate"])
+    assert ctx.run_stage(plan["ranker"])  # once it has run, the next cell goes on
+    assert ctx.run_stage(plan["evaluate"])
 
 
 def test_after_final_fit_reruns_recompute_what_it_overwrote(
