@@ -6,6 +6,7 @@ import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -130,6 +131,7 @@ def verify() -> None:
 @app.command()
 def upload(artifacts_dir: ArtifactsDir = None) -> None:
     """Upload the artifacts to S3 (S3_BUCKET_NAME and credentials from the environment)."""
+    from musicrec.artifacts import ArtifactPaths, pipeline_lock
     from musicrec.settings import get_settings
     from musicrec.storage import ARTIFACT_DIRS, ARTIFACT_FILES, artifact_files, upload_artifacts
 
@@ -143,14 +145,32 @@ def upload(artifacts_dir: ArtifactsDir = None) -> None:
             f"{root} holds no artifacts (files under {', '.join(d + '/' for d in ARTIFACT_DIRS)}"
             f" or {', '.join(ARTIFACT_FILES)}): nothing to upload"
         )
-    upload_artifacts(s, root)
+    # held against a pipeline run on the same folder (the pipeline uploads under it too):
+    # an upload beside a run rewriting the artifacts listed a mix of two runs
+    cache = ArtifactPaths(root).cache_dir
+    with pipeline_lock(cache) if cache.is_dir() else contextlib.nullcontext():
+        upload_artifacts(s, root)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (`timeout`, `docker stop`, systemd) ends the command as Ctrl-C does: by an
     exception, so `finally` blocks remove half-written files and release locks (Python's
     default SIGTERM ends the process at once)."""
+    global _terminated
+    _terminated = signum
     raise SystemExit(128 + signum)
+
+
+#: the signal `_exit_on_sigterm` received (0: none): CatBoost turns any exception raised in
+#: a signal handler during its fit into KeyboardInterrupt, which would otherwise exit 130
+_terminated = 0
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
 
 
 def main() -> None:
@@ -162,3 +182,18 @@ def main() -> None:
         log.error("%s", exc)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # typer turns KeyboardInterrupt into exit code 130 (Ctrl-C), also the one CatBoost
+        # made of our SIGTERM: the signal received decides the code
+        code = exc.code if isinstance(exc, SystemExit) else 130
+        if _terminated and code in (130, 128 + _terminated):
+            code = 128 + _terminated
+        if isinstance(code, int) and 128 < code < 128 + signal.NSIG:
+            log.error("interrupted (signal %d, %s): stopped", code - 128, _signal_name(code - 128))
+            sys.exit(code)
+        raise
+    except Exception:
+        # execution_log.txt ended at the last stage that finished, the traceback on stderr
+        # only: the log says what stopped the run (and stderr shows it once, from the log)
+        log.exception("failed")
+        sys.exit(1)

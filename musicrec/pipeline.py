@@ -1023,9 +1023,9 @@ def run_pipeline(
                 run()
         metrics = collect_metrics(ctx)
         write_json(metrics, paths.metrics)
-    if settings is not None:
-        from musicrec.storage import upload_artifacts
+        if settings is not None:  # still under the lock: no other run rewrites what is sent
+            from musicrec.storage import upload_artifacts
 
-        upload_artifacts(settings, paths.root)
+            upload_artifacts(settings, paths.root)
     log.info("stage times (s): %s", json.dumps(ctx.seconds))
     return metrics

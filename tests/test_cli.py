@@ -172,6 +172,74 @@ def test_upload_of_a_folder_without_artifacts_is_an_error(tmp_path: Path) -> Non
     assert res.returncode == 0, (res.stdout, res.stderr)
 
 
+def test_upload_waits_for_no_pipeline_run_of_the_folder(tmp_path: Path) -> None:
+    """`upload` beside a pipeline run on the same folder sent a mix of two runs' files
+    under one manifest: it is refused like a second run, before S3 is asked anything."""
+    from musicrec.artifacts import ArtifactPaths, pipeline_lock
+
+    root = tmp_path / "recsys"
+    (root / "recommendations").mkdir(parents=True)
+    (root / "metrics.json").write_text("{}")
+    env = {"S3_BUCKET_NAME": "b", "S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with pipeline_lock(ArtifactPaths(root).cache_dir):  # a run holding the folder
+        res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env=env)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "another pipeline run (pid" in res.stderr, res.stderr
+
+
+def test_an_unforeseen_failure_is_in_the_execution_log(generated: Path, tmp_path: Path) -> None:
+    """A failure other than the project's own errors (here the similar-tracks file is a
+    folder) left execution_log.txt ending at the last stage that finished; the traceback
+    went to stderr only. Now the log ends with it, and stderr shows it once."""
+    blocked = tmp_path / "recsys" / "recommendations" / "similar.parquet"
+    blocked.mkdir(parents=True)
+    res = cli(
+        "pipeline",
+        "--data-dir",
+        str(generated),
+        "--artifacts-dir",
+        "recsys",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr[-2000:])
+    log = (tmp_path / "execution_log.txt").read_text()
+    tail = log[log.rindex("stage similar") :] if "stage similar" in log else log[-3000:]
+    assert "ERROR musicrec.cli: failed" in log and "Traceback" in tail, log[-3000:]
+    assert "IsADirectoryError" in tail or "is a directory" in tail.lower(), tail
+    assert res.stderr.count("Traceback (most recent call last)") == 1, res.stderr[-3000:]
+
+
+def test_sigterm_during_the_ranker_fit_exits_143(generated: Path, tmp_path: Path) -> None:
+    """CatBoost turns an exception raised by a signal handler during its fit into
+    KeyboardInterrupt: a SIGTERM (`docker stop`) there exited 130, as if Ctrl-C."""
+    (tmp_path / "slow.toml").write_text(
+        "[als]\ntune = false\niterations = 3\n[ranker]\niterations = 100000\nbag_size = 1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICREC_")}
+    env["PYTHONPATH"] = str(REPO)
+    args = ["pipeline", "--data-dir", str(generated), "--artifacts-dir", "recsys"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicrec", *args, "--config", "slow.toml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "execution_log.txt"
+    try:
+        deadline = time.monotonic() + 240
+        while "ranker training:" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "no ranker fit began"
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside CatBoost's fit
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert "interrupted (signal 15, SIGTERM)" in log.read_text()
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize(("force", "replaces"), [("", False), ("0", False), ("1", True)])
 def test_make_generate_replaces_data_only_with_force_1(force: str, replaces: bool) -> None:

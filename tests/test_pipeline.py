@@ -658,6 +658,33 @@ def test_a_stage_run_before_its_upstream_stages_names_them(tiny_pipeline: TinyPi
     assert ctx.run_stage(plan["prepare"])  # a stage without upstream runs (reused here)
 
 
+def test_the_upload_at_the_end_holds_the_run_lock(
+    own_dir: Path, tiny_raw_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 upload ran after the run had let go of the folder: another run could rewrite
+    the artifacts while they were sent (a mix of two runs under one manifest)."""
+    import subprocess
+    import sys
+
+    from musicrec.settings import Settings
+
+    lock = ArtifactPaths(own_dir).cache_dir / RUN_LOCK
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    )
+    taken: list[int] = []
+
+    def upload(settings: Settings, root: Path) -> list[str]:  # another process tries the lock
+        taken.append(subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode)
+        return []
+
+    monkeypatch.setattr("musicrec.storage.upload_artifacts", upload)
+    settings = Settings(_env_file=None, S3_BUCKET_NAME="bucket")  # type: ignore[call-arg]
+    run_pipeline(tiny_raw_dir, own_dir, fast_pipeline_config(), settings=settings, progress=False)
+    assert len(taken) == 1 and taken[0] != 0  # BlockingIOError: the run still held it
+
+
 def test_a_stage_that_failed_does_not_count_as_run(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
