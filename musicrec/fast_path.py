@@ -90,7 +90,9 @@ class FastPath:
         self.lanes = lanes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        # not under a root path: the router matches the path without it (uvicorn puts it in
+        # front), which this lookup does not; such requests go the usual way
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             lane = self.lanes.get(scope["path"])
             if lane is not None:
                 parsed = parse_id_k(scope["query_string"], lane.id_name, lane.default_k)

@@ -176,3 +176,27 @@ def test_not_ready_falls_through_to_the_503(upstream_settings: Settings) -> None
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
     r = TestClient(similar_app(upstream_settings)).post("/similar_tracks?track_id=1&k=5")
     assert r.status_code == 503 and "not ready" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("root_path", "url"),
+    # the paths as uvicorn passes them: the root path in front of what the client asked
+    [
+        ("/similar_tracks", "/similar_tracks?track_id={t}&k=3"),  # the client asked for "/"
+        ("/sim", "/sim/similar_tracks?track_id={t}&k=3"),
+    ],
+)
+def test_lane_and_route_agree_under_a_root_path(
+    settings: Settings, artifacts: dict[str, Any], root_path: str, url: str
+) -> None:
+    """uvicorn --root-path puts the root path in front of the request's path, and the router
+    matches without it; the lane matched the whole path, so under the root path
+    `/similar_tracks` a request for `/` was answered by the lane (the route: 404)."""
+    t = artifacts["similar_tracks"][0]
+    answers = []
+    for lane in (True, False):
+        cfg = settings.model_copy(update={"fast_path": lane})
+        with TestClient(similar_app(cfg), root_path=root_path) as c:
+            r = c.post(url.format(t=t))
+            answers.append((r.status_code, r.content))
+    assert answers[0] == answers[1]
