@@ -50,11 +50,21 @@ _BODY_SHOWN = 400
 
 @dataclass
 class Reply:
-    """An HTTP answer: status, raw body, parsed JSON (None if not JSON)."""
+    """An HTTP answer: status, raw body, parsed JSON (None if not JSON), content type."""
 
     status: int
     body: bytes
     data: Any
+    content_type: str = ""
+
+    @property
+    def is_json(self) -> bool:
+        """200 with a JSON body declared as such."""
+        return (
+            self.status == 200
+            and self.data is not None
+            and self.content_type.split(";")[0].strip() == "application/json"
+        )
 
     def short(self) -> str:
         text = self.body.decode("utf-8", "replace").replace("\n", " ")
@@ -104,10 +114,11 @@ def _call(
     req = urllib.request.Request(full, data=data, method=method, headers=hdrs)
     shown = f"{method} {full}" + (f" {data.decode()}" if body is not None and data else "")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type")
+        except urllib.error.HTTPError as exc:  # its body is read here too: it may be cut off
+            status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type")
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         # HTTPException: not HTTP at all (BadStatusLine) or cut off (IncompleteRead)
         return shown, Reply(0, f"connection failed: {type(exc).__name__}: {exc}".encode(), None)
@@ -115,7 +126,7 @@ def _call(
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         parsed = None
-    return shown, Reply(status, raw, parsed)
+    return shown, Reply(status, raw, parsed, ctype or "")
 
 
 def _sorted_by_rank(table: Any, key: str) -> list[int]:
@@ -259,7 +270,7 @@ class Verifier:
 
     def expect_json(self, name: str, method: str, url: str, expected: Any, **kw: Any) -> Reply:
         shown, reply = _call(method, url, **kw)
-        ok = reply.status == 200 and reply.data == expected
+        ok = reply.is_json and reply.data == expected
         note = "" if ok else f"expected 200 {orjson.dumps(expected).decode()[:_BODY_SHOWN]}"
         self.record(ok, name, shown, reply, note)
         return reply
@@ -334,29 +345,45 @@ class Verifier:
             shown, reply = _call(
                 "POST", f"{self.similar_url}/similar_tracks", params={"track_id": t, "k": K}
             )
-            ok = (
-                reply.status == 200
-                and isinstance(reply.data, dict)
-                and reply.data.get("track_id_2") == tracks
-                and np.allclose(reply.data.get("score", []), scores, rtol=1e-5)
-                and all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+            ok = _same_similar(reply, tracks, scores) and all(
+                a >= b for a, b in zip(scores, scores[1:], strict=False)
             )
             self.record(ok, "similar tracks, best first", shown, reply, f"expected {tracks}")
+            # the same through the FastAPI route (a request the express lane leaves to it),
+            # and a track the service does not know: empty lists
+            shown, reply = _call(
+                "POST",
+                f"{self.similar_url}/similar_tracks",
+                params={"track_id": t, "k": K, "source": "verify"},
+            )
+            ok = _same_similar(reply, tracks, scores)
+            self.record(ok, "similar tracks, route", shown, reply, f"expected {tracks}")
+            unknown = INT32_MAX - 7
+            if picks.similar_of([unknown], 1)[unknown] == ([], []):
+                self.expect_json(
+                    "similar tracks, unknown track: empty",
+                    "POST",
+                    f"{self.similar_url}/similar_tracks",
+                    {"track_id_2": [], "score": []},
+                    params={"track_id": unknown, "k": K},
+                )
             batch = picks.similar_of(picks.seeds, K)
-            expected_batch = [
-                [s, batch[s][0]] for s in picks.seeds
-            ]  # compare ids; scores checked above
             shown, reply = _call(
                 "POST",
                 f"{self.similar_url}/similar_tracks_batch",
                 body={"track_ids": picks.seeds, "k": K},
             )
-            got = (
-                [[r["track_id"], r["track_id_2"]] for r in reply.data.get("results", [])]
-                if reply.status == 200 and isinstance(reply.data, dict)
-                else None
+            results = reply.data.get("results") if isinstance(reply.data, dict) else None
+            ok = (
+                reply.is_json
+                and isinstance(results, list)
+                and [r.get("track_id") for r in results] == list(picks.seeds)
+                and all(
+                    _same_similar(Reply(200, b"", r, "application/json"), *batch[s])
+                    for s, r in zip(picks.seeds, results, strict=True)
+                )
             )
-            self.record(got == expected_batch, "similar tracks batch", shown, reply)
+            self.record(ok, "similar tracks batch", shown, reply)
         else:
             self.record(None, "similar tracks", "similar.parquet is empty", None)
 
@@ -538,8 +565,35 @@ class Verifier:
         # metrics
         for name, url in urls.items():
             shown, reply = _call("GET", f"{url}/metrics")
-            ok = reply.status == 200 and b"http_requests_total" in reply.body
+            # a sample that counted requests (the name alone is in the HELP line anyway)
+            counted = [
+                line
+                for line in reply.body.decode("utf-8", "replace").splitlines()
+                if line.startswith("http_requests_total{") and _sample_value(line) >= 1
+            ]
+            ok = reply.status == 200 and bool(counted)
             self.record(ok, f"{name} /metrics", shown, Reply(reply.status, reply.body[:120], None))
+
+
+def _same_similar(reply: Reply, tracks: list[int], scores: list[float]) -> bool:
+    """A JSON 200 `{"track_id_2": tracks, "score": scores}` (scores to 1e-5)."""
+    data = reply.data
+    if not reply.is_json or not isinstance(data, dict) or data.get("track_id_2") != tracks:
+        return False
+    got = data.get("score")
+    return (
+        isinstance(got, list)
+        and len(got) == len(scores)
+        and bool(np.allclose(got, scores, rtol=1e-5))
+    )
+
+
+def _sample_value(line: str) -> float:
+    """The value of a Prometheus sample line (`name{labels} value`); -1 if unreadable."""
+    try:
+        return float(line.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return -1.0
 
 
 def _health(name: str) -> dict[str, str]:

@@ -1,0 +1,148 @@
+"""verify_service.py must fail when a service misbehaves: each fault below made it pass
+before (found by a review), and with no fault it passes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from musicrec.service_common import INT32_MAX
+from musicrec.service_events import create_app as events_app
+from musicrec.service_recommendations import create_app as recs_app
+from musicrec.service_similar import create_app as similar_app
+from musicrec.settings import Settings
+from musicrec.verify import _call, run_verification
+
+from .conftest import ThreadedServer, make_settings
+
+UNKNOWN_TRACK = INT32_MAX - 7  # the track the verifier asks for as unknown
+
+
+async def _respond(send: Send, status: int, body: bytes, ctype: str) -> None:
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Faulty:
+    """ASGI wrapper of the similar-tracks service that misbehaves as `mode` says."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.mode: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.mode is None:
+            return await self.app(scope, receive, send)
+        path, query = scope["path"], scope["query_string"].decode()
+        if self.mode == "metrics without samples" and path == "/metrics":
+            text = b"# HELP http_requests_total Requests\n# TYPE http_requests_total counter\n"
+            return await _respond(send, 200, text, "text/plain; version=0.0.4")
+        if self.mode == "route answers empty" and path == "/similar_tracks" and "source=" in query:
+            return await _respond(send, 200, b'{"track_id_2":[],"score":[]}', "application/json")
+        if (
+            self.mode == "unknown track 500"
+            and path == "/similar_tracks"
+            and f"track_id={UNKNOWN_TRACK}" in query
+        ):
+            return await _respond(send, 500, b"Internal Server Error", "text/plain")
+        sent: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, keep)
+        start = sent[0]
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        ctype = dict(start["headers"]).get(b"content-type", b"").decode()
+        if self.mode == "batch scores halved" and path == "/similar_tracks_batch":
+            data = orjson.loads(body)
+            for r in data["results"]:
+                r["score"] = [s / 2 for s in r["score"]]
+            body = orjson.dumps(data)
+        if self.mode == "JSON sent as text/html" and ctype.startswith("application/json"):
+            ctype = "text/html"
+        await _respond(send, start["status"], body, ctype)
+
+
+@pytest.fixture(scope="module")
+def services(
+    artifacts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Faulty]]:
+    """The three services in-process, the similar one behind `Faulty`."""
+    work = tmp_path_factory.mktemp("verify_catches")
+    cfg = make_settings(artifacts["root"], work)
+    faulty = Faulty(similar_app(cfg))
+    servers = [
+        ThreadedServer(faulty, cfg.similar_port),  # type: ignore[arg-type]
+        ThreadedServer(events_app(cfg), cfg.events_port),
+        ThreadedServer(recs_app(cfg), cfg.recs_port),
+    ]
+    started = []
+    try:
+        for s in servers:
+            s.start()
+            started.append(s)
+        yield cfg, faulty
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "failed_check"),
+    [
+        (None, None),
+        ("metrics without samples", "similar /metrics"),
+        ("batch scores halved", "similar tracks batch"),
+        ("JSON sent as text/html", "similar tracks, best first"),
+        ("route answers empty", "similar tracks, route"),
+        ("unknown track 500", "similar tracks, unknown track: empty"),
+    ],
+)
+def test_the_verifier_fails_a_misbehaving_service(
+    services: tuple[Settings, Faulty], tmp_path: Path, mode: str | None, failed_check: str | None
+) -> None:
+    cfg, faulty = services
+    faulty.mode = mode
+    log = tmp_path / "service_test.log"
+    try:
+        rc = run_verification(cfg, log_path=log)
+    finally:
+        faulty.mode = None
+    lines = log.read_text().splitlines()
+    failed = [x for x in lines if x.startswith("FAIL ")]
+    if failed_check is None:
+        assert rc == 0 and not failed, failed
+    else:
+        assert rc == 1 and any(failed_check in x for x in failed), failed or lines[-1]
+
+
+def test_an_error_answer_cut_off_is_a_failed_call_not_a_stop() -> None:
+    """A 500 whose body is shorter than its Content-Length: `IncompleteRead` escaped the
+    call, and the whole verification stopped with every later check unrun."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\ncut short")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        _, reply = _call("GET", f"http://127.0.0.1:{server.getsockname()[1]}/health")
+    finally:
+        thread.join(10)
+        server.close()
+    assert reply.status == 0 and b"IncompleteRead" in reply.body, reply
