@@ -459,8 +459,12 @@ def _download(
         listed, upload = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
         if listed is not None:
             wanted = _as_listed(wanted, listed, only, optional, settings, bucket, base)
-            if reuse:  # fetched before, no longer part of the bucket's upload: stale
-                for name in [n for n in manifest if n not in wanted]:
+            # fetched before, no longer part of the bucket's upload: stale. Only those: a
+            # file of the upload this call does not want is another service's (the services
+            # share one folder by default), which removing it made download again at every
+            # start, and a restart without S3 found no copy to serve
+            if reuse:
+                for name in [n for n in manifest if n not in listed]:
                     (root / name).unlink(missing_ok=True)
                     del manifest[name]
                     record_changed = True

@@ -617,3 +617,29 @@ def test_service_fetch_falls_back_to_a_complete_earlier_copy(
         service_fetch(down, target, wanted)
     with pytest.raises(StorageError, match="cannot reach"):
         service_fetch(down, tmp_path / "fresh", wanted)
+
+
+def test_services_fetching_into_one_folder_keep_each_others_files(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The services share one artifacts folder by default: each fetch removed the files of
+    the others' fetches (not in its own list), so every start downloaded them again and a
+    restart with S3 down found no complete copy. Only files the upload no longer lists go."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    shared = tmp_path / "recsys"
+    similar = ["recommendations/similar.parquet"]
+    recs = ["recommendations/top_popular.parquet", "metrics.json"]
+    download_artifacts(settings, shared, only=similar, reuse=True)
+    download_artifacts(settings, shared, only=recs, reuse=True)
+    assert all((shared / rel).is_file() for rel in similar + recs)
+    assert fetched_copy_is_complete(shared, similar) and fetched_copy_is_complete(shared, recs)
+    client = CountingClient(s3_client(settings))
+    download_artifacts(settings, shared, client=client, only=similar, reuse=True)
+    assert client.downloads == []  # kept, not fetched again
+    # a file the latest upload no longer lists is still removed
+    (artifacts / "metrics.json").unlink()
+    upload_artifacts(settings, artifacts)
+    download_artifacts(settings, shared, only=similar, reuse=True)
+    assert not (shared / "metrics.json").exists() and (shared / similar[0]).is_file()
