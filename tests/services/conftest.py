@@ -145,25 +145,33 @@ class ThreadedServer:
         self.thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def running(servers: list[ThreadedServer]) -> Iterator[None]:
+    """Start `servers` in order; stop those started, at the end or on a failed start."""
+    started = []
+    try:
+        for s in servers:
+            s.start()
+            started.append(s)
+        yield
+    finally:
+        for s in started:
+            s.stop()
+
+
 @pytest.fixture
 def upstream_settings(settings: Settings) -> Iterator[Settings]:
     """`settings` with the similar and event services running in-process (real HTTP)."""
     from musicrec.service_events import create_app as events_app
     from musicrec.service_similar import create_app as similar_app
 
-    servers = [
-        ThreadedServer(similar_app(settings), settings.similar_port),
-        ThreadedServer(events_app(settings), settings.events_port),
-    ]
-    started = []
-    try:
-        for s in servers:
-            s.start()
-            started.append(s)
+    with running(
+        [
+            ThreadedServer(similar_app(settings), settings.similar_port),
+            ThreadedServer(events_app(settings), settings.events_port),
+        ]
+    ):
         yield settings
-    finally:
-        for s in started:
-            s.stop()
 
 
 def resume_and_stop(procs: list[ServiceProcess]) -> None:

@@ -20,7 +20,7 @@ from musicrec.service_similar import create_app as similar_app
 from musicrec.settings import Settings
 from musicrec.verify import _call, run_verification
 
-from .conftest import ThreadedServer, make_settings
+from .conftest import ThreadedServer, make_settings, running
 
 UNKNOWN_TRACK = INT32_MAX - 7  # the track the verifier asks for as unknown
 
@@ -80,20 +80,14 @@ def services(
     work = tmp_path_factory.mktemp("verify_catches")
     cfg = make_settings(artifacts["root"], work)
     faulty = Faulty(similar_app(cfg))
-    servers = [
-        ThreadedServer(faulty, cfg.similar_port),  # type: ignore[arg-type]
-        ThreadedServer(events_app(cfg), cfg.events_port),
-        ThreadedServer(recs_app(cfg), cfg.recs_port),
-    ]
-    started = []
-    try:
-        for s in servers:
-            s.start()
-            started.append(s)
+    with running(
+        [
+            ThreadedServer(faulty, cfg.similar_port),  # type: ignore[arg-type]
+            ThreadedServer(events_app(cfg), cfg.events_port),
+            ThreadedServer(recs_app(cfg), cfg.recs_port),
+        ]
+    ):
         yield cfg, faulty
-    finally:
-        for s in started:
-            s.stop()
 
 
 @pytest.mark.parametrize(
