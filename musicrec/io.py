@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,26 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(root: str | Path, older_than_s: float = 600.0) -> tuple[int, int]:
+    """Remove the temporary files `atomic_path` left under `root` (recursively) when its
+    process was killed outright (SIGKILL, the OOM killer: no `finally` ran), if untouched
+    for `older_than_s` (a file another live process is writing is not one of them).
+    Returns (files, bytes) removed."""
+    files = size = 0
+    cutoff = time.time() - older_than_s
+    for path in Path(root).rglob(".*.tmp"):
+        try:
+            st = path.stat()
+            if not path.is_file() or st.st_mtime > cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        files += 1
+        size += st.st_size
+    return files, size
 
 
 def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path) -> Path:

@@ -45,7 +45,13 @@ from musicrec.errors import ArtifactError, ConfigError, DataValidationError, Mus
 from musicrec.features import collect_features
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import HeardIndex
-from musicrec.io import read_json, write_json, write_parquet, write_parquet_batches
+from musicrec.io import (
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+    write_parquet,
+    write_parquet_batches,
+)
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.memory import release_free_memory, rss_gib
 from musicrec.plots import EDA_FILES
@@ -1013,6 +1019,12 @@ def run_pipeline(
     paths.ensure_dirs()
     ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
     with pipeline_lock(paths.cache_dir):  # the whole run: no other run interleaves stages
+        # the half-written files of a run killed outright (gigabytes at the full size)
+        files, size = remove_stale_temporaries(paths.root)
+        if files:
+            log.info(
+                "removed %d temporary files (%.1f MB) of an interrupted run", files, size / 1e6
+            )
         bar = tqdm(build_plan(ctx), desc="pipeline", unit="stage", disable=not progress)
         for stage in bar:
             bar.set_postfix_str(stage.name)

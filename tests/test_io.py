@@ -124,3 +124,25 @@ def test_release_free_memory_collects_and_hands_both_pools_back(
     monkeypatch.setattr(memory, "_libc_malloc_trim", lambda: trims.append)
     memory.release_free_memory("in a test")
     assert calls == ["gc", "pyarrow"] and trims == [0]
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """What a process killed outright left: `.name.XXXX.tmp` files untouched for ten
+    minutes go, in sub-folders too; a fresh one (a live writer's), other hidden files and
+    the artifacts stay."""
+    import time
+
+    from musicrec.io import remove_stale_temporaries
+
+    old = [tmp_path / ".a.parquet.x1.tmp", tmp_path / "model" / ".f.npy.x2.tmp"]
+    fresh = tmp_path / ".b.parquet.x3.tmp"
+    keep = [tmp_path / "a.parquet", tmp_path / ".s3-fetched.json", tmp_path / "notes.tmp"]
+    for path in [*old, fresh, *keep]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"12345")
+    hour_ago = time.time() - 3600
+    for path in [*old, *keep]:
+        os.utime(path, (hour_ago, hour_ago))
+    assert remove_stale_temporaries(tmp_path) == (2, 10)
+    assert not any(p.exists() for p in old)
+    assert fresh.exists() and all(p.exists() for p in keep)

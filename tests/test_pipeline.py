@@ -685,6 +685,19 @@ def test_the_upload_at_the_end_holds_the_run_lock(
     assert len(taken) == 1 and taken[0] != 0  # BlockingIOError: the run still held it
 
 
+def test_a_run_removes_what_a_killed_run_left_half_written(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed outright (SIGKILL, the OOM killer) leaves its temporary files (no
+    `finally` ran): the next run removes those untouched for ten minutes."""
+    stale = ArtifactPaths(own_dir).recs_dir / ".recommendations.parquet.k1ll3d.tmp"
+    stale.write_bytes(b"x" * 1000)
+    os.utime(stale, (1e9, 1e9))
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    assert not stale.exists()
+    assert any("removed 1 temporary files" in r.getMessage() for r in caplog.records)
+
+
 def test_a_stage_that_failed_does_not_count_as_run(
     own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
