@@ -61,7 +61,7 @@ def prepare(
     data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config: ConfigFile = None
 ) -> None:
     """Validate the raw files and write recsys/data/items.parquet and events.parquet."""
-    from musicrec.artifacts import ArtifactPaths
+    from musicrec.artifacts import ArtifactPaths, pipeline_lock
     from musicrec.config import load_config
     from musicrec.prepare import prepare_data
     from musicrec.settings import get_settings
@@ -69,9 +69,10 @@ def prepare(
     _setup()
     s = get_settings()
     cfg = load_config(config or s.config_file)
-    result = prepare_data(
-        data_dir or s.data_dir, ArtifactPaths(artifacts_dir or s.artifacts_dir), cfg.data
-    )
+    paths = ArtifactPaths(artifacts_dir or s.artifacts_dir)
+    # it rewrites data/, which a pipeline run on the folder reads: refused while one runs
+    with pipeline_lock(paths.cache_dir):
+        result = prepare_data(data_dir or s.data_dir, paths, cfg.data)
     typer.echo(result.summary())
 
 

@@ -187,6 +187,19 @@ def test_upload_waits_for_no_pipeline_run_of_the_folder(tmp_path: Path) -> None:
     assert "another pipeline run (pid" in res.stderr, res.stderr
 
 
+def test_prepare_waits_for_no_pipeline_run_of_the_folder(generated: Path, tmp_path: Path) -> None:
+    """`prepare` rewrites data/, which a pipeline run on the folder reads: refused while
+    one holds it, as a second run is."""
+    from musicrec.artifacts import ArtifactPaths, pipeline_lock
+
+    args = ["prepare", "--data-dir", str(generated), "--artifacts-dir", "recsys"]
+    with pipeline_lock(ArtifactPaths(tmp_path / "recsys").cache_dir):
+        res = cli(*args, cwd=tmp_path)
+    assert res.returncode == 2 and "another pipeline run (pid" in res.stderr, res.stderr
+    assert not (tmp_path / "recsys" / "data" / "events.parquet").exists()
+    assert cli(*args, cwd=tmp_path).returncode == 0
+
+
 def test_an_unforeseen_failure_is_in_the_execution_log(generated: Path, tmp_path: Path) -> None:
     """A failure other than the project's own errors (here the similar-tracks file is a
     folder) left execution_log.txt ending at the last stage that finished; the traceback
