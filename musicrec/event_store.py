@@ -61,6 +61,7 @@ _INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX_NAME} ON events (user_id, id, trac
 #: read looked every row up in the table, 2-3x slower cold); replaced at `open`
 _OLD_INDEX = "events_user_id"
 _COLUMNS = ("id", "user_id", "track_id", "ts")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: the declared type of each column, as `_TABLE` makes them (an `id` that is not the
 #: INTEGER PRIMARY KEY would be NULL: the ids order each user's events)
 _TYPES = {"id": "INTEGER", "user_id": "INTEGER", "track_id": "INTEGER", "ts": "REAL"}
@@ -373,7 +374,11 @@ class EventStore:
     # --- async API ------------------------------------------------------------------------
 
     async def add(self, user_id: int, track_id: int) -> int:
-        """Store one event; returns its id once the transaction holding it is committed."""
+        """Store one event; returns its id once the transaction holding it is committed.
+        Ids outside SQLite's 64-bit integers raise `ValueError` here: in the group commit
+        they failed the whole batch, every other user's events with them."""
+        if not (_INT64_MIN <= user_id <= _INT64_MAX and _INT64_MIN <= track_id <= _INT64_MAX):
+            raise ValueError(f"ids must be 64-bit integers: user {user_id}, track {track_id}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         # the check and the put under one lock with `close()` (another thread): an event

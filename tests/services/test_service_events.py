@@ -710,3 +710,23 @@ def test_a_read_only_database_stops_the_start(tmp_path: Path) -> None:
             EventStore(path).open()
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_an_id_beyond_64_bits_fails_its_own_add_not_the_batch(tmp_path: Path) -> None:
+    """At the library level (HTTP bounds ids to int32): an id SQLite cannot store raised
+    OverflowError in the group commit and failed every event of the batch with it."""
+    store = EventStore(tmp_path / "events.db")
+    store.open()
+
+    async def adds() -> list[Any]:
+        return await asyncio.gather(
+            store.add(1, 10), store.add(2**63, 11), store.add(3, 12), return_exceptions=True
+        )
+
+    try:
+        first, bad, third = asyncio.run(adds())
+        assert isinstance(first, int) and isinstance(third, int), (first, third)
+        assert isinstance(bad, ValueError) and "64-bit" in str(bad)
+        assert asyncio.run(store.latest(3, 5)) == [12]
+    finally:
+        store.close()
