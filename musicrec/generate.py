@@ -75,6 +75,8 @@ log = logging.getLogger("musicrec.generate")
 N_DAYS = 365
 YEAR_START = np.datetime64("2022-01-01", "ns")
 NS_PER_DAY = 86_400 * 10**9
+#: a temporary raw file untouched this long (s) is a killed run's, removed by the next run
+STALE_TMP_S = 600.0
 #: the real data's longest user history (fits int16)
 REAL_MAX_TRACK_SEQ = 16_637
 #: monthly listens of the real data in millions (Jan 2.3 .. Nov 32.9, total 222.6)
@@ -133,6 +135,11 @@ class Preset:
             raise ValueError(f"inconsistent genre counts in preset {self.name!r}")
         if not self.n_genre_ids <= self.n_artists <= min(self.n_tracks, self.n_albums):
             raise ValueError(f"preset {self.name!r} needs n_genre_ids <= n_artists <= n_tracks")
+        if int(0.9 * self.n_albums) < self.n_artists:  # ~90% of the albums are artists' own
+            raise ValueError(
+                f"preset {self.name!r} needs n_albums >= n_artists / 0.9 (one own album per "
+                f"artist at least): {self.n_albums} albums for {self.n_artists} artists"
+            )
         if self.max_events_per_user > np.iinfo(np.int16).max:
             raise ValueError("max_events_per_user must fit track_seq int16")
 
@@ -751,7 +758,8 @@ def generate_chunk(
         uniq, first_idx = np.unique(key[iv], return_index=True)
         acc = np.zeros(m, bool)
         acc[iv[first_idx]] = True
-        taken.append(uniq)
+        if len(uniq):  # an empty round's keys broke the next round's lookup (IndexError)
+            taken.append(uniq)
         got_u.append(owner[acc])
         got_t.append(track[acc])
         got_d.append(day[acc])
@@ -843,10 +851,15 @@ def generate_dataset(
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     out.mkdir(parents=True, exist_ok=True)
-    for name in RawFiles.All:  # half-written files of a run that was killed (SIGKILL)
+    # half-written files of a run that was killed (SIGKILL), if untouched for ten minutes:
+    # a younger one may be another live run's (removing it failed that run at its rename)
+    cutoff = time.time() - STALE_TMP_S
+    for name in RawFiles.All:
         for stale in out.glob(f".{name}.*.tmp"):
-            log.info("removing %s, left by an interrupted run", stale)
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime <= cutoff:
+                    log.info("removing %s, left by an interrupted run", stale)
+                    stale.unlink()
     log.info("generating preset %s (seed %d) into %s", p.name, seed, out)
     cat = build_catalog(p, seed)
     users = build_users(p, seed)

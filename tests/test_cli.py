@@ -154,8 +154,11 @@ def test_sigterm_leaves_no_half_written_file(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
     stale = out / f".{RawFiles.Interactions}.abc123.tmp"
     stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # untouched for an hour
+    live = out / f".{RawFiles.Tracks}.l1ve00.tmp"  # another run's, still being written
+    live.write_bytes(b"half")
     assert cli("generate", "--preset", "tiny", "--out", "d", cwd=tmp_path).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(RawFiles.All)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RawFiles.All, live.name])
 
 
 def test_upload_of_a_folder_without_artifacts_is_an_error(tmp_path: Path) -> None:
