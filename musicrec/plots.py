@@ -185,12 +185,29 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _thousands(ax_axis: Any) -> None:
     """Counts with thousands separators; on a linear axis, ticks at whole numbers only
-    (small counts got ticks at 0.5 steps, labelled `0 0 1 1 2`)."""
+    (small counts got ticks at 0.5 steps, labelled `0 0 1 1 2`); below 1 (a log axis's
+    0.1) as the number itself, not rounded to `0`."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     if ax_axis.get_scale() == "linear":
         ax_axis.set_major_locator(MaxNLocator(integer=True))
-    ax_axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
+    ax_axis.set_major_formatter(FuncFormatter(_count_label))
+
+
+def _count_label(x: float, _pos: Any = None) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1 or x == 0 else f"{x:g}"
+
+
+#: at most this many month labels on the activity chart (more overlap on a 10-inch figure)
+MAX_MONTH_LABELS = 24
+
+
+def _month_ticks(months: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    """Positions and labels of the month axis: every month up to `MAX_MONTH_LABELS`, else
+    every k-th (Last.fm spans 70 months, MovieLens 271: one label each overlapped)."""
+    step = max(1, math.ceil(len(months) / MAX_MONTH_LABELS))
+    x = np.arange(0, len(months), step)
+    return x, [str(months[int(i)]) for i in x]
 
 
 def _no_data(ax: Axes, what: str) -> None:
@@ -229,7 +246,7 @@ def _draw_user_activity(monthly: _Monthly, path: str | Path) -> Path:
     else:
         x = np.arange(len(monthly.months))
         ax.bar(x, monthly.listens, color=_BAR, label="listens")
-        ax.set_xticks(x, [str(m) for m in monthly.months], rotation=45, ha="right")
+        ax.set_xticks(*_month_ticks(list(monthly.months)), rotation=45, ha="right")
         ax.set_xlabel("month")
         ax.set_ylabel("listens", color=_BAR)
         _thousands(ax.yaxis)
@@ -299,18 +316,28 @@ def _genre_names(items: pd.DataFrame) -> pd.Series:
     return names.astype(str)
 
 
+def genre_shares(items: pd.DataFrame, pop: _Popularity, n: int) -> pd.Series:
+    """The `n` genres with the largest share of listens (by the track's main genre), largest
+    first; genres nobody listened to are left out (they were drawn as 0.0% bars filling
+    the top n). Empty without listens."""
+    total = int(pop.listeners.sum())
+    if total == 0:
+        return pd.Series(dtype=np.float64)
+    it = items.drop_duplicates(C.Item)
+    listens = pd.Series(pop.listeners, index=pop.track_ids)
+    per_item = listens.reindex(it[C.Item].to_numpy()).fillna(0).to_numpy()
+    by_genre = pd.Series(per_item, index=_genre_names(it).to_numpy()).groupby(level=0).sum()
+    return (by_genre[by_genre > 0] / total).sort_values(ascending=False).head(n)
+
+
 def _draw_top_genres(items: pd.DataFrame, pop: _Popularity, path: str | Path, n: int) -> Path:
     fig = _figure(10, 7)
     ax = fig.add_subplot()
     total = int(pop.listeners.sum())
-    if total == 0:
-        _no_data(ax, "events")
+    share = genre_shares(items, pop, n)
+    if len(share) == 0:  # no events, or only of tracks the catalogue does not hold
+        _no_data(ax, "events" if total == 0 else "genres of the listened tracks")
     else:
-        it = items.drop_duplicates(C.Item)
-        listens = pd.Series(pop.listeners, index=pop.track_ids)
-        per_item = listens.reindex(it[C.Item].to_numpy()).fillna(0).to_numpy()
-        by_genre = pd.Series(per_item, index=_genre_names(it).to_numpy()).groupby(level=0).sum()
-        share = (by_genre / total).sort_values(ascending=False).head(n)
         y = np.arange(len(share))
         colors = [_GREY if g in (_NO_GENRE, "unknown") else _BAR for g in share.index]
         bars = ax.barh(y, share.to_numpy() * 100, color=colors)
@@ -338,8 +365,12 @@ def _draw_long_tail(pop: _Popularity, path: str | Path) -> Path:
         ax.loglog(ranks[sample], counts[sample], color=_BAR, lw=2)
         total = counts.sum()
         cum = np.cumsum(counts)
+        drawn: set[int] = set()
         for frac, color in ((0.01, _ACCENT), (0.10, "#edae49")):
             k = max(1, int(math.ceil(n * frac)))
+            if k in drawn:  # fewer than 100 tracks: the 10% line is the 1% one
+                continue
+            drawn.add(k)
             share = cum[k - 1] / total
             ax.axvline(k, color=color, ls="--", lw=1.2)
             ax.annotate(
@@ -391,7 +422,7 @@ def _draw_user_history_length(pop: _Popularity, path: str | Path) -> Path:
         ax.stairs(heights, edges, fill=True, color=_BAR)
         ax.set_xscale("log")
         med = float(np.median(lengths))
-        ax.axvline(med, color=_ACCENT, ls="--", lw=1.5, label=f"median {med:,.0f} listens")
+        ax.axvline(med, color=_ACCENT, ls="--", lw=1.5, label=f"median {med:,g} listens")
         ax.legend(loc="upper right", title=f"{len(lengths):,} users, mean {lengths.mean():,.1f}")
         ax.set_xlabel("listens per user (log)")
         ax.set_ylabel("users per listen count")

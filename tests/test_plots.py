@@ -226,3 +226,37 @@ def test_small_counts_get_whole_number_ticks(top: int) -> None:
     log_ax.plot([1, 10, 1000])
     P._thousands(log_ax.yaxis)
     assert type(log_ax.yaxis.get_major_locator()).__name__ == "LogLocator"
+
+
+def test_genre_shares_leave_out_genres_nobody_heard() -> None:
+    """The top-genres chart drew genres without a listen as 0.0% bars filling the top n,
+    and crashed (NaN axis limit) on an empty catalogue."""
+    items = make_items()
+    events = make_events()
+    pop_tracks = set(items.loc[items["main_genre"].isin([0, 1]), "track_id"])
+    heard = events[events["track_id"].isin(pop_tracks)]  # listens of two genres only
+    share = P.genre_shares(items, P._popularity(heard), 20)
+    assert list(share.index) == sorted(share.index, key=lambda g: -share[g])
+    assert set(share.index) == {"pop", "rock"} and (share > 0).all()
+    expected = heard.merge(items, on="track_id")["main_genre_name"].value_counts(normalize=True)
+    assert np.allclose(share.sort_index(), expected.sort_index())
+    assert len(P.genre_shares(items.iloc[:0], P._popularity(events), 20)) == 0
+
+
+def test_empty_catalogue_draws_every_picture(tmp_path: Path) -> None:
+    for p in P.draw_eda(make_items().iloc[:0], make_events(), tmp_path):
+        check_png(p)
+
+
+@pytest.mark.parametrize(("months", "labels"), [(12, 12), (24, 24), (70, 24), (271, 23)])
+def test_month_axis_labels_at_most_24(months: int, labels: int) -> None:
+    """One label per month overlapped over Last.fm's 70 months and MovieLens' 271."""
+    names = [f"m{i}" for i in range(months)]
+    x, shown = P._month_ticks(names)
+    assert len(shown) == labels and shown[0] == "m0"
+    assert shown == [names[i] for i in x] and len(set(np.diff(x))) <= 1
+
+
+def test_count_labels_below_one_keep_their_value() -> None:
+    """A log axis's 0.1 tick was labelled `0`."""
+    assert [P._count_label(v) for v in (0.1, 0, 1, 1234.0)] == ["0.1", "0", "1", "1,234"]
