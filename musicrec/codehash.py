@@ -71,17 +71,17 @@ def module_closure(roots: tuple[str, ...], package_dir: Path | None = None) -> l
         if name in seen:
             continue
         seen.add(name)
-        path = package_dir / f"{name}.py"
-        st = path.stat()
-        imports = _imports_of(path, st.st_mtime_ns, st.st_size)
+        imports = _imports_of((package_dir / f"{name}.py").read_bytes())
         todo += [m for m in imports if (package_dir / f"{m}.py").is_file()]
     return sorted(seen)
 
 
 @functools.lru_cache(maxsize=256)
-def _imports_of(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
-    """The parse of one file, kept while it is unchanged (the key has its mtime and size)."""
-    return frozenset(imported_modules(path.read_text(encoding="utf-8")))
+def _imports_of(source: bytes) -> frozenset[str]:
+    """The package imports of one file, parsed once per content: a key of the file's mtime
+    and size kept the old imports of a file edited to the same size and copied back with
+    its old mtime (`cp -p`, rsync, tar), so a module it newly imported was left out."""
+    return frozenset(imported_modules(source.decode("utf-8")))
 
 
 def _library_version(name: str) -> str:

@@ -83,9 +83,17 @@ class IdMap:
         if table is not None:
             inside = (values >= 0) & (values < len(table))
             return np.where(inside, table[np.where(inside, values, 0)], -1).astype(np.int32)
+        fits = None
+        if values.dtype.kind == "u" and self.ids.dtype.kind == "i":
+            # unsigned against signed: searchsorted compares them as float64, which rounds
+            # ids beyond 2**53; values past the ids' dtype cannot be ids at all
+            fits = values <= np.iinfo(self.ids.dtype).max
+            values = np.where(fits, values, 0).astype(self.ids.dtype)
         pos = np.searchsorted(self.ids, values)
         pos = np.minimum(pos, len(self.ids) - 1) if len(self.ids) else pos
         known = (len(self.ids) > 0) & (self.ids[pos] == values) if len(self.ids) else False
+        if fits is not None:
+            known = known & fits
         return np.where(known, pos, -1).astype(np.int32)
 
     def _dense_table(self) -> np.ndarray | None:
@@ -153,7 +161,14 @@ def seen_mask(csr: sp.csr_matrix, user_codes: np.ndarray, item_codes: np.ndarray
     user_codes = np.asarray(user_codes, dtype=np.int64)
     item_codes = np.asarray(item_codes, dtype=np.int64)
     out = np.zeros(len(user_codes), dtype=bool)
-    valid = (user_codes >= 0) & (item_codes >= 0)
+    # codes beyond the matrix are unseen (an item code past the last column made the key
+    # of the next row's first column: a false "seen")
+    valid = (
+        (user_codes >= 0)
+        & (user_codes < csr.shape[0])
+        & (item_codes >= 0)
+        & (item_codes < csr.shape[1])
+    )
     if not valid.any() or csr.nnz == 0:
         return out
     rows = np.unique(user_codes[valid])
@@ -194,15 +209,16 @@ def topk_frame(
     """Long frame (query, item, score, rank) from a batch of implicit `topk` results.
 
     `ids`/`scores` are (len(query_codes), n) arrays; `ids` index `subset` when the scored
-    items were restricted to it. Padding (-1 ids, -inf scores of filtered items) is dropped;
-    it only ever sits at the end of a row, so ranks stay consecutive.
+    items were restricted to it. Padding (-1 ids, -inf scores of filtered items) and NaN
+    scores (diverged factors) are dropped; ranks count the rows kept, so they stay
+    consecutive wherever a dropped entry sat.
     """
     if subset is not None:
         ids = np.where(ids >= 0, subset[np.maximum(ids, 0)], -1)
     n = ids.shape[1]
     valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
     rows = np.repeat(query_codes, n).reshape(len(query_codes), n)
-    ranks = np.tile(np.arange(1, n + 1, dtype=np.int16), (len(query_codes), 1))
+    ranks = np.cumsum(valid, axis=1, dtype=np.int16)
     return pd.DataFrame(
         {
             columns[0]: query_ids[rows[valid]],

@@ -161,3 +161,22 @@ def test_a_module_edited_after_the_process_started_is_warned_of(
     with caplog.at_level("WARNING", logger="musicrec.codehash"):
         code_hash(("a",), write_package(tmp_path / "pkg", PACKAGE))
     assert not caplog.records
+
+
+def test_an_edit_that_keeps_size_and_mtime_still_follows_the_new_imports(tmp_path: Path) -> None:
+    """The import list of a file was cached by its mtime and size: an edit of the same size
+    copied back with the old mtime (`cp -p`, rsync, tar) kept the old list, so a module the
+    file newly imported was left out of the hash and editing it changed nothing."""
+    import os
+
+    for name in ("pipeline", "b", "n"):
+        (tmp_path / f"{name}.py").write_text("V = 1\n")
+    (tmp_path / "a.py").write_text("import musicrec.b\n")
+    code_hash(("a",), tmp_path)
+    st = os.stat(tmp_path / "a.py")
+    (tmp_path / "a.py").write_text("import musicrec.n\n")  # the same size
+    os.utime(tmp_path / "a.py", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert module_closure(("a",), tmp_path) == ["a", "n"]
+    before = code_hash(("a",), tmp_path)
+    (tmp_path / "n.py").write_text("V = 2\n")
+    assert code_hash(("a",), tmp_path) != before

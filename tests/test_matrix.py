@@ -202,3 +202,31 @@ def test_top_k_per_group() -> None:
     assert asc[C.Rank].tolist() == [1, 1, 1]
     # the input is not modified
     assert "rank" not in df.columns
+
+
+def test_seen_mask_treats_codes_beyond_the_matrix_as_unseen() -> None:
+    """An item code past the last column made the key of the next row's first column."""
+    csr = sp.csr_matrix(np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32))
+    got = seen_mask(csr, np.array([0, 1, 0, 5]), np.array([3, 0, 0, 0]))
+    assert got.tolist() == [False, True, True, False]
+
+
+def test_topk_frame_ranks_stay_consecutive_around_a_nan_score() -> None:
+    from musicrec.matrix import topk_frame
+
+    ids = np.array([[0, 1, 2], [2, -1, 0]])
+    scores = np.array([[0.9, np.nan, 0.5], [0.8, -np.inf, 0.1]], dtype=np.float32)
+    out = topk_frame(
+        np.array([0, 1]), ids, scores, np.array([10, 11]), np.array([100, 101, 102]), ("u", "i")
+    )
+    assert out["u"].tolist() == [10, 10, 11, 11]
+    assert out["i"].tolist() == [100, 102, 102, 100]
+    assert out[C.Rank].tolist() == [1, 2, 1, 2]
+
+
+def test_idmap_codes_of_unsigned_values_beyond_2_53() -> None:
+    """uint64 values against int64 ids were compared as float64: 2**53 + 1 rounded to 2**53."""
+    ids = IdMap(np.array([2**53, 2**53 + 1, 2**62], dtype=np.int64))
+    assert ids._dense_table() is None  # the binary search
+    values = np.array([2**53 + 1, 2**53, 2**63 + 5, 7], dtype=np.uint64)
+    assert ids.codes(values).tolist() == [1, 0, -1, -1]
