@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 
 from musicrec.columns import Columns, RawFiles
 from musicrec.errors import ConfigError, MusicRecError
-from musicrec.io import atomic_path
+from musicrec.io import atomic_path, remove_stale_temporaries
 from musicrec.memory import peak_rss_gib
 
 log = logging.getLogger("musicrec.generate")
@@ -76,8 +76,6 @@ log = logging.getLogger("musicrec.generate")
 N_DAYS = 365
 YEAR_START = np.datetime64("2022-01-01", "ns")
 NS_PER_DAY = 86_400 * 10**9
-#: a temporary raw file untouched this long (s) is a killed run's, removed by the next run
-STALE_TMP_S = 600.0
 #: the real data's longest user history (fits int16)
 REAL_MAX_TRACK_SEQ = 16_637
 #: monthly listens of the real data in millions (Jan 2.3 .. Nov 32.9, total 222.6)
@@ -854,13 +852,9 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     # half-written files of a run that was killed (SIGKILL), if untouched for ten minutes:
     # a younger one may be another live run's (removing it failed that run at its rename)
-    cutoff = time.time() - STALE_TMP_S
-    for name in RawFiles.All:
-        for stale in out.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                if stale.stat().st_mtime <= cutoff:
-                    log.info("removing %s, left by an interrupted run", stale)
-                    stale.unlink()
+    files, _ = remove_stale_temporaries(out, RawFiles.All)
+    if files:
+        log.info("removed %d temporary files in %s, left by an interrupted run", files, out)
     log.info("generating preset %s (seed %d) into %s", p.name, seed, out)
     cat = build_catalog(p, seed)
     users = build_users(p, seed)

@@ -54,14 +54,27 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(root: str | Path, older_than_s: float = 600.0) -> tuple[int, int]:
-    """Remove the temporary files `atomic_path` left under `root` (recursively) when its
-    process was killed outright (SIGKILL, the OOM killer: no `finally` ran), if untouched
-    for `older_than_s` (a file another live process is writing is not one of them).
+#: a temporary file of `atomic_path` untouched this long (s) is a killed process's
+STALE_TMP_S = 600.0
+
+
+def remove_stale_temporaries(
+    root: str | Path, names: Iterable[str] | None = None, older_than_s: float = STALE_TMP_S
+) -> tuple[int, int]:
+    """Remove the temporary files `atomic_path` left when its process was killed outright
+    (SIGKILL, the OOM killer: no `finally` ran), if untouched for `older_than_s` (a file
+    another live process is writing is not one of them): those of the files `names` in
+    `root` itself, or with `names` None every one under `root`, recursively.
     Returns (files, bytes) removed."""
+    root = Path(root)
+    found = (
+        root.rglob(".*.tmp")
+        if names is None
+        else (path for name in names for path in root.glob(f".{name}.*.tmp"))
+    )
     files = size = 0
     cutoff = time.time() - older_than_s
-    for path in Path(root).rglob(".*.tmp"):
+    for path in found:
         try:
             st = path.stat()
             if not path.is_file() or st.st_mtime > cutoff:

@@ -430,14 +430,7 @@ def _download(
     from botocore.exceptions import BotoCoreError, ClientError
 
     base = _base(settings)
-    manifest: dict[str, Any] = {}
-    if reuse:
-        try:
-            manifest = read_json(root / FETCH_MANIFEST) or {}
-        except ValueError:  # unreadable: fetch everything again
-            manifest = {}
-        if not isinstance(manifest, dict):
-            manifest = {}
+    manifest = _fetch_record(root) if reuse else {}
     written: list[Path] = []
     kept: list[Path] = []
     record_changed = False  # other than by a download: the record is written again
@@ -469,7 +462,7 @@ def _download(
                     del manifest[name]
                     record_changed = True
         for name, (key, remote) in sorted(wanted.items()):
-            target = root.joinpath(*PurePosixPath(name).parts)
+            target = _local_path(root, name)
             entry = manifest.get(name)
             if (
                 reuse
@@ -524,12 +517,7 @@ def fetched_copy_is_complete(
     half-way (files of two uploads), a record from before uploads were recorded, or an
     unreadable record."""
     root = Path(artifacts_dir)
-    try:
-        record = read_json(root / FETCH_MANIFEST)
-    except ValueError:
-        return False
-    if not isinstance(record, dict):
-        return False
+    record = _fetch_record(root)
     names = [*only, *(o for o in optional if o in record)]
     entries: list[dict[str, Any]] = []
     for name in names:
@@ -539,9 +527,24 @@ def fetched_copy_is_complete(
         entries.append(entry)
     return (
         bool(entries)
-        and len({json.dumps(e["upload"]) for e in entries}) == 1
+        and all(e["upload"] == entries[0]["upload"] for e in entries)
         and all(
-            e.get("local") == _local_state(root.joinpath(*PurePosixPath(n).parts))
+            e.get("local") == _local_state(_local_path(root, n))
             for n, e in zip(names, entries, strict=True)
         )
     )
+
+
+def _fetch_record(root: Path) -> dict[str, Any]:
+    """What earlier fetches into `root` recorded (`FETCH_MANIFEST`); {} when there is none
+    or it is unreadable (everything is then fetched again, and no copy counts as complete)."""
+    try:
+        record = read_json(root / FETCH_MANIFEST)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _local_path(root: Path, name: str) -> Path:
+    """The local file of an artifact's relative name (`recommendations/similar.parquet`)."""
+    return root.joinpath(*PurePosixPath(name).parts)
