@@ -19,7 +19,7 @@ RUN_LOCK = ".pipeline.lock"
 _held: dict[Path, list[int]] = {}
 
 
-def _flock_holder(inode: int) -> int | None:
+def flock_holder(inode: int) -> int | None:
     """The pid holding a `flock` on the file with this inode, from Linux's /proc/locks
     (None elsewhere or when not found). The lock file itself is never written, so that a
     run leaves every file under the artifacts directory as it found it."""
@@ -55,7 +55,7 @@ def pipeline_lock(cache_dir: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _flock_holder(os.fstat(fd).st_ino)
+        holder = flock_holder(os.fstat(fd).st_ino)
         os.close(fd)
         raise ArtifactError(
             f"{cache_dir.parent}: another pipeline run (pid {holder or '?'}) is using this "

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from musicrec.artifacts import flock_holder
 from musicrec.errors import ArtifactError
 
 log = logging.getLogger("musicrec.event_store")
@@ -242,8 +246,13 @@ class EventStore:
         cache_depth: int = 100,
         cache_events: int = 5_000_000,
         max_pending: int = 100_000,
+        owner_wait_s: float = 10.0,
     ) -> None:
         self.path = Path(path)
+        #: how long `open` waits for another store to let go of the database (a restart
+        #: whose old process is still closing) before refusing it
+        self.owner_wait_s = owner_wait_s
+        self._owner_fd: int | None = None
         self.synchronous = synchronous
         self.max_batch = max_batch
         #: events waiting for the writer beyond which `add` is refused (backpressure: an
@@ -277,7 +286,8 @@ class EventStore:
         damaged (the table and the index are read whole to count the events); another
         application's database (tables, but no `events`); an `events` table of another
         layout; a file this process cannot write (every `/add_event` would fail); a
-        database another process holds locked."""
+        database another process holds locked; a database another `EventStore` has open
+        (see `_own`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn: sqlite3.Connection | None = None
         try:
@@ -294,6 +304,7 @@ class EventStore:
                 )
             if tables:
                 self._check_layout(conn)
+            self._own()  # before the first write (the WAL switch, a migration)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
@@ -317,6 +328,7 @@ class EventStore:
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
+            self._disown()
             text = str(exc)
             why = (
                 "the file (or its folder) is read-only"
@@ -329,6 +341,7 @@ class EventStore:
         except BaseException:
             if conn is not None:
                 conn.close()
+            self._disown()
             raise
         self._wconn = conn
         self.stats = StoreStats(events=int(n_events), users=int(n_users))
@@ -366,6 +379,50 @@ class EventStore:
                 log.debug("checkpoint at close skipped: %s", exc)
             self._wconn.close()
             self._wconn = None
+        self._disown()
+
+    def _own(self) -> None:
+        """Hold the database for this store: an exclusive `flock` on `<database>.lock`,
+        waited for up to `owner_wait_s`, else an `ArtifactError` naming the holder. Two
+        stores on one database (`uvicorn event_storage:app --workers 2`, two services
+        given one file) would each keep a cache of recent events that the other's writes
+        never reach: a read through one would miss what was just added through the
+        other. (Not a lock on the database file itself: on NFS, `flock` is emulated with
+        the POSIX locks SQLite takes there.) The OS frees it when the process dies."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            why = (
+                "the file (or its folder) is read-only"
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                else "cannot open its lock file"
+            )
+            raise ArtifactError(f"{self.path}: {why} ({lock.name}: {exc.strerror})") from exc
+        deadline = time.monotonic() + self.owner_wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = flock_holder(os.fstat(fd).st_ino)
+                    os.close(fd)
+                    raise ArtifactError(
+                        f"{self.path}: another event store (pid {holder or '?'}) has this "
+                        "database open. The event service runs as one process (its cache of "
+                        "recent events lives in it: a second one would serve stale "
+                        "histories), so no `--workers` above 1; stop the other, or give this "
+                        "one another MUSICREC_EVENT_DB_PATH"
+                    ) from None
+                time.sleep(0.05)
+        self._owner_fd = fd
+
+    def _disown(self) -> None:
+        if self._owner_fd is not None:
+            fcntl.flock(self._owner_fd, fcntl.LOCK_UN)
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     @property
     def is_open(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -175,11 +176,12 @@ def older_database(path: Path, rows: Iterable[tuple[int, int, float]]) -> Path:
     return path
 
 
-def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path) -> None:
-    """Two stores opening the same database of the older index at once (two replicas): both
-    see the old index, one drops it; the other failed with "no such index"."""
+def test_two_stores_opening_one_older_database_at_once_one_migrates(tmp_path: Path) -> None:
+    """Two stores opening the same database of the older index at once: one holds it and
+    migrates it, the other is refused naming this process (before the store held the
+    database, both migrated and the second failed with "no such index")."""
     path = older_database(tmp_path / "old.db", ((i % 997, i, float(i)) for i in range(300_000)))
-    stores = [EventStore(path), EventStore(path)]
+    stores = [EventStore(path, owner_wait_s=0.2), EventStore(path, owner_wait_s=0.2)]
     start = threading.Barrier(2)
     errors: list[BaseException] = []
 
@@ -195,10 +197,84 @@ def test_two_processes_migrating_one_older_database_both_open_it(tmp_path: Path)
         t.start()
     for t in threads:
         t.join()
-    for s in stores:
-        if s.is_open:
+    opened = [s for s in stores if s.is_open]
+    try:
+        assert len(opened) == 1 and len(errors) == 1, errors
+        assert isinstance(errors[0], ArtifactError)
+        assert f"another event store (pid {os.getpid()})" in str(errors[0])
+        assert asyncio.run(opened[0].counts())["events"] == 300_000
+        assert asyncio.run(opened[0].latest(5, 2)) == [299_105, 298_108]
+    finally:
+        for s in opened:
             s.close()
-    assert errors == []
+
+
+def test_a_second_store_on_one_database_is_refused(tmp_path: Path) -> None:
+    """`uvicorn event_storage:app --workers 2` (or two services given one file): each
+    process cached recent events the other's writes never reached, so a read through one
+    missed an event just added through the other. The second store is refused at open;
+    once the first has closed, it opens and reads what the first wrote."""
+    path = tmp_path / "events.db"
+    first = EventStore(path)
+    first.open()
+    try:
+        asyncio.run(first.add(1, 10))
+        second = EventStore(path, owner_wait_s=0.1)
+        with pytest.raises(ArtifactError, match="another event store .* no `--workers` above 1"):
+            second.open()
+        assert not second.is_open
+    finally:
+        first.close()
+    second.open()
+    try:
+        assert asyncio.run(second.latest(1, 5)) == [10]
+    finally:
+        second.close()
+
+
+def test_a_restart_waits_for_the_old_store_to_close(tmp_path: Path) -> None:
+    """A restart whose old process is still closing: the new store waits for it (up to
+    `owner_wait_s`) instead of failing its start."""
+    path = tmp_path / "events.db"
+    old = EventStore(path)
+    old.open()
+    closer = threading.Timer(0.3, old.close)
+    closer.start()
+    new = EventStore(path, owner_wait_s=10.0)
+    t0 = time.perf_counter()
+    new.open()
+    try:
+        assert time.perf_counter() - t0 >= 0.25
+        assert not old.is_open
+    finally:
+        closer.join()
+        new.close()
+
+
+def test_the_store_of_another_process_is_named(tmp_path: Path) -> None:
+    """The real case: the database held by another process, whose pid the error names."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.db"
+    code = (
+        "import sys, time\n"
+        "from musicrec.event_store import EventStore\n"
+        f"s = EventStore({str(path)!r}); s.open(); print('open', flush=True)\n"
+        "sys.stdin.readline(); s.close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        with pytest.raises(ArtifactError, match=f"another event store \\(pid {proc.pid}\\)"):
+            EventStore(path, owner_wait_s=0.1).open()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path) -> None:
