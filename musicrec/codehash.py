@@ -19,6 +19,7 @@ import ast
 import functools
 import hashlib
 import logging
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -94,13 +95,19 @@ def _library_version(name: str) -> str:
 def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
     """sha256 (16 hex digits) of the driver, the closure of `roots` and the libraries'
     versions. Read afresh on every call: an edited module changes it in the same process
-    (a notebook's kernel), which may still run the old code: see `_warn_if_edited`.
+    (a notebook's kernel, a long CLI run), which may still run the old code. So when a
+    module this process imported was edited after the process started
+    (`_edited_since_start`), the hash also holds a mark of this process: what the stage
+    computes is reused by this process only, and the next one (which imports the new
+    code) computes it again instead of taking the old code's result for the new code's.
     `package_dir` defaults to `PACKAGE_DIR`, read at call time."""
     package_dir = PACKAGE_DIR if package_dir is None else package_dir
     h = hashlib.sha256()
     modules = module_closure(roots, package_dir)
-    if package_dir == PACKAGE_DIR:
-        _warn_if_edited([DRIVER, *modules], package_dir)
+    if package_dir == PACKAGE_DIR and _edited_since_start([DRIVER, *modules], package_dir):
+        h.update(
+            f"edited after the start of process {os.getpid()} at {_process_start()}\0".encode()
+        )
     for name in sorted({DRIVER, *modules}):
         h.update(f"{name}\0".encode())
         h.update((package_dir / f"{name}.py").read_bytes())
@@ -113,24 +120,26 @@ def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
 _warned: set[Path] = set()
 
 
-def _warn_if_edited(modules: list[str], package_dir: Path) -> None:
-    """Warn (once per file) when a module this process has imported was modified after the
-    process started: a kernel that imported it before the edit runs the old code, while
-    the hash (and so the stage cache) is the new code's; restart the kernel or reload."""
+def _edited_since_start(modules: list[str], package_dir: Path) -> list[str]:
+    """The `modules` this process has imported whose file was modified after the process
+    started (it may run their old code), with a warning once per file."""
     started = _process_start()
+    edited = []
     for name in modules:
         path = package_dir / f"{name}.py"
-        if path in _warned or f"{PACKAGE}.{name}" not in sys.modules:
+        if f"{PACKAGE}.{name}" not in sys.modules or path.stat().st_mtime <= started:
             continue
-        if path.stat().st_mtime > started:
+        edited.append(name)
+        if path not in _warned:
             _warned.add(path)
             log.warning(
                 "%s changed after this process started: if it was imported before the "
-                "change, this process runs the old code while the stage cache records the "
-                "new code's hash; restart the kernel (or reload the module) before running "
-                "stages",
+                "change, this process runs the old code. What its stages compute now is "
+                "not reused by a later run; restart the kernel (or reload the module) to "
+                "run the new code",
                 path,
             )
+    return edited
 
 
 @functools.cache

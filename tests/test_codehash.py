@@ -163,6 +163,27 @@ def test_a_module_edited_after_the_process_started_is_warned_of(
     assert not caplog.records
 
 
+def test_a_module_edited_during_a_run_is_not_reused_by_the_next_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A module edited while a long CLI run went on: the run computed the stage with the
+    code it had imported (the old), but recorded it under the new file's hash, so the next
+    run reused the old code's result as the new code's. Now the hash of a process that
+    saw an imported module change holds a mark of that process: the same within it (its
+    own cells still reuse), different from a process that started after the edit."""
+    import musicrec.popular  # noqa: F401  (imported, as by a run that is going on)
+
+    monkeypatch.setattr(codehash, "_warned", set())
+    monkeypatch.setattr(codehash, "_process_start", lambda: float("inf"))  # no edit seen
+    after_the_edit = code_hash(("popular",))  # a process started after the edit
+    monkeypatch.setattr(codehash, "_process_start", lambda: 0.0)  # edited during this one
+    during = code_hash(("popular",))
+    assert during != after_the_edit
+    assert code_hash(("popular",)) == during  # stable within the process
+    monkeypatch.setattr(codehash.os, "getpid", lambda: -1)  # another process, also edited
+    assert code_hash(("popular",)) not in (during, after_the_edit)
+
+
 def test_an_edit_that_keeps_size_and_mtime_still_follows_the_new_imports(tmp_path: Path) -> None:
     """The import list of a file was cached by its mtime and size: an edit of the same size
     copied back with the old mtime (`cp -p`, rsync, tar) kept the old list, so a module the
