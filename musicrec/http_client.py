@@ -73,7 +73,14 @@ class HttpPool:
     connections are kept. Use from one event loop.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float, limit: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        limit: int = 256,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
@@ -87,6 +94,11 @@ class HttpPool:
         )
         self.prefix = parts.path.rstrip("/")
         self.host_header = parts.netloc.rsplit("@", 1)[-1].encode("idna")
+        #: sent with every request (e.g. an API key); names and values checked here, as a
+        #: CR or LF in them would split the request
+        self.extra_headers = b"".join(
+            b"\r\n" + _header_line(name, value) for name, value in (headers or {}).items()
+        )
         self.timeout_s = timeout_s
         self.limit = limit
         self._idle: list[_Conn] = []
@@ -128,6 +140,7 @@ class HttpPool:
             f"POST {target} HTTP/1.1\r\n".encode()
             + b"Host: "
             + self.host_header
+            + self.extra_headers
             + (b"\r\nContent-Type: application/json" if body is not None else b"")
             + f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
         )
@@ -220,6 +233,16 @@ class HttpPool:
 
 class _ProtocolError(Exception):
     """The answer is not HTTP/1.x as this client reads it."""
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """`name: value` as bytes; `ValueError` for a name that is not a token or a value with
+    a control character (latin-1 as HTTP carries it)."""
+    if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+        raise ValueError(f"not an HTTP header name: {name!r}")
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+        raise ValueError(f"a control character in the value of header {name}")
+    return f"{name}: {value}".encode("latin-1")
 
 
 def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:

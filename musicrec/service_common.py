@@ -61,6 +61,9 @@ log = logging.getLogger("musicrec.services")
 INT32_MAX = 2**31 - 1
 #: the largest list a client may ask for (recommendations, similar tracks)
 K_MAX = 1000
+#: the most events one `/get_events_batch` answer of the event service may hold (users x
+#: k, about 4 MB of JSON); the recommendation service sizes its coalesced calls to it
+EVENTS_BATCH_MAX_EVENTS = 500_000
 
 UserIdQuery = Annotated[
     int, Query(ge=0, le=INT32_MAX, description="User id (0 .. 2**31-1)", examples=[42])

@@ -7,10 +7,14 @@
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
 * `POST /get_events_batch` with a JSON body `{"user_ids": [...], "k": ..}` (at most
-  `MAX_BATCH` ids) -> `{"results": [{"user_id", "events"}, ...]}`, one entry per requested
-  id in request order: the recommendation service's coalesced lookups.
+  `MAX_BATCH` ids, ids x k at most `MAX_BATCH_EVENTS`) -> `{"results": [{"user_id",
+  "events"}, ...]}`, one entry per requested id in request order: the recommendation
+  service's coalesced lookups.
 * `GET /stats` -> store counters (events, users, commits, mean group-commit size, cache
   hits, ...).
+
+With a key set, every route above needs it (a listening history is personal data, and
+`/stats` names the database's path); `/ready`, `/health` and `/metrics` stay open.
 
 All database work happens on the store's threads; the handlers only await it. Reads of
 users whose latest events are cached (`settings.events_cache_users`) are answered from
@@ -24,16 +28,17 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
 from musicrec.errors import ConfigError
 from musicrec.event_store import EventStore, StoreUnavailable
 from musicrec.service_common import (
+    EVENTS_BATCH_MAX_EVENTS,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -59,6 +64,10 @@ EVENTS_K_MAX = 10_000
 #: the most users one `/get_events_batch` call may carry, and its body limit (bytes)
 MAX_BATCH = 500
 MAX_BATCH_BODY = 64 * 1024
+#: the most events one `/get_events_batch` answer may hold: 500 users x 10,000 (1.5 kB
+#: asked) made a 40 MB answer built on the event loop, seconds during which every other
+#: request waited
+MAX_BATCH_EVENTS = EVENTS_BATCH_MAX_EVENTS
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
@@ -84,6 +93,16 @@ class EventsBatchRequest(BaseModel):
         max_length=MAX_BATCH, description=f"User ids (at most {MAX_BATCH})"
     )
     k: JsonInt = Field(5, ge=1, le=EVENTS_K_MAX, description="Latest events per user")
+
+    @model_validator(mode="after")
+    def _bounded_answer(self) -> EventsBatchRequest:
+        if len(self.user_ids) * self.k > MAX_BATCH_EVENTS:
+            raise ValueError(
+                f"{len(self.user_ids)} users x k={self.k} asks for more than "
+                f"{MAX_BATCH_EVENTS:,} events in one answer: fewer users per call, or a "
+                "smaller k"
+            )
+        return self
 
 
 class EventsBatchItem(BaseModel):
@@ -167,6 +186,9 @@ async def check_api_key(
 
 
 ApiKeyDep = Annotated[None, Depends(check_api_key)]
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key (when one is set)"}
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -223,7 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={
             **VALIDATION_RESPONSES,
             **NOT_READY_RESPONSES,
-            401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+            **AUTH_RESPONSES,
             503: {
                 "model": ErrorResponse,
                 "description": "Not ready, or the event was not stored (closing, write queue "
@@ -245,11 +267,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/get_events",
         response_model=EventsResponse,
-        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
+        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES, **AUTH_RESPONSES},
         tags=["events"],
     )
     async def get_events(
         store: StoreDep,
+        _auth: ApiKeyDep,
         user_id: UserIdQuery,
         k: Annotated[
             int, Query(ge=1, le=EVENTS_K_MAX, description=f"How many (1 .. {EVENTS_K_MAX})")
@@ -262,18 +285,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/get_events_batch",
         response_model=EventsBatchResponse,
-        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
+        responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES, **AUTH_RESPONSES},
         tags=["events"],
         max_body_size=MAX_BATCH_BODY,
     )
-    async def get_events_batch(store: StoreDep, req: EventsBatchRequest) -> Response:
+    async def get_events_batch(
+        store: StoreDep, _auth: ApiKeyDep, req: EventsBatchRequest
+    ) -> Response:
         """The latest `k` listened track ids of each user, newest first, in one round trip."""
         events = await store.latest_many(req.user_ids, req.k)
         results = [{"user_id": u, "events": e} for u, e in zip(req.user_ids, events, strict=True)]
         return OrjsonResponse({"results": results})
 
-    @app.get("/stats", response_model=StatsResponse, responses=NOT_READY_RESPONSES, tags=["events"])
-    async def stats(store: StoreDep) -> Response:
+    @app.get(
+        "/stats",
+        response_model=StatsResponse,
+        responses={**NOT_READY_RESPONSES, **AUTH_RESPONSES},
+        tags=["events"],
+    )
+    async def stats(store: StoreDep, _auth: ApiKeyDep) -> Response:
         """Event store counters."""
         return OrjsonResponse(await store.counts())
 

@@ -47,6 +47,7 @@ from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, heard_mask, unheard
 from musicrec.http_client import MAX_BODY, HttpPool, UpstreamError
 from musicrec.service_common import (
+    EVENTS_BATCH_MAX_EVENTS,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -251,8 +252,23 @@ V = TypeVar("V")
 def events_batch(events_k: int) -> int:
     """Users per coalesced events call: `EVENTS_BATCH`, fewer when that many users with
     `events_k` events each could make an answer larger than the client reads (`MAX_BODY`;
-    with 10,000 events a user, 200 users could)."""
-    return max(1, min(EVENTS_BATCH, MAX_BODY // (events_k * EVENT_ID_JSON_BYTES)))
+    with 10,000 events a user, 200 users could) or than the event service gives in one
+    call (`EVENTS_BATCH_MAX_EVENTS`)."""
+    return max(
+        1,
+        min(
+            EVENTS_BATCH,
+            MAX_BODY // (events_k * EVENT_ID_JSON_BYTES),
+            EVENTS_BATCH_MAX_EVENTS // events_k,
+        ),
+    )
+
+
+def events_auth(settings: Settings) -> dict[str, str]:
+    """The header the event service asks for when `events_api_key` is set (it guards its
+    reads as well as `/add_event`)."""
+    key = settings.events_api_key
+    return {"X-API-Key": key.get_secret_value()} if key and key.get_secret_value() else {}
 
 
 class Upstreams:
@@ -264,7 +280,9 @@ class Upstreams:
         self.metrics = metrics
         timeout = settings.upstream_timeout_s
         self.pools = {
-            "events": HttpPool(settings.events_base_url, timeout_s=timeout),
+            "events": HttpPool(
+                settings.events_base_url, timeout_s=timeout, headers=events_auth(settings)
+            ),
             "similar": HttpPool(settings.similar_base_url, timeout_s=timeout),
         }
         #: latest events read per request: all of them are left out of the answer, the

@@ -284,7 +284,10 @@ class Verifier:
     def events_of(self, user_id: int) -> list[int]:
         k = max(self.settings.online_history_k, self.settings.exclude_events_max)
         _, reply = _call(
-            "POST", f"{self.events_url}/get_events", params={"user_id": user_id, "k": k}
+            "POST",
+            f"{self.events_url}/get_events",
+            params={"user_id": user_id, "k": k},
+            headers=self.api_headers,
         )
         if reply.status != 200 or not isinstance(reply.data, dict):
             return []
@@ -401,6 +404,8 @@ class Verifier:
                 headers={"X-API-Key": "wrong"},
             )
             self.record(reply.status == 401, "add_event wrong API key -> 401", shown, reply)
+            shown, reply = _call("POST", f"{ev}/get_events", params={"user_id": user, "k": 5})
+            self.record(reply.status == 401, "get_events without API key -> 401", shown, reply)
         else:
             self.record(None, "add_event API key", "events_api_key not set: open", None)
         # a history longer than the latest 100 events the services once left out: the most
@@ -449,6 +454,7 @@ class Verifier:
             f"{ev}/get_events",
             {"events": newest_first, "count": len(newest_first)},
             params={"user_id": user, "k": len(newest_first)},
+            headers=self.api_headers,
         )
         self.expect_json(
             "get_events batch, one entry per user in order",
@@ -461,8 +467,9 @@ class Verifier:
                 ]
             },
             body={"user_ids": [user, picks.cold_user], "k": 2},
+            headers=self.api_headers,
         )
-        shown, reply = _call("GET", f"{ev}/stats")
+        shown, reply = _call("GET", f"{ev}/stats", headers=self.api_headers)
         ok = (
             reply.status == 200
             and isinstance(reply.data, dict)

@@ -77,6 +77,7 @@ def test_verify_service_passes_against_real_processes(
     events = httpx.post(
         f"http://127.0.0.1:{cfg.events_port}/get_events",
         params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
+        headers={"X-API-Key": "e2e-key"},
         timeout=10,
     ).json()
     # 105 popular tracks (once), then an unknown track and three similar-track seeds
@@ -85,6 +86,7 @@ def test_verify_service_passes_against_real_processes(
     events = httpx.post(
         f"http://127.0.0.1:{cfg.events_port}/get_events",
         params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
+        headers={"X-API-Key": "e2e-key"},
         timeout=10,
     ).json()
     assert events["count"] == 113, events  # the popular tracks are not added again

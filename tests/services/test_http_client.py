@@ -306,3 +306,38 @@ def test_refused_connection_is_unreachable() -> None:
 def test_bad_base_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="upstream URL"):
         HttpPool(url, timeout_s=1)
+
+
+def test_configured_headers_go_with_every_request() -> None:
+    """The recommendation service's key for the event service: a header sent on every
+    call; a name or value that would split the request is refused when the pool is made."""
+
+    async def scenario() -> list[bytes]:
+        seen: list[bytes] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = HttpPool(f"http://127.0.0.1:{port}", timeout_s=2, headers={"X-API-Key": "k3y"})
+        try:
+            await pool.post_json("/a", body={"x": 1})
+            await pool.post_json("/b", params={"k": 1})
+        finally:
+            await pool.close()
+            server.close()
+        return seen
+
+    heads = asyncio.run(scenario())
+    assert len(heads) == 2 and all(b"\r\nX-API-Key: k3y\r\n" in h for h in heads), heads
+    for bad in ({"X-API-Key": "a\r\nX-Evil: 1"}, {"Bad Name": "v"}, {"": "v"}):
+        with pytest.raises(ValueError):
+            HttpPool("http://127.0.0.1:1", timeout_s=1, headers=bad)

@@ -97,15 +97,56 @@ def test_api_key_required_when_configured(artifacts: dict[str, Any], tmp_path: P
     from .conftest import make_settings
 
     cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
+    key = {"X-API-Key": "k3y"}
     with TestClient(create_app(cfg)) as c:
         assert add(c, 1, 1).status_code == 401
         assert add(c, 1, 2, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert c.get("/stats").json()["events"] == 0
-        assert c.post("/get_events", params={"user_id": 1}).json()["count"] == 0
-        assert add(c, 1, 3, headers={"X-API-Key": "k3y"}).status_code == 200
-        assert c.post("/get_events", params={"user_id": 1}).json()["events"] == [3]
+        assert c.get("/stats", headers=key).json()["events"] == 0
+        assert c.post("/get_events", params={"user_id": 1}, headers=key).json()["count"] == 0
+        assert add(c, 1, 3, headers=key).status_code == 200
+        assert c.post("/get_events", params={"user_id": 1}, headers=key).json()["events"] == [3]
     with sqlite3.connect(cfg.event_db_path) as db:  # nothing else reached the database
         assert db.execute("SELECT track_id FROM events").fetchall() == [(3,)]
+
+
+def test_with_a_key_set_reads_need_it_too(artifacts: dict[str, Any], tmp_path: Path) -> None:
+    """Only `/add_event` asked for the key: anyone who could reach the service read any
+    user's listening history by id, and `/stats` the database's path. With a key set,
+    every route of the store needs it; the probes and `/metrics` stay open."""
+    from .conftest import make_settings
+
+    cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
+    with TestClient(create_app(cfg)) as c:
+        assert add(c, 1, 3, headers={"X-API-Key": "k3y"}).status_code == 200
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            r = c.post("/get_events", params={"user_id": 1}, headers=headers)
+            assert r.status_code == 401 and "X-API-Key" in r.json()["detail"], r.text
+            r = c.post("/get_events_batch", json={"user_ids": [1], "k": 5}, headers=headers)
+            assert r.status_code == 401, r.text
+            assert c.get("/stats", headers=headers).status_code == 401
+        r = c.post(
+            "/get_events_batch", json={"user_ids": [1], "k": 5}, headers={"X-API-Key": "k3y"}
+        )
+        assert r.json() == {"results": [{"user_id": 1, "events": [3]}]}
+        for probe in ("/health", "/ready", "/metrics"):
+            assert c.get(probe).status_code == 200, probe
+
+
+def test_a_batch_answer_is_bounded(settings: Settings) -> None:
+    """500 users x k=10,000 (1.5 kB asked) made a 40 MB answer, built on the event loop
+    for seconds while every other request waited: users x k is bounded (422 naming the
+    bound); at the bound the call is answered."""
+    from musicrec.service_events import MAX_BATCH_EVENTS
+
+    with TestClient(create_app(settings)) as c:
+        add(c, 1, 3)
+        r = c.post("/get_events_batch", json={"user_ids": [1] * EVENTS_BATCH_MAX, "k": 10_000})
+        assert r.status_code == 422 and f"{MAX_BATCH_EVENTS:,} events" in r.text, r.text
+        users = MAX_BATCH_EVENTS // EVENTS_K_MAX
+        r = c.post("/get_events_batch", json={"user_ids": [1] * users, "k": EVENTS_K_MAX})
+        assert r.status_code == 200 and len(r.json()["results"]) == users
+        r = c.post("/get_events_batch", json={"user_ids": [1] * (users + 1), "k": EVENTS_K_MAX})
+        assert r.status_code == 422
 
 
 def test_a_non_ascii_api_key_is_refused_and_an_empty_one_warned_of(

@@ -244,16 +244,19 @@ def test_default_upstream_urls_follow_the_bind_address(host: str, connect: str) 
 
 
 def test_coalesced_events_answers_stay_within_the_client_body_limit() -> None:
-    """However deep the events read, a coalesced call's answer fits what the client reads:
-    every id at its longest JSON (an int64 with sign and comma) times the users per call."""
+    """However deep the events read, a coalesced call's answer fits what the client reads
+    (every id at its longest JSON, an int64 with sign and comma, times the users per call)
+    and what the event service answers in one call (users x k)."""
     from musicrec.http_client import MAX_BODY
+    from musicrec.service_events import MAX_BATCH_EVENTS
     from musicrec.service_recommendations import EVENTS_BATCH, events_batch
 
     assert len(str(-(2**63))) + 1 == service_recommendations.EVENT_ID_JSON_BYTES
     assert events_batch(1_000) == EVENTS_BATCH  # the default depth keeps full batches
-    for k in (1, 100, 1_000, 5_000, 10_000):
+    for k in (1, 100, 1_000, 2_500, 5_000, 10_000):
         assert 1 <= events_batch(k) <= EVENTS_BATCH
         assert events_batch(k) * k * service_recommendations.EVENT_ID_JSON_BYTES <= MAX_BODY
+        assert events_batch(k) * k <= MAX_BATCH_EVENTS
     assert events_batch(10_000) < EVENTS_BATCH
     # the service's own coalescer takes that size (metrics are not used to build it)
     metrics: Any = None
