@@ -537,12 +537,16 @@ def fetched_copy_is_complete(
 
 def _fetch_record(root: Path) -> dict[str, Any]:
     """What earlier fetches into `root` recorded (`FETCH_MANIFEST`); {} when there is none
-    or it is unreadable (everything is then fetched again, and no copy counts as complete)."""
+    or it is unreadable (everything is then fetched again, and no copy counts as complete).
+    Only names a fetch could have written are kept: the fetch removes recorded files the
+    bucket no longer lists, and a record edited to name `../x` or `/x` removed those."""
     try:
         record = read_json(root / FETCH_MANIFEST)
     except ValueError:
         return {}
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    return {name: e for name, e in record.items() if str(_relative_target(name)) == name}
 
 
 def _local_path(root: Path, name: str) -> Path:

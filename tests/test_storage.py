@@ -468,6 +468,31 @@ def test_objects_of_earlier_uploads_are_ignored_and_stale_local_copies_removed(
     assert (target / heard).is_file() and len(fetched) == 2
 
 
+def test_a_fetch_record_naming_files_outside_the_folder_removes_nothing_there(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The fetch removes recorded files the bucket's upload no longer lists: a record
+    edited to name `../victim` or an absolute path made it delete those (found by a
+    security review). Names no fetch could have written are ignored."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    only = ["recommendations/similar.parquet"]
+    download_artifacts(settings, target, only=only, reuse=True)
+    outside, absolute = tmp_path / "victim.db", tmp_path / "elsewhere" / "victim2"
+    absolute.parent.mkdir()
+    for victim in (outside, absolute):
+        victim.write_text("keep me")
+    record_path = target / ".s3-fetched.json"
+    record = json.loads(record_path.read_text())
+    record.update({"../victim.db": {}, str(absolute): {}, "data//x": {}})
+    record_path.write_text(json.dumps(record))
+    fetched = download_artifacts(settings, target, only=only, reuse=True)
+    assert [p.relative_to(target).as_posix() for p in fetched] == only
+    assert outside.read_text() == "keep me" and absolute.read_text() == "keep me"
+
+
 def test_workers_fetching_at_once_download_each_file_once(
     s3_url: str, artifacts: Path, tmp_path: Path
 ) -> None:
