@@ -70,7 +70,7 @@ from musicrec.ranker import (
 from musicrec.raw import require_raw_files
 from musicrec.settings import Settings
 from musicrec.similar import similar_tracks
-from musicrec.split import Split, split_by_time
+from musicrec.split import Split, serving_end, split_by_time
 
 log = logging.getLogger("musicrec.pipeline")
 
@@ -831,7 +831,7 @@ def unproven_gains(comparisons: dict[str, dict[str, Any]]) -> list[str]:
 def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     """Refit the served artifacts on all events (production serving)."""
     events = ctx.prepared.events
-    end = events[C.Datetime].max().normalize() + pd.Timedelta(days=1)
+    end = serving_end(events[C.Datetime], ctx.test.start)
     top = top_popular_table(events, ctx.prepared.items, ctx.cfg.top_popular_k)
     write_parquet(top, ctx.paths.top_popular)
     stage = FirstStage.fit(events, end, ctx.als_cfg(), ctx.cfg.similar)
@@ -849,7 +849,7 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     set_als_recs(stage, als, ctx.cfg.als.n_recs)  # candidates reuse these lists
     ranker = Ranker.load(ctx.paths.model_dir / "ranker.cbm")
     written = write_ranked(ctx, ranker, stage)
-    return {"fit_end": str(end.date()), "users": written["users"]}
+    return {"fit_end": end.isoformat(), "users": written["users"]}
 
 
 # ---------------------------------------------------------------------------- driver

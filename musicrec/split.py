@@ -33,6 +33,23 @@ def choose_window_start(dates: pd.Series | np.ndarray, tail_share: float) -> pd.
     return pd.Timestamp(uniq[best])
 
 
+def serving_end(dates: pd.Series | np.ndarray, test_start: pd.Timestamp) -> pd.Timestamp:
+    """Where the features of models refit on every event (`final_fit = "all"`) are computed:
+    as far after the last event as `test_start` was after the last event before it. The
+    ranker was trained on windows starting right after their history, so "days since" and
+    "recent" features then keep the ranges it learned: on data dated by day, the day after
+    the last event (when the test window's day followed the last history day); on data
+    dated by month (Last.fm: every event on the 1st), the next month's 1st rather than the
+    2nd of the last month, which made every user active that month "1 day since" (30 or
+    more in training) and stretched the recent window over one month more."""
+    times = np.asarray(dates, dtype="datetime64[ns]")
+    start = np.datetime64(test_start, "ns")
+    before = times[times < start]
+    if len(before) == 0 or len(times) == 0:
+        raise ValueError("serving_end needs events before the test window's start")
+    return pd.Timestamp(times.max() + (start - before.max()))
+
+
 @dataclass(frozen=True)
 class Split:
     """Events before `start` (history) and on/after it (target)."""

@@ -53,6 +53,7 @@ from musicrec.pipeline import (
 from musicrec.popular import listeners_per_track
 from musicrec.prepare import PreparedData
 from musicrec.ranker import Ranker
+from musicrec.split import serving_end
 
 STAGES = [
     "prepare",
@@ -597,6 +598,9 @@ def test_final_fit_all_serves_models_fit_on_all_events(
     metrics, reused, ran = run(tiny_raw_dir, own_dir, final, caplog)
     assert ran == {"final_fit"} and reused == set(STAGES)
     assert metrics["final_fit"] == "all"
+    record = json.loads((paths.cache_dir / "final_fit.json").read_text())
+    expected_end = serving_end(events[C.Datetime], pd.Timestamp(base["split"]["test_start"]))
+    assert record["info"]["fit_end"] == expected_end.isoformat()
     # the evaluation is the before-test one, untouched by the refit
     assert metrics["warm"] == base["warm"] and metrics["cold"] == base["cold"]
     all_users = set(events[C.User].unique().tolist())

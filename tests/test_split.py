@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from musicrec.columns import Columns as C
-from musicrec.split import choose_window_start, split_by_time
+from musicrec.split import choose_window_start, serving_end, split_by_time
 
 
 def _events(rows: list[tuple[int, int, str]]) -> pd.DataFrame:
@@ -147,3 +147,19 @@ def test_split_is_one_copy_with_sides_as_views_in_input_order() -> None:
     assert np.shares_memory(s.target[C.Item].to_numpy(), items)
     # the input is left as it was
     assert ev[C.Item].tolist() == [10, 11, 12, 13, 14]
+
+
+def test_serving_end_keeps_the_spacing_of_the_test_window() -> None:
+    """Models refit on every event compute features as far after the last event as the
+    test window started after the history: by day, the day after; by month (Last.fm),
+    the next month's 1st. It was always the day after the last event, which on monthly
+    data made every user active in the last month "1 day since" (at least 28 in training)."""
+    months = pd.to_datetime(["2010-08-01", "2010-09-01", "2010-10-01", "2010-11-01", "2011-05-01"])
+    assert serving_end(pd.Series(months), pd.Timestamp("2010-11-01")) == pd.Timestamp("2011-06-01")
+    days = pd.to_datetime(["2022-12-14", "2022-12-15", "2022-12-16", "2022-12-31"])
+    assert serving_end(days, pd.Timestamp("2022-12-16")) == pd.Timestamp("2023-01-01")
+    # time of day kept: the test window began 2 s after the last history event
+    seconds = pd.to_datetime(["2022-12-15 23:59:58", "2022-12-16 00:00:00", "2022-12-20 08:00:00"])
+    assert serving_end(seconds, pd.Timestamp("2022-12-16")) == pd.Timestamp("2022-12-20 08:00:02")
+    with pytest.raises(ValueError, match="before the test window"):
+        serving_end(days, pd.Timestamp("2022-12-01"))
