@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -827,6 +828,22 @@ def get_preset(preset: str | Preset) -> Preset:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}") from None
 
 
+class _HeldSignals:
+    """SIGINT and SIGTERM held back in this thread from `hold()` until `release()`, which
+    restores the previous mask (a signal that came meanwhile is delivered then)."""
+
+    def __init__(self) -> None:
+        self._before: set[int | signal.Signals] | None = None
+
+    def hold(self) -> None:
+        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def release(self) -> None:
+        if self._before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+            self._before = None
+
+
 def generate_dataset(
     preset: str | Preset, seed: int = 42, out_dir: str | Path = "data", overwrite: bool = False
 ) -> dict[str, Any]:
@@ -867,6 +884,11 @@ def generate_dataset(
     month = np.zeros(12, np.int64)
     month_of_day = np.repeat(np.arange(12), _DAYS_IN_MONTH)
     with contextlib.ExitStack() as stack:
+        # the three renames (on leaving this block) go together: Ctrl-C or SIGTERM between
+        # two left a partial raw set, which every later run refused until removed by hand.
+        # Held until the last rename (and delivered then); SIGKILL can still split them
+        held = _HeldSignals()
+        stack.callback(held.release)
         tmp = {name: stack.enter_context(atomic_path(out / name)) for name in RawFiles.All}
         with pq.ParquetWriter(tmp[RawFiles.Interactions], schema) as writer:
             for chunk, (first, last) in enumerate(_chunks(users.n_events, p.chunk_events)):
@@ -881,6 +903,7 @@ def generate_dataset(
                 log.debug("chunk %d: users %d..%d, %d rows", chunk, first, last, len(user))
         pq.write_table(cat.tracks_table, tmp[RawFiles.Tracks])
         pq.write_table(cat.catalog_table, tmp[RawFiles.Catalog])
+        held.hold()
     top = np.sort(listened)[::-1]
     stats: dict[str, Any] = {
         "skipped": False,

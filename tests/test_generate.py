@@ -322,6 +322,34 @@ def test_deterministic_for_a_seed(tiny: tuple[Path, dict[str, Any]], tmp_path: P
         assert not first.equals(pq.read_table(tmp_path / "other" / name)), name
 
 
+def test_ctrl_c_during_the_renames_leaves_the_whole_raw_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three files are renamed into place at the end: a Ctrl-C (or SIGTERM) between
+    two renames left one or two of them, a partial set every later run refused until it
+    was removed by hand. The signal is now held until the last rename: the run still
+    ends interrupted, with the three files in place."""
+    import signal
+
+    real_replace = os.replace
+    sent: list[str] = []
+
+    def replace_then_interrupt(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        if not sent:  # Ctrl-C right after the first rename
+            sent.append(str(dst))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    out = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset("tiny", seed=3, out_dir=out)
+    assert len(sent) == 1
+    assert raw_data_present(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(RawFiles.All)  # no temp file
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
 def test_skip_and_ensure_raw_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "data"
     caplog.set_level(logging.INFO, logger="musicrec.generate")
