@@ -8,14 +8,13 @@ Usage: `python verify_service.py [--recs-url URL] [--similar-url URL] [--events-
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags and run `musicrec.verify.run_verification`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recs-url", default=os.environ.get("MUSICREC_RECS_URL"))
+    parser.add_argument("--recs-url", default=None)
     parser.add_argument("--similar-url", default=None)
     parser.add_argument("--events-url", default=None)
     parser.add_argument("--log", default="service_test.log", help="Where to write the log")

@@ -76,7 +76,6 @@ log = logging.getLogger("musicrec.generate")
 
 N_DAYS = 365
 YEAR_START = np.datetime64("2022-01-01", "ns")
-NS_PER_DAY = 86_400 * 10**9
 #: the real data's longest user history (fits int16)
 REAL_MAX_TRACK_SEQ = 16_637
 #: monthly listens of the real data in millions (Jan 2.3 .. Nov 32.9, total 222.6)

@@ -83,11 +83,6 @@ def base_url(settings: Settings, port: int) -> str:
     return f"http://{connect_host(settings.host)}:{port}"
 
 
-def recs_base_url(settings: Settings) -> str:
-    """Base URL of the recommendation service."""
-    return base_url(settings, settings.recs_port)
-
-
 def settings_env(settings: Settings) -> dict[str, str | None]:
     """Environment variables that make `Settings()` in a child equal `settings`.
 

@@ -6,7 +6,8 @@
 * `OrjsonResponse` - a JSON response rendered by orjson;
 * `ServiceMetrics` + `MetricsMiddleware` - Prometheus metrics (one registry per app, so
   several apps can live in one process) and one structured debug log line per request;
-* `add_probe_routes` - `GET /health`, `GET /ready`, `GET /metrics`;
+* `install_common` - the 422 handler, the metrics middleware and `GET /health`, `GET
+  /ready`, `GET /metrics`;
 * artifact helpers - `read_artifact` (validates file, schema and values, raising
   `ArtifactError` naming the file), `GroupedIndex` (CSR-like key -> slice offsets);
 * `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`.

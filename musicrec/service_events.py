@@ -161,7 +161,7 @@ def expected_api_key(settings: Settings) -> bytes:
         return b""
     value = key.get_secret_value()
     if not value:
-        log.warning("MUSICREC_EVENTS_API_KEY is set but empty: /add_event needs no key")
+        log.warning("MUSICREC_EVENTS_API_KEY is set but empty: no route needs a key")
     elif not all(" " < c < "\x7f" for c in value):
         raise ConfigError(
             "MUSICREC_EVENTS_API_KEY must be printable ASCII without spaces (HTTP header "

@@ -264,13 +264,6 @@ def events_batch(events_k: int) -> int:
     )
 
 
-def events_auth(settings: Settings) -> dict[str, str]:
-    """The header the event service asks for when `events_api_key` is set (it guards its
-    reads as well as `/add_event`)."""
-    key = settings.events_api_key
-    return {"X-API-Key": key.get_secret_value()} if key and key.get_secret_value() else {}
-
-
 class Upstreams:
     """Calls to the event and similarity services: one connection pool each, and the
     lookups of concurrent requests coalesced into batch calls."""
@@ -281,7 +274,7 @@ class Upstreams:
         timeout = settings.upstream_timeout_s
         self.pools = {
             "events": HttpPool(
-                settings.events_base_url, timeout_s=timeout, headers=events_auth(settings)
+                settings.events_base_url, timeout_s=timeout, headers=settings.events_auth_headers
             ),
             "similar": HttpPool(settings.similar_base_url, timeout_s=timeout),
         }

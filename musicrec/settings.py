@@ -59,10 +59,17 @@ class Settings(BaseSettings):
         1, ge=1, le=16, description="uvicorn worker processes of the similar-tracks service"
     )
     events_port: int = 8020
+    recs_url: str | None = Field(
+        None, description="Default: http://{host}:{recs_port} (where verification looks)"
+    )
     similar_url: str | None = Field(None, description="Default: http://{host}:{similar_port}")
     events_url: str | None = Field(None, description="Default: http://{host}:{events_port}")
     event_db_path: Path = Field(Path("data/events.sqlite3"), description="Event history DB")
-    events_api_key: SecretStr | None = Field(None, description="If set, /add_event needs it")
+    events_api_key: SecretStr | None = Field(
+        None,
+        description="If set, the event service's routes (writes, reads, /stats; not the "
+        "probes or /metrics) need it as X-API-Key",
+    )
     events_cache_users: int = Field(
         50_000, ge=0, description="Users whose latest events the event service keeps in memory"
     )
@@ -112,6 +119,16 @@ class Settings(BaseSettings):
         "us-east-1", validation_alias=AliasChoices("AWS_DEFAULT_REGION", "MUSICREC_S3_REGION")
     )
     s3_prefix: str = Field("", description="Key prefix in the bucket (before recsys/...)")
+
+    @property
+    def recs_base_url(self) -> str:
+        return self.recs_url or f"http://{connect_host(self.host)}:{self.recs_port}"
+
+    @property
+    def events_auth_headers(self) -> dict[str, str]:
+        """The header a client of the event service sends: `X-API-Key` when a key is set."""
+        key = self.events_api_key
+        return {"X-API-Key": key.get_secret_value()} if key and key.get_secret_value() else {}
 
     @property
     def similar_base_url(self) -> str:

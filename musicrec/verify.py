@@ -265,8 +265,7 @@ class Verifier:
 
     @property
     def api_headers(self) -> dict[str, str]:
-        key = self.settings.events_api_key
-        return {"X-API-Key": key.get_secret_value()} if key and key.get_secret_value() else {}
+        return self.settings.events_auth_headers
 
     def expect_json(self, name: str, method: str, url: str, expected: Any, **kw: Any) -> Reply:
         shown, reply = _call(method, url, **kw)
@@ -614,12 +613,10 @@ def run_verification(
     log_path: str | Path = "service_test.log",
 ) -> int:
     """Run every check against the running services; 0 when all passed, else 1."""
-    from musicrec.serve import recs_base_url
-
     cfg = settings or get_settings()
     v = Verifier(
         cfg,
-        (recs_url or recs_base_url(cfg)).rstrip("/"),
+        (recs_url or cfg.recs_base_url).rstrip("/"),
         (similar_url or cfg.similar_base_url).rstrip("/"),
         (events_url or cfg.events_base_url).rstrip("/"),
     )

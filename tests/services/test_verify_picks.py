@@ -120,3 +120,24 @@ def test_a_check_that_raises_is_a_failed_line_and_the_log_is_written(
     lines = log.read_text().splitlines()
     assert "FAIL verification run: stopped: RuntimeError: boom" in lines, lines
     assert lines[-1].startswith("FAILED: 1 passed, 1 failed")
+
+
+def test_the_recommendation_service_address_comes_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MUSICREC_RECS_URL` was read by `verify_service.py` alone (from the environment),
+    so `python -m musicrec verify` and `serve --verify` ignored it; it is a setting now,
+    as the similar and event services' URLs are."""
+    from musicrec.settings import Settings
+
+    monkeypatch.setenv("MUSICREC_RECS_URL", "http://127.0.0.1:1/recs")
+    assert Settings(_env_file=None).recs_base_url == "http://127.0.0.1:1/recs"
+    monkeypatch.delenv("MUSICREC_RECS_URL")
+    assert Settings(_env_file=None, recs_port=8123).recs_base_url == "http://127.0.0.1:8123"
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    log = tmp_path / "service_test.log"
+    cfg = make_settings(root, tmp_path, recs_url="http://127.0.0.1:1/recs")
+    assert run_verification(cfg, log_path=log) == 1
+    lines = log.read_text().splitlines()
+    assert any(x.startswith("FAIL") and "127.0.0.1:1/recs/recommendations" in x for x in lines)
