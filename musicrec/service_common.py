@@ -62,8 +62,12 @@ log = logging.getLogger("musicrec.services")
 INT32_MAX = 2**31 - 1
 #: the largest list a client may ask for (recommendations, similar tracks)
 K_MAX = 1000
-#: the most events one `/get_events_batch` answer of the event service may hold (users x
-#: k, about 4 MB of JSON); the recommendation service sizes its coalesced calls to it
+#: the batch routes' limits, which the recommendation service's coalesced calls keep to:
+#: users per `/get_events_batch`, seeds per `/similar_tracks_batch`, a batch body's bytes,
+#: and the events one `/get_events_batch` answer may hold (users x k, about 4 MB of JSON)
+EVENTS_BATCH_MAX_USERS = 500
+SIMILAR_BATCH_MAX_SEEDS = 200
+BATCH_BODY_MAX = 64 * 1024
 EVENTS_BATCH_MAX_EVENTS = 500_000
 
 UserIdQuery = Annotated[

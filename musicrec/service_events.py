@@ -38,7 +38,9 @@ from starlette.responses import Response
 from musicrec.errors import ConfigError
 from musicrec.event_store import EventStore, StoreUnavailable
 from musicrec.service_common import (
+    BATCH_BODY_MAX,
     EVENTS_BATCH_MAX_EVENTS,
+    EVENTS_BATCH_MAX_USERS,
     NOT_READY_RESPONSES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -62,8 +64,8 @@ SERVICE = "events"
 #: the longest history one `/get_events` call returns
 EVENTS_K_MAX = 10_000
 #: the most users one `/get_events_batch` call may carry, and its body limit (bytes)
-MAX_BATCH = 500
-MAX_BATCH_BODY = 64 * 1024
+MAX_BATCH = EVENTS_BATCH_MAX_USERS
+MAX_BATCH_BODY = BATCH_BODY_MAX
 #: the most events one `/get_events_batch` answer may hold: 500 users x 10,000 (1.5 kB
 #: asked) made a 40 MB answer built on the event loop, seconds during which every other
 #: request waited

@@ -49,6 +49,7 @@ from musicrec.http_client import MAX_BODY, HttpPool, UpstreamError
 from musicrec.service_common import (
     EVENTS_BATCH_MAX_EVENTS,
     NOT_READY_RESPONSES,
+    SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     ErrorResponse,
@@ -80,9 +81,10 @@ SERVICE = "recommendations"
 ONLINE_BUDGET_SHARE = 0.75
 #: popular tracks kept as a Python list for top-ups (k + exclusions never need more)
 POPULAR_LIST_MAX = 20_000
-#: keys per coalesced upstream call (the upstreams accept 500 users / 200 seeds per call)
+#: keys per coalesced upstream call (at most what the upstreams accept per call:
+#: `EVENTS_BATCH_MAX_USERS`, `SIMILAR_BATCH_MAX_SEEDS`)
 EVENTS_BATCH = 200
-SIMILAR_BATCH = 200
+SIMILAR_BATCH = SIMILAR_BATCH_MAX_SEEDS
 #: list length when the request gives no `k`
 DEFAULT_K = 100
 #: users who heard up to this many tracks have them checked as a Python set in the online

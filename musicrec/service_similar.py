@@ -31,8 +31,10 @@ from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.service_common import (
+    BATCH_BODY_MAX,
     K_MAX,
     NOT_READY_RESPONSES,
+    SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     GroupedIndex,
@@ -63,9 +65,9 @@ SERVICE = "similar"
 #: list length when the request gives no `k`
 DEFAULT_K = 10
 #: the most track ids one batch request may carry
-MAX_BATCH = 200
+MAX_BATCH = SIMILAR_BATCH_MAX_SEEDS
 #: request body limit of the batch endpoint (bytes)
-MAX_BATCH_BODY = 64 * 1024
+MAX_BATCH_BODY = BATCH_BODY_MAX
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,11 @@ def test_coalesced_events_answers_stay_within_the_client_body_limit() -> None:
     from musicrec.service_recommendations import EVENTS_BATCH, events_batch
 
     assert len(str(-(2**63))) + 1 == service_recommendations.EVENT_ID_JSON_BYTES
+    # the coalesced calls are within what each upstream's batch route takes
+    from musicrec import service_events, service_similar
+
+    assert EVENTS_BATCH <= service_events.MAX_BATCH
+    assert service_recommendations.SIMILAR_BATCH <= service_similar.MAX_BATCH
     assert events_batch(1_000) == EVENTS_BATCH  # the default depth keeps full batches
     for k in (1, 100, 1_000, 2_500, 5_000, 10_000):
         assert 1 <= events_batch(k) <= EVENTS_BATCH
