@@ -158,13 +158,15 @@ def test_api_key_from_dotenv_guards_add_event_and_never_leaks(
     ]
     answers: list[httpx.Response] = []
     with httpx.Client(timeout=10) as c:
-        stored_before = c.get(f"{ev}/stats").json()["events"]
+        key = {"X-API-Key": API_KEY}
+        assert c.get(f"{ev}/stats").status_code == 401  # reads need the key too
+        stored_before = c.get(f"{ev}/stats", headers=key).json()["events"]
         for how in wrong:
             kwargs = {"params": params, **how}
             answers.append(r := c.post(f"{ev}/add_event", **kwargs))
             assert r.status_code == 401, (how, r.text)
             assert r.json()["detail"] == "missing or invalid X-API-Key header"
-        stored_after = c.get(f"{ev}/stats").json()["events"]
+        stored_after = c.get(f"{ev}/stats", headers=key).json()["events"]
         ok = c.post(f"{ev}/add_event", params=params, headers={"X-API-Key": API_KEY})
         # a bit of everything else, for the logs
         answers += [
