@@ -187,16 +187,6 @@ def seen_mask(csr: sp.csr_matrix, user_codes: np.ndarray, item_codes: np.ndarray
     return out
 
 
-def top_k_per_group(
-    df: pd.DataFrame, group: str, score: str, k: int, ascending: bool = False
-) -> pd.DataFrame:
-    """Top-k rows per `group` by `score` with a 1-based `rank` column (sort once, then head)."""
-    df = df.sort_values([group, score], ascending=[True, ascending], kind="stable")
-    df = df.groupby(group, sort=False).head(k).copy()
-    df[C.Rank] = (df.groupby(group, sort=False).cumcount() + 1).astype(np.int16)
-    return df.reset_index(drop=True)
-
-
 def topk_frame(
     query_codes: np.ndarray,
     ids: np.ndarray,

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from musicrec.columns import Columns as C
-from musicrec.matrix import IdMap, InteractionMatrix, seen_mask, top_k_per_group
+from musicrec.matrix import IdMap, InteractionMatrix, seen_mask
 
 
 def _events(pairs: list[tuple[int, int]]) -> pd.DataFrame:
@@ -179,29 +179,6 @@ def test_seen_mask_empty_inputs() -> None:
     assert seen_mask(csr, np.array([0, 1]), np.array([0, 1])).tolist() == [False, False]
     full = sp.csr_matrix(np.ones((2, 2), dtype=np.float32))
     assert seen_mask(full, np.array([], dtype=int), np.array([], dtype=int)).shape == (0,)
-
-
-# ------------------------------------------------------------------ top_k_per_group
-
-
-def test_top_k_per_group() -> None:
-    df = pd.DataFrame(
-        {
-            "g": [2, 1, 1, 2, 1, 2, 1, 3],
-            "s": [0.5, 0.1, 0.9, 0.7, 0.9, 0.1, 0.4, 1.0],
-            "x": list("abcdefgh"),
-        }
-    )
-    out = top_k_per_group(df, "g", "s", k=2)
-    assert out["g"].tolist() == [1, 1, 2, 2, 3]
-    # ties keep the input order (stable): c before e
-    assert out["x"].tolist() == ["c", "e", "d", "a", "h"]
-    assert out[C.Rank].tolist() == [1, 2, 1, 2, 1]
-    asc = top_k_per_group(df, "g", "s", k=1, ascending=True)
-    assert asc["x"].tolist() == ["b", "f", "h"]
-    assert asc[C.Rank].tolist() == [1, 1, 1]
-    # the input is not modified
-    assert "rank" not in df.columns
 
 
 def test_seen_mask_treats_codes_beyond_the_matrix_as_unseen() -> None:
