@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -828,19 +829,31 @@ def get_preset(preset: str | Preset) -> Preset:
 
 
 class _HeldSignals:
-    """SIGINT and SIGTERM held back in this thread from `hold()` until `release()`, which
-    restores the previous mask (a signal that came meanwhile is delivered then)."""
+    """SIGINT and SIGTERM held back from `hold()` until `release()`, which puts the previous
+    handlers back and raises the first signal that came meanwhile through them. Python
+    runs its handlers in the main thread only, so this swaps the handlers there (a signal
+    mask would not do: another thread, e.g. one of pyarrow's, takes a process-wide signal
+    whatever the main thread's mask); called from another thread, it holds nothing."""
 
     def __init__(self) -> None:
-        self._before: set[int | signal.Signals] | None = None
+        self._before: dict[int, Any] = {}
+        self._received: list[int] = []
 
     def hold(self) -> None:
-        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._before[sig] = signal.signal(sig, self._record)
+
+    def _record(self, signum: int, _frame: Any) -> None:
+        self._received.append(signum)
 
     def release(self) -> None:
-        if self._before is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
-            self._before = None
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
+        if self._received:
+            signal.raise_signal(self._received[0])
 
 
 def generate_dataset(
