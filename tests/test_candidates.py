@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from musicrec.als import ALSModel
 from musicrec.candidates import (
     SRC_ALS,
     SRC_POP,
@@ -22,6 +23,7 @@ from musicrec.candidates import (
 )
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig, RankerConfig, SimilarConfig
+from musicrec.matrix import IdMap, InteractionMatrix
 from musicrec.popular import recommend_popular
 from musicrec.prepare import PreparedData
 from musicrec.split import Split, split_by_time
@@ -271,3 +273,122 @@ def test_als_candidates_do_not_depend_on_the_depth_of_the_precomputed_lists(
     assert _pairs(als_top(stage, users, n)) == _pairs(fresh)
     set_als_recs(stage, fresh, n)  # the same depth: reused
     assert _pairs(als_top(stage, users, n)) == _pairs(fresh)
+
+
+# ---------------------------------------------------------- a first stage by hand
+
+HAND_END = pd.Timestamp("2022-05-03")
+
+
+def _hand_history() -> pd.DataFrame:
+    """User 1 heard 12 then 10, user 2 heard 11 then 12 (sorted by user, then time)."""
+    t = pd.Timestamp("2022-05-01")
+    return pd.DataFrame(
+        {
+            C.User: np.array([1, 1, 2, 2], np.int32),
+            C.Item: np.array([12, 10, 11, 12], np.int32),
+            C.Datetime: [t, t + pd.Timedelta(days=1), t, t + pd.Timedelta(days=1)],
+            C.Seq: np.ones(4, np.int16),
+        }
+    )
+
+
+def _hand_als(history: pd.DataFrame, item_ids: list[int] | None = None) -> ALSModel:
+    """A model with the history's users and (unless `item_ids`) tracks 10, 11, 12 as item
+    codes 0, 1, 2, whose unit factors (1, 0), (0.8, 0.6), (0, 1) make the cosines
+    10~11 0.8, 11~12 0.6 and 10~12 0."""
+    matrix = InteractionMatrix.from_events(history)
+    items = matrix.items if item_ids is None else IdMap(np.array(item_ids, np.int32))
+    factors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    return ALSModel(matrix.users, items, np.ones((len(matrix.users), 2)), factors)
+
+
+def test_first_stage_refuses_a_model_with_the_history_users_but_other_tracks() -> None:
+    """Both id maps must be the history's: a model whose users match but whose tracks do not
+    (99 in place of 12) is refused too, not only one whose users differ."""
+    hist = _hand_history()
+    other = _hand_als(hist, [10, 11, 99])
+    assert np.array_equal(other.users.ids, [1, 2])
+    with pytest.raises(ValueError, match="not fit on this history"):
+        FirstStage.fit(hist, HAND_END, ALS_CFG, SIM_CFG, num_threads=1, als=other)
+
+
+def test_similar_for_queries_a_latest_track_with_als_item_code_0() -> None:
+    """`similar_for` keeps every latest track the model knows, code 0 included: user 1's
+    latest track is 10, the model's first item, and its neighbour 11 is a candidate."""
+    hist = _hand_history()
+    als = _hand_als(hist)
+    assert als.items.codes(np.array([10])).tolist() == [0]
+    stage = FirstStage.fit(
+        hist, HAND_END, ALS_CFG, SIM_CFG, num_threads=1, similar_for=(np.array([1]), 1), als=als
+    )
+    assert stage.similar[C.Item1].unique().tolist() == [10]
+    got = similar_to_latest(stage, np.array([1]), 1, 10)
+    # 10's neighbours: 11 (cosine 0.8) and 12 (0.0), which user 1 has heard
+    assert got[C.User].tolist() == [1] and got[C.Item].tolist() == [11]
+    assert got[C.Score].tolist() == pytest.approx([0.8])
+
+
+def test_als_recs_given_out_of_user_order_are_sliced_as_sorted_ones() -> None:
+    """`als_top` finds a user's reused list by binary search over users, so lists handed
+    over shuffled are sorted by (user, rank) first: the same answer as from sorted ones."""
+    hist = _hand_history()
+    stage = FirstStage.fit(hist, HAND_END, ALS_CFG, SIM_CFG, num_threads=1, als=_hand_als(hist))
+    ordered = pd.DataFrame(
+        {
+            C.User: np.array([1, 1, 2, 2], np.int32),
+            C.Item: np.array([11, 13, 10, 13], np.int32),
+            C.Score: np.array([0.9, 0.5, 0.8, 0.4], np.float32),
+            C.Rank: np.array([1, 2, 1, 2], np.int32),
+        }
+    )
+    shuffled = ordered.iloc[[3, 1, 2, 0]]
+    assert shuffled[C.User].tolist() == [2, 1, 2, 1]
+    set_als_recs(stage, shuffled, 2)
+    pd.testing.assert_frame_equal(als_top(stage, np.array([2, 1]), 2), ordered)
+    pd.testing.assert_frame_equal(
+        als_top(stage, np.array([2]), 1), ordered.iloc[[2]].reset_index(drop=True)
+    )
+    set_als_recs(stage, ordered, 2)
+    pd.testing.assert_frame_equal(als_top(stage, np.array([2, 1]), 2), ordered)
+
+
+def test_latest_tracks_of_a_history_sorted_by_user_but_not_by_time() -> None:
+    """Rows grouped by user but with dates out of order inside a user are not the sorted
+    history the fast path reads from the end: the newest listen is still recency 1."""
+    t = pd.Timestamp("2022-05-01")
+    day = pd.Timedelta(days=1)
+    hist = pd.DataFrame(
+        {
+            C.User: [1, 1, 1, 2],
+            C.Item: [10, 11, 12, 20],
+            C.Datetime: [t + 2 * day, t, t + day, t],
+            C.Seq: [1, 1, 1, 1],
+        }
+    )
+    out = latest_tracks(hist, 2)
+    assert out[C.User].tolist() == [1, 1, 2]
+    assert out[C.Item].tolist() == [10, 12, 20]
+    assert out["recency"].tolist() == [1, 2, 1]
+
+
+def test_latest_tracks_of_a_sorted_history_count_recency_from_1() -> None:
+    """A history sorted by (user, time, seq), as prepared events are, takes the fast path;
+    recency there is 1 for the newest listen, exactly as on the sorting path."""
+    from musicrec.candidates import _latest_sorted
+
+    t = pd.Timestamp("2022-05-01")
+    hist = pd.DataFrame(
+        {
+            C.User: [1, 1, 1, 2],
+            C.Item: [10, 11, 12, 20],
+            C.Datetime: [t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1), t],
+            C.Seq: [1, 1, 2, 1],
+        }
+    )
+    assert _latest_sorted(hist, 2) is not None  # the fast path
+    out = latest_tracks(hist, 2)
+    assert out[C.Item].tolist() == [12, 11, 20]
+    assert out["recency"].tolist() == [1, 2, 1]
+    slow = latest_tracks(hist.iloc[::-1], 2)  # not sorted: the sorting path
+    pd.testing.assert_frame_equal(out, slow)

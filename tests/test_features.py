@@ -386,3 +386,115 @@ def test_history_stats_follow_the_catalogue_they_were_computed_for(
     assert (other["main_genre"] == "-1").all() and (first["main_genre"] != "-1").any()
     assert (other["user_genre_share"] == 0).all()
     pd.testing.assert_frame_equal(collect_features(stage, items, cand, CFG), first)
+
+
+# ------------------------------------------------------- a first stage by hand
+
+
+def _hand_features(cfg: RankerConfig | None = None) -> pd.DataFrame:
+    """The features of five candidates of a first stage made by hand, indexed by (user,
+    track). Catalogue (track: main genre, main artist, genres): 10: 5, 7, [5]; 11: 5, 7,
+    [5]; 12 and 13: 0, 0, [0]; 14: 6, 8, [6]; 15: 6, 9, [6] (99 is not in it). History:
+    user 1 heard 11 then 14, user 2 heard 10 then 12, user 3 heard 14. ALS items 10, 11,
+    12, 14 are codes 0..3, with unit factors (1, 0), (0.8, 0.6), (0, 1), (0, 1): cosines
+    10~11 0.8, 11~12 and 11~14 0.6, 10~12 and 10~14 0."""
+    from musicrec.als import ALSModel
+    from musicrec.matrix import InteractionMatrix
+    from musicrec.popular import listeners_per_track
+
+    items = pd.DataFrame(
+        {
+            C.Item: np.array([10, 11, 12, 13, 14, 15], np.int32),
+            C.MainGenre: np.array([5, 5, 0, 0, 6, 6], np.int32),
+            C.MainArtist: np.array([7, 7, 0, 0, 8, 9], np.int32),
+            C.GenreIds: [[5], [5], [0], [0], [6], [6]],
+        }
+    )
+    t = pd.Timestamp("2022-01-01")
+    day = pd.Timedelta(days=1)
+    history = pd.DataFrame(
+        {
+            C.User: np.array([1, 1, 2, 2, 3], np.int32),
+            C.Item: np.array([11, 14, 10, 12, 14], np.int32),
+            C.Datetime: [t, t + day, t, t + day, t + 2 * day],
+            C.Seq: np.ones(5, np.int16),
+        }
+    )
+    matrix = InteractionMatrix.from_events(history)
+    assert matrix.items.ids.tolist() == [10, 11, 12, 14]
+    factors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.0, 2.0]])
+    als = ALSModel(matrix.users, matrix.items, np.ones((3, 2)), factors)
+    stage = FirstStage(
+        history, t + 9 * day, matrix, als, listeners_per_track(history), history.iloc[:0]
+    )
+    pairs = [(1, 10), (2, 11), (2, 13), (3, 15), (1, 99)]
+    cand = pd.DataFrame(
+        {
+            C.User: np.array([u for u, _ in pairs], np.int32),
+            C.Item: np.array([i for _, i in pairs], np.int32),
+            "src_als": np.ones(len(pairs), np.int8),
+            "src_pop": np.zeros(len(pairs), np.int8),
+            "src_sim": np.zeros(len(pairs), np.int8),
+        }
+    )
+    cfg = cfg or RankerConfig(recent_tracks=2)
+    return collect_features(stage, items, cand, cfg).set_index([C.User, C.Item])
+
+
+def test_the_first_catalogue_row_keeps_its_genre_and_artist() -> None:
+    """Track 10, the catalogue's first row (code 0), has a genre and an artist like any
+    other, as a candidate and in a user's history."""
+    f = _hand_features()
+    # (1, 10): user 1 heard 11 (genre 5, artist 7) and 14; 10 is genre 5, artist 7
+    assert f.loc[(1, 10), "main_genre"] == "5"
+    assert f.loc[(1, 10), "user_genre_share"] == 0.5
+    assert f.loc[(1, 10), "user_artist_share"] == 0.5
+    assert f.loc[(1, 10), "user_artist_listens"] == 1
+    # (2, 11): user 2's listen of 10 counts toward genre 5 and artist 7
+    assert f.loc[(2, 11), "user_genre_share"] == 0.5
+    assert f.loc[(2, 11), "user_artist_share"] == 0.5
+    # a track outside the catalogue has no genre (-1) and no share
+    assert f.loc[(1, 99), "main_genre"] == "-1"
+    assert f.loc[(1, 99), "user_genre_share"] == 0 and f.loc[(1, 99), "user_artist_share"] == 0
+
+
+def test_genre_and_artist_id_0_count_toward_the_users_share() -> None:
+    """0 is a genre id and an artist id like any other: user 2 heard 12 (genre 0, artist 0)
+    of 2 listens, so candidate 13 (genre 0, artist 0) has shares 1/2."""
+    f = _hand_features()
+    assert f.loc[(2, 13), "main_genre"] == "0"
+    assert f.loc[(2, 13), "user_genre_share"] == 0.5
+    assert f.loc[(2, 13), "user_artist_share"] == 0.5
+    assert f.loc[(2, 13), "user_artist_listens"] == 1
+
+
+def test_genre_cosine_of_a_one_listen_user_for_a_track_of_that_genre_only_is_1() -> None:
+    """User 3 heard one track (genre 6): profile {6: 1}, norm 1; candidate 15 has genre 6
+    only, so the cosine is 1 / (1 * sqrt(1)) = 1, not 0."""
+    f = _hand_features()
+    assert f.loc[(3, 15), "user_genre_cosine"] == pytest.approx(1.0)
+    # user 1: profile {5: 1, 6: 1}; track 10: genre 5 -> 1 / sqrt(2)
+    assert f.loc[(1, 10), "user_genre_cosine"] == pytest.approx(1 / np.sqrt(2))
+
+
+def test_similarity_to_latest_counts_als_item_code_0() -> None:
+    """Track 10 (ALS item code 0) counts as a latest track and as a candidate; a candidate
+    the model does not know has no similarity (NaN)."""
+    f = _hand_features()
+    # (2, 11): user 2's latest are 12 (cosine 0.6) and 10 (0.8, code 0)
+    assert f.loc[(2, 11), "sim_max_latest"] == pytest.approx(0.8)
+    assert f.loc[(2, 11), "sim_mean_latest"] == pytest.approx(0.7)
+    # (1, 10): candidate of code 0; user 1's latest are 14 (cosine 0) and 11 (0.8)
+    assert f.loc[(1, 10), "sim_max_latest"] == pytest.approx(0.8)
+    assert f.loc[(1, 10), "sim_mean_latest"] == pytest.approx(0.4)
+    for pair in ((2, 13), (1, 99)):  # not ALS items
+        assert np.isnan(f.loc[pair, "sim_max_latest"]) and np.isnan(f.loc[pair, "sim_mean_latest"])
+
+
+def test_genre_cosine_is_0_when_every_candidate_hides_its_genre() -> None:
+    """With `genre_min_listeners` above every candidate's listeners no pair is scored: the
+    cosine column is still float zeros, not missing."""
+    f = _hand_features(RankerConfig(recent_tracks=2, genre_min_listeners=10))
+    assert (f["main_genre"] == "-1").all()
+    assert f["user_genre_cosine"].dtype == np.float32
+    assert f["user_genre_cosine"].tolist() == [0.0] * 5

@@ -174,3 +174,13 @@ def test_tracks_of_an_id_outside_the_users_dtype_is_empty() -> None:
     assert index.tracks_of(5).tolist() == [1, 2] and index.tracks_of(7).tolist() == [3]
     for user in (2**32 + 5, -(2**32) + 7, 2**31, -1, 6):
         assert index.tracks_of(user).tolist() == [], user
+
+
+def test_load_refuses_a_user_id_written_twice(tmp_path: Path) -> None:
+    """User ids must be strictly ascending: with a repeated id the binary search finds one
+    of the two rows, and the other user's heard tracks are never seen."""
+    index = HeardIndex(
+        np.array([3, 5, 5], np.int64), np.array([0, 1, 2, 3], np.int64), np.array([7, 8, 9])
+    )
+    with pytest.raises(ArtifactError, match="users.npy: user ids are not ascending"):
+        HeardIndex.load(index.save(tmp_path / "heard"))

@@ -383,3 +383,155 @@ def test_within_user_auc_by_hand() -> None:
     assert flipped.loc[[1, 2]].tolist() == pytest.approx([0.0, 1 - 1.5 / 4])
     # with nan_high, user 3's NaN positive ranks above the negative
     assert M.within_user_auc(users, scores, labels, nan_high=True).loc[3] == 1.0
+
+
+# ------------------------------------------------------- boundaries: one row, one pair, ...
+def test_single_test_pair_is_found() -> None:
+    """A test window of exactly one (user, track) pair still counts its hit."""
+    recs = frame({1: [10, 11]})
+    test = frame({1: [10]}, with_rank=False)
+    # the only relevant track is at rank 1: 1 hit / k = 1
+    assert M.precision_at_k(recs, test, 1).to_dict() == {1: 1.0}
+
+
+def test_history_sharing_no_track_with_recs() -> None:
+    """A history that shares no (user, track) pair with the lists: nothing heard, no error."""
+    recs = frame({1: [10, 11]})
+    history = frame({1: [50], 2: [60]}, with_rank=False)
+    # neither 10 nor 11 was heard by user 1 -> 2 unseen / 2
+    assert M.novelty_unseen_at_k(recs, history, 5).to_dict() == {1: 1.0}
+
+
+def test_one_row_recommendations_frame() -> None:
+    """A recommendations frame of a single row is evaluated, not treated as empty."""
+    recs = frame({1: [10]})
+    test = frame({1: [10, 20]}, with_rank=False)
+    # 1 hit at rank 1: precision@1 = 1 / 1, recall@5 = 1 of 2 relevant
+    assert M.precision_at_k(recs, test, 1).to_dict() == {1: 1.0}
+    assert M.recall_at_k(recs, test, 5).to_dict() == {1: 0.5}
+
+
+def test_recs_not_grouped_by_user() -> None:
+    """Rows u1, u2, u1 (ranks ascending within each user): each user's top-k is still
+    taken by rank, so the second u1 row (rank 2) is outside the top-1."""
+    recs = pd.DataFrame(
+        {"user_id": [1, 2, 1], "track_id": [10, 40, 20], "score": 0.0, "rank": [1, 1, 2]}
+    )
+    test = frame({1: [20], 2: [40]}, with_rank=False)
+    # user 1's rank 1 is 10 (a miss; 20 is rank 2); user 2's rank 1 is 40 (a hit)
+    assert M.precision_at_k(recs, test, 1).to_dict() == {1: 0.0, 2: 1.0}
+    assert M.precision_at_k(recs, test, 2).to_dict() == {1: 0.5, 2: 0.5}
+
+
+def test_two_row_duplicate_list_rejected() -> None:
+    """A list of just two rows, both the same track, is rejected as a duplicate."""
+    with pytest.raises(DataValidationError, match="duplicate"):
+        M.precision_at_k(frame({1: [10, 10]}), TEST, 5)
+
+
+def test_population_user_without_test_listens_scores_zero() -> None:
+    """A `users=` member with no test listens scores 0 (not NaN) on recall, NDCG and MAP."""
+    # user 4 has recs ([10]) but no test listens; user 7 has neither
+    for fn in (M.recall_at_k, M.ndcg_at_k, M.map_at_k):
+        values = fn(RECS, TEST, 5, users=[2, 4, 7])
+        # user 2: 1 relevant (40), hit at rank 2: recall 1, NDCG 1/log2(3), AP 1/2
+        expected_2 = {"recall_at_k": 1.0, "ndcg_at_k": 1 / LOG2_3, "map_at_k": 0.5}
+        assert values.to_dict() == pytest.approx({2: expected_2[fn.__name__], 4: 0.0, 7: 0.0})
+
+
+def test_coverage_and_novelty_honour_users() -> None:
+    """coverage_at_k and both novelty metrics restrict to `users=` when given."""
+    # user 2's top-5 = [41, 40]: 2 distinct tracks of 100 (all users in RECS: 7 of 100)
+    assert M.coverage_at_k(RECS, 100, 5, users=[2]) == pytest.approx(0.02)
+    # user 2 heard 41, not 40 -> 1 / 2; user 7 has no recommendations -> NaN
+    nov = M.novelty_unseen_at_k(RECS, HISTORY, 5, users=[2, 7])
+    assert list(nov.index) == [2, 7]
+    assert nov[2] == pytest.approx(0.5) and math.isnan(nov[7])
+    # 41 has 1 listener of N = 3, 40 none (smoothed to 1): both log2(3)
+    miuf = M.mean_inverse_user_frequency_at_k(RECS, HISTORY, 5, users=[2])
+    assert miuf.to_dict() == pytest.approx({2: LOG2_3})
+
+
+def test_miuf_track_id_above_history_ids() -> None:
+    """A recommended track id larger than every history track id has 0 listeners: it
+    scores log2(N), the maximum, without an index error."""
+    history = frame({1: [10], 2: [11], 3: [10]}, with_rank=False)  # N = 3; 10 has 2 listeners
+    recs = frame({1: [500, 10]})
+    # 500 -> -log2(1/3) = log2(3); 10 -> -log2(2/3) = log2(3) - 1; mean over 2
+    miuf = M.mean_inverse_user_frequency_at_k(recs, history, 5)
+    assert miuf.to_dict() == pytest.approx({1: (2 * LOG2_3 - 1) / 2})
+
+
+def test_miuf_one_user_history_is_zero() -> None:
+    """With a single history user every track is heard by all N = 1 users (or smoothed to
+    1): MIUF is -log2(1 / 1) = 0.0, not NaN."""
+    history = frame({1: [10]}, with_rank=False)
+    recs = frame({1: [10, 20]})
+    assert M.mean_inverse_user_frequency_at_k(recs, history, 5).to_dict() == {1: 0.0}
+
+
+def test_candidate_recall_single_test_pair() -> None:
+    """candidate_recall of a test window with exactly one pair: 1.0 when it is a candidate."""
+    cands = frame({1: [10, 11]})
+    assert M.candidate_recall(cands, frame({1: [10]}, with_rank=False)) == 1.0
+    assert M.candidate_recall(cands, frame({1: [12]}, with_rank=False)) == 0.0
+
+
+def test_metrics_table_shows_na_for_undefined_mean() -> None:
+    """A summary whose mean is None (no user had a value) shows as "n/a"."""
+    # nothing recommended: novelty has no user, {"mean": None, "stderr": None, "n_users": 0}
+    res = M.evaluate(RECS.iloc[:0], TEST, HISTORY, 100)
+    table = M.metrics_table({"empty": res})
+    assert table.loc["empty", "novelty_unseen@5"] == "n/a"
+    assert table.loc["empty", "precision@5"] == "0 ± 0"
+
+
+def test_metrics_table_skips_non_metric_entries() -> None:
+    """Entries that are not metric summaries (a string, a dict without "mean") are left out."""
+    res = {
+        "m": {
+            "precision@5": {"mean": 0.25, "stderr": None, "n_users": 4},
+            "note": "mean over the test users",
+            "config": {"k": 5, "n_users": 99},
+        }
+    }
+    table = M.metrics_table(res)
+    assert list(table.columns) == ["precision@5", "n_users"]
+    assert table.loc["m", "precision@5"] == "0.25"
+    assert table.loc["m", "n_users"] == 4
+
+
+def test_per_user_metrics_default_ks() -> None:
+    """per_user_metrics defaults to k_precision = 5 and k_ndcg = 10."""
+    pu = M.per_user_metrics(RECS, TEST, HISTORY)
+    assert list(pu.columns) == [
+        "n_relevant",
+        "n_recommended",
+        "precision@5",
+        "recall@5",
+        "precision@10",
+        "recall@10",
+        "hit_rate@5",
+        "ndcg@10",
+        "map@10",
+        "novelty_unseen@5",
+        "mean_inverse_user_frequency@5",
+    ]
+    # user 1: 5 recs, hits at ranks 1 and 3 -> 2 / 5 and 2 / 10
+    assert pu.loc[1, "precision@5"] == pytest.approx(0.4)
+    assert pu.loc[1, "precision@10"] == pytest.approx(0.2)
+
+
+def test_evaluate_rejects_zero_catalog() -> None:
+    """evaluate(catalog_size=0) is a ValueError (coverage would divide by zero)."""
+    with pytest.raises(ValueError, match="catalog_size"):
+        M.evaluate(RECS, TEST, None, catalog_size=0)
+
+
+def test_coverage_n_users_counts_single_recommendation() -> None:
+    """coverage's n_users counts a population user who got exactly one recommendation."""
+    # population {1, 2, 4}: user 4 has one rec ([10]), users 1 and 2 several
+    res = M.evaluate(RECS, TEST, None, 100, users=[1, 2, 4])
+    assert res["coverage@5"]["n_users"] == 3
+    # tracks {10, 11, 20, 12, 13} | {41, 40} | {10} = 7 of 100
+    assert res["coverage@5"]["mean"] == pytest.approx(0.07)

@@ -104,3 +104,20 @@ def test_recommend_popular_short_catalogue_and_no_users() -> None:
     empty = recommend_popular(pop, m, np.array([], dtype=np.int32), k=10)
     assert len(empty) == 0
     assert list(empty.columns) == C.Recommendations
+
+
+def test_recommend_popular_from_a_one_track_list() -> None:
+    """A popular list of a single track is still a list: users who have not heard it get
+    it (rank 1), the one who has gets nothing."""
+    ev = _events([(1, 5)])
+    pop = listeners_per_track(ev)
+    assert pop[C.Item].tolist() == [5]
+    recs = recommend_popular(pop, InteractionMatrix.from_events(ev), np.array([1, 2]), k=3)
+    assert recs[C.User].tolist() == [2]
+    assert recs[C.Item].tolist() == [5]
+    assert recs[C.Rank].tolist() == [1]
+    # k = 1 is a list of one too
+    top1 = recommend_popular(
+        listeners_per_track(EVENTS), InteractionMatrix.from_events(EVENTS), np.array([1, 99]), k=1
+    )
+    assert top1[C.Item].tolist() == [3, 5]

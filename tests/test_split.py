@@ -47,6 +47,18 @@ def test_window_start_is_midnight_and_ignores_order() -> None:
     assert start == start.normalize()
 
 
+def test_window_start_on_exactly_two_days_is_the_second_day() -> None:
+    """Two distinct days are enough: the window starts on the second (the first is never
+    chosen), whatever the share asked for."""
+    dates = _day_counts({"2022-03-01": 3, "2022-03-02": 1})
+    for share in (0.1, 0.25, 0.9):
+        assert choose_window_start(dates, share) == pd.Timestamp("2022-03-02")
+    ev = _events([(1, 10, "2022-03-01 10:00"), (2, 11, "2022-03-02 18:00")])
+    s = split_by_time(ev, None, 0.5)
+    assert s.start == pd.Timestamp("2022-03-02")
+    assert s.history[C.Item].tolist() == [10] and s.target[C.Item].tolist() == [11]
+
+
 def test_window_start_needs_two_days() -> None:
     with pytest.raises(ValueError, match="two distinct days"):
         choose_window_start(_day_counts({"2022-01-01": 5}), 0.1)
@@ -163,3 +175,15 @@ def test_serving_end_keeps_the_spacing_of_the_test_window() -> None:
     assert serving_end(seconds, pd.Timestamp("2022-12-16")) == pd.Timestamp("2022-12-20 08:00:02")
     with pytest.raises(ValueError, match="before the test window"):
         serving_end(days, pd.Timestamp("2022-12-01"))
+
+
+def test_split_sides_have_exactly_the_input_columns() -> None:
+    """The reordered frame is renumbered without keeping the old index as a column: both
+    sides (and `events`) have the input's columns, no `index`."""
+    ev = _events([(1, 10, "2022-06-01"), (1, 11, "2022-06-04"), (2, 12, "2022-06-02")])
+    s = split_by_time(ev, date(2022, 6, 3))
+    want = [C.User, C.Item, C.Datetime]
+    assert list(s.history.columns) == want
+    assert list(s.target.columns) == want
+    assert list(s.events.columns) == want
+    assert s.events.index.tolist() == [0, 1, 2]

@@ -119,3 +119,12 @@ def test_merge_by_score_ties_keep_first_met_order() -> None:
     sources = [([5, 6, 7], [0.5, 0.9, 0.5]), ([8, 5, 9], [0.5, 0.2, 0.9])]
     assert merge_by_score(sources, 10) == [6, 9, 5, 7, 8]
     assert merge_by_score(sources, 2, banned={6}) == [9, 5]
+
+
+def test_merge_by_score_refuses_tracks_and_scores_of_different_lengths() -> None:
+    """A source with fewer scores than tracks is a bug upstream: it raises rather than
+    silently dropping the tracks left without a score."""
+    with pytest.raises(ValueError):
+        merge_by_score([([1, 2, 3], [0.9, 0.5])], 5)
+    with pytest.raises(ValueError):
+        merge_by_score([([4], [0.3]), ([1], [0.9, 0.5])], 5)
