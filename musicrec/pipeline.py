@@ -171,8 +171,7 @@ class PipelineContext:
             )
             # the split's frame holds every event (history first): keep it instead of the
             # prepared frame, so that only one copy of the events stays in memory
-            if self.test_split.frame is not None:
-                self.data = dataclasses.replace(self.prepared, events=self.test_split.frame)
+            self.data = dataclasses.replace(self.prepared, events=self.test_split.frame)
             release_free_memory("after the test split")  # the prepared events' copy
         return self.test_split
 

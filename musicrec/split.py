@@ -57,15 +57,12 @@ class Split:
     history: pd.DataFrame
     target: pd.DataFrame
     start: pd.Timestamp
-    frame: pd.DataFrame | None = None  # history then target, when both are slices of it
+    frame: pd.DataFrame  # every row, history then target: both sides are slices of it
 
     @property
     def events(self) -> pd.DataFrame:
-        """All rows, history first: the frame both sides are views of (no copy), else their
-        concatenation."""
-        if self.frame is not None:
-            return self.frame
-        return pd.concat([self.history, self.target], ignore_index=True)
+        """All rows, history first (the frame both sides are views of; no copy)."""
+        return self.frame
 
     def facts(self, name: str) -> dict[str, object]:
         hist_users = self.history[C.User].unique()
