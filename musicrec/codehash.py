@@ -105,9 +105,7 @@ def code_hash(roots: tuple[str, ...], package_dir: Path | None = None) -> str:
     h = hashlib.sha256()
     modules = module_closure(roots, package_dir)
     if package_dir == PACKAGE_DIR and _edited_since_start([DRIVER, *modules], package_dir):
-        h.update(
-            f"edited after the start of process {os.getpid()} at {_process_start()}\0".encode()
-        )
+        h.update(f"edited while process {os.getpid()} ran, from {_imported_at()}\0".encode())
     for name in sorted({DRIVER, *modules}):
         h.update(f"{name}\0".encode())
         h.update((package_dir / f"{name}.py").read_bytes())
@@ -121,13 +119,20 @@ _warned: set[Path] = set()
 
 
 def _edited_since_start(modules: list[str], package_dir: Path) -> list[str]:
-    """The `modules` this process has imported whose file was modified after the process
-    started (it may run their old code), with a warning once per file."""
-    started = _process_start()
+    """The `modules` whose file this process imported and which changed after it imported
+    the package (it may run their old code), with a warning once per file. A change is a
+    newer mtime or ctime: a copy that keeps the old mtime (`cp -p`, rsync, tar) still
+    sets the ctime, which nothing can set back."""
+    started = _imported_at()
     edited = []
     for name in modules:
         path = package_dir / f"{name}.py"
-        if f"{PACKAGE}.{name}" not in sys.modules or path.stat().st_mtime <= started:
+        module = sys.modules.get(f"{PACKAGE}.{name}")
+        loaded_from = getattr(module, "__file__", None)
+        if loaded_from is None or Path(loaded_from).resolve() != path.resolve():
+            continue  # not imported, or imported from elsewhere (a copy of the package)
+        st = path.stat()
+        if max(st.st_mtime, st.st_ctime) <= started:
             continue
         edited.append(name)
         if path not in _warned:
@@ -142,9 +147,10 @@ def _edited_since_start(modules: list[str], package_dir: Path) -> list[str]:
     return edited
 
 
-@functools.cache
-def _process_start() -> float:
-    """This process's start time (seconds since the epoch)."""
-    import psutil
+def _imported_at() -> float:
+    """When this process imported the package (seconds since the epoch, exact: psutil's
+    process start time is derived from a boot time in whole seconds, up to 1 s early, so
+    a file saved just before a run counted as edited during it)."""
+    import musicrec
 
-    return float(psutil.Process().create_time())
+    return musicrec.IMPORTED_AT

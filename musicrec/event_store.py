@@ -389,7 +389,8 @@ class EventStore:
         never reach: a read through one would miss what was just added through the
         other. (Not a lock on the database file itself: on NFS, `flock` is emulated with
         the POSIX locks SQLite takes there.) The OS frees it when the process dies."""
-        lock = self.path.with_name(self.path.name + ".lock")
+        real = self.path.resolve()  # one lock per file, whatever link names it
+        lock = real.with_name(real.name + ".lock")
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

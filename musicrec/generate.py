@@ -843,6 +843,8 @@ class _HeldSignals:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is None:  # a handler set outside Python: left alone
+                continue
             self._before[sig] = signal.signal(sig, self._record)
 
     def _record(self, signum: int, _frame: Any) -> None:

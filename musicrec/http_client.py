@@ -235,11 +235,19 @@ class _ProtocolError(Exception):
     """The answer is not HTTP/1.x as this client reads it."""
 
 
+#: headers every request carries already (a second copy would make it ambiguous)
+_OWN_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+)
+
+
 def _header_line(name: str, value: str) -> bytes:
     """`name: value` as bytes; `ValueError` for a name that is not a token or a value with
     a control character (latin-1 as HTTP carries it)."""
     if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
         raise ValueError(f"not an HTTP header name: {name!r}")
+    if name.lower() in _OWN_HEADERS:
+        raise ValueError(f"the client writes {name} itself")
     if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
         raise ValueError(f"a control character in the value of header {name}")
     return f"{name}: {value}".encode("latin-1")

@@ -35,19 +35,24 @@ def choose_window_start(dates: pd.Series | np.ndarray, tail_share: float) -> pd.
 
 def serving_end(dates: pd.Series | np.ndarray, test_start: pd.Timestamp) -> pd.Timestamp:
     """Where the features of models refit on every event (`final_fit = "all"`) are computed:
-    as far after the last event as `test_start` was after the last event before it. The
-    ranker was trained on windows starting right after their history, so "days since" and
-    "recent" features then keep the ranges it learned: on data dated by day, the day after
-    the last event (when the test window's day followed the last history day); on data
-    dated by month (Last.fm: every event on the 1st), the next month's 1st rather than the
-    2nd of the last month, which made every user active that month "1 day since" (30 or
-    more in training) and stretched the recent window over one month more."""
+    one period after the last event, as the test window started one period after the
+    history. The ranker was trained on windows starting right after their history, so
+    "days since" and "recent" features then keep the ranges it learned. On data dated by
+    month (every event on a month's 1st at midnight: Last.fm) the period is a calendar
+    month: the next month's 1st, where the day after the last event made every user
+    active that month "1 day since" (28 or more in training) and stretched the recent
+    window over one month more. Otherwise it is the gap between the last event before
+    `test_start` and `test_start` (on data dated by day: the day after the last event)."""
     times = np.asarray(dates, dtype="datetime64[ns]")
     start = np.datetime64(test_start, "ns")
     before = times[times < start]
-    if len(before) == 0 or len(times) == 0:
+    if len(before) == 0:
         raise ValueError("serving_end needs events before the test window's start")
-    return pd.Timestamp(times.max() + (start - before.max()))
+    last = times.max()
+    months = times.astype("datetime64[M]")
+    if (months.astype("datetime64[ns]") == times).all():
+        return pd.Timestamp((last.astype("datetime64[M]") + 1).astype("datetime64[ns]"))
+    return pd.Timestamp(last + (start - before.max()))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,11 +145,11 @@ def test_a_module_edited_after_the_process_started_is_warned_of(
     import musicrec.popular  # noqa: F401  (imported, as in a kernel that ran the stage)
 
     monkeypatch.setattr(codehash, "_warned", set())
-    monkeypatch.setattr(codehash, "_process_start", lambda: float("inf"))  # nothing newer
+    monkeypatch.setattr(codehash, "_imported_at", lambda: float("inf"))  # nothing newer
     with caplog.at_level("WARNING", logger="musicrec.codehash"):
         code_hash(("popular",))
     assert not caplog.records
-    monkeypatch.setattr(codehash, "_process_start", lambda: 0.0)  # every file newer
+    monkeypatch.setattr(codehash, "_imported_at", lambda: 0.0)  # every file newer
     with caplog.at_level("WARNING", logger="musicrec.codehash"):
         code_hash(("popular",))
         code_hash(("popular",))
@@ -174,14 +175,45 @@ def test_a_module_edited_during_a_run_is_not_reused_by_the_next_run(
     import musicrec.popular  # noqa: F401  (imported, as by a run that is going on)
 
     monkeypatch.setattr(codehash, "_warned", set())
-    monkeypatch.setattr(codehash, "_process_start", lambda: float("inf"))  # no edit seen
+    monkeypatch.setattr(codehash, "_imported_at", lambda: float("inf"))  # no edit seen
     after_the_edit = code_hash(("popular",))  # a process started after the edit
-    monkeypatch.setattr(codehash, "_process_start", lambda: 0.0)  # edited during this one
+    monkeypatch.setattr(codehash, "_imported_at", lambda: 0.0)  # edited during this one
     during = code_hash(("popular",))
     assert during != after_the_edit
     assert code_hash(("popular",)) == during  # stable within the process
     monkeypatch.setattr(codehash.os, "getpid", lambda: -1)  # another process, also edited
     assert code_hash(("popular",)) not in (during, after_the_edit)
+
+
+def test_an_edit_is_seen_by_the_file_the_process_imported_and_by_its_ctime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file this process imported counts as edited under it: a copy of the package
+    edited and written back (a test's, a second checkout) kept the hash off its first
+    value. And a copy over the imported file that keeps the old mtime (`cp -p`, rsync)
+    counts, by its ctime."""
+    import os
+    import time
+    import types
+
+    pkg = write_package(tmp_path / "pkg", PACKAGE)
+    monkeypatch.setattr(codehash, "PACKAGE_DIR", pkg)
+    monkeypatch.setattr(codehash, "_warned", set())
+    monkeypatch.setattr(codehash, "_imported_at", lambda: time.time() - 60)
+    # the package's `d` is edited after the start, but this process imported no `d` from
+    # this folder (the real musicrec has none): nothing is marked
+    before = code_hash(("d",))
+    (pkg / "d.py").write_text("g = 3\n")
+    (pkg / "d.py").write_text("g = 2\n")
+    assert code_hash(("d",)) == before
+    # imported from this folder, then replaced by a copy carrying an old mtime
+    module = types.ModuleType("musicrec.d")
+    module.__file__ = str(pkg / "d.py")
+    monkeypatch.setitem(sys.modules, "musicrec.d", module)
+    old = time.time() - 3600
+    os.utime(pkg / "d.py", (old, old))
+    assert (pkg / "d.py").stat().st_mtime < codehash._imported_at()
+    assert code_hash(("d",)) != before  # marked: the ctime is newer than the import
 
 
 def test_an_edit_that_keeps_size_and_mtime_still_follows_the_new_imports(tmp_path: Path) -> None:

@@ -361,6 +361,30 @@ def test_ctrl_c_during_the_renames_leaves_the_whole_raw_set(
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # put back
 
 
+def test_held_signals_leave_a_handler_set_outside_python_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`signal.getsignal` gives None for a handler installed outside Python (an embedding
+    program): `release` failed to put None back and left SIGTERM swallowed for good. Such
+    a signal is now left as it is; the others are held and put back."""
+    import signal
+
+    from musicrec.generate import _HeldSignals
+
+    real_getsignal = signal.getsignal
+    monkeypatch.setattr(
+        signal, "getsignal", lambda s: None if s == signal.SIGTERM else real_getsignal(s)
+    )
+    before_term = real_getsignal(signal.SIGTERM)
+    before_int = real_getsignal(signal.SIGINT)
+    held = _HeldSignals()
+    held.hold()
+    assert real_getsignal(signal.SIGTERM) is before_term  # not swapped
+    assert real_getsignal(signal.SIGINT) is not before_int  # held
+    held.release()
+    assert real_getsignal(signal.SIGINT) is before_int
+
+
 def test_skip_and_ensure_raw_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "data"
     caplog.set_level(logging.INFO, logger="musicrec.generate")

@@ -168,6 +168,10 @@ def test_serving_end_keeps_the_spacing_of_the_test_window() -> None:
     data made every user active in the last month "1 day since" (at least 28 in training)."""
     months = pd.to_datetime(["2010-08-01", "2010-09-01", "2010-10-01", "2010-11-01", "2011-05-01"])
     assert serving_end(pd.Series(months), pd.Timestamp("2010-11-01")) == pd.Timestamp("2011-06-01")
+    # a calendar month, whatever the number of days before the test window (28 here) or
+    # in the last month (30 in April)
+    months = pd.to_datetime(["2011-01-01", "2011-02-01", "2011-03-01", "2011-04-01"])
+    assert serving_end(months, pd.Timestamp("2011-03-01")) == pd.Timestamp("2011-05-01")
     days = pd.to_datetime(["2022-12-14", "2022-12-15", "2022-12-16", "2022-12-31"])
     assert serving_end(days, pd.Timestamp("2022-12-16")) == pd.Timestamp("2023-01-01")
     # time of day kept: the test window began 2 s after the last history event

@@ -273,6 +273,21 @@ def test_a_second_store_on_one_database_is_refused(tmp_path: Path) -> None:
         second.close()
 
 
+def test_a_link_to_a_held_database_is_refused_too(tmp_path: Path) -> None:
+    """The lock was named after the path given: a symlink to the database got a lock of
+    its own, and two stores shared one database through it."""
+    real = tmp_path / "real" / "events.db"
+    first = EventStore(real)
+    first.open()
+    try:
+        alias = tmp_path / "alias.db"
+        alias.symlink_to(real)
+        with pytest.raises(ArtifactError, match="another event store"):
+            EventStore(alias, owner_wait_s=0.1).open()
+    finally:
+        first.close()
+
+
 def test_a_restart_waits_for_the_old_store_to_close(tmp_path: Path) -> None:
     """A restart whose old process is still closing: the new store waits for it (up to
     `owner_wait_s`) instead of failing its start."""
