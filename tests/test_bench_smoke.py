@@ -549,3 +549,54 @@ def test_variants_start_from_the_configs_features(monkeypatch: pytest.MonkeyPatc
     assert variant_features("no_genre", listed) == ["als_score"]
     assert variant_features("no_main_genre", listed) == listed[:3]
     assert variant_features("compact", listed) == COMPACT
+
+
+def test_mutation_mutants_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kind of mutant, once, on a function written for it; nothing inside a log call,
+    a raise or an annotation."""
+    import ast
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from mutation import apply, mutants
+
+    source = (
+        "def f(a: int = 3, b=True):\n"
+        "    log.info('x %d', a + 1)\n"
+        "    if a < 2 and not b:\n"
+        "        raise ValueError(a == 1)\n"
+        "    return df.sort_values('s').head(a - 1).copy()\n"
+    )
+    tree = ast.parse(source)
+    found = {(m.line, m.what) for m in mutants(tree)}
+    assert found == {
+        (1, "3 -> 4"),  # a default is a behaviour too
+        (1, "3 -> 2"),
+        (1, "True -> False"),
+        (3, "and <-> or"),
+        (3, "Lt -> LtE"),
+        (3, "2 -> 3"),
+        (3, "2 -> 1"),
+        (3, "not dropped"),
+        (5, "return None"),
+        (5, ".copy() dropped"),
+        (5, "head(k) -> (k + 1)"),
+        (5, "ascending=False added"),
+        (5, "Sub -> Add"),
+        (5, "1 -> 2"),
+        (5, "1 -> 0"),
+    }, found
+    texts = {m.what: apply(tree, m) for m in mutants(tree)}
+    assert "if a <= 2 and (not b)" in texts["Lt -> LtE"]
+    assert "if a < 2 and b:" in texts["not dropped"]
+    assert "return df.sort_values('s').head(a - 1 + 1).copy()" in texts["head(k) -> (k + 1)"]
+    assert "sort_values('s', ascending=False)" in texts["ascending=False added"]
+    assert "return df.sort_values('s').head(a - 1)\n" in texts[".copy() dropped"] + "\n"
+    assert ast.unparse(tree) == ast.unparse(ast.parse(source))  # the tree is left alone
+
+
+def test_mutation_smoke() -> None:
+    """Two mutants of `popular` against its own tests: the report's lines and counts."""
+    out = run_script("mutation.py", "popular", "--tests", "tests/test_popular.py", "--limit", "2")
+    assert "popular: 2 of " in out
+    counts = re.search(r"counts: killed (\d+), survived (\d+), timeout (\d+)", out)
+    assert counts is not None and sum(map(int, counts.groups())) <= 2, out
