@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,37 @@ def flock_holder(inode: int) -> int | None:
     return None
 
 
+class LockHeld(Exception):
+    """Another process holds the lock (`pid`: its process id, when /proc/locks tells it)."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"held by pid {pid or '?'}")
+        self.pid = pid
+
+
+def take_flock(path: Path, wait_s: float = 0.0) -> int:
+    """Open `path` (made if missing) and take an exclusive `flock` on it, tried every 50 ms
+    for up to `wait_s`: the descriptor (`release_flock` it), or `LockHeld`. An error
+    opening the file is the `OSError` itself. The OS frees the lock if the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = flock_holder(os.fstat(fd).st_ino)
+                os.close(fd)
+                raise LockHeld(holder) from None
+            time.sleep(0.05)
+
+
+def release_flock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 @contextlib.contextmanager
 def pipeline_lock(cache_dir: Path) -> Iterator[None]:
     """Hold the artifacts directory for one pipeline run: an exclusive `flock` on
@@ -51,14 +83,11 @@ def pipeline_lock(cache_dir: Path) -> Iterator[None]:
             _held[path][1] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = flock_holder(os.fstat(fd).st_ino)
-        os.close(fd)
+        fd = take_flock(path)
+    except LockHeld as held:
         raise ArtifactError(
-            f"{cache_dir.parent}: another pipeline run (pid {holder or '?'}) is using this "
+            f"{cache_dir.parent}: another pipeline run (pid {held.pid or '?'}) is using this "
             "artifacts directory; wait for it to finish or use another --artifacts-dir"
         ) from None
     _held[path] = [fd, 1]
@@ -68,8 +97,7 @@ def pipeline_lock(cache_dir: Path) -> Iterator[None]:
         _held[path][1] -= 1
         if _held[path][1] == 0:
             del _held[path]
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            release_flock(fd)
 
 
 @dataclass(frozen=True)

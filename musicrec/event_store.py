@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -39,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from musicrec.artifacts import flock_holder
+from musicrec.artifacts import LockHeld, release_flock, take_flock
 from musicrec.errors import ArtifactError
 
 log = logging.getLogger("musicrec.event_store")
@@ -392,7 +390,15 @@ class EventStore:
         real = self.path.resolve()  # one lock per file, whatever link names it
         lock = real.with_name(real.name + ".lock")
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            self._owner_fd = take_flock(lock, self.owner_wait_s)
+        except LockHeld as held:
+            raise ArtifactError(
+                f"{self.path}: another event store (pid {held.pid or '?'}) has this "
+                "database open. The event service runs as one process (its cache of "
+                "recent events lives in it: a second one would serve stale "
+                "histories), so no `--workers` above 1; stop the other, or give this "
+                "one another MUSICREC_EVENT_DB_PATH"
+            ) from None
         except OSError as exc:
             why = (
                 "the file (or its folder) is read-only"
@@ -400,29 +406,10 @@ class EventStore:
                 else "cannot open its lock file"
             )
             raise ArtifactError(f"{self.path}: {why} ({lock.name}: {exc.strerror})") from exc
-        deadline = time.monotonic() + self.owner_wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = flock_holder(os.fstat(fd).st_ino)
-                    os.close(fd)
-                    raise ArtifactError(
-                        f"{self.path}: another event store (pid {holder or '?'}) has this "
-                        "database open. The event service runs as one process (its cache of "
-                        "recent events lives in it: a second one would serve stale "
-                        "histories), so no `--workers` above 1; stop the other, or give this "
-                        "one another MUSICREC_EVENT_DB_PATH"
-                    ) from None
-                time.sleep(0.05)
-        self._owner_fd = fd
 
     def _disown(self) -> None:
         if self._owner_fd is not None:
-            fcntl.flock(self._owner_fd, fcntl.LOCK_UN)
-            os.close(self._owner_fd)
+            release_flock(self._owner_fd)
             self._owner_fd = None
 
     @property
