@@ -17,6 +17,11 @@
   a query for every user read before at the same depth. SQLite stays the only record: the
   cache is filled from it on a miss and updated by the writer after each commit, and is
   rebuilt from it after a restart.
+* **Idempotent adds** (`add_once`): an event sent with a client's key (the HTTP
+  `Idempotency-Key` header) is stored once per (user, key) within `key_ttl_s`; a retry
+  (after a timeout, a lost answer, a 503 whose commit SQLite kept after all) gets the
+  first event's id back instead of a second event. The key row is written in the same
+  transaction as its event, so there is never an event without its key or the reverse.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from musicrec.artifacts import LockHeld, release_flock, take_flock
 from musicrec.errors import ArtifactError
 
 log = logging.getLogger("musicrec.event_store")
+
+
+class KeyReused(ValueError):
+    """`add_once` with a key the user already sent with another track (within the key's
+    lifetime): a client bug, not a retry. Nothing is stored."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -62,6 +72,33 @@ _INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX_NAME} ON events (user_id, id, trac
 #: the index of databases written before `events_user_recent` (no track_id in it: a user's
 #: read looked every row up in the table, 2-3x slower cold); replaced at `open`
 _OLD_INDEX = "events_user_id"
+#: a client's idempotency key per (user, key), kept `key_ttl_s` after its event: the
+#: event it stored and its track (a retry answers with that event's id, a reuse with
+#: another track is refused); `ts` orders the expiry
+_KEYS_TABLE = """
+CREATE TABLE IF NOT EXISTS event_keys (
+    user_id  INTEGER NOT NULL,
+    key      TEXT    NOT NULL,
+    event_id INTEGER NOT NULL,
+    track_id INTEGER NOT NULL,
+    ts       REAL    NOT NULL,
+    PRIMARY KEY (user_id, key)
+) WITHOUT ROWID"""
+_KEYS_INDEX = "CREATE INDEX IF NOT EXISTS event_keys_ts ON event_keys (ts)"
+_KEY_TYPES = {
+    "user_id": "INTEGER",
+    "key": "TEXT",
+    "event_id": "INTEGER",
+    "track_id": "INTEGER",
+    "ts": "REAL",
+}
+#: (user, key) pairs looked up per query (two parameters each: under SQLite's oldest
+#: limit of 999)
+_KEYS_PER_QUERY = 400
+#: the longest key `add_once` takes (the HTTP header is checked to the same bound)
+KEY_MAX_LEN = 255
+#: the writer deletes expired keys at most this often (`_prune_keys`)
+_PRUNE_EVERY_S = 60.0
 _COLUMNS = ("id", "user_id", "track_id", "ts")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: the declared type of each column, as `_TABLE` makes them (an `id` that is not the
@@ -71,13 +108,22 @@ _TYPES = {"id": "INTEGER", "user_id": "INTEGER", "track_id": "INTEGER", "ts": "R
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
 
+class Added(NamedTuple):
+    """What `add_once` stored: the event's id, and whether it was stored by an earlier
+    call with the same key (`replayed`: nothing new was written)."""
+
+    id: int
+    replayed: bool
+
+
 @dataclass
 class _Pending:
     user_id: int
     track_id: int
     ts: float
+    key: str | None
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[int]
+    future: asyncio.Future[Added]
 
 
 @dataclass
@@ -91,6 +137,8 @@ class StoreStats:
     max_batch: int = 0
     failed_commits: int = 0
     refused_full: int = 0
+    replayed: int = 0
+    key_conflicts: int = 0
     opened_at: float = field(default_factory=time.time)
 
 
@@ -245,8 +293,14 @@ class EventStore:
         cache_events: int = 5_000_000,
         max_pending: int = 100_000,
         owner_wait_s: float = 10.0,
+        key_ttl_s: float = 86_400.0,
     ) -> None:
         self.path = Path(path)
+        #: how long an idempotency key holds (`add_once`): a retry later than this stores
+        #: the event again. Expired keys are ignored at once and deleted by the writer
+        #: (`_prune_keys`, at most once a minute)
+        self.key_ttl_s = key_ttl_s
+        self._pruned_at = 0.0
         #: how long `open` waits for another store to let go of the database (a restart
         #: whose old process is still closing) before refusing it
         self.owner_wait_s = owner_wait_s
@@ -301,13 +355,15 @@ class EventStore:
                     "left as it was"
                 )
             if tables:
-                self._check_layout(conn)
+                self._check_layout(conn, tables)
             self._own()  # before the first write (the WAL switch, a migration)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(_TABLE)
+            conn.execute(_KEYS_TABLE)
+            conn.execute(_KEYS_INDEX)
             # a write that is rolled back: a read-only file (or folder) fails here, not at
             # every /add_event of a service that reported ready
             conn.execute("BEGIN IMMEDIATE")
@@ -422,10 +478,24 @@ class EventStore:
         """Store one event; returns its id once the transaction holding it is committed.
         Ids outside SQLite's 64-bit integers raise `ValueError` here: in the group commit
         they failed the whole batch, every other user's events with them."""
+        return (await self._submit(user_id, track_id, None)).id
+
+    async def add_once(self, user_id: int, track_id: int, key: str) -> Added:
+        """Store one event unless this user's `key` already stored one within `key_ttl_s`:
+        then nothing is written and that event's id comes back with `replayed=True`. The
+        same key with another track raises `KeyReused` (nothing stored). Keys are the
+        client's (a UUID per listen, say), 1 to `KEY_MAX_LEN` characters, per user. Calls
+        with one key racing each other store one event: the writer handles them in order,
+        and the later finds the earlier's key."""
+        if not 1 <= len(key) <= KEY_MAX_LEN:
+            raise ValueError(f"an idempotency key is 1 to {KEY_MAX_LEN} characters")
+        return await self._submit(user_id, track_id, key)
+
+    async def _submit(self, user_id: int, track_id: int, key: str | None) -> Added:
         if not (_INT64_MIN <= user_id <= _INT64_MAX and _INT64_MIN <= track_id <= _INT64_MAX):
             raise ValueError(f"ids must be 64-bit integers: user {user_id}, track {track_id}")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[Added] = loop.create_future()
         # the check and the put under one lock with `close()` (another thread): an event
         # queued after the writer's stop marker would never be answered
         with self._submit_lock:
@@ -435,7 +505,7 @@ class EventStore:
                 with self._stats_lock:
                     self.stats.refused_full += 1
                 raise StoreUnavailable(f"write queue full ({self.max_pending} events waiting)")
-            self._queue.put(_Pending(user_id, track_id, time.time(), loop, fut))
+            self._queue.put(_Pending(user_id, track_id, time.time(), key, loop, fut))
         # shield: a client that disconnects must not cancel the bookkeeping of the future
         return await asyncio.shield(fut)
 
@@ -471,6 +541,8 @@ class EventStore:
                 "max_batch": s.max_batch,
                 "failed_commits": s.failed_commits,
                 "refused_full": s.refused_full,
+                "replayed": s.replayed,
+                "key_conflicts": s.key_conflicts,
                 "pending": self._queue.qsize(),
                 "uptime_s": round(time.time() - s.opened_at, 3),
                 "db_path": str(self.path),
@@ -481,9 +553,22 @@ class EventStore:
                 "cache_misses": self.cache.misses if self.cache is not None else 0,
             }
 
-    def _check_layout(self, conn: sqlite3.Connection) -> None:
+    def _check_layout(self, conn: sqlite3.Connection, tables: Sequence[str]) -> None:
         """`ArtifactError` unless the `events` table has the columns and types `_TABLE`
-        makes, `id` its INTEGER PRIMARY KEY."""
+        makes, `id` its INTEGER PRIMARY KEY, and an `event_keys` table (a database
+        written before keys existed has none: it is created) those of `_KEYS_TABLE`."""
+        if "event_keys" in tables:
+            keys = {
+                r[1]: (str(r[2]).upper(), int(r[5]))
+                for r in conn.execute("PRAGMA table_info(event_keys)")
+            }
+            expected = {c: (t, {"user_id": 1, "key": 2}.get(c, 0)) for c, t in _KEY_TYPES.items()}
+            if keys != expected:
+                raise ArtifactError(
+                    f"{self.path}: table 'event_keys' is not as this service makes it (found "
+                    f"{keys}; expected {expected}: column -> (type, position in the primary "
+                    "key)); not an event database of this service"
+                )
         info = {
             r[1]: (str(r[2]).upper(), int(r[5])) for r in conn.execute("PRAGMA table_info(events)")
         }
@@ -601,13 +686,27 @@ class EventStore:
             self._resolve(leftover, None, StoreUnavailable("event store closed"))
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
+        """Write `batch` in one transaction (one fsync), then answer each caller: its new
+        event's id, or for a key stored before, that event's id (`replayed`) or
+        `KeyReused`. A failed transaction fails every call of the batch (nothing of it is
+        stored)."""
         conn = self._wconn
         assert conn is not None
-        ids: list[int] = []
+        outcomes: list[Added | KeyReused] = []
+        stored: list[tuple[int, int, int]] = []  # (event id, user, track), for the cache
+        new_keys: list[tuple[int, str, int, int, float]] = []
         new_users: set[int] = set()
+        now = time.time()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # (user, key) -> (event id, track) of the batch's keys stored before, then of
+            # its own as they are stored: a key sent twice in one batch is one event
+            asked = [(ev.user_id, ev.key) for ev in batch if ev.key is not None]
+            keyed = self._stored_keys(conn, asked, now)
             for ev in batch:
+                if ev.key is not None and (ev.user_id, ev.key) in keyed:
+                    outcomes.append(self._replay(ev, *keyed[ev.user_id, ev.key]))
+                    continue
                 if ev.user_id not in new_users:
                     known = conn.execute(
                         "SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (ev.user_id,)
@@ -618,7 +717,18 @@ class EventStore:
                     "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
                     (ev.user_id, ev.track_id, ev.ts),
                 )
-                ids.append(int(cur.lastrowid or 0))
+                event_id = int(cur.lastrowid or 0)
+                if ev.key is not None:
+                    keyed[ev.user_id, ev.key] = (event_id, ev.track_id)
+                    new_keys.append((ev.user_id, ev.key, event_id, ev.track_id, ev.ts))
+                outcomes.append(Added(event_id, False))
+                stored.append((event_id, ev.user_id, ev.track_id))
+            if new_keys:  # REPLACE: an expired row of the same key
+                conn.executemany(
+                    "INSERT OR REPLACE INTO event_keys (user_id, key, event_id, track_id, ts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    new_keys,
+                )
             conn.execute("COMMIT")
         except Exception as exc:
             log.exception("event commit of %d event(s) failed", len(batch))
@@ -628,45 +738,97 @@ class EventStore:
                 self.stats.failed_commits += 1
             self._resolve(batch, None, exc)
             return
-        if self.cache is not None:
+        if self.cache is not None and stored:
             try:
-                self.cache.apply(
-                    [(i, ev.user_id, ev.track_id) for i, ev in zip(ids, batch, strict=True)]
-                )
+                self.cache.apply(stored)
             except Exception:
                 # the events are committed: they are acknowledged below whatever happens to
                 # the cache (an exception here ended the writer thread, and every later add
                 # waited forever); the cache is emptied so that no read serves a stale entry
                 log.exception("event cache update failed after a commit: cache emptied")
-                self.cache.reset(max(ids, default=0))
+                self.cache.reset(max(i for i, _, _ in stored))
         with self._stats_lock:
             s = self.stats
-            s.events += len(batch)
+            s.events += len(stored)
             s.users += len(new_users)
             s.commits += 1
-            s.committed_events += len(batch)
-            s.max_batch = max(s.max_batch, len(batch))
-        self._resolve(batch, ids, None)
+            s.committed_events += len(stored)
+            s.max_batch = max(s.max_batch, len(stored))
+            s.replayed += sum(isinstance(o, Added) and o.replayed for o in outcomes)
+            s.key_conflicts += sum(isinstance(o, KeyReused) for o in outcomes)
+        self._resolve(batch, outcomes, None)
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._prune_keys(now)
+
+    def _stored_keys(
+        self, conn: sqlite3.Connection, pairs: Sequence[tuple[int, str]], now: float
+    ) -> dict[tuple[int, str], tuple[int, int]]:
+        """(user, key) -> (event id, track) of the `pairs` stored within `key_ttl_s`: one
+        query per `_KEYS_PER_QUERY` pairs, not one per event."""
+        found: dict[tuple[int, str], tuple[int, int]] = {}
+        for start in range(0, len(pairs), _KEYS_PER_QUERY):
+            chunk = pairs[start : start + _KEYS_PER_QUERY]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            rows = conn.execute(
+                f"WITH asked (user_id, key) AS (VALUES {values}) "
+                "SELECT k.user_id, k.key, k.event_id, k.track_id FROM asked "
+                "JOIN event_keys AS k ON k.user_id = asked.user_id AND k.key = asked.key "
+                "WHERE k.ts >= ?",
+                [v for pair in chunk for v in pair] + [now - self.key_ttl_s],
+            )
+            for user_id, key, event_id, track_id in rows:
+                found[int(user_id), str(key)] = (int(event_id), int(track_id))
+        return found
+
+    @staticmethod
+    def _replay(ev: _Pending, event_id: int, track_id: int) -> Added | KeyReused:
+        """The answer to `ev`, whose key stored event `event_id` of `track_id` before."""
+        if track_id != ev.track_id:
+            return KeyReused(
+                f"idempotency key already used by user {ev.user_id} for track {track_id} "
+                f"(event {event_id}), not track {ev.track_id}: nothing stored"
+            )
+        return Added(event_id, True)
+
+    def _prune_keys(self, now: float) -> None:
+        """Delete expired keys (they are ignored already; this frees their space). A
+        failure is logged and tried again at the next prune: keys are not events."""
+        self._pruned_at = now
+        conn = self._wconn
+        assert conn is not None
+        try:
+            conn.execute("DELETE FROM event_keys WHERE ts < ?", (now - self.key_ttl_s,))
+        except sqlite3.Error as exc:
+            log.warning("expired idempotency keys not deleted: %s", exc)
 
     @staticmethod
     def _resolve(
-        batch: Sequence[_Pending], ids: Sequence[int] | None, exc: BaseException | None
+        batch: Sequence[_Pending],
+        outcomes: Sequence[Added | KeyReused] | None,
+        exc: BaseException | None,
     ) -> None:
-        """Hand results back to the event loop(s), one callback per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int]]] = {}
+        """Hand results back to the event loop(s), one callback per loop: each call's
+        outcome, or `exc` for all of them."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Added], Any]]] = {}
         for i, ev in enumerate(batch):
-            by_loop.setdefault(ev.loop, []).append((ev.future, ids[i] if ids else -1))
+            by_loop.setdefault(ev.loop, []).append((ev.future, outcomes[i] if outcomes else None))
         for loop, items in by_loop.items():
             # RuntimeError: the loop is closed, nobody waits any more
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items, exc)
 
 
-def _settle(items: list[tuple[asyncio.Future[int], int]], exc: BaseException | None) -> None:
-    for fut, event_id in items:
+def _settle(
+    items: list[tuple[asyncio.Future[Added], Added | KeyReused | None]],
+    exc: BaseException | None,
+) -> None:
+    for fut, outcome in items:
         if fut.done():
             continue
         if exc is not None:
             fut.set_exception(StoreUnavailable(f"event not stored: {exc}"))
+        elif isinstance(outcome, KeyReused):
+            fut.set_exception(outcome)
         else:
-            fut.set_result(event_id)
+            assert outcome is not None
+            fut.set_result(outcome)

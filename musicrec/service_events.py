@@ -3,7 +3,9 @@
 * `POST /add_event?user_id=..&track_id=..` stores a listen durably (SQLite, see
   `musicrec.event_store`) and answers once it is committed; needs `X-API-Key` when
   `settings.events_api_key` is set (401 otherwise, nothing stored). Unknown track ids are
-  accepted.
+  accepted. With an `Idempotency-Key` header (the client's id of the listen, e.g. a UUID)
+  a retry of the same call stores nothing new: it gets the first call's event id and the
+  header `Idempotent-Replayed: true`; the key with another track is a 422.
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
 * `POST /get_events_batch` with a JSON body `{"user_ids": [...], "k": ..}` (at most
@@ -30,13 +32,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
 from musicrec.errors import ConfigError
-from musicrec.event_store import EventStore, StoreUnavailable
+from musicrec.event_store import KEY_MAX_LEN, EventStore, KeyReused, StoreUnavailable
 from musicrec.service_common import (
     BATCH_BODY_MAX,
     EVENTS_BATCH_MAX_EVENTS,
@@ -72,6 +74,24 @@ MAX_BATCH_BODY = BATCH_BODY_MAX
 MAX_BATCH_EVENTS = EVENTS_BATCH_MAX_EVENTS
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
+
+
+#: the request header that makes `/add_event` idempotent, as the IETF HTTPAPI draft
+#: "The Idempotency-Key HTTP Header Field" names it; printable ASCII without spaces
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=KEY_MAX_LEN,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The client's id of this listen (e.g. a UUID), unique per user: a "
+        "retry with the same key within the key's lifetime (MUSICREC_EVENTS_KEY_TTL_S, "
+        "default a day) stores nothing new and answers with the first call's event id",
+    ),
+]
+#: the answer's header marking a replay (nothing stored by this call)
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class AddEventResponse(BaseModel):
@@ -130,6 +150,12 @@ class StatsResponse(BaseModel):
     max_batch: int
     failed_commits: int
     refused_full: int = Field(description="`/add_event` calls refused: write queue full")
+    replayed: int = Field(
+        description="`/add_event` calls whose Idempotency-Key had stored the event already"
+    )
+    key_conflicts: int = Field(
+        description="`/add_event` calls refused: Idempotency-Key sent before with another track"
+    )
     pending: int
     uptime_s: float
     db_path: str
@@ -205,6 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cfg.event_db_path,
             cache_users=cfg.events_cache_users,
             cache_events=cfg.events_cache_events,
+            key_ttl_s=cfg.events_key_ttl_s,
         )
         await asyncio.to_thread(store.open)
         app.state.store = store
@@ -246,6 +273,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AddEventResponse,
         responses={
             **VALIDATION_RESPONSES,
+            422: {
+                "description": "Out-of-range or malformed input, or an `Idempotency-Key` this "
+                "user already sent with another track (nothing stored)"
+            },
             **NOT_READY_RESPONSES,
             **AUTH_RESPONSES,
             503: {
@@ -261,10 +292,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _auth: ApiKeyDep,
         user_id: UserIdQuery,
         track_id: TrackIdQuery,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
-        """Store one listen; answers after the event is durably committed."""
-        event_id = await store.add(user_id, track_id)
-        return OrjsonResponse({"result": "ok", "id": event_id})
+        """Store one listen; answers after the event is durably committed. With an
+        `Idempotency-Key`, a repeated call answers with the first one's event id and the
+        header `Idempotent-Replayed: true`, and stores nothing."""
+        if idempotency_key is None:
+            event_id = await store.add(user_id, track_id)
+            return OrjsonResponse({"result": "ok", "id": event_id})
+        try:
+            added = await store.add_once(user_id, track_id, idempotency_key)
+        except KeyReused as exc:
+            raise HTTPException(422, str(exc)) from None
+        headers = {REPLAYED_HEADER: "true"} if added.replayed else None
+        return OrjsonResponse({"result": "ok", "id": added.id}, headers=headers)
 
     @app.post(
         "/get_events",

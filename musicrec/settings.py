@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         description="Events the event service keeps in memory, all users together (about 12 "
         "bytes each)",
     )
+    events_key_ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="How long the event service remembers an /add_event Idempotency-Key: a "
+        "retry within it stores nothing new",
+    )
     online_history_k: int = Field(5, ge=1, le=100, description="Latest events used online")
     exclude_events_max: int = Field(
         1_000,

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +51,14 @@ _BODY_SHOWN = 400
 
 @dataclass
 class Reply:
-    """An HTTP answer: status, raw body, parsed JSON (None if not JSON), content type."""
+    """An HTTP answer: status, raw body, parsed JSON (None if not JSON), content type,
+    headers (names in lower case)."""
 
     status: int
     body: bytes
     data: Any
     content_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_json(self) -> bool:
@@ -72,7 +75,7 @@ class Reply:
 
 
 #: the user ids the checks use when the artifacts leave them free: the verifier's own
-#: events (four `add_event`s per run, kept in the event store) and a user without any
+#: events (five `add_event`s per run, kept in the event store) and a user without any
 RESERVED_VERIFY_USER = INT32_MAX - 1
 RESERVED_COLD_USER = INT32_MAX - 2
 
@@ -116,9 +119,9 @@ def _call(
     try:
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type")
+                status, raw, got = resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as exc:  # its body is read here too: it may be cut off
-            status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type")
+            status, raw, got = exc.code, exc.read(), exc.headers
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         # HTTPException: not HTTP at all (BadStatusLine) or cut off (IncompleteRead)
         return shown, Reply(0, f"connection failed: {type(exc).__name__}: {exc}".encode(), None)
@@ -126,7 +129,8 @@ def _call(
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         parsed = None
-    return shown, Reply(status, raw, parsed, ctype or "")
+    headers = {name.lower(): value for name, value in got.items()}
+    return shown, Reply(status, raw, parsed, headers.get("content-type", ""), headers)
 
 
 def _sorted_by_rank(table: Any, key: str) -> list[int]:
@@ -436,6 +440,22 @@ class Verifier:
             params={"user_id": user, "track_id": unknown_track},
             headers=self.api_headers,
         )
+        # a retry with the same Idempotency-Key stores nothing: one event, the first id
+        keyed = {**self.api_headers, "Idempotency-Key": f"verify-{uuid.uuid4()}"}
+        listen = {"user_id": user, "track_id": unknown_track}
+        _, first = _call("POST", f"{ev}/add_event", params=listen, headers=keyed)
+        latest = self.events_of(user)[:2]
+        shown, again = _call("POST", f"{ev}/add_event", params=listen, headers=keyed)
+        ok = (
+            first.is_json
+            and again.is_json
+            and again.data == first.data
+            and "idempotent-replayed" not in first.headers
+            and again.headers.get("idempotent-replayed") == "true"
+            and latest[:1] == [unknown_track]
+            and self.events_of(user)[:2] == latest
+        )
+        self.record(ok, "add_event retried with one Idempotency-Key: stored once", shown, again)
         added = picks.seeds or picks.popular[:3]
         for t in added:
             self.expect_status(

@@ -37,6 +37,7 @@ CHECKS_EXPECTED = [
     "online = similar",
     "blended",
     "add_event x105: popular tracks",
+    "add_event retried with one Idempotency-Key: stored once",
     "blended, verify user: none of its events, older than the latest 100 too",
     "-> 422",
     "/metrics",
@@ -80,8 +81,9 @@ def test_verify_service_passes_against_real_processes(
         headers={"X-API-Key": "e2e-key"},
         timeout=10,
     ).json()
-    # 105 popular tracks (once), then an unknown track and three similar-track seeds
-    assert events["count"] == 109, events
+    # 105 popular tracks (once), then an unknown track, the same again sent twice with one
+    # Idempotency-Key (stored once), and three similar-track seeds
+    assert events["count"] == 110, events
     run_verify_service(cfg, tmp_path)
     events = httpx.post(
         f"http://127.0.0.1:{cfg.events_port}/get_events",
@@ -89,7 +91,7 @@ def test_verify_service_passes_against_real_processes(
         headers={"X-API-Key": "e2e-key"},
         timeout=10,
     ).json()
-    assert events["count"] == 113, events  # the popular tracks are not added again
+    assert events["count"] == 115, events  # the popular tracks are not added again
 
 
 @pytest.mark.parametrize(
@@ -175,7 +177,7 @@ def test_verify_service_fails_when_older_events_come_back(
     service_processes: ServiceStarter, artifacts: dict[str, Any], tmp_path: Path
 ) -> None:
     """Services that leave out only the latest 100 events (as before) fail the verifier's
-    long-history check: the oldest of its 109 events come back."""
+    long-history check: the oldest of its 110 events come back."""
     cfg = make_settings(artifacts["root"], tmp_path)
     service_processes(cfg.model_copy(update={"exclude_events_max": 100}))
     lines = run_verify_service(cfg, tmp_path, passes=False)
@@ -197,7 +199,7 @@ def test_verify_service_below_105_skips_the_long_history_check_and_adds_nothing(
         params={"user_id": RESERVED_VERIFY_USER, "k": 1000},
         timeout=10,
     ).json()
-    assert events["count"] == 8, events  # four per run
+    assert events["count"] == 10, events  # five per run
 
 
 def test_verify_service_fails_when_services_are_down(

@@ -335,7 +335,8 @@ def test_the_store_of_another_process_is_named(tmp_path: Path) -> None:
 
 def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path) -> None:
     """A database written before the covering index (its index on (user_id, id) only) gets
-    the new index at open, loses the old one, and reads the same events."""
+    the new index at open, loses the old one, and reads the same events; it also gets the
+    table of idempotency keys (with its expiry index)."""
     path = older_database(
         tmp_path / "old.db", [(u, 100 * u + i, float(i)) for i in range(5) for u in (1, 2)]
     )
@@ -348,7 +349,9 @@ def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path)
         store.close()
     with sqlite3.connect(path) as db:
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert names == {"events_user_recent"}
+        assert names == {"events_user_recent", "event_keys_ts"}
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"events", "event_keys"}
     store = EventStore(path)  # a second open finds it and builds nothing
     store.open()
     store.close()

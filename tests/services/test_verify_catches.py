@@ -32,7 +32,7 @@ async def _respond(send: Send, status: int, body: bytes, ctype: str) -> None:
 
 
 class Faulty:
-    """ASGI wrapper of the similar-tracks service that misbehaves as `mode` says."""
+    """ASGI wrapper of a service (similar tracks, events) that misbehaves as `mode` says."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -42,6 +42,9 @@ class Faulty:
         if scope["type"] != "http" or self.mode is None:
             return await self.app(scope, receive, send)
         path, query = scope["path"], scope["query_string"].decode()
+        if self.mode == "idempotency key ignored" and path == "/add_event":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"idempotency-key"]
+            return await self.app({**scope, "headers": headers}, receive, send)
         if self.mode == "metrics without samples" and path == "/metrics":
             text = b"# HELP http_requests_total Requests\n# TYPE http_requests_total counter\n"
             return await _respond(send, 200, text, "text/plain; version=0.0.4")
@@ -75,19 +78,19 @@ class Faulty:
 @pytest.fixture(scope="module")
 def services(
     artifacts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, Faulty]]:
-    """The three services in-process, the similar one behind `Faulty`."""
+) -> Iterator[tuple[Settings, Faulty, Faulty]]:
+    """The three services in-process, the similar and the events one behind `Faulty`."""
     work = tmp_path_factory.mktemp("verify_catches")
     cfg = make_settings(artifacts["root"], work)
-    faulty = Faulty(similar_app(cfg))
+    similar, events = Faulty(similar_app(cfg)), Faulty(events_app(cfg))
     with running(
         [
-            ThreadedServer(faulty, cfg.similar_port),  # type: ignore[arg-type]
-            ThreadedServer(events_app(cfg), cfg.events_port),
+            ThreadedServer(similar, cfg.similar_port),  # type: ignore[arg-type]
+            ThreadedServer(events, cfg.events_port),  # type: ignore[arg-type]
             ThreadedServer(recs_app(cfg), cfg.recs_port),
         ]
     ):
-        yield cfg, faulty
+        yield cfg, similar, events
 
 
 @pytest.mark.parametrize(
@@ -99,12 +102,17 @@ def services(
         ("JSON sent as text/html", "similar tracks, best first"),
         ("route answers empty", "similar tracks, route"),
         ("unknown track 500", "similar tracks, unknown track: empty"),
+        ("idempotency key ignored", "add_event retried with one Idempotency-Key"),
     ],
 )
 def test_the_verifier_fails_a_misbehaving_service(
-    services: tuple[Settings, Faulty], tmp_path: Path, mode: str | None, failed_check: str | None
+    services: tuple[Settings, Faulty, Faulty],
+    tmp_path: Path,
+    mode: str | None,
+    failed_check: str | None,
 ) -> None:
-    cfg, faulty = services
+    cfg, similar, events = services
+    faulty = events if mode == "idempotency key ignored" else similar
     faulty.mode = mode
     log = tmp_path / "service_test.log"
     try:
