@@ -5,7 +5,7 @@
   `settings.events_api_key` is set (401 otherwise, nothing stored). Unknown track ids are
   accepted. With an `Idempotency-Key` header (the client's id of the listen, e.g. a UUID)
   a retry of the same call stores nothing new: it gets the first call's event id and the
-  header `Idempotent-Replayed: true`; the key with another track is a 422.
+  header `Idempotent-Replayed: true`; the key with another track is a 409.
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
 * `POST /get_events_batch` with a JSON body `{"user_ids": [...], "k": ..}` (at most
@@ -273,9 +273,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AddEventResponse,
         responses={
             **VALIDATION_RESPONSES,
-            422: {
-                "description": "Out-of-range or malformed input, or an `Idempotency-Key` this "
-                "user already sent with another track (nothing stored)"
+            409: {
+                "model": ErrorResponse,
+                "description": "The `Idempotency-Key` was sent by this user before with "
+                "another track (nothing stored)",
             },
             **NOT_READY_RESPONSES,
             **AUTH_RESPONSES,
@@ -303,7 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             added = await store.add_once(user_id, track_id, idempotency_key)
         except KeyReused as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(409, str(exc)) from None
         headers = {REPLAYED_HEADER: "true"} if added.replayed else None
         return OrjsonResponse({"result": "ok", "id": added.id}, headers=headers)
 

@@ -56,11 +56,11 @@ def test_a_retry_with_the_same_key_stores_nothing_and_answers_the_first_id(
     assert rows(settings.event_db_path, 3) == [30, 30, 30, 30]
 
 
-def test_the_key_with_another_track_is_a_422_and_stores_nothing(settings: Settings) -> None:
+def test_the_key_with_another_track_is_a_409_and_stores_nothing(settings: Settings) -> None:
     with TestClient(create_app(settings)) as c:
         assert add(c, 4, 40, "k").status_code == 200
         r = add(c, 4, 41, "k")
-        assert r.status_code == 422
+        assert r.status_code == 409
         assert "already used by user 4 for track 40" in r.json()["detail"]
         assert "nothing stored" in r.json()["detail"]
         assert c.get("/stats").json()["key_conflicts"] == 1
