@@ -339,7 +339,12 @@ class EventStore:
         application's database (tables, but no `events`); an `events` table of another
         layout; a file this process cannot write (every `/add_event` would fail); a
         database another process holds locked; a database another `EventStore` has open
-        (see `_own`)."""
+        (see `_own`); SQLite's in-memory name `:memory:` (every event lost at exit)."""
+        if str(self.path) == ":memory:":
+            raise ArtifactError(
+                ":memory: is SQLite's in-memory database: every event would be lost when the "
+                "service stops; give the event database a file (MUSICREC_EVENT_DB_PATH)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn: sqlite3.Connection | None = None
         try:

@@ -865,3 +865,14 @@ def test_an_id_beyond_64_bits_fails_its_own_add_not_the_batch(tmp_path: Path) ->
         assert asyncio.run(store.latest(3, 5)) == [12]
     finally:
         store.close()
+
+
+def test_an_in_memory_database_is_refused_and_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`:memory:` would lose every event at exit; it was refused only after a
+    `:memory:.lock` file had been made in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="in-memory database: every event would be lost"):
+        EventStore(":memory:").open()
+    assert list(tmp_path.iterdir()) == []
