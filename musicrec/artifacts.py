@@ -169,7 +169,8 @@ class ArtifactPaths:
             d.mkdir(parents=True, exist_ok=True)
 
 
-#: required columns of each artifact the services read (file name -> columns)
+#: required columns of each artifact read back by `musicrec.io.read_artifact` (file name ->
+#: columns): the services read these parquet files, the pipeline items and events
 ARTIFACT_COLUMNS: dict[str, list[str]] = {
     "top_popular.parquet": [C.Item, C.Rank, C.Listeners],
     "personal_als.parquet": list(C.Recommendations),

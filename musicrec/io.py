@@ -1,7 +1,8 @@
-"""Atomic file writes and small JSON helpers.
+"""Atomic file writes, checked artifact reads and small JSON helpers.
 
 Every artifact is written to a temporary file in the same directory and then renamed over
-the target, so a crash never leaves a half-written file behind.
+the target, so a crash never leaves a half-written file behind. `read_artifact` reads a
+parquet artifact back, raising `ArtifactError` naming the file when it is missing or bad.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from musicrec.artifacts import ARTIFACT_COLUMNS
+from musicrec.errors import ArtifactError
+
+if TYPE_CHECKING:  # only in annotations: the similar-tracks service imports no pandas
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -121,6 +127,34 @@ def write_parquet_batches(frames: Iterable[pd.DataFrame], path: str | Path) -> i
         if writer is None:
             raise ValueError(f"{path}: no frames to write")
     return rows
+
+
+def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -> pa.Table:
+    """Read the parquet artifact at `path`, or raise `ArtifactError` naming the file and
+    saying what is wrong: it is missing (the message ends with `missing_hint`, what to run
+    or set), it is not a readable parquet file, it lacks required columns (each named, with
+    the columns found), or its data does not read through.
+
+    The required columns are `ARTIFACT_COLUMNS[path.name]`; they are checked in the schema
+    before any data is read. Only they are read, or every column of the file with
+    `all_columns` (for the prepared data, whose further columns the stages use).
+    """
+    required = ARTIFACT_COLUMNS[path.name]
+    if not path.is_file():
+        raise ArtifactError(f"{path}: artifact file is missing ({missing_hint})")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable parquet file (truncated?): {exc}") from exc
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise ArtifactError(
+            f"{path}: missing column(s) {missing}; expected {required}, found {schema.names}"
+        )
+    try:
+        return pq.read_table(path, columns=None if all_columns else required)
+    except (pa.ArrowException, OSError) as exc:
+        raise ArtifactError(f"{path}: corrupt parquet data: {exc}") from exc
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

@@ -25,13 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from musicrec.artifacts import ARTIFACT_COLUMNS, ArtifactPaths
+from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.config import DataConfig
-from musicrec.errors import ArtifactError
-from musicrec.io import write_parquet
+from musicrec.io import read_artifact, write_parquet
 from musicrec.raw import list_array_from_parents, read_raw_tables
 
 log = logging.getLogger("musicrec.prepare")
@@ -50,6 +48,8 @@ ITEM_COLUMNS = [
 ]
 EVENT_COLUMNS = [C.User, C.Item, C.Datetime, C.Seq]
 UNKNOWN_GENRE = "unknown"
+#: what to do when a prepared file is missing (the end of `load_prepared`'s error)
+MISSING_HINT = "run `python -m musicrec prepare` first"
 
 
 @dataclass
@@ -135,8 +135,8 @@ def _count_without_genre_name(items: pa.Table) -> int:
 
 def load_prepared(paths: ArtifactPaths) -> PreparedData:
     """Read items.parquet and events.parquet back; ArtifactError if missing or corrupt."""
-    items = _read_artifact(paths.items)
-    events = _read_artifact(paths.events)
+    items = read_artifact(paths.items, missing_hint=MISSING_HINT, all_columns=True)
+    events = read_artifact(paths.events, missing_hint=MISSING_HINT, all_columns=True)
     stats = _event_stats(events, items.num_rows)
     return PreparedData(items=items.to_pandas(), events=events.to_pandas(), stats=stats)
 
@@ -237,24 +237,6 @@ def _event_stats(events: pa.Table, n_items: int) -> dict[str, Any]:
         "date_min": None if lowest is None else str(lowest),
         "date_max": None if highest is None else str(highest),
     }
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _read_artifact(path: Path) -> pa.Table:
-    """Read an artifact; ArtifactError naming it if missing, unreadable or lacking columns."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; run `python -m musicrec prepare` first")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise ArtifactError(f"{path}: corrupt ({type(exc).__name__}: {exc})") from exc
-    required = ARTIFACT_COLUMNS[path.name]
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise ArtifactError(f"{path}: missing columns {missing} (required: {required})")
-    return table
 
 
 __all__ = [

@@ -8,8 +8,9 @@
   several apps can live in one process) and one structured debug log line per request;
 * `install_common` - the 422 handler, the metrics middleware and `GET /health`, `GET
   /ready`, `GET /metrics`;
-* artifact helpers - `read_artifact` (validates file, schema and values, raising
-  `ArtifactError` naming the file), `GroupedIndex` (CSR-like key -> slice offsets);
+* artifact helpers - `MISSING_ARTIFACT_HINT` (for `musicrec.io.read_artifact`), column
+  readers that validate types and values (`int_column`, ..., raising `ArtifactError`
+  naming the file), `GroupedIndex` (CSR-like key -> slice offsets);
 * `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`.
 
 Nothing here has side effects at import.
@@ -30,7 +31,6 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fastapi import FastAPI, Query, Request
 from fastapi.exception_handlers import (
     http_exception_handler as default_http_exception_handler,
@@ -51,7 +51,6 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from musicrec.artifacts import ARTIFACT_COLUMNS
 from musicrec.errors import ArtifactError
 from musicrec.settings import INSTANCE_HEADER, Settings
 
@@ -493,31 +492,12 @@ def not_ready(what: str) -> Exception:
 # --- artifacts -------------------------------------------------------------------------
 
 
-def read_artifact(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read the needed columns of an artifact, or raise `ArtifactError` naming the file.
-
-    Checks: the file exists, is a readable parquet file, holds the required columns
-    (`ARTIFACT_COLUMNS[path.name]` unless `columns` is given) and reads through completely.
-    """
-    required = list(columns if columns is not None else ARTIFACT_COLUMNS[path.name])
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path}: artifact file is missing (run `python -m musicrec pipeline` first, or "
-            "set MUSICREC_ARTIFACTS_DIR / MUSICREC_FETCH_ARTIFACTS_FROM_S3)"
-        )
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise ArtifactError(f"{path}: not a readable parquet file (truncated?): {exc}") from exc
-    missing = [c for c in required if c not in schema.names]
-    if missing:
-        raise ArtifactError(
-            f"{path}: missing column(s) {missing}; expected {required}, found {schema.names}"
-        )
-    try:
-        return pq.read_table(path, columns=required)
-    except (pa.ArrowException, OSError) as exc:
-        raise ArtifactError(f"{path}: corrupt parquet data: {exc}") from exc
+#: what to do when an artifact a service reads is missing: the end of the error of
+#: `musicrec.io.read_artifact`
+MISSING_ARTIFACT_HINT = (
+    "run `python -m musicrec pipeline` first, or set MUSICREC_ARTIFACTS_DIR / "
+    "MUSICREC_FETCH_ARTIFACTS_FROM_S3"
+)
 
 
 def int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:

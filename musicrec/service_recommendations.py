@@ -46,8 +46,10 @@ from musicrec.fast_path import FastPath, Lane, route_of
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import NOTHING_HEARD, HeardIndex, drop_heard, heard_by, heard_mask, unheard
 from musicrec.http_client import MAX_BODY, HttpPool, UpstreamError
+from musicrec.io import read_artifact
 from musicrec.service_common import (
     EVENTS_BATCH_MAX_EVENTS,
+    MISSING_ARTIFACT_HINT,
     NOT_READY_RESPONSES,
     SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
@@ -68,7 +70,6 @@ from musicrec.service_common import (
     json_body,
     not_ready,
     numeric_column,
-    read_artifact,
     sort_order,
 )
 from musicrec.settings import Settings, get_settings
@@ -115,7 +116,7 @@ class OfflineRecs:
         """Read and validate `recommendations.parquet`, `top_popular.parquet` and, when it
         exists, the heard index (memory-mapped; a corrupt one is an `ArtifactError`)."""
         rec_path = paths.recommendations
-        table = read_artifact(rec_path)
+        table = read_artifact(rec_path, missing_hint=MISSING_ARTIFACT_HINT)
         users = compact_ids(int_column(table, C.User, rec_path))
         tracks = int_column(table, C.Item, rec_path)
         ranks = numeric_column(table, C.Rank, rec_path)
@@ -129,7 +130,7 @@ class OfflineRecs:
         index = GroupedIndex.from_sorted(users)
 
         pop_path = paths.top_popular
-        pop = read_artifact(pop_path)
+        pop = read_artifact(pop_path, missing_hint=MISSING_ARTIFACT_HINT)
         pop_tracks = int_column(pop, C.Item, pop_path)
         pop_ranks = numeric_column(pop, C.Rank, pop_path)
         pop_tracks = pop_tracks[np.argsort(pop_ranks, kind="stable")]

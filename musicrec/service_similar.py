@@ -30,9 +30,11 @@ from starlette.responses import Response
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.fast_path import FastPath, Lane, route_of
+from musicrec.io import read_artifact
 from musicrec.service_common import (
     BATCH_BODY_MAX,
     K_MAX,
+    MISSING_ARTIFACT_HINT,
     NOT_READY_RESPONSES,
     SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
@@ -54,7 +56,6 @@ from musicrec.service_common import (
     json_body,
     not_ready,
     numeric_column,
-    read_artifact,
     sort_order,
 )
 from musicrec.settings import Settings, get_settings
@@ -82,7 +83,7 @@ class SimilarIndex:
     @classmethod
     def load(cls, path: Path) -> SimilarIndex:
         """Read and validate `similar.parquet`; `ArtifactError` names the file if bad."""
-        table = read_artifact(path)
+        table = read_artifact(path, missing_hint=MISSING_ARTIFACT_HINT)
         src = int_column(table, C.Item1, path)
         dst = int_column(table, C.Item2, path)
         scores = float_column(table, C.Score, path)

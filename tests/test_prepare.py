@@ -186,6 +186,8 @@ def test_load_prepared_round_trip(prepared: PreparedData, paths: ArtifactPaths) 
     loaded = load_prepared(paths)
     pd.testing.assert_frame_equal(loaded.events, prepared.events)
     assert loaded.items[C.TrackName].tolist() == prepared.items[C.TrackName].tolist()
+    # every column comes back, not only the ones a load requires (the stages use them all)
+    assert list(loaded.items.columns) == ITEM_COLUMNS
     assert loaded.stats["users"] == prepared.stats["users"]
     assert "6 from 3 users" in loaded.summary()
 
@@ -206,6 +208,23 @@ def test_load_prepared_missing_column(prepared: PreparedData, paths: ArtifactPat
     pq.write_table(pq.read_table(paths.items).drop_columns([C.TrackName]), paths.items)
     with pytest.raises(ArtifactError, match=f"items.parquet.*{C.TrackName}"):
         load_prepared(paths)
+
+
+def test_load_prepared_missing_column_lists_the_columns_found(
+    prepared: PreparedData, paths: ArtifactPaths
+) -> None:
+    """The error names the missing column and what the file holds instead (the services'
+    message, which `load_prepared` shares since it reads through `musicrec.io.read_artifact`)."""
+    pq.write_table(
+        pq.read_table(paths.events).rename_columns([C.User, "item", *EVENT_COLUMNS[2:]]),
+        paths.events,
+    )
+    with pytest.raises(ArtifactError) as err:
+        load_prepared(paths)
+    assert str(err.value) == (
+        f"{paths.events}: missing column(s) ['{C.Item}']; expected {EVENT_COLUMNS}, "
+        f"found {[C.User, 'item', *EVENT_COLUMNS[2:]]}"
+    )
 
 
 # ------------------------------------------------------------------------------ real data
