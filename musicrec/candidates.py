@@ -52,6 +52,24 @@ class FirstStage:
             raise ValueError(f"FirstStage history has events on or after its end {self.end}")
 
     @classmethod
+    def from_fitted(
+        cls,
+        history: pd.DataFrame,
+        end: pd.Timestamp,
+        matrix: InteractionMatrix,
+        als: ALSModel,
+        similar: pd.DataFrame,
+        scored_items: np.ndarray | None,
+    ) -> FirstStage:
+        """The first stage from parts already fit on `history`: its `matrix`, the `als`
+        model fit on it, the `similar` tracks and `scored_items` (`top_item_codes` of the
+        matrix: the tracks ALS scores, None for all). Adds the popular tracks
+        (`listeners_per_track(history)`) and keeps `scored_items` in the cache."""
+        stage = cls(history, end, matrix, als, listeners_per_track(history), similar)
+        stage.cache["scored_items"] = scored_items
+        return stage
+
+    @classmethod
     def fit(
         cls,
         history: pd.DataFrame,
@@ -91,8 +109,7 @@ class FirstStage:
             items=scored,
             queries=queries,
         )
-        stage = cls(history, end, matrix, als, listeners_per_track(history), sim)
-        stage.cache["scored_items"] = scored
+        stage = cls.from_fitted(history, end, matrix, als, sim, scored)
         if similar_for is not None:  # what `latest_for_users` would compute again
             stage.cache[("latest_tracks", similar_for[1])] = latest
         return stage

@@ -222,15 +222,11 @@ class PipelineContext:
                     "come from another run); rerun with --force (FORCE = True in the notebook)"
                 )
             sim = pd.read_parquet(self.paths.similar)
-            self._stage = FirstStage(
-                hist, self.test.start, matrix, als, listeners_per_track(hist), sim
-            )
+            scored = top_item_codes(matrix, self.cfg.als.max_scored_items)
+            self._stage = FirstStage.from_fitted(hist, self.test.start, matrix, als, sim, scored)
             # the ALS stage's top-n of every user, by this model on this matrix: the ranker's
             # ALS candidates are sliced from it instead of scoring every user again
             set_als_recs(self._stage, pd.read_parquet(self.paths.personal_als), self.cfg.als.n_recs)
-            self._stage.cache["scored_items"] = top_item_codes(
-                matrix, self.cfg.als.max_scored_items
-            )
             # the matrix build and the parquet reads leave freed buffers behind (GBs at the
             # full size): hand them back before the user batches allocate theirs
             release_free_memory("after loading the first stage")
