@@ -20,6 +20,7 @@ from a list of users/tracks of the case:
 - recs_cold        POST /recommendations, users unknown to the pipeline
 - similar_tracks   POST /similar_tracks?track_id=..&k=10
 - add_event        POST /add_event (new users, so the other cases keep their events)
+- add_event_keyed  the same, each request with an `Idempotency-Key` of its own (stored)
 
 It reports requests/s, p50 and p99 latency, errors (socket errors and non-2xx answers),
 the fallbacks the recommendation service counted during the case (a 200 answer without the
@@ -86,7 +87,7 @@ for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format(nil, paths[(i %% #paths) + 1])
+  return wrk.format(nil, paths[(i %% #paths) + 1]%(headers)s)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -100,14 +101,25 @@ end
 """
 
 
+#: the headers of a request with an `Idempotency-Key` of its own (wrk.format's headers
+#: replace wrk.headers, so the Content-Length is given again)
+KEYED_HEADERS = ', {["Content-Length"] = "0", ["Idempotency-Key"] = "bench-" .. i}'
+
+
 def run_wrk(
-    url: str, paths: list[str], duration: float, connections: int, workdir: Path
+    url: str,
+    paths: list[str],
+    duration: float,
+    connections: int,
+    workdir: Path,
+    keyed: bool = False,
 ) -> dict[str, Any]:
-    """Run wrk against `url` + one of `paths` per request; its summary as a dict."""
+    """Run wrk against `url` + one of `paths` per request (each with a new
+    `Idempotency-Key` when `keyed`); its summary as a dict."""
     plist = workdir / f"paths_{abs(hash(tuple(paths[:5])))}.txt"
     plist.write_text("\n".join(paths) + "\n")
     script = workdir / "case.lua"
-    script.write_text(WRK_LUA % {"paths": plist})
+    script.write_text(WRK_LUA % {"paths": plist, "headers": KEYED_HEADERS if keyed else ""})
     cmd = [
         "wrk",
         "-t1",  # one load thread: wrk's CPU is taken from the same 2 cores as the services
@@ -295,6 +307,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             list(pool.map(lambda urls: [post(x) for x in urls], heavy))
 
         k = 100
+        add_paths = [
+            f"/add_event?user_id={u}&track_id={ids['popular'][i % len(ids['popular'])]}"
+            for i, u in enumerate(ids["new"])
+        ]
         cases = [
             ("floor", url["floor"], [f"/floor?user_id={u}" for u in ids["history"]]),
             ("recs_history", url["recommendations"], recs_paths(ids["history"], k)),
@@ -306,14 +322,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 url["similar"],
                 [f"/similar_tracks?track_id={t}&k=10" for t in ids["tracks"]],
             ),
-            (
-                "add_event",
-                url["events"],
-                [
-                    f"/add_event?user_id={u}&track_id={ids['popular'][i % len(ids['popular'])]}"
-                    for i, u in enumerate(ids["new"])
-                ],
-            ),
+            ("add_event", url["events"], add_paths),
+            ("add_event_keyed", url["events"], add_paths),
         ]
         rows = []
         for name, base, paths in cases:
@@ -321,7 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             fb0 = fallbacks(url["recommendations"])
             spies = start_profilers(procs, name, args) if args.profile else []
-            r = run_wrk(base, paths, args.duration, args.connections, workdir)
+            keyed = name == "add_event_keyed"
+            r = run_wrk(base, paths, args.duration, args.connections, workdir, keyed)
             for spy in spies:
                 spy.wait(timeout=60)
             r["case"] = name

@@ -21,7 +21,8 @@
   `Idempotency-Key` header) is stored once per (user, key) within `key_ttl_s`; a retry
   (after a timeout, a lost answer, a 503 whose commit SQLite kept after all) gets the
   first event's id back instead of a second event. The key row is written in the same
-  transaction as its event, so there is never an event without its key or the reverse.
+  transaction as its event: a key row is only ever written with its event (a failed commit
+  keeps neither).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import errno
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -97,8 +99,14 @@ _KEY_TYPES = {
 _KEYS_PER_QUERY = 400
 #: the longest key `add_once` takes (the HTTP header is checked to the same bound)
 KEY_MAX_LEN = 255
-#: the writer deletes expired keys at most this often (`_prune_keys`)
+#: a key: printable ASCII without spaces (what an HTTP header carries unchanged)
+KEY_CHARS = r"[\x21-\x7e]"
+_KEY_RE = re.compile(f"{KEY_CHARS}{{1,{KEY_MAX_LEN}}}")
+#: the writer deletes expired keys at most this often (`_prune_keys`), at most
+#: `_PRUNE_CHUNK` of them per commit (a backlog, after downtime or a shorter TTL, goes
+#: chunk by chunk at the following commits instead of stalling one for seconds)
 _PRUNE_EVERY_S = 60.0
+_PRUNE_CHUNK = 5_000
 _COLUMNS = ("id", "user_id", "track_id", "ts")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: the declared type of each column, as `_TABLE` makes them (an `id` that is not the
@@ -489,11 +497,16 @@ class EventStore:
         """Store one event unless this user's `key` already stored one within `key_ttl_s`:
         then nothing is written and that event's id comes back with `replayed=True`. The
         same key with another track raises `KeyReused` (nothing stored). Keys are the
-        client's (a UUID per listen, say), 1 to `KEY_MAX_LEN` characters, per user. Calls
-        with one key racing each other store one event: the writer handles them in order,
-        and the later finds the earlier's key."""
-        if not 1 <= len(key) <= KEY_MAX_LEN:
-            raise ValueError(f"an idempotency key is 1 to {KEY_MAX_LEN} characters")
+        client's (a UUID per listen, say), 1 to `KEY_MAX_LEN` printable ASCII characters
+        without spaces, taken verbatim, per user; anything else raises `ValueError` here
+        (in the group commit it would fail every other call of the batch). Calls with one
+        key racing each other store one event: the writer handles them in order, and the
+        later finds the earlier's key."""
+        if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
+            raise ValueError(
+                f"an idempotency key is 1 to {KEY_MAX_LEN} printable ASCII characters without "
+                f"spaces, not {key!r:.80}"
+            )
         return await self._submit(user_id, track_id, key)
 
     async def _submit(self, user_id: int, track_id: int, key: str | None) -> Added:
@@ -568,7 +581,8 @@ class EventStore:
                 for r in conn.execute("PRAGMA table_info(event_keys)")
             }
             expected = {c: (t, {"user_id": 1, "key": 2}.get(c, 0)) for c, t in _KEY_TYPES.items()}
-            if keys != expected:
+            # columns a later version may add are left alone, as in `events`
+            if any(keys.get(c) != want for c, want in expected.items()):
                 raise ArtifactError(
                     f"{self.path}: table 'event_keys' is not as this service makes it (found "
                     f"{keys}; expected {expected}: column -> (type, position in the primary "
@@ -756,9 +770,10 @@ class EventStore:
             s = self.stats
             s.events += len(stored)
             s.users += len(new_users)
-            s.commits += 1
-            s.committed_events += len(stored)
-            s.max_batch = max(s.max_batch, len(stored))
+            if stored:  # commits that wrote events (a batch of replays writes nothing)
+                s.commits += 1
+                s.committed_events += len(stored)
+                s.max_batch = max(s.max_batch, len(stored))
             s.replayed += sum(isinstance(o, Added) and o.replayed for o in outcomes)
             s.key_conflicts += sum(isinstance(o, KeyReused) for o in outcomes)
         self._resolve(batch, outcomes, None)
@@ -796,15 +811,22 @@ class EventStore:
         return Added(event_id, True)
 
     def _prune_keys(self, now: float) -> None:
-        """Delete expired keys (they are ignored already; this frees their space). A
-        failure is logged and tried again at the next prune: keys are not events."""
-        self._pruned_at = now
+        """Delete up to `_PRUNE_CHUNK` expired keys (they are ignored already; this frees
+        their space). A full chunk leaves the next commit to go on; otherwise the next
+        prune is in `_PRUNE_EVERY_S`. A failure is logged and tried again then: keys are
+        not events."""
         conn = self._wconn
         assert conn is not None
         try:
-            conn.execute("DELETE FROM event_keys WHERE ts < ?", (now - self.key_ttl_s,))
+            deleted = conn.execute(
+                "DELETE FROM event_keys WHERE (user_id, key) IN (SELECT user_id, key FROM "
+                "event_keys WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (now - self.key_ttl_s, _PRUNE_CHUNK),
+            ).rowcount
         except sqlite3.Error as exc:
             log.warning("expired idempotency keys not deleted: %s", exc)
+            deleted = 0
+        self._pruned_at = 0.0 if deleted >= _PRUNE_CHUNK else now
 
     @staticmethod
     def _resolve(

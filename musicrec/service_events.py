@@ -33,12 +33,19 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
 from musicrec.errors import ConfigError
-from musicrec.event_store import KEY_MAX_LEN, EventStore, KeyReused, StoreUnavailable
+from musicrec.event_store import (
+    KEY_CHARS,
+    KEY_MAX_LEN,
+    EventStore,
+    KeyReused,
+    StoreUnavailable,
+)
 from musicrec.service_common import (
     BATCH_BODY_MAX,
     EVENTS_BATCH_MAX_EVENTS,
@@ -76,20 +83,45 @@ MAX_BATCH_EVENTS = EVENTS_BATCH_MAX_EVENTS
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
 
-#: the request header that makes `/add_event` idempotent, as the IETF HTTPAPI draft
-#: "The Idempotency-Key HTTP Header Field" names it; printable ASCII without spaces
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=KEY_MAX_LEN,
-        pattern=r"^[\x21-\x7e]+$",
-        description="The client's id of this listen (e.g. a UUID), unique per user: a "
-        "retry with the same key within the key's lifetime (MUSICREC_EVENTS_KEY_TTL_S, "
-        "default a day) stores nothing new and answers with the first call's event id",
-    ),
-]
+async def idempotency_key(
+    request: Request,
+    raw: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=KEY_MAX_LEN,
+            # trailing blanks: one HTTP parser keeps them (leading ones no parser keeps)
+            pattern=rf"^{KEY_CHARS}+[ \t]*$",
+            description="The client's id of this listen (e.g. a UUID), unique per user, 1 to "
+            f"{KEY_MAX_LEN} printable ASCII characters without spaces, taken verbatim: a retry "
+            "with the same key within the key's lifetime (MUSICREC_EVENTS_KEY_TTL_S, default a "
+            "day, counted from the first call) stores nothing new and answers with the first "
+            "call's event id",
+        ),
+    ] = None,
+) -> str | None:
+    """Dependency: the request's `Idempotency-Key` (the IETF HTTPAPI draft's name), without
+    the spaces or tabs around it (not part of a header's value, RFC 9110; one HTTP parser
+    keeps them, another strips them), or None. Sent more than once, it is a 422: which of
+    the values is the key is not for the service to guess."""
+    if raw is None:
+        return None
+    values = request.headers.getlist("idempotency-key")
+    if len(values) > 1:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "idempotency_key_repeated",
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": f"Idempotency-Key sent {len(values)} times: send one key per call",
+                    "input": values,
+                }
+            ]
+        )
+    return raw.strip(" \t")
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 #: the answer's header marking a replay (nothing stored by this call)
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -273,6 +305,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AddEventResponse,
         responses={
             **VALIDATION_RESPONSES,
+            200: {
+                "description": "Stored (or, with an `Idempotency-Key` sent before, stored by "
+                "the first call)",
+                "headers": {
+                    REPLAYED_HEADER: {
+                        "description": "`true` when this call's `Idempotency-Key` had stored "
+                        "the event already (nothing stored now); absent otherwise",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            },
             409: {
                 "model": ErrorResponse,
                 "description": "The `Idempotency-Key` was sent by this user before with "

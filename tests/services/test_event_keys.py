@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from musicrec import event_store
 from musicrec.errors import ArtifactError
 from musicrec.event_store import KEY_MAX_LEN, Added, EventStore, KeyReused, StoreUnavailable
 from musicrec.service_events import REPLAYED_HEADER, create_app
@@ -206,7 +208,7 @@ def test_library_keys_are_bounded(tmp_path: Path) -> None:
     store.open()
     try:
         for key in ("", "x" * (KEY_MAX_LEN + 1)):
-            with pytest.raises(ValueError, match="1 to 255 characters"):
+            with pytest.raises(ValueError, match="1 to 255 printable ASCII characters"):
                 asyncio.run(store.add_once(1, 1, key))
     finally:
         store.close()
@@ -224,3 +226,166 @@ def test_a_keys_table_of_another_layout_is_refused(tmp_path: Path) -> None:
         )
     with pytest.raises(ArtifactError, match="table 'event_keys' is not as this service"):
         EventStore(path).open()
+
+
+def _queued_behind_a_writer_lock(path: Path, calls: Callable[[], list[Any]]) -> list[Any]:
+    """Run the coroutines `calls()` makes while another connection holds the write lock,
+    so that all of them wait in the queue and the writer takes them as one batch."""
+
+    async def run() -> list[Any]:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            tasks = [asyncio.ensure_future(c) for c in calls()]
+            await asyncio.sleep(0.3)  # the writer takes one, blocks; the rest queue up
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(run())
+
+
+def test_a_batch_of_more_keys_than_one_query_asks_finds_them_all(tmp_path: Path) -> None:
+    """The stored keys of a batch are looked up `_KEYS_PER_QUERY` (400) at a time: a batch
+    of 1,000 retries must find all 1,000 (a look-up of the first 400 only stored 600
+    duplicates, and no test saw it)."""
+    path = tmp_path / "big.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        n = 1_000
+        first = _queued_behind_a_writer_lock(
+            path, lambda: [store.add_once(i % 37, i, f"k{i}") for i in range(n)]
+        )
+        again = _queued_behind_a_writer_lock(
+            path, lambda: [store.add_once(i % 37, i, f"k{i}") for i in range(n)]
+        )
+        counts = asyncio.run(store.counts())
+    finally:
+        store.close()
+    assert counts["max_batch"] > 400 + 1  # the retries came in a batch of this size too
+    assert [a.id for a in again] == [a.id for a in first]
+    assert all(a.replayed for a in again) and not any(a.replayed for a in first)
+    assert (counts["events"], counts["replayed"]) == (n, n)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["bad-\ud800", b"bytes-key", "has space", ""],
+    ids=["surrogate", "bytes", "space", "empty"],
+)
+def test_a_bad_library_key_fails_its_own_call_not_the_batch(tmp_path: Path, key: Any) -> None:
+    """A key SQLite cannot store (a lone surrogate) failed the whole group commit, every
+    other user's events with it; a bytes key was stored and never found again."""
+    store = EventStore(tmp_path / "bad-key.db")
+    store.open()
+    try:
+
+        async def batch() -> list[Any]:
+            calls = [store.add(1, 10), store.add_once(2, 20, key), store.add_once(3, 30, "ok")]
+            return list(await asyncio.gather(*calls, return_exceptions=True))
+
+        plain, bad, good = asyncio.run(batch())
+        assert isinstance(plain, int) and isinstance(good, Added)
+        assert isinstance(bad, ValueError) and "printable ASCII" in str(bad)
+        assert asyncio.run(store.counts())["failed_commits"] == 0
+    finally:
+        store.close()
+
+
+def test_expired_keys_are_pruned_a_chunk_per_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog of expired keys (after downtime, or a shorter TTL) is deleted a chunk at a
+    commit, the next commits going on while chunks come back full (one DELETE of a
+    million keys held the writer for over a second), then once a minute again."""
+    monkeypatch.setattr(event_store, "_PRUNE_CHUNK", 10)
+    path = tmp_path / "prune.db"
+
+    def expired_left() -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("SELECT COUNT(*) FROM event_keys WHERE ts = 0").fetchone()[0])
+
+    store = EventStore(path)
+    store.open()
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO event_keys VALUES (1, ?, 1, 10, 0.0)", [(f"old{i}",) for i in range(25)]
+        )
+    left = []
+    for adds in (1, 1, 1):  # a new store prunes at its first commit
+        store = EventStore(path)
+        store.open()
+        for _ in range(adds):
+            asyncio.run(store.add(1, 11))
+        store.close()  # the writer prunes after answering: wait for it
+        left.append(expired_left())
+    assert left == [15, 5, 0]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO event_keys VALUES (1, ?, 1, 10, 0.0)", [(f"old{i}",) for i in range(25)]
+        )
+    store = EventStore(path)
+    store.open()
+    for _ in range(4):  # full chunks: the next commits go on; the last one is a minute off
+        asyncio.run(store.add(1, 12))
+    store.close()
+    assert expired_left() == 0
+    store = EventStore(path)
+    store.open()
+    for _ in range(2):
+        asyncio.run(store.add(1, 13))
+    with sqlite3.connect(path) as db:  # expired after this store's first (and only) prune
+        db.execute("INSERT INTO event_keys VALUES (1, 'late', 1, 10, 0.0)")
+    asyncio.run(store.add(1, 14))
+    store.close()
+    assert expired_left() == 1
+
+
+def test_a_repeated_key_header_is_a_422_and_blanks_after_it_are_not_the_key(
+    settings: Settings,
+) -> None:
+    with TestClient(create_app(settings)) as c:
+        two = [("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
+        r = c.post("/add_event", params={"user_id": 1, "track_id": 10}, headers=two)
+        assert r.status_code == 422
+        assert "Idempotency-Key sent 2 times" in r.json()["message"]
+        assert c.get("/stats").json()["events"] == 0
+        assert add(c, 1, 10, "k2").status_code == 200
+        padded = c.post(
+            "/add_event",
+            params={"user_id": 1, "track_id": 10},
+            headers={"Idempotency-Key": "k2 \t"},
+        )
+        assert padded.headers[REPLAYED_HEADER] == "true"
+    assert rows(settings.event_db_path, 1) == [10]
+
+
+def test_a_keys_table_with_a_column_of_a_later_version_opens(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    store = EventStore(path)
+    store.open()
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE event_keys ADD COLUMN client TEXT")
+    store = EventStore(path)
+    store.open()
+    try:
+        assert asyncio.run(store.add_once(1, 10, "k")) == Added(1, False)
+    finally:
+        store.close()
+
+
+def test_a_batch_of_replays_only_is_not_a_commit_in_the_stats(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "s.db")
+    store.open()
+    try:
+        asyncio.run(store.add_once(1, 10, "k"))
+        for _ in range(3):
+            asyncio.run(store.add_once(1, 10, "k"))
+        counts = asyncio.run(store.counts())
+    finally:
+        store.close()
+    assert (counts["commits"], counts["mean_batch"], counts["replayed"]) == (1, 1.0, 3)

@@ -23,6 +23,8 @@ from musicrec.verify import _call, run_verification
 from .conftest import ThreadedServer, make_settings, running
 
 UNKNOWN_TRACK = INT32_MAX - 7  # the track the verifier asks for as unknown
+#: faults of the event service (the others are the similar-tracks service's)
+KEY_FAULTS = ("idempotency key ignored", "retry stored twice")
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: str) -> None:
@@ -42,9 +44,21 @@ class Faulty:
         if scope["type"] != "http" or self.mode is None:
             return await self.app(scope, receive, send)
         path, query = scope["path"], scope["query_string"].decode()
-        if self.mode == "idempotency key ignored" and path == "/add_event":
+        if self.mode in KEY_FAULTS and path == "/add_event":
             headers = [(k, v) for k, v in scope["headers"] if k != b"idempotency-key"]
-            return await self.app({**scope, "headers": headers}, receive, send)
+            if self.mode == "idempotency key ignored" or len(headers) == len(scope["headers"]):
+                return await self.app({**scope, "headers": headers}, receive, send)
+
+            async def drop(message: Message) -> None:
+                pass
+
+            async def no_body() -> Message:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            # "retry stored twice": the listen stored once more without the key, then the
+            # keyed call answered as usual (the replay's id and header look right)
+            await self.app({**scope, "headers": headers}, no_body, drop)
+            return await self.app(scope, receive, send)
         if self.mode == "metrics without samples" and path == "/metrics":
             text = b"# HELP http_requests_total Requests\n# TYPE http_requests_total counter\n"
             return await _respond(send, 200, text, "text/plain; version=0.0.4")
@@ -103,6 +117,7 @@ def services(
         ("route answers empty", "similar tracks, route"),
         ("unknown track 500", "similar tracks, unknown track: empty"),
         ("idempotency key ignored", "add_event retried with one Idempotency-Key"),
+        ("retry stored twice", "add_event retried with one Idempotency-Key"),
     ],
 )
 def test_the_verifier_fails_a_misbehaving_service(
@@ -112,7 +127,7 @@ def test_the_verifier_fails_a_misbehaving_service(
     failed_check: str | None,
 ) -> None:
     cfg, similar, events = services
-    faulty = events if mode == "idempotency key ignored" else similar
+    faulty = events if mode in KEY_FAULTS else similar
     faulty.mode = mode
     log = tmp_path / "service_test.log"
     try:
