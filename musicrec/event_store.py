@@ -23,6 +23,10 @@
   first event's id back instead of a second event. The key row is written in the same
   transaction as its event: a key row is only ever written with its event (a failed commit
   keeps neither).
+* **A user's history can be deleted** (`delete_user`: a privacy request): in the writer's
+  order, so a listen added before the call is deleted with the rest and one added after
+  it is kept. Event ids are never given twice, not even the deleted ones (the highest id
+  ever given is kept in `event_meta`).
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ _KEY_TYPES = {
     "track_id": "INTEGER",
     "ts": "REAL",
 }
+#: named integers of the store: `high_water` = the highest event id ever given (ids of a
+#: deleted user's events are not given again, across restarts too)
+_META_TABLE = """
+CREATE TABLE IF NOT EXISTS event_meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID"""
 #: (user, key) pairs looked up per query (two parameters each: under SQLite's oldest
 #: limit of 999)
 _KEYS_PER_QUERY = 400
@@ -135,6 +146,15 @@ class _Pending:
 
 
 @dataclass
+class _Delete:
+    """A queued `delete_user`: the writer deletes the user's events in queue order."""
+
+    user_id: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[int]
+
+
+@dataclass
 class StoreStats:
     """Counters of the store (kept in memory, counted once at open)."""
 
@@ -147,6 +167,8 @@ class StoreStats:
     refused_full: int = 0
     replayed: int = 0
     key_conflicts: int = 0
+    deleted_users: int = 0
+    deleted_events: int = 0
     opened_at: float = field(default_factory=time.time)
 
 
@@ -267,6 +289,15 @@ class RecentCache:
             self._applied_id = max(self._applied_id, committed[-1][0])
             self._evict()
 
+    def forget(self, user_id: int, applied_id: int) -> None:
+        """Drop `user_id`'s entry (its events were deleted) and refuse fills from
+        snapshots older than `applied_id` (they may hold the deleted events)."""
+        with self._lock:
+            entry = self._users.pop(user_id, None)
+            if entry is not None:
+                self.events -= len(entry.tracks)
+            self._applied_id = max(self._applied_id, applied_id)
+
     def reset(self, applied_id: int) -> None:
         """Forget every entry, and refuse fills from snapshots older than `applied_id` (the
         newest committed event): the writer's way out when `apply` failed half-way."""
@@ -324,7 +355,9 @@ class EventStore:
             RecentCache(cache_users, cache_depth, cache_events) if cache_users > 0 else None
         )
         self.stats = StoreStats()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | _Delete | None] = queue.SimpleQueue()
+        #: the id the next stored event gets (the writer's; set at `open`)
+        self._next_id = 1
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -374,9 +407,12 @@ class EventStore:
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # a deleted user's rows are overwritten with zeros, not left in free pages
+            conn.execute("PRAGMA secure_delete=ON")
             conn.execute(_TABLE)
             conn.execute(_KEYS_TABLE)
             conn.execute(_KEYS_INDEX)
+            conn.execute(_META_TABLE)
             # a write that is rolled back: a read-only file (or folder) fails here, not at
             # every /add_event of a service that reported ready
             conn.execute("BEGIN IMMEDIATE")
@@ -389,6 +425,10 @@ class EventStore:
             # the table and the index each read whole: a damaged page fails the start
             # instead of the reads that meet it
             n_events = conn.execute("SELECT COUNT(*) FROM events NOT INDEXED").fetchone()[0]
+            top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+            given = conn.execute(
+                "SELECT value FROM event_meta WHERE name = 'high_water'"
+            ).fetchone()
             n_users = conn.execute(
                 f"SELECT COUNT(DISTINCT user_id) FROM events INDEXED BY {_INDEX_NAME}"
             ).fetchone()[0]
@@ -411,6 +451,7 @@ class EventStore:
             self._disown()
             raise
         self._wconn = conn
+        self._next_id = max(int(top), int(given[0]) if given else 0) + 1
         self.stats = StoreStats(events=int(n_events), users=int(n_users))
         self._readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="events-read")
         self._writer = threading.Thread(target=self._writer_loop, name="events-write", daemon=True)
@@ -509,6 +550,20 @@ class EventStore:
             )
         return await self._submit(user_id, track_id, key)
 
+    async def delete_user(self, user_id: int) -> int:
+        """Delete every event of `user_id` (and its idempotency keys); returns how many
+        events were deleted, once the deletion is committed. Queued with the adds: those
+        submitted before it are deleted too, those after it are kept."""
+        if not _INT64_MIN <= user_id <= _INT64_MAX:
+            raise ValueError(f"ids must be 64-bit integers: user {user_id}")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        with self._submit_lock:  # as in `_submit`: never behind the stop marker
+            if self._closed:
+                raise StoreUnavailable("event store is closed")
+            self._queue.put(_Delete(user_id, loop, fut))
+        return await asyncio.shield(fut)
+
     async def _submit(self, user_id: int, track_id: int, key: str | None) -> Added:
         if not (_INT64_MIN <= user_id <= _INT64_MAX and _INT64_MIN <= track_id <= _INT64_MAX):
             raise ValueError(f"ids must be 64-bit integers: user {user_id}, track {track_id}")
@@ -561,6 +616,8 @@ class EventStore:
                 "refused_full": s.refused_full,
                 "replayed": s.replayed,
                 "key_conflicts": s.key_conflicts,
+                "deleted_users": s.deleted_users,
+                "deleted_events": s.deleted_events,
                 "pending": self._queue.qsize(),
                 "uptime_s": round(time.time() - s.opened_at, 3),
                 "db_path": str(self.path),
@@ -691,16 +748,27 @@ class EventStore:
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            # in queue order: the adds between two deletions are one group commit
+            adds: list[_Pending] = []
+            for item in batch:
+                if isinstance(item, _Delete):
+                    if adds:
+                        self._commit(adds)
+                        adds = []
+                    self._delete(item)
+                else:
+                    adds.append(item)
+            if adds:
+                self._commit(adds)
         # anything queued after the stop marker (a race with close()) is refused, not lost
-        leftover: list[_Pending] = []
+        leftover: list[_Pending | _Delete] = []
         while True:
             try:
-                item = self._queue.get_nowait()
+                late = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                leftover.append(item)
+            if late is not None:
+                leftover.append(late)
         if leftover:
             self._resolve(leftover, None, StoreUnavailable("event store closed"))
 
@@ -716,6 +784,7 @@ class EventStore:
         new_keys: list[tuple[int, str, int, int, float]] = []
         new_users: set[int] = set()
         now = time.time()
+        next_id = self._next_id
         try:
             conn.execute("BEGIN IMMEDIATE")
             # (user, key) -> (event id, track) of the batch's keys stored before, then of
@@ -732,11 +801,14 @@ class EventStore:
                     ).fetchone()
                     if known is None:
                         new_users.add(ev.user_id)
-                cur = conn.execute(
-                    "INSERT INTO events (user_id, track_id, ts) VALUES (?, ?, ?)",
-                    (ev.user_id, ev.track_id, ev.ts),
+                # the id given explicitly: SQLite's own (the highest + 1) would give a
+                # deleted user's newest ids again
+                event_id = next_id
+                next_id += 1
+                conn.execute(
+                    "INSERT INTO events (id, user_id, track_id, ts) VALUES (?, ?, ?, ?)",
+                    (event_id, ev.user_id, ev.track_id, ev.ts),
                 )
-                event_id = int(cur.lastrowid or 0)
                 if ev.key is not None:
                     keyed[ev.user_id, ev.key] = (event_id, ev.track_id)
                     new_keys.append((ev.user_id, ev.key, event_id, ev.track_id, ev.ts))
@@ -749,6 +821,7 @@ class EventStore:
                     new_keys,
                 )
             conn.execute("COMMIT")
+            self._next_id = next_id
         except Exception as exc:
             log.exception("event commit of %d event(s) failed", len(batch))
             with contextlib.suppress(sqlite3.Error):
@@ -779,6 +852,47 @@ class EventStore:
         self._resolve(batch, outcomes, None)
         if now - self._pruned_at >= _PRUNE_EVERY_S:
             self._prune_keys(now)
+
+    def _delete(self, item: _Delete) -> None:
+        """Delete a user's events and keys in one transaction, record the highest id given
+        so far (ids are not given again), drop the user from the cache, answer the
+        caller."""
+        conn = self._wconn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            deleted = conn.execute("DELETE FROM events WHERE user_id = ?", (item.user_id,)).rowcount
+            conn.execute("DELETE FROM event_keys WHERE user_id = ?", (item.user_id,))
+            conn.execute(
+                "INSERT INTO event_meta (name, value) VALUES ('high_water', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                (self._next_id - 1,),
+            )
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("deleting the events of user %d failed", item.user_id)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            with self._stats_lock:
+                self.stats.failed_commits += 1
+            self._resolve([item], None, exc)
+            return
+        if self.cache is not None:
+            # fills read before this commit may hold the deleted events: refused until
+            # a snapshot holds an event newer than every id given so far
+            self.cache.forget(item.user_id, self._next_id)
+        with self._stats_lock:
+            s = self.stats
+            s.events -= deleted
+            s.users -= 1 if deleted else 0
+            s.deleted_users += 1 if deleted else 0
+            s.deleted_events += deleted
+        answer: list[tuple[asyncio.Future[Any], Added | KeyReused | int | None]] = [
+            (item.future, deleted)
+        ]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            item.loop.call_soon_threadsafe(_settle, answer, None)
+        log.info("deleted the %d events of user %d", deleted, item.user_id)
 
     def _stored_keys(
         self, conn: sqlite3.Connection, pairs: Sequence[tuple[int, str]], now: float
@@ -830,13 +944,13 @@ class EventStore:
 
     @staticmethod
     def _resolve(
-        batch: Sequence[_Pending],
+        batch: Sequence[_Pending | _Delete],
         outcomes: Sequence[Added | KeyReused] | None,
         exc: BaseException | None,
     ) -> None:
         """Hand results back to the event loop(s), one callback per loop: each call's
         outcome, or `exc` for all of them."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Added], Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for i, ev in enumerate(batch):
             by_loop.setdefault(ev.loop, []).append((ev.future, outcomes[i] if outcomes else None))
         for loop, items in by_loop.items():
@@ -846,7 +960,7 @@ class EventStore:
 
 
 def _settle(
-    items: list[tuple[asyncio.Future[Added], Added | KeyReused | None]],
+    items: list[tuple[asyncio.Future[Any], Added | KeyReused | int | None]],
     exc: BaseException | None,
 ) -> None:
     for fut, outcome in items:

@@ -12,6 +12,8 @@
   `MAX_BATCH` ids, ids x k at most `MAX_BATCH_EVENTS`) -> `{"results": [{"user_id",
   "events"}, ...]}`, one entry per requested id in request order: the recommendation
   service's coalesced lookups.
+* `POST /delete_events?user_id=..` -> `{"result": "ok", "deleted": n}`: deletes the
+  user's whole history (a privacy request), in order with the adds.
 * `GET /stats` -> store counters (events, users, commits, mean group-commit size, cache
   hits, ...).
 
@@ -133,6 +135,13 @@ class AddEventResponse(BaseModel):
     id: int = Field(description="Id of the stored event (grows with insertion order)")
 
 
+class DeleteEventsResponse(BaseModel):
+    """The user's history was deleted (a privacy request)."""
+
+    result: str = Field("ok", examples=["ok"])
+    deleted: int = Field(description="Events deleted (0: the user had none)")
+
+
 class EventsResponse(BaseModel):
     """Latest listens of a user, newest first."""
 
@@ -185,6 +194,8 @@ class StatsResponse(BaseModel):
     replayed: int = Field(
         description="`/add_event` calls whose Idempotency-Key had stored the event already"
     )
+    deleted_users: int = Field(description="`/delete_events` calls that deleted something")
+    deleted_events: int = Field(description="Events deleted by `/delete_events`")
     key_conflicts: int = Field(
         description="`/add_event` calls refused: Idempotency-Key sent before with another track"
     )
@@ -383,6 +394,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = await store.latest_many(req.user_ids, req.k)
         results = [{"user_id": u, "events": e} for u, e in zip(req.user_ids, events, strict=True)]
         return OrjsonResponse({"results": results})
+
+    @app.post(
+        "/delete_events",
+        response_model=DeleteEventsResponse,
+        responses={
+            **VALIDATION_RESPONSES,
+            **AUTH_RESPONSES,
+            503: {
+                "model": ErrorResponse,
+                "description": "Not ready, or nothing was deleted (closing, failed commit): retry",
+            },
+        },
+        tags=["events"],
+    )
+    async def delete_events(store: StoreDep, _auth: ApiKeyDep, user_id: UserIdQuery) -> Response:
+        """Delete every listen of the user (and its idempotency keys), e.g. for a privacy
+        request; answers once the deletion is committed. Listens added before this call
+        are deleted too, later ones are kept. The offline artifacts are not changed: the
+        pipeline's next run reads the raw data as it is then."""
+        deleted = await store.delete_user(user_id)
+        return OrjsonResponse({"result": "ok", "deleted": deleted})
 
     @app.get(
         "/stats",

@@ -409,6 +409,10 @@ class Verifier:
             self.record(reply.status == 401, "add_event wrong API key -> 401", shown, reply)
             shown, reply = _call("POST", f"{ev}/get_events", params={"user_id": user, "k": 5})
             self.record(reply.status == 401, "get_events without API key -> 401", shown, reply)
+            # the cold user's (it has no events to lose if the service let it through)
+            cold = {"user_id": picks.cold_user}
+            shown, reply = _call("POST", f"{ev}/delete_events", params=cold)
+            self.record(reply.status == 401, "delete_events without API key -> 401", shown, reply)
         else:
             self.record(None, "add_event API key", "events_api_key not set: open", None)
         # a history longer than the latest 100 events the services once left out: the most
@@ -490,6 +494,17 @@ class Verifier:
             body={"user_ids": [user, picks.cold_user], "k": 2},
             headers=self.api_headers,
         )
+        # a privacy request: the cold user (no events, as just checked) gets two listens,
+        # then has its history deleted, and is a user without events again
+        cold = {"user_id": picks.cold_user}
+        for t in (unknown_track, keyed_track):
+            _call(
+                "POST", f"{ev}/add_event", params={**cold, "track_id": t}, headers=self.api_headers
+            )
+        shown, reply = _call("POST", f"{ev}/delete_events", params=cold, headers=self.api_headers)
+        ok = reply.is_json and reply.data == {"result": "ok", "deleted": 2}
+        ok = ok and self.events_of(picks.cold_user) == []
+        self.record(ok, "delete_events: the user's history deleted", shown, reply)
         shown, reply = _call("GET", f"{ev}/stats", headers=self.api_headers)
         ok = (
             reply.status == 200

@@ -3,11 +3,13 @@ in-process (uvicorn in a thread) or as real uvicorn subprocesses."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -207,3 +209,21 @@ def service_processes(tmp_path: Path) -> Iterator[ServiceStarter]:
         resume_and_stop(running)
         for f in logs:
             f.close()
+
+
+def queued_behind_a_writer_lock(path: Path, calls: Callable[[], list[Any]]) -> list[Any]:
+    """Run the coroutines `calls()` makes while another connection holds the write lock,
+    so that all of them wait in the queue and the writer takes them as one batch."""
+
+    async def run() -> list[Any]:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            tasks = [asyncio.ensure_future(c) for c in calls()]
+            await asyncio.sleep(0.3)  # the writer takes one, blocks; the rest queue up
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(run())

@@ -38,6 +38,8 @@ CHECKS_EXPECTED = [
     "blended",
     "add_event x105: popular tracks",
     "add_event retried with one Idempotency-Key: stored once",
+    "delete_events: the user's history deleted",
+    "delete_events without API key -> 401",
     "blended, verify user: none of its events, older than the latest 100 too",
     "-> 422",
     "/metrics",

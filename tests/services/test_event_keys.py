@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from musicrec.errors import ArtifactError
 from musicrec.event_store import KEY_MAX_LEN, Added, EventStore, KeyReused, StoreUnavailable
 from musicrec.service_events import REPLAYED_HEADER, create_app
 from musicrec.settings import Settings
+
+from .conftest import queued_behind_a_writer_lock
 
 
 def add(client: TestClient, user: int, track: int, key: str | None = None) -> Any:
@@ -228,24 +229,6 @@ def test_a_keys_table_of_another_layout_is_refused(tmp_path: Path) -> None:
         EventStore(path).open()
 
 
-def _queued_behind_a_writer_lock(path: Path, calls: Callable[[], list[Any]]) -> list[Any]:
-    """Run the coroutines `calls()` makes while another connection holds the write lock,
-    so that all of them wait in the queue and the writer takes them as one batch."""
-
-    async def run() -> list[Any]:
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        try:
-            tasks = [asyncio.ensure_future(c) for c in calls()]
-            await asyncio.sleep(0.3)  # the writer takes one, blocks; the rest queue up
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        return list(await asyncio.gather(*tasks))
-
-    return asyncio.run(run())
-
-
 def test_a_batch_of_more_keys_than_one_query_asks_finds_them_all(tmp_path: Path) -> None:
     """The stored keys of a batch are looked up `_KEYS_PER_QUERY` (400) at a time: a batch
     of 1,000 retries must find all 1,000 (a look-up of the first 400 only stored 600
@@ -255,10 +238,10 @@ def test_a_batch_of_more_keys_than_one_query_asks_finds_them_all(tmp_path: Path)
     store.open()
     try:
         n = 1_000
-        first = _queued_behind_a_writer_lock(
+        first = queued_behind_a_writer_lock(
             path, lambda: [store.add_once(i % 37, i, f"k{i}") for i in range(n)]
         )
-        again = _queued_behind_a_writer_lock(
+        again = queued_behind_a_writer_lock(
             path, lambda: [store.add_once(i % 37, i, f"k{i}") for i in range(n)]
         )
         counts = asyncio.run(store.counts())

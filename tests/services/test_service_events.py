@@ -351,7 +351,7 @@ def test_a_database_of_the_older_index_is_given_the_covering_one(tmp_path: Path)
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert names == {"events_user_recent", "event_keys_ts"}
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"events", "event_keys"}
+        assert tables == {"events", "event_keys", "event_meta"}
     store = EventStore(path)  # a second open finds it and builds nothing
     store.open()
     store.close()

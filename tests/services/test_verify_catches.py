@@ -24,7 +24,7 @@ from .conftest import ThreadedServer, make_settings, running
 
 UNKNOWN_TRACK = INT32_MAX - 7  # the track the verifier asks for as unknown
 #: faults of the event service (the others are the similar-tracks service's)
-KEY_FAULTS = ("idempotency key ignored", "retry stored twice")
+EVENT_FAULTS = ("idempotency key ignored", "retry stored twice", "deletion not done")
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: str) -> None:
@@ -44,7 +44,10 @@ class Faulty:
         if scope["type"] != "http" or self.mode is None:
             return await self.app(scope, receive, send)
         path, query = scope["path"], scope["query_string"].decode()
-        if self.mode in KEY_FAULTS and path == "/add_event":
+        if self.mode == "deletion not done" and path == "/delete_events":
+            body = b'{"result":"ok","deleted":2}'
+            return await _respond(send, 200, body, "application/json")
+        if self.mode in EVENT_FAULTS[:2] and path == "/add_event":
             headers = [(k, v) for k, v in scope["headers"] if k != b"idempotency-key"]
             if self.mode == "idempotency key ignored" or len(headers) == len(scope["headers"]):
                 return await self.app({**scope, "headers": headers}, receive, send)
@@ -118,6 +121,8 @@ def services(
         ("unknown track 500", "similar tracks, unknown track: empty"),
         ("idempotency key ignored", "add_event retried with one Idempotency-Key"),
         ("retry stored twice", "add_event retried with one Idempotency-Key"),
+        # last: it leaves two events with the cold user in the services' shared store
+        ("deletion not done", "delete_events: the user's history deleted"),
     ],
 )
 def test_the_verifier_fails_a_misbehaving_service(
@@ -127,7 +132,7 @@ def test_the_verifier_fails_a_misbehaving_service(
     failed_check: str | None,
 ) -> None:
     cfg, similar, events = services
-    faulty = events if mode in KEY_FAULTS else similar
+    faulty = events if mode in EVENT_FAULTS else similar
     faulty.mode = mode
     log = tmp_path / "service_test.log"
     try:

@@ -1,0 +1,189 @@
+"""Deleting a user's history: `POST /delete_events` and `EventStore.delete_user`.
+
+A listener may ask for their listening history to be deleted (a privacy request): every
+event and idempotency key of the user goes, in order with the adds, and nothing of it
+comes back from the cache or from a later id."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
+from musicrec.service_events import create_app
+from musicrec.settings import Settings
+
+from .conftest import make_settings, queued_behind_a_writer_lock
+
+
+def add(client: TestClient, user: int, track: int, **kw: Any) -> Any:
+    return client.post("/add_event", params={"user_id": user, "track_id": track}, **kw)
+
+
+def history(client: TestClient, user: int, **kw: Any) -> list[int]:
+    return list(
+        client.post("/get_events", params={"user_id": user, "k": 100}, **kw).json()["events"]
+    )
+
+
+def test_a_users_history_is_deleted_and_no_one_elses(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        for t in (10, 11, 12):
+            assert add(c, 1, t).status_code == 200
+        assert add(c, 2, 20).status_code == 200
+        assert history(c, 1) == [12, 11, 10]  # read once: now in the cache
+        r = c.post("/delete_events", params={"user_id": 1})
+        assert r.status_code == 200 and r.json() == {"result": "ok", "deleted": 3}
+        assert history(c, 1) == [] and history(c, 2) == [20]
+        stats = c.get("/stats").json()
+        assert (stats["events"], stats["users"]) == (1, 1)
+        assert (stats["deleted_users"], stats["deleted_events"]) == (1, 3)
+        assert c.post("/delete_events", params={"user_id": 1}).json()["deleted"] == 0
+        assert c.post("/delete_events", params={"user_id": 999}).json()["deleted"] == 0
+        assert add(c, 1, 13).status_code == 200  # the user may listen again
+        assert history(c, 1) == [13]
+    with sqlite3.connect(settings.event_db_path) as db:  # the file, not only the cache
+        assert db.execute("SELECT user_id, track_id FROM events ORDER BY id").fetchall() == [
+            (2, 20),
+            (1, 13),
+        ]
+
+
+def test_the_users_idempotency_keys_go_too(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        first = add(c, 1, 10, headers={"Idempotency-Key": "k"}).json()["id"]
+        assert c.post("/delete_events", params={"user_id": 1}).json()["deleted"] == 1
+        again = add(c, 1, 10, headers={"Idempotency-Key": "k"})
+        assert "idempotent-replayed" not in again.headers and again.json()["id"] > first
+        assert history(c, 1) == [10]
+    with sqlite3.connect(settings.event_db_path) as db:
+        assert db.execute("SELECT user_id, key FROM event_keys").fetchall() == [(1, "k")]
+
+
+def test_ids_of_deleted_events_are_never_given_again(tmp_path: Path) -> None:
+    """SQLite gives a new row the highest id + 1: deleting the user of the newest events
+    would hand their ids to later events (`/add_event`'s ids grow with insertion order),
+    and after a restart too."""
+    path = tmp_path / "ids.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        assert [asyncio.run(store.add(u, 1)) for u in (1, 1, 2)] == [1, 2, 3]
+        assert asyncio.run(store.delete_user(2)) == 1
+        assert asyncio.run(store.add(3, 1)) == 4
+        assert asyncio.run(store.delete_user(3)) == 1
+    finally:
+        store.close()
+    store = EventStore(path)
+    store.open()
+    try:
+        assert asyncio.run(store.add(1, 1)) == 5
+    finally:
+        store.close()
+
+
+def test_a_deletion_keeps_the_order_of_the_calls(tmp_path: Path) -> None:
+    """Adds queued before the deletion are deleted with the rest, adds after it kept,
+    though all of them are taken by the writer in one batch."""
+    path = tmp_path / "order.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        asyncio.run(store.add(1, 9))
+        got = queued_behind_a_writer_lock(
+            path,
+            lambda: [
+                store.add(1, 10),
+                store.add(2, 20),
+                store.delete_user(1),
+                store.add(1, 11),
+                store.add(2, 21),
+            ],
+        )
+        assert got[2] == 2  # 9 and 10
+        assert asyncio.run(store.latest(1, 10)) == [11]
+        assert asyncio.run(store.latest(2, 10)) == [21, 20]
+        counts = asyncio.run(store.counts())
+        assert (counts["events"], counts["users"]) == (3, 2)
+    finally:
+        store.close()
+
+
+def test_a_fill_read_before_the_deletion_is_not_cached() -> None:
+    """A reader thread's snapshot taken before the deletion holds the deleted events: its
+    fill, offered after the deletion, must be refused (else they come back)."""
+    cache = RecentCache(max_users=10, depth=2)
+    assert cache.install(1, [(3, 30), (1, 10)], snapshot_max=3, limit=2)
+    cache.forget(1, applied_id=4)  # every id so far is below 4
+    assert cache.get(1, 2) is None and cache.events == 0
+    assert not cache.install(1, [(3, 30), (1, 10)], snapshot_max=3, limit=2)
+    assert cache.get(1, 2) is None
+    assert cache.install(1, [(4, 40)], snapshot_max=4, limit=2)  # a later snapshot
+    assert cache.get(1, 2) == [40]
+
+
+def test_with_a_key_set_a_deletion_needs_it(artifacts: dict[str, Any], tmp_path: Path) -> None:
+    cfg = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
+    key = {"X-API-Key": "k3y"}
+    with TestClient(create_app(cfg)) as c:
+        assert add(c, 1, 10, headers=key).status_code == 200
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            r = c.post("/delete_events", params={"user_id": 1}, headers=headers)
+            assert r.status_code == 401
+        assert history(c, 1, headers=key) == [10]
+        assert c.post("/delete_events", params={"user_id": 1}, headers=key).json()["deleted"] == 1
+
+
+def test_a_failed_deletion_is_a_503_and_deletes_nothing(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert add(c, 1, 10).status_code == 200
+        with sqlite3.connect(settings.event_db_path) as db:
+            db.execute(
+                "CREATE TRIGGER stuck BEFORE DELETE ON events "
+                "BEGIN SELECT RAISE(ABORT, 'disk I/O error (test)'); END"
+            )
+        r = c.post("/delete_events", params={"user_id": 1})
+        assert r.status_code == 503 and "disk I/O error (test)" in r.json()["detail"]
+        assert history(c, 1) == [10]
+        with sqlite3.connect(settings.event_db_path) as db:
+            db.execute("DROP TRIGGER stuck")
+        assert c.post("/delete_events", params={"user_id": 1}).json()["deleted"] == 1
+        assert add(c, 1, 11).status_code == 200  # the writer goes on
+        assert history(c, 1) == [11]
+
+
+def test_a_closed_store_refuses_a_deletion(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "c.db")
+    store.open()
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        asyncio.run(store.delete_user(1))
+
+
+@pytest.mark.parametrize("user_id", [-1, 2**31, "x"])
+def test_a_bad_user_id_is_a_422(settings: Settings, user_id: Any) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/delete_events", params={"user_id": user_id}).status_code == 422
+
+
+def test_deleted_rows_do_not_stay_in_the_file(tmp_path: Path) -> None:
+    """SQLite leaves deleted rows in free pages unless `secure_delete` is on: a deleted
+    user's idempotency keys (here the marker) could be read back from the file."""
+    path = tmp_path / "secure.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        for i in range(50):
+            asyncio.run(store.add_once(1, i, f"PRIVATE-MARKER-{i:03d}"))
+        asyncio.run(store.add_once(2, 1, "other-user"))
+        assert asyncio.run(store.delete_user(1)) == 50
+    finally:
+        store.close()  # checkpoints the WAL into the file
+    data = path.read_bytes()
+    assert b"other-user" in data and b"PRIVATE-MARKER" not in data
