@@ -227,3 +227,18 @@ def queued_behind_a_writer_lock(path: Path, calls: Callable[[], list[Any]]) -> l
         return list(await asyncio.gather(*tasks))
 
     return asyncio.run(run())
+
+
+def fail_writes(path: Path, table: str, op: str = "INSERT", why: str = "disk is full") -> None:
+    """Make every `op` on `table` of the database at `path` fail in SQLite with `why`
+    (test)` (a trigger standing for a full disk or an I/O error), until `heal_writes`."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER fail_writes BEFORE {op} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{why} (test)'); END"
+        )
+
+
+def heal_writes(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER fail_writes")

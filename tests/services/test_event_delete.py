@@ -19,7 +19,7 @@ from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
 from musicrec.service_events import create_app
 from musicrec.settings import Settings
 
-from .conftest import make_settings, queued_behind_a_writer_lock
+from .conftest import fail_writes, heal_writes, make_settings, queued_behind_a_writer_lock
 
 
 def add(client: TestClient, user: int, track: int, **kw: Any) -> Any:
@@ -143,16 +143,11 @@ def test_with_a_key_set_a_deletion_needs_it(artifacts: dict[str, Any], tmp_path:
 def test_a_failed_deletion_is_a_503_and_deletes_nothing(settings: Settings) -> None:
     with TestClient(create_app(settings)) as c:
         assert add(c, 1, 10).status_code == 200
-        with sqlite3.connect(settings.event_db_path) as db:
-            db.execute(
-                "CREATE TRIGGER stuck BEFORE DELETE ON events "
-                "BEGIN SELECT RAISE(ABORT, 'disk I/O error (test)'); END"
-            )
+        fail_writes(settings.event_db_path, "events", "DELETE", "disk I/O error")
         r = c.post("/delete_events", params={"user_id": 1})
         assert r.status_code == 503 and "disk I/O error (test)" in r.json()["detail"]
         assert history(c, 1) == [10]
-        with sqlite3.connect(settings.event_db_path) as db:
-            db.execute("DROP TRIGGER stuck")
+        heal_writes(settings.event_db_path)
         assert c.post("/delete_events", params={"user_id": 1}).json()["deleted"] == 1
         assert add(c, 1, 11).status_code == 200  # the writer goes on
         assert history(c, 1) == [11]

@@ -19,7 +19,7 @@ from musicrec.event_store import KEY_MAX_LEN, Added, EventStore, KeyReused, Stor
 from musicrec.service_events import REPLAYED_HEADER, create_app
 from musicrec.settings import Settings
 
-from .conftest import queued_behind_a_writer_lock
+from .conftest import fail_writes, heal_writes, queued_behind_a_writer_lock
 
 
 def add(client: TestClient, user: int, track: int, key: str | None = None) -> Any:
@@ -188,16 +188,12 @@ def test_a_failed_commit_stores_neither_the_event_nor_its_key(
     """The key and its event are one transaction: when either write fails, the call is a
     503 with nothing kept, and the retry with the same key stores the event once."""
     with TestClient(create_app(settings)) as c:
-        with sqlite3.connect(settings.event_db_path) as db:
-            db.execute(
-                f"CREATE TRIGGER full_disk BEFORE INSERT ON {table} "
-                "BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END"
-            )
+        fail_writes(settings.event_db_path, table)
         assert add(c, 2, 20, "k").status_code == 503
         with sqlite3.connect(settings.event_db_path) as db:
             assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
             assert db.execute("SELECT COUNT(*) FROM event_keys").fetchone() == (0,)
-            db.execute("DROP TRIGGER full_disk")
+        heal_writes(settings.event_db_path)
         r = add(c, 2, 20, "k")
         assert r.status_code == 200 and REPLAYED_HEADER.lower() not in r.headers
         assert add(c, 2, 20, "k").headers[REPLAYED_HEADER] == "true"

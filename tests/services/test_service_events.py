@@ -22,7 +22,7 @@ from musicrec.service_events import EVENTS_K_MAX, create_app
 from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
 from musicrec.settings import Settings
 
-from .conftest import assert_json_413
+from .conftest import assert_json_413, fail_writes, heal_writes
 
 
 @pytest.fixture
@@ -373,11 +373,7 @@ def test_a_failed_commit_is_a_503_and_stores_nothing(settings: Settings) -> None
     back the same call succeeds."""
     with TestClient(create_app(settings)) as c:
         assert add(c, 5, 50).status_code == 200
-        with sqlite3.connect(settings.event_db_path) as db:
-            db.execute(
-                "CREATE TRIGGER full_disk BEFORE INSERT ON events "
-                "BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END"
-            )
+        fail_writes(settings.event_db_path, "events")
         r = add(c, 5, 51)
         assert r.status_code == 503
         assert r.json()["detail"].startswith("event store unavailable: event not stored: ")
@@ -386,8 +382,7 @@ def test_a_failed_commit_is_a_503_and_stores_nothing(settings: Settings) -> None
         with sqlite3.connect(settings.event_db_path) as db:  # the file, not only the cache
             assert db.execute("SELECT track_id FROM events WHERE user_id = 5").fetchall() == [(50,)]
         assert c.get("/stats").json()["failed_commits"] == 1
-        with sqlite3.connect(settings.event_db_path) as db:
-            db.execute("DROP TRIGGER full_disk")
+        heal_writes(settings.event_db_path)
         assert add(c, 5, 51).status_code == 200
         assert c.post("/get_events", params={"user_id": 5, "k": 10}).json()["events"] == [51, 50]
 
