@@ -215,6 +215,9 @@ class RecentCache:
         self._users: OrderedDict[int, _Recent] = OrderedDict()
         self._lock = threading.Lock()
         self._applied_id = 0
+        #: user -> the store's next event id when the user's events were deleted: a fill
+        #: of that user from an older snapshot may hold them and is refused
+        self._deleted_at: dict[int, int] = {}
         #: track ids held in all entries
         self.events = 0
         self.hits = 0
@@ -253,7 +256,7 @@ class RecentCache:
                 old.complete or (len(old.tracks) >= len(rows) and not complete)
             ):
                 return False  # cached as deep and kept current by `apply`
-            if self._applied_id > snapshot_max:
+            if self._applied_id > snapshot_max or self._deleted_at.get(user_id, 0) > snapshot_max:
                 self.refused_fills += 1
                 return False
             if len(rows) > self.max_events:
@@ -287,16 +290,21 @@ class RecentCache:
                     del entry.tracks[: -entry.keep]
                     entry.complete = False
             self._applied_id = max(self._applied_id, committed[-1][0])
+            if self._deleted_at:  # refusals no snapshot can need any more
+                done = [u for u, i in self._deleted_at.items() if i <= self._applied_id]
+                for u in done:
+                    del self._deleted_at[u]
             self._evict()
 
-    def forget(self, user_id: int, applied_id: int) -> None:
-        """Drop `user_id`'s entry (its events were deleted) and refuse fills from
-        snapshots older than `applied_id` (they may hold the deleted events)."""
+    def forget(self, user_id: int, next_id: int) -> None:
+        """Drop `user_id`'s entry (its events were deleted) and refuse fills of that user
+        from snapshots older than the deletion, i.e. without an event id of `next_id` or
+        more (they may hold the deleted events); other users' fills are not affected."""
         with self._lock:
             entry = self._users.pop(user_id, None)
             if entry is not None:
                 self.events -= len(entry.tracks)
-            self._applied_id = max(self._applied_id, applied_id)
+            self._deleted_at[user_id] = max(self._deleted_at.get(user_id, 0), next_id)
 
     def reset(self, applied_id: int) -> None:
         """Forget every entry, and refuse fills from snapshots older than `applied_id` (the
@@ -429,6 +437,14 @@ class EventStore:
             given = conn.execute(
                 "SELECT value FROM event_meta WHERE name = 'high_water'"
             ).fetchone()
+            high = given[0] if given else 0
+            # ids up to 2**62: a bound no real store meets, far from SQLite's 2**63 - 1
+            if not isinstance(high, int) or not 0 <= high < 2**62:
+                raise ArtifactError(
+                    f"{self.path}: event_meta's high_water is {high!r}, not an event id "
+                    "(0 .. 2**62); not an event database of this service"
+                )
+            next_id = max(int(top), high) + 1
             n_users = conn.execute(
                 f"SELECT COUNT(DISTINCT user_id) FROM events INDEXED BY {_INDEX_NAME}"
             ).fetchone()[0]
@@ -451,7 +467,7 @@ class EventStore:
             self._disown()
             raise
         self._wconn = conn
-        self._next_id = max(int(top), int(given[0]) if given else 0) + 1
+        self._next_id = next_id
         self.stats = StoreStats(events=int(n_events), users=int(n_users))
         self._readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="events-read")
         self._writer = threading.Thread(target=self._writer_loop, name="events-write", daemon=True)
@@ -561,6 +577,10 @@ class EventStore:
         with self._submit_lock:  # as in `_submit`: never behind the stop marker
             if self._closed:
                 raise StoreUnavailable("event store is closed")
+            if self._queue.qsize() >= self.max_pending:
+                with self._stats_lock:
+                    self.stats.refused_full += 1
+                raise StoreUnavailable(f"write queue full ({self.max_pending} calls waiting)")
             self._queue.put(_Delete(user_id, loop, fut))
         return await asyncio.shield(fut)
 
@@ -632,6 +652,17 @@ class EventStore:
         """`ArtifactError` unless the `events` table has the columns and types `_TABLE`
         makes, `id` its INTEGER PRIMARY KEY, and an `event_keys` table (a database
         written before keys existed has none: it is created) those of `_KEYS_TABLE`."""
+        if "event_meta" in tables:
+            meta = {
+                r[1]: (str(r[2]).upper(), int(r[5]))
+                for r in conn.execute("PRAGMA table_info(event_meta)")
+            }
+            if meta.get("name") != ("TEXT", 1) or meta.get("value", ("", 0))[0] != "INTEGER":
+                raise ArtifactError(
+                    f"{self.path}: table 'event_meta' is not as this service makes it (found "
+                    f"{meta}; expected name TEXT PRIMARY KEY, value INTEGER); not an event "
+                    "database of this service"
+                )
         if "event_keys" in tables:
             keys = {
                 r[1]: (str(r[2]).upper(), int(r[5]))
@@ -770,7 +801,7 @@ class EventStore:
             if late is not None:
                 leftover.append(late)
         if leftover:
-            self._resolve(leftover, None, StoreUnavailable("event store closed"))
+            self._resolve(leftover, None, StoreUnavailable("event not stored: event store closed"))
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         """Write `batch` in one transaction (one fsync), then answer each caller: its new
@@ -784,9 +815,9 @@ class EventStore:
         new_keys: list[tuple[int, str, int, int, float]] = []
         new_users: set[int] = set()
         now = time.time()
-        next_id = self._next_id
         try:
             conn.execute("BEGIN IMMEDIATE")
+            next_id = self._first_free_id(conn)
             # (user, key) -> (event id, track) of the batch's keys stored before, then of
             # its own as they are stored: a key sent twice in one batch is one event
             asked = [(ev.user_id, ev.key) for ev in batch if ev.key is not None]
@@ -853,6 +884,14 @@ class EventStore:
         if now - self._pruned_at >= _PRUNE_EVERY_S:
             self._prune_keys(now)
 
+    def _first_free_id(self, conn: sqlite3.Connection) -> int:
+        """The id the transaction's first new event gets: after every id given by this
+        store and every row in the table (one written by another connection, an
+        operator's import say, would make the store's own count collide with it)."""
+        top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        self._next_id = max(self._next_id, int(top) + 1)
+        return self._next_id
+
     def _delete(self, item: _Delete) -> None:
         """Delete a user's events and keys in one transaction, record the highest id given
         so far (ids are not given again), drop the user from the cache, answer the
@@ -861,12 +900,13 @@ class EventStore:
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            next_id = self._first_free_id(conn)
             deleted = conn.execute("DELETE FROM events WHERE user_id = ?", (item.user_id,)).rowcount
             conn.execute("DELETE FROM event_keys WHERE user_id = ?", (item.user_id,))
             conn.execute(
                 "INSERT INTO event_meta (name, value) VALUES ('high_water', ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                (self._next_id - 1,),
+                (next_id - 1,),
             )
             conn.execute("COMMIT")
         except Exception as exc:
@@ -875,12 +915,11 @@ class EventStore:
                 conn.execute("ROLLBACK")
             with self._stats_lock:
                 self.stats.failed_commits += 1
-            self._resolve([item], None, exc)
+            self._resolve([item], None, StoreUnavailable(f"nothing deleted: {exc}"))
             return
-        if self.cache is not None:
-            # fills read before this commit may hold the deleted events: refused until
-            # a snapshot holds an event newer than every id given so far
-            self.cache.forget(item.user_id, self._next_id)
+        if self.cache is not None and deleted:
+            # this user's fills read before this commit may hold the deleted events
+            self.cache.forget(item.user_id, next_id)
         with self._stats_lock:
             s = self.stats
             s.events -= deleted
@@ -966,7 +1005,9 @@ def _settle(
     for fut, outcome in items:
         if fut.done():
             continue
-        if exc is not None:
+        if isinstance(exc, StoreUnavailable):  # says what was not done itself
+            fut.set_exception(exc)
+        elif exc is not None:
             fut.set_exception(StoreUnavailable(f"event not stored: {exc}"))
         elif isinstance(outcome, KeyReused):
             fut.set_exception(outcome)

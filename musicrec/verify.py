@@ -78,6 +78,9 @@ class Reply:
 #: events (five `add_event`s per run, kept in the event store) and a user without any
 RESERVED_VERIFY_USER = INT32_MAX - 1
 RESERVED_COLD_USER = INT32_MAX - 2
+#: the user the check of `/delete_events` adds two listens to and deletes: its own id, so
+#: that no other check's user (nor a listener) can lose a history to it
+RESERVED_DELETE_USER = INT32_MAX - 3
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Picks:
     warm_list: list[int]
     cold_user: int
     verify_user: int
+    delete_user: int
     popular: list[int]
     seeds: list[int]
     similar_of: Callable[[Sequence[int], int], dict[int, tuple[list[int], list[float]]]]
@@ -191,10 +195,11 @@ def _pick_ids(paths: ArtifactPaths) -> Picks:
         warm_list = dedupe(_sorted_by_rank(rows, C.Item))
     # the events the checks add stay in the event store: they go to a reserved id at the
     # top of the id range, never to the next id a sequentially numbered new user will get
-    if hi < RESERVED_COLD_USER:
+    if hi < RESERVED_DELETE_USER:
         cold_user, verify_user = RESERVED_COLD_USER, RESERVED_VERIFY_USER
-    elif lo >= 2:
-        cold_user, verify_user = lo - 1, lo - 2
+        delete_user = RESERVED_DELETE_USER
+    elif lo >= 3:
+        cold_user, verify_user, delete_user = lo - 1, lo - 2, lo - 3
     else:
         raise ArtifactError(f"{paths.recommendations}: no free user id for a cold user")
 
@@ -229,7 +234,9 @@ def _pick_ids(paths: ArtifactPaths) -> Picks:
         return out
 
     heard = HeardIndex.load(paths.heard_dir) if paths.heard_dir.exists() else None
-    return Picks(warm_user, warm_list, cold_user, verify_user, popular, seeds, similar_of, heard)
+    return Picks(
+        warm_user, warm_list, cold_user, verify_user, delete_user, popular, seeds, similar_of, heard
+    )
 
 
 @dataclass
@@ -283,6 +290,52 @@ class Verifier:
         ok = reply.status == status
         self.record(ok, name, shown, reply, "" if ok else f"expected {status}")
         return reply
+
+    def check_delete_events(self, user: int, tracks: tuple[int, ...]) -> None:
+        """A privacy request: `user` (reserved for this check) gets `tracks`, then has its
+        history deleted, and has none after. Only a history this check could have left
+        (of `tracks` only: a run stopped half-way, a service that did not delete) is ever
+        deleted: any other is left alone and the check skipped, so that a misconfigured
+        pick can never delete a listener's history."""
+        ev = self.events_url
+        before = self.history_of(user)
+        if before is None or not set(before) <= set(tracks):
+            why = "its history could not be read" if before is None else "it has listens"
+            self.record(None, "delete_events", f"user {user}: {why} not added by this check", None)
+            return
+        params = {"user_id": user}
+        if self.api_headers:
+            shown, reply = _call("POST", f"{ev}/delete_events", params=params)
+            self.record(reply.status == 401, "delete_events without API key -> 401", shown, reply)
+        if before:  # what an earlier run left
+            _call("POST", f"{ev}/delete_events", params=params, headers=self.api_headers)
+        added = [
+            _call(
+                "POST",
+                f"{ev}/add_event",
+                params={**params, "track_id": t},
+                headers=self.api_headers,
+            )[1]
+            for t in tracks
+        ]
+        shown, reply = _call("POST", f"{ev}/delete_events", params=params, headers=self.api_headers)
+        ok = all(a.is_json for a in added) and reply.is_json
+        ok = ok and reply.data == {"result": "ok", "deleted": len(tracks)}
+        ok = ok and self.history_of(user) == []
+        self.record(ok, "delete_events: the user's history deleted", shown, reply)
+
+    def history_of(self, user_id: int) -> list[int] | None:
+        """The user's latest events as `events_of` reads them, or None if the read failed."""
+        _, reply = _call(
+            "POST",
+            f"{self.events_url}/get_events",
+            params={"user_id": user_id, "k": max(self.settings.exclude_events_max, 100)},
+            headers=self.api_headers,
+        )
+        events = (
+            reply.data.get("events") if reply.is_json and isinstance(reply.data, dict) else None
+        )
+        return [int(t) for t in events] if isinstance(events, list) else None
 
     def events_of(self, user_id: int) -> list[int]:
         k = max(self.settings.online_history_k, self.settings.exclude_events_max)
@@ -409,10 +462,6 @@ class Verifier:
             self.record(reply.status == 401, "add_event wrong API key -> 401", shown, reply)
             shown, reply = _call("POST", f"{ev}/get_events", params={"user_id": user, "k": 5})
             self.record(reply.status == 401, "get_events without API key -> 401", shown, reply)
-            # the cold user's (it has no events to lose if the service let it through)
-            cold = {"user_id": picks.cold_user}
-            shown, reply = _call("POST", f"{ev}/delete_events", params=cold)
-            self.record(reply.status == 401, "delete_events without API key -> 401", shown, reply)
         else:
             self.record(None, "add_event API key", "events_api_key not set: open", None)
         # a history longer than the latest 100 events the services once left out: the most
@@ -494,17 +543,7 @@ class Verifier:
             body={"user_ids": [user, picks.cold_user], "k": 2},
             headers=self.api_headers,
         )
-        # a privacy request: the cold user (no events, as just checked) gets two listens,
-        # then has its history deleted, and is a user without events again
-        cold = {"user_id": picks.cold_user}
-        for t in (unknown_track, keyed_track):
-            _call(
-                "POST", f"{ev}/add_event", params={**cold, "track_id": t}, headers=self.api_headers
-            )
-        shown, reply = _call("POST", f"{ev}/delete_events", params=cold, headers=self.api_headers)
-        ok = reply.is_json and reply.data == {"result": "ok", "deleted": 2}
-        ok = ok and self.events_of(picks.cold_user) == []
-        self.record(ok, "delete_events: the user's history deleted", shown, reply)
+        self.check_delete_events(picks.delete_user, (unknown_track, keyed_track))
         shown, reply = _call("GET", f"{ev}/stats", headers=self.api_headers)
         ok = (
             reply.status == 200
@@ -667,7 +706,8 @@ def run_verification(
             True,
             "pick ids from the artifacts",
             f"warm user {picks.warm_user}, cold user {picks.cold_user}, "
-            f"verify user {picks.verify_user}, seeds {picks.seeds}",
+            f"verify user {picks.verify_user}, deletion user {picks.delete_user}, "
+            f"seeds {picks.seeds}",
             None,
         )
         try:

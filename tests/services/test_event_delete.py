@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from musicrec.errors import ArtifactError
 from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
 from musicrec.service_events import create_app
 from musicrec.settings import Settings
@@ -120,7 +122,7 @@ def test_a_fill_read_before_the_deletion_is_not_cached() -> None:
     fill, offered after the deletion, must be refused (else they come back)."""
     cache = RecentCache(max_users=10, depth=2)
     assert cache.install(1, [(3, 30), (1, 10)], snapshot_max=3, limit=2)
-    cache.forget(1, applied_id=4)  # every id so far is below 4
+    cache.forget(1, next_id=4)  # every id so far is below 4
     assert cache.get(1, 2) is None and cache.events == 0
     assert not cache.install(1, [(3, 30), (1, 10)], snapshot_max=3, limit=2)
     assert cache.get(1, 2) is None
@@ -182,3 +184,108 @@ def test_deleted_rows_do_not_stay_in_the_file(tmp_path: Path) -> None:
         store.close()  # checkpoints the WAL into the file
     data = path.read_bytes()
     assert b"other-user" in data and b"PRIVATE-MARKER" not in data
+
+
+def test_nothing_deleted_changes_no_counter(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert add(c, 1, 10).status_code == 200
+        before = c.get("/stats").json()
+        assert c.post("/delete_events", params={"user_id": 2}).json()["deleted"] == 0
+        after = c.get("/stats").json()
+        for name in ("events", "users", "deleted_users", "deleted_events"):
+            assert after[name] == before[name], name
+
+
+def test_a_fill_racing_the_deletion_does_not_bring_the_events_back(tmp_path: Path) -> None:
+    """A reader thread reads the user from SQLite before the deletion and offers its fill
+    to the cache after it: the fill must be refused (else every later read serves the
+    deleted events from memory)."""
+    store = EventStore(tmp_path / "race.db")
+    store.open()
+    assert store.cache is not None
+    cache = store.cache
+    real_install = cache.install
+    read, go = threading.Event(), threading.Event()
+
+    def slow_install(*args: Any) -> bool:
+        read.set()
+        go.wait(5)
+        return real_install(*args)
+
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        await store.add(1, 10)
+        await store.add(1, 11)
+        cache.install = slow_install  # type: ignore[method-assign]
+        reading = asyncio.ensure_future(store.latest(1, 10))
+        await asyncio.to_thread(read.wait, 5)
+        deleted = await store.delete_user(1)
+        go.set()
+        old_snapshot = await reading
+        cache.install = real_install  # type: ignore[method-assign]
+        return old_snapshot, deleted, await store.latest(1, 10)
+
+    try:
+        old_snapshot, deleted, after = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert (old_snapshot, deleted, after) == ([11, 10], 2, [])
+
+
+def test_a_deletion_refuses_older_fills_of_that_user_only() -> None:
+    cache = RecentCache(max_users=10, depth=2)
+    cache.forget(1, next_id=5)
+    assert not cache.install(1, [(3, 30)], snapshot_max=4, limit=2)
+    assert cache.install(2, [(4, 40)], snapshot_max=4, limit=2)  # another user: cached
+    cache.apply([(5, 2, 50)])  # a snapshot older than id 5 can no longer be offered
+    assert cache.install(1, [(5, 51)], snapshot_max=5, limit=2)
+    assert cache.get(1, 2) == [51] and cache.get(2, 2) == [50, 40]
+
+
+def test_a_row_written_by_another_connection_does_not_block_the_adds(tmp_path: Path) -> None:
+    """The store gives ids itself (so that deleted ones are not given again): a row added
+    by hand or by an import took the next id, and every later add failed on it."""
+    path = tmp_path / "import.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        assert asyncio.run(store.add(1, 10)) == 1
+        with sqlite3.connect(path) as db:
+            db.execute("INSERT INTO events (user_id, track_id, ts) VALUES (5, 50, 0)")
+        assert [asyncio.run(store.add(2, 20 + i)) for i in range(3)] == [3, 4, 5]
+        assert asyncio.run(store.counts())["failed_commits"] == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "CREATE TABLE event_meta (name TEXT, value INTEGER)",  # no primary key
+        "CREATE TABLE event_meta (k TEXT PRIMARY KEY, v INTEGER)",
+        "CREATE TABLE event_meta (name TEXT PRIMARY KEY, value INTEGER);"
+        "INSERT INTO event_meta VALUES ('high_water', 'x')",
+        "CREATE TABLE event_meta (name TEXT PRIMARY KEY, value INTEGER);"
+        "INSERT INTO event_meta VALUES ('high_water', 9223372036854775807)",
+    ],
+    ids=["no-primary-key", "other-columns", "text-value", "huge-value"],
+)
+def test_a_foreign_or_damaged_event_meta_is_refused_and_lets_go(tmp_path: Path, meta: str) -> None:
+    """It opened, and then every deletion failed (no primary key), every add failed (an id
+    beyond SQLite's integers), or a plain ValueError left the connection and the lock
+    held (text)."""
+    path = tmp_path / "meta.db"
+    store = EventStore(path)
+    store.open()
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.executescript("DROP TABLE event_meta;" + meta)
+    with pytest.raises(ArtifactError, match="event_meta"):
+        EventStore(path, owner_wait_s=0.1).open()
+    with sqlite3.connect(path) as db:  # repaired: the same process can open it again
+        db.executescript(
+            "DROP TABLE event_meta;"
+            "CREATE TABLE event_meta (name TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID"
+        )
+    store = EventStore(path, owner_wait_s=0.1)
+    store.open()
+    store.close()

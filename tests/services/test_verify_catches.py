@@ -18,7 +18,7 @@ from musicrec.service_events import create_app as events_app
 from musicrec.service_recommendations import create_app as recs_app
 from musicrec.service_similar import create_app as similar_app
 from musicrec.settings import Settings
-from musicrec.verify import _call, run_verification
+from musicrec.verify import _call, pick_ids, run_verification
 
 from .conftest import ThreadedServer, make_settings, running
 
@@ -121,7 +121,6 @@ def services(
         ("unknown track 500", "similar tracks, unknown track: empty"),
         ("idempotency key ignored", "add_event retried with one Idempotency-Key"),
         ("retry stored twice", "add_event retried with one Idempotency-Key"),
-        # last: it leaves two events with the cold user in the services' shared store
         ("deletion not done", "delete_events: the user's history deleted"),
     ],
 )
@@ -168,3 +167,35 @@ def test_an_error_answer_cut_off_is_a_failed_call_not_a_stop() -> None:
         thread.join(10)
         server.close()
     assert reply.status == 0 and b"IncompleteRead" in reply.body, reply
+
+
+def test_the_verifier_never_deletes_a_history_it_did_not_write(
+    services: tuple[Settings, Faulty, Faulty], tmp_path: Path
+) -> None:
+    """The check of `/delete_events` deleted its user's history whatever it held (a
+    listener's, with a pick gone wrong). Now a history of other tracks is left alone and
+    the check skipped; what an interrupted run of the check left is cleaned up."""
+    cfg, _, events = services
+    user = pick_ids(cfg).delete_user
+    ev = f"http://127.0.0.1:{cfg.events_port}"
+
+    def history() -> list[int]:
+        _, reply = _call("POST", f"{ev}/get_events", params={"user_id": user, "k": 100})
+        return list(reply.data["events"])
+
+    _call("POST", f"{ev}/delete_events", params={"user_id": user})  # the cases above left
+    for t in (101, 102, 103):
+        _call("POST", f"{ev}/add_event", params={"user_id": user, "track_id": t})
+    log = tmp_path / "service_test.log"
+    assert run_verification(cfg, log_path=log) == 0
+    assert any(x.startswith("SKIP delete_events") for x in log.read_text().splitlines())
+    assert history() == [103, 102, 101]
+    _call("POST", f"{ev}/delete_events", params={"user_id": user})
+    events.mode = "deletion not done"  # a run that leaves the check's two listens
+    try:
+        assert run_verification(cfg, log_path=log) == 1
+    finally:
+        events.mode = None
+    assert len(history()) == 2
+    assert run_verification(cfg, log_path=log) == 0  # the next run cleans them up
+    assert history() == []

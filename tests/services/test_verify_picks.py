@@ -13,7 +13,13 @@ from musicrec.artifacts import ArtifactPaths
 from musicrec.errors import ArtifactError
 from musicrec.io import write_parquet
 from musicrec.service_common import INT32_MAX
-from musicrec.verify import RESERVED_COLD_USER, RESERVED_VERIFY_USER, pick_ids, run_verification
+from musicrec.verify import (
+    RESERVED_COLD_USER,
+    RESERVED_DELETE_USER,
+    RESERVED_VERIFY_USER,
+    pick_ids,
+    run_verification,
+)
 
 from .artifacts_fixture import write_fake_artifacts
 from .conftest import make_settings
@@ -21,10 +27,11 @@ from .conftest import make_settings
 
 def test_the_verifier_writes_to_a_reserved_user(artifacts: dict[str, Any], tmp_path: Path) -> None:
     picks = pick_ids(make_settings(artifacts["root"], tmp_path))
-    assert (picks.verify_user, picks.cold_user) == (INT32_MAX - 1, INT32_MAX - 2)
-    assert (RESERVED_VERIFY_USER, RESERVED_COLD_USER) == (INT32_MAX - 1, INT32_MAX - 2)
+    mine = (picks.verify_user, picks.cold_user, picks.delete_user)
+    assert mine == (INT32_MAX - 1, INT32_MAX - 2, INT32_MAX - 3)
+    assert mine == (RESERVED_VERIFY_USER, RESERVED_COLD_USER, RESERVED_DELETE_USER)
     known = pd.read_parquet(ArtifactPaths(artifacts["root"]).recommendations)["user_id"]
-    assert picks.verify_user not in set(known) and picks.cold_user not in set(known)
+    assert not set(mine) & set(known)
     assert picks.warm_user in set(known)
 
 
@@ -37,7 +44,7 @@ def test_ids_below_the_smallest_when_the_reserved_ones_are_taken(tmp_path: Path)
     taken = recs[recs["user_id"] == recs["user_id"].iloc[0]].assign(user_id=RESERVED_COLD_USER)
     write_parquet(pd.concat([recs, taken], ignore_index=True), paths.recommendations)
     picks = pick_ids(make_settings(root, tmp_path))
-    assert (picks.cold_user, picks.verify_user) == (lo - 1, lo - 2)
+    assert (picks.cold_user, picks.verify_user, picks.delete_user) == (lo - 1, lo - 2, lo - 3)
 
 
 def test_a_damaged_artifact_is_a_failed_check_in_the_log(tmp_path: Path) -> None:
