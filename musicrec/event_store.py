@@ -650,13 +650,11 @@ class EventStore:
 
     def _check_layout(self, conn: sqlite3.Connection, tables: Sequence[str]) -> None:
         """`ArtifactError` unless the `events` table has the columns and types `_TABLE`
-        makes, `id` its INTEGER PRIMARY KEY, and an `event_keys` table (a database
-        written before keys existed has none: it is created) those of `_KEYS_TABLE`."""
+        makes, `id` its INTEGER PRIMARY KEY, and the `event_keys` and `event_meta` tables
+        (a database written before them has neither: they are created) those of
+        `_KEYS_TABLE` and `_META_TABLE`. Columns a later version may add are allowed."""
         if "event_meta" in tables:
-            meta = {
-                r[1]: (str(r[2]).upper(), int(r[5]))
-                for r in conn.execute("PRAGMA table_info(event_meta)")
-            }
+            meta = _layout(conn, "event_meta")
             if meta.get("name") != ("TEXT", 1) or meta.get("value", ("", 0))[0] != "INTEGER":
                 raise ArtifactError(
                     f"{self.path}: table 'event_meta' is not as this service makes it (found "
@@ -664,21 +662,15 @@ class EventStore:
                     "database of this service"
                 )
         if "event_keys" in tables:
-            keys = {
-                r[1]: (str(r[2]).upper(), int(r[5]))
-                for r in conn.execute("PRAGMA table_info(event_keys)")
-            }
+            keys = _layout(conn, "event_keys")
             expected = {c: (t, {"user_id": 1, "key": 2}.get(c, 0)) for c, t in _KEY_TYPES.items()}
-            # columns a later version may add are left alone, as in `events`
             if any(keys.get(c) != want for c, want in expected.items()):
                 raise ArtifactError(
                     f"{self.path}: table 'event_keys' is not as this service makes it (found "
                     f"{keys}; expected {expected}: column -> (type, position in the primary "
                     "key)); not an event database of this service"
                 )
-        info = {
-            r[1]: (str(r[2]).upper(), int(r[5])) for r in conn.execute("PRAGMA table_info(events)")
-        }
+        info = _layout(conn, "events")
         found = {name: kind for name, (kind, _) in info.items()}
         wrong = [
             c
@@ -996,6 +988,12 @@ class EventStore:
             # RuntimeError: the loop is closed, nobody waits any more
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items, exc)
+
+
+def _layout(conn: sqlite3.Connection, table: str) -> dict[str, tuple[str, int]]:
+    """Column -> (declared type in upper case, position in the primary key or 0)."""
+    rows = conn.execute(f"PRAGMA table_info({table})")
+    return {r[1]: (str(r[2]).upper(), int(r[5])) for r in rows}
 
 
 def _settle(
