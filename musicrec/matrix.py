@@ -34,18 +34,29 @@ def rows_of_keys(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
 
 
-#: a dense lookup table is built when the largest id is below
-#: max(DENSE_FACTOR * number of ids, DENSE_MIN): at most a few times the ids' own memory;
-#: or, for a map of at least BIG_MAP ids, below DENSE_CAP (a table of at most 128 MiB).
-#: Track ids are sparse (1M tracks with ids up to 20M in the generated `full` data): with
-#: the cap their lookups are one gather instead of a binary search over 1M ids (~40 s per
-#: 200M listens at full size; 8% of a whole run in its py-spy profile, 2026-12-02)
+#: ids are dense (`dense_ids`) when the largest is below DENSE_FACTOR * n + DENSE_MIN, n the
+#: number of values a table indexed by id stands in for
 DENSE_FACTOR = 8
 DENSE_MIN = 1 << 20
+#: `IdMap`'s table may also go up to DENSE_CAP (at most 128 MiB) for a map of at least BIG_MAP
+#: ids: unlike a one-off table it is built once and kept for every lookup of the map. Track ids
+#: are sparse (1M tracks with ids up to 20M in the generated `full` data): with the cap their
+#: lookups are one gather instead of a binary search over 1M ids (~40 s per 200M listens at
+#: full size; 8% of a whole run in its py-spy profile, 2026-12-02)
 BIG_MAP = 1 << 16
 DENSE_CAP = 1 << 25
 #: rows per chunk when marking ids in `IdMap.from_values` (bounds the index temporaries)
 MARK_CHUNK = 1 << 24
+
+
+def dense_ids(top: int, n: int) -> bool:
+    """Whether non-negative integer ids up to `top` are compact enough for a table indexed by
+    id (`np.bincount`, an id -> code array) in place of a sort or binary search of `n` values.
+
+    `top < DENSE_FACTOR * n + DENSE_MIN`: at most 8 slots per value plus 1M, so ids spread up
+    to 2**31 get no table below 268M values. The one rule of `IdMap`'s table (which a big map
+    may also have up to DENSE_CAP), of `musicrec.metrics` and of `musicrec.plots`."""
+    return top < DENSE_FACTOR * n + DENSE_MIN
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,7 @@ class IdMap:
         if ids.size == 0 or ids.dtype.kind not in "iu" or int(ids[0]) < 0:
             return None
         top = int(ids[-1])
-        limit = max(DENSE_FACTOR * ids.size, DENSE_MIN)
-        if ids.size >= BIG_MAP:
-            limit = max(limit, DENSE_CAP)
-        if top >= limit:
+        if not (dense_ids(top, ids.size) or (ids.size >= BIG_MAP and top < DENSE_CAP)):
             return None
         table = np.full(top + 1, -1, dtype=np.int32)
         table[ids] = np.arange(ids.size, dtype=np.int32)

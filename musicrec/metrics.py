@@ -45,6 +45,7 @@ import pandas as pd
 
 from musicrec.columns import Columns as C
 from musicrec.errors import DataValidationError
+from musicrec.matrix import dense_ids
 
 __all__ = [
     "candidate_recall",
@@ -165,9 +166,10 @@ def _in_sorted(query: np.ndarray, sorted_ref: np.ndarray) -> BoolArray:
 
 
 def _dense_ints(a: np.ndarray, n_rows: int) -> bool:
-    """Non-negative ints small enough to index a table (bincount / lookup)."""
+    """Non-negative ints small enough to index a table (bincount / lookup) standing in for
+    a sort or search of `n_rows` values (`musicrec.matrix.dense_ids`)."""
     return a.dtype.kind in "iu" and (
-        len(a) == 0 or (int(a.min()) >= 0 and int(a.max()) < 8 * n_rows + (1 << 20))
+        len(a) == 0 or (int(a.min()) >= 0 and dense_ids(int(a.max()), n_rows))
     )
 
 
@@ -507,22 +509,11 @@ def _listener_counts(
     """Rows of history per query track (= listeners, one row per pair) and distinct users."""
     if len(hist_users) == 0:
         return np.zeros(len(query_tracks)), 0
-    dense_users = (
-        hist_users.dtype.kind in "iu"
-        and int(hist_users.min()) >= 0
-        and int(hist_users.max()) < 8 * len(hist_users) + (1 << 20)
-    )
-    if dense_users:
+    if _dense_ints(hist_users, len(hist_users)):
         n_users = int(np.count_nonzero(np.bincount(hist_users)))
     else:
         n_users = int(pd.Series(hist_users).nunique())
-    dense_tracks = (
-        hist_tracks.dtype.kind in "iu"
-        and query_tracks.dtype.kind in "iu"
-        and int(hist_tracks.min()) >= 0
-        and int(hist_tracks.max()) < 8 * len(hist_tracks) + (1 << 20)
-    )
-    if dense_tracks:
+    if query_tracks.dtype.kind in "iu" and _dense_ints(hist_tracks, len(hist_tracks)):
         counts = np.bincount(hist_tracks)
         q = query_tracks.astype(np.int64, copy=False)
         ok = (q >= 0) & (q < len(counts))

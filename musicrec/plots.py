@@ -33,6 +33,7 @@ import pandas as pd
 
 from musicrec.columns import Columns as C
 from musicrec.io import atomic_path
+from musicrec.matrix import dense_ids
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,10 +70,11 @@ _NO_GENRE = "(no genre)"
 
 # ---------------------------------------------------------------------------- aggregates
 def _counts(ids: np.ndarray) -> tuple[np.ndarray, npt.NDArray[np.int64]]:
-    """(distinct ids, rows per id), by bincount for non-negative ints."""
+    """(distinct ids, rows per id), by bincount for dense non-negative ints
+    (`musicrec.matrix.dense_ids`)."""
     if len(ids) == 0:
         return ids[:0], np.zeros(0, dtype=np.int64)
-    if ids.dtype.kind in "iu" and int(ids.min()) >= 0 and int(ids.max()) < 4 * len(ids) + 2**24:
+    if ids.dtype.kind in "iu" and int(ids.min()) >= 0 and dense_ids(int(ids.max()), len(ids)):
         bc = np.bincount(ids)
         nz = np.flatnonzero(bc)
         return nz.astype(ids.dtype), bc[nz].astype(np.int64)
