@@ -250,6 +250,9 @@ def pair_dots(
 def top_item_codes(matrix: InteractionMatrix, n: int | None) -> np.ndarray | None:
     """Sorted codes of the `n` items with the most listeners in `matrix` (None: all items).
 
+    Listeners are distinct users (the binary matrix's non-zeros per column), ties to the
+    lower code: `popular.listeners_per_track`'s order when no (user, track) pair repeats.
+
     Scoring every user against every track is the most expensive offline step at scale
     (users x items x factors multiply-adds); the long tail of rarely heard tracks almost
     never reaches a top-100, so `ALSConfig.max_scored_items` restricts scoring to the head.

@@ -120,6 +120,7 @@ def _history_stats(stage: FirstStage, items: pd.DataFrame, recent_days: int) -> 
     st: dict[str, Any] = {"item_map": item_map, "user_map": user_map}
 
     # --- item statistics over the history ---
+    # listens per item code (its listeners, one row per pair): as popular.listeners_per_track
     listeners = np.bincount(counts.indices, weights=counts.data, minlength=n_items)
     st["listeners"] = listeners.astype(np.float32)
     st["listeners_recent"] = np.bincount(h_icode[recent], minlength=n_items).astype(np.float32)

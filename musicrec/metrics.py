@@ -506,7 +506,8 @@ def _history_stats(top: _TopK, history: pd.DataFrame) -> _HistoryStats:
 def _listener_counts(
     hist_users: np.ndarray, hist_tracks: np.ndarray, query_tracks: np.ndarray
 ) -> tuple[FloatArray, int]:
-    """Rows of history per query track (= listeners, one row per pair) and distinct users."""
+    """Rows of history per query track (= listeners, one row per pair) and distinct users.
+    As `popular.listeners_per_track` counts them, looked up for the query tracks here."""
     if len(hist_users) == 0:
         return np.zeros(len(query_tracks)), 0
     if _dense_ints(hist_users, len(hist_users)):

@@ -153,6 +153,8 @@ class _Popularity:
 
 
 def _popularity(events: pd.DataFrame, users: bool = True) -> _Popularity:
+    """Rows per track (its listeners, one row per pair) and per user; the track counts are
+    `popular.listeners_per_track`'s (see there for the other places that count them)."""
     tracks, listeners = _counts(events[C.Item].to_numpy())
     per_user = _counts(events[C.User].to_numpy())[1] if users else np.zeros(0, dtype=np.int64)
     return _Popularity(tracks, listeners, per_user)

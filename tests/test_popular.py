@@ -121,3 +121,49 @@ def test_recommend_popular_from_a_one_track_list() -> None:
         listeners_per_track(EVENTS), InteractionMatrix.from_events(EVENTS), np.array([1, 99]), k=1
     )
     assert top1[C.Item].tolist() == [3, 5]
+
+
+def test_the_listener_counts_agree_on_a_history_with_a_repeated_pair() -> None:
+    """Listeners per track are counted in five places. The row counters (popular, plots,
+    metrics, the ranker's features) agree, a repeated (user, track) counting twice; ALS's
+    head of tracks counts distinct users, which is the same ranking once repeats are gone."""
+    from musicrec import features, metrics, plots
+    from musicrec.als import ALSModel, top_item_codes
+    from musicrec.candidates import FirstStage
+
+    # track 9: user 1 three times and user 4 (4 rows, 2 users); 5: users 1-3; 3: users 2, 4;
+    # 7: user 3
+    pairs = [(1, 9), (1, 5), (2, 5), (1, 9), (3, 5), (2, 3), (4, 9), (1, 9), (4, 3), (3, 7)]
+    history = _events(pairs)
+    t = pd.Timestamp("2022-01-01")
+    history[C.Datetime] = [t + pd.Timedelta(hours=h) for h in range(len(pairs))]
+    rows = {9: 4, 5: 3, 3: 2, 7: 1}
+    tracks = np.array(sorted(rows), np.int32)
+    expected = [rows[i] for i in tracks]
+
+    pop = listeners_per_track(history)
+    assert dict(zip(pop[C.Item], pop[C.Listeners], strict=True)) == rows
+    drawn = plots._popularity(history)
+    assert drawn.track_ids.tolist() == tracks.tolist()
+    assert drawn.listeners.tolist() == expected
+    hu, ht = history[C.User].to_numpy(), history[C.Item].to_numpy()
+    counted, n_users = metrics._listener_counts(hu, ht, np.append(tracks, 42))
+    assert counted.tolist() == [*expected, 0] and n_users == 4
+    matrix = InteractionMatrix.from_events(history)
+    als = ALSModel(matrix.users, matrix.items, np.ones((4, 2)), np.ones((4, 2)))
+    stage = FirstStage(history, t + pd.Timedelta(days=1), matrix, als, pop, history.iloc[:0])
+    catalog = pd.DataFrame({C.Item: tracks, C.MainGenre: 0, C.MainArtist: 0})
+    stats = features._history_stats(stage, catalog, recent_days=30)
+    assert stats["listeners"][matrix.items.codes(tracks)].tolist() == expected
+
+    # ALS: distinct users, 5 (3) then 3 and 9 (2 each, the lower id first), then 7
+    def als_head(n: int) -> list[int]:
+        codes = top_item_codes(matrix, n)
+        assert codes is not None
+        return matrix.items.ids[codes].tolist()
+
+    assert [als_head(n) for n in (1, 2, 3)] == [[5], [3, 5], [3, 5, 9]]
+    first = listeners_per_track(history.drop_duplicates([C.User, C.Item]))
+    for n in (1, 2, 3):
+        assert als_head(n) == sorted(first[C.Item].head(n).tolist())
+    assert first[C.Listeners].tolist() == [3, 2, 2, 1]
