@@ -54,7 +54,7 @@ from musicrec.errors import ArtifactError
 log = logging.getLogger("musicrec.event_store")
 
 
-class KeyReused(ValueError):
+class KeyReused(Exception):
     """`add_once` with a key the user already sent with another track (within the key's
     lifetime): a client bug, not a retry. Nothing is stored."""
 
@@ -98,13 +98,21 @@ _KEY_TYPES = {
     "track_id": "INTEGER",
     "ts": "REAL",
 }
-#: named integers of the store: `high_water` = the highest event id ever given (ids of a
-#: deleted user's events are not given again, across restarts too)
+#: named integers of the store: `high_water` = the id the latest deletion used up (written
+#: by deletions only; the next id is after it and after the table's highest, so a deleted
+#: user's ids are not given again, across restarts too)
 _META_TABLE = """
 CREATE TABLE IF NOT EXISTS event_meta (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID"""
+#: the newest id a read snapshot has seen: its highest event, or the id a deletion used up
+#: (a deletion can remove the highest events; the snapshots after it must still count as
+#: newer than every commit before it, or the cache refuses their fills: `RecentCache`)
+_SNAPSHOT_MAX = (
+    "SELECT max(coalesce((SELECT MAX(id) FROM events), 0), "
+    "coalesce((SELECT value FROM event_meta WHERE name = 'high_water'), 0))"
+)
 #: (user, key) pairs looked up per query (two parameters each: under SQLite's oldest
 #: limit of 999)
 _KEYS_PER_QUERY = 400
@@ -203,7 +211,10 @@ class RecentCache:
       (`snapshot_max`) and offered to `install`. If the writer has applied a commit newer
       than the snapshot meanwhile, that commit may hold events of this user the snapshot
       lacks (and `apply` skipped, as the user was not cached yet): the fill is refused and
-      the next read tries again. Otherwise every later commit reaches the entry by `apply`.
+      the next read tries again. Otherwise every later commit reaches the entry by `apply`;
+    * a deletion of a user's events (`forget`) drops the user's entry and refuses that
+      user's fills from snapshots older than the deletion, which used up an id of its own
+      (`stamp`) that every later snapshot counts as its newest (`_SNAPSHOT_MAX`).
     """
 
     def __init__(self, max_users: int, depth: int, max_events: int = 5_000_000) -> None:
@@ -574,14 +585,7 @@ class EventStore:
             raise ValueError(f"ids must be 64-bit integers: user {user_id}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        with self._submit_lock:  # as in `_submit`: never behind the stop marker
-            if self._closed:
-                raise StoreUnavailable("event store is closed")
-            if self._queue.qsize() >= self.max_pending:
-                with self._stats_lock:
-                    self.stats.refused_full += 1
-                raise StoreUnavailable(f"write queue full ({self.max_pending} calls waiting)")
-            self._queue.put(_Delete(user_id, loop, fut))
+        self._enqueue(_Delete(user_id, loop, fut))
         return await asyncio.shield(fut)
 
     async def _submit(self, user_id: int, track_id: int, key: str | None) -> Added:
@@ -589,7 +593,14 @@ class EventStore:
             raise ValueError(f"ids must be 64-bit integers: user {user_id}, track {track_id}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Added] = loop.create_future()
-        # the check and the put under one lock with `close()` (another thread): an event
+        self._enqueue(_Pending(user_id, track_id, time.time(), key, loop, fut))
+        # shield: a client that disconnects must not cancel the bookkeeping of the future
+        return await asyncio.shield(fut)
+
+    def _enqueue(self, item: _Pending | _Delete) -> None:
+        """Queue a call for the writer, or refuse it: the store is closed, or
+        `max_pending` calls (adds and deletions) wait already (backpressure)."""
+        # the check and the put under one lock with `close()` (another thread): a call
         # queued after the writer's stop marker would never be answered
         with self._submit_lock:
             if self._closed:
@@ -597,10 +608,8 @@ class EventStore:
             if self._queue.qsize() >= self.max_pending:
                 with self._stats_lock:
                     self.stats.refused_full += 1
-                raise StoreUnavailable(f"write queue full ({self.max_pending} events waiting)")
-            self._queue.put(_Pending(user_id, track_id, time.time(), key, loop, fut))
-        # shield: a client that disconnects must not cancel the bookkeeping of the future
-        return await asyncio.shield(fut)
+                raise StoreUnavailable(f"write queue full ({self.max_pending} calls waiting)")
+            self._queue.put(item)
 
     async def latest(self, user_id: int, k: int) -> list[int]:
         """The user's `k` most recent track ids, newest first (from the cache when it holds
@@ -732,7 +741,7 @@ class EventStore:
         try:
             conn.execute("BEGIN")
             try:
-                snapshot_max = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+                snapshot_max = conn.execute(_SNAPSHOT_MAX).fetchone()[0]
                 rows = [
                     conn.execute(
                         "SELECT id, track_id FROM events WHERE user_id = ? "
@@ -793,7 +802,9 @@ class EventStore:
             if late is not None:
                 leftover.append(late)
         if leftover:
-            self._resolve(leftover, None, StoreUnavailable("event not stored: event store closed"))
+            for late_item in leftover:
+                what = "nothing deleted" if isinstance(late_item, _Delete) else "event not stored"
+                self._resolve([late_item], None, StoreUnavailable(f"{what}: event store closed"))
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         """Write `batch` in one transaction (one fsync), then answer each caller: its new
@@ -892,15 +903,18 @@ class EventStore:
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            next_id = self._first_free_id(conn)
+            # the deletion uses up an id of its own: a snapshot after it reads it as its
+            # newest (`_SNAPSHOT_MAX`), one before it does not
+            stamp = self._first_free_id(conn)
             deleted = conn.execute("DELETE FROM events WHERE user_id = ?", (item.user_id,)).rowcount
             conn.execute("DELETE FROM event_keys WHERE user_id = ?", (item.user_id,))
             conn.execute(
                 "INSERT INTO event_meta (name, value) VALUES ('high_water', ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                (next_id - 1,),
+                (stamp,),
             )
             conn.execute("COMMIT")
+            self._next_id = stamp + 1
         except Exception as exc:
             log.exception("deleting the events of user %d failed", item.user_id)
             with contextlib.suppress(sqlite3.Error):
@@ -911,18 +925,14 @@ class EventStore:
             return
         if self.cache is not None and deleted:
             # this user's fills read before this commit may hold the deleted events
-            self.cache.forget(item.user_id, next_id)
+            self.cache.forget(item.user_id, stamp)
         with self._stats_lock:
             s = self.stats
             s.events -= deleted
             s.users -= 1 if deleted else 0
             s.deleted_users += 1 if deleted else 0
             s.deleted_events += deleted
-        answer: list[tuple[asyncio.Future[Any], Added | KeyReused | int | None]] = [
-            (item.future, deleted)
-        ]
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            item.loop.call_soon_threadsafe(_settle, answer, None)
+        self._resolve([item], [deleted], None)
         log.info("deleted the %d events of user %d", deleted, item.user_id)
 
     def _stored_keys(
@@ -976,7 +986,7 @@ class EventStore:
     @staticmethod
     def _resolve(
         batch: Sequence[_Pending | _Delete],
-        outcomes: Sequence[Added | KeyReused] | None,
+        outcomes: Sequence[Added | KeyReused | int] | None,
         exc: BaseException | None,
     ) -> None:
         """Hand results back to the event loop(s), one callback per loop: each call's

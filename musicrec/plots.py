@@ -78,8 +78,10 @@ def _counts(ids: np.ndarray) -> tuple[np.ndarray, npt.NDArray[np.int64]]:
         bc = np.bincount(ids)
         nz = np.flatnonzero(bc)
         return nz.astype(ids.dtype), bc[nz].astype(np.int64)
-    vc = pd.Series(ids).value_counts(sort=False)
-    return vc.index.to_numpy(), np.asarray(vc.to_numpy(), dtype=np.int64)
+    # sorted ids, as from the bincount: the order (and the charts' ties) does not depend
+    # on which way was taken
+    uniq, counts = np.unique(ids, return_counts=True)
+    return uniq, counts.astype(np.int64)
 
 
 def _user_codes(users: np.ndarray) -> tuple[np.ndarray, int]:

@@ -91,9 +91,9 @@ async def idempotency_key(
         str | None,
         Header(
             alias="Idempotency-Key",
-            max_length=KEY_MAX_LEN,
-            # trailing blanks: one HTTP parser keeps them (leading ones no parser keeps)
-            pattern=rf"^{KEY_CHARS}+[ \t]*$",
+            # trailing blanks: one HTTP parser keeps them (leading ones no parser keeps);
+            # the length bound is the key's, without them
+            pattern=rf"^{KEY_CHARS}{{1,{KEY_MAX_LEN}}}[ \t]*$",
             description="The client's id of this listen (e.g. a UUID), unique per user, 1 to "
             f"{KEY_MAX_LEN} printable ASCII characters without spaces, taken verbatim: a retry "
             "with the same key within the key's lifetime (MUSICREC_EVENTS_KEY_TTL_S, default a "
@@ -190,7 +190,9 @@ class StatsResponse(BaseModel):
     mean_batch: float = Field(description="Mean events per group commit")
     max_batch: int
     failed_commits: int
-    refused_full: int = Field(description="`/add_event` calls refused: write queue full")
+    refused_full: int = Field(
+        description="`/add_event` and `/delete_events` calls refused: write queue full"
+    )
     replayed: int = Field(
         description="`/add_event` calls whose Idempotency-Key had stored the event already"
     )

@@ -325,19 +325,9 @@ class Verifier:
         self.record(ok, "delete_events: the user's history deleted", shown, reply)
 
     def history_of(self, user_id: int) -> list[int] | None:
-        """The user's latest events as `events_of` reads them, or None if the read failed."""
-        _, reply = _call(
-            "POST",
-            f"{self.events_url}/get_events",
-            params={"user_id": user_id, "k": max(self.settings.exclude_events_max, 100)},
-            headers=self.api_headers,
-        )
-        events = (
-            reply.data.get("events") if reply.is_json and isinstance(reply.data, dict) else None
-        )
-        return [int(t) for t in events] if isinstance(events, list) else None
-
-    def events_of(self, user_id: int) -> list[int]:
+        """The user's latest events, as deep as the services read them (the larger of
+        `online_history_k` and `exclude_events_max`), newest first; None if the read
+        failed."""
         k = max(self.settings.online_history_k, self.settings.exclude_events_max)
         _, reply = _call(
             "POST",
@@ -345,9 +335,14 @@ class Verifier:
             params={"user_id": user_id, "k": k},
             headers=self.api_headers,
         )
-        if reply.status != 200 or not isinstance(reply.data, dict):
-            return []
-        return [int(t) for t in reply.data.get("events", [])]
+        events = reply.data.get("events") if isinstance(reply.data, dict) else None
+        if reply.status != 200 or not isinstance(events, list):
+            return None
+        return [int(t) for t in events]
+
+    def events_of(self, user_id: int) -> list[int]:
+        """`history_of`, with a failed read as no events."""
+        return self.history_of(user_id) or []
 
     def expected_online(self, picks: Picks, user_id: int, recent: list[int], k: int) -> list[int]:
         seeds = dedupe(recent)[: self.settings.online_history_k]

@@ -260,3 +260,12 @@ def test_month_axis_labels_at_most_24(months: int, labels: int) -> None:
 def test_count_labels_below_one_keep_their_value() -> None:
     """A log axis's 0.1 tick was labelled `0`."""
     assert [P._count_label(v) for v in (0.1, 0, 1, 1234.0)] == ["0.1", "0", "1", "1,234"]
+
+
+@pytest.mark.parametrize("ids", [[5_000_000, 3_000_000, 5_000_000], [2**40, 7, 2**40]])
+def test_counts_are_by_id_whichever_way_they_are_counted(ids: list[int]) -> None:
+    """Ids too sparse for a bincount were counted in first-seen order, so the top-tracks
+    chart broke ties by appearance for them and by id for the others."""
+    uniq, counts = P._counts(np.array(ids, dtype=np.int64))
+    assert uniq.tolist() == sorted(set(ids))
+    assert counts.tolist() == [ids.count(i) for i in sorted(set(ids))]

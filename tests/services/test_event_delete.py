@@ -77,15 +77,15 @@ def test_ids_of_deleted_events_are_never_given_again(tmp_path: Path) -> None:
     store.open()
     try:
         assert [asyncio.run(store.add(u, 1)) for u in (1, 1, 2)] == [1, 2, 3]
-        assert asyncio.run(store.delete_user(2)) == 1
-        assert asyncio.run(store.add(3, 1)) == 4
-        assert asyncio.run(store.delete_user(3)) == 1
+        assert asyncio.run(store.delete_user(2)) == 1  # uses up id 4 (see the cache's rule)
+        assert asyncio.run(store.add(3, 1)) == 5
+        assert asyncio.run(store.delete_user(3)) == 1  # 6
     finally:
         store.close()
     store = EventStore(path)
     store.open()
     try:
-        assert asyncio.run(store.add(1, 1)) == 5
+        assert asyncio.run(store.add(1, 1)) == 7
     finally:
         store.close()
 
@@ -289,3 +289,22 @@ def test_a_foreign_or_damaged_event_meta_is_refused_and_lets_go(tmp_path: Path, 
     store = EventStore(path, owner_wait_s=0.1)
     store.open()
     store.close()
+
+
+def test_deleting_the_user_of_the_newest_events_keeps_the_cache_filling(tmp_path: Path) -> None:
+    """A snapshot's newest id went down when the deleted user held the newest events: the
+    cache then refused every user's fill (each read went to SQLite) until the next add."""
+    store = EventStore(tmp_path / "top.db")
+    store.open()
+    assert store.cache is not None
+    try:
+        for t in range(5):
+            asyncio.run(store.add(1, t))
+        asyncio.run(store.add(2, 99))  # user 2 holds the newest event
+        assert asyncio.run(store.delete_user(2)) == 1
+        for _ in range(3):
+            assert asyncio.run(store.latest(1, 5)) == [4, 3, 2, 1, 0]
+            assert asyncio.run(store.latest(2, 5)) == []
+        assert (store.cache.refused_fills, store.cache.misses) == (0, 2)
+    finally:
+        store.close()

@@ -339,7 +339,10 @@ def test_a_repeated_key_header_is_a_422_and_blanks_after_it_are_not_the_key(
             headers={"Idempotency-Key": "k2 \t"},
         )
         assert padded.headers[REPLAYED_HEADER] == "true"
-    assert rows(settings.event_db_path, 1) == [10]
+        longest = "k" * KEY_MAX_LEN  # its blanks do not count against the bound either
+        assert add(c, 1, 11, longest).status_code == 200
+        assert add(c, 1, 11, longest + " ").headers[REPLAYED_HEADER] == "true"
+    assert rows(settings.event_db_path, 1) == [10, 11]
 
 
 def test_a_keys_table_with_a_column_of_a_later_version_opens(tmp_path: Path) -> None:
