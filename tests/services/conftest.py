@@ -230,8 +230,9 @@ def queued_behind_a_writer_lock(path: Path, calls: Callable[[], list[Any]]) -> l
 
 
 def fail_writes(path: Path, table: str, op: str = "INSERT", why: str = "disk is full") -> None:
-    """Make every `op` on `table` of the database at `path` fail in SQLite with `why`
-    (test)` (a trigger standing for a full disk or an I/O error), until `heal_writes`."""
+    """Make every `op` on `table` of the database at `path` fail in SQLite with the
+    message `<why> (test)` (a trigger standing for a full disk or an I/O error), until
+    `heal_writes`."""
     with sqlite3.connect(path) as db:
         db.execute(
             f"CREATE TRIGGER fail_writes BEFORE {op} ON {table} "
