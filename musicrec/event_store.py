@@ -655,6 +655,7 @@ class EventStore:
                 "cache_events": self.cache.events if self.cache is not None else 0,
                 "cache_hits": self.cache.hits if self.cache is not None else 0,
                 "cache_misses": self.cache.misses if self.cache is not None else 0,
+                "cache_refused_fills": self.cache.refused_fills if self.cache is not None else 0,
             }
 
     def _check_layout(self, conn: sqlite3.Connection, tables: Sequence[str]) -> None:

@@ -211,6 +211,11 @@ class StatsResponse(BaseModel):
     cache_misses: int = Field(
         description="Users' reads answered from SQLite (not in memory, or deeper than held)"
     )
+    cache_refused_fills: int = Field(
+        description="Reads from SQLite not kept in memory because a write or a deletion "
+        "committed while they read (the next read tries again); a count that keeps growing "
+        "means the cache is not filling"
+    )
 
 
 async def get_store(request: Request) -> EventStore:

@@ -229,6 +229,7 @@ def test_a_fill_racing_the_deletion_does_not_bring_the_events_back(tmp_path: Pat
     finally:
         store.close()
     assert (old_snapshot, deleted, after) == ([11, 10], 2, [])
+    assert cache.refused_fills == 1  # the racing fill
 
 
 def test_a_deletion_refuses_older_fills_of_that_user_only() -> None:
@@ -306,5 +307,7 @@ def test_deleting_the_user_of_the_newest_events_keeps_the_cache_filling(tmp_path
             assert asyncio.run(store.latest(1, 5)) == [4, 3, 2, 1, 0]
             assert asyncio.run(store.latest(2, 5)) == []
         assert (store.cache.refused_fills, store.cache.misses) == (0, 2)
+        counts = asyncio.run(store.counts())
+        assert (counts["cache_refused_fills"], counts["cache_misses"]) == (0, 2)
     finally:
         store.close()
