@@ -794,18 +794,14 @@ class EventStore:
             if adds:
                 self._commit(adds)
         # anything queued after the stop marker (a race with close()) is refused, not lost
-        leftover: list[_Pending | _Delete] = []
         while True:
             try:
                 late = self._queue.get_nowait()
             except queue.Empty:
                 break
             if late is not None:
-                leftover.append(late)
-        if leftover:
-            for late_item in leftover:
-                what = "nothing deleted" if isinstance(late_item, _Delete) else "event not stored"
-                self._resolve([late_item], None, StoreUnavailable(f"{what}: event store closed"))
+                what = "nothing deleted" if isinstance(late, _Delete) else "event not stored"
+                self._resolve([late], None, StoreUnavailable(f"{what}: event store closed"))
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         """Write `batch` in one transaction (one fsync), then answer each caller: its new
@@ -897,9 +893,9 @@ class EventStore:
         return self._next_id
 
     def _delete(self, item: _Delete) -> None:
-        """Delete a user's events and keys in one transaction, record the highest id given
-        so far (ids are not given again), drop the user from the cache, answer the
-        caller."""
+        """Delete a user's events and keys in one transaction that uses up an id of its own
+        (`stamp`, kept as `high_water`: no id is given again), drop the user from the
+        cache, answer the caller."""
         conn = self._wconn
         assert conn is not None
         try:
