@@ -224,6 +224,9 @@ def test_an_unforeseen_failure_is_in_the_execution_log(generated: Path, tmp_path
     assert "ERROR musicrec.cli: failed" in log and "Traceback" in tail, log[-3000:]
     assert "IsADirectoryError" in tail or "is a directory" in tail.lower(), tail
     assert res.stderr.count("Traceback (most recent call last)") == 1, res.stderr[-3000:]
+    # the command draws the progress bar, last on the stage that failed
+    bar = [f for f in res.stderr.replace("\r", "\n").splitlines() if f.startswith("pipeline:")]
+    assert bar and bar[-1].endswith(", similar]"), bar[-3:]
 
 
 def test_sigterm_during_the_ranker_fit_exits_143(generated: Path, tmp_path: Path) -> None:

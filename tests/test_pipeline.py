@@ -299,6 +299,33 @@ def test_execution_log_written(tiny_pipeline: TinyPipeline) -> None:
     assert "Traceback" not in text
 
 
+def test_progress_bar_steps_through_every_stage_by_name(
+    tiny_pipeline: TinyPipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run shows a progress bar on stderr: one step a stage, the running stage's name
+    beside the count, ending at every stage done. (The stage times are in the log:
+    `test_execution_log_written`.) A rerun (every stage reused) draws the same bar."""
+    run_pipeline(tiny_pipeline.data_dir, tiny_pipeline.root, tiny_pipeline.cfg, progress=True)
+    err = capsys.readouterr().err
+    frames = [f for f in re.split(r"[\r\n]+", err) if f.startswith("pipeline:")]
+    shown = re.findall(r"(\d+)/(\d+) \[[^\]]*?, (\w+)\]", "\n".join(frames))
+    # each stage named while it runs, with the count of the stages before it
+    named = [(int(n), stage) for n, total, stage in shown if int(total) == len(STAGES)]
+    for i, stage in enumerate(STAGES):
+        assert (i, stage) in named, (stage, frames)
+    assert list(dict.fromkeys(stage for _, stage in named)) == STAGES  # in the plan's order
+    assert f"{len(STAGES)}/{len(STAGES)}" in frames[-1], frames[-1]
+    assert "stage" in frames[-1]  # the unit: stages, not items
+
+
+def test_progress_bar_off_writes_nothing_to_stderr(
+    tiny_pipeline: TinyPipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`progress=False` (the tests, the benchmark's own display) draws no bar."""
+    run_pipeline(tiny_pipeline.data_dir, tiny_pipeline.root, tiny_pipeline.cfg, progress=False)
+    assert "pipeline:" not in capsys.readouterr().err
+
+
 def test_second_run_reuses_every_stage(
     tiny_pipeline: TinyPipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
