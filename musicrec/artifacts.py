@@ -169,13 +169,38 @@ class ArtifactPaths:
             d.mkdir(parents=True, exist_ok=True)
 
 
-#: required columns of each artifact read back by `musicrec.io.read_artifact` (file name ->
-#: columns): the services read these parquet files, the pipeline items and events
-ARTIFACT_COLUMNS: dict[str, list[str]] = {
-    "top_popular.parquet": [C.Item, C.Rank, C.Listeners],
-    "personal_als.parquet": list(C.Recommendations),
-    "recommendations.parquet": list(C.Recommendations),
-    "similar.parquet": [C.Item1, C.Item2, C.Score, C.Rank],
-    "items.parquet": [C.Item, C.TrackName, C.ArtistNames, C.AlbumNames, C.GenreNames],
-    "events.parquet": [C.User, C.Item, C.Datetime, C.Seq],
+#: the output schema of every recommender (`Columns.Recommendations`), with its kinds
+_RANKED = {C.User: "integer", C.Item: "integer", C.Score: "number", C.Rank: "number"}
+#: required columns of each artifact read back by `musicrec.io.read_artifact`, with the kind
+#: of Arrow type each must have (file name -> column -> kind; the kinds are those of
+#: `musicrec.io.COLUMN_KINDS`): the services read these parquet files, the pipeline items
+#: and events (every column prepare writes: the stages use them all)
+ARTIFACT_COLUMNS: dict[str, dict[str, str]] = {
+    "top_popular.parquet": {C.Item: "integer", C.Rank: "number", C.Listeners: "number"},
+    "personal_als.parquet": _RANKED,
+    "recommendations.parquet": _RANKED,
+    "similar.parquet": {
+        C.Item1: "integer",
+        C.Item2: "integer",
+        C.Score: "number",
+        C.Rank: "number",
+    },
+    "items.parquet": {
+        C.Item: "integer",
+        C.TrackName: "string",
+        C.ArtistNames: "list of strings",
+        C.AlbumNames: "list of strings",
+        C.GenreNames: "list of strings",
+        C.ArtistIds: "list of integers",
+        C.GenreIds: "list of integers",
+        C.MainGenre: "integer",
+        C.MainGenreName: "string",
+        C.MainArtist: "integer",
+    },
+    "events.parquet": {
+        C.User: "integer",
+        C.Item: "integer",
+        C.Datetime: "timestamp",
+        C.Seq: "integer",
+    },
 }

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,17 +129,46 @@ def write_parquet_batches(frames: Iterable[pd.DataFrame], path: str | Path) -> i
     return rows
 
 
+def _is_list_of(value_check: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
+    """A list type whose values pass `value_check`, or hold nothing (every list empty)."""
+
+    def check(t: pa.DataType) -> bool:
+        return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            value_check(t.value_type) or pa.types.is_null(t.value_type)
+        )
+
+    return check
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+#: the kinds of column `ARTIFACT_COLUMNS` names, each with the Arrow types it accepts
+COLUMN_KINDS: dict[str, Callable[[pa.DataType], bool]] = {
+    "integer": pa.types.is_integer,
+    "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+    "timestamp": pa.types.is_timestamp,
+    "string": _is_text,
+    "list of strings": _is_list_of(_is_text),
+    "list of integers": _is_list_of(pa.types.is_integer),
+}
+
+
 def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -> pa.Table:
     """Read the parquet artifact at `path`, or raise `ArtifactError` naming the file and
     saying what is wrong: it is missing (the message ends with `missing_hint`, what to run
     or set), it is not a readable parquet file, it lacks required columns (each named, with
-    the columns found), or its data does not read through.
+    the columns found), a required column has the wrong kind of type (named, with the
+    kind expected and the type found), or its data does not read through.
 
-    The required columns are `ARTIFACT_COLUMNS[path.name]`; they are checked in the schema
-    before any data is read. Only they are read, or every column of the file with
-    `all_columns` (for the prepared data, whose further columns the stages use).
+    The required columns and their kinds are `ARTIFACT_COLUMNS[path.name]`; they are
+    checked in the schema before any data is read, so a stale or hand-made file fails here,
+    naming its column, rather than in a stage or a request. Only they are read, or every
+    column of the file with `all_columns`.
     """
-    required = ARTIFACT_COLUMNS[path.name]
+    kinds = ARTIFACT_COLUMNS[path.name]
+    required = list(kinds)
     if not path.is_file():
         raise ArtifactError(f"{path}: artifact file is missing ({missing_hint})")
     try:
@@ -151,6 +180,12 @@ def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -
         raise ArtifactError(
             f"{path}: missing column(s) {missing}; expected {required}, found {schema.names}"
         )
+    for name, kind in kinds.items():
+        if len(schema.get_all_field_indices(name)) > 1:
+            raise ArtifactError(f"{path}: column '{name}' appears more than once")
+        found = schema.field(name).type
+        if not COLUMN_KINDS[kind](found):
+            raise ArtifactError(f"{path}, column '{name}': expected {kind}, found {found}")
     try:
         return pq.read_table(path, columns=None if all_columns else required)
     except (pa.ArrowException, OSError) as exc:

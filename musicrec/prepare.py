@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from musicrec.artifacts import ArtifactPaths
+from musicrec.artifacts import ARTIFACT_COLUMNS, ArtifactPaths
 from musicrec.columns import Columns as C
 from musicrec.config import DataConfig
 from musicrec.io import read_artifact, write_parquet
@@ -34,19 +34,9 @@ from musicrec.raw import list_array_from_parents, read_raw_tables
 
 log = logging.getLogger("musicrec.prepare")
 
-ITEM_COLUMNS = [
-    C.Item,
-    C.TrackName,
-    C.ArtistNames,
-    C.AlbumNames,
-    C.GenreNames,
-    C.ArtistIds,
-    C.GenreIds,
-    C.MainGenre,
-    C.MainGenreName,
-    C.MainArtist,
-]
-EVENT_COLUMNS = [C.User, C.Item, C.Datetime, C.Seq]
+#: the columns of items.parquet and events.parquet, in order (their kinds: ARTIFACT_COLUMNS)
+ITEM_COLUMNS = list(ARTIFACT_COLUMNS["items.parquet"])
+EVENT_COLUMNS = list(ARTIFACT_COLUMNS["events.parquet"])
 UNKNOWN_GENRE = "unknown"
 #: what to do when a prepared file is missing (the end of `load_prepared`'s error)
 MISSING_HINT = "run `python -m musicrec prepare` first"

@@ -227,6 +227,69 @@ def test_load_prepared_missing_column_lists_the_columns_found(
     )
 
 
+@pytest.mark.parametrize(
+    ("file", "column", "bad", "kind"),
+    [
+        ("events", C.User, pa.array(["u1"], pa.string()), "integer"),
+        ("events", C.Datetime, pa.array(["2022-01-01"]), "timestamp"),
+        ("events", C.Seq, pa.array([1.5], pa.float64()), "integer"),
+        ("items", C.TrackName, pa.array([7], pa.int64()), "string"),
+        ("items", C.GenreIds, pa.array([["pop"]]), "list of integers"),
+        ("items", C.ArtistNames, pa.array([[1]], pa.list_(pa.int32())), "list of strings"),
+        ("items", C.MainGenre, pa.array(["rock"]), "integer"),
+    ],
+)
+def test_load_prepared_wrong_column_type_names_the_column(
+    prepared: PreparedData,
+    paths: ArtifactPaths,
+    file: str,
+    column: str,
+    bad: pa.Array,
+    kind: str,
+) -> None:
+    """A prepared file with a column of the wrong type (hand-made, or written by another
+    tool) loaded and failed later, inside a stage, with no word of the file. Now it is an
+    `ArtifactError` naming the file, the column, the kind expected and the type found."""
+    path = paths.events if file == "events" else paths.items
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    n = table.num_rows
+    bad_column = pa.concat_arrays([bad] * n) if n > 1 else bad
+    pq.write_table(table.set_column(i, column, bad_column), path)
+    found = pq.read_schema(path).field(column).type  # as stored (lists' items are renamed)
+    assert found.equals(bad.type, check_metadata=False) or str(found).startswith("list<")
+    with pytest.raises(ArtifactError) as err:
+        load_prepared(paths)
+    assert str(err.value) == f"{path}, column '{column}': expected {kind}, found {found}"
+
+
+def test_load_prepared_accepts_other_widths_and_empty_lists(
+    prepared: PreparedData, paths: ArtifactPaths
+) -> None:
+    """The kinds, not the exact types, are checked: int64 ids, a large_string name and
+    lists that are all empty (`list<null>`, as pandas writes them) load."""
+    table = pq.read_table(paths.items)
+    n = table.num_rows
+    for name, arr in [
+        (C.Item, table[C.Item].cast(pa.int64())),
+        (C.TrackName, table[C.TrackName].cast(pa.large_string())),
+        (C.AlbumNames, pa.array([[]] * n, pa.list_(pa.null()))),
+    ]:
+        table = table.set_column(table.schema.get_field_index(name), name, arr)
+    pq.write_table(table, paths.items)
+    loaded = load_prepared(paths)
+    assert len(loaded.items) == n and loaded.items[C.AlbumNames].map(len).eq(0).all()
+
+
+def test_load_prepared_refuses_a_repeated_column(
+    prepared: PreparedData, paths: ArtifactPaths
+) -> None:
+    table = pq.read_table(paths.events)
+    pq.write_table(table.append_column(C.User, table[C.User]), paths.events)
+    with pytest.raises(ArtifactError, match=f"column '{C.User}' appears more than once"):
+        load_prepared(paths)
+
+
 # ------------------------------------------------------------------------------ real data
 
 
