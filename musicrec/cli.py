@@ -107,6 +107,16 @@ def pipeline(
     )
 
 
+@app.command("config")
+def show_config(config: ConfigFile = None) -> None:
+    """Print the pipeline parameters a run would use (the defaults, or those of --config /
+    MUSICREC_CONFIG_FILE) as a TOML file: every key, with its meaning and limits."""
+    from musicrec.config import config_as_toml, load_config
+    from musicrec.settings import get_settings
+
+    typer.echo(config_as_toml(load_config(config or get_settings().config_file)), nl=False)
+
+
 @app.command()
 def serve(
     verify: Annotated[

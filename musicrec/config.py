@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import tomllib
 from datetime import date, time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from musicrec.columns import DEFAULT_FEATURES, FEATURES
 from musicrec.errors import ConfigError
@@ -38,7 +40,7 @@ class DataConfig(_Strict):
     sample_users_share: float = Field(
         1.0, gt=0, le=1, description="Share of users kept (1.0 = all; for quick exploration only)"
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the user sampling")
 
 
 class SplitConfig(_Strict):
@@ -71,12 +73,12 @@ RANKER_LOSSES = frozenset(
 
 
 class ALSConfig(_Strict):
-    factors: int = Field(64, ge=1)
-    regularization: float = Field(0.01, ge=0)
+    factors: int = Field(64, ge=1, description="Latent factors")
+    regularization: float = Field(0.01, ge=0, description="L2 regularisation of the factors")
     alpha: float = Field(
         10.0, gt=0, description="Confidence of a listen (implicit 0.7: alpha*value)"
     )
-    iterations: int = Field(15, ge=1)
+    iterations: int = Field(15, ge=1, description="Alternating least-squares sweeps")
     warm_start_iterations: int | None = Field(
         None,
         ge=1,
@@ -84,8 +86,12 @@ class ALSConfig(_Strict):
         "the label-window ALS with this many iterations instead of `iterations` from random "
         "ones (the two histories differ by one label window); None = a cold fit",
     )
-    random_state: int = 42
-    tune: bool = True
+    random_state: int = Field(42, description="Seed of the factors' initialisation")
+    tune: bool = Field(
+        True,
+        description="Grid search (the three grids below) on the label window, never the "
+        "test window; its pick replaces factors, regularization and alpha",
+    )
     tune_max_users: int | None = Field(
         30_000,
         ge=1,
@@ -93,9 +99,9 @@ class ALSConfig(_Strict):
         "None = every user. The chosen parameters are then fit on every user",
     )
     # each grid needs a value: an empty one made `tune` pick nothing, silently
-    factors_grid: list[int] = Field([32, 64], min_length=1)
-    regularization_grid: list[float] = Field([0.01, 0.1], min_length=1)
-    alpha_grid: list[float] = Field([5.0, 20.0], min_length=1)
+    factors_grid: list[int] = Field([32, 64], min_length=1, description="Tuning grid")
+    regularization_grid: list[float] = Field([0.01, 0.1], min_length=1, description="Tuning grid")
+    alpha_grid: list[float] = Field([5.0, 20.0], min_length=1, description="Tuning grid")
     n_recs: int = Field(100, ge=1, le=1000, description="ALS recommendations kept per user")
     max_scored_items: int | None = Field(
         None,
@@ -103,25 +109,31 @@ class ALSConfig(_Strict):
         description="Score users (and similar tracks) only against this many most-listened "
         "tracks; None = every track. Bounds the cost of scoring at full scale",
     )
-    batch_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(10_000, ge=1, description="Users scored per batch")
 
 
 class SimilarConfig(_Strict):
     k: int = Field(20, ge=1, le=500, description="Similar tracks kept per track")
-    batch_size: int = Field(4096, ge=1)
+    batch_size: int = Field(4096, ge=1, description="Tracks per batch")
 
 
 class RankerConfig(_Strict):
     # at most 10,000 of each per user (ranks are stored as int16; a reranker over more
     # candidates per user would be scoring most of a catalogue anyway)
-    als_candidates: int = Field(100, ge=1, le=10_000)
-    popular_candidates: int = Field(50, ge=0, le=10_000)
-    similar_candidates: int = Field(50, ge=0, le=10_000)
+    als_candidates: int = Field(100, ge=1, le=10_000, description="ALS candidates per user")
+    popular_candidates: int = Field(
+        50, ge=0, le=10_000, description="Popular candidates per user (unheard)"
+    )
+    similar_candidates: int = Field(
+        50, ge=0, le=10_000, description="Candidates similar to the latest listens per user"
+    )
     recent_tracks: int = Field(5, ge=1, description="Latest tracks whose neighbours are candidates")
-    negatives_per_user: int = Field(30, ge=1)
-    iterations: int = Field(300, ge=1)
-    learning_rate: float = Field(0.05, gt=0)
-    depth: int = Field(6, ge=1, le=16)
+    negatives_per_user: int = Field(
+        30, ge=1, description="Candidates without a label-window listen kept per user"
+    )
+    iterations: int = Field(300, ge=1, description="CatBoost trees")
+    learning_rate: float = Field(0.05, gt=0, description="CatBoost learning rate")
+    depth: int = Field(6, ge=1, le=16, description="CatBoost tree depth")
     l2_leaf_reg: float = Field(
         3.0, ge=0, description="CatBoost's L2 regularisation of leaf values (its default, 3)"
     )
@@ -129,8 +141,8 @@ class RankerConfig(_Strict):
         "YetiRank:permutations=1",
         description="CatBoost loss; one YetiRank permutation trains ~3x faster, same NDCG on demo",
     )
-    thread_count: int = 2
-    random_seed: int = 42
+    thread_count: int = Field(2, description="CatBoost threads (-1: every core)")
+    random_seed: int = Field(42, description="CatBoost seed (of the first model of a bag)")
     bag_size: int = Field(
         1,
         ge=1,
@@ -311,6 +323,59 @@ def _as_json_value(value: object) -> str:
     if isinstance(value, date | time):  # datetime is a date
         return value.isoformat()
     raise TypeError(f"a value of type {type(value).__name__} ({value!r}) has no config meaning")
+
+
+def _toml_value(value: object) -> str:
+    """A config value in TOML (JSON's strings, numbers and lists are TOML's; a day is
+    unquoted; a float keeps its decimal point)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float | str):
+        return json.dumps(value)
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _field_note(info: FieldInfo) -> str:
+    """A field's description and limits, for a comment (empty when it has neither)."""
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "items >="}
+    limits = [
+        f"{words[name]} {getattr(m, name)}"
+        for m in info.metadata
+        for name in words
+        if getattr(m, name, None) is not None
+    ]
+    parts = [info.description or "", f"({', '.join(limits)})" if limits else ""]
+    return " ".join(p for p in parts if p)
+
+
+def config_as_toml(cfg: PipelineConfig) -> str:
+    """`cfg` as a TOML config file listing every key, each with its description and
+    limits as a comment; a key that is None (TOML has no null) is a commented-out line.
+    `load_config` reads the text back to `cfg`."""
+    top: list[str] = []
+    tables: list[str] = []
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            tables.append(f"\n[{name}]")
+            for sub, sub_info in type(value).model_fields.items():
+                tables.append(_toml_line(sub, getattr(value, sub), sub_info))
+        else:
+            top.append(_toml_line(name, value, info))
+    return "\n".join([*top, *tables]) + "\n"
+
+
+def _toml_line(name: str, value: object, info: FieldInfo) -> str:
+    """The key's line, after its note as comment lines."""
+    note = textwrap.wrap(
+        _field_note(info), 86, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+    )
+    line = f"# {name} = (unset)" if value is None else f"{name} = {_toml_value(value)}"
+    return "\n".join([*note, line])
 
 
 def load_config(path: str | Path | None) -> PipelineConfig:

@@ -1020,14 +1020,17 @@ def run_pipeline(
             log.info(
                 "removed %d temporary files (%.1f MB) of an interrupted run", files, size / 1e6
             )
-        bar = tqdm(build_plan(ctx), desc="pipeline", unit="stage", disable=not progress)
-        for stage in bar:
-            bar.set_postfix_str(stage.name)
-            run = functools.partial(ctx.run_stage, stage)
-            if on_stage is not None:
-                on_stage(stage.name, run)
-            else:
-                run()
+        plan = build_plan(ctx)
+        # counted by hand: an iterating bar shows a count that lags behind its stage name
+        with tqdm(total=len(plan), desc="pipeline", unit="stage", disable=not progress) as bar:
+            for stage in plan:
+                bar.set_postfix_str(stage.name)  # redrawn at once, with the stages done
+                run = functools.partial(ctx.run_stage, stage)
+                if on_stage is not None:
+                    on_stage(stage.name, run)
+                else:
+                    run()
+                bar.update(1)
         metrics = collect_metrics(ctx)
         write_json(metrics, paths.metrics)
         if settings is not None:  # still under the lock: no other run rewrites what is sent

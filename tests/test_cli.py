@@ -50,10 +50,37 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "data"
 
 
+def test_config_prints_the_parameters_a_run_would_use(tmp_path: Path) -> None:
+    """`config` prints a TOML file of every parameter: the defaults, those of `--config`,
+    or those of MUSICREC_CONFIG_FILE; a bad file is the usual one-line error, exit 2."""
+    from musicrec.config import PipelineConfig, load_config
+
+    shown = tmp_path / "shown.toml"
+    res = cli("config", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    shown.write_text(res.stdout)
+    assert load_config(shown) == PipelineConfig()
+    assert "\n[ranker]\n" in res.stdout and "# test_start = (unset)" in res.stdout
+
+    lastfm = REPO / "configs" / "lastfm.toml"
+    for res in (
+        cli("config", "--config", str(lastfm), cwd=tmp_path),
+        cli("config", cwd=tmp_path, env={"MUSICREC_CONFIG_FILE": str(lastfm)}),
+    ):
+        assert res.returncode == 0, res.stderr
+        shown.write_text(res.stdout)
+        assert load_config(shown) == load_config(lastfm) != PipelineConfig()
+
+    (tmp_path / "bad.toml").write_text("[als]\nfactors = 0\n")
+    res = cli("config", "--config", "bad.toml", cwd=tmp_path)
+    assert res.returncode == 2 and "bad.toml: invalid config: als.factors" in res.stderr
+    assert not res.stdout
+
+
 def test_help_lists_the_commands(tmp_path: Path) -> None:
     res = cli("--help", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    for command in ("generate", "prepare", "pipeline", "serve", "verify", "upload"):
+    for command in ("generate", "prepare", "pipeline", "config", "serve", "verify", "upload"):
         assert command in res.stdout
     assert not list(tmp_path.iterdir())  # --help writes nothing
 

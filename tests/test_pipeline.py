@@ -28,7 +28,7 @@ from musicrec.als import ALSModel
 from musicrec.artifacts import RUN_LOCK, ArtifactPaths
 from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFiles
 from musicrec.columns import Columns as C
-from musicrec.config import PipelineConfig, load_config
+from musicrec.config import PipelineConfig, config_as_toml, load_config
 from musicrec.errors import ConfigError, DataValidationError
 from musicrec.heard import HeardIndex
 from musicrec.matrix import InteractionMatrix, rows_of_keys
@@ -1216,6 +1216,48 @@ def test_load_config_rejects_other_formats_and_missing_files(tmp_path: Path) -> 
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+CONFIG_FILES = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+SECTIONS = ["data", "split", "als", "similar", "ranker", "eval"]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PipelineConfig(),
+        PipelineConfig.model_validate(
+            {
+                "split": {"test_start": "2022-12-16"},
+                "als": {"max_scored_items": 5000, "factors_grid": [8, 16]},
+                "ranker": {"features": ["als_score", "main_genre"], "bag_size": 3},
+                "final_fit": "all",
+            }
+        ),
+        *[load_config(path) for path in CONFIG_FILES],
+    ],
+    ids=["defaults", "custom", *[p.stem for p in CONFIG_FILES]],
+)
+def test_config_as_toml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_path: Path) -> None:
+    """`python -m musicrec config` prints this text: a config file that `load_config`
+    reads back to the same parameters, with every key on a line (None ones commented out,
+    as TOML has no null) and a comment above each key that has a description or limits."""
+    text = config_as_toml(cfg)
+    path = tmp_path / "shown.toml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    lines = text.splitlines()
+    for section, model in [(None, cfg), *[(n, getattr(cfg, n)) for n in SECTIONS]]:
+        for name, info in type(model).model_fields.items():
+            if name in SECTIONS and section is None:
+                assert f"[{name}]" in lines
+                continue
+            value = getattr(model, name)
+            mark = f"# {name} = " if value is None else f"{name} = "
+            at = [i for i, line in enumerate(lines) if line.startswith(mark)]
+            assert at, (section, name)
+            if info.description:
+                assert lines[at[0] - 1].startswith("# "), (section, name)
 
 
 def test_split_stage_does_not_hold_the_label_split(tiny_pipeline: TinyPipeline) -> None:
