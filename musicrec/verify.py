@@ -37,6 +37,7 @@ from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.heard import HeardIndex, drop_heard, heard_by, unheard
+from musicrec.io import write_bytes
 from musicrec.service_common import INT32_MAX, K_MAX
 from musicrec.service_similar import MAX_BATCH
 from musicrec.settings import Settings, get_settings
@@ -713,6 +714,7 @@ def run_verification(
         f"{'PASSED' if v.failures == 0 else 'FAILED'}: {v.passed} passed, {v.failures} failed, "
         f"{v.skipped} skipped in {time.perf_counter() - start:.2f}s"
     )
-    Path(log_path).write_text("\n".join([*v.lines, summary]) + "\n", encoding="utf-8")
+    # whole or not at all, and a symlink at the path replaced rather than written through
+    write_bytes(("\n".join([*v.lines, summary]) + "\n").encode(), log_path)
     print(summary, flush=True)
     return 0 if v.failures == 0 else 1

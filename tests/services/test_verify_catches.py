@@ -199,3 +199,19 @@ def test_the_verifier_never_deletes_a_history_it_did_not_write(
     assert len(history()) == 2
     assert run_verification(cfg, log_path=log) == 0  # the next run cleans them up
     assert history() == []
+
+
+def test_the_log_replaces_a_symlink_and_is_written_whole(tmp_path: Path) -> None:
+    """service_test.log was written in place: through a symlink at its path into whatever
+    file that named (a file of another user's, in a shared folder), and half-written when
+    the disk filled. Now it is a new file renamed over the path. (Services down and no
+    artifacts here: every check fails fast, and the log still says so.)"""
+    other = tmp_path / "other.txt"
+    other.write_text("not the verifier's\n")
+    log = tmp_path / "service_test.log"
+    log.symlink_to(other)
+    cfg = make_settings(tmp_path / "no-artifacts", tmp_path, upstream_timeout_s=0.2)
+    assert run_verification(cfg, log_path=log) == 1
+    assert other.read_text() == "not the verifier's\n"
+    assert not log.is_symlink() and log.read_text().rstrip().splitlines()[-1].startswith("FAILED")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
