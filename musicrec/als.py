@@ -7,7 +7,6 @@ implicit runs its own threads; BLAS is limited to one thread while it runs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig
 from musicrec.io import atomic_path
 from musicrec.matrix import IdMap, InteractionMatrix, topk_frame
-
-log = logging.getLogger(__name__)
 
 
 class ALSModel:

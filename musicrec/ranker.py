@@ -7,7 +7,6 @@ The model file is CatBoost's own `.cbm` format (no pickle).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from musicrec.config import RankerConfig
 from musicrec.io import atomic_path
 from musicrec.matrix import pair_keys, top_k_per_user
 
-log = logging.getLogger(__name__)
 TARGET = "target"
 #: which label window a training row comes from (0 = the newest); rows are grouped by
 #: (window, user), so one user in two windows is two queries

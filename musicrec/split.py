@@ -6,7 +6,6 @@ strictly before the window they are evaluated on.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -14,8 +13,6 @@ import numpy as np
 import pandas as pd
 
 from musicrec.columns import Columns as C
-
-log = logging.getLogger(__name__)
 
 
 def choose_window_start(dates: pd.Series | np.ndarray, tail_share: float) -> pd.Timestamp:
