@@ -5,8 +5,7 @@ functions, and the unit tests pin the rules:
 
 * `merge_by_score` - online candidates from several seed tracks, merged by their best score
   (max over sources), best first, without excluded (recently heard) tracks;
-* `interleave` - `[a[0], b[0], a[1], b[1], ...]`, the tail of the longer list appended;
-* `dedupe` / `exclude` / `top_up` - the clean-up steps;
+* `dedupe` / `top_up` - the clean-up steps;
 * `blend` - the whole `/recommendations` rule: interleave online and offline, drop
   duplicates and recently heard tracks, cut to `k`, top up from the popular list.
 """
@@ -19,27 +18,9 @@ from itertools import zip_longest
 _MISSING = object()
 
 
-def interleave(first: Sequence[int], second: Sequence[int]) -> list[int]:
-    """`[first[0], second[0], first[1], second[1], ...]`; the longer list's tail goes last."""
-    out: list[int] = []
-    for a, b in zip_longest(first, second, fillvalue=_MISSING):
-        if a is not _MISSING:
-            out.append(a)  # type: ignore[arg-type]
-        if b is not _MISSING:
-            out.append(b)  # type: ignore[arg-type]
-    return out
-
-
 def dedupe(items: Iterable[int]) -> list[int]:
     """Drop repeated ids, keeping the first occurrence (order preserved)."""
     return list(dict.fromkeys(items))
-
-
-def exclude(items: Iterable[int], banned: Collection[int]) -> list[int]:
-    """Drop the ids in `banned` (order preserved)."""
-    if not banned:
-        return list(items)
-    return [i for i in items if i not in banned]
 
 
 def top_up(
@@ -101,8 +82,7 @@ def blend(
     if k <= 0:
         return []
     banned = recent if isinstance(recent, set | frozenset) else set(recent)
-    # one pass that stops at k: the same list as
-    # top_up(exclude(dedupe(interleave(online, offline)), banned), popular, k, banned)
+    # one pass that stops at k: interleave, drop duplicates and banned ids, then top up
     out: list[int] = []
     seen: set[int] = set()
     for pair in zip_longest(online, offline, fillvalue=_MISSING):
