@@ -157,10 +157,6 @@ class OfflineRecs:
         """The sorted track ids the user heard before the served fit (empty if unknown)."""
         return heard_by(self.heard, user_id)
 
-    def knows(self, user_id: int) -> bool:
-        """Whether the pipeline produced a personal list for the user."""
-        return self.users.span(user_id) is not None
-
     def offline(self, user_id: int, k: int) -> list[int]:
         """The ranker's top `k` for a known user, else the cold-start answer."""
         return dedupe(self.ranked(user_id, k))

@@ -141,7 +141,7 @@ def test_cold_user_gets_the_top_popular_list(
     never_seen = int(max(history[C.User].max(), test_window[C.User].max())) + 1
     k = 10
     for user in [int(cold_in_test[0]), never_seen]:
-        assert not offline.knows(user)
+        assert offline.users.span(user) is None  # no personal list
         assert offline.offline(user, k) == top[C.Item].head(k).tolist()
     assert cold_start(top[C.Item].tolist(), k) == top[C.Item].head(k).tolist()
     # a warm user gets the ranker's own list instead

@@ -81,7 +81,7 @@ def test_offline_known_user_gets_the_rankers_list_in_rank_order(
     offline: OfflineRecs, artifacts: dict[str, Any]
 ) -> None:
     user = artifacts["warm_user"]
-    assert offline.knows(user)
+    assert offline.users.span(user) is not None  # the pipeline gave the user a list
     assert offline.offline(user, 10) == artifacts["recs"][user][:10]
     assert offline.offline(user, 1000) == artifacts["recs"][user]
 
@@ -90,7 +90,7 @@ def test_offline_cold_user_gets_top_popular(
     offline: OfflineRecs, artifacts: dict[str, Any]
 ) -> None:
     cold = artifacts["cold_user"]
-    assert not offline.knows(cold)
+    assert offline.users.span(cold) is None
     assert offline.offline(cold, 7) == artifacts["popular"][:7]
 
 
