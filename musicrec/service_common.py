@@ -568,9 +568,6 @@ class GroupedIndex:
     def __len__(self) -> int:
         return int(self.keys.size)
 
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, int) and self.span(key) is not None
-
     def span(self, key: int) -> tuple[int, int] | None:
         """`(start, stop)` of the key's rows, or None for an unknown key."""
         i = int(np.searchsorted(self.keys, key))
