@@ -61,11 +61,6 @@ class Split:
     start: pd.Timestamp
     frame: pd.DataFrame  # every row, history then target: both sides are slices of it
 
-    @property
-    def events(self) -> pd.DataFrame:
-        """All rows, history first (the frame both sides are views of; no copy)."""
-        return self.frame
-
     def facts(self, name: str) -> dict[str, object]:
         hist_users = self.history[C.User].unique()
         tgt_users = self.target[C.User].unique()

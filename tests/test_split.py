@@ -153,7 +153,6 @@ def test_split_is_one_copy_with_sides_as_views_in_input_order() -> None:
     assert s.target[C.Item].tolist() == [11, 13]
     assert s.frame is not None
     assert s.frame[C.Item].tolist() == [10, 12, 14, 11, 13]
-    assert s.events is s.frame
     items = s.frame[C.Item].to_numpy()
     assert np.shares_memory(s.history[C.Item].to_numpy(), items)
     assert np.shares_memory(s.target[C.Item].to_numpy(), items)
@@ -183,11 +182,11 @@ def test_serving_end_keeps_the_spacing_of_the_test_window() -> None:
 
 def test_split_sides_have_exactly_the_input_columns() -> None:
     """The reordered frame is renumbered without keeping the old index as a column: both
-    sides (and `events`) have the input's columns, no `index`."""
+    sides (and `frame`) have the input's columns, no `index`."""
     ev = _events([(1, 10, "2022-06-01"), (1, 11, "2022-06-04"), (2, 12, "2022-06-02")])
     s = split_by_time(ev, date(2022, 6, 3))
     want = [C.User, C.Item, C.Datetime]
     assert list(s.history.columns) == want
     assert list(s.target.columns) == want
-    assert list(s.events.columns) == want
-    assert s.events.index.tolist() == [0, 1, 2]
+    assert list(s.frame.columns) == want
+    assert s.frame.index.tolist() == [0, 1, 2]
