@@ -56,9 +56,6 @@ class Coalescer(Generic[K, V]):
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        #: calls made and keys sent (their ratio is the mean batch size)
-        self.calls = 0
-        self.keys_sent = 0
 
     async def get(self, key: K) -> V:
         """The value of `key`; raises what the batched call raised (or `MissingKey`)."""
@@ -114,8 +111,6 @@ class Coalescer(Generic[K, V]):
             if not batch:
                 continue
             self._in_flight += 1
-            self.calls += 1
-            self.keys_sent += len(batch)
             task = asyncio.get_running_loop().create_task(self._call(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
