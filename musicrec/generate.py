@@ -353,8 +353,6 @@ class Catalog:
     """The generated catalogue. Tracks are indexed internally 0..T-1, grouped by artist."""
 
     track_ids: np.ndarray  # external track id per internal track (int64)
-    track_artist: np.ndarray  # internal artist per track (int32)
-    track_genre: np.ndarray  # internal main genre per track (int32)
     release: np.ndarray  # release day (int16), -1 for tracks released before 2022
     artist_start: np.ndarray  # tracks of artist a: [artist_start[a], artist_start[a + 1])
     cum_track: np.ndarray  # cumulative track weights in internal order
@@ -535,8 +533,6 @@ def build_catalog(p: Preset, seed: int) -> Catalog:
     user_genre = np.bincount(track_genre, weights=track_w, minlength=n_g) ** 0.7
     return Catalog(
         track_ids=track_ids,
-        track_artist=track_artist,
-        track_genre=track_genre,
         release=release,
         artist_start=artist_start,
         cum_track=_cumsum0(track_w),
