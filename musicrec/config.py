@@ -9,7 +9,7 @@ import textwrap
 import tomllib
 from datetime import date, time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -27,7 +27,14 @@ from musicrec.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf or nan: no parameter means anything with them (and TOML could not print them
+    # as JSON would)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: the largest seed: numpy's generators take any non-negative seed, CatBoost an unsigned
+#: 32-bit one at the least (a bag's models take random_seed .. random_seed + bag_size - 1)
+SEED_MAX = 2**32 - 64
 
 
 class DataConfig(_Strict):
@@ -40,7 +47,7 @@ class DataConfig(_Strict):
     sample_users_share: float = Field(
         1.0, gt=0, le=1, description="Share of users kept (1.0 = all; for quick exploration only)"
     )
-    seed: int = Field(42, description="Seed of the user sampling")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the user sampling")
 
 
 class SplitConfig(_Strict):
@@ -86,7 +93,9 @@ class ALSConfig(_Strict):
         "the label-window ALS with this many iterations instead of `iterations` from random "
         "ones (the two histories differ by one label window); None = a cold fit",
     )
-    random_state: int = Field(42, description="Seed of the factors' initialisation")
+    random_state: int = Field(
+        42, ge=0, le=SEED_MAX, description="Seed of the factors' initialisation"
+    )
     tune: bool = Field(
         True,
         description="Grid search (the three grids below) on the label window, never the "
@@ -141,8 +150,14 @@ class RankerConfig(_Strict):
         "YetiRank:permutations=1",
         description="CatBoost loss; one YetiRank permutation trains ~3x faster, same NDCG on demo",
     )
-    thread_count: int = Field(2, description="CatBoost threads (-1: every core)")
-    random_seed: int = Field(42, description="CatBoost seed (of the first model of a bag)")
+    thread_count: int = Field(2, ge=-1, description="CatBoost threads (-1: every core; not 0)")
+    random_seed: int = Field(
+        42,
+        ge=0,
+        le=SEED_MAX,
+        description="CatBoost seed (of the first model of a bag), and the seed of the "
+        "sampling of training rows and of the candidate-recall users",
+    )
     bag_size: int = Field(
         1,
         ge=1,
@@ -218,6 +233,14 @@ class RankerConfig(_Strict):
         if name == "StochasticRank" and "metric=" not in params:
             raise ValueError("StochasticRank needs its metric, e.g. 'StochasticRank:metric=NDCG'")
         return loss
+
+    @field_validator("thread_count")
+    @classmethod
+    def _some_threads(cls, n: int) -> int:
+        """CatBoost takes -1 (every core) or a count; 0 failed only when the ranker ran."""
+        if n == 0:
+            raise ValueError("thread_count must be -1 (every core) or at least 1")
+        return n
 
     @field_validator("features")
     @classmethod
@@ -334,13 +357,41 @@ def _toml_value(value: object) -> str:
         return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, int | float | str):
-        return json.dumps(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, int | float):
+        return json.dumps(value)  # finite (the models allow no inf or nan): TOML's form too
     raise TypeError(f"no TOML form for {value!r}")
 
 
+#: TOML's short escapes; any other control character is written as \uXXXX
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quotes, backslashes and control characters escaped,
+    everything else (any Unicode) as it is."""
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _field_note(info: FieldInfo) -> str:
-    """A field's description and limits, for a comment (empty when it has neither)."""
+    """A field's description, limits and choices, for a comment (empty when none)."""
     words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "items >="}
     limits = [
         f"{words[name]} {getattr(m, name)}"
@@ -348,6 +399,8 @@ def _field_note(info: FieldInfo) -> str:
         for name in words
         if getattr(m, name, None) is not None
     ]
+    if get_origin(info.annotation) is Literal:
+        limits.append("one of " + ", ".join(_toml_value(v) for v in get_args(info.annotation)))
     parts = [info.description or "", f"({', '.join(limits)})" if limits else ""]
     return " ".join(p for p in parts if p)
 
@@ -355,17 +408,32 @@ def _field_note(info: FieldInfo) -> str:
 def config_as_toml(cfg: PipelineConfig) -> str:
     """`cfg` as a TOML config file listing every key, each with its description and
     limits as a comment; a key that is None (TOML has no null) is a commented-out line.
-    `load_config` reads the text back to `cfg`."""
+    `load_config` reads the text back to `cfg`: a config with None where the default is
+    not None (e.g. `als.tune_max_users`: every user), which no TOML file can say, is a
+    `ConfigError` naming the keys (a YAML file can: `tune_max_users: null`)."""
     top: list[str] = []
     tables: list[str] = []
-    for name, info in type(cfg).model_fields.items():
-        value = getattr(cfg, name)
+    unsayable: list[str] = []
+    for name, value in cfg:
         if isinstance(value, BaseModel):
             tables.append(f"\n[{name}]")
-            for sub, sub_info in type(value).model_fields.items():
-                tables.append(_toml_line(sub, getattr(value, sub), sub_info))
+            fields = [
+                (f"{name}.", sub, getattr(value, sub), info)
+                for sub, info in type(value).model_fields.items()
+            ]
+            out = tables
         else:
-            top.append(_toml_line(name, value, info))
+            fields = [("", name, value, type(cfg).model_fields[name])]
+            out = top
+        for prefix, key, val, info in fields:
+            if val is None and info.default is not None:
+                unsayable.append(prefix + key)
+            out.append(_toml_line(key, val, info))
+    if unsayable:
+        raise ConfigError(
+            f"{', '.join(unsayable)}: None cannot be written in TOML, which has no null, and "
+            "the default is not None (a YAML config can say it: `key: null`)"
+        )
     return "\n".join([*top, *tables]) + "\n"
 
 

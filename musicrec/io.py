@@ -129,12 +129,18 @@ def write_parquet_batches(frames: Iterable[pd.DataFrame], path: str | Path) -> i
     return rows
 
 
+def _values(t: pa.DataType) -> pa.DataType:
+    """The type of a column's values: a dictionary-encoded column (pandas' `category`) is
+    judged by its dictionary's type."""
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def _is_list_of(value_check: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
     """A list type whose values pass `value_check`, or hold nothing (every list empty)."""
 
     def check(t: pa.DataType) -> bool:
         return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-            value_check(t.value_type) or pa.types.is_null(t.value_type)
+            value_check(_values(t.value_type)) or pa.types.is_null(t.value_type)
         )
 
     return check
@@ -144,28 +150,34 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-#: the kinds of column `ARTIFACT_COLUMNS` names, each with the Arrow types it accepts
+#: the kinds of column `ARTIFACT_COLUMNS` names, each with the Arrow types it accepts (of
+#: the values: dictionary-encoded columns are accepted by their dictionary's type). A
+#: timestamp has no time zone: the stages compare it with naive days (the raw reader
+#: turns a zoned one into UTC wall time; a prepared file holding one is not prepare's)
 COLUMN_KINDS: dict[str, Callable[[pa.DataType], bool]] = {
     "integer": pa.types.is_integer,
     "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
-    "timestamp": pa.types.is_timestamp,
+    "timestamp": lambda t: pa.types.is_timestamp(t) and t.tz is None,
     "string": _is_text,
     "list of strings": _is_list_of(_is_text),
     "list of integers": _is_list_of(pa.types.is_integer),
 }
+#: kinds whose columns may hold no null (an id, a rank, a score, a time)
+NOT_NULL_KINDS = frozenset({"integer", "number", "timestamp"})
 
 
 def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -> pa.Table:
     """Read the parquet artifact at `path`, or raise `ArtifactError` naming the file and
     saying what is wrong: it is missing (the message ends with `missing_hint`, what to run
     or set), it is not a readable parquet file, it lacks required columns (each named, with
-    the columns found), a required column has the wrong kind of type (named, with the
-    kind expected and the type found), or its data does not read through.
+    the columns found) or has a column twice, a required column has the wrong kind of type
+    (named, with the kind expected and the type found) or nulls where a number or time is
+    required (named, with their count), or its data does not read through.
 
-    The required columns and their kinds are `ARTIFACT_COLUMNS[path.name]`; they are
-    checked in the schema before any data is read, so a stale or hand-made file fails here,
-    naming its column, rather than in a stage or a request. Only they are read, or every
-    column of the file with `all_columns`.
+    The required columns and their kinds are `ARTIFACT_COLUMNS[path.name]` (kinds:
+    `COLUMN_KINDS`); they are checked in the schema before any data is read, so a stale or
+    hand-made file fails here, naming its column, rather than in a stage or a request.
+    Only they are read, or every column of the file with `all_columns`.
     """
     kinds = ARTIFACT_COLUMNS[path.name]
     required = list(kinds)
@@ -180,16 +192,23 @@ def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -
         raise ArtifactError(
             f"{path}: missing column(s) {missing}; expected {required}, found {schema.names}"
         )
+    read = schema.names if all_columns else required
+    repeated = sorted({name for name in read if schema.names.count(name) > 1})
+    if repeated:
+        raise ArtifactError(f"{path}: column(s) {repeated} appear more than once")
     for name, kind in kinds.items():
-        if len(schema.get_all_field_indices(name)) > 1:
-            raise ArtifactError(f"{path}: column '{name}' appears more than once")
         found = schema.field(name).type
-        if not COLUMN_KINDS[kind](found):
+        if not COLUMN_KINDS[kind](_values(found)):
             raise ArtifactError(f"{path}, column '{name}': expected {kind}, found {found}")
     try:
-        return pq.read_table(path, columns=None if all_columns else required)
+        table = pq.read_table(path, columns=None if all_columns else required)
     except (pa.ArrowException, OSError) as exc:
         raise ArtifactError(f"{path}: corrupt parquet data: {exc}") from exc
+    for name, kind in kinds.items():
+        nulls = table.column(name).null_count if kind in NOT_NULL_KINDS else 0
+        if nulls:
+            raise ArtifactError(f"{path}, column '{name}': {nulls} null value(s)")
+    return table
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

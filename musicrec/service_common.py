@@ -9,8 +9,8 @@
 * `install_common` - the 422 handler, the metrics middleware and `GET /health`, `GET
   /ready`, `GET /metrics`;
 * artifact helpers - `MISSING_ARTIFACT_HINT` (for `musicrec.io.read_artifact`), column
-  readers that validate types and values (`int_column`, ..., raising `ArtifactError`
-  naming the file), `GroupedIndex` (CSR-like key -> slice offsets);
+  readers of the tables it checked (`int_column`, ...), `GroupedIndex` (CSR-like key ->
+  slice offsets);
 * `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`.
 
 Nothing here has side effects at import.
@@ -51,7 +51,6 @@ from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from musicrec.errors import ArtifactError
 from musicrec.settings import INSTANCE_HEADER, Settings
 
 log = logging.getLogger("musicrec.services")
@@ -500,29 +499,25 @@ MISSING_ARTIFACT_HINT = (
 )
 
 
-def int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    """An integer id column as int64, or `ArtifactError` (wrong type, nulls)."""
-    col = table.column(name)
-    if not pa.types.is_integer(col.type):
-        raise ArtifactError(f"{path}, column '{name}': expected integer ids, found {col.type}")
-    if col.null_count:
-        raise ArtifactError(f"{path}, column '{name}': {col.null_count} null value(s)")
-    return np.asarray(col.to_numpy(), dtype=np.int64)
+def int_column(table: pa.Table, name: str) -> np.ndarray:
+    """An integer id column of a table `musicrec.io.read_artifact` returned (which checked
+    its kind and that it has no null) as int64."""
+    return np.asarray(_plain(table.column(name)).to_numpy(), dtype=np.int64)
 
 
-def numeric_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    """A numeric column in its own dtype (e.g. ranks), or `ArtifactError`."""
-    col = table.column(name)
-    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-        raise ArtifactError(f"{path}, column '{name}': expected numbers, found {col.type}")
-    if col.null_count:
-        raise ArtifactError(f"{path}, column '{name}': {col.null_count} null value(s)")
-    return np.asarray(col.to_numpy())
+def numeric_column(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column (e.g. ranks) of a table `read_artifact` returned, in its own dtype."""
+    return np.asarray(_plain(table.column(name)).to_numpy())
 
 
-def float_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    """A numeric column as float32/float64 (float32 kept), or `ArtifactError`."""
-    arr = numeric_column(table, name, path)
+def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column without dictionary encoding (which `read_artifact` accepts)."""
+    return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+
+
+def float_column(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float32/float64 (float32 kept)."""
+    arr = numeric_column(table, name)
     return arr if arr.dtype == np.float32 else arr.astype(np.float64)
 
 

@@ -117,9 +117,9 @@ class OfflineRecs:
         exists, the heard index (memory-mapped; a corrupt one is an `ArtifactError`)."""
         rec_path = paths.recommendations
         table = read_artifact(rec_path, missing_hint=MISSING_ARTIFACT_HINT)
-        users = compact_ids(int_column(table, C.User, rec_path))
-        tracks = int_column(table, C.Item, rec_path)
-        ranks = numeric_column(table, C.Rank, rec_path)
+        users = compact_ids(int_column(table, C.User))
+        tracks = int_column(table, C.Item)
+        ranks = numeric_column(table, C.Rank)
         del table
         keep = tracks >= 0  # padding ids (-1) some libraries emit
         if not keep.all():
@@ -131,8 +131,8 @@ class OfflineRecs:
 
         pop_path = paths.top_popular
         pop = read_artifact(pop_path, missing_hint=MISSING_ARTIFACT_HINT)
-        pop_tracks = int_column(pop, C.Item, pop_path)
-        pop_ranks = numeric_column(pop, C.Rank, pop_path)
+        pop_tracks = int_column(pop, C.Item)
+        pop_ranks = numeric_column(pop, C.Rank)
         pop_tracks = pop_tracks[np.argsort(pop_ranks, kind="stable")]
         pop_tracks = pop_tracks[pop_tracks >= 0]
         if pop_tracks.size == 0:

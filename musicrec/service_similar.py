@@ -84,10 +84,10 @@ class SimilarIndex:
     def load(cls, path: Path) -> SimilarIndex:
         """Read and validate `similar.parquet`; `ArtifactError` names the file if bad."""
         table = read_artifact(path, missing_hint=MISSING_ARTIFACT_HINT)
-        src = int_column(table, C.Item1, path)
-        dst = int_column(table, C.Item2, path)
-        scores = float_column(table, C.Score, path)
-        ranks = numeric_column(table, C.Rank, path)
+        src = int_column(table, C.Item1)
+        dst = int_column(table, C.Item2)
+        scores = float_column(table, C.Score)
+        ranks = numeric_column(table, C.Rank)
         keep = (dst >= 0) & (src >= 0) & (dst != src)  # padding ids and self-pairs
         if not keep.all():
             src, dst, scores, ranks = src[keep], dst[keep], scores[keep], ranks[keep]

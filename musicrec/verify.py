@@ -714,7 +714,12 @@ def run_verification(
         f"{'PASSED' if v.failures == 0 else 'FAILED'}: {v.passed} passed, {v.failures} failed, "
         f"{v.skipped} skipped in {time.perf_counter() - start:.2f}s"
     )
-    # whole or not at all, and a symlink at the path replaced rather than written through
-    write_bytes(("\n".join([*v.lines, summary]) + "\n").encode(), log_path)
+    text = "\n".join([*v.lines, summary]) + "\n"
+    target = Path(log_path)
+    if target.exists() and not target.is_file():  # a pipe or a device: `--log /dev/stdout`
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:  # whole or not at all; a symlink at the path is replaced, not written through
+        write_bytes(text.encode(), target)
     print(summary, flush=True)
     return 0 if v.failures == 0 else 1

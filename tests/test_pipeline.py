@@ -1234,9 +1234,16 @@ SECTIONS = ["data", "split", "als", "similar", "ranker", "eval"]
                 "final_fit": "all",
             }
         ),
+        PipelineConfig.model_validate(  # what a string or a number may hold
+            {
+                "als": {"regularization": 1e-7, "alpha": 1e20, "alpha_grid": [5e-324, 2.0]},
+                "ranker": {"loss_function": 'YetiRank:a="b\\c\n\t\x00\x7f é 雪 😀'},
+                "data": {"seed": 0},
+            }
+        ),
         *[load_config(path) for path in CONFIG_FILES],
     ],
-    ids=["defaults", "custom", *[p.stem for p in CONFIG_FILES]],
+    ids=["defaults", "custom", "odd values", *[p.stem for p in CONFIG_FILES]],
 )
 def test_config_as_toml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_path: Path) -> None:
     """`python -m musicrec config` prints this text: a config file that `load_config`
@@ -1258,6 +1265,41 @@ def test_config_as_toml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_p
             assert at, (section, name)
             if info.description:
                 assert lines[at[0] - 1].startswith("# "), (section, name)
+
+
+def test_config_as_toml_refuses_a_none_toml_cannot_say() -> None:
+    """None where the default is a number ("every user") was printed as a commented-out
+    line, which reads back as the default: the printed file said 30,000 users where the
+    config said all of them. Now an error naming each such key."""
+    cfg = PipelineConfig.model_validate(
+        {"als": {"tune_max_users": None}, "eval": {"candidate_recall_users": None}}
+    )
+    with pytest.raises(ConfigError) as err:
+        config_as_toml(cfg)
+    assert str(err.value).startswith("als.tune_max_users, eval.candidate_recall_users: None")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[als]\nregularization = inf\n", "als.regularization"),
+        ("[als]\nalpha_grid = [nan]\n", "als.alpha_grid"),
+        ("[ranker]\nthread_count = 0\n", "ranker.thread_count"),
+        ("[ranker]\nthread_count = -2\n", "ranker.thread_count"),
+        ("[ranker]\nrandom_seed = -1\n", "ranker.random_seed"),
+        ("[als]\nrandom_state = 1180591620717411303424\n", "als.random_state"),
+        ("[data]\nseed = -5\n", "data.seed"),
+    ],
+)
+def test_load_config_refuses_values_that_fail_only_in_a_stage(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    """inf and nan mean nothing as parameters; CatBoost refuses 0 or -2 threads and numpy a
+    negative seed, each only when its stage ran, after the ALS fits."""
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"invalid config: {re.escape(named)}"):
+        load_config(path)
 
 
 def test_split_stage_does_not_hold_the_label_split(tiny_pipeline: TinyPipeline) -> None:

@@ -233,6 +233,8 @@ def test_load_prepared_missing_column_lists_the_columns_found(
         ("events", C.User, pa.array(["u1"], pa.string()), "integer"),
         ("events", C.Datetime, pa.array(["2022-01-01"]), "timestamp"),
         ("events", C.Seq, pa.array([1.5], pa.float64()), "integer"),
+        # a zoned time: the stages compare it with naive days (a TypeError in the split)
+        ("events", C.Datetime, pa.array([0], pa.timestamp("ns", tz="UTC")), "timestamp"),
         ("items", C.TrackName, pa.array([7], pa.int64()), "string"),
         ("items", C.GenreIds, pa.array([["pop"]]), "list of integers"),
         ("items", C.ArtistNames, pa.array([[1]], pa.list_(pa.int32())), "list of strings"),
@@ -281,13 +283,47 @@ def test_load_prepared_accepts_other_widths_and_empty_lists(
     assert len(loaded.items) == n and loaded.items[C.AlbumNames].map(len).eq(0).all()
 
 
+@pytest.mark.parametrize("name", [C.User, "extra"])
 def test_load_prepared_refuses_a_repeated_column(
+    prepared: PreparedData, paths: ArtifactPaths, name: str
+) -> None:
+    """A required column twice, or any column twice in a file read whole (an extra one
+    was reported as corrupt data, with the whole schema dumped)."""
+    table = pq.read_table(paths.events)
+    twice = table.append_column(name, table[C.User]).append_column(name, table[C.User])
+    pq.write_table(twice, paths.events)
+    with pytest.raises(ArtifactError) as err:
+        load_prepared(paths)
+    assert str(err.value) == f"{paths.events}: column(s) ['{name}'] appear more than once"
+
+
+@pytest.mark.parametrize("column", [C.User, C.Datetime, C.Seq])
+def test_load_prepared_refuses_nulls_in_ids_and_times(
+    prepared: PreparedData, paths: ArtifactPaths, column: str
+) -> None:
+    """A null user id failed in the ALS stage with "Invalid integer data type 'f'", a null
+    time passed silently; now an `ArtifactError` naming the column and the count."""
+    table = pq.read_table(paths.events)
+    i = table.schema.get_field_index(column)
+    values = table[column].to_pylist()
+    values[0] = values[2] = None
+    pq.write_table(table.set_column(i, column, pa.array(values, table[column].type)), paths.events)
+    with pytest.raises(ArtifactError) as err:
+        load_prepared(paths)
+    assert str(err.value) == f"{paths.events}, column '{column}': 2 null value(s)"
+
+
+def test_load_prepared_accepts_dictionary_encoded_columns(
     prepared: PreparedData, paths: ArtifactPaths
 ) -> None:
-    table = pq.read_table(paths.events)
-    pq.write_table(table.append_column(C.User, table[C.User]), paths.events)
-    with pytest.raises(ArtifactError, match=f"column '{C.User}' appears more than once"):
-        load_prepared(paths)
+    """pandas writes a `category` column dictionary-encoded: judged by its values."""
+    table = pq.read_table(paths.items)
+    i = table.schema.get_field_index(C.MainGenreName)
+    encoded = table[C.MainGenreName].dictionary_encode()
+    pq.write_table(table.set_column(i, C.MainGenreName, encoded), paths.items)
+    assert pa.types.is_dictionary(pq.read_schema(paths.items).field(C.MainGenreName).type)
+    loaded = load_prepared(paths)
+    assert list(loaded.items[C.MainGenreName]) == table[C.MainGenreName].to_pylist()
 
 
 # ------------------------------------------------------------------------------ real data

@@ -215,3 +215,20 @@ def test_the_log_replaces_a_symlink_and_is_written_whole(tmp_path: Path) -> None
     assert other.read_text() == "not the verifier's\n"
     assert not log.is_symlink() and log.read_text().rstrip().splitlines()[-1].startswith("FAILED")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_log_can_go_to_a_pipe(tmp_path: Path) -> None:
+    """`--log /dev/stdout` (a pipe or a terminal, not a file) is written to as it is: the
+    rename of a temporary file beside it failed (no such directory) or, as root, replaced
+    the device's link with a file."""
+    import os
+
+    read_end, write_end = os.pipe()
+    cfg = make_settings(tmp_path / "no-artifacts", tmp_path, upstream_timeout_s=0.2)
+    with os.fdopen(read_end) as pipe:  # the log is a few lines: it fits the pipe's buffer
+        try:
+            rc = run_verification(cfg, log_path=f"/proc/self/fd/{write_end}")
+        finally:
+            os.close(write_end)
+        assert rc == 1
+        assert pipe.read().rstrip().splitlines()[-1].startswith("FAILED")
