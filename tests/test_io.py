@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from musicrec.io import write_json, write_parquet, write_parquet_batches
+from musicrec.io import read_artifact, read_json, write_json, write_parquet, write_parquet_batches
 from musicrec.memory import release_free_memory, rss_gib
 
 
@@ -146,3 +146,26 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
     assert remove_stale_temporaries(tmp_path) == (2, 10)
     assert not any(p.exists() for p in old)
     assert fresh.exists() and all(p.exists() for p in keep)
+
+
+def test_read_artifact_reads_the_required_columns_unless_asked_for_all(tmp_path: Path) -> None:
+    """The services read only the columns they use (a file may carry more); the prepared
+    data is read whole (`all_columns`), since the stages use its further columns."""
+    path = tmp_path / "recommendations.parquet"
+    frame = next(frames(1, 3)).assign(extra=[1.0, 2.0, 3.0])
+    write_parquet(frame, path)
+    assert read_artifact(path, missing_hint="-").column_names == [
+        "user_id",
+        "track_id",
+        "score",
+        "rank",
+    ]
+    assert read_artifact(path, missing_hint="-", all_columns=True).column_names == list(
+        frame.columns
+    )
+
+
+def test_read_json_gives_the_default_for_a_missing_file(tmp_path: Path) -> None:
+    assert read_json(tmp_path / "none.json", default={"a": 1}) == {"a": 1}
+    write_json({"b": [1, 2]}, tmp_path / "x.json")
+    assert read_json(tmp_path / "x.json", default=None) == {"b": [1, 2]}
