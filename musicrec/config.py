@@ -434,7 +434,12 @@ def config_as_toml(cfg: PipelineConfig) -> str:
             f"{', '.join(unsayable)}: None cannot be written in TOML, which has no null, and "
             "the default is not None (a YAML config can say it: `key: null`)"
         )
-    return "\n".join([*top, *tables]) + "\n"
+    head = [
+        "# musicrec pipeline parameters (`python -m musicrec config`): pass a file like this",
+        "# with `python -m musicrec pipeline --config FILE`; omitted keys keep their defaults",
+        "",
+    ]
+    return "\n".join([*head, *top, *tables]) + "\n"
 
 
 def _toml_line(name: str, value: object, info: FieldInfo) -> str:
