@@ -317,14 +317,25 @@ def stage_top_popular(ctx: PipelineContext) -> dict[str, Any]:
 
 
 def tune_als(ctx: PipelineContext) -> dict[str, float]:
-    """Grid search on feature history -> label window (never the test window), by NDCG@10."""
+    """Grid search on feature history -> label window (never the test window), by NDCG@10:
+    the grid point of `als_grid_ndcg` on the newest label window with the best score (the
+    first of equals); {} with `als.tune` off."""
+    if not ctx.cfg.als.tune:
+        return {}
+    grid = als_grid_ndcg(ctx, ctx.label)
+    params, score = max(grid, key=lambda point: point[1])
+    log.info("ALS tuning picked %s (label-window NDCG %.4f)", params, score)
+    return params
+
+
+def als_grid_ndcg(ctx: PipelineContext, lab: Split) -> list[tuple[dict[str, float], float]]:
+    """Every point of the ALS grid (`als.factors_grid` x `regularization_grid` x
+    `alpha_grid`) with its NDCG@k (`eval.k_ndcg`) on `lab`'s window: fit on `lab.history`
+    (at most `als.tune_max_users` random users of it, with all their listens), scored on
+    the window's listens of those users."""
     from musicrec.metrics import ndcg_at_k
 
     cfg = ctx.cfg.als
-    best: tuple[float, dict[str, float]] = (-1.0, {})
-    if not cfg.tune:
-        return {}
-    lab = ctx.label
     hist = lab.history
     n_users = hist[C.User].nunique()
     if cfg.tune_max_users is not None and n_users > cfg.tune_max_users:
@@ -345,6 +356,7 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
             "no grid point can be scored: raise als.tune_max_users or set als.tune = false"
         )
     target = lab.target[lab.target[C.User].isin(warm)]
+    grid = []
     for f in cfg.factors_grid:
         for r in cfg.regularization_grid:
             for a in cfg.alpha_grid:
@@ -355,10 +367,8 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
                 )
                 score = float(ndcg_at_k(recs, target, ctx.cfg.eval.k_ndcg, users=warm).mean())
                 log.info("ALS tuning %s: NDCG@%d %.4f", params, ctx.cfg.eval.k_ndcg, score)
-                if score > best[0]:
-                    best = (score, params)
-    log.info("ALS tuning picked %s (label-window NDCG %.4f)", best[1], best[0])
-    return best[1]
+                grid.append((params, score))
+    return grid
 
 
 def stage_als_label(ctx: PipelineContext) -> dict[str, Any]:
