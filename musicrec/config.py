@@ -107,6 +107,15 @@ class ALSConfig(_Strict):
         description="Users (a random subset, all their listens) the tuning grid is fit on; "
         "None = every user. The chosen parameters are then fit on every user",
     )
+    tune_windows: int = Field(
+        1,
+        ge=1,
+        le=12,
+        description="Label windows the grid is scored on, newest first (as the ranker's "
+        "`label_windows`); the pick has the best mean NDCG over them. 1: the newest only. "
+        "More steadies a pick made on few users per window (Last.fm: each of five windows "
+        "picked another point, docs/quality.md), at one grid search per window",
+    )
     # each grid needs a value: an empty one made `tune` pick nothing, silently
     factors_grid: list[int] = Field([32, 64], min_length=1, description="Tuning grid")
     regularization_grid: list[float] = Field([0.01, 0.1], min_length=1, description="Tuning grid")

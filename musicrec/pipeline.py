@@ -318,13 +318,24 @@ def stage_top_popular(ctx: PipelineContext) -> dict[str, Any]:
 
 def tune_als(ctx: PipelineContext) -> dict[str, float]:
     """Grid search on feature history -> label window (never the test window), by NDCG@10:
-    the grid point of `als_grid_ndcg` on the newest label window with the best score (the
-    first of equals); {} with `als.tune` off."""
-    if not ctx.cfg.als.tune:
+    the grid point of `als_grid_ndcg` with the best mean score over the newest
+    `als.tune_windows` label windows (the first of equals); {} with `als.tune` off."""
+    cfg = ctx.cfg.als
+    if not cfg.tune:
         return {}
-    grid = als_grid_ndcg(ctx, ctx.label)
-    params, score = max(grid, key=lambda point: point[1])
-    log.info("ALS tuning picked %s (label-window NDCG %.4f)", params, score)
+    if cfg.tune_windows == 1:
+        grids = [als_grid_ndcg(ctx, ctx.label)]
+    else:
+        grids = [als_grid_ndcg(ctx, lab) for lab in label_windows(ctx, cfg.tune_windows)]
+    means = [float(np.mean([g[i][1] for g in grids])) for i in range(len(grids[0]))]
+    best = int(np.argmax(means))
+    params = grids[0][best][0]
+    log.info(
+        "ALS tuning picked %s (label-window NDCG %.4f, mean over %d window(s))",
+        params,
+        means[best],
+        len(grids),
+    )
     return params
 
 
@@ -424,20 +435,20 @@ def stage_similar(ctx: PipelineContext) -> dict[str, Any]:
     return {"tracks": int(sim[C.Item1].nunique()), "rows": len(sim)}
 
 
-def label_windows(ctx: PipelineContext) -> Iterator[Split]:
+def label_windows(ctx: PipelineContext, count: int | None = None) -> Iterator[Split]:
     """The ranker's label windows, newest first: `ctx.label`, then each earlier one split
-    off the history of the previous with the same share (`ranker.label_windows` in all).
-    Yielded one at a time so that only one window's copy of the history is alive. Stops
-    early, with a warning, when the history left is too short to split or holds no warm
-    users."""
-    want = ctx.cfg.ranker.label_windows
+    off the history of the previous with the same share (`count` in all, by default
+    `ranker.label_windows`). Yielded one at a time so that only one window's copy of the
+    history is alive. Stops early, with a warning, when the history left is too short to
+    split or holds no warm users."""
+    want = ctx.cfg.ranker.label_windows if count is None else count
     split = ctx.label
     yield split
     for w in range(1, want):
         try:
             split = ctx._split(split.history, None, ctx.cfg.split.label_share, f"label {w}")
         except DataValidationError as exc:
-            log.warning("ranker: %d label windows instead of %d: %s", w, want, exc)
+            log.warning("%d label windows instead of %d: %s", w, want, exc)
             return
         yield split
 

@@ -821,7 +821,12 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
     start = pd.Timestamp("2022-12-10")
     cfg = fast_pipeline_config(
         split={"test_start": start.date()},
-        als={**FAST_CONFIG["als"], "factors_grid": [4, 16], "iterations": 3},
+        als={
+            **FAST_CONFIG["als"],
+            "factors_grid": [4, 16],
+            "iterations": 3,
+            "tune_windows": windows,
+        },
         ranker={**FAST_CONFIG["ranker"], "label_windows": windows},
     )
     ctx = _context(tiny_prepared, cfg, tmp_path / "a")
@@ -867,6 +872,43 @@ def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
     monkeypatch.setattr(musicrec.metrics, "ndcg_at_k", lambda *a, **k: pd.Series([next(scripted)]))
     params = tune_als(_context(tiny_prepared, cfg, tmp_path / "a"))
     assert params == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
+
+
+def test_tuning_over_several_windows_picks_the_best_mean(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `als.tune_windows = 2` the grid is scored on the two newest label windows and
+    the point with the best mean wins, not the best of the newest window alone; each
+    window's grid is fit on the history before that window."""
+    import musicrec.metrics
+    import musicrec.pipeline as pipeline_module
+
+    grid = {"factors_grid": [4, 6], "regularization_grid": [0.01], "alpha_grid": [5.0, 20.0]}
+    # newest window: (6, 5) best; older window: (4, 20) best; mean: (4, 20) 0.325
+    scores = [0.10, 0.30, 0.50, 0.20, 0.40, 0.35, 0.00, 0.10]
+    fits: list[pd.Timestamp] = []
+    real_grid = pipeline_module.als_grid_ndcg
+
+    def recording(ctx: PipelineContext, lab: Any) -> Any:
+        fits.append(lab.start)
+        assert lab.history[C.Datetime].max() < lab.start  # fit before the window it scores
+        return real_grid(ctx, lab)
+
+    monkeypatch.setattr(pipeline_module, "als_grid_ndcg", recording)
+    for windows, expected in [(1, (6, 5.0)), (2, (4, 20.0))]:
+        scripted = iter(scores)
+        monkeypatch.setattr(
+            musicrec.metrics,
+            "ndcg_at_k",
+            lambda *a, it=scripted, **k: pd.Series([next(it)]),
+        )
+        cfg = fast_pipeline_config(als={"tune": True, "tune_windows": windows, **grid})
+        fits.clear()
+        ctx = _context(tiny_prepared, cfg, tmp_path / str(windows))
+        params = tune_als(ctx)
+        assert (params["factors"], params["alpha"]) == expected
+        assert len(fits) == windows and fits == sorted(fits, reverse=True)
+        assert fits[0] == ctx.label.start and ctx.label.start < ctx.test.start
 
 
 def test_tuning_without_a_scorable_user_is_an_error() -> None:
