@@ -146,7 +146,8 @@ def _is_list_of(value_check: Callable[[pa.DataType], bool]) -> Callable[[pa.Data
     return check
 
 
-def _is_text(t: pa.DataType) -> bool:
+def is_text(t: pa.DataType) -> bool:
+    """A string type, plain or large (the raw reader's check and the artifacts' kind)."""
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
@@ -158,8 +159,8 @@ COLUMN_KINDS: dict[str, Callable[[pa.DataType], bool]] = {
     "integer": pa.types.is_integer,
     "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
     "timestamp": lambda t: pa.types.is_timestamp(t) and t.tz is None,
-    "string": _is_text,
-    "list of strings": _is_list_of(_is_text),
+    "string": is_text,
+    "list of strings": _is_list_of(is_text),
     "list of integers": _is_list_of(pa.types.is_integer),
 }
 #: kinds whose columns may hold no null (an id, a rank, a score, a time)

@@ -323,10 +323,7 @@ def tune_als(ctx: PipelineContext) -> dict[str, float]:
     cfg = ctx.cfg.als
     if not cfg.tune:
         return {}
-    if cfg.tune_windows == 1:
-        grids = [als_grid_ndcg(ctx, ctx.label)]
-    else:
-        grids = [als_grid_ndcg(ctx, lab) for lab in label_windows(ctx, cfg.tune_windows)]
+    grids = [als_grid_ndcg(ctx, lab) for lab in label_windows(ctx, cfg.tune_windows)]
     means = [float(np.mean([g[i][1] for g in grids])) for i in range(len(grids[0]))]
     best = int(np.argmax(means))
     params = grids[0][best][0]

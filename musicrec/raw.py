@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from musicrec.columns import CATALOG_TYPES, Columns, RawFiles
 from musicrec.config import DataConfig
 from musicrec.errors import DataValidationError
+from musicrec.io import is_text
 
 log = logging.getLogger("musicrec.raw")
 
@@ -443,7 +444,7 @@ def _strings(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray
         return values.cast(pa.string())
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
-    if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+    if not is_text(type_):
         _fail(file, column, "strings", values, found=f"type {values.type}")
     return values.cast(pa.string())
 
@@ -457,7 +458,7 @@ def _timestamps(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedAr
     type_ = values.type
     if values.null_count:
         _fail(file, column, "no null dates", values, pc.is_null(values))
-    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+    if is_text(type_):
         values = _parse_dates(file, column, values)
     elif pa.types.is_timestamp(type_):
         if type_.tz is not None:
