@@ -66,6 +66,8 @@ K_MAX = 1000
 EVENTS_BATCH_MAX_USERS = 500
 SIMILAR_BATCH_MAX_SEEDS = 200
 BATCH_BODY_MAX = 64 * 1024
+#: (without it, 500 users x 10,000 events, 1.5 kB asked, made a 40 MB answer built on the
+#: event loop: seconds during which every other request waited)
 EVENTS_BATCH_MAX_EVENTS = 500_000
 
 UserIdQuery = Annotated[

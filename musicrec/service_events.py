@@ -9,9 +9,9 @@
 * `POST /get_events?user_id=..&k=..` -> `{"events": [track_id, ...], "count": n}`, the
   user's latest `k` listens, newest first (`count` = number of events returned).
 * `POST /get_events_batch` with a JSON body `{"user_ids": [...], "k": ..}` (at most
-  `MAX_BATCH` ids, ids x k at most `MAX_BATCH_EVENTS`) -> `{"results": [{"user_id",
-  "events"}, ...]}`, one entry per requested id in request order: the recommendation
-  service's coalesced lookups.
+  `EVENTS_BATCH_MAX_USERS` ids, ids x k at most `EVENTS_BATCH_MAX_EVENTS`) ->
+  `{"results": [{"user_id", "events"}, ...]}`, one entry per requested id in request
+  order: the recommendation service's coalesced lookups.
 * `POST /delete_events?user_id=..` -> `{"result": "ok", "deleted": n}`: deletes the
   user's whole history (a privacy request), in order with the adds.
 * `GET /stats` -> store counters (events, users, commits, mean group-commit size, cache
@@ -67,20 +67,11 @@ from musicrec.service_common import (
     install_common,
     not_ready,
 )
-from musicrec.settings import Settings, get_settings
+from musicrec.settings import EVENTS_K_MAX, Settings, get_settings
 
 log = logging.getLogger("musicrec.services.events")
 
 SERVICE = "events"
-#: the longest history one `/get_events` call returns
-EVENTS_K_MAX = 10_000
-#: the most users one `/get_events_batch` call may carry, and its body limit (bytes)
-MAX_BATCH = EVENTS_BATCH_MAX_USERS
-MAX_BATCH_BODY = BATCH_BODY_MAX
-#: the most events one `/get_events_batch` answer may hold: 500 users x 10,000 (1.5 kB
-#: asked) made a 40 MB answer built on the event loop, seconds during which every other
-#: request waited
-MAX_BATCH_EVENTS = EVENTS_BATCH_MAX_EVENTS
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
@@ -153,16 +144,17 @@ class EventsBatchRequest(BaseModel):
     """Several users in one call."""
 
     user_ids: list[JsonId] = Field(
-        max_length=MAX_BATCH, description=f"User ids (at most {MAX_BATCH})"
+        max_length=EVENTS_BATCH_MAX_USERS,
+        description=f"User ids (at most {EVENTS_BATCH_MAX_USERS})",
     )
     k: JsonInt = Field(5, ge=1, le=EVENTS_K_MAX, description="Latest events per user")
 
     @model_validator(mode="after")
     def _bounded_answer(self) -> EventsBatchRequest:
-        if len(self.user_ids) * self.k > MAX_BATCH_EVENTS:
+        if len(self.user_ids) * self.k > EVENTS_BATCH_MAX_EVENTS:
             raise ValueError(
                 f"{len(self.user_ids)} users x k={self.k} asks for more than "
-                f"{MAX_BATCH_EVENTS:,} events in one answer: fewer users per call, or a "
+                f"{EVENTS_BATCH_MAX_EVENTS:,} events in one answer: fewer users per call, or a "
                 "smaller k"
             )
         return self
@@ -392,7 +384,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=EventsBatchResponse,
         responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES, **AUTH_RESPONSES},
         tags=["events"],
-        max_body_size=MAX_BATCH_BODY,
+        max_body_size=BATCH_BODY_MAX,
     )
     async def get_events_batch(
         store: StoreDep, _auth: ApiKeyDep, req: EventsBatchRequest

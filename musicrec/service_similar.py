@@ -5,8 +5,9 @@ Serves `recsys/recommendations/similar.parquet` (track_id_1, track_id_2, score, 
 * `POST /similar_tracks?track_id=..&k=..` -> `{"track_id_2": [...], "score": [...]}`,
   best first; an unknown track gets empty lists;
 * `POST /similar_tracks_batch` with a JSON body `{"track_ids": [...], "k": ..}` (at most
-  `MAX_BATCH` ids) -> `{"results": [{"track_id", "track_id_2", "score"}, ...]}`, one entry
-  per requested id in request order - the online recommender's single round trip.
+  `SIMILAR_BATCH_MAX_SEEDS` ids) -> `{"results": [{"track_id", "track_id_2", "score"},
+  ...]}`, one entry per requested id in request order - the online recommender's single
+  round trip.
 
 The file is loaded once in the lifespan into three arrays sorted by (track_id_1, rank) and a
 `GroupedIndex`, so a request is a binary search and a slice.
@@ -65,10 +66,6 @@ log = logging.getLogger("musicrec.services.similar")
 SERVICE = "similar"
 #: list length when the request gives no `k`
 DEFAULT_K = 10
-#: the most track ids one batch request may carry
-MAX_BATCH = SIMILAR_BATCH_MAX_SEEDS
-#: request body limit of the batch endpoint (bytes)
-MAX_BATCH_BODY = BATCH_BODY_MAX
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,8 @@ class SimilarBatchRequest(BaseModel):
     """Several seed tracks in one call."""
 
     track_ids: list[JsonId] = Field(
-        max_length=MAX_BATCH, description=f"Seed track ids (at most {MAX_BATCH})"
+        max_length=SIMILAR_BATCH_MAX_SEEDS,
+        description=f"Seed track ids (at most {SIMILAR_BATCH_MAX_SEEDS})",
     )
     k: JsonInt = Field(DEFAULT_K, ge=1, le=K_MAX, description="Similar tracks per seed")
 
@@ -213,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=SimilarBatchResponse,
         responses={**VALIDATION_RESPONSES, **NOT_READY_RESPONSES},
         tags=["similar"],
-        max_body_size=MAX_BATCH_BODY,
+        max_body_size=BATCH_BODY_MAX,
     )
     async def similar_tracks_batch(index: IndexDep, req: SimilarBatchRequest) -> Response:
         """The `k` most similar tracks of each seed, in one round trip."""

@@ -14,6 +14,12 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: the longest history one event-service call returns (`/get_events`, `/get_events_batch`),
+#: and so the deepest `exclude_events_max` the recommendation service may ask for: one
+#: bound for both, or a deeper setting would get a 422 on every events call (each answer
+#: silently the offline list)
+EVENTS_K_MAX = 10_000
+
 #: the header of `/ready` that carries `Settings.serve_instance`
 INSTANCE_HEADER = "X-Musicrec-Instance"
 
@@ -89,7 +95,7 @@ class Settings(BaseSettings):
     exclude_events_max: int = Field(
         1_000,
         ge=1,
-        le=10_000,
+        le=EVENTS_K_MAX,
         description="Latest events of the event service that /recommendations and "
         "/recommendations_online never recommend again (read in the one events call of each "
         "request; from the event service's memory once it holds the user that deep). 1,000 "

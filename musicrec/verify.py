@@ -38,8 +38,7 @@ from musicrec.columns import Columns as C
 from musicrec.errors import ArtifactError
 from musicrec.heard import HeardIndex, drop_heard, heard_by, unheard
 from musicrec.io import write_bytes
-from musicrec.service_common import INT32_MAX, K_MAX
-from musicrec.service_similar import MAX_BATCH
+from musicrec.service_common import INT32_MAX, K_MAX, SIMILAR_BATCH_MAX_SEEDS
 from musicrec.settings import Settings, get_settings
 
 log = logging.getLogger("musicrec.verify")
@@ -624,10 +623,10 @@ class Verifier:
                 None,
             ),
             (
-                f"batch of {MAX_BATCH + 1} ids",
+                f"batch of {SIMILAR_BATCH_MAX_SEEDS + 1} ids",
                 f"{self.similar_url}/similar_tracks_batch",
                 None,
-                {"track_ids": list(range(MAX_BATCH + 1)), "k": 5},
+                {"track_ids": list(range(SIMILAR_BATCH_MAX_SEEDS + 1)), "k": 5},
             ),
         ]
         for label, url, params, body in bad:

@@ -18,9 +18,9 @@ from pydantic import SecretStr
 
 from musicrec.errors import ArtifactError
 from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
-from musicrec.service_events import EVENTS_K_MAX, create_app
-from musicrec.service_events import MAX_BATCH as EVENTS_BATCH_MAX
-from musicrec.settings import Settings
+from musicrec.service_common import EVENTS_BATCH_MAX_EVENTS, EVENTS_BATCH_MAX_USERS
+from musicrec.service_events import create_app
+from musicrec.settings import EVENTS_K_MAX, Settings
 
 from .conftest import assert_json_413, fail_writes, heal_writes
 
@@ -46,6 +46,31 @@ def test_events_newest_first_with_default_k(client: TestClient) -> None:
     assert r.json()["events"] == [700, 600, 500, 400, 300, 200, 100]
     assert r.json()["count"] == 7
     assert client.post("/get_events", params={"user_id": 9}).json() == {"events": [], "count": 0}
+
+
+def test_the_deepest_exclusion_setting_is_a_depth_this_service_answers(
+    settings: Settings,
+) -> None:
+    """The recommendation service reads `exclude_events_max` events per user in batches of
+    `events_batch(depth)` users: at the deepest value the setting allows, both routes must
+    take that depth (a setting allowed deeper than the routes got a 422 on every call, each
+    answer silently the offline list)."""
+    from musicrec.service_recommendations import events_batch
+
+    (bound,) = [
+        m.le for m in Settings.model_fields["exclude_events_max"].metadata if hasattr(m, "le")
+    ]
+    deepest = Settings(exclude_events_max=bound).exclude_events_max
+    with pytest.raises(ValueError, match="exclude_events_max"):
+        Settings(exclude_events_max=deepest + 1)
+    with TestClient(create_app(settings)) as c:
+        add(c, 1, 5)
+        r = c.post("/get_events", params={"user_id": 1, "k": deepest})
+        assert r.status_code == 200 and r.json()["events"] == [5]
+        users = [1] + [2] * (events_batch(deepest) - 1)
+        r = c.post("/get_events_batch", json={"user_ids": users, "k": deepest})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["events"] == [5]
 
 
 def test_event_ids_grow_and_unknown_tracks_are_stored(client: TestClient) -> None:
@@ -136,13 +161,14 @@ def test_a_batch_answer_is_bounded(settings: Settings) -> None:
     """500 users x k=10,000 (1.5 kB asked) made a 40 MB answer, built on the event loop
     for seconds while every other request waited: users x k is bounded (422 naming the
     bound); at the bound the call is answered."""
-    from musicrec.service_events import MAX_BATCH_EVENTS
 
     with TestClient(create_app(settings)) as c:
         add(c, 1, 3)
-        r = c.post("/get_events_batch", json={"user_ids": [1] * EVENTS_BATCH_MAX, "k": 10_000})
-        assert r.status_code == 422 and f"{MAX_BATCH_EVENTS:,} events" in r.text, r.text
-        users = MAX_BATCH_EVENTS // EVENTS_K_MAX
+        r = c.post(
+            "/get_events_batch", json={"user_ids": [1] * EVENTS_BATCH_MAX_USERS, "k": 10_000}
+        )
+        assert r.status_code == 422 and f"{EVENTS_BATCH_MAX_EVENTS:,} events" in r.text, r.text
+        users = EVENTS_BATCH_MAX_EVENTS // EVENTS_K_MAX
         r = c.post("/get_events_batch", json={"user_ids": [1] * users, "k": EVENTS_K_MAX})
         assert r.status_code == 200 and len(r.json()["results"]) == users
         r = c.post("/get_events_batch", json={"user_ids": [1] * (users + 1), "k": EVENTS_K_MAX})
@@ -670,7 +696,7 @@ def test_batch_answers_each_user_in_request_order(client: TestClient) -> None:
         {"user_ids": [-1]},
         {"user_ids": ["1"]},
         {"user_ids": [True]},
-        {"user_ids": list(range(EVENTS_BATCH_MAX + 1))},
+        {"user_ids": list(range(EVENTS_BATCH_MAX_USERS + 1))},
         {"k": 5},
         {"user_ids": 5},
     ],

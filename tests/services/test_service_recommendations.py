@@ -248,20 +248,22 @@ def test_coalesced_events_answers_stay_within_the_client_body_limit() -> None:
     (every id at its longest JSON, an int64 with sign and comma, times the users per call)
     and what the event service answers in one call (users x k)."""
     from musicrec.http_client import MAX_BODY
-    from musicrec.service_events import MAX_BATCH_EVENTS
+    from musicrec.service_common import (
+        EVENTS_BATCH_MAX_EVENTS,
+        EVENTS_BATCH_MAX_USERS,
+        SIMILAR_BATCH_MAX_SEEDS,
+    )
     from musicrec.service_recommendations import EVENTS_BATCH, events_batch
 
     assert len(str(-(2**63))) + 1 == service_recommendations.EVENT_ID_JSON_BYTES
     # the coalesced calls are within what each upstream's batch route takes
-    from musicrec import service_events, service_similar
-
-    assert EVENTS_BATCH <= service_events.MAX_BATCH
-    assert service_recommendations.SIMILAR_BATCH <= service_similar.MAX_BATCH
+    assert EVENTS_BATCH <= EVENTS_BATCH_MAX_USERS
+    assert service_recommendations.SIMILAR_BATCH <= SIMILAR_BATCH_MAX_SEEDS
     assert events_batch(1_000) == EVENTS_BATCH  # the default depth keeps full batches
     for k in (1, 100, 1_000, 2_500, 5_000, 10_000):
         assert 1 <= events_batch(k) <= EVENTS_BATCH
         assert events_batch(k) * k * service_recommendations.EVENT_ID_JSON_BYTES <= MAX_BODY
-        assert events_batch(k) * k <= MAX_BATCH_EVENTS
+        assert events_batch(k) * k <= EVENTS_BATCH_MAX_EVENTS
     assert events_batch(10_000) < EVENTS_BATCH
     # the service's own coalescer takes that size (metrics are not used to build it)
     metrics: Any = None

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from musicrec.service_similar import MAX_BATCH, MAX_BATCH_BODY, create_app
+from musicrec.service_common import BATCH_BODY_MAX, SIMILAR_BATCH_MAX_SEEDS
+from musicrec.service_similar import create_app
 from musicrec.settings import Settings
 
 from .conftest import assert_json_413, make_settings
@@ -79,7 +80,7 @@ def test_similar_tracks_bad_params_422(client: TestClient, params: dict[str, Any
 @pytest.mark.parametrize(
     "body",
     [
-        {"track_ids": list(range(MAX_BATCH + 1)), "k": 5},
+        {"track_ids": list(range(SIMILAR_BATCH_MAX_SEEDS + 1)), "k": 5},
         {"track_ids": [-3], "k": 5},
         {"track_ids": [1], "k": 0},
         {"track_ids": "nope"},
@@ -90,7 +91,7 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
 
 
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
-    big = b'{"track_ids": [' + b"1," * MAX_BATCH_BODY + b"1]}"
+    big = b'{"track_ids": [' + b"1," * BATCH_BODY_MAX + b"1]}"
     assert_json_413(client, "/similar_tracks_batch", big)
 
 
