@@ -64,8 +64,9 @@ def run_variant(
 def per_user(root: Path, data_dir: Path, cfg: Any) -> dict[str, pd.DataFrame]:
     """Per-user NDCG@10 / Recall@5 of ALS and the ranker of the run in `root`."""
     from musicrec.artifacts import ArtifactPaths
+    from musicrec.evaluation import read_top
     from musicrec.metrics import per_user_metrics
-    from musicrec.pipeline import PipelineContext, StageCache, read_top
+    from musicrec.pipeline import PipelineContext, StageCache
 
     paths = ArtifactPaths(root)
     ctx = PipelineContext(data_dir, paths, cfg, StageCache(paths.cache_dir))

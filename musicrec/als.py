@@ -18,6 +18,10 @@ from musicrec.config import ALSConfig
 from musicrec.io import atomic_path
 from musicrec.matrix import IdMap, InteractionMatrix, topk_frame
 
+#: file names of a saved model inside its directory (`save`, `load`): the user ids, the
+#: track ids, then their factors, row for row
+FILES = ("als_user_ids.npy", "als_item_ids.npy", "als_user_factors.npy", "als_item_factors.npy")
+
 
 class ALSModel:
     """A fitted ALS model: user and item factors plus their id maps."""
@@ -191,14 +195,11 @@ class ALSModel:
 
     # ---- persistence (npy, no pickle) ----
     def save(self, model_dir: str | Path) -> None:
+        """The four arrays as `FILES` in `model_dir`, each written atomically."""
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
-        for name, arr in (
-            ("als_user_ids.npy", self.users.ids),
-            ("als_item_ids.npy", self.items.ids),
-            ("als_user_factors.npy", self.user_factors),
-            ("als_item_factors.npy", self.item_factors),
-        ):
+        arrays = (self.users.ids, self.items.ids, self.user_factors, self.item_factors)
+        for name, arr in zip(FILES, arrays, strict=True):
             with atomic_path(model_dir / name) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
 
@@ -206,15 +207,10 @@ class ALSModel:
     def load(cls, model_dir: str | Path) -> ALSModel:
         model_dir = Path(model_dir)
 
-        def ld(name: str) -> np.ndarray:
-            return np.load(model_dir / name, allow_pickle=False)
-
-        return cls(
-            IdMap(ld("als_user_ids.npy")),
-            IdMap(ld("als_item_ids.npy")),
-            ld("als_user_factors.npy"),
-            ld("als_item_factors.npy"),
+        user_ids, item_ids, user_factors, item_factors = (
+            np.load(model_dir / name, allow_pickle=False) for name in FILES
         )
+        return cls(IdMap(user_ids), IdMap(item_ids), user_factors, item_factors)
 
 
 def warm_factors(

@@ -118,6 +118,11 @@ class ArtifactPaths:
         return self.model_dir / "label_window"
 
     @property
+    def ranker_model(self) -> Path:
+        """The CatBoost ranker (CatBoost's own format, no pickle)."""
+        return self.model_dir / "ranker.cbm"
+
+    @property
     def recs_dir(self) -> Path:
         return self.root / "recommendations"
 

@@ -1,7 +1,8 @@
-"""The one place that names columns, files and artifact schemas.
+"""The one place that names columns, the raw files and the ranker's features.
 
 Raw files (Yandex Music schema) and the artifacts written under `recsys/` all use these
-names; every recommender returns the same output schema (user, item, score, rank).
+names; every recommender returns the same output schema (user, item, score, rank). Where
+each artifact lives and which columns it must have: `musicrec.artifacts`.
 """
 
 from __future__ import annotations

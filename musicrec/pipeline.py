@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from musicrec.als import FILES as ALS_FILES
 from musicrec.als import ALSModel, top_item_codes
 from musicrec.artifacts import ArtifactPaths, pipeline_lock
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
@@ -143,7 +144,6 @@ class PipelineContext:
     paths: ArtifactPaths
     cfg: PipelineConfig
     cache: StageCache
-    settings: Settings | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -584,7 +584,7 @@ def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
 
 
 def stage_ranker(ctx: PipelineContext) -> dict[str, Any]:
-    ranker_path = ctx.paths.model_dir / "ranker.cbm"
+    ranker_path = ctx.paths.ranker_model
     ranker, info = train_ranker(ctx)
     ranker.save(ranker_path)
     ctx.label_split = None  # a copy of most of the history, not needed after training
@@ -670,6 +670,12 @@ def write_ranked(
 
 
 def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
+    from musicrec.evaluation import (
+        candidate_recall_diagnostic,
+        compare_models,
+        read_top,
+        unproven_gains,
+    )
     from musicrec.metrics import evaluate, metrics_table
     from musicrec.plots import draw_metrics
 
@@ -738,109 +744,6 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     }
 
 
-def read_top(path: Path, k: int) -> pd.DataFrame:
-    """The rows of a recommendations file (user, track, score, rank) with rank <= k."""
-    return pd.read_parquet(path, filters=[(C.Rank, "<=", k)])
-
-
-def candidate_recall_diagnostic(
-    stage: FirstStage,
-    warm: np.ndarray,
-    target: pd.DataFrame,
-    cfg: PipelineConfig,
-    max_users: int | None,
-) -> dict[str, Any]:
-    """Share of the test (user, track) pairs of warm users found among their ranker
-    candidates, overall and per source (`src_als`, `src_pop`, `src_sim`): the ceiling of
-    any reranker's recall.
-
-    Computed on a random sample of at most `max_users` of the sorted `warm` users (seeded
-    by `cfg.ranker.random_seed`; None: all), in user batches of
-    `cfg.ranker.inference_batch_users` (bounded memory); hits and test pairs are summed
-    over the batches, so the result equals one pass over the sample."""
-    from musicrec.metrics import candidate_recall
-
-    users = np.sort(warm)
-    if max_users is not None and len(users) > max_users:
-        rng = np.random.default_rng(cfg.ranker.random_seed)
-        users = np.sort(rng.choice(users, size=max_users, replace=False))
-    pairs = target[[C.User, C.Item]]
-    pairs = pairs[pairs[C.User].isin(users)].drop_duplicates()
-    pairs = pairs.sort_values(C.User, kind="stable")
-    t_users = pairs[C.User].to_numpy()
-    srcs = ("all", "src_als", "src_pop", "src_sim")
-    hits = dict.fromkeys(srcs, 0.0)
-    n_cand = 0
-    batch = cfg.ranker.inference_batch_users
-    for s in range(0, len(users), batch):
-        b = users[s : s + batch]
-        lo, hi = np.searchsorted(t_users, b[0], "left"), np.searchsorted(t_users, b[-1], "right")
-        t = pairs.iloc[lo:hi]
-        if len(t) == 0:
-            continue
-        cand = generate_candidates(stage, b, cfg.ranker)
-        n_cand += len(cand)
-        for src in srcs:
-            c = cand if src == "all" else cand[cand[src] == 1]
-            hits[src] += candidate_recall(c, t) * len(t)
-    recall = {src: hits[src] / len(pairs) if len(pairs) else float("nan") for src in srcs}
-    diag: dict[str, Any] = {
-        "test_candidate_recall": recall["all"],
-        "candidates_per_user": n_cand / max(len(users), 1),
-        "candidate_recall_users": int(len(users)),
-    }
-    for src in srcs[1:]:
-        diag[f"test_candidate_recall_{src}"] = recall[src]
-    return diag
-
-
-def compare_models(
-    recs: dict[str, pd.DataFrame],
-    test: pd.DataFrame,
-    users: np.ndarray,
-    k_precision: int,
-    k_ndcg: int,
-    baselines: tuple[str, ...],
-    model: str = "ranker",
-) -> dict[str, dict[str, Any]]:
-    """`model` minus each of `baselines` (keys of `recs`), per user of `users`, on
-    NDCG@k_ndcg and Recall@k_precision: the mean difference and its paired standard error
-    (`paired_difference`). Keys are "ranker-als" and so on, in the order of `baselines`."""
-    from musicrec.metrics import paired_difference, per_user_metrics
-
-    cols = [f"ndcg@{k_ndcg}", f"recall@{k_precision}"]
-
-    def per_user(name: str) -> pd.DataFrame:
-        return per_user_metrics(recs[name], test, None, k_precision, k_ndcg, users)
-
-    ours = per_user(model)
-    out = {}
-    for name in baselines:
-        base = per_user(name)
-        out[f"{model}-{name}"] = {c: paired_difference(ours[c], base[c]) for c in cols}
-    return out
-
-
-def unproven_gains(comparisons: dict[str, dict[str, Any]]) -> list[str]:
-    """One warning per (comparison, metric) of `compare_models` whose paired gain is not
-    above one paired standard error (mean <= stderr): the second stage is then not shown
-    to earn its cost over that baseline on the test window, and serving the baseline is
-    as good as far as this evaluation can tell."""
-    from musicrec.metrics import paired_text
-
-    lines = []
-    for name, diffs in comparisons.items():
-        model, base = name.split("-", 1)
-        for metric, d in diffs.items():
-            mean, se = d.get("mean"), d.get("stderr")
-            if mean is None or se is None or mean <= se:
-                lines.append(
-                    f"{model} does not beat {base} on {metric} by more than one paired "
-                    f"standard error: {paired_text(d)} over {d.get('n_users')} users"
-                )
-    return lines
-
-
 def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     """Refit the served artifacts on all events (production serving)."""
     events = ctx.prepared.events
@@ -860,7 +763,7 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
     )
     write_parquet(als, ctx.paths.personal_als)
     set_als_recs(stage, als, ctx.cfg.als.n_recs)  # candidates reuse these lists
-    ranker = Ranker.load(ctx.paths.model_dir / "ranker.cbm")
+    ranker = Ranker.load(ctx.paths.ranker_model)
     written = write_ranked(ctx, ranker, stage)
     return {"fit_end": end.isoformat(), "users": written["users"]}
 
@@ -869,10 +772,7 @@ def stage_final_fit(ctx: PipelineContext) -> dict[str, Any]:
 def build_plan(ctx: PipelineContext) -> list[Stage]:
     """The stages of the pipeline in order (the CLI, the notebook and the benchmark run it)."""
     cfg, paths = ctx.cfg, ctx.paths
-    model_files = [
-        paths.model_dir / f"als_{n}.npy"
-        for n in ("user_ids", "item_ids", "user_factors", "item_factors")
-    ]
+    model_files = [paths.model_dir / name for name in ALS_FILES]
     heard_files = [paths.heard_dir / name for name in HEARD_FILES]
     plan = [
         Stage(
@@ -948,7 +848,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             lambda: stage_ranker(ctx),
             [cfg.ranker.model_dump(), cfg.top_k],
             [],
-            [paths.recommendations, paths.model_dir / "ranker.cbm"],
+            [paths.recommendations, paths.ranker_model],
             ["als_label", "similar", "top_popular"],
             code=("candidates", "features", "ranker"),
         ),
@@ -959,7 +859,7 @@ def build_plan(ctx: PipelineContext) -> list[Stage]:
             [],
             [paths.pictures_dir / "metrics_comparison.png"],
             ["ranker"],
-            code=("metrics", "plots"),
+            code=("evaluation", "metrics", "plots"),
         ),
     ]
     if cfg.final_fit == "all":
@@ -1030,7 +930,7 @@ def run_pipeline(
     require_raw_files(data_dir)  # before any folder is made (the fingerprints stat them)
     paths = ArtifactPaths(Path(artifacts_dir))
     paths.ensure_dirs()
-    ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force), settings)
+    ctx = PipelineContext(Path(data_dir), paths, cfg, StageCache(paths.cache_dir, force))
     with pipeline_lock(paths.cache_dir):  # the whole run: no other run interleaves stages
         # the half-written files of a run killed outright (gigabytes at the full size)
         files, size = remove_stale_temporaries(paths.root)

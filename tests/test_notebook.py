@@ -28,7 +28,7 @@ import pytest
 from pydantic import BaseModel
 
 from musicrec.config import PipelineConfig, load_config
-from musicrec.pipeline import unproven_gains
+from musicrec.evaluation import unproven_gains
 from musicrec.plots import EDA_FILES
 
 nbformat = pytest.importorskip("nbformat")

@@ -30,6 +30,7 @@ from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFil
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, config_as_toml, load_config
 from musicrec.errors import ConfigError, DataValidationError
+from musicrec.evaluation import candidate_recall_diagnostic, unproven_gains
 from musicrec.heard import HeardIndex
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.metrics import candidate_recall
@@ -37,7 +38,6 @@ from musicrec.pipeline import (
     PipelineContext,
     StageCache,
     build_plan,
-    candidate_recall_diagnostic,
     collect_metrics,
     label_windows,
     run_pipeline,
@@ -46,7 +46,6 @@ from musicrec.pipeline import (
     stage_split,
     train_ranker,
     tune_als,
-    unproven_gains,
     window_training_rows,
     write_ranked,
 )
@@ -343,7 +342,7 @@ def test_second_run_reuses_every_stage(
 def test_candidate_recall_diagnostic_batches_and_samples(
     tiny_pipeline: TinyPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import musicrec.pipeline as pipeline_module
+    import musicrec.evaluation as evaluation_module
 
     ctx = PipelineContext(
         tiny_pipeline.root,
@@ -357,13 +356,13 @@ def test_candidate_recall_diagnostic_batches_and_samples(
         update={"ranker": tiny_pipeline.cfg.ranker.model_copy(update={"inference_batch_users": 7})}
     )
     seen: list[np.ndarray] = []
-    real = pipeline_module.generate_candidates
+    real = evaluation_module.generate_candidates
 
     def recording(stage: Any, users: np.ndarray, rcfg: Any) -> pd.DataFrame:
         seen.append(users)
         return real(stage, users, rcfg)
 
-    monkeypatch.setattr(pipeline_module, "generate_candidates", recording)
+    monkeypatch.setattr(evaluation_module, "generate_candidates", recording)
 
     def direct(users: np.ndarray) -> float:
         cand = real(stage, users, cfg.ranker)
