@@ -15,10 +15,12 @@ Every problem raises `DataValidationError` naming the file, the column, what was
 and a few offending rows; pyarrow errors never escape. The checks are vectorised (pyarrow
 compute and numpy), so the 222.6M-row interactions file never becomes Python objects.
 
-`read_raw` reads the three files and also cleans the interactions: it drops those whose
-track is not in tracks.parquet (failing if their share exceeds
-`DataConfig.max_unknown_track_share`), sorts them by (user_id, started_at, track_seq) and
-drops repeated (user, track) pairs, keeping the first listen.
+`read_raw_tables` (what `prepare` calls) reads the three files as Arrow tables and also
+cleans the interactions: it drops those whose track is not in tracks.parquet (failing if
+their share exceeds `DataConfig.max_unknown_track_share`), sorts them by (user_id,
+started_at, track_seq) and drops repeated (user, track) pairs, keeping the first listen.
+`read_raw` and the `read_tracks` / `read_catalog` / `read_interactions` readers give the
+same as pandas DataFrames, for notebooks and exploration.
 """
 
 from __future__ import annotations

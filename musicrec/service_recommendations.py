@@ -158,7 +158,9 @@ class OfflineRecs:
         return heard_by(self.heard, user_id)
 
     def offline(self, user_id: int, k: int) -> list[int]:
-        """The ranker's top `k` for a known user, else the cold-start answer."""
+        """The user's stored list, its first `k` distinct tracks; for a user without one,
+        the popular list without the tracks the user heard (`ranked`), which for a user
+        never heard of is the cold-start answer."""
         return dedupe(self.ranked(user_id, k))
 
     def ranked(self, user_id: int, n: int, heard: np.ndarray | None = None) -> list[int]:
