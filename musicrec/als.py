@@ -34,6 +34,21 @@ class ALSModel:
         self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
 
+    def is_fit_on(self, matrix: InteractionMatrix) -> bool:
+        """Whether this model's users and tracks are `matrix`'s, row for row and column for
+        column (a model fit on another history scores the wrong rows)."""
+        return np.array_equal(self.users.ids, matrix.users.ids) and np.array_equal(
+            self.items.ids, matrix.items.ids
+        )
+
+    def unit_item_factors(self) -> np.ndarray:
+        """The item factors scaled to unit length (float32; all-zero rows stay zero): their
+        dot products are the cosines of the similar tracks and of the ranker's features."""
+        f = self.item_factors
+        norms = np.linalg.norm(f, axis=1)
+        out: np.ndarray = f / np.where(norms > 0, norms, np.float32(1))[:, None]
+        return out
+
     @classmethod
     def fit(
         cls,

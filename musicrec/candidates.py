@@ -88,10 +88,7 @@ class FirstStage:
         matrix = InteractionMatrix.from_events(history)
         if als is None:
             als = ALSModel.fit(matrix, als_cfg, num_threads=num_threads)
-        elif not (
-            np.array_equal(als.users.ids, matrix.users.ids)
-            and np.array_equal(als.items.ids, matrix.items.ids)
-        ):
+        elif not als.is_fit_on(matrix):
             raise ValueError("FirstStage: the given ALS model was not fit on this history")
         scored = top_item_codes(matrix, als_cfg.max_scored_items)
         queries, latest = None, None

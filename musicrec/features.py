@@ -345,9 +345,7 @@ def unit_item_factors(stage: FirstStage) -> np.ndarray:
     the ranker reads twice."""
     key = "unit_item_factors"
     if key not in stage.cache:
-        f = stage.als.item_factors
-        norms = np.linalg.norm(f, axis=1)
-        stage.cache[key] = f / np.where(norms > 0, norms, np.float32(1))[:, None]
+        stage.cache[key] = stage.als.unit_item_factors()
     out: np.ndarray = stage.cache[key]
     return out
 

@@ -213,9 +213,7 @@ class PipelineContext:
             hist = self.test.history
             matrix = InteractionMatrix.from_events(hist)
             als = ALSModel.load(self.paths.model_dir)
-            if not np.array_equal(als.users.ids, matrix.users.ids) or not np.array_equal(
-                als.items.ids, matrix.items.ids
-            ):
+            if not als.is_fit_on(matrix):
                 raise ArtifactError(
                     f"{self.paths.model_dir}: the saved ALS model was not fit on the history "
                     "before the test window (a final_fit = 'all' run refit it, or the files "

@@ -32,9 +32,7 @@ def similar_tracks(
     that only needs the neighbours of some users' latest tracks computes only those."""
     from implicit.cpu.topk import topk
 
-    f = model.item_factors
-    norms = np.linalg.norm(f, axis=1)
-    normed = (f / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    normed = model.unit_item_factors()
     n = len(normed)
     targets = normed if items is None else np.ascontiguousarray(normed[items])
     # position of each item among the targets (-1: not a target), for the self filter

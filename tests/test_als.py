@@ -195,6 +195,27 @@ def test_load_refuses_a_pickled_array(
         ALSModel.load(tmp_path)
 
 
+def test_is_fit_on_compares_users_and_tracks(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel],
+) -> None:
+    ev, m, model = planted
+    assert model.is_fit_on(m) and model.is_fit_on(InteractionMatrix.from_events(ev))
+    fewer_users = ev[ev[C.User] != ev[C.User].iloc[0]]
+    fewer_tracks = ev[ev[C.Item] != ev[C.Item].iloc[0]]
+    for other in (fewer_users, fewer_tracks):
+        assert not model.is_fit_on(InteractionMatrix.from_events(other))
+
+
+def test_unit_item_factors_hand_example() -> None:
+    items = IdMap(np.array([1, 2, 3]))
+    f = np.array([[3, 4], [0, 0], [0, -2]], dtype=np.float32)
+    model = ALSModel(IdMap(np.array([7])), items, np.ones((1, 2)), f)
+    unit = model.unit_item_factors()
+    assert unit.dtype == np.float32
+    np.testing.assert_array_equal(unit, np.array([[0.6, 0.8], [0, 0], [0, -1]], np.float32))
+    np.testing.assert_array_equal(model.item_factors, f)  # the model's own are unchanged
+
+
 def test_warm_factors_hand_example() -> None:
     init_ids = IdMap(np.array([10, 20, 30]))
     init = np.arange(6, dtype=np.float32).reshape(3, 2)  # 10 -> [0, 1], 20 -> [2, 3], 30 -> [4, 5]
