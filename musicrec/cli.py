@@ -143,8 +143,8 @@ def verify() -> None:
 def upload(artifacts_dir: ArtifactsDir = None) -> None:
     """Upload the artifacts to S3 (S3_BUCKET_NAME and credentials from the environment)."""
     from musicrec.artifacts import ArtifactPaths, pipeline_lock
+    from musicrec.s3 import ARTIFACT_DIRS, ARTIFACT_FILES, artifact_files, upload_artifacts
     from musicrec.settings import get_settings
-    from musicrec.storage import ARTIFACT_DIRS, ARTIFACT_FILES, artifact_files, upload_artifacts
 
     _setup()
     s = get_settings()

@@ -950,7 +950,7 @@ def run_pipeline(
         metrics = collect_metrics(ctx)
         write_json(metrics, paths.metrics)
         if settings is not None:  # still under the lock: no other run rewrites what is sent
-            from musicrec.storage import upload_artifacts
+            from musicrec.s3 import upload_artifacts
 
             upload_artifacts(settings, paths.root)
     log.info("stage times (s): %s", json.dumps(ctx.seconds))

@@ -597,7 +597,7 @@ def fetch_artifacts_if_configured(
     """Download `files` (paths under `settings.artifacts_dir`: what the service reads, not
     the whole tree of data and models) from S3 first when `settings.fetch_artifacts_from_s3`
     (blocking; call it from a thread), and `optional` too if the bucket has them.
-    `musicrec.storage` is imported only then.
+    `musicrec.s3` is imported only then.
 
     A bucket in the middle of an upload is tried again every `FETCH_RETRY_S` for up to
     `settings.fetch_wait_s`. When the fetch still fails (S3 unreachable, credentials
@@ -608,7 +608,7 @@ def fetch_artifacts_if_configured(
     if not settings.fetch_artifacts_from_s3:
         return
     from musicrec.errors import StorageError, UploadInProgressError
-    from musicrec.storage import download_artifacts, fetched_copy_is_complete
+    from musicrec.s3 import download_artifacts, fetched_copy_is_complete
 
     root = Path(settings.artifacts_dir)
     only = [Path(f).relative_to(root).as_posix() for f in files]

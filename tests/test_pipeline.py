@@ -709,7 +709,7 @@ def test_the_upload_at_the_end_holds_the_run_lock(
         taken.append(subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode)
         return []
 
-    monkeypatch.setattr("musicrec.storage.upload_artifacts", upload)
+    monkeypatch.setattr("musicrec.s3.upload_artifacts", upload)
     settings = Settings(_env_file=None, S3_BUCKET_NAME="bucket")  # type: ignore[call-arg]
     run_pipeline(tiny_raw_dir, own_dir, fast_pipeline_config(), settings=settings, progress=False)
     assert len(taken) == 1 and taken[0] != 0  # BlockingIOError: the run still held it

@@ -95,12 +95,12 @@ def settings(artifacts: dict[str, Any], tmp_path: Path) -> Settings:
 def fake_s3(
     artifacts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[Settings, Path, list[str]]]:
-    """A stand-in for `musicrec.storage` whose `download_artifacts` copies the named files
+    """A stand-in for `musicrec.s3` whose `download_artifacts` copies the named files
     (`only`, and those of `optional` that exist) from the fake artifacts; returns the list
     of its calls (settings, folder, files fetched), for the tests of
     `fetch_artifacts_from_s3`."""
     calls: list[tuple[Settings, Path, list[str]]] = []
-    fake = types.ModuleType("musicrec.storage")
+    fake = types.ModuleType("musicrec.s3")
 
     def download_artifacts(
         cfg: Settings,
@@ -119,7 +119,7 @@ def fake_s3(
 
     fake.download_artifacts = download_artifacts  # type: ignore[attr-defined]
     fake.fetched_copy_is_complete = lambda *args, **kwargs: False  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "musicrec.storage", fake)
+    monkeypatch.setitem(sys.modules, "musicrec.s3", fake)
     return calls
 
 

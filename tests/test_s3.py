@@ -16,8 +16,7 @@ import boto3
 import pytest
 
 from musicrec.errors import StorageError, UploadInProgressError
-from musicrec.settings import Settings
-from musicrec.storage import (
+from musicrec.s3 import (
     UPLOAD_MANIFEST,
     artifact_files,
     download_artifacts,
@@ -25,6 +24,7 @@ from musicrec.storage import (
     s3_client,
     upload_artifacts,
 )
+from musicrec.settings import Settings
 
 pytest.importorskip("moto.server")
 
@@ -205,9 +205,9 @@ def test_skipped_when_bucket_not_set(
     artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings("http://127.0.0.1:9", None)
-    with caplog.at_level(logging.INFO, logger="musicrec.storage"):
+    with caplog.at_level(logging.INFO, logger="musicrec.s3"):
         assert upload_artifacts(settings, artifacts) == []
-    records = [r for r in caplog.records if r.name == "musicrec.storage"]
+    records = [r for r in caplog.records if r.name == "musicrec.s3"]
     assert [(r.levelname, r.getMessage()) for r in records] == [
         ("INFO", "S3 upload skipped: S3_BUCKET_NAME is not set")
     ]
