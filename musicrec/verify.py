@@ -44,8 +44,10 @@ from musicrec.settings import Settings, get_settings
 log = logging.getLogger("musicrec.verify")
 
 K = 10
-#: events of the verify user beyond the latest 100 (its oldest): see `Verifier.run`
+#: events of the verify user beyond the latest 100 (its oldest): see `Verifier.check_events`
 LONG_HISTORY = 105
+#: a track id no artifact holds (the events check adds it and the one below it)
+UNKNOWN_TRACK = INT32_MAX - 7
 _BODY_SHOWN = 400
 
 
@@ -364,16 +366,36 @@ class Verifier:
     # --- the checks ----------------------------------------------------------------------
 
     def run(self, picks: Picks) -> None:
-        urls = {"recommendations": self.recs_url, "similar": self.similar_url}
-        urls["events"] = self.events_url
-        for name, url in urls.items():
+        """Every check, in this order: the online and blended checks expect the events
+        that `check_events` adds."""
+        self.check_probes()
+        self.check_offline(picks)
+        self.check_similar(picks)
+        self.check_events(picks)
+        self.check_online_and_blend(picks)
+        self.check_bad_requests()
+        self.check_metrics()
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Each service's base URL by its name."""
+        return {
+            "recommendations": self.recs_url,
+            "similar": self.similar_url,
+            "events": self.events_url,
+        }
+
+    def check_probes(self) -> None:
+        """`/health` and `/ready` of each service."""
+        for name, url in self.urls.items():
             self.expect_json(f"{name} /health", "GET", f"{url}/health", _health(name))
             self.expect_json(
                 f"{name} /ready", "GET", f"{url}/ready", {"ready": True, "service": name}
             )
 
+    def check_offline(self, picks: Picks) -> None:
+        """Offline lists: a user the pipeline never saw (popular), and one it did."""
         rec = self.recs_url
-        # offline: a user the pipeline never saw, and one it did
         self.expect_json(
             "cold user offline = top popular",
             "POST",
@@ -392,7 +414,8 @@ class Verifier:
         else:
             self.record(None, "user with history offline", "no user in the artifacts", None)
 
-        # similar tracks, single and batch
+    def check_similar(self, picks: Picks) -> None:
+        """Similar tracks, single (express lane and route, an unknown track) and batch."""
         if picks.seeds:
             t = picks.seeds[0]
             tracks, scores = picks.similar_of([t], K)[t]
@@ -414,14 +437,13 @@ class Verifier:
             )
             ok = reply.is_json and _same_similar(reply.data, tracks, scores)
             self.record(ok, "similar tracks, route", shown, reply, f"expected {tracks}")
-            unknown = INT32_MAX - 7
-            if picks.similar_of([unknown], 1)[unknown] == ([], []):
+            if picks.similar_of([UNKNOWN_TRACK], 1)[UNKNOWN_TRACK] == ([], []):
                 self.expect_json(
                     "similar tracks, unknown track: empty",
                     "POST",
                     f"{self.similar_url}/similar_tracks",
                     {"track_id_2": [], "score": []},
-                    params={"track_id": unknown, "k": K},
+                    params={"track_id": UNKNOWN_TRACK, "k": K},
                 )
             batch = picks.similar_of(picks.seeds, K)
             shown, reply = _call(
@@ -442,7 +464,9 @@ class Verifier:
         else:
             self.record(None, "similar tracks", "similar.parquet is empty", None)
 
-        # events: add (an unknown track too), newest first
+    def check_events(self, picks: Picks) -> None:
+        """The event service: API key, adds (a long history, an unknown track, a keyed
+        retry), reads newest first, a batch read, a deletion and `/stats`."""
         ev = self.events_url
         user = picks.verify_user
         if self.api_headers:
@@ -479,7 +503,7 @@ class Verifier:
             ]
             ok = statuses == [200] * LONG_HISTORY
             self.record(ok, f"add_event x{LONG_HISTORY}: popular tracks", "", None)
-        unknown_track = INT32_MAX - 7
+        unknown_track = UNKNOWN_TRACK
         self.expect_status(
             "add_event unknown track accepted",
             "POST",
@@ -547,7 +571,9 @@ class Verifier:
         )
         self.record(ok, "event /stats", shown, reply)
 
-        # online and blended
+    def check_online_and_blend(self, picks: Picks) -> None:
+        """Online and blended lists against what the artifacts and the events predict."""
+        rec, user = self.recs_url, picks.verify_user
         recent = self.events_of(user)
         expected_online = self.expected_online(picks, user, recent, K)
         reply = self.expect_json(
@@ -607,7 +633,9 @@ class Verifier:
             params={"user_id": picks.cold_user, "k": K},
         )
 
-        # bad requests -> 422, never 500
+    def check_bad_requests(self) -> None:
+        """Bad requests are 422, never 500."""
+        rec, ev = self.recs_url, self.events_url
         bad = [
             ("k=0", f"{rec}/recommendations", {"user_id": 1, "k": 0}, None),
             (f"k={K_MAX + 1}", f"{rec}/recommendations", {"user_id": 1, "k": K_MAX + 1}, None),
@@ -640,8 +668,9 @@ class Verifier:
                 headers=self.api_headers,
             )
 
-        # metrics
-        for name, url in urls.items():
+    def check_metrics(self) -> None:
+        """Each service's `/metrics` counted requests."""
+        for name, url in self.urls.items():
             shown, reply = _call("GET", f"{url}/metrics")
             # a sample that counted requests (the name alone is in the HELP line anyway)
             ok = reply.status == 200 and any(
