@@ -236,13 +236,15 @@ def _numbers(values: Any) -> list[float]:
 class OnlineFailure(Exception):
     """An upstream failed; `reason` is a bounded label (`events:timeout`, ...)."""
 
-    def __init__(self, upstream: str, kind: str, detail: str = "") -> None:
+    def __init__(
+        self, upstream: str, kind: str, detail: str = "", partial: OnlineResult | None = None
+    ) -> None:
         self.upstream = upstream
         self.kind = kind
         self.reason = f"{upstream}:{kind}"
         self.detail = detail
         #: what the online part had gathered before failing (recent events, maybe)
-        self.partial = OnlineResult()
+        self.partial = partial if partial is not None else OnlineResult()
         super().__init__(f"{self.reason} {detail}".strip())
 
 
@@ -367,6 +369,65 @@ class Upstreams:
 # --- app -------------------------------------------------------------------------------
 
 
+class Recommender:
+    """What `/recommendations` and `/recommendations_online` compute, for the routes and
+    the express lane alike: the online part within its budget (`online`) and the blend of
+    online, offline and popular lists (`blended`), falling back to the offline list when
+    an upstream fails."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self.online_budget = settings.request_budget_s * ONLINE_BUDGET_SHARE
+        #: one line per fallback, rate-limited
+        self.fallback_log = RateLimitedLog(log)
+        #: the online part's unforeseen errors, with tracebacks
+        self.error_log = RateLimitedLog(log)
+
+    async def online(
+        self, upstreams: Upstreams, user_id: int, k: int, heard: np.ndarray
+    ) -> OnlineResult:
+        """The online part within the budget; raises `OnlineFailure` on any failure, with
+        whatever was gathered in `exc.partial`."""
+        out = OnlineResult()
+        try:
+            async with asyncio.timeout(self.online_budget):
+                await upstreams.online(user_id, out, k, heard)
+        except TimeoutError as exc:
+            raise OnlineFailure("budget", "exceeded", f"{self.online_budget:.3f}s", out) from exc
+        except OnlineFailure as exc:
+            # the failure of a coalesced call is shared by its callers: one copy each
+            raise OnlineFailure(exc.upstream, exc.kind, exc.detail, out) from exc
+        except Exception as exc:
+            # anything else (an answer no check foresaw, a bug): the offline answer rather
+            # than a 500, and the traceback in the log so that it is not hidden
+            self.error_log.exception("online part failed for user %d", user_id)
+            raise OnlineFailure("online", "error", repr(exc)[:200], out) from exc
+        return out
+
+    async def blended(
+        self, offline: OfflineRecs, upstreams: Upstreams, user_id: int, k: int
+    ) -> list[int]:
+        """Online and offline interleaved, deduplicated, without the user's recent events
+        and heard tracks, exactly `k` long (topped up from the popular list); the offline
+        list alone (and the recent events gathered) when the online part fails."""
+        heard = offline.heard_of(user_id)
+        try:
+            out = await self.online(upstreams, user_id, k, heard)
+        except OnlineFailure as exc:
+            out = exc.partial
+            self.metrics.fallbacks.labels(exc.reason).inc()
+            self.fallback_log.warning(
+                "fallback to offline recommendations for user %d: %s", user_id, exc
+            )
+        recent = out.recent_set
+        # a longer offline list, so that dropped duplicates and heard tracks are replaced by
+        # the next ranked ones before the popular top-up
+        offline_recs = offline.ranked(user_id, 2 * k + len(recent), heard)
+        # the stored list holds no heard track; the online part was filtered above; the
+        # popular top-up is checked against the history lazily, only as far as it is read
+        return blend(out.recs, offline_recs, k, recent, unheard(offline.popular, heard))
+
+
 class RecsResponse(BaseModel):
     """Recommended track ids, best first."""
 
@@ -397,9 +458,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The recommendation app; artifacts and the upstream pools are set up in the lifespan."""
     cfg = settings or get_settings()
     metrics = ServiceMetrics(SERVICE)
-    fallback_log = RateLimitedLog(log)
-    error_log = RateLimitedLog(log)  # the online part's unforeseen errors, with tracebacks
-    online_budget = cfg.request_budget_s * ONLINE_BUDGET_SHARE
+    recommender = Recommender(cfg, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -461,33 +520,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     responses = {**VALIDATION_RESPONSES, **NOT_READY_RESPONSES}
 
-    async def gather_online(
-        upstreams: Upstreams, user_id: int, k: int, heard: np.ndarray
-    ) -> OnlineResult:
-        """The online part within the budget; raises `OnlineFailure` on any failure, with
-        whatever was gathered in `exc.partial`."""
-        out = OnlineResult()
-        try:
-            async with asyncio.timeout(online_budget):
-                await upstreams.online(user_id, out, k, heard)
-        except TimeoutError as exc:
-            failure = OnlineFailure("budget", "exceeded", f"{online_budget:.3f}s")
-            failure.partial = out
-            raise failure from exc
-        except OnlineFailure as exc:
-            # the failure of a coalesced call is shared by its callers: one copy each
-            failure = OnlineFailure(exc.upstream, exc.kind, exc.detail)
-            failure.partial = out
-            raise failure from exc
-        except Exception as exc:
-            # anything else (an answer no check foresaw, a bug): the offline answer rather
-            # than a 500, and the traceback in the log so that it is not hidden
-            error_log.exception("online part failed for user %d", user_id)
-            failure = OnlineFailure("online", "error", repr(exc)[:200])
-            failure.partial = out
-            raise failure from exc
-        return out
-
     @app.post(
         "/recommendations_offline",
         response_model=RecsResponse,
@@ -515,9 +547,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Tracks similar to the user's latest listens, best first, without the listened
         ones; empty when the user has no events."""
         try:
-            out = await gather_online(upstreams, user_id, k, offline.heard_of(user_id))
+            out = await recommender.online(upstreams, user_id, k, offline.heard_of(user_id))
         except OnlineFailure as exc:
-            fallback_log.warning("online recommendations for user %d failed: %s", user_id, exc)
+            recommender.fallback_log.warning(
+                "online recommendations for user %d failed: %s", user_id, exc
+            )
             raise HTTPException(
                 status_code=503, detail=f"online recommendations unavailable: {exc.reason}"
             ) from exc
@@ -538,33 +572,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Online and offline interleaved, deduplicated, without recently heard tracks,
         exactly `k` long (topped up from the popular list). Degrades to the offline list
         when an upstream is down or slow."""
-        return OrjsonResponse({"recs": await blended(offline, upstreams, user_id, k)})
-
-    async def blended(
-        offline: OfflineRecs, upstreams: Upstreams, user_id: int, k: int
-    ) -> list[int]:
-        heard = offline.heard_of(user_id)
-        try:
-            out = await gather_online(upstreams, user_id, k, heard)
-        except OnlineFailure as exc:
-            out = exc.partial
-            metrics.fallbacks.labels(exc.reason).inc()
-            fallback_log.warning(
-                "fallback to offline recommendations for user %d: %s", user_id, exc
-            )
-        recent = out.recent_set
-        # a longer offline list, so that dropped duplicates and heard tracks are replaced by
-        # the next ranked ones before the popular top-up
-        offline_recs = offline.ranked(user_id, 2 * k + len(recent), heard)
-        # the stored list holds no heard track; the online part was filtered above; the
-        # popular top-up is checked against the history lazily, only as far as it is read
-        return blend(out.recs, offline_recs, k, recent, unheard(offline.popular, heard))
+        return OrjsonResponse({"recs": await recommender.blended(offline, upstreams, user_id, k)})
 
     async def lane_blended(user_id: int, k: int) -> bytes | None:
         offline, upstreams = app.state.offline, app.state.upstreams
         if offline is None or upstreams is None:
             return None  # FastAPI answers the 503
-        return json_body({"recs": await blended(offline, upstreams, user_id, k)})
+        return json_body({"recs": await recommender.blended(offline, upstreams, user_id, k)})
 
     async def lane_offline(user_id: int, k: int) -> bytes | None:
         offline = app.state.offline
