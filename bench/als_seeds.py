@@ -45,7 +45,7 @@ def mean_score_model(models: list[ALSModel]) -> ALSModel:
 
 
 def study(name: str, split: Split, ctx: PipelineContext, n_seeds: int, threads: int) -> None:
-    hist, target = split.history, split.target
+    hist, target = split.history, split.window_events
     warm = np.intersect1d(hist[C.User].unique(), target[C.User].unique())
     matrix = InteractionMatrix.from_events(hist)
     cfg = ctx.als_cfg()

@@ -40,7 +40,7 @@ def main() -> None:
             break
         if w in args.windows:
             grids[w] = als_grid_ndcg(ctx, lab)
-            print(f"window {w} (from {lab.start.date()}): {len(lab.target):,} listens")
+            print(f"window {w} (from {lab.start.date()}): {len(lab.window_events):,} listens")
     if not grids:
         sys.exit("no label window of those asked for")
     windows = sorted(grids)

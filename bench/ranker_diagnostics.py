@@ -119,7 +119,7 @@ def main() -> None:
     args = ap.parse_args()
     ctx = context(args)
     train, cand = load_dump(ctx, args.work)
-    test = label_candidates(cand, ctx.test.target)
+    test = label_candidates(cand, ctx.test.window_events)
 
     columns = [f for f in FEATURES if f not in CAT_FEATURES]
     model_path = ctx.paths.model_dir / "ranker.cbm"
@@ -142,11 +142,11 @@ def main() -> None:
         print(table.round(3).to_string())
     if "ranker" in test:
         print()
-        print(cutoff_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
+        print(cutoff_table(test, ctx.test.window_events, test["ranker"].to_numpy()).to_string())
         print()
         print(head_swaps(test, test["ranker"].to_numpy()).to_string())
         print()
-        print(activity_table(test, ctx.test.target, test["ranker"].to_numpy()).to_string())
+        print(activity_table(test, ctx.test.window_events, test["ranker"].to_numpy()).to_string())
     print()
     print(genre_lift(parts).to_string())
 

@@ -51,7 +51,7 @@ def dump(ctx: PipelineContext, work: Path) -> None:
     frames = [window_training_rows(ctx, lab, w)[0] for w, lab in enumerate(label_windows(ctx))]
     pd.concat(frames, ignore_index=True).to_parquet(work / "train.parquet")
     stage, test = ctx.first_stage(), ctx.test
-    warm = np.intersect1d(test.target[C.User].unique(), test.history[C.User].unique())
+    warm = np.intersect1d(test.window_events[C.User].unique(), test.history[C.User].unique())
     cand = generate_candidates(stage, warm, ctx.cfg.ranker)
     feats = collect_features(stage, ctx.prepared.items, cand, ctx.cfg.ranker)
     feats.to_parquet(work / "test_candidates.parquet")

@@ -144,7 +144,7 @@ def main() -> None:
     ctx = context(args)
     cfg = ctx.cfg
     train, cand = load_dump(ctx, args.work)
-    target: pd.DataFrame = ctx.test.target
+    target: pd.DataFrame = ctx.test.window_events
     if args.holdout:
         train, cand, target = holdout_split(train)
     users = np.sort(cand[C.User].unique())

@@ -118,7 +118,7 @@ def main() -> None:
     ctx = context(args)
     cfg = ctx.cfg
     train, feats = load_dump(ctx, args.work)
-    target = ctx.test.target
+    target = ctx.test.window_events
     history: pd.DataFrame | None = ctx.test.history
     if args.holdout:
         train, feats, target = holdout_split(train)

@@ -71,12 +71,12 @@ def per_user(root: Path, data_dir: Path, cfg: Any) -> dict[str, pd.DataFrame]:
     paths = ArtifactPaths(root)
     ctx = PipelineContext(data_dir, paths, cfg, StageCache(paths.cache_dir))
     test = ctx.test
-    warm = np.intersect1d(test.target[C.User].unique(), test.history[C.User].unique())
+    warm = np.intersect1d(test.window_events[C.User].unique(), test.history[C.User].unique())
     e = cfg.eval
     kmax = max(e.k_precision, e.k_ndcg)
     return {
         name: per_user_metrics(
-            read_top(path, kmax), test.target, None, e.k_precision, e.k_ndcg, warm
+            read_top(path, kmax), test.window_events, None, e.k_precision, e.k_ndcg, warm
         )
         for name, path in (("als", paths.personal_als), ("ranker", paths.recommendations))
     }

@@ -194,7 +194,7 @@ class PipelineContext:
             raise DataValidationError(
                 *where, f"dates that split into history and a {window} window", found=str(exc)
             ) from exc
-        users = split.target[C.User].unique()
+        users = split.window_events[C.User].unique()
         if not np.isin(users, split.history[C.User].unique()).any():
             raise DataValidationError(
                 *where,
@@ -354,14 +354,14 @@ def als_grid_ndcg(ctx: PipelineContext, lab: Split) -> list[tuple[dict[str, floa
         log.info("ALS tuning on %d of %d users (%d listens)", len(keep), n_users, len(hist))
     matrix = InteractionMatrix.from_events(hist)
     scored = top_item_codes(matrix, cfg.max_scored_items)
-    warm = np.intersect1d(lab.target[C.User].unique(), matrix.users.ids)
+    warm = np.intersect1d(lab.window_events[C.User].unique(), matrix.users.ids)
     if len(warm) == 0:  # no grid point could be scored: it fell back to the defaults, silently
         raise ConfigError(
             f"ALS tuning: none of the {len(matrix.users.ids):,} users it samples "
             f"(als.tune_max_users = {cfg.tune_max_users}) listened in the label window, so "
             "no grid point can be scored: raise als.tune_max_users or set als.tune = false"
         )
-    target = lab.target[lab.target[C.User].isin(warm)]
+    target = lab.window_events[lab.window_events[C.User].isin(warm)]
     grid = []
     for f in cfg.factors_grid:
         for r in cfg.regularization_grid:
@@ -461,15 +461,15 @@ def window_training_rows(
         lab.start,
         ctx.als_cfg(),
         ctx.cfg.similar,
-        similar_for=(lab.target[C.User].unique(), rcfg.recent_tracks),
+        similar_for=(lab.window_events[C.User].unique(), rcfg.recent_tracks),
         als=ALSModel.load(ctx.paths.label_model_dir) if window == 0 else None,
     )
-    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    users = np.intersect1d(lab.window_events[C.User].unique(), stage.matrix.users.ids)
     # label-window pairs of those users, sorted by user so a batch's rows are gathered by
     # binary search
-    target = lab.target[[C.User, C.Item]].drop_duplicates()
-    target = target[target[C.User].isin(users)].sort_values(C.User, kind="stable")
-    t_users = target[C.User].to_numpy()
+    window_pairs = lab.window_events[[C.User, C.Item]].drop_duplicates()
+    window_pairs = window_pairs[window_pairs[C.User].isin(users)].sort_values(C.User, kind="stable")
+    t_users = window_pairs[C.User].to_numpy()
     # Candidates are generated and labelled in user batches (bounded memory), and only the
     # users with a positive are kept: the others can never be sampled. With
     # `max_train_users`, users are visited in a seeded random order and the visit stops once
@@ -489,7 +489,7 @@ def window_training_rows(
     for s in range(0, len(visit), batch):
         b = np.sort(visit[s : s + batch])
         rows = rows_of_keys(t_users, b)
-        part = label_candidates(generate_candidates(stage, b, rcfg), target.iloc[rows])
+        part = label_candidates(generate_candidates(stage, b, rcfg), window_pairs.iloc[rows])
         hits += int(part[TARGET].sum())
         target_pairs += len(rows)
         scanned += len(b)
@@ -680,7 +680,7 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     e = ctx.cfg.eval
     test = ctx.test
     hist_users = test.history[C.User].unique()
-    test_users = test.target[C.User].unique()
+    test_users = test.window_events[C.User].unique()
     warm = np.intersect1d(test_users, hist_users)
     cold = np.setdiff1d(test_users, hist_users)
     catalog = len(ctx.prepared.items)
@@ -688,11 +688,15 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     kmax = max(e.k_precision, e.k_ndcg)
 
     def ev(recs: pd.DataFrame, users: np.ndarray) -> dict[str, Any]:
-        return evaluate(recs, test.target, test.history, catalog, e.k_precision, e.k_ndcg, users)
+        return evaluate(
+            recs, test.window_events, test.history, catalog, e.k_precision, e.k_ndcg, users
+        )
 
     popular = listeners_per_track(test.history)
     pop_recs = recommend_popular(popular, stage.matrix, warm, kmax)
-    diag = candidate_recall_diagnostic(stage, warm, test.target, ctx.cfg, e.candidate_recall_users)
+    diag = candidate_recall_diagnostic(
+        stage, warm, test.window_events, ctx.cfg, e.candidate_recall_users
+    )
     # the first stage is not read by the metrics: drop it (at the full size its matrix, the
     # ALS lists of every user and the similar tracks are GBs) before they allocate theirs;
     # the history it shares with the test split stays
@@ -709,7 +713,12 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     del pop_recs
     warm_results = {name: ev(recs, warm) for name, recs in warm_recs.items()}
     comparisons = compare_models(
-        warm_recs, test.target, warm, e.k_precision, e.k_ndcg, baselines=("als", "top_popular")
+        warm_recs,
+        test.window_events,
+        warm,
+        e.k_precision,
+        e.k_ndcg,
+        baselines=("als", "top_popular"),
     )
     del warm_recs
     # every cold user gets the popular list, as long as it is (a small catalogue can hold

@@ -33,9 +33,10 @@ def group_ids(df: pd.DataFrame) -> np.ndarray:
     return pair_keys(df[WINDOW].to_numpy(), users)
 
 
-def label_candidates(cand: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
-    """`target` = 1 where the user listened to the candidate in `window`, else 0."""
-    pos = window[[C.User, C.Item]].drop_duplicates().assign(**{TARGET: np.int8(1)})
+def label_candidates(cand: pd.DataFrame, window_events: pd.DataFrame) -> pd.DataFrame:
+    """`TARGET` = 1 where the user listened to the candidate in `window_events` (a label
+    window's events), else 0."""
+    pos = window_events[[C.User, C.Item]].drop_duplicates().assign(**{TARGET: np.int8(1)})
     out = cand.merge(pos, on=[C.User, C.Item], how="left")
     out[TARGET] = out[TARGET].fillna(0).astype(np.int8)
     return out

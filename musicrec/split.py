@@ -54,23 +54,26 @@ def serving_end(dates: pd.Series | np.ndarray, test_start: pd.Timestamp) -> pd.T
 
 @dataclass(frozen=True)
 class Split:
-    """Events before `start` (history) and on/after it (target)."""
+    """Events before `start` (history) and on/after it (`window_events`: the test or
+    label window)."""
 
     history: pd.DataFrame
-    target: pd.DataFrame
+    window_events: pd.DataFrame
     start: pd.Timestamp
-    frame: pd.DataFrame  # every row, history then target: both sides are slices of it
+    frame: pd.DataFrame  # every row, history then window: both sides are slices of it
 
     def facts(self, name: str) -> dict[str, object]:
         hist_users = self.history[C.User].unique()
-        tgt_users = self.target[C.User].unique()
+        tgt_users = self.window_events[C.User].unique()
         cold = np.setdiff1d(tgt_users, hist_users, assume_unique=True)
         return {
             f"{name}_start": str(self.start.date()),
-            f"{name}_end": str(self.target[C.Datetime].max().date()) if len(self.target) else None,
+            f"{name}_end": str(self.window_events[C.Datetime].max().date())
+            if len(self.window_events)
+            else None,
             "history_rows": len(self.history),
             "history_users": len(hist_users),
-            f"{name}_rows": len(self.target),
+            f"{name}_rows": len(self.window_events),
             f"{name}_users": len(tgt_users),
             f"{name}_warm_users": len(tgt_users) - len(cold),
             f"{name}_cold_users": len(cold),

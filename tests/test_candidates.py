@@ -47,7 +47,7 @@ def stage(split: Split) -> FirstStage:
 
 @pytest.fixture(scope="module")
 def cand(stage: FirstStage, split: Split) -> pd.DataFrame:
-    return generate_candidates(stage, split.target[C.User].unique(), RANKER_CFG)
+    return generate_candidates(stage, split.window_events[C.User].unique(), RANKER_CFG)
 
 
 def _pairs(df: pd.DataFrame, user: str = C.User, item: str = C.Item) -> set[tuple[int, int]]:
@@ -68,7 +68,9 @@ def test_first_stage_is_fit_on_history_only(stage: FirstStage, split: Split) -> 
 def test_first_stage_similar_for_some_users_gives_them_the_same_candidates(
     stage: FirstStage, split: Split
 ) -> None:
-    users = np.intersect1d(split.target[C.User].unique(), split.history[C.User].unique())[:15]
+    users = np.intersect1d(split.window_events[C.User].unique(), split.history[C.User].unique())[
+        :15
+    ]
     n = RANKER_CFG.recent_tracks
     part = FirstStage.fit(
         split.history, split.start, ALS_CFG, SIM_CFG, num_threads=1, similar_for=(users, n)
@@ -85,7 +87,7 @@ def test_first_stage_similar_for_some_users_gives_them_the_same_candidates(
 
 
 def test_first_stage_rejects_history_reaching_its_end(stage: FirstStage, split: Split) -> None:
-    leaky = pd.concat([stage.history, split.target.head(1)])
+    leaky = pd.concat([stage.history, split.window_events.head(1)])
     with pytest.raises(ValueError, match="on or after its end"):
         replace(stage, history=leaky)
 
@@ -100,7 +102,7 @@ def test_candidates_never_heard_and_unique(
     assert not (_pairs(cand) & _pairs(stage.history))
     assert not cand.duplicated([C.User, C.Item]).any()
     # only users with history are served; cold target users get no candidates
-    warm = set(split.target[C.User]) & set(stage.history[C.User])
+    warm = set(split.window_events[C.User]) & set(stage.history[C.User])
     assert set(cand[C.User]) == warm
     assert cand[C.User].dtype == np.int32 and cand[C.Item].dtype == np.int32
 
@@ -125,7 +127,7 @@ def test_source_flags_match_ranks(cand: pd.DataFrame) -> None:
 def test_candidates_are_the_union_of_the_sources(
     cand: pd.DataFrame, stage: FirstStage, split: Split
 ) -> None:
-    users = np.intersect1d(split.target[C.User].unique(), stage.matrix.users.ids)
+    users = np.intersect1d(split.window_events[C.User].unique(), stage.matrix.users.ids)
     als = stage.als.recommend(users, stage.matrix, RANKER_CFG.als_candidates)
     pop = recommend_popular(stage.popular, stage.matrix, users, RANKER_CFG.popular_candidates)
     sim = similar_to_latest(stage, users, RANKER_CFG.recent_tracks, RANKER_CFG.similar_candidates)
@@ -140,7 +142,7 @@ def test_candidates_are_the_union_of_the_sources(
 
 def test_sources_can_be_switched_off(stage: FirstStage, split: Split) -> None:
     cfg = RANKER_CFG.model_copy(update={"popular_candidates": 0, "similar_candidates": 0})
-    users = split.target[C.User].unique()[:20]
+    users = split.window_events[C.User].unique()[:20]
     only_als = generate_candidates(stage, users, cfg)
     assert (only_als[SRC_ALS] == 1).all()
     assert (only_als[SRC_POP] == 0).all() and only_als["pop_rank"].isna().all()

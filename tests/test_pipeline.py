@@ -350,7 +350,7 @@ def test_candidate_recall_diagnostic_batches_and_samples(
         tiny_pipeline.cfg,
         StageCache(tiny_pipeline.root / "cache"),
     )
-    stage, target = ctx.first_stage(), ctx.test.target
+    stage, target = ctx.first_stage(), ctx.test.window_events
     warm = np.intersect1d(target[C.User].unique(), ctx.test.history[C.User].unique())
     cfg = tiny_pipeline.cfg.model_copy(
         update={"ranker": tiny_pipeline.cfg.ranker.model_copy(update={"inference_batch_users": 7})}
@@ -932,7 +932,7 @@ def test_tuning_without_a_scorable_user_is_an_error() -> None:
     picked = []
     for seed in range(6):  # some seeds sample user 2 (a grid point), others not (the error)
         c = cfg.model_copy(update={"als": cfg.als.model_copy(update={"random_state": seed})})
-        ctx = SimpleNamespace(cfg=c, label=SimpleNamespace(history=hist, target=target))
+        ctx = SimpleNamespace(cfg=c, label=SimpleNamespace(history=hist, window_events=target))
         try:
             picked.append(tune_als(ctx))
         except ConfigError as exc:
@@ -947,8 +947,8 @@ def test_label_window_precedes_test_window(tiny_prepared: PreparedData, tmp_path
     ctx = _context(tiny_prepared, fast_pipeline_config(), tmp_path)
     lab, test = ctx.label, ctx.test
     assert lab.history[C.Datetime].max() < lab.start
-    assert lab.target[C.Datetime].max() < test.start
-    assert len(lab.history) + len(lab.target) == len(test.history)
+    assert lab.window_events[C.Datetime].max() < test.start
+    assert len(lab.history) + len(lab.window_events) == len(test.history)
     m = InteractionMatrix.from_events(lab.history)
     assert m.users.ids.max() <= test.history[C.User].max()
 
@@ -1001,7 +1001,7 @@ def test_window_training_rows_uncapped_equals_labelling_every_user_at_once(
     )
     cfg = fast_pipeline_config()
     lab = _context(tiny_prepared, cfg, tmp_path).label
-    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    users = np.intersect1d(lab.window_events[C.User].unique(), stage.matrix.users.ids)
     # every label user visited once, in ascending batches of 7
     assert len(batches) == -(-len(users) // 7)
     assert np.array_equal(np.concatenate(batches), users)
@@ -1009,12 +1009,14 @@ def test_window_training_rows_uncapped_equals_labelling_every_user_at_once(
     # the reference: all users' candidates labelled at once, then sampled
     rcfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "max_train_users": None}).ranker
     cand = pipeline_generate(stage, users, rcfg)
-    labelled = label_candidates(cand, lab.target)
+    labelled = label_candidates(cand, lab.window_events)
     ref = sample_training_rows(labelled, rcfg.negatives_per_user, None, rcfg.random_seed)
     got = train.drop(columns=[c for c in train.columns if c not in ref.columns])
     pd.testing.assert_frame_equal(got.reset_index(drop=True), ref.reset_index(drop=True))
     assert facts["users_with_positive"] == ref[C.User].nunique() == train[C.User].nunique()
-    target = lab.target[lab.target[C.User].isin(users)][[C.User, C.Item]].drop_duplicates()
+    target = lab.window_events[lab.window_events[C.User].isin(users)][
+        [C.User, C.Item]
+    ].drop_duplicates()
     assert facts["candidate_recall"] == pytest.approx(labelled[TARGET].sum() / len(target))
 
 
@@ -1038,7 +1040,7 @@ def test_window_training_rows_capped_stops_once_enough_users_have_a_positive(
         tiny_prepared, tmp_path, monkeypatch, max_train_users=cap, inference_batch_users=4
     )
     lab = _context(tiny_prepared, fast_pipeline_config(), tmp_path).label
-    users = np.intersect1d(lab.target[C.User].unique(), stage.matrix.users.ids)
+    users = np.intersect1d(lab.window_events[C.User].unique(), stage.matrix.users.ids)
     assert len(users) > 3 * cap  # the cap binds on this data
     visited = np.concatenate(batches)
     # a random order (not ascending), each batch sorted, no user twice, stopped early
@@ -1047,7 +1049,9 @@ def test_window_training_rows_capped_stops_once_enough_users_have_a_positive(
     assert len(np.unique(visited)) == len(visited) == facts["users_scanned"] < len(users)
     # the batches before the last had found fewer than `cap` users with a positive
     before = np.concatenate(batches[:-1])
-    part = label_candidates(pipeline_generate(stage, np.sort(before), rcfg_of(cap)), lab.target)
+    part = label_candidates(
+        pipeline_generate(stage, np.sort(before), rcfg_of(cap)), lab.window_events
+    )
     assert part.loc[part[TARGET] == 1, C.User].nunique() < cap
     # exactly `cap` users, each with a positive, all among the visited users
     assert train[C.User].nunique() == cap
@@ -1068,7 +1072,8 @@ def test_label_windows_are_disjoint_newest_first_each_after_its_history(
     cfg = fast_pipeline_config(ranker={**FAST_CONFIG["ranker"], "label_windows": 3})
     ctx = _context(tiny_prepared, cfg, tmp_path)
     wins = [
-        (w.start, w.history[C.Datetime].max(), w.target[C.Datetime]) for w in label_windows(ctx)
+        (w.start, w.history[C.Datetime].max(), w.window_events[C.Datetime])
+        for w in label_windows(ctx)
     ]
     assert len(wins) == 3
     later = ctx.test.start
@@ -1356,7 +1361,7 @@ def test_split_stage_does_not_hold_the_label_split(tiny_pipeline: TinyPipeline) 
     assert ctx.label_split is None and ctx.test_split is not None
     label = ctx.label  # rebuilt on demand
     assert str(label.start.date()) == facts["label_start"]
-    assert len(label.target) == facts["label_rows"]
+    assert len(label.window_events) == facts["label_rows"]
     assert len(label.history) == facts["label_history_rows"]
 
 

@@ -56,7 +56,7 @@ def test_window_start_on_exactly_two_days_is_the_second_day() -> None:
     ev = _events([(1, 10, "2022-03-01 10:00"), (2, 11, "2022-03-02 18:00")])
     s = split_by_time(ev, None, 0.5)
     assert s.start == pd.Timestamp("2022-03-02")
-    assert s.history[C.Item].tolist() == [10] and s.target[C.Item].tolist() == [11]
+    assert s.history[C.Item].tolist() == [10] and s.window_events[C.Item].tolist() == [11]
 
 
 def test_window_start_needs_two_days() -> None:
@@ -81,9 +81,9 @@ def test_split_with_explicit_date_and_facts() -> None:
     )
     s = split_by_time(ev, date(2022, 6, 3))
     assert s.start == pd.Timestamp("2022-06-03")
-    assert len(s.history) == 3 and len(s.target) == 4
+    assert len(s.history) == 3 and len(s.window_events) == 4
     assert (s.history[C.Datetime] < s.start).all()
-    assert (s.target[C.Datetime] >= s.start).all()
+    assert (s.window_events[C.Datetime] >= s.start).all()
     facts = s.facts("test")
     assert facts == {
         "test_start": "2022-06-03",
@@ -110,13 +110,13 @@ def test_split_by_share_sides_partition_the_events() -> None:
     )
     s = split_by_time(ev, None, tail_share=0.2)
     assert s.start == s.start.normalize()
-    assert s.history[C.Datetime].max() < s.start <= s.target[C.Datetime].min()
-    assert len(s.history) + len(s.target) == n
-    assert abs(len(s.target) / n - 0.2) < 0.01  # one day holds ~1.1% of the events
+    assert s.history[C.Datetime].max() < s.start <= s.window_events[C.Datetime].min()
+    assert len(s.history) + len(s.window_events) == n
+    assert abs(len(s.window_events) / n - 0.2) < 0.01  # one day holds ~1.1% of the events
     # facts are consistent with a direct count
     facts = s.facts("label")
     hist_users = set(s.history[C.User])
-    tgt_users = set(s.target[C.User])
+    tgt_users = set(s.window_events[C.User])
     assert facts["label_users"] == len(tgt_users)
     assert facts["label_cold_users"] == len(tgt_users - hist_users)
     assert facts["label_warm_users"] == len(tgt_users & hist_users)
@@ -150,12 +150,12 @@ def test_split_is_one_copy_with_sides_as_views_in_input_order() -> None:
     )
     s = split_by_time(ev, date(2022, 6, 3))
     assert s.history[C.Item].tolist() == [10, 12, 14]
-    assert s.target[C.Item].tolist() == [11, 13]
+    assert s.window_events[C.Item].tolist() == [11, 13]
     assert s.frame is not None
     assert s.frame[C.Item].tolist() == [10, 12, 14, 11, 13]
     items = s.frame[C.Item].to_numpy()
     assert np.shares_memory(s.history[C.Item].to_numpy(), items)
-    assert np.shares_memory(s.target[C.Item].to_numpy(), items)
+    assert np.shares_memory(s.window_events[C.Item].to_numpy(), items)
     # the input is left as it was
     assert ev[C.Item].tolist() == [10, 11, 12, 13, 14]
 
@@ -187,6 +187,6 @@ def test_split_sides_have_exactly_the_input_columns() -> None:
     s = split_by_time(ev, date(2022, 6, 3))
     want = [C.User, C.Item, C.Datetime]
     assert list(s.history.columns) == want
-    assert list(s.target.columns) == want
+    assert list(s.window_events.columns) == want
     assert list(s.frame.columns) == want
     assert s.frame.index.tolist() == [0, 1, 2]
