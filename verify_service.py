@@ -20,14 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default="service_test.log", help="Where to write the log")
     args = parser.parse_args(argv)
 
+    from musicrec.errors import ConfigError
     from musicrec.verify import run_verification
 
-    return run_verification(
-        recs_url=args.recs_url,
-        similar_url=args.similar_url,
-        events_url=args.events_url,
-        log_path=args.log,
-    )
+    try:
+        return run_verification(
+            recs_url=args.recs_url,
+            similar_url=args.similar_url,
+            events_url=args.events_url,
+            log_path=args.log,
+        )
+    except ConfigError as exc:  # bad settings or URLs: nothing was checked
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

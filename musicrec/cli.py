@@ -190,7 +190,7 @@ def main() -> None:
     try:
         app()
     except MusicRecError as exc:
-        log.error("%s", exc)
+        _to_log_file("%s", exc)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -203,8 +203,25 @@ def main() -> None:
             log.error("interrupted (signal %d, %s): stopped", code - 128, _signal_name(code - 128))
             sys.exit(code)
         raise
+    except OSError as exc:
+        # the system refused a file operation (a path that is a file or a folder where the
+        # other is needed, permissions, a full disk): its message names the path; the
+        # traceback goes to execution_log.txt (where the command writes one)
+        _to_log_file("failed: %s", exc, exc_info=True)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except Exception:
         # execution_log.txt ended at the last stage that finished, the traceback on stderr
         # only: the log says what stopped the run (and stderr shows it once, from the log)
         log.exception("failed")
         sys.exit(1)
+
+
+def _to_log_file(msg: str, *args: object, exc_info: bool = False) -> None:
+    """Log an error the `error:` line shows on the console to the log file only (the
+    console once), and not at all before logging is set up (Python's last-resort handler
+    would print it a second time)."""
+    from musicrec.logs import FILE_ONLY
+
+    if any(getattr(h, "_musicrec", False) for h in logging.getLogger().handlers):
+        log.error(msg, *args, exc_info=exc_info, extra=FILE_ONLY)

@@ -6,6 +6,15 @@ import logging
 from pathlib import Path
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: `extra` of a record for the log file only: the console shows it otherwise (the CLI's
+#: `error:` line says what the record says, once)
+FILE_ONLY = {"file_only": True}
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 #: libraries that log request headers - S3 credentials, signatures - at DEBUG: they stay at
 #: INFO or above whatever the level, so that secrets never reach a log
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -28,7 +37,9 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> No
     for h in list(root.handlers):
         if getattr(h, "_musicrec", False):
             root.removeHandler(h)
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    console = logging.StreamHandler()
+    console.addFilter(_not_file_only)
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: the longest history one event-service call returns (`/get_events`, `/get_events_batch`),
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # --- services ---
     host: str = Field("127.0.0.1", description="Address the services bind to")
-    recs_port: int = 8000
+    recs_port: int = Field(8000, ge=1, le=65535, description="Port of the recommendation service")
     recs_workers: int = Field(
         1, ge=1, le=16, description="uvicorn worker processes of the recommendation service"
     )
@@ -60,11 +60,13 @@ class Settings(BaseSettings):
         "/recommendations, /recommendations_offline and /similar_tracks without FastAPI's "
         "routing and validation (same answers; musicrec.fast_path)",
     )
-    similar_port: int = 8010
+    similar_port: int = Field(
+        8010, ge=1, le=65535, description="Port of the similar-tracks service"
+    )
     similar_workers: int = Field(
         1, ge=1, le=16, description="uvicorn worker processes of the similar-tracks service"
     )
-    events_port: int = 8020
+    events_port: int = Field(8020, ge=1, le=65535, description="Port of the event service")
     recs_url: str | None = Field(
         None, description="Default: http://{host}:{recs_port} (where verification looks)"
     )
@@ -76,6 +78,28 @@ class Settings(BaseSettings):
         description="If set, the event service's routes (writes, reads, /stats; not the "
         "probes or /metrics) need it as X-API-Key",
     )
+
+    @field_validator("recs_url", "similar_url", "events_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """A base URL the clients can call: `http://` or `https://` and a host."""
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:8000)")
+        return value
+
+    @field_validator("events_api_key")
+    @classmethod
+    def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Printable ASCII without spaces: HTTP carries header values as bytes that servers
+        decode as latin-1, so a key with other characters could never be sent as
+        configured (checked here, before any service starts; the key is never echoed)."""
+        if value is not None and not all(" " < c < "\x7f" for c in value.get_secret_value()):
+            raise ValueError(
+                "must be printable ASCII without spaces (HTTP header values are bytes; "
+                "other characters cannot be sent as configured)"
+            )
+        return value
+
     events_cache_users: int = Field(
         50_000, ge=0, description="Users whose latest events the event service keeps in memory"
     )
@@ -161,7 +185,33 @@ def connect_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: fields whose value an error message must not show
+_SECRET_FIELDS = frozenset({"events_api_key", "aws_access_key_id", "aws_secret_access_key"})
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (read once, on first call)."""
-    return Settings()
+    """The process-wide settings (read once, on first call). A value that fails its check
+    raises `ConfigError` naming the environment variable, the value (never a secret's) and
+    the rule, instead of pydantic's traceback-sized report."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        from musicrec.errors import ConfigError
+
+        raise ConfigError(settings_errors(exc)) from None
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """One line per invalid setting: `MUSICREC_RECS_PORT='abc': Input should be a valid
+    integer` (secrets' values left out)."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        # a field read under an alias (`AWS_ACCESS_KEY_ID`) is reported under it
+        name = field if field.isupper() else f"MUSICREC_{field.upper()}"
+        secret = field.lower().removeprefix("musicrec_") in _SECRET_FIELDS
+        shown = "" if secret else f"={err.get('input')!r:.60}"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}{shown}: {msg}")
+    return "invalid settings (environment or .env): " + "; ".join(parts)

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.columns import Columns as C
-from musicrec.errors import ArtifactError
+from musicrec.errors import ArtifactError, ConfigError
 from musicrec.heard import HeardIndex, drop_heard, heard_by, unheard
 from musicrec.io import write_bytes
 from musicrec.service_common import INT32_MAX, K_MAX, SIMILAR_BATCH_MAX_SEEDS
@@ -303,7 +304,9 @@ class Verifier:
         before = self.history_of(user)
         if before is None or not set(before) <= set(tracks):
             why = "its history could not be read" if before is None else "it has listens"
-            self.record(None, "delete_events", f"user {user}: {why} not added by this check", None)
+            if before is not None:
+                why += " this check did not add"
+            self.record(None, "delete_events", f"user {user}: {why}", None)
             return
         params = {"user_id": user}
         if self.api_headers:
@@ -367,8 +370,12 @@ class Verifier:
 
     def run(self, picks: Picks) -> None:
         """Every check, in this order: the online and blended checks expect the events
-        that `check_events` adds."""
-        self.check_probes()
+        that `check_events` adds. None after the probes when a service cannot be reached
+        (each would fail the same way)."""
+        down = self.check_probes()
+        if down:
+            self.record(None, "the other checks", f"not run: {', '.join(down)} not reachable", None)
+            return
         self.check_offline(picks)
         self.check_similar(picks)
         self.check_events(picks)
@@ -385,13 +392,19 @@ class Verifier:
             "events": self.events_url,
         }
 
-    def check_probes(self) -> None:
-        """`/health` and `/ready` of each service."""
+    def check_probes(self) -> list[str]:
+        """`/health` and `/ready` of each service; returns the services that could not be
+        reached at all (no HTTP answer)."""
+        down = []
         for name, url in self.urls.items():
-            self.expect_json(f"{name} /health", "GET", f"{url}/health", _health(name))
+            reply = self.expect_json(f"{name} /health", "GET", f"{url}/health", _health(name))
+            if reply.status == 0:
+                down.append(f"{name} ({url})")
+                continue
             self.expect_json(
                 f"{name} /ready", "GET", f"{url}/ready", {"ready": True, "service": name}
             )
+        return down
 
     def check_offline(self, picks: Picks) -> None:
         """Offline lists: a user the pipeline never saw (popular), and one it did."""
@@ -502,7 +515,8 @@ class Verifier:
                 for t in long_history
             ]
             ok = statuses == [200] * LONG_HISTORY
-            self.record(ok, f"add_event x{LONG_HISTORY}: popular tracks", "", None)
+            counts = ", ".join(f"{n} x {code}" for code, n in sorted(Counter(statuses).items()))
+            self.record(ok, f"add_event x{LONG_HISTORY}: popular tracks", "", None, counts)
         unknown_track = UNKNOWN_TRACK
         self.expect_status(
             "add_event unknown track accepted",
@@ -603,7 +617,14 @@ class Verifier:
         if self.settings.exclude_events_max < LONG_HISTORY:
             self.record(None, check, "", None, "MUSICREC_EXCLUDE_EVENTS_MAX is below it")
         elif len(events) < LONG_HISTORY:
-            self.record(None, check, "", None, f"fewer than {LONG_HISTORY} popular tracks")
+            self.record(
+                None,
+                check,
+                "",
+                None,
+                f"the verify user has {len(events)} events, fewer than {LONG_HISTORY} (too few "
+                "popular tracks, or adding them failed)",
+            )
         else:
             shown, reply = _call("POST", f"{rec}/recommendations", params={"user_id": user, "k": K})
             got = reply.data.get("recs", []) if isinstance(reply.data, dict) else []
@@ -712,8 +733,16 @@ def run_verification(
     events_url: str | None = None,
     log_path: str | Path = "service_test.log",
 ) -> int:
-    """Run every check against the running services; 0 when all passed, else 1."""
+    """Run every check against the running services; 0 when all passed, else 1. A URL
+    given without `http://` or `https://` raises `ConfigError` (nothing is checked)."""
     cfg = settings or get_settings()
+    for flag, url in (
+        ("--recs-url", recs_url),
+        ("--similar-url", similar_url),
+        ("--events-url", events_url),
+    ):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{flag} {url!r}: must start with http:// or https://")
     v = Verifier(
         cfg,
         (recs_url or cfg.recs_base_url).rstrip("/"),

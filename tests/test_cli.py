@@ -131,20 +131,53 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
             {"S3_BUCKET_NAME": "b"},
             "d is not a directory: nothing to upload",
         ),
+        (["config"], {"MUSICREC_RECS_PORT": "abc"}, "MUSICREC_RECS_PORT='abc': Input should"),
+        (
+            ["prepare", "--data-dir", "d"],
+            {"MUSICREC_EVENTS_PORT": "70000"},
+            "MUSICREC_EVENTS_PORT='70000': Input should be less than or equal to 65535",
+        ),
     ],
-    ids=["preset", "pipeline preset", "seed", "log level", "upload of no directory"],
+    ids=[
+        "preset",
+        "pipeline preset",
+        "seed",
+        "log level",
+        "upload of no directory",
+        "setting",
+        "port",
+    ],
 )
 def test_bad_cli_values_are_one_line_errors(
     tmp_path: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
-    """A bad preset, seed, log level or artifacts folder: exit 2 with one `error:` line,
-    no traceback, and no folder made."""
+    """A bad preset, seed, log level, artifacts folder or setting: exit 2 with one
+    `error:` line, no traceback, and no folder made; the message once (the log's console
+    handler printed it a second time, above the `error:` line)."""
     res = cli(*args, cwd=tmp_path, env=env)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], res.stderr
+    assert res.stderr.count(message) == 1, res.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_refused_file_operation_is_one_line_and_the_traceback_in_the_log(
+    generated: Path, tmp_path: Path
+) -> None:
+    """An OSError (here the artifacts folder is a file): the system's message with the
+    path, once, exit 1; the traceback in execution_log.txt, not on the console."""
+    (tmp_path / "afile").write_text("x")
+    res = cli("prepare", "--data-dir", str(generated), "--artifacts-dir", "afile", cwd=tmp_path)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: [Errno 20] Not a directory: '{tmp_path / 'afile' / 'cache'}'"]
+    assert res.stderr.count("Not a directory") == 1
+    log = (tmp_path / "execution_log.txt").read_text()
+    assert "ERROR musicrec.cli: failed: [Errno 20] Not a directory" in log
+    assert "Traceback" in log and "NotADirectoryError" in log
 
 
 def test_generate_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
@@ -230,10 +263,42 @@ def test_prepare_waits_for_no_pipeline_run_of_the_folder(generated: Path, tmp_pa
     assert cli(*args, cwd=tmp_path).returncode == 0
 
 
+def test_a_bug_shows_its_traceback_once_and_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any other exception (a bug): exit 1, its traceback once on the console (from the
+    log's console handler) and in the log file."""
+    import logging
+
+    import musicrec.cli as cli_module
+    from musicrec.logs import setup_logging
+
+    def broken() -> None:
+        setup_logging("INFO", tmp_path / "log.txt")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_module, "app", broken)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_module.main()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_musicrec", False)]:
+            root.removeHandler(h)
+            h.close()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1 and "RuntimeError: boom" in err
+    assert "RuntimeError: boom" in (tmp_path / "log.txt").read_text()
+
+
 def test_an_unforeseen_failure_is_in_the_execution_log(generated: Path, tmp_path: Path) -> None:
     """A failure other than the project's own errors (here the similar-tracks file is a
-    folder) left execution_log.txt ending at the last stage that finished; the traceback
-    went to stderr only. Now the log ends with it, and stderr shows it once."""
+    folder, an OSError) left execution_log.txt ending at the last stage that finished;
+    the traceback went to stderr only. Now the log ends with it, and stderr shows the
+    error once, as one line."""
     blocked = tmp_path / "recsys" / "recommendations" / "similar.parquet"
     blocked.mkdir(parents=True)
     res = cli(
@@ -249,8 +314,10 @@ def test_an_unforeseen_failure_is_in_the_execution_log(generated: Path, tmp_path
     log = (tmp_path / "execution_log.txt").read_text()
     tail = log[log.rindex("stage similar") :] if "stage similar" in log else log[-3000:]
     assert "ERROR musicrec.cli: failed" in log and "Traceback" in tail, log[-3000:]
-    assert "IsADirectoryError" in tail or "is a directory" in tail.lower(), tail
-    assert res.stderr.count("Traceback (most recent call last)") == 1, res.stderr[-3000:]
+    assert "IsADirectoryError" in tail, tail
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Is a directory" in errors[0], res.stderr[-3000:]
     # the command draws the progress bar, last on the stage that failed
     bar = [f for f in res.stderr.replace("\r", "\n").splitlines() if f.startswith("pipeline:")]
     assert bar and bar[-1].endswith(", similar]"), bar[-3:]

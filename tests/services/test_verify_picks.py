@@ -147,4 +147,54 @@ def test_the_recommendation_service_address_comes_from_the_settings(
     cfg = make_settings(root, tmp_path, recs_url="http://127.0.0.1:1/recs")
     assert run_verification(cfg, log_path=log) == 1
     lines = log.read_text().splitlines()
-    assert any(x.startswith("FAIL") and "127.0.0.1:1/recs/recommendations" in x for x in lines)
+    assert any(
+        x.startswith("FAIL recommendations /health: GET http://127.0.0.1:1/recs/health")
+        for x in lines
+    ), lines
+
+
+def test_services_not_running_are_one_failure_each(tmp_path: Path) -> None:
+    """Nothing listening: one failed `/health` per service and the other checks not run
+    (39 lines of "Connection refused" before, each a failure)."""
+    from .conftest import distinct_free_ports
+
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    urls = [f"http://127.0.0.1:{port}" for port in distinct_free_ports(3)]
+    log = tmp_path / "service_test.log"
+    rc = run_verification(
+        make_settings(root, tmp_path),
+        recs_url=urls[0],
+        similar_url=urls[1],
+        events_url=urls[2],
+        log_path=log,
+    )
+    lines = log.read_text().splitlines()
+    assert rc == 1
+    failed = [x for x in lines if x.startswith("FAIL ")]
+    assert [x.split(":")[0] for x in failed] == [
+        "FAIL recommendations /health",
+        "FAIL similar /health",
+        "FAIL events /health",
+    ], lines
+    assert all("connection failed" in x for x in failed)
+    assert lines[-2] == (
+        f"SKIP the other checks: not run: recommendations ({urls[0]}), similar ({urls[1]}), "
+        f"events ({urls[2]}) not reachable"
+    )
+    assert lines[-1].startswith("FAILED: 1 passed, 3 failed, 1 skipped")
+
+
+@pytest.mark.parametrize("flag", ["--recs-url", "--similar-url", "--events-url"])
+def test_a_url_without_a_scheme_is_refused(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--recs-url localhost:8000` was taken, and every check failed with "unknown url
+    type": now one error line, exit 2, and no log written."""
+    import verify_service
+
+    log = tmp_path / "service_test.log"
+    assert verify_service.main([flag, "localhost:8000", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} 'localhost:8000': must start with http:// or https://\n"
+    assert not log.exists()

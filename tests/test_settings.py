@@ -1,0 +1,77 @@
+"""Deployment settings (`musicrec.settings`): their checks, and the one-line error that
+`get_settings` gives for a bad environment variable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from musicrec.errors import ConfigError
+from musicrec.settings import Settings, get_settings
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """`get_settings` read anew, from the environment only (no `.env` of the checkout)."""
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("field", ["recs_port", "similar_port", "events_port"])
+def test_ports_are_tcp_ports(field: str) -> None:
+    """70000 was bound as 4464 (70000 - 65536) while `serve` waited on 70000; 0 let the
+    kernel pick a port nobody could find."""
+    for good in (1, 65535):
+        assert getattr(Settings(**{field: good}), field) == good
+    for bad in (0, -1, 65536, 70000):
+        with pytest.raises(ValidationError, match=field):
+            Settings(**{field: bad})
+
+
+@pytest.mark.parametrize("field", ["recs_url", "similar_url", "events_url"])
+def test_base_urls_need_a_scheme(field: str) -> None:
+    assert getattr(Settings(**{field: "https://recs.example:8443"}), field)
+    with pytest.raises(ValidationError, match="must start with http:// or https://"):
+        Settings(**{field: "localhost:8000"})
+
+
+def test_events_api_key_must_be_sendable() -> None:
+    assert Settings(events_api_key=SecretStr("s3cr3t-KEY_1")).events_api_key is not None
+    assert Settings(events_api_key=SecretStr("")).events_api_key is not None  # warned of
+    for bad in ("two words", "clé", "tab\there"):
+        with pytest.raises(ValidationError, match="printable ASCII without spaces"):
+            Settings(events_api_key=SecretStr(bad))
+
+
+@pytest.mark.usefixtures("fresh_settings")
+def test_a_bad_variable_is_one_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICREC_RECS_PORT", "abc")
+    monkeypatch.setenv("MUSICREC_EXCLUDE_EVENTS_MAX", "0")
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    text = str(err.value)
+    assert "\n" not in text
+    assert "MUSICREC_RECS_PORT='abc': Input should be a valid integer" in text
+    assert "MUSICREC_EXCLUDE_EVENTS_MAX='0': Input should be greater than or equal to 1" in text
+
+
+@pytest.mark.usefixtures("fresh_settings")
+def test_a_secret_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICREC_EVENTS_API_KEY", "my secret key")
+    with pytest.raises(ConfigError, match="MUSICREC_EVENTS_API_KEY: must be") as err:
+        get_settings()
+    assert "my secret key" not in str(err.value)
+
+
+@pytest.mark.usefixtures("fresh_settings")
+def test_good_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICREC_RECS_PORT", "18000")
+    first = get_settings()
+    assert first.recs_port == 18000 and first.recs_base_url == "http://127.0.0.1:18000"
+    monkeypatch.setenv("MUSICREC_RECS_PORT", "18001")
+    assert get_settings() is first
