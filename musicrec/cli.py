@@ -7,6 +7,7 @@ import time.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -26,9 +27,15 @@ app = typer.Typer(
 )
 log = logging.getLogger("musicrec.cli")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Raw files (default: settings)")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Raw files (default: MUSICREC_DATA_DIR, else data/)"),
+]
 ArtifactsDir = Annotated[
-    Path | None, typer.Option("--artifacts-dir", help="Artifacts root (default: recsys/)")
+    Path | None,
+    typer.Option(
+        "--artifacts-dir", help="Artifacts root (default: MUSICREC_ARTIFACTS_DIR, else recsys/)"
+    ),
 ]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="Pipeline config TOML/YAML")]
 
@@ -53,7 +60,7 @@ def generate(
 
     _setup(log_to_file=False)
     stats = generate_dataset(preset, seed=seed, out_dir=out, overwrite=force)
-    typer.echo(stats)
+    typer.echo(json.dumps(stats))  # one JSON line: what was written, for scripts to read
 
 
 @app.command()
@@ -83,7 +90,10 @@ def pipeline(
     config: ConfigFile = None,
     force: Annotated[bool, typer.Option(help="Recompute every stage")] = False,
     generate_preset: Annotated[
-        str | None, typer.Option("--generate", help="Generate this preset if data/ is empty")
+        str | None,
+        typer.Option(
+            "--generate", help="Generate this preset first if the data folder lacks the raw files"
+        ),
     ] = None,
 ) -> None:
     """Run the whole offline pipeline (prepare -> EDA -> models -> ranker -> evaluation -> S3)."""
@@ -123,7 +133,8 @@ def serve(
         bool, typer.Option("--verify", help="Run verify_service.py once they are up")
     ] = False,
 ) -> None:
-    """Start the three services (8000, 8010, 8020) and stop them on Ctrl-C / SIGTERM."""
+    """Start the three services (ports MUSICREC_RECS_PORT, MUSICREC_SIMILAR_PORT,
+    MUSICREC_EVENTS_PORT: 8000, 8010, 8020 by default) and stop them on Ctrl-C / SIGTERM."""
     from musicrec.serve import serve_all
     from musicrec.settings import get_settings
 

@@ -871,7 +871,9 @@ def generate_dataset(
         raise ConfigError(f"the output folder {out} is a file, not a directory")
     if not overwrite:
         if raw_data_present(out):
-            log.info("raw files already in %s; not generating (overwrite=False)", out)
+            log.info(
+                "raw files already in %s; not generating (`generate --force` replaces them)", out
+            )
             return {"skipped": True, "preset": p.name, "out_dir": str(out)}
         refuse_partial_raw_data(out)
     t0 = time.perf_counter()

@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import AliasChoices, SecretStr
 
+from musicrec.logs import FILE_ONLY
 from musicrec.settings import INSTANCE_HEADER, Settings, connect_host
 
 log = logging.getLogger("musicrec.serve")
@@ -267,7 +268,10 @@ def wait_ready(
         for p in list(pending):
             code = p.proc.poll()
             if code is not None:
-                raise ServeError(f"{p.name} service exited with code {code} during start-up")
+                raise ServeError(
+                    f"{p.name} service exited with code {code} during start-up (its last "
+                    "lines above say why)"
+                )
             if is_ready(p.url, instance=instance):
                 log.info("%s ready at %s", p.name, p.url)
                 pending.remove(p)
@@ -374,12 +378,13 @@ def serve_all(
                 rc = rc or 1
                 break
     except ServeError as exc:
-        log.error("%s", exc)
+        log.error("%s", exc, extra=FILE_ONLY)  # the console has the `error:` line
         print(f"error: {exc}", file=sys.stderr, flush=True)
         rc = 1
     finally:
         stop_all(procs)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("services stopped", flush=True)
+    if procs:
+        print("services stopped", flush=True)
     return rc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -46,7 +47,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("cli")
     res = cli("generate", "--preset", "tiny", "--seed", "3", "--out", "data", cwd=work)
     assert res.returncode == 0, res.stderr
-    assert "'preset': 'tiny'" in res.stdout
+    assert json.loads(res.stdout)["preset"] == "tiny"
     return work / "data"
 
 

@@ -327,10 +327,14 @@ def test_verify_service_passes_on_real_pipeline_artifacts(
 
 
 def test_serve_refuses_a_port_another_process_listens_on(
-    artifacts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    artifacts: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Another server on the recommendation port: `serve` starts nothing and says which
-    port (it took the other server's `/ready` for its own and verified it before)."""
+    port (it took the other server's `/ready` for its own and verified it before), once,
+    and not that services were stopped (none had started)."""
     import socket
 
     from musicrec import serve
@@ -343,7 +347,11 @@ def test_serve_refuses_a_port_another_process_listens_on(
         other.listen(1)
         with pytest.raises(serve.ServeError, match=f"port {cfg.recs_port} of the recommendations"):
             serve.start_all(cfg)
+        capsys.readouterr()
         assert serve.serve_all(cfg, run_verify=True, ready_timeout_s=5) == 1
+        out = capsys.readouterr()
+        assert out.err.count(f"port {cfg.recs_port} of the recommendations") == 1, out.err
+        assert "services stopped" not in out.out
     assert started == []
     serve.check_ports_free(cfg)  # free again
     same = cfg.model_copy(update={"similar_port": cfg.recs_port})
