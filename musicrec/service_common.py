@@ -118,25 +118,39 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     return _clip(str(value))
 
 
-def validation_message(errors: Sequence[Any], total: int | None = None) -> str:
-    """One readable line from pydantic's error list, e.g. `query k: Input should be ...`."""
+def validation_message(
+    errors: Sequence[Any], total: int | None = None, patterns: dict[str, str] | None = None
+) -> str:
+    """One readable line from pydantic's error list, e.g. `query k: Input should be ...`.
+    `patterns`: what a parameter's `pattern` means in words (pydantic's message quotes the
+    regular expression), from the app's `state.pattern_meanings`."""
+    patterns = patterns or {}
     parts = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ())]
         where = " ".join(loc) if loc else "request"
-        got = _clip(repr(err.get("input")), 80)
-        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {got})")
+        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
+        got = f" (got {_clip(repr(err.get('input')), 80)})"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":  # its `input` is a placeholder `{}`
+            where, msg, got = "body", f"not valid JSON ({ctx.get('error', msg)})", ""
+        elif err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in patterns:
+            msg = f"must be {patterns[ctx['pattern']]}"
+        parts.append(f"{where}: {msg}{got}")
     more = (total or len(errors)) - len(errors)
     if more > 0:
         parts.append(f"... and {more} more error(s)")
     return "invalid request: " + "; ".join(parts)
 
 
-def validation_response(raw_errors: Sequence[Any]) -> Response:
+def validation_response(
+    raw_errors: Sequence[Any], patterns: dict[str, str] | None = None
+) -> Response:
     """The 422 answer: a bounded, JSON-safe `detail` list plus a one-line `message`."""
     errors = [json_safe(dict(e)) for e in list(raw_errors)[:MAX_ERRORS]]
+    message = validation_message(errors, len(raw_errors), patterns)
     return OrjsonResponse(
-        {"detail": errors, "message": validation_message(errors, len(raw_errors))},
+        {"detail": errors, "message": message},
         status_code=422,
     )
 
@@ -144,7 +158,7 @@ def validation_response(raw_errors: Sequence[Any]) -> Response:
 async def validation_exception_handler(request: Request, exc: Exception) -> Response:
     """422 with FastAPI's usual `detail` list plus a one-line `message`."""
     assert isinstance(exc, RequestValidationError)
-    return validation_response(exc.errors())
+    return validation_response(exc.errors(), getattr(request.app.state, "pattern_meanings", None))
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:

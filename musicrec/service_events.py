@@ -76,15 +76,20 @@ SERVICE = "events"
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
 
+# trailing blanks: one HTTP parser keeps them (leading ones no parser keeps); the length
+# bound is the key's, without them
+_KEY_PATTERN = rf"^{KEY_CHARS}{{1,{KEY_MAX_LEN}}}[ \t]*$"
+#: the app's `state.pattern_meanings`: its patterns in words, for the 422's message
+PATTERN_MEANINGS = {_KEY_PATTERN: f"1 to {KEY_MAX_LEN} printable ASCII characters without spaces"}
+
+
 async def idempotency_key(
     request: Request,
     raw: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            # trailing blanks: one HTTP parser keeps them (leading ones no parser keeps);
-            # the length bound is the key's, without them
-            pattern=rf"^{KEY_CHARS}{{1,{KEY_MAX_LEN}}}[ \t]*$",
+            pattern=_KEY_PATTERN,
             description="The client's id of this listen (e.g. a UUID), unique per user, 1 to "
             f"{KEY_MAX_LEN} printable ASCII characters without spaces, taken verbatim: a retry "
             "with the same key within the key's lifetime (MUSICREC_EVENTS_KEY_TTL_S, default a "
@@ -294,6 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.store = None
     app.state.api_key = expected_api_key(cfg)
+    app.state.pattern_meanings = PATTERN_MEANINGS
     install_common(
         app,
         SERVICE,

@@ -88,11 +88,17 @@ def test_keys_are_per_user(settings: Settings) -> None:
 )
 def test_a_malformed_key_is_a_422_and_stores_nothing(settings: Settings, key: str) -> None:
     """Printable ASCII without spaces, 1 to KEY_MAX_LEN characters (UTF-8 bytes arrive as
-    latin-1 characters, outside the range)."""
+    latin-1 characters, outside the range), said in words (the message quoted the regular
+    expression)."""
     with TestClient(create_app(settings)) as c:
         headers = {"Idempotency-Key": key.encode("utf-8")}  # the bytes a client sends
         r = c.post("/add_event", params={"user_id": 7, "track_id": 70}, headers=headers)
         assert r.status_code == 422, r.text
+        message = r.json()["message"]
+        assert message.startswith(
+            "invalid request: header Idempotency-Key: must be 1 to 255 printable ASCII "
+            "characters without spaces (got "
+        ), message
         assert c.get("/stats").json()["events"] == 0
 
 

@@ -714,6 +714,16 @@ def test_batch_bad_body_422(client: TestClient, body: dict[str, Any]) -> None:
     assert "invalid request" in r.json()["message"]
 
 
+def test_a_body_that_is_not_json_says_so(client: TestClient) -> None:
+    """The message was "body 0: JSON decode error (got {})": the position, and a
+    placeholder for the input."""
+    r = client.post(
+        "/get_events_batch", content=b"notjson", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["message"] == "invalid request: body: not valid JSON (Expecting value)"
+
+
 def test_batch_body_size_is_bounded(client: TestClient) -> None:
     assert_json_413(client, "/get_events_batch", b'{"user_ids": [' + b"1, " * 40_000 + b"1]}")
 
