@@ -274,7 +274,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         procs = start_all(settings, **popen)
-        floor_spec = ServiceSpec("floor", "bench.bench_serve:floor_app", "recs_port")
+        floor_spec = ServiceSpec(
+            "floor", "bench.bench_serve:floor_app", "recs_port", "recs_workers"
+        )
         procs.append(
             start_service(floor_spec, floor_settings, child_environment(settings), **popen)
         )

@@ -50,17 +50,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One service: its name, uvicorn app and the settings field holding its port."""
+    """One service: its name, uvicorn app, the settings field holding its port and the one
+    holding its worker count (None: always one worker)."""
 
     name: str
     app: str
     port_field: str
+    workers_field: str | None
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("similar", "similarity_store:app", "similar_port"),
-    ServiceSpec("events", "event_storage:app", "events_port"),
-    ServiceSpec("recommendations", "api_main:app", "recs_port"),
+    ServiceSpec("similar", "similarity_store:app", "similar_port", "similar_workers"),
+    # one worker: its in-memory cache of recent events lives in one process
+    ServiceSpec("events", "event_storage:app", "events_port", None),
+    ServiceSpec("recommendations", "api_main:app", "recs_port", "recs_workers"),
 )
 
 
@@ -123,13 +126,9 @@ def child_environment(settings: Settings, base: dict[str, str] | None = None) ->
 
 
 def service_workers(spec: ServiceSpec, settings: Settings) -> int:
-    """uvicorn workers of a service: `recs_workers` / `similar_workers`; the event service
-    always runs one (its in-memory cache of recent events lives in one process)."""
-    if spec.port_field == "recs_port":
-        return settings.recs_workers
-    if spec.port_field == "similar_port":
-        return settings.similar_workers
-    return 1
+    """uvicorn workers of a service: its `workers_field` setting (`recs_workers`,
+    `similar_workers`), else one."""
+    return 1 if spec.workers_field is None else int(getattr(settings, spec.workers_field))
 
 
 def uvicorn_command(spec: ServiceSpec, settings: Settings, port: int) -> list[str]:
