@@ -127,7 +127,7 @@ def latest_tracks(history: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def _is_sorted_history(u: np.ndarray, d: np.ndarray, s: np.ndarray) -> bool:
     """Whether rows are sorted by (user, datetime, seq), checked in bounded chunks."""
-    chunk = 10_000_000
+    chunk = 10_000_000  # rows at a time: the diffs of a chunk take a few hundred MB at most
     for a in range(0, max(len(u) - 1, 0), chunk):
         b = min(a + chunk + 1, len(u))
         du, dd, ds = np.diff(u[a:b]), np.diff(d[a:b]), np.diff(s[a:b])

@@ -66,7 +66,7 @@ def recommend_popular(
     pos_of_code[codes[known]] = np.flatnonzero(known)
     csr = matrix.csr
     frames = []
-    batch = 200_000
+    batch = 200_000  # users at a time: bounds the arrays of their heard tracks' positions
     for start in range(0, n_u, batch):
         users = user_ids[start : start + batch]
         rows = matrix.users.codes(users)

@@ -72,6 +72,8 @@ from musicrec.settings import EVENTS_K_MAX, Settings, get_settings
 log = logging.getLogger("musicrec.services.events")
 
 SERVICE = "events"
+#: latest events per user when a read gives no `k`
+DEFAULT_K = 5
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Events API key")
 
@@ -152,7 +154,7 @@ class EventsBatchRequest(BaseModel):
         max_length=EVENTS_BATCH_MAX_USERS,
         description=f"User ids (at most {EVENTS_BATCH_MAX_USERS})",
     )
-    k: JsonInt = Field(5, ge=1, le=EVENTS_K_MAX, description="Latest events per user")
+    k: JsonInt = Field(DEFAULT_K, ge=1, le=EVENTS_K_MAX, description="Latest events per user")
 
     @model_validator(mode="after")
     def _bounded_answer(self) -> EventsBatchRequest:
@@ -379,7 +381,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user_id: UserIdQuery,
         k: Annotated[
             int, Query(ge=1, le=EVENTS_K_MAX, description=f"How many (1 .. {EVENTS_K_MAX})")
-        ] = 5,
+        ] = DEFAULT_K,
     ) -> Response:
         """The user's latest `k` listened track ids, newest first."""
         events = await store.latest(user_id, k)
