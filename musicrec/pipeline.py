@@ -296,11 +296,11 @@ def stage_eda(ctx: PipelineContext) -> dict[str, Any]:
 
 
 def stage_split(ctx: PipelineContext) -> dict[str, Any]:
-    facts = {**ctx.test.facts("test"), **ctx.label.facts("label")}
-    facts["label_history_rows"] = facts.pop("history_rows")  # from the label split
-    facts["label_history_users"] = facts.pop("history_users")
-    t = ctx.test.facts("test")
-    facts["history_rows"], facts["history_users"] = t["history_rows"], t["history_users"]
+    label = ctx.label.facts("label")
+    # both splits name their history `history_*`: the label split's is renamed
+    label["label_history_rows"] = label.pop("history_rows")
+    label["label_history_users"] = label.pop("history_users")
+    facts = {**ctx.test.facts("test"), **label}
     log.info("split: %s", json.dumps(facts))
     # the label split is a reordered copy of most of the history (3.6 GB at the full size):
     # it is not held through the ALS and similar-tracks stages, the ranker splits again
