@@ -132,8 +132,9 @@ def validation_message(
         ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
         got = f" (got {_clip(repr(err.get('input')), 80)})"
         msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":  # its `input` is a placeholder `{}`
-            where, msg, got = "body", f"not valid JSON ({ctx.get('error', msg)})", ""
+        if err.get("type") == "json_invalid":  # `loc` is (body, position), `input` a `{}`
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            where, msg, got = "body", f"not valid JSON{at} ({ctx.get('error', msg)})", ""
         elif err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in patterns:
             msg = f"must be {patterns[ctx['pattern']]}"
         parts.append(f"{where}: {msg}{got}")

@@ -55,6 +55,8 @@ def error_says_what_is_wrong(ctx: Any, response: Any, case: Any) -> bool | None:
             raise UnhelpfulError(f"422 without a one-line `message`: {body!r:.300}")
         first = body["detail"][0] if body.get("detail") else {}
         where = " ".join(str(p) for p in first.get("loc", ()))
+        if first.get("type") == "json_invalid":  # its loc is (body, the error's position)
+            where = "body: not valid JSON"
         if where and where not in message:
             raise UnhelpfulError(f"422 message does not name {where!r}: {message!r:.300}")
         return None
