@@ -69,19 +69,20 @@ def blend(
     online: Sequence[int],
     offline: Sequence[int],
     k: int,
-    recent: Collection[int] = (),
+    exclude: Collection[int] = (),
     popular: Iterable[int] = (),
 ) -> list[int]:
     """The blended list of `/recommendations`.
 
     `[online[0], offline[0], online[1], offline[1], ...]`, duplicates removed keeping the
-    first occurrence, tracks in `recent` removed, cut to `k`, then topped up from `popular`
+    first occurrence, tracks in `exclude` (the user's latest events) removed, cut to `k`,
+    then topped up from `popular`
     so that exactly `k` ids come back whenever the candidates and the popular list together
     hold that many distinct unheard tracks.
     """
     if k <= 0:
         return []
-    banned = recent if isinstance(recent, set | frozenset) else set(recent)
+    banned = exclude if isinstance(exclude, set | frozenset) else set(exclude)
     # one pass that stops at k: interleave, drop duplicates and banned ids, then top up
     out: list[int] = []
     seen: set[int] = set()

@@ -203,11 +203,13 @@ def _warn_of_users_missing_from(heard: HeardIndex, users: np.ndarray, paths: Art
 @dataclass
 class OnlineResult:
     """What the online part gathered; filled step by step so that a failure in the second
-    call still leaves the recent events for the exclusion."""
+    call still leaves the user's events for the exclusion."""
 
-    recent: list[int] = field(default_factory=list)
-    #: `recent` as a set, built once (up to `exclude_events_max` ids) for every check
-    recent_set: set[int] = field(default_factory=set)
+    #: the user's latest events (up to `exclude_events_max`), newest first: the first
+    #: `online_history_k` are the seeds, all are left out of every list
+    events: list[int] = field(default_factory=list)
+    #: `events` as a set, built once for every check
+    events_set: set[int] = field(default_factory=set)
     recs: list[int] = field(default_factory=list)
 
 
@@ -351,18 +353,18 @@ class Upstreams:
         `online_history_k` of them, merged by best score without any recent track or any
         track in `heard` (sorted: what the user heard before the served fit)."""
         cfg = self.settings
-        (out.recent,) = await self._lookup("events", self.events, [user_id])
-        out.recent_set = set(out.recent)
-        seeds = dedupe(out.recent)[: cfg.online_history_k]
+        (out.events,) = await self._lookup("events", self.events, [user_id])
+        out.events_set = set(out.events)
+        seeds = dedupe(out.events)[: cfg.online_history_k]
         if not seeds:
             return
         sources = await self._lookup("similar", self.similar, seeds)
         if heard.size <= SET_HISTORY_MAX:
             # a short history joins the set every candidate is checked against
-            out.recs = merge_by_score(sources, k, out.recent_set.union(heard.tolist()))
+            out.recs = merge_by_score(sources, k, out.events_set.union(heard.tolist()))
             return
         # a long one is searched once for the whole merged list
-        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), out.recent_set)
+        merged = merge_by_score(sources, sum(len(t) for t, _ in sources), out.events_set)
         out.recs = drop_heard(merged, heard)[:k]
 
 
@@ -419,13 +421,13 @@ class Recommender:
             self.fallback_log.warning(
                 "fallback to offline recommendations for user %d: %s", user_id, exc
             )
-        recent = out.recent_set
+        events = out.events_set
         # a longer offline list, so that dropped duplicates and heard tracks are replaced by
         # the next ranked ones before the popular top-up
-        offline_recs = offline.ranked(user_id, 2 * k + len(recent), heard)
+        offline_recs = offline.ranked(user_id, 2 * k + len(events), heard)
         # the stored list holds no heard track; the online part was filtered above; the
         # popular top-up is checked against the history lazily, only as far as it is read
-        return blend(out.recs, offline_recs, k, recent, unheard(offline.popular, heard))
+        return blend(out.recs, offline_recs, k, events, unheard(offline.popular, heard))
 
 
 class RecsResponse(BaseModel):

@@ -58,12 +58,12 @@ def test_blend_drops_duplicates_and_recent_then_tops_up_to_exactly_k() -> None:
 
 
 def test_blend_never_returns_recent_tracks_even_from_the_popular_list() -> None:
-    recs = blend([], [], 3, recent={1, 2}, popular=[1, 2, 3, 4, 5])
+    recs = blend([], [], 3, exclude={1, 2}, popular=[1, 2, 3, 4, 5])
     assert recs == [3, 4, 5]
 
 
 def test_blend_returns_what_exists_when_the_catalogue_is_smaller_than_k() -> None:
-    assert blend([1], [2], 10, recent=(), popular=[1, 2, 3]) == [1, 2, 3]
+    assert blend([1], [2], 10, exclude=(), popular=[1, 2, 3]) == [1, 2, 3]
     assert blend([1], [2], 0) == []
 
 
