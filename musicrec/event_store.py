@@ -410,55 +410,8 @@ class EventStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
-            tables = [
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            ]
-            if tables and "events" not in tables:
-                raise ArtifactError(
-                    f"{self.path}: an SQLite database without an 'events' table (tables: "
-                    f"{', '.join(sorted(tables)[:5])}); not an event database of this service, "
-                    "left as it was"
-                )
-            if tables:
-                self._check_layout(conn, tables)
-            self._own()  # before the first write (the WAL switch, a migration)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            # a deleted user's rows are overwritten with zeros, not left in free pages
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.execute(_TABLE)
-            conn.execute(_KEYS_TABLE)
-            conn.execute(_KEYS_INDEX)
-            conn.execute(_META_TABLE)
-            # a write that is rolled back: a read-only file (or folder) fails here, not at
-            # every /add_event of a service that reported ready
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                conn.execute(f"PRAGMA user_version={int(version)}")
-            finally:
-                conn.execute("ROLLBACK")
-            self._ensure_index(conn)
-            # the table and the index each read whole: a damaged page fails the start
-            # instead of the reads that meet it
-            n_events = conn.execute("SELECT COUNT(*) FROM events NOT INDEXED").fetchone()[0]
-            top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-            given = conn.execute(
-                "SELECT value FROM event_meta WHERE name = 'high_water'"
-            ).fetchone()
-            high = given[0] if given else 0
-            # ids up to 2**62: a bound no real store meets, far from SQLite's 2**63 - 1
-            if not isinstance(high, int) or not 0 <= high < 2**62:
-                raise ArtifactError(
-                    f"{self.path}: event_meta's high_water is {high!r}, not an event id "
-                    "(0 .. 2**62); not an event database of this service"
-                )
-            next_id = max(int(top), high) + 1
-            n_users = conn.execute(
-                f"SELECT COUNT(DISTINCT user_id) FROM events INDEXED BY {_INDEX_NAME}"
-            ).fetchone()[0]
+            self._prepare(conn)
+            n_events, n_users, next_id = self._count(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -491,6 +444,60 @@ class EventStore:
             n_users,
             self.synchronous,
         )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check the file is this service's (or empty), take it (`_own`), switch it to WAL,
+        create what is missing and probe a write (rolled back)."""
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        if tables and "events" not in tables:
+            raise ArtifactError(
+                f"{self.path}: an SQLite database without an 'events' table (tables: "
+                f"{', '.join(sorted(tables)[:5])}); not an event database of this service, "
+                "left as it was"
+            )
+        if tables:
+            self._check_layout(conn, tables)
+        self._own()  # before the first write (the WAL switch, a migration)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: could not switch SQLite to WAL (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        # a deleted user's rows are overwritten with zeros, not left in free pages
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute(_TABLE)
+        conn.execute(_KEYS_TABLE)
+        conn.execute(_KEYS_INDEX)
+        conn.execute(_META_TABLE)
+        # a write that is rolled back: a read-only file (or folder) fails here, not at
+        # every /add_event of a service that reported ready
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            conn.execute("ROLLBACK")
+        self._ensure_index(conn)
+
+    def _count(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """Events, users, and the id the next event gets (after the highest in the table
+        and the highest a deletion used up)."""
+        # the table and the index each read whole: a damaged page fails the start
+        # instead of the reads that meet it
+        n_events = conn.execute("SELECT COUNT(*) FROM events NOT INDEXED").fetchone()[0]
+        top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        given = conn.execute("SELECT value FROM event_meta WHERE name = 'high_water'").fetchone()
+        high = given[0] if given else 0
+        # ids up to 2**62: a bound no real store meets, far from SQLite's 2**63 - 1
+        if not isinstance(high, int) or not 0 <= high < 2**62:
+            raise ArtifactError(
+                f"{self.path}: event_meta's high_water is {high!r}, not an event id "
+                "(0 .. 2**62); not an event database of this service"
+            )
+        next_id = max(int(top), high) + 1
+        n_users = conn.execute(
+            f"SELECT COUNT(DISTINCT user_id) FROM events INDEXED BY {_INDEX_NAME}"
+        ).fetchone()[0]
+        return int(n_events), int(n_users), next_id
 
     def close(self) -> None:
         """Finish queued writes, stop the threads and close every connection."""
