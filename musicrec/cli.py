@@ -217,8 +217,10 @@ def main() -> None:
     except OSError as exc:
         # the system refused a file operation (a path that is a file or a folder where the
         # other is needed, permissions, a full disk): its message names the path; the
-        # traceback goes to execution_log.txt (where the command writes one)
+        # traceback goes to execution_log.txt (where the command writes one), and to the
+        # console only at MUSICREC_LOG_LEVEL=DEBUG
         _to_log_file("failed: %s", exc, exc_info=True)
+        log.debug("the traceback of the error below", exc_info=True)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,12 +80,12 @@ class Settings(BaseSettings):
         "probes or /metrics) need it as X-API-Key",
     )
 
-    @field_validator("recs_url", "similar_url", "events_url")
+    @field_validator("recs_url", "similar_url", "events_url", mode="before")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        """A base URL the clients can call: `http://` or `https://` and a host."""
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:8000)")
+    def _http_url(cls, value: object) -> object:
+        """Empty (as in a copied `.env`) means unset: the URL from host and port."""
+        if isinstance(value, str):
+            return check_base_url(value) if value.strip() else None
         return value
 
     @field_validator("events_api_key")
@@ -173,6 +174,17 @@ class Settings(BaseSettings):
     @property
     def events_base_url(self) -> str:
         return self.events_url or f"http://{connect_host(self.host)}:{self.events_port}"
+
+
+def check_base_url(url: str) -> str:
+    """`url` if a client can call it: an `http` or `https` scheme (any case) and a host;
+    else `ValueError` saying so."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "not a base URL: it needs http:// or https:// and a host (e.g. http://127.0.0.1:8000)"
+        )
+    return url
 
 
 def connect_host(host: str) -> str:

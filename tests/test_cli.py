@@ -264,6 +264,20 @@ def test_prepare_waits_for_no_pipeline_run_of_the_folder(generated: Path, tmp_pa
     assert cli(*args, cwd=tmp_path).returncode == 0
 
 
+def test_without_a_log_file_the_traceback_is_shown_at_debug_level(tmp_path: Path) -> None:
+    """`generate` writes no log file: an OSError's traceback was lost; MUSICREC_LOG_LEVEL=
+    DEBUG shows it, the default shows the one line."""
+    (tmp_path / "afile").write_text("x")
+    args = ("generate", "--preset", "tiny", "--out", "afile/sub")
+    quiet = cli(*args, cwd=tmp_path)
+    loud = cli(*args, cwd=tmp_path, env={"MUSICREC_LOG_LEVEL": "DEBUG"})
+    line = f"error: [Errno 20] Not a directory: '{Path('afile') / 'sub'}'"
+    assert quiet.returncode == loud.returncode == 1
+    assert quiet.stderr.strip().splitlines() == [line], quiet.stderr
+    assert "Traceback" in loud.stderr and "NotADirectoryError" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == line
+
+
 def test_a_bug_shows_its_traceback_once_and_in_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -34,10 +34,16 @@ def test_ports_are_tcp_ports(field: str) -> None:
 
 
 @pytest.mark.parametrize("field", ["recs_url", "similar_url", "events_url"])
-def test_base_urls_need_a_scheme(field: str) -> None:
-    assert getattr(Settings(**{field: "https://recs.example:8443"}), field)
-    with pytest.raises(ValidationError, match="must start with http:// or https://"):
-        Settings(**{field: "localhost:8000"})
+def test_base_urls_need_a_scheme_and_a_host(field: str) -> None:
+    """Any case of http or https, IPv6, a path; empty (a copied `.env`) is unset: the URL
+    from host and port."""
+    for good in ("https://recs.example:8443", "HTTP://127.0.0.1:8020", "http://[::1]:8000/x"):
+        assert getattr(Settings(**{field: good}), field) == good
+    assert getattr(Settings(**{field: ""}), field) is None
+    assert getattr(Settings(**{field: " "}), field) is None
+    for bad in ("localhost:8000", "http://", "ftp://host", "127.0.0.1:8000"):
+        with pytest.raises(ValidationError, match="not a base URL: it needs http:// or https://"):
+            Settings(**{field: bad})
 
 
 def test_events_api_key_must_be_sendable() -> None:

@@ -178,11 +178,56 @@ def test_services_not_running_are_one_failure_each(tmp_path: Path) -> None:
         "FAIL events /health",
     ], lines
     assert all("connection failed" in x for x in failed)
-    assert lines[-2] == (
-        f"SKIP the other checks: not run: recommendations ({urls[0]}), similar ({urls[1]}), "
-        f"events ({urls[2]}) not reachable"
-    )
-    assert lines[-1].startswith("FAILED: 1 passed, 3 failed, 1 skipped")
+    skips = [x for x in lines if x.startswith("SKIP ")]
+    assert skips == [
+        f"SKIP offline checks: not run: recommendations ({urls[0]}) not reachable",
+        f"SKIP similar tracks checks: not run: similar ({urls[1]}) not reachable",
+        f"SKIP events checks: not run: events ({urls[2]}) not reachable",
+        f"SKIP online and blended checks: not run: recommendations ({urls[0]}), similar "
+        f"({urls[1]}), events ({urls[2]}) not reachable",
+    ]
+    assert lines[-1].startswith("FAILED: 1 passed, 3 failed, 4 skipped")
+
+
+def test_the_services_that_answer_are_checked_when_one_is_down(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """The event service down: the offline and similar-tracks checks, their bad requests
+    and metrics still run (and pass), the checks that need events are skipped (the first
+    version of the early stop skipped them all)."""
+    from musicrec.service_recommendations import create_app as recs_app
+    from musicrec.service_similar import create_app as similar_app
+
+    from .conftest import ThreadedServer, running
+
+    cfg = make_settings(artifacts["root"], tmp_path)  # nothing on cfg.events_port
+    log = tmp_path / "service_test.log"
+    with running(
+        [
+            ThreadedServer(similar_app(cfg), cfg.similar_port),
+            ThreadedServer(recs_app(cfg), cfg.recs_port),
+        ]
+    ):
+        rc = run_verification(cfg, log_path=log)
+    lines = log.read_text().splitlines()
+    assert rc == 1
+    failed = [x.split(":")[0] for x in lines if x.startswith("FAIL ")]
+    assert failed == ["FAIL events /health"], lines
+    passed = [x.split(":")[0] for x in lines if x.startswith("PASS ")]
+    for check in (
+        "PASS cold user offline = top popular",
+        "PASS user with history offline = ranker's list",
+        "PASS similar tracks, best first",
+        "PASS similar tracks batch",
+        "PASS bad request k=0 -> 422",
+        "PASS bad request track_id=-5 -> 422",
+        "PASS recommendations /metrics",
+        "PASS similar /metrics",
+    ):
+        assert check in passed, (check, passed)
+    assert not any("get_events" in x or "events /metrics" in x for x in passed), passed
+    skips = [x.split(":")[0] for x in lines if x.startswith("SKIP ")]
+    assert skips == ["SKIP events checks", "SKIP online and blended checks"], lines
 
 
 @pytest.mark.parametrize("flag", ["--recs-url", "--similar-url", "--events-url"])
@@ -196,5 +241,8 @@ def test_a_url_without_a_scheme_is_refused(
     log = tmp_path / "service_test.log"
     assert verify_service.main([flag, "localhost:8000", "--log", str(log)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {flag} 'localhost:8000': must start with http:// or https://\n"
+    assert err == (
+        f"error: {flag} 'localhost:8000': not a base URL: it needs http:// or https:// and a "
+        "host (e.g. http://127.0.0.1:8000)\n"
+    )
     assert not log.exists()
