@@ -148,6 +148,8 @@ class PipelineContext:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: stages this run reused (their `seconds` is the check and load, not the computation)
+    reused: list[str] = field(default_factory=list)
     data: PreparedData | None = None
     test_split: Split | None = None
     label_split: Split | None = None
@@ -253,7 +255,11 @@ class PipelineContext:
             info = self.cache.fresh(name, fp, stage.outputs)
             if info is not None:
                 log.info("stage %-12s reused (fingerprint %s)", name, fp)
+                if name not in self.reused:
+                    self.reused.append(name)
             else:
+                if name in self.reused:  # a notebook cell run again with other parameters
+                    self.reused.remove(name)
                 info = stage.run()
                 self.cache.record(name, fp, info, stage.outputs)
         self.fingerprints[name] = fp
@@ -742,7 +748,11 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
     log.info("paired differences (mean ± stderr over warm users): %s", json.dumps(comparisons))
     for line in unproven_gains(comparisons):
         log.warning(line)
-    draw_metrics(warm_results, ctx.paths.pictures_dir / "metrics_comparison.png")
+    draw_metrics(
+        warm_results,
+        ctx.paths.pictures_dir / "metrics_comparison.png",
+        title=f"Warm test users ({len(warm):,}): mean ± standard error; higher is better",
+    )
     return {
         "warm": warm_results,
         "cold": cold_results,
@@ -913,6 +923,8 @@ def collect_metrics(ctx: PipelineContext) -> dict[str, Any]:
         "candidates": r["evaluate"]["candidates"],
         "final_fit": ctx.cfg.final_fit,
         "stage_seconds": ctx.seconds,
+        # stages whose recorded result this run reused: their seconds are not a stage's time
+        "reused_stages": list(ctx.reused),
     }
 
 

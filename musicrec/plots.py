@@ -304,7 +304,7 @@ def _draw_top_tracks(items: pd.DataFrame, pop: _Popularity, path: str | Path, n:
         ax.set_xlabel("listeners")
         _thousands(ax.xaxis)
         ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Top {n} tracks by listeners")
+    ax.set_title(f"Top {n} tracks by listeners (all events, the test window included)")
     return _save(fig, path)
 
 
@@ -490,10 +490,11 @@ def draw_metrics(
     results: Mapping[str, Mapping[str, Any]],
     out_path: str | Path,
     metrics: Sequence[str] | None = None,
+    title: str = "Offline metrics by model (mean ± standard error over users)",
 ) -> Path:
     """Compare models on every metric: one panel per metric (their scales differ by orders
     of magnitude), a bar per model (colours in the legend) with its ± stderr error bar
-    and value.
+    (none for a metric without one, such as coverage) and value.
 
     `results` maps a model name to `musicrec.metrics.evaluate()` output
     ({metric: {"mean", "stderr", "n_users"}}). `metrics` picks and orders the panels
@@ -520,7 +521,7 @@ def draw_metrics(
         for m in models:
             s = results[m].get(metric) or {}
             means.append(np.nan if s.get("mean") is None else float(s["mean"]))
-            errs.append(0.0 if s.get("stderr") is None else float(s["stderr"]))
+            errs.append(np.nan if s.get("stderr") is None else float(s["stderr"]))
         x = np.arange(len(models))
         bars = ax.bar(x, np.nan_to_num(means), yerr=errs, color=colors, capsize=4)
         ax.bar_label(
@@ -529,14 +530,16 @@ def draw_metrics(
             padding=2,
             fontsize=8,
         )
-        tops = np.asarray(means, dtype=np.float64) + np.asarray(errs, dtype=np.float64)
+        tops = np.asarray(means, dtype=np.float64) + np.nan_to_num(
+            np.asarray(errs, dtype=np.float64)
+        )
         tops = tops[np.isfinite(tops)]
         top = float(tops.max()) if tops.size and tops.max() > 0 else 1.0
         ax.set_ylim(0, top * 1.2)
         ax.set_xticks([])
         ax.set_title(metric, fontsize=11)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Offline metrics by model (mean ± standard error over users)", fontsize=13)
+    fig.suptitle(title, fontsize=13)
     if models and n:
         from matplotlib.patches import Patch
 

@@ -64,8 +64,9 @@ _after = _records()
 _redone = [k for k in _after if _after[k] != _before.get(k)]
 assert not _redone and _after.keys() == _before.keys(), f"run_pipeline recomputed {_redone}"
 _cli_metrics = _json.loads(paths.metrics.read_text())
-for _m in (_nb_metrics, _cli_metrics):
+for _m in (_nb_metrics, _cli_metrics):  # this run's, not the result's
     _m.pop("stage_seconds")
+    _m.pop("reused_stages")
 assert _cli_metrics == _nb_metrics, "metrics.json of the notebook and of run_pipeline differ"
 
 print("plan parity ok:", sorted(ctx.fingerprints))
@@ -269,7 +270,8 @@ def test_notebook_ends_with_the_metrics_table(executed: Executed) -> None:
         assert expected in before, f"{expected!r} missing from the comparisons cell's output"
     # and, above the table, exactly the gains that are not above one paired stderr
     metrics = json.loads((executed.artifacts / "metrics.json").read_text())
-    listed = [x[len("not shown: ") :] for x in before.splitlines() if x.startswith("not shown: ")]
+    prefix = "not above one SE: "
+    listed = [x[len(prefix) :] for x in before.splitlines() if x.startswith(prefix)]
     assert listed == unproven_gains(metrics["comparisons"])
 
 

@@ -333,6 +333,9 @@ def test_second_run_reuses_every_stage(
         tiny_pipeline.data_dir, tiny_pipeline.root, tiny_pipeline.cfg, caplog
     )
     assert reused == set(STAGES) and not ran
+    # metrics.json says so (its stage_seconds are then the checks', not the stages' times)
+    assert tiny_pipeline.metrics["reused_stages"] == []
+    assert metrics["reused_stages"] == list(STAGES)
     assert snapshot(tiny_pipeline.root) == before  # no artifact (or cache record) rewritten
     assert fingerprints(tiny_pipeline.root) == fps
     for key in ("split", "warm", "cold", "als_params", "candidates"):

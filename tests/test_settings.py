@@ -81,3 +81,64 @@ def test_good_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert first.recs_port == 18000 and first.recs_base_url == "http://127.0.0.1:18000"
     monkeypatch.setenv("MUSICREC_RECS_PORT", "18001")
     assert get_settings() is first
+
+
+def _bounds(field: str) -> dict[str, float]:
+    """The `ge` / `le` / `gt` / `lt` bounds of a settings field."""
+    found: dict[str, float] = {}
+    for item in Settings.model_fields[field].metadata:
+        for name in ("ge", "le", "gt", "lt"):
+            if getattr(item, name, None) is not None:
+                found[name] = getattr(item, name)
+    return found
+
+
+BOUNDED = [name for name in Settings.model_fields if _bounds(name)]
+
+
+@pytest.mark.parametrize("field", BOUNDED)
+def test_every_bound_is_enforced_at_its_edge(field: str) -> None:
+    """Each bounded setting takes the last value inside each bound and refuses the first
+    one outside (the next integer, or the next float), so a bound changed by mistake
+    fails here."""
+    import math
+
+    integer = Settings.model_fields[field].annotation is int
+
+    def step(x: float, up: bool) -> float:
+        if integer:
+            return x + 1 if up else x - 1
+        return math.nextafter(x, math.inf if up else -math.inf)
+
+    for name, edge in _bounds(field).items():
+        last_in, first_out = {
+            "ge": (edge, step(edge, up=False)),
+            "le": (edge, step(edge, up=True)),
+            "gt": (step(edge, up=True), edge),
+            "lt": (step(edge, up=False), edge),
+        }[name]
+        assert getattr(Settings(**{field: last_in}), field) == last_in, (field, name)
+        with pytest.raises(ValidationError, match=field):
+            Settings(**{field: first_out})
+
+
+def test_the_bounds_are_the_documented_ones() -> None:
+    """The ranges the README's settings table gives (the edge test above reads the bounds
+    from the model, so it alone would pass a bound changed by mistake)."""
+    port = {"ge": 1, "le": 65535}
+    assert {name: _bounds(name) for name in BOUNDED} == {
+        "recs_port": port,
+        "similar_port": port,
+        "events_port": port,
+        "recs_workers": {"ge": 1, "le": 16},
+        "similar_workers": {"ge": 1, "le": 16},
+        "events_cache_users": {"ge": 0},
+        "events_cache_events": {"ge": 100},
+        "events_key_ttl_s": {"gt": 0},
+        "online_history_k": {"ge": 1, "le": 100},
+        "exclude_events_max": {"ge": 1, "le": 10_000},
+        "online_similar_k": {"ge": 1, "le": 200},
+        "upstream_timeout_s": {"gt": 0},
+        "request_budget_s": {"gt": 0},
+        "fetch_wait_s": {"ge": 0},
+    }
