@@ -7,6 +7,8 @@ The model file is CatBoost's own `.cbm` format (no pickle).
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
 from musicrec.io import atomic_path
 from musicrec.matrix import pair_keys, top_k_per_user
+
+log = logging.getLogger(__name__)
 
 TARGET = "target"
 #: which label window a training row comes from (0 = the newest); rows are grouped by
@@ -132,9 +136,18 @@ class Ranker:
         params = catboost_params(cfg)
         models = []
         for i in range(cfg.bag_size):
+            t0 = time.perf_counter()
             model = CatBoost({**params, "random_seed": cfg.random_seed + i})
             model.fit(pool)
             models.append(model)
+            # a fit can take minutes with nothing else in the log (Last.fm: 5 of ~4 min each)
+            log.info(
+                "ranker: CatBoost model %d of %d (seed %d) fit in %.0f s",
+                i + 1,
+                cfg.bag_size,
+                cfg.random_seed + i,
+                time.perf_counter() - t0,
+            )
         if len(models) == 1:
             return cls(models[0])
         return cls(sum_models(models, weights=[1.0 / len(models)] * len(models)))

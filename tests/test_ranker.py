@@ -172,6 +172,19 @@ def test_bag_scores_the_mean_of_its_seeds_models_in_one_file(tmp_path: Path, los
     assert set(bag.feature_importances(train)) == set(DEFAULT_FEATURES)
 
 
+def test_each_bag_model_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A bag's fits can take minutes each with nothing else in the log (Last.fm: five
+    models): one line per model says how far the fit is."""
+    train = synthetic_rows(n_users=30).sort_values(C.User, kind="stable")
+    with caplog.at_level("INFO", logger="musicrec.ranker"):
+        Ranker.fit(train, FAST.model_copy(update={"bag_size": 2, "random_seed": 5}))
+    lines = [r.getMessage() for r in caplog.records if r.name == "musicrec.ranker"]
+    assert [line.split(" fit in ")[0] for line in lines] == [
+        "ranker: CatBoost model 1 of 2 (seed 5)",
+        "ranker: CatBoost model 2 of 2 (seed 6)",
+    ]
+
+
 def test_l2_leaf_reg_reaches_catboost() -> None:
     train = synthetic_rows(n_users=30).sort_values(C.User, kind="stable")
     weak = Ranker.fit(train, FAST)
