@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,22 +322,32 @@ def stage_top_popular(ctx: PipelineContext) -> dict[str, Any]:
 
 def tune_als(ctx: PipelineContext) -> dict[str, float]:
     """Grid search on feature history -> label window (never the test window), by NDCG@10:
-    the grid point of `als_grid_ndcg` with the best mean score over the newest
-    `als.tune_windows` label windows (the first of equals); {} with `als.tune` off."""
+    the grid point of `als_tuning_grid` with the best mean score (the first of equals); {}
+    with `als.tune` off."""
+    return best_grid_point(als_tuning_grid(ctx))
+
+
+def als_tuning_grid(ctx: PipelineContext) -> list[tuple[dict[str, float], float]]:
+    """Every ALS grid point with its mean NDCG@k over the newest `als.tune_windows` label
+    windows (`als_grid_ndcg` on each), in the grid's order; [] with `als.tune` off."""
     cfg = ctx.cfg.als
     if not cfg.tune:
-        return {}
+        return []
     grids = [als_grid_ndcg(ctx, lab) for lab in label_windows(ctx, cfg.tune_windows)]
-    means = [float(np.mean([g[i][1] for g in grids])) for i in range(len(grids[0]))]
-    best = int(np.argmax(means))
-    params = grids[0][best][0]
-    log.info(
-        "ALS tuning picked %s (label-window NDCG %.4f, mean over %d window(s))",
-        params,
-        means[best],
-        len(grids),
-    )
-    return params
+    log.info("ALS tuning: NDCG means over %d label window(s)", len(grids))
+    return [
+        (grids[0][i][0], float(np.mean([g[i][1] for g in grids]))) for i in range(len(grids[0]))
+    ]
+
+
+def best_grid_point(grid: Sequence[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """The parameters of the best-scoring point of `grid` (the first of equals); {} for an
+    empty grid."""
+    if not grid:
+        return {}
+    best = int(np.argmax([score for _, score in grid]))
+    log.info("ALS tuning picked %s (label-window NDCG %.4f)", grid[best][0], grid[best][1])
+    return grid[best][0]
 
 
 def als_grid_ndcg(ctx: PipelineContext, lab: Split) -> list[tuple[dict[str, float], float]]:
@@ -387,12 +397,19 @@ def stage_als_label(ctx: PipelineContext) -> dict[str, Any]:
     """ALS tuned (`tune_als`) and fit on the history before the ranker's newest label
     window: that window's first stage in the ranker, and the starting point of the served
     ALS when `als.warm_start_iterations` is set. It never sees the label window."""
-    params = tune_als(ctx)
+    grid = als_tuning_grid(ctx)
+    params = best_grid_point(grid)
     ctx.als_params = params
     matrix = InteractionMatrix.from_events(ctx.label.history)
     ALSModel.fit(matrix, ctx.als_cfg()).save(ctx.paths.label_model_dir)
     ctx.label_split = None  # a copy of most of the history: the ranker splits it again
-    return {"params": params, "users": len(matrix.users.ids), "tracks": len(matrix.items.ids)}
+    return {
+        "params": params,
+        # every grid point with its mean label-window NDCG@k (the notebook's table)
+        "tuning": [{**point, "mean_label_window_ndcg": score} for point, score in grid],
+        "users": len(matrix.users.ids),
+        "tracks": len(matrix.items.ids),
+    }
 
 
 def stage_als(ctx: PipelineContext) -> dict[str, Any]:

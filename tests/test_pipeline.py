@@ -876,6 +876,36 @@ def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
     assert params == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
 
 
+def test_the_als_label_stage_reports_every_grid_point(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's result lists each grid point with its label-window NDCG (the notebook
+    shows them; they were only in the log) and the pick is the best of them."""
+    import musicrec.metrics
+
+    cfg = fast_pipeline_config(
+        als={
+            "tune": True,
+            "factors_grid": [4, 6],
+            "regularization_grid": [0.01],
+            "alpha_grid": [5.0, 20.0],
+        }
+    )
+    scripted = iter([0.10, 0.30, 0.50, 0.20])  # (4, 5), (4, 20), (6, 5), (6, 20)
+    monkeypatch.setattr(musicrec.metrics, "ndcg_at_k", lambda *a, **k: pd.Series([next(scripted)]))
+    info = stage_als_label(_context(tiny_prepared, cfg, tmp_path / "a"))
+    assert info["tuning"] == [
+        {"factors": 4, "regularization": 0.01, "alpha": 5.0, "mean_label_window_ndcg": 0.10},
+        {"factors": 4, "regularization": 0.01, "alpha": 20.0, "mean_label_window_ndcg": 0.30},
+        {"factors": 6, "regularization": 0.01, "alpha": 5.0, "mean_label_window_ndcg": 0.50},
+        {"factors": 6, "regularization": 0.01, "alpha": 20.0, "mean_label_window_ndcg": 0.20},
+    ]
+    assert info["params"] == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
+    untuned = fast_pipeline_config(als={"tune": False})
+    info = stage_als_label(_context(tiny_prepared, untuned, tmp_path / "b"))
+    assert info["tuning"] == [] and info["params"] == {}
+
+
 def test_tuning_over_several_windows_picks_the_best_mean(
     tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
