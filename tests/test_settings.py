@@ -49,7 +49,8 @@ def test_base_urls_need_a_scheme_and_a_host(field: str) -> None:
 def test_events_api_key_must_be_sendable() -> None:
     assert Settings(events_api_key=SecretStr("s3cr3t-KEY_1")).events_api_key is not None
     assert Settings(events_api_key=SecretStr("")).events_api_key is not None  # warned of
-    for bad in ("two words", "clé", "tab\there"):
+    assert Settings(events_api_key=SecretStr("!~")).events_api_key is not None  # the range's ends
+    for bad in ("two words", "clé", "tab\there", "del\x7f"):
         with pytest.raises(ValidationError, match="printable ASCII without spaces"):
             Settings(events_api_key=SecretStr(bad))
 
