@@ -67,7 +67,7 @@ from musicrec.service_common import (
     install_common,
     not_ready,
 )
-from musicrec.settings import EVENTS_K_MAX, Settings, get_settings
+from musicrec.settings import EVENTS_K_MAX, Settings, get_settings, sendable_header_value
 
 log = logging.getLogger("musicrec.services.events")
 
@@ -239,7 +239,7 @@ def expected_api_key(settings: Settings) -> bytes:
     value = key.get_secret_value()
     if not value:
         log.warning("MUSICREC_EVENTS_API_KEY is set but empty: no route needs a key")
-    elif not all(" " < c < "\x7f" for c in value):
+    elif not sendable_header_value(value):
         raise ConfigError(
             "MUSICREC_EVENTS_API_KEY must be printable ASCII without spaces (HTTP header "
             "values are bytes; other characters cannot be sent as configured)"

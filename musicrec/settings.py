@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import get_args
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
         """Printable ASCII without spaces: HTTP carries header values as bytes that servers
         decode as latin-1, so a key with other characters could never be sent as
         configured (checked here, before any service starts; the key is never echoed)."""
-        if value is not None and not all(" " < c < "\x7f" for c in value.get_secret_value()):
+        if value is not None and not sendable_header_value(value.get_secret_value()):
             raise ValueError(
                 "must be printable ASCII without spaces (HTTP header values are bytes; "
                 "other characters cannot be sent as configured)"
@@ -197,8 +198,18 @@ def connect_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-#: fields whose value an error message must not show
-_SECRET_FIELDS = frozenset({"events_api_key", "aws_access_key_id", "aws_secret_access_key"})
+def sendable_header_value(value: str) -> bool:
+    """Whether `value` is printable ASCII without spaces: what an HTTP header carries as
+    configured (servers decode header bytes as latin-1)."""
+    return all(" " < c < "\x7f" for c in value)
+
+
+#: fields whose value an error message must not show: those typed `SecretStr`
+_SECRET_FIELDS = frozenset(
+    name
+    for name, info in Settings.model_fields.items()
+    if SecretStr in (info.annotation, *get_args(info.annotation))
+)
 
 
 @lru_cache(maxsize=1)

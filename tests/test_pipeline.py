@@ -855,11 +855,12 @@ def test_ranker_training_and_tuning_never_read_the_test_window(
     assert np.array_equal(ranker.predict(probe), ranker2.predict(probe))
 
 
-def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
+def _scripted_grid_context(
     tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The grid point kept is the one scoring best, wherever it is in the grid (scores
-    scripted in the grid's order: factors, then regularization, then alpha)."""
+) -> PipelineContext:
+    """A context tuning ALS over a 4-point grid whose label-window NDCGs are scripted, in
+    the grid's order (factors, then regularization, then alpha): (4, 5) 0.10, (4, 20)
+    0.30, (6, 5) 0.50, (6, 20) 0.20."""
     import musicrec.metrics
 
     cfg = fast_pipeline_config(
@@ -870,9 +871,17 @@ def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
             "alpha_grid": [5.0, 20.0],
         }
     )
-    scripted = iter([0.10, 0.30, 0.50, 0.20])  # (4, 5), (4, 20), (6, 5), (6, 20)
+    scripted = iter([0.10, 0.30, 0.50, 0.20])
     monkeypatch.setattr(musicrec.metrics, "ndcg_at_k", lambda *a, **k: pd.Series([next(scripted)]))
-    params = tune_als(_context(tiny_prepared, cfg, tmp_path / "a"))
+    return _context(tiny_prepared, cfg, tmp_path / "a")
+
+
+def test_tuning_returns_the_grid_point_with_the_best_label_window_ndcg(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid point kept is the one scoring best, wherever it is in the grid (scores
+    scripted in the grid's order: factors, then regularization, then alpha)."""
+    params = tune_als(_scripted_grid_context(tiny_prepared, tmp_path, monkeypatch))
     assert params == {"factors": 6, "regularization": 0.01, "alpha": 5.0}
 
 
@@ -881,19 +890,7 @@ def test_the_als_label_stage_reports_every_grid_point(
 ) -> None:
     """The stage's result lists each grid point with its label-window NDCG (the notebook
     shows them; they were only in the log) and the pick is the best of them."""
-    import musicrec.metrics
-
-    cfg = fast_pipeline_config(
-        als={
-            "tune": True,
-            "factors_grid": [4, 6],
-            "regularization_grid": [0.01],
-            "alpha_grid": [5.0, 20.0],
-        }
-    )
-    scripted = iter([0.10, 0.30, 0.50, 0.20])  # (4, 5), (4, 20), (6, 5), (6, 20)
-    monkeypatch.setattr(musicrec.metrics, "ndcg_at_k", lambda *a, **k: pd.Series([next(scripted)]))
-    info = stage_als_label(_context(tiny_prepared, cfg, tmp_path / "a"))
+    info = stage_als_label(_scripted_grid_context(tiny_prepared, tmp_path, monkeypatch))
     assert info["tuning"] == [
         {"factors": 4, "regularization": 0.01, "alpha": 5.0, "mean_label_window_ndcg": 0.10},
         {"factors": 4, "regularization": 0.01, "alpha": 20.0, "mean_label_window_ndcg": 0.30},
