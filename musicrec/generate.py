@@ -54,6 +54,7 @@ written as one or more bounded row groups), deterministic for a given (preset, s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -796,6 +797,34 @@ def _chunks(n_events: np.ndarray, chunk_events: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
+#: the key of interactions.parquet's schema metadata that says which preset and seed the
+#: generator wrote it with (JSON {"preset": ..., "seed": ...}); the real files have none
+GENERATED_KEY = b"musicrec.generated"
+
+
+def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
+    """{"preset": name, "seed": n} when `data_dir`'s interactions.parquet was written by
+    `generate_dataset`; None for any other file (the real data, Last.fm, a user's own), an
+    older generated set without the mark, or one that cannot be read."""
+    try:
+        meta = pq.read_schema(Path(data_dir) / RawFiles.Interactions).metadata or {}
+        mark = json.loads(meta[GENERATED_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    if not isinstance(mark, dict) or not {"preset", "seed"} <= mark.keys():
+        return None
+    return {"preset": mark["preset"], "seed": mark["seed"]}
+
+
+def describe_raw_data(data_dir: str | Path) -> str:
+    """How the log names the raw set in `data_dir`: "the generated preset 'tiny' (seed
+    1)" or "files not made by the generator"."""
+    mark = generated_with(data_dir)
+    if mark is None:
+        return "files not made by the generator"
+    return f"the generated preset {mark['preset']!r} (seed {mark['seed']})"
+
+
 def raw_data_present(data_dir: str | Path) -> bool:
     """True when the three raw files exist in `data_dir`."""
     return all((Path(data_dir) / name).is_file() for name in RawFiles.All)
@@ -872,7 +901,9 @@ def generate_dataset(
     if not overwrite:
         if raw_data_present(out):
             log.info(
-                "raw files already in %s; not generating (`generate --force` replaces them)", out
+                "raw files already in %s (%s); not generating (`generate --force` replaces them)",
+                out,
+                describe_raw_data(out),
             )
             return {"skipped": True, "preset": p.name, "out_dir": str(out)}
         refuse_partial_raw_data(out)
@@ -889,6 +920,10 @@ def generate_dataset(
     users = build_users(p, seed)
     t_cat = time.perf_counter() - t0
     schema = interactions_schema()
+    # which preset and seed made the files, read back by `generated_with` (a folder that
+    # holds another preset's set is used as it is, with a warning)
+    mark = json.dumps({"preset": p.name, "seed": seed}).encode()
+    schema = schema.with_metadata({**(schema.metadata or {}), GENERATED_KEY: mark})
     rows = 0
     n_users = 0
     max_seq = 0
@@ -956,11 +991,31 @@ def ensure_raw_data(data_dir: str | Path, preset: str = "demo", seed: int = 42) 
     """Generate the raw files into `data_dir` when none of the three is there.
 
     Returns True if data was generated, False if the three files were already there (left
-    untouched). Some but not all of them: MusicRecError (`refuse_partial_raw_data`), as
-    they may be the user's own.
+    untouched; a WARNING when the generator wrote them with another preset or seed: the run
+    would otherwise train on another data set than the one asked for without a word). Some
+    but not all of them: MusicRecError (`refuse_partial_raw_data`), as they may be the
+    user's own.
     """
     if raw_data_present(data_dir):
-        log.info("raw data present in %s; not generating", data_dir)
+        mark = generated_with(data_dir)
+        if mark is not None and (mark["preset"], mark["seed"]) != (get_preset(preset).name, seed):
+            log.warning(
+                "%s holds the generated preset %r (seed %s), not %r (seed %d) as asked: not "
+                "generating, the files are used as they are (`python -m musicrec generate "
+                "--preset %s --seed %d --out %s --force` replaces them)",
+                data_dir,
+                mark["preset"],
+                mark["seed"],
+                preset,
+                seed,
+                preset,
+                seed,
+                data_dir,
+            )
+        else:
+            log.info(
+                "raw data present in %s (%s); not generating", data_dir, describe_raw_data(data_dir)
+            )
         return False
     refuse_partial_raw_data(data_dir)
     log.info("raw data missing in %s; generating preset %s (seed %d)", data_dir, preset, seed)
@@ -972,6 +1027,8 @@ __all__ = [
     "PRESETS",
     "Preset",
     "generate_dataset",
+    "describe_raw_data",
     "ensure_raw_data",
+    "generated_with",
     "raw_data_present",
 ]

@@ -26,6 +26,7 @@ from musicrec.columns import RawFiles
 from musicrec.errors import ConfigError, MusicRecError
 from musicrec.generate import (
     DAY_WEIGHT_FLOOR,
+    GENERATED_KEY,
     PRESETS,
     build_catalog,
     build_users,
@@ -33,6 +34,7 @@ from musicrec.generate import (
     fit_day_weights,
     generate_chunk,
     generate_dataset,
+    generated_with,
     raw_data_present,
     target_day_curve,
 )
@@ -452,3 +454,44 @@ def test_presets() -> None:
     assert {"tiny", "demo", "full10", "full"} <= set(PRESETS)
     with pytest.raises(ConfigError, match="unknown preset"):
         generate_dataset("nope", out_dir="/nonexistent")
+
+
+def test_a_folder_of_another_preset_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The generator marks interactions.parquet with its preset and seed; asked for another
+    one over a folder that holds a generated set, `ensure_raw_data` uses the files as they
+    are (never replaces them) and says so in a WARNING naming both and the command that
+    would replace them. Files the generator did not write (the real data) get no warning."""
+    out = tmp_path / "data"
+    generate_dataset("tiny", seed=1, out_dir=out)
+    assert generated_with(out) == {"preset": "tiny", "seed": 1}
+    mtimes = {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All}
+    caplog.set_level(logging.INFO, logger="musicrec.generate")
+    assert ensure_raw_data(out, preset="demo", seed=42) is False
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert "'tiny' (seed 1), not 'demo' (seed 42)" in warned[0]
+    assert f"generate --preset demo --seed 42 --out {out} --force" in warned[0]
+    caplog.clear()
+    assert ensure_raw_data(out, preset="tiny", seed=2) is False  # another seed: warned too
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    caplog.clear()
+    assert ensure_raw_data(out, preset="tiny", seed=1) is False  # the same: no warning
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "the generated preset 'tiny' (seed 1)" in caplog.records[0].getMessage()
+    assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
+    # the same file without the mark (the real data's schema): no warning
+    table = pq.read_table(out / RawFiles.Interactions)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != GENERATED_KEY}
+    pq.write_table(table.replace_schema_metadata(meta), out / RawFiles.Interactions)
+    assert generated_with(out) is None
+    caplog.clear()
+    assert ensure_raw_data(out, preset="demo", seed=42) is False
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "files not made by the generator" in caplog.records[0].getMessage()
+    # a mark that is not the generator's JSON is no mark
+    bad = {**meta, GENERATED_KEY: b"{not json"}
+    pq.write_table(table.replace_schema_metadata(bad), out / RawFiles.Interactions)
+    assert generated_with(out) is None
+    assert generated_with(tmp_path / "missing") is None
