@@ -20,7 +20,8 @@ one run and `--paired-with` in another (e.g. over rows dumped with another confi
 two rankers by (window, user). `--active-days N` also scores each ranker's lists routed by
 user activity (the ALS order for the users whose latest listen is at most N days before
 the window, the ranker's for the others: "ranker, routed") and prints the ranker's pooled
-difference from the ALS score for each kind of user.
+difference from the ALS score for each kind of user. `--losses` refits with other CatBoost
+losses (every feature kept), one variant each.
 """
 
 from __future__ import annotations
@@ -152,6 +153,14 @@ def main() -> None:
             help=f"refit {how} these features as well (repeat for several variants)",
         )
     ap.add_argument(
+        "--losses",
+        nargs="+",
+        default=[],
+        metavar="LOSS",
+        help="refit with each of these CatBoost losses as well, every feature kept (one "
+        "variant each, e.g. 'StochasticRank:metric=NDCG;top=10')",
+    )
+    ap.add_argument(
         "--active-days",
         type=int,
         metavar="N",
@@ -187,6 +196,10 @@ def main() -> None:
         configs["ranker with only " + "+".join(group)] = base.model_copy(
             update={"features": list(group)}
         )
+    for loss in args.losses:
+        # validated as the pipeline's config would be (a typo fails before any fit)
+        RankerConfig.model_validate({**base.model_dump(), "loss_function": loss})
+        configs[f"ranker with {loss}"] = base.model_copy(update={"loss_function": loss})
     pooled: dict[str, list[pd.DataFrame]] = {}
     for w in args.windows:
         t0 = time.perf_counter()
