@@ -7,7 +7,8 @@
    through plus the given settings as `MUSICREC_*` variables, so the children see exactly
    the parent's configuration;
 2. waits until each answers `GET /ready` (a child that exits early fails the start with its
-   exit code);
+   exit code and the line of its output that says why: each child's stderr is passed on
+   to serve's, its last lines kept);
 3. with `run_verify`, runs `musicrec.verify.run_verification` and prints the result;
 4. serves until Ctrl-C / SIGTERM (or a child dies), then terminates all three, waits, and
    kills what is still running after a timeout. If `serve` itself is killed outright, the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,11 +33,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any, TextIO
 
 from pydantic import AliasChoices, SecretStr
 
@@ -80,6 +83,61 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     #: a directory made for this process (its workers' metrics), removed by `stop_all`
     scratch: Path | None = None
+    #: its latest stderr lines, when `start_service` passes them on (`pass_on_stderr`)
+    tail: deque[str] | None = None
+    #: the thread that reads them
+    reader: threading.Thread | None = None
+
+    def exit_text(self, when: str = "") -> str:
+        """The words "exited with code N" (then `when`), and the cause its stderr gave
+        (`exit_cause`) if known; for a process that has exited (waits up to 2 s for its
+        last lines to be read)."""
+        text = " ".join(filter(None, (f"exited with code {self.proc.returncode}", when)))
+        if self.reader is not None:
+            self.reader.join(timeout=2.0)  # its last lines may still be in the pipe
+        if self.tail is None:
+            return f"{text} (its last lines above say why)"
+        cause = exit_cause(self.tail)
+        return f"{text}: {cause}" if cause else f"{text} (no output)"
+
+
+#: a service's stderr lines kept for the error that says why it stopped
+TAIL_LINES = 50
+#: the last line of a Python traceback: `[module.]NameError: message` (or a bare name)
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
+
+
+def exit_cause(lines: Iterable[str]) -> str | None:
+    """The line of a service's last output that says why it stopped: the last exception
+    line of a traceback (`musicrec.errors.ArtifactError: ... is missing`), else uvicorn's
+    last `ERROR:` line (a port in use, an app that cannot be imported), else the last line;
+    None when there is none. uvicorn ends a failed start-up with "Application startup
+    failed. Exiting.", which names no cause, so the exception comes first."""
+    kept = [line.strip() for line in lines if line.strip()]
+    for line in reversed(kept):
+        if _EXCEPTION_LINE.match(line):
+            return line
+    for line in reversed(kept):
+        if line.startswith("ERROR:") and "Application startup failed" not in line:
+            return " ".join(line.split())
+    return kept[-1] if kept else None
+
+
+def pass_on_stderr(stream: IO[bytes], tail: deque[str], out: TextIO) -> None:
+    """Copy a child's stderr to `out` line by line, keeping its latest lines in `tail`,
+    until the child (and every process that inherited the pipe) closes it. A failing `out`
+    is not written to again, but the pipe is still read, so the child never blocks on it."""
+    writable = True
+    with stream:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            tail.append(line.rstrip("\n"))
+            if writable:
+                try:
+                    out.write(line)
+                    out.flush()
+                except (OSError, ValueError):  # closed or broken: keep draining
+                    writable = False
 
 
 def base_url(settings: Settings, port: int) -> str:
@@ -171,7 +229,9 @@ def start_service(
 
     With `die_with_parent` (Linux) the service gets SIGTERM when the thread that started it
     ends, or the whole process dies, even by SIGKILL (`musicrec.parent_guard`): call it
-    from a thread that outlives the service."""
+    from a thread that outlives the service. Without a `stderr` in `popen` the service's
+    stderr is passed on to this process's by a thread that keeps its last lines
+    (`ServiceProcess.tail`), for the error that says why it stopped."""
     port = int(getattr(settings, spec.port_field))
     cmd = uvicorn_command(spec, settings, port)
     if die_with_parent:
@@ -193,8 +253,21 @@ def start_service(
     # a process group of its own: uvicorn's workers are its children, and if the uvicorn
     # supervisor dies first (the OOM killer) `stop_all` still finds them by the group
     popen.setdefault("start_new_session", True)
+    tail: deque[str] | None = None
+    if "stderr" not in popen:
+        tail = deque(maxlen=TAIL_LINES)
+        popen["stderr"] = subprocess.PIPE
     proc = subprocess.Popen(cmd, env=env, **popen)
-    return ServiceProcess(spec.name, base_url(settings, port), proc, scratch)
+    reader = None
+    if tail is not None and proc.stderr is not None:
+        reader = threading.Thread(
+            target=pass_on_stderr,
+            args=(proc.stderr, tail, sys.stderr),
+            name=f"{spec.name}-stderr",
+            daemon=True,
+        )
+        reader.start()
+    return ServiceProcess(spec.name, base_url(settings, port), proc, scratch, tail, reader)
 
 
 def check_ports_free(settings: Settings, names: Iterable[str] | None = None) -> None:
@@ -265,12 +338,8 @@ def wait_ready(
     pending = list(procs)
     while pending:
         for p in list(pending):
-            code = p.proc.poll()
-            if code is not None:
-                raise ServeError(
-                    f"{p.name} service exited with code {code} during start-up (its last "
-                    "lines above say why)"
-                )
+            if p.proc.poll() is not None:
+                raise ServeError(f"{p.name} service {p.exit_text('during start-up')}")
             if is_ready(p.url, instance=instance):
                 log.info("%s ready at %s", p.name, p.url)
                 pending.remove(p)
@@ -373,7 +442,7 @@ def serve_all(
             dead = [p for p in procs if p.proc.poll() is not None]
             if dead:
                 for p in dead:
-                    log.error("%s service exited with code %s", p.name, p.proc.returncode)
+                    log.error("%s service %s", p.name, p.exit_text("while serving"))
                 rc = rc or 1
                 break
     except ServeError as exc:

@@ -155,6 +155,8 @@ def test_each_service_gets_its_own_metrics_directory(
     started: dict[str, dict[str, str]] = {}
 
     class FakePopen:
+        stderr = None  # (a real one's is the pipe serve reads)
+
         def __init__(self, cmd: list[str], env: dict[str, str], **kwargs: Any) -> None:
             started[cmd[cmd.index("uvicorn") + 1]] = env
 
@@ -397,3 +399,28 @@ def test_serve_takes_only_its_own_childrens_ready(
     assert not is_ready(url, instance="run-2")
     with pytest.raises(ServeError, match="not ready after"):
         wait_ready(procs, timeout_s=1.0, instance="run-2")
+
+
+def test_serve_names_why_a_service_failed_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service that stops during start-up: `serve` says why in its one error line (the
+    exception its traceback ends with; uvicorn's own last line, "Application startup failed.
+    Exiting.", names no cause), and the service's own output is still passed on whole."""
+    from musicrec import serve
+
+    empty = tmp_path / "no-artifacts"
+    empty.mkdir()
+    cfg = make_settings(empty, tmp_path)
+    assert serve.serve_all(cfg, ready_timeout_s=60) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: similar service exited with code "), errors[0]
+    assert errors[0].endswith(
+        f"during start-up: musicrec.errors.ArtifactError: {empty}/recommendations/"
+        "similar.parquet: artifact file is missing (run `python -m musicrec pipeline` first, "
+        "or set MUSICREC_ARTIFACTS_DIR / MUSICREC_FETCH_ARTIFACTS_FROM_S3)"
+    ), errors[0]
+    assert "Traceback (most recent call last)" in err  # the service's output, passed on
+    assert "Application startup failed" in err
