@@ -38,8 +38,11 @@ def serving_end(dates: pd.Series | np.ndarray, test_start: pd.Timestamp) -> pd.T
     month (every event on a month's 1st at midnight: Last.fm) the period is a calendar
     month: the next month's 1st, where the day after the last event made every user
     active that month "1 day since" (28 or more in training) and stretched the recent
-    window over one month more. Otherwise it is the gap between the last event before
-    `test_start` and `test_start` (on data dated by day: the day after the last event)."""
+    window over one month more. On data dated by day (every event at midnight: the real
+    data) it is the day after the last event, whatever gap came before `test_start` (days
+    without events there made it that many days later, every recently active user "3 days
+    since" or more where training saw 1). Otherwise (times of day) it is the gap between
+    the last event before `test_start` and `test_start`."""
     times = np.asarray(dates, dtype="datetime64[ns]")
     start = np.datetime64(test_start, "ns")
     before = times[times < start]
@@ -49,6 +52,9 @@ def serving_end(dates: pd.Series | np.ndarray, test_start: pd.Timestamp) -> pd.T
     months = times.astype("datetime64[M]")
     if (months.astype("datetime64[ns]") == times).all():
         return pd.Timestamp((last.astype("datetime64[M]") + 1).astype("datetime64[ns]"))
+    days = times.astype("datetime64[D]")
+    if (days.astype("datetime64[ns]") == times).all():
+        return pd.Timestamp((last.astype("datetime64[D]") + 1).astype("datetime64[ns]"))
     return pd.Timestamp(last + (start - before.max()))
 
 

@@ -173,6 +173,10 @@ def test_serving_end_keeps_the_spacing_of_the_test_window() -> None:
     assert serving_end(months, pd.Timestamp("2011-03-01")) == pd.Timestamp("2011-05-01")
     days = pd.to_datetime(["2022-12-14", "2022-12-15", "2022-12-16", "2022-12-31"])
     assert serving_end(days, pd.Timestamp("2022-12-16")) == pd.Timestamp("2023-01-01")
+    # by day, the day after the last event even when days without events came before the
+    # test window (it was last + the 3-day gap: 2023-01-03)
+    gap = pd.to_datetime(["2022-12-10", "2022-12-13", "2022-12-16", "2022-12-31"])
+    assert serving_end(gap, pd.Timestamp("2022-12-16")) == pd.Timestamp("2023-01-01")
     # time of day kept: the test window began 2 s after the last history event
     seconds = pd.to_datetime(["2022-12-15 23:59:58", "2022-12-16 00:00:00", "2022-12-20 08:00:00"])
     assert serving_end(seconds, pd.Timestamp("2022-12-16")) == pd.Timestamp("2022-12-20 08:00:02")
