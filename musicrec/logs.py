@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: `extra` of a record for the log file only: the console shows it otherwise (the CLI's
@@ -18,6 +21,23 @@ def _not_file_only(record: logging.LogRecord) -> bool:
 #: libraries that log request headers - S3 credentials, signatures - at DEBUG: they stay at
 #: INFO or above whatever the level, so that secrets never reach a log
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def log_json(obj: Any, digits: int = 4) -> str:
+    """`obj` as JSON for a log line, its floats rounded to `digits` significant digits
+    (`0.005250622166446824` -> `0.005251`, `1547.96` -> `1548.0`); ints, strings, None and
+    non-finite floats as they are. metrics.json keeps every digit; the log is for reading."""
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float) and math.isfinite(value) and value != 0:
+            return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+        if isinstance(value, dict):
+            return {key: rounded(v) for key, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [rounded(v) for v in value]
+        return value
+
+    return json.dumps(rounded(obj))
 
 
 def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> None:

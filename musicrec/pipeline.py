@@ -53,6 +53,7 @@ from musicrec.io import (
     write_parquet,
     write_parquet_batches,
 )
+from musicrec.logs import log_json
 from musicrec.matrix import InteractionMatrix, rows_of_keys
 from musicrec.memory import release_free_memory, rss_gib
 from musicrec.plots import EDA_FILES
@@ -307,7 +308,7 @@ def stage_split(ctx: PipelineContext) -> dict[str, Any]:
     label["label_history_rows"] = label.pop("history_rows")
     label["label_history_users"] = label.pop("history_users")
     facts = {**ctx.test.facts("test"), **label}
-    log.info("split: %s", json.dumps(facts))
+    log.info("split: %s", log_json(facts))
     # the label split is a reordered copy of most of the history (3.6 GB at the full size):
     # it is not held through the ALS and similar-tracks stages, the ranker splits again
     ctx.label_split = None
@@ -538,7 +539,7 @@ def window_training_rows(
         "users_scanned": scanned,
         "users_with_positive": found,
     }
-    log.info("ranker label window %d: %s", window, json.dumps(facts))
+    log.info("ranker label window %d: %s", window, log_json(facts))
     return train, facts
 
 
@@ -761,8 +762,8 @@ def stage_evaluate(ctx: PipelineContext) -> dict[str, Any]:
         | {f"cold/{k}": v for k, v in cold_results.items()}
     )
     log.info("evaluation (test window from %s):\n%s", test.start.date(), table.to_string())
-    log.info("candidates: %s", json.dumps(diag))
-    log.info("paired differences (mean ± stderr over warm users): %s", json.dumps(comparisons))
+    log.info("candidates: %s", log_json(diag))
+    log.info("paired differences (mean ± stderr over warm users): %s", log_json(comparisons))
     for line in unproven_gains(comparisons):
         log.warning(line)
     draw_metrics(
