@@ -109,3 +109,12 @@ def test_a_scored_head_as_small_as_k_still_fills_the_tracks_outside_it() -> None
     assert all(sizes[i] == (2 if i in in_head else 3) for i in model.items.ids.tolist())
     one = similar_tracks(model, 5, num_threads=1, items=np.array([2]))
     assert len(one) == 29 and set(one[C.Item2]) == {int(model.items.ids[2])}
+
+
+def test_batches_are_joined_into_one_table_with_a_fresh_index() -> None:
+    """The batches' frames are concatenated with a new 0..n-1 index: 5 tracks x 2
+    neighbours = 10 rows in batches of 2 queries, labelled 0..9 (each batch's own 0..3
+    index kept would repeat labels, and `.loc` would return several rows per label)."""
+    model = random_model(5, seed=1)
+    sim = similar_tracks(model, 2, batch_size=2, num_threads=1)
+    assert sim.index.tolist() == list(range(10))
