@@ -207,3 +207,26 @@ def test_idmap_codes_of_unsigned_values_beyond_2_53() -> None:
     assert ids._dense_table() is None  # the binary search
     values = np.array([2**53 + 1, 2**53, 2**63 + 5, 7], dtype=np.uint64)
     assert ids.codes(values).tolist() == [1, 0, -1, -1]
+
+
+def test_seen_mask_user_code_equal_to_the_row_count_is_unseen() -> None:
+    """Rows are 0..n_rows - 1: user code 2 of a 2 x 3 matrix is outside it (unseen, not an
+    index error), also where it is below the column count (3)."""
+    csr = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0]], dtype=np.float32))
+    got = seen_mask(csr, np.array([2, 1, 2]), np.array([0, 1, 2]))
+    assert got.tolist() == [False, True, False]
+
+
+def test_idmap_codes_of_floats_match_only_equal_ids() -> None:
+    """Float values (ids read as floats, e.g. next to a NaN) take the binary search: 2.0
+    is id 2 (code 1 of [1, 2, 3]); 2.5 and NaN are no id, not truncated to 2."""
+    m = IdMap(np.array([1, 2, 3], dtype=np.int64))
+    assert m.codes(np.array([2.0, 2.5, np.nan, 3.0])).tolist() == [1, -1, -1, 2]
+
+
+def test_idmap_of_one_sparse_id_finds_it() -> None:
+    """A map of a single id too large for a table (binary search): that id is code 0,
+    anything else -1."""
+    m = IdMap(np.array([5_000_000_000], dtype=np.int64))
+    assert m._dense_table() is None
+    assert m.codes(np.array([5_000_000_000, 7, 5_000_000_001])).tolist() == [0, -1, -1]
