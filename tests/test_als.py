@@ -273,3 +273,72 @@ def test_fit_runs_blas_single_threaded_without_implicits_false_alarm(
         warnings.simplefilter("always")
         ALSModel.fit(m, CFG, num_threads=1)
     assert not [w for w in caught if "OpenBLAS is configured" in str(w.message)]
+
+
+def _line_model() -> tuple[ALSModel, InteractionMatrix]:
+    """One factor: user 1 has +1, user 2 has -1; tracks 10, 20, 30, 40 have 1, 2, 3, 4, so
+    a score is +-(track / 10). User 1 heard track 40."""
+    model = ALSModel(
+        IdMap(np.array([1, 2])),
+        IdMap(np.array([10, 20, 30, 40])),
+        np.array([[1.0], [-1.0]], np.float32),
+        np.array([[1.0], [2.0], [3.0], [4.0]], np.float32),
+    )
+    heard = pd.DataFrame({C.User: [1], C.Item: [40]}).astype(np.int32)
+    return model, InteractionMatrix.from_events(heard, model.users, model.items)
+
+
+def _rows(recs: pd.DataFrame) -> list[tuple[int, int, float, int]]:
+    return [
+        (int(u), int(i), float(s), int(r))
+        for u, i, s, r in recs[[C.User, C.Item, C.Score, C.Rank]].itertuples(index=False)
+    ]
+
+
+def test_recommend_head_only_keeps_the_lists_of_users_not_topped_up() -> None:
+    """Head = tracks 20, 30, 40, n = 2. User 1: 40 heard, so 30 (3) then 20 (2); user 2:
+    20 (-2) then 30 (-3). Both lists are full (2 = min(n, 3 unheard)), no top-up: the
+    head-only lists are the result (a batch without a top-up was lost)."""
+    model, history = _line_model()
+    recs = model.recommend(np.array([1, 2]), history, n=2, items=np.array([1, 2, 3]))
+    assert _rows(recs) == [(1, 30, 3.0, 1), (1, 20, 2.0, 2), (2, 20, -2.0, 1), (2, 30, -3.0, 2)]
+
+
+def test_recommend_batches_are_joined_with_a_fresh_index() -> None:
+    """One user per batch, n = 2 over every track: user 1 gets 30 (3), 20 (2) (40 heard),
+    user 2 gets 10 (-1), 20 (-2); the rows are labelled 0..3, not 0, 1, 0, 1."""
+    model, history = _line_model()
+    recs = model.recommend(np.array([2, 1]), history, n=2, batch_size=1)
+    assert _rows(recs) == [(1, 30, 3.0, 1), (1, 20, 2.0, 2), (2, 10, -1.0, 1), (2, 20, -2.0, 2)]
+    assert recs.index.tolist() == [0, 1, 2, 3]
+
+
+def test_fit_on_a_single_listen() -> None:
+    """One listen is a non-empty matrix: the fit runs (one user, one track, CFG.factors)."""
+    one = pd.DataFrame({C.User: [1], C.Item: [10]}).astype(np.int32)
+    model = ALSModel.fit(InteractionMatrix.from_events(one), CFG, num_threads=1)
+    assert model.user_factors.shape == (1, CFG.factors) == model.item_factors.shape
+
+
+def test_save_creates_missing_parent_directories(
+    planted: tuple[pd.DataFrame, InteractionMatrix, ALSModel], tmp_path: Path
+) -> None:
+    """`save` into a directory whose parents do not exist yet creates them."""
+    _, _, model = planted
+    model.save(tmp_path / "runs" / "1" / "model")
+    loaded = ALSModel.load(tmp_path / "runs" / "1" / "model")
+    assert np.array_equal(loaded.item_factors, model.item_factors)
+
+
+def test_top_item_codes_counts_every_track_of_the_matrix() -> None:
+    """One user, four tracks (a given map), listens to codes 0 and 1: listeners 1, 1, 0, 0.
+    The head of 3 is codes 0, 1, 2 (ties to the lower code; unheard tracks count 0, the
+    matrix has more tracks than users); a head of 4 or more is every track: None."""
+    from musicrec.als import top_item_codes
+
+    ev = pd.DataFrame({C.User: [1, 1], C.Item: [10, 20]}).astype(np.int32)
+    m = InteractionMatrix.from_events(ev, IdMap(np.array([1])), IdMap(np.array([10, 20, 30, 40])))
+    head = top_item_codes(m, 3)
+    assert head is not None and head.tolist() == [0, 1, 2]
+    assert top_item_codes(m, 4) is None and top_item_codes(m, 5) is None
+    assert top_item_codes(m, None) is None
