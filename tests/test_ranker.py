@@ -16,6 +16,7 @@ from musicrec.ranker import (
     WINDOW,
     FeatureRange,
     Ranker,
+    catboost_params,
     group_ids,
     label_candidates,
     rank_candidates,
@@ -383,3 +384,57 @@ def test_feature_range_finds_constant_features_on_a_hand_example() -> None:
     assert FeatureRange(names).update(first).update(second).constant() == ["a"]
     assert FeatureRange(names).constant() == []
     assert FeatureRange(names).update(pd.DataFrame({"user_id": []})).constant() == []
+
+
+def test_sample_training_rows_by_hand() -> None:
+    """User 3 has no positive: dropped. Users 1 and 2 keep every row (3 negatives at most
+    per user, they have 2 and 1), sorted by (user, track), indexed 0..4, no other column."""
+    lab = pd.DataFrame(
+        [(2, 30, 1), (1, 20, 0), (3, 1, 0), (1, 5, 1), (2, 10, 0), (1, 7, 0)],
+        columns=[C.User, C.Item, TARGET],
+    )
+    out = sample_training_rows(lab, negatives_per_user=3, max_users=None, seed=0)
+    assert list(out.columns) == [C.User, C.Item, TARGET]
+    assert out.index.tolist() == [0, 1, 2, 3, 4]
+    assert out.to_numpy().tolist() == [[1, 5, 1], [1, 7, 0], [1, 20, 0], [2, 10, 0], [2, 30, 1]]
+
+
+def test_sample_a_max_users_that_does_not_bind_changes_nothing() -> None:
+    """`max_users` equal to the number of users with a positive keeps them all, and the
+    same negatives as no cap (no draw is spent on a subset of everybody)."""
+    lab = _labelled(2)
+    n_users = lab.loc[lab[TARGET] == 1, C.User].nunique()
+    capped = sample_training_rows(lab, 3, max_users=n_users, seed=9)
+    pd.testing.assert_frame_equal(capped, sample_training_rows(lab, 3, max_users=None, seed=9))
+
+
+def test_catboost_params_by_hand() -> None:
+    """The config's fields under CatBoost's names, silent and writing no files; the
+    Logloss eval metric only for the pointwise losses (Logloss, CrossEntropy)."""
+    cfg = RankerConfig(
+        loss_function="YetiRank", iterations=40, learning_rate=0.1, depth=3, thread_count=2
+    )
+    expected: dict[str, object] = {
+        "loss_function": "YetiRank",
+        "iterations": 40,
+        "learning_rate": 0.1,
+        "depth": 3,
+        "l2_leaf_reg": 3.0,
+        "thread_count": 2,
+        "verbose": False,
+        "allow_writing_files": False,
+    }
+    assert catboost_params(cfg) == expected
+    for loss in ("Logloss", "CrossEntropy"):
+        pointwise = catboost_params(cfg.model_copy(update={"loss_function": loss}))
+        assert pointwise == {**expected, "loss_function": loss, "eval_metric": "Logloss"}
+
+
+def test_main_genre_is_a_categorical_feature_of_the_model(
+    trained: tuple[Ranker, pd.DataFrame],
+) -> None:
+    """main_genre holds genre ids as strings ("1", "-1"), which CatBoost would also read as
+    numbers: the model must have it (and only it) as a categorical feature."""
+    ranker, _ = trained
+    cats = ranker.model.get_cat_feature_indices()  # type: ignore[attr-defined]
+    assert [ranker.features[i] for i in cats] == ["main_genre"]
