@@ -230,3 +230,13 @@ def test_idmap_of_one_sparse_id_finds_it() -> None:
     m = IdMap(np.array([5_000_000_000], dtype=np.int64))
     assert m._dense_table() is None
     assert m.codes(np.array([5_000_000_000, 7, 5_000_000_001])).tolist() == [0, -1, -1]
+
+
+def test_seen_mask_of_a_matrix_with_one_listen() -> None:
+    """A single non-zero (user 0, item 1) is found: (0, 1) seen, (0, 0) and (1, 1) not."""
+    csr = sp.csr_matrix(np.array([[0, 1], [0, 0]], dtype=np.float32))
+    assert seen_mask(csr, np.array([0, 0, 1]), np.array([1, 0, 1])).tolist() == [
+        True,
+        False,
+        False,
+    ]
