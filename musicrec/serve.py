@@ -88,17 +88,30 @@ class ServiceProcess:
     #: the thread that reads them
     reader: threading.Thread | None = None
 
-    def exit_text(self, when: str = "") -> str:
-        """The words "exited with code N" (then `when`), and the cause its stderr gave
-        (`exit_cause`) if known; for a process that has exited (waits up to 2 s for its
-        last lines to be read)."""
-        text = " ".join(filter(None, (f"exited with code {self.proc.returncode}", when)))
+    def exit_text(self, when: str = "", *, started: bool = False) -> str:
+        """The words "exited with code N" (then `when`) and the cause its stderr gave
+        (`exit_cause`), for a process that has exited. Killed by a signal: "killed by
+        SIGKILL", no cause read (its last lines are from before). `started` (it was
+        serving): only a traceback its output ends with is a cause (an earlier one was
+        handled). Waits up to 2 s for the last lines to be read."""
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return " ".join(filter(None, (f"killed by {name}", when)))
+        text = " ".join(filter(None, (f"exited with code {code}", when)))
         if self.reader is not None:
-            self.reader.join(timeout=2.0)  # its last lines may still be in the pipe
+            # its last lines may still be in the pipe (uvicorn's workers, if any are left,
+            # hold it open: then the wait ends at the timeout)
+            self.reader.join(timeout=2.0)
         if self.tail is None:
             return f"{text} (its last lines above say why)"
-        cause = exit_cause(self.tail)
-        return f"{text}: {cause}" if cause else f"{text} (no output)"
+        cause = exit_cause(self.tail, last_only=started)
+        if cause:
+            return f"{text}: {cause}"
+        return f"{text} (its last lines above say why)" if self.tail else f"{text} (no output)"
 
 
 #: a service's stderr lines kept for the error that says why it stopped
@@ -107,13 +120,23 @@ TAIL_LINES = 50
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
 
 
-def exit_cause(lines: Iterable[str]) -> str | None:
+#: a terminal's colour codes (uvicorn colours its level names when stdout is a terminal)
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def exit_cause(lines: Iterable[str], last_only: bool = False) -> str | None:
     """The line of a service's last output that says why it stopped: the last exception
     line of a traceback (`musicrec.errors.ArtifactError: ... is missing`), else uvicorn's
     last `ERROR:` line (a port in use, an app that cannot be imported), else the last line;
     None when there is none. uvicorn ends a failed start-up with "Application startup
-    failed. Exiting.", which names no cause, so the exception comes first."""
-    kept = [line.strip() for line in lines if line.strip()]
+    failed. Exiting.", which names no cause, so the exception comes first. `last_only`:
+    only the last line, and only if it is an exception line (a service that stopped
+    while serving: an exception further up was logged and handled). Colour codes are
+    removed first."""
+    kept = [_COLOURS.sub("", line).strip() for line in lines]
+    kept = [line for line in kept if line]
+    if last_only:
+        return kept[-1] if kept and _EXCEPTION_LINE.match(kept[-1]) else None
     for line in reversed(kept):
         if _EXCEPTION_LINE.match(line):
             return line
@@ -123,21 +146,21 @@ def exit_cause(lines: Iterable[str]) -> str | None:
     return kept[-1] if kept else None
 
 
-def pass_on_stderr(stream: IO[bytes], tail: deque[str], out: TextIO) -> None:
+def pass_on_stderr(stream: IO[bytes], tail: deque[str], out: TextIO | None) -> None:
     """Copy a child's stderr to `out` line by line, keeping its latest lines in `tail`,
     until the child (and every process that inherited the pipe) closes it. A failing `out`
     is not written to again, but the pipe is still read, so the child never blocks on it."""
-    writable = True
+    sink = out  # None: serve's own stderr was closed (`2>&-`)
     with stream:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace")
             tail.append(line.rstrip("\n"))
-            if writable:
+            if sink is not None:
                 try:
-                    out.write(line)
-                    out.flush()
-                except (OSError, ValueError):  # closed or broken: keep draining
-                    writable = False
+                    sink.write(line)
+                    sink.flush()
+                except Exception:  # closed or broken: keep draining
+                    sink = None
 
 
 def base_url(settings: Settings, port: int) -> str:
@@ -442,7 +465,7 @@ def serve_all(
             dead = [p for p in procs if p.proc.poll() is not None]
             if dead:
                 for p in dead:
-                    log.error("%s service %s", p.name, p.exit_text("while serving"))
+                    log.error("%s service %s", p.name, p.exit_text("while serving", started=True))
                 rc = rc or 1
                 break
     except ServeError as exc:
