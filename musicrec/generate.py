@@ -818,10 +818,13 @@ def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
 
 def describe_raw_data(data_dir: str | Path) -> str:
     """How the log names the raw set in `data_dir`: "the generated preset 'tiny' (seed
-    1)" or "files not made by the generator"."""
+    1)" or "files without the generator's mark (...)"."""
     mark = generated_with(data_dir)
     if mark is None:
-        return "files not made by the generator"
+        return (
+            "files without the generator's mark: the real data, your own, or generated "
+            "before the mark existed"
+        )
     return f"the generated preset {mark['preset']!r} (seed {mark['seed']})"
 
 
@@ -987,30 +990,39 @@ def generate_dataset(
     return stats
 
 
-def ensure_raw_data(data_dir: str | Path, preset: str = "demo", seed: int = 42) -> bool:
-    """Generate the raw files into `data_dir` when none of the three is there.
+def ensure_raw_data(
+    data_dir: str | Path, preset: str | Preset = "demo", seed: int | None = None
+) -> bool:
+    """Generate the raw files into `data_dir` when none of the three is there (with `seed`,
+    or 42 when None).
 
     Returns True if data was generated, False if the three files were already there (left
-    untouched; a WARNING when the generator wrote them with another preset or seed: the run
-    would otherwise train on another data set than the one asked for without a word). Some
-    but not all of them: MusicRecError (`refuse_partial_raw_data`), as they may be the
-    user's own.
+    untouched; a WARNING when the generator wrote them with another preset, or another
+    seed when `seed` is given: the run would otherwise train on another data set than the
+    one asked for without a word). Some but not all of them: MusicRecError
+    (`refuse_partial_raw_data`), as they may be the user's own.
     """
+    p = get_preset(preset)
     if raw_data_present(data_dir):
         mark = generated_with(data_dir)
-        if mark is not None and (mark["preset"], mark["seed"]) != (get_preset(preset).name, seed):
+        if mark is not None and (
+            mark["preset"] != p.name or (seed is not None and mark["seed"] != seed)
+        ):
+            asked = p.name if seed is None else f"{p.name!r} (seed {seed})"
+            # the command only for a preset the command line knows by its name
+            fix = (
+                f" (`python -m musicrec generate --preset {p.name}"
+                + (f" --seed {seed}" if seed is not None else "")
+                + f" --out {data_dir} --force` replaces them)"
+                if PRESETS.get(p.name) == p
+                else ""
+            )
             log.warning(
-                "%s holds the generated preset %r (seed %s), not %r (seed %d) as asked: not "
-                "generating, the files are used as they are (`python -m musicrec generate "
-                "--preset %s --seed %d --out %s --force` replaces them)",
+                "%s holds %s, not %s as asked: not generating, the files are used as they are%s",
                 data_dir,
-                mark["preset"],
-                mark["seed"],
-                preset,
-                seed,
-                preset,
-                seed,
-                data_dir,
+                describe_raw_data(data_dir),
+                asked if seed is not None else repr(asked),
+                fix,
             )
         else:
             log.info(
@@ -1018,8 +1030,9 @@ def ensure_raw_data(data_dir: str | Path, preset: str = "demo", seed: int = 42) 
             )
         return False
     refuse_partial_raw_data(data_dir)
-    log.info("raw data missing in %s; generating preset %s (seed %d)", data_dir, preset, seed)
-    generate_dataset(preset, seed=seed, out_dir=data_dir, overwrite=True)
+    seed = 42 if seed is None else seed
+    log.info("raw data missing in %s; generating preset %s (seed %d)", data_dir, p.name, seed)
+    generate_dataset(p, seed=seed, out_dir=data_dir, overwrite=True)
     return True
 
 

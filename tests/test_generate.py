@@ -7,6 +7,7 @@ that collaborative filtering has a signal: ALS beats the popularity list.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -480,6 +481,21 @@ def test_a_folder_of_another_preset_is_used_with_a_warning(
     assert ensure_raw_data(out, preset="tiny", seed=1) is False  # the same: no warning
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "the generated preset 'tiny' (seed 1)" in caplog.records[0].getMessage()
+    caplog.clear()
+    # no seed asked for (`pipeline --generate tiny` has no --seed): any seed will do
+    assert ensure_raw_data(out, preset="tiny") is False
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    caplog.clear()
+    assert ensure_raw_data(out, preset="demo") is False
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "'tiny' (seed 1), not 'demo' as asked" in warned
+    assert f"generate --preset demo --out {out} --force" in warned
+    caplog.clear()
+    # a preset of the caller's own: named, and no command (the CLI does not know it)
+    own = dataclasses.replace(PRESETS["tiny"], name="mini")
+    assert ensure_raw_data(out, preset=own) is False
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "not 'mini' as asked" in warned and "--force" not in warned
     assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
     # the same file without the mark (the real data's schema): no warning
     table = pq.read_table(out / RawFiles.Interactions)
@@ -489,7 +505,7 @@ def test_a_folder_of_another_preset_is_used_with_a_warning(
     caplog.clear()
     assert ensure_raw_data(out, preset="demo", seed=42) is False
     assert [r.levelno for r in caplog.records] == [logging.INFO]
-    assert "files not made by the generator" in caplog.records[0].getMessage()
+    assert "files without the generator's mark" in caplog.records[0].getMessage()
     # a mark that is not the generator's JSON is no mark
     bad = {**meta, GENERATED_KEY: b"{not json"}
     pq.write_table(table.replace_schema_metadata(bad), out / RawFiles.Interactions)
