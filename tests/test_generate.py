@@ -346,7 +346,11 @@ def test_ctrl_c_during_the_renames_leaves_the_whole_raw_set(
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     out = tmp_path / "data"
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ctrl-C's own handler, whatever this process inherited: started in the background by
+    # a shell without job control (`nohup ... &`), SIGINT is ignored, and a held signal is
+    # then rightly ignored too (the test failed there)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    term = signal.getsignal(signal.SIGTERM)
     # another thread (pyarrow has some): the kernel gives it a process-wide signal when the
     # main thread blocks it, so a signal mask in the main thread held nothing back
     stop = threading.Event()
@@ -358,10 +362,12 @@ def test_ctrl_c_during_the_renames_leaves_the_whole_raw_set(
     finally:
         stop.set()
         other.join()
+        after = signal.signal(signal.SIGINT, before)
+    assert after is signal.default_int_handler  # both put back by the generator
+    assert signal.getsignal(signal.SIGTERM) == term
     assert len(sent) == 1
     assert raw_data_present(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(RawFiles.All)  # no temp file
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # put back
 
 
 def test_held_signals_leave_a_handler_set_outside_python_alone(
