@@ -198,8 +198,9 @@ def main() -> None:
         )
     for loss in args.losses:
         # validated as the pipeline's config would be (a typo fails before any fit)
-        RankerConfig.model_validate({**base.model_dump(), "loss_function": loss})
-        configs[f"ranker with {loss}"] = base.model_copy(update={"loss_function": loss})
+        configs[f"ranker with {loss}"] = RankerConfig.model_validate(
+            {**base.model_dump(), "loss_function": loss}
+        )
     pooled: dict[str, list[pd.DataFrame]] = {}
     for w in args.windows:
         t0 = time.perf_counter()

@@ -819,7 +819,11 @@ def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
 def describe_raw_data(data_dir: str | Path) -> str:
     """How the log names the raw set in `data_dir`: "the generated preset 'tiny' (seed
     1)" or "files without the generator's mark (...)"."""
-    mark = generated_with(data_dir)
+    return _describe_mark(generated_with(data_dir))
+
+
+def _describe_mark(mark: dict[str, Any] | None) -> str:
+    """`describe_raw_data` of a set whose mark (`generated_with`) was read already."""
     if mark is None:
         return (
             "files without the generator's mark: the real data, your own, or generated "
@@ -1008,7 +1012,7 @@ def ensure_raw_data(
         if mark is not None and (
             mark["preset"] != p.name or (seed is not None and mark["seed"] != seed)
         ):
-            asked = p.name if seed is None else f"{p.name!r} (seed {seed})"
+            asked = repr(p.name) + ("" if seed is None else f" (seed {seed})")
             # the command only for a preset the command line knows by its name
             fix = (
                 f" (`python -m musicrec generate --preset {p.name}"
@@ -1020,14 +1024,12 @@ def ensure_raw_data(
             log.warning(
                 "%s holds %s, not %s as asked: not generating, the files are used as they are%s",
                 data_dir,
-                describe_raw_data(data_dir),
-                asked if seed is not None else repr(asked),
+                _describe_mark(mark),
+                asked,
                 fix,
             )
         else:
-            log.info(
-                "raw data present in %s (%s); not generating", data_dir, describe_raw_data(data_dir)
-            )
+            log.info("raw data present in %s (%s); not generating", data_dir, _describe_mark(mark))
         return False
     refuse_partial_raw_data(data_dir)
     seed = 42 if seed is None else seed

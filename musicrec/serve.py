@@ -106,20 +106,18 @@ class ServiceProcess:
             # its last lines may still be in the pipe (uvicorn's workers, if any are left,
             # hold it open: then the wait ends at the timeout)
             self.reader.join(timeout=2.0)
-        if self.tail is None:
-            return f"{text} (its last lines above say why)"
-        cause = exit_cause(self.tail, last_only=started)
+        cause = None if self.tail is None else exit_cause(self.tail, last_only=started)
         if cause:
             return f"{text}: {cause}"
-        return f"{text} (its last lines above say why)" if self.tail else f"{text} (no output)"
+        if self.tail is not None and not self.tail:
+            return f"{text} (no output)"
+        return f"{text} (its last lines above say why)"
 
 
 #: a service's stderr lines kept for the error that says why it stopped
 TAIL_LINES = 50
 #: the last line of a Python traceback: `[module.]NameError: message` (or a bare name)
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
-
-
 #: a terminal's colour codes (uvicorn colours its level names when stdout is a terminal)
 _COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
