@@ -39,9 +39,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from musicrec import candidates, features, matrix  # noqa: E402
-from musicrec.als import pair_dots  # noqa: E402
 from musicrec.columns import DEFAULT_FEATURES  # noqa: E402
 from musicrec.columns import Columns as C  # noqa: E402
+from musicrec.matrix import pair_dots  # noqa: E402
 
 
 def no_table(self: matrix.IdMap) -> None:

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from musicrec.columns import Columns as C
 from musicrec.config import ALSConfig
 from musicrec.io import atomic_path
-from musicrec.matrix import IdMap, InteractionMatrix, topk_frame
+from musicrec.matrix import IdMap, InteractionMatrix, pair_dots, stable_topk, topk_frame
 
 #: file names of a saved model inside its directory (`save`, `load`): the user ids, the
 #: track ids, then their factors, row for row
@@ -157,13 +157,11 @@ class ALSModel:
         items: np.ndarray | None,
     ) -> pd.DataFrame:
         """`recommend` for one batch of user codes, scored against `items` (None: all)."""
-        from implicit.cpu.topk import topk
-
         factors, filt = self.item_factors, history.csr[batch]
         if items is not None:
             factors = np.ascontiguousarray(self.item_factors[items])
             filt = filt[:, items]  # column j of the result is item items[j]
-        ids, scores = topk(
+        ids, scores = stable_topk(
             factors,
             self.user_factors[batch],
             min(n, len(factors)),
@@ -238,20 +236,6 @@ def warm_factors(
     codes = init_ids.codes(np.asarray(ids))
     known = codes >= 0
     out[known] = init_factors[codes[known]]
-    return out
-
-
-def pair_dots(
-    a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray, chunk: int = 8192
-) -> np.ndarray:
-    """`a[ia[j]] . b[ib[j]]` for every j, as float32.
-
-    In chunks of rows: gathering all the rows at once allocates two (pairs x factors)
-    arrays (gigabytes for tens of millions of candidates) and is memory-bound; chunks stay
-    in the cache, with the same per-row arithmetic (`einsum` row by row)."""
-    out = np.empty(len(ia), dtype=np.float32)
-    for s in range(0, len(ia), chunk):
-        out[s : s + chunk] = np.einsum("ij,ij->i", a[ia[s : s + chunk]], b[ib[s : s + chunk]])
     return out
 
 

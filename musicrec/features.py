@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from musicrec.als import pair_dots
 from musicrec.candidates import FirstStage, latest_for_users
 from musicrec.columns import Columns as C
 from musicrec.config import RankerConfig
-from musicrec.matrix import IdMap
+from musicrec.matrix import IdMap, pair_dots
 
 
 def _first_last(codes: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from musicrec.als import ALSModel
 from musicrec.columns import Columns as C
-from musicrec.matrix import topk_frame
+from musicrec.matrix import stable_topk, topk_frame
 
 
 def similar_tracks(
@@ -30,8 +30,6 @@ def similar_tracks(
     tracks queried) to those items (see `musicrec.als.top_item_codes`). `queries` (item
     codes), if given, restricts the tracks queried (track_id_1) to those: a first stage
     that only needs the neighbours of some users' latest tracks computes only those."""
-    from implicit.cpu.topk import topk
-
     normed = model.unit_item_factors()
     n = len(normed)
     targets = normed if items is None else np.ascontiguousarray(normed[items])
@@ -56,7 +54,7 @@ def similar_tracks(
                 (np.ones(int(has.sum()), dtype=np.float32), (np.flatnonzero(has), own[has])),
                 shape=(len(idx), len(targets)),
             )
-            ids, scores = topk(
+            ids, scores = stable_topk(
                 targets, normed[idx], k, filter_query_items=self_filter, num_threads=num_threads
             )
             sims = topk_frame(

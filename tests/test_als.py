@@ -342,3 +342,25 @@ def test_top_item_codes_counts_every_track_of_the_matrix() -> None:
     assert head is not None and head.tolist() == [0, 1, 2]
     assert top_item_codes(m, 4) is None and top_item_codes(m, 5) is None
     assert top_item_codes(m, None) is None
+
+
+def test_a_users_list_is_the_same_whatever_else_its_batch_holds() -> None:
+    """Users scored in batches of 1, 17 or all at once get the same rows (ids, scores,
+    ranks): near-tied tracks no longer swap places with the batch's shape, and each score
+    is `score_pairs`' for the pair, so the ranker's ALS-score feature equals it."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(6, 16)).astype(np.float32)
+    items = centres[rng.integers(0, 6, 1200)] + 0.01 * rng.normal(size=(1200, 16))
+    users = rng.normal(size=(400, 16)).astype(np.float32)
+    model = ALSModel(IdMap(np.arange(400)), IdMap(np.arange(1200)), users, items)
+    heard = (rng.random((400, 1200)) < 0.02).nonzero()
+    events = pd.DataFrame({C.User: heard[0], C.Item: heard[1]})
+    history = InteractionMatrix.from_events(events, model.users, model.items)
+    whole = model.recommend(np.arange(400), history, 40)
+    for size in (1, 17):
+        pd.testing.assert_frame_equal(
+            model.recommend(np.arange(400), history, 40, batch_size=size), whole
+        )
+    scores = model.score_pairs(whole[C.User].to_numpy(), whole[C.Item].to_numpy())
+    np.testing.assert_array_equal(scores, whole[C.Score].to_numpy())
+    assert not whole.merge(events, on=[C.User, C.Item]).shape[0]  # heard never recommended

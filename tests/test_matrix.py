@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from musicrec.columns import Columns as C
-from musicrec.matrix import IdMap, InteractionMatrix, seen_mask
+from musicrec.matrix import IdMap, InteractionMatrix, pair_dots, seen_mask, stable_topk
 
 
 def _events(pairs: list[tuple[int, int]]) -> pd.DataFrame:
@@ -240,3 +240,68 @@ def test_seen_mask_of_a_matrix_with_one_listen() -> None:
         False,
         False,
     ]
+
+
+def clustered(n: int, factors: int, seed: int) -> np.ndarray:
+    """Rows drawn close to a few centres: many near-ties, as tracks of one style have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, factors)).astype(np.float32)
+    rows = centres[rng.integers(0, len(centres), n)] + 0.01 * rng.normal(size=(n, factors))
+    return rows.astype(np.float32)
+
+
+def exact_topk(targets: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Every pair scored by `pair_dots`, each row ordered by (score desc, index asc)."""
+    q, t = np.divmod(np.arange(len(queries) * len(targets)), len(targets))
+    scores = pair_dots(queries, q, targets, t).reshape(len(queries), len(targets))
+    order = np.array([np.lexsort((np.arange(len(targets)), -row))[:k] for row in scores])
+    return order, np.take_along_axis(scores, order, 1)
+
+
+def test_stable_topk_is_the_exact_top_k_by_score_then_index() -> None:
+    targets, queries = clustered(400, 16, 0), clustered(300, 16, 1)
+    targets[7] = targets[3]  # an exact tie: the lower index first
+    ids, scores = stable_topk(targets, queries, 25, num_threads=1)
+    want_ids, want_scores = exact_topk(targets, queries, 25)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    both = (ids == 3).any(axis=1) & (ids == 7).any(axis=1)
+    assert both.any()
+    for row in np.flatnonzero(both):
+        assert list(ids[row]).index(3) < list(ids[row]).index(7)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_stable_topk_is_the_same_in_any_batch(num_threads: int) -> None:
+    """implicit's own top-k moves near-tied targets with the batch (its matrix product's
+    last bits depend on the batch's shape); `stable_topk` does not."""
+    targets, queries = clustered(3000, 32, 2), clustered(2500, 32, 3)
+    whole = stable_topk(targets, queries, 50, num_threads=num_threads)
+    for size in (1, 37):
+        parts = [
+            stable_topk(targets, queries[s : s + size], 50, num_threads=num_threads)
+            for s in range(0, 222, size)
+        ]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0][:222])
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1][:222])
+
+
+def test_stable_topk_threads_give_the_single_thread_answer() -> None:
+    targets, queries = clustered(500, 8, 4), clustered(4096, 8, 5)
+    one = stable_topk(targets, queries, 30, num_threads=1)
+    two = stable_topk(targets, queries, 30, num_threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_stable_topk_never_returns_a_filtered_target() -> None:
+    """A filtered target is not scored again (implicit may return it with a real id and a
+    -inf score); padding stays -1 when fewer targets than k are left."""
+    targets, queries = clustered(10, 4, 6), clustered(3, 4, 7)
+    best = exact_topk(targets, queries, 1)[0][:, 0]
+    others = [j for j in range(10) if j != best[1]]  # query 1: only its best target left
+    filt = sp.csr_matrix((np.ones(9, dtype=np.float32), ([1] * 9, others)), shape=(3, 10))
+    ids, scores = stable_topk(targets, queries, 4, filter_query_items=filt, num_threads=1)
+    assert ids[1, 0] == best[1] and (ids[1, 1:] == -1).all()
+    assert np.isneginf(scores[1, 1:]).all()
+    np.testing.assert_array_equal(ids[[0, 2]], exact_topk(targets, queries, 4)[0][[0, 2]])
