@@ -36,7 +36,8 @@ def candidate_recall_diagnostic(
     Computed on a random sample of at most `max_users` of the sorted `warm` users (seeded
     by `cfg.ranker.random_seed`; None: all), in user batches of
     `cfg.ranker.inference_batch_users` (bounded memory); hits and test pairs are summed
-    over the batches, so the result equals one pass over the sample."""
+    over the batches, so the result equals one pass over the sample. A batch without test
+    pairs is skipped: `candidates_per_user` counts the users of the batches scored."""
     users = np.sort(warm)
     if max_users is not None and len(users) > max_users:
         rng = np.random.default_rng(cfg.ranker.random_seed)
@@ -47,7 +48,7 @@ def candidate_recall_diagnostic(
     t_users = pairs[C.User].to_numpy()
     srcs = ("all", "src_als", "src_pop", "src_sim")
     hits = dict.fromkeys(srcs, 0.0)
-    n_cand = 0
+    n_cand = n_scored = 0
     batch = cfg.ranker.inference_batch_users
     for s in range(0, len(users), batch):
         b = users[s : s + batch]
@@ -56,14 +57,14 @@ def candidate_recall_diagnostic(
         if len(t) == 0:
             continue
         cand = generate_candidates(stage, b, cfg.ranker)
-        n_cand += len(cand)
+        n_cand, n_scored = n_cand + len(cand), n_scored + len(b)
         for src in srcs:
             c = cand if src == "all" else cand[cand[src] == 1]
             hits[src] += candidate_recall(c, t) * len(t)
     recall = {src: hits[src] / len(pairs) if len(pairs) else float("nan") for src in srcs}
     diag: dict[str, Any] = {
         "test_candidate_recall": recall["all"],
-        "candidates_per_user": n_cand / max(len(users), 1),
+        "candidates_per_user": n_cand / max(n_scored, 1),
         "candidate_recall_users": int(len(users)),
     }
     for src in srcs[1:]:

@@ -118,6 +118,9 @@ def test_candidate_recall_diagnostic_by_hand(batches: list[list[int]]) -> None:
     diag6 = candidate_recall_diagnostic(STAGE, warm_and_idle, TARGET, _config(5), None)
     assert diag6["test_candidate_recall"] == pytest.approx(5 / 6)
     assert diag6["candidate_recall_users"] == 6
+    # candidates per user of the batches scored: 6 for users 1-5 (user 6's batch of one
+    # was skipped, so no candidates were made for it): 1.2, not 6 / 6
+    assert diag6["candidates_per_user"] == pytest.approx(6 / 5)
 
 
 def test_candidate_recall_diagnostic_samples_max_users(batches: list[list[int]]) -> None:
