@@ -54,12 +54,13 @@ written as one or more bounded row groups), deterministic for a given (preset, s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -798,14 +799,24 @@ def _chunks(n_events: np.ndarray, chunk_events: int) -> list[tuple[int, int]]:
 
 
 #: the key of interactions.parquet's schema metadata that says which preset and seed the
-#: generator wrote it with (JSON {"preset": ..., "seed": ...}); the real files have none
+#: generator wrote it with (JSON {"preset": ..., "seed": ..., "params": ...}); the real
+#: files have none
 GENERATED_KEY = b"musicrec.generated"
 
 
+def preset_params(p: Preset) -> str:
+    """A digest of every parameter of `p` but its name: a preset of one's own made with
+    `dataclasses.replace(PRESETS["tiny"], n_users=...)` keeps the name "tiny", and only
+    its parameters tell its data set apart from the built-in one's."""
+    fields = {k: v for k, v in asdict(p).items() if k != "name"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
-    """{"preset": name, "seed": n} when `data_dir`'s interactions.parquet was written by
-    `generate_dataset`; None for any other file (the real data, Last.fm, a user's own), an
-    older generated set without the mark, or one that cannot be read."""
+    """{"preset": name, "seed": n, "params": digest or None} when `data_dir`'s
+    interactions.parquet was written by `generate_dataset` (sets written before 2026-12-07
+    20:00 UTC have no digest: None); None for any other file (the real data, Last.fm, a
+    user's own), an older generated set without the mark, or one that cannot be read."""
     try:
         meta = pq.read_schema(Path(data_dir) / RawFiles.Interactions).metadata or {}
         mark = json.loads(meta[GENERATED_KEY])
@@ -813,7 +824,7 @@ def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
         return None
     if not isinstance(mark, dict) or not {"preset", "seed"} <= mark.keys():
         return None
-    return {"preset": mark["preset"], "seed": mark["seed"]}
+    return {"preset": mark["preset"], "seed": mark["seed"], "params": mark.get("params")}
 
 
 def describe_raw_data(data_dir: str | Path) -> str:
@@ -829,6 +840,11 @@ def _describe_mark(mark: dict[str, Any] | None) -> str:
             "files without the generator's mark: the real data, your own, or generated "
             "before the mark existed"
         )
+    built_in = PRESETS.get(mark["preset"])
+    if mark["params"] is not None and (
+        built_in is None or mark["params"] != preset_params(built_in)
+    ):
+        return f"a generated preset of one's own named {mark['preset']!r} (seed {mark['seed']})"
     return f"the generated preset {mark['preset']!r} (seed {mark['seed']})"
 
 
@@ -929,7 +945,7 @@ def generate_dataset(
     schema = interactions_schema()
     # which preset and seed made the files, read back by `generated_with` (a folder that
     # holds another preset's set is used as it is, with a warning)
-    mark = json.dumps({"preset": p.name, "seed": seed}).encode()
+    mark = json.dumps({"preset": p.name, "seed": seed, "params": preset_params(p)}).encode()
     schema = schema.with_metadata({**(schema.metadata or {}), GENERATED_KEY: mark})
     rows = 0
     n_users = 0
@@ -1001,24 +1017,30 @@ def ensure_raw_data(
     or 42 when None).
 
     Returns True if data was generated, False if the three files were already there (left
-    untouched; a WARNING when the generator wrote them with another preset, or another
-    seed when `seed` is given: the run would otherwise train on another data set than the
-    one asked for without a word). Some but not all of them: MusicRecError
-    (`refuse_partial_raw_data`), as they may be the user's own.
+    untouched; a WARNING when the generator wrote them with another preset (by name, or by
+    parameters: `preset_params`), or another seed when `seed` is given: the run would
+    otherwise train on another data set than the one asked for without a word). Some but
+    not all of them: MusicRecError (`refuse_partial_raw_data`), as they may be the user's
+    own.
     """
     p = get_preset(preset)
     if raw_data_present(data_dir):
         mark = generated_with(data_dir)
+        # a set without the parameters' digest (an older one) is told apart by its name
+        other_params = mark is not None and mark["params"] not in (None, preset_params(p))
         if mark is not None and (
-            mark["preset"] != p.name or (seed is not None and mark["seed"] != seed)
+            mark["preset"] != p.name or other_params or (seed is not None and mark["seed"] != seed)
         ):
+            built_in = PRESETS.get(p.name) == p
             asked = repr(p.name) + ("" if seed is None else f" (seed {seed})")
+            if other_params and mark["preset"] == p.name:  # one name, two parameter sets
+                asked = f"the built-in preset {asked}" if built_in else f"your preset {asked}"
             # the command only for a preset the command line knows by its name
             fix = (
                 f" (`python -m musicrec generate --preset {p.name}"
                 + (f" --seed {seed}" if seed is not None else "")
                 + f" --out {data_dir} --force` replaces them)"
-                if PRESETS.get(p.name) == p
+                if built_in
                 else ""
             )
             log.warning(

@@ -31,11 +31,13 @@ from musicrec.generate import (
     PRESETS,
     build_catalog,
     build_users,
+    describe_raw_data,
     ensure_raw_data,
     fit_day_weights,
     generate_chunk,
     generate_dataset,
     generated_with,
+    preset_params,
     raw_data_present,
     target_day_curve,
 )
@@ -472,7 +474,11 @@ def test_a_folder_of_another_preset_is_used_with_a_warning(
     would replace them. Files the generator did not write (the real data) get no warning."""
     out = tmp_path / "data"
     generate_dataset("tiny", seed=1, out_dir=out)
-    assert generated_with(out) == {"preset": "tiny", "seed": 1}
+    assert generated_with(out) == {
+        "preset": "tiny",
+        "seed": 1,
+        "params": preset_params(PRESETS["tiny"]),
+    }
     mtimes = {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All}
     caplog.set_level(logging.INFO, logger="musicrec.generate")
     assert ensure_raw_data(out, preset="demo", seed=42) is False
@@ -503,6 +509,29 @@ def test_a_folder_of_another_preset_is_used_with_a_warning(
     (warned,) = [r.getMessage() for r in caplog.records]
     assert "not 'mini' as asked" in warned and "--force" not in warned
     assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
+    caplog.clear()
+    # one's own preset made from a built-in one keeps its name: told apart by its parameters
+    bigger = dataclasses.replace(PRESETS["tiny"], n_users=PRESETS["tiny"].n_users + 1)
+    assert bigger.name == "tiny"
+    assert ensure_raw_data(out, preset=bigger) is False
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "holds the generated preset 'tiny' (seed 1), not your preset 'tiny'" in warned
+    assert "--force" not in warned
+    assert {name: os.stat(out / name).st_mtime_ns for name in RawFiles.All} == mtimes
+    # and a set it generated is named as one's own, and warned about when the built-in
+    # preset of that name is asked for
+    own_dir = tmp_path / "own"
+    smaller = dataclasses.replace(PRESETS["tiny"], n_users=PRESETS["tiny"].n_users // 4)
+    generate_dataset(smaller, seed=1, out_dir=own_dir)
+    assert describe_raw_data(own_dir) == "a generated preset of one's own named 'tiny' (seed 1)"
+    caplog.clear()
+    assert ensure_raw_data(own_dir, preset="tiny") is False
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "(seed 1), not the built-in preset 'tiny' as asked" in warned
+    assert f"generate --preset tiny --out {own_dir} --force" in warned
+    caplog.clear()
+    assert ensure_raw_data(own_dir, preset=smaller) is False  # the same parameters
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
     # the same file without the mark (the real data's schema): no warning
     table = pq.read_table(out / RawFiles.Interactions)
     meta = {k: v for k, v in table.schema.metadata.items() if k != GENERATED_KEY}
