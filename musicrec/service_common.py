@@ -11,7 +11,8 @@
 * artifact helpers - `MISSING_ARTIFACT_HINT` (for `musicrec.io.read_artifact`), column
   readers of the tables it checked (`int_column`, ...), `GroupedIndex` (CSR-like key ->
   slice offsets);
-* `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`.
+* `fetch_artifacts_if_configured`, `configure_service_logging`, `RateLimitedLog`;
+* `app_or_exit` - the app of an entry module uvicorn imports (`api_main.py`, ...).
 
 Nothing here has side effects at import.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -657,3 +659,16 @@ def configure_service_logging(settings: Settings) -> None:
         from musicrec.logs import setup_logging
 
         setup_logging(settings.log_level)
+
+
+def app_or_exit(create_app: Callable[[], FastAPI]) -> FastAPI:
+    """`create_app()` for a top-level entry module (`uvicorn api_main:app`): a bad setting
+    (`MUSICREC_RECS_PORT=abc`, ...) is one `error:` line on stderr and exit code 2, as in
+    the CLI, instead of uvicorn's 30-line import traceback ending in that line."""
+    from musicrec.errors import ConfigError
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from musicrec.errors import ConfigError
+from musicrec.serve import PROJECT_ROOT
 from musicrec.settings import Settings, get_settings
 
 
@@ -143,3 +147,34 @@ def test_the_bounds_are_the_documented_ones() -> None:
         "request_budget_s": {"gt": 0},
         "fetch_wait_s": {"ge": 0},
     }
+
+
+@pytest.mark.parametrize(
+    ("app", "variable"),
+    [
+        ("api_main:app", "MUSICREC_EXCLUDE_EVENTS_MAX=0"),
+        ("similarity_store:app", "MUSICREC_SIMILAR_PORT=abc"),
+        ("event_storage:app", "MUSICREC_EVENTS_API_KEY=a b"),
+    ],
+)
+def test_uvicorn_on_an_entry_module_with_a_bad_setting_says_so_in_one_line(
+    app: str, variable: str, tmp_path: Path
+) -> None:
+    """`uvicorn api_main:app` (the README's command) with a bad setting: one `error:` line
+    naming the variable and exit code 2, as the CLI gives; it was uvicorn's 30-line import
+    traceback, the error in its last line (a note of the last sessions)."""
+    name, value = variable.split("=", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICREC_")}
+    env |= {name: value, "PYTHONPATH": str(PROJECT_ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "uvicorn", app, "--port", "1"],  # never bound: it stops first
+        cwd=tmp_path,  # no `.env` of the checkout
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [run.stderr.strip()]  # one line
+    assert run.stderr.startswith("error: invalid settings") and name in run.stderr
+    assert "Traceback" not in run.stderr
