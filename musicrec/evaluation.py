@@ -36,8 +36,9 @@ def candidate_recall_diagnostic(
     Computed on a random sample of at most `max_users` of the sorted `warm` users (seeded
     by `cfg.ranker.random_seed`; None: all), in user batches of
     `cfg.ranker.inference_batch_users` (bounded memory); hits and test pairs are summed
-    over the batches, so the result equals one pass over the sample. A batch without test
-    pairs is skipped: `candidates_per_user` counts the users of the batches scored."""
+    over the batches, so the result equals one pass over the sample. `candidates_per_user`
+    is the mean number of candidates of the sampled users with test pairs (a batch without
+    any is not scored), the same whatever the batch size."""
     users = np.sort(warm)
     if max_users is not None and len(users) > max_users:
         rng = np.random.default_rng(cfg.ranker.random_seed)
@@ -57,7 +58,9 @@ def candidate_recall_diagnostic(
         if len(t) == 0:
             continue
         cand = generate_candidates(stage, b, cfg.ranker)
-        n_cand, n_scored = n_cand + len(cand), n_scored + len(b)
+        with_test = t[C.User].unique()
+        n_cand += int(cand[C.User].isin(with_test).sum())
+        n_scored += len(with_test)
         for src in srcs:
             c = cand if src == "all" else cand[cand[src] == 1]
             hits[src] += candidate_recall(c, t) * len(t)

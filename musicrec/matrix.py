@@ -212,11 +212,19 @@ def pair_dots(
 
 
 TOPK_MARGIN_MIN = 16
+#: entries (queries x proposals) `_rescore` handles at once: its ~10 temporaries per entry
+#: stay near 20 MiB a thread, whatever the batch and k
+RESCORE_CHUNK = 1 << 18
+#: float32's unit roundoff
+EPS32 = 2.0**-24
 
 
 def threads(num_threads: int) -> int:
     """implicit's thread count: `num_threads`, or every CPU this process may use when 0."""
-    return num_threads if num_threads > 0 else len(os.sched_getaffinity(0))
+    if num_threads > 0:
+        return num_threads
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def stable_topk(
@@ -226,8 +234,11 @@ def stable_topk(
     filter_query_items: sp.csr_matrix | None = None,
     num_threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best targets of each query row by dot product, the same whatever the batch:
-    (ids, scores) as implicit's `topk` gives them (ids index `targets`, -1 padding).
+    """The k best targets of each query (rows of a 2-D array) by dot product, the same
+    whatever the batch: (ids, scores), (len(queries), min(k, len(targets))) arrays of
+    int64 indices into `targets` and float32 scores, best first; -1 and -inf where fewer
+    targets are left (`filter_query_items`, a queries x targets CSR, removes targets per
+    query; a target with a NaN or infinite factor is never proposed).
 
     implicit scores a batch with one matrix product, and BLAS picks its kernels and
     blocking by the matrices' shapes: the same pair's score differs in the last bits
@@ -237,49 +248,106 @@ def stable_topk(
     model's similar tracks moved between batches of 1 and 4,096). Here implicit proposes
     k + margin targets (margin = max(16, k / 4)), `pair_dots` scores each again (the same
     arithmetic for a pair in any batch: also what `ALSModel.score_pairs` gives), and each
-    row keeps its k best by (score desc, target index asc). What is left: a group of more
-    than `margin` targets tied within the product's rounding across the cut-off.
+    row keeps its k best by (score desc, target index asc). A target implicit did not
+    propose scored at most the last proposal's score in the product, so at most that plus
+    twice the rounding bound of a float32 dot product (2 x factors x 2^-24 x |query| x the
+    largest |target|) again; a row whose k-th score is not above that (a group of more than
+    `margin` near-tied targets at the cut-off: tracks heard by the same few users, once ALS
+    converges) is proposed twice as many targets, until it is certain or every target is.
 
-    The second pass runs in `num_threads` threads (numpy releases the GIL) over blocks of
+    The second pass runs in `num_threads` threads (numpy releases the GIL) over chunks of
     queries. Its cost (`python bench/stable_topk.py`, 20,000 queries x 200,000 targets x 64
     factors): 1.02x implicit's time at k = 20, 1.06x at k = 100, 1.20x at k = 200.
     """
     from implicit.cpu.topk import topk
 
-    kk = min(k + max(TOPK_MARGIN_MIN, k // 4), len(targets))
-    k = min(k, len(targets))
-    ids, first = topk(
-        targets, queries, kk, filter_query_items=filter_query_items, num_threads=num_threads
-    )
-    blocks = np.array_split(
-        np.arange(len(queries)), max(1, min(threads(num_threads), len(queries) // 1024))
-    )
-    if len(blocks) == 1:
-        return _rescore(targets, queries, ids, first, k)
-    with ThreadPoolExecutor(len(blocks)) as pool:
-        parts = list(pool.map(lambda b: _rescore(targets, queries[b], ids[b], first[b], k), blocks))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    n_queries, n = len(queries), len(targets)
+    k = max(0, min(k, n))
+    ids = np.full((n_queries, k), -1, dtype=np.int64)
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    if k == 0 or n_queries == 0:
+        return ids, scores
+    finite = np.isfinite(targets).all(axis=1)
+    # a NaN score breaks implicit's heap for every query, not only for that target
+    broken = np.flatnonzero(~finite).astype(np.int32) if not finite.all() else None
+    norms = np.linalg.norm(targets[finite].astype(np.float64), axis=1)
+    bound = 2.0 * targets.shape[1] * EPS32 * (norms.max() if len(norms) else 0.0)
+    rows = np.arange(n_queries)
+    kk = min(k + max(TOPK_MARGIN_MIN, k // 4), n)
+    with ThreadPoolExecutor(threads(num_threads)) as pool:
+        while True:
+            q = queries[rows]
+            filt = None if filter_query_items is None else filter_query_items[rows]
+            got_ids, first = topk(
+                targets,
+                q,
+                kk,
+                filter_query_items=filt,
+                filter_items=broken,
+                num_threads=num_threads,
+            )
+            err = bound * np.linalg.norm(np.nan_to_num(q).astype(np.float64), axis=1)
+            ids[rows], scores[rows], unsure = _rescore_chunks(
+                pool, targets, q, got_ids, first, k, err
+            )
+            if kk == n or not unsure.any():  # every target proposed, or every row certain
+                return ids, scores
+            rows, kk = rows[unsure], min(2 * kk, n)
+
+
+def _rescore_chunks(
+    pool: ThreadPoolExecutor,
+    targets: np.ndarray,
+    queries: np.ndarray,
+    ids: np.ndarray,
+    first: np.ndarray,
+    k: int,
+    err: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_rescore` over chunks of `RESCORE_CHUNK` entries, in `pool`'s threads."""
+    out_ids = np.empty((len(queries), k), dtype=np.int64)
+    out_scores = np.empty((len(queries), k), dtype=np.float32)
+    unsure = np.empty(len(queries), dtype=bool)
+    step = max(1, RESCORE_CHUNK // ids.shape[1])
+
+    def chunk(lo: int) -> None:
+        part = slice(lo, lo + step)
+        got = _rescore(targets, queries[part], ids[part], first[part], k, err[part])
+        out_ids[part], out_scores[part], unsure[part] = got
+
+    list(pool.map(chunk, range(0, len(queries), step)))  # list(): re-raises a chunk's error
+    return out_ids, out_scores, unsure
 
 
 def _rescore(
-    targets: np.ndarray, queries: np.ndarray, ids: np.ndarray, first: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """`stable_topk` after implicit's proposals `ids` (scores `first`) for some queries."""
-    rows = np.repeat(np.arange(len(queries)), ids.shape[1])
-    flat, flat_first = ids.ravel().astype(np.int64), first.ravel()
-    # implicit marks a filtered target with a -inf or -FLT_MAX score (its id may be real)
-    # and pads with -1 ids; NaN comes from diverged factors: none of them is scored again
-    ok = (flat >= 0) & np.isfinite(flat_first) & (flat_first > -1e30)
-    flat = np.where(ok, flat, -1)
-    flat_scores = np.full(len(flat), -np.inf, dtype=np.float32)
-    flat_scores[ok] = pair_dots(queries, rows[ok], targets, flat[ok])
-    cand, scores = flat.reshape(ids.shape), flat_scores.reshape(ids.shape)
+    targets: np.ndarray,
+    queries: np.ndarray,
+    ids: np.ndarray,
+    first: np.ndarray,
+    k: int,
+    err: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`stable_topk` for some queries after implicit's proposals `ids` (their scores in the
+    product: `first`): the k best ids and scores, and whether each row may miss a target
+    that was not proposed (`err`: the rounding bound of each query's dot products)."""
+    rows = np.repeat(np.arange(len(queries), dtype=np.int32), ids.shape[1])
+    cand = ids.astype(np.int64)
+    # implicit returns a filtered target with a -FLT_MAX score (and its real id) when fewer
+    # than the asked number are left; a NaN query scores NaN: none is scored again
+    ok = np.isfinite(first) & (first > -1e30)
+    cand[~ok] = -1
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    scores[ok] = pair_dots(queries, rows[ok.ravel()], targets, cand[ok])
+    lowest = np.where(ok, first, np.inf).min(axis=1)  # the last proposal's product score
     # each row by target index, then (stable) by score: ties to the lower index; two small
     # sorts per row are 5x faster than one `np.lexsort` of every entry by (row, score, index)
     by_id = np.argsort(np.where(cand >= 0, cand, len(targets)), axis=1)
     cand, scores = np.take_along_axis(cand, by_id, 1), np.take_along_axis(scores, by_id, 1)
     by_score = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cand, by_score, 1), np.take_along_axis(scores, by_score, 1)
+    cand, scores = np.take_along_axis(cand, by_score, 1), np.take_along_axis(scores, by_score, 1)
+    # a row with a filtered entry had every target it may have proposed to it
+    unsure = ok.all(axis=1) & (scores[:, k - 1] <= lowest + 2 * err)
+    return cand, scores, unsure
 
 
 def topk_frame(
@@ -291,12 +359,12 @@ def topk_frame(
     columns: tuple[str, str],
     subset: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Long frame (query, item, score, rank) from a batch of implicit `topk` results.
+    """Long frame (query, item, score, rank) from a batch of `stable_topk` results.
 
     `ids`/`scores` are (len(query_codes), n) arrays; `ids` index `subset` when the scored
-    items were restricted to it. Padding (-1 ids, -inf scores of filtered items) and NaN
-    scores (diverged factors) are dropped; ranks count the rows kept, so they stay
-    consecutive wherever a dropped entry sat.
+    items were restricted to it. Entries with a -1 id (fewer targets left than asked) or a
+    score that is not finite (a diverged query) are dropped; ranks count the rows kept, so
+    they stay consecutive wherever a dropped entry sat.
     """
     if subset is not None:
         ids = np.where(ids >= 0, subset[np.maximum(ids, 0)], -1)

@@ -35,6 +35,7 @@ CANDIDATES = pd.DataFrame(
         (3, 15, 1, 0, 0),
         (4, 10, 0, 1, 0),
         (5, 14, 1, 0, 0),
+        (6, 10, 1, 0, 0),  # user 6: warm in one test, without test listens
     ],
     columns=[C.User, C.Item, "src_als", "src_pop", "src_sim"],
 )
@@ -118,9 +119,11 @@ def test_candidate_recall_diagnostic_by_hand(batches: list[list[int]]) -> None:
     diag6 = candidate_recall_diagnostic(STAGE, warm_and_idle, TARGET, _config(5), None)
     assert diag6["test_candidate_recall"] == pytest.approx(5 / 6)
     assert diag6["candidate_recall_users"] == 6
-    # candidates per user of the batches scored: 6 for users 1-5 (user 6's batch of one
-    # was skipped, so no candidates were made for it): 1.2, not 6 / 6
+    # candidates per user with test pairs: 6 for users 1-5, 1.2 (not 6 / 6: user 6's batch
+    # of one was not scored), the same when user 6 shares a batch with them (not 7 / 6)
     assert diag6["candidates_per_user"] == pytest.approx(6 / 5)
+    one_batch = candidate_recall_diagnostic(STAGE, warm_and_idle, TARGET, _config(6), None)
+    assert one_batch == pytest.approx(diag6)
 
 
 def test_candidate_recall_diagnostic_samples_max_users(batches: list[list[int]]) -> None:
