@@ -7,8 +7,9 @@ with the batch size.
 Random factors drawn around a few hundred centres (tracks of one style lie close together,
 as ALS's do), scored in the pipeline's batches (10,000 queries, one BLAS thread, implicit's
 own threads). Prints, per k: the median time of each version over `--repeats` alternating
-runs and their ratio, then for each version how many (query, rank) entries of the first
-`--check` queries change between batches of 1 query and of 10,000.
+runs and their ratio, how many of (at most) 10,000 queries `stable_topk` had to propose more targets
+(a near-tie at the cut-off), then for each version how many (query, rank) entries of the
+first `--check` queries change between batches of 1 query and of 10,000.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from implicit.cpu.topk import topk  # noqa: E402
 
+from musicrec import matrix  # noqa: E402
 from musicrec.matrix import stable_topk  # noqa: E402
 
 
@@ -53,6 +55,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--check", type=int, default=500, help="queries scored one at a time")
     args = ap.parse_args()
+    widened = [0]  # rows `_rescore` found unsure (proposed more targets), over its calls
+    rescore = matrix._rescore
+
+    def counting(
+        targets: np.ndarray,
+        queries: np.ndarray,
+        ids: np.ndarray,
+        first: np.ndarray,
+        k: int,
+        err: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = rescore(targets, queries, ids, first, k, err)
+        widened[0] += int(out[2].sum())
+        return out
+
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(300, args.factors)).astype(np.float32)
     targets = factors(args.targets, args.factors, centres, rng)
@@ -74,10 +91,15 @@ def main() -> None:
         for name, t in med.items():
             print(f"  {name:14s} median {t:7.3f} s  ({', '.join(f'{x:.3f}' for x in times[name])})")
         print(f"  ratio stable/implicit {med['stable_topk'] / med['implicit topk']:.3f}")
-        few = queries[: args.check]
+        widened[0], matrix._rescore = 0, counting
+        few = queries[:10_000]
+        stable_topk(targets, few, k)
+        matrix._rescore = rescore
+        print(f"  rows proposed more targets (near-ties at the cut-off): {widened[0]:,}", end="")
+        print(f" of {len(few):,}")
         for name, fn in versions.items():
-            big = batched(fn, targets, few, k, 10_000)
-            one = batched(fn, targets, few, k, 1)
+            big = batched(fn, targets, queries[: args.check], k, 10_000)
+            one = batched(fn, targets, queries[: args.check], k, 1)
             moved = int((big != one).sum())
             print(f"  {name:14s} entries that differ, batch 1 vs 10,000: {moved:,} of {big.size:,}")
 

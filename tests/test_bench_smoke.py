@@ -238,6 +238,17 @@ def test_heard_index_bench_rebuilds_the_pipelines_index(bench_dirs: dict[str, Pa
     assert "2 loads" in out and "of which the order check: median" in out, out
 
 
+def test_stable_topk_bench_smoke() -> None:
+    """bench/stable_topk.py prints each version's time, the ratio, the widened rows and the
+    entries that move with the batch (none for `stable_topk`)."""
+    out = run_script(
+        "stable_topk.py",
+        *("--queries", "300", "--targets", "2000", "--k", "10", "--repeats", "1", "--check", "20"),
+    )
+    assert "ratio stable/implicit" in out and "of 300" in out, out
+    assert "stable_topk    entries that differ, batch 1 vs 10,000: 0 of 200" in out, out
+
+
 def test_event_cache_memory_smoke() -> None:
     out = run_script("event_cache_memory.py", "--users", "200", "--events-per-user", "50")
     assert "10,000 events of 200 users held" in out and "bytes per event" in out, out
