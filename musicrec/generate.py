@@ -805,10 +805,11 @@ GENERATED_KEY = b"musicrec.generated"
 
 
 def preset_params(p: Preset) -> str:
-    """A digest of every parameter of `p` but its name: a preset of one's own made with
+    """A digest of every parameter of `p` but its name and `row_group_size` (the files'
+    layout, not their rows): a preset of one's own made with
     `dataclasses.replace(PRESETS["tiny"], n_users=...)` keeps the name "tiny", and only
     its parameters tell its data set apart from the built-in one's."""
-    fields = {k: v for k, v in asdict(p).items() if k != "name"}
+    fields = {k: v for k, v in asdict(p).items() if k not in ("name", "row_group_size")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

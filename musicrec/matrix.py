@@ -217,6 +217,12 @@ TOPK_MARGIN_MIN = 16
 RESCORE_CHUNK = 1 << 18
 #: float32's unit roundoff
 EPS32 = 2.0**-24
+#: implicit's proposals (queries x proposals) asked for at once; a row still unsure after
+#: proposals of WIDEN_FACTOR x (k + margin) targets is finished against every target
+PROPOSE_BUDGET = 1 << 24
+WIDEN_FACTOR = 8
+#: entries of the full product (queries x targets) `_finish_in_band` holds at once
+BAND_CHUNK = 1 << 24
 
 
 def threads(num_threads: int) -> int:
@@ -253,7 +259,10 @@ def stable_topk(
     twice the rounding bound of a float32 dot product (2 x factors x 2^-24 x |query| x the
     largest |target|) again; a row whose k-th score is not above that (a group of more than
     `margin` near-tied targets at the cut-off: tracks heard by the same few users, once ALS
-    converges) is proposed twice as many targets, until it is certain or every target is.
+    converges) is proposed twice as many targets, until it is certain or every target is,
+    or past 8 x (k + margin) proposals is finished against the whole product
+    (`_finish_in_band`); a zero query (every score 0) gets its k lowest allowed indices.
+    The proposals are asked for in groups of queries of at most 2^24 entries.
 
     The second pass runs in `num_threads` threads (numpy releases the GIL) over chunks of
     queries. The cost (`python bench/stable_topk.py --targets 200000 --k 20 100 200`:
@@ -271,31 +280,90 @@ def stable_topk(
     finite = np.isfinite(targets).all(axis=1)
     # a NaN score breaks implicit's heap for every query, not only for that target
     broken = np.flatnonzero(~finite).astype(np.int32) if not finite.all() else None
-    # (float32 squares: 0.004 s for 200,000 x 64 factors, against 1.1 s for a float64 norm)
     squares = np.einsum("ij,ij->i", targets, targets)[finite]
     top = float(np.sqrt(squares.max())) if len(squares) else 0.0
     bound = 2.0 * targets.shape[1] * EPS32 * top
-    rows = np.arange(n_queries)
+    queries = queries.astype(targets.dtype, copy=False)  # implicit needs one dtype
+    err = bound * np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+    # a zero query scores 0 with every target: no tie can be broken by proposing more
+    zero = err == 0
+    _finish_in_band(
+        targets, queries, np.flatnonzero(zero), k, filter_query_items, finite, err, ids, scores
+    )
+    rows = np.flatnonzero(~zero)
     kk = min(k + max(TOPK_MARGIN_MIN, k // 4), n)
+    cap = min(n, WIDEN_FACTOR * kk)
     with ThreadPoolExecutor(threads(num_threads)) as pool:
-        while True:
-            q = queries[rows]
-            filt = None if filter_query_items is None else filter_query_items[rows]
-            got_ids, first = topk(
-                targets,
-                q,
-                kk,
-                filter_query_items=filt,
-                filter_items=broken,
-                num_threads=num_threads,
-            )
-            err = bound * np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))
-            ids[rows], scores[rows], unsure = _rescore_chunks(
-                pool, targets, q, got_ids, first, k, err
-            )
-            if kk == n or not unsure.any():  # every target proposed, or every row certain
-                return ids, scores
-            rows, kk = rows[unsure], min(2 * kk, n)
+        while len(rows):
+            unsure = []
+            step = max(1, PROPOSE_BUDGET // kk)  # implicit's proposals held at once
+            for lo in range(0, len(rows), step):
+                part = rows[lo : lo + step]
+                got_ids, first = topk(
+                    targets,
+                    queries[part],
+                    kk,
+                    filter_query_items=None
+                    if filter_query_items is None
+                    else filter_query_items[part],
+                    filter_items=broken,
+                    num_threads=num_threads,
+                )
+                ids[part], scores[part], part_unsure = _rescore_chunks(
+                    pool, targets, queries[part], got_ids, first, k, err[part]
+                )
+                unsure.append(part[part_unsure])
+            rows = np.concatenate(unsure)
+            if kk == n:  # every target proposed: exact
+                break
+            if kk >= cap:  # a tie wider than many proposals: through the whole product
+                _finish_in_band(
+                    targets, queries, rows, k, filter_query_items, finite, err, ids, scores
+                )
+                break
+            kk = min(2 * kk, cap)
+    return ids, scores
+
+
+def _finish_in_band(
+    targets: np.ndarray,
+    queries: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    filter_query_items: sp.csr_matrix | None,
+    finite: np.ndarray,
+    err: np.ndarray,
+    ids: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    """`stable_topk`'s answer for the queries `rows` whose k-th score is still within the
+    rounding bound of targets not proposed (`scores[rows, k - 1]` is the k-th best of the
+    proposals so far): every target whose product score is at least that minus twice the
+    bound may belong to the top k, and no other can; those are scored again by `pair_dots`
+    and the k best kept (score desc, index asc). A zero query (`err` 0) scores 0 with every
+    finite target: its k lowest allowed indices. Writes into `ids` and `scores`."""
+    n = len(targets)
+    step = max(1, BAND_CHUNK // n)  # rows of the product held at once
+    for lo in range(0, len(rows), step):
+        part = rows[lo : lo + step]
+        zero = err[part] == 0
+        allowed = np.repeat(finite[None, :], len(part), axis=0)
+        if not zero.all():
+            with np.errstate(invalid="ignore"):
+                floor = scores[part, k - 1] - 2 * err[part]
+                allowed &= (queries[part] @ targets.T >= floor[:, None]) | zero[:, None]
+        if filter_query_items is not None:
+            allowed[filter_query_items[part].nonzero()] = False
+        for r, row in enumerate(part):
+            cand = np.flatnonzero(allowed[r])
+            if zero[r]:
+                got, got_scores = cand[:k], np.zeros(min(k, len(cand)), dtype=np.float32)
+            else:
+                s = pair_dots(queries, np.full(len(cand), row), targets, cand)
+                order = np.lexsort((cand, -s))[:k]
+                got, got_scores = cand[order], s[order]
+            ids[row], scores[row] = -1, -np.inf
+            ids[row, : len(got)], scores[row, : len(got)] = got, got_scores
 
 
 def _rescore_chunks(

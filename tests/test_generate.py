@@ -546,3 +546,33 @@ def test_a_folder_of_another_preset_is_used_with_a_warning(
     pq.write_table(table.replace_schema_metadata(bad), out / RawFiles.Interactions)
     assert generated_with(out) is None
     assert generated_with(tmp_path / "missing") is None
+
+
+def test_the_preset_digest_ignores_the_files_layout_only() -> None:
+    """`row_group_size` changes how the rows are stored, not which: same digest; any other
+    parameter changes it."""
+    tiny = PRESETS["tiny"]
+    assert preset_params(dataclasses.replace(tiny, row_group_size=1000)) == preset_params(tiny)
+    assert preset_params(dataclasses.replace(tiny, name="other")) == preset_params(tiny)
+    assert preset_params(dataclasses.replace(tiny, churn_share=0.3)) != preset_params(tiny)
+
+
+def test_a_mark_without_the_digest_is_compared_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sets generated before the digest have {"preset", "seed"} only: told apart by name
+    (and seed when asked), never called a preset of one's own."""
+    out = tmp_path / "data"
+    generate_dataset("tiny", seed=1, out_dir=out)
+    table = pq.read_table(out / RawFiles.Interactions)
+    old = {**table.schema.metadata, GENERATED_KEY: b'{"preset": "tiny", "seed": 1}'}
+    pq.write_table(table.replace_schema_metadata(old), out / RawFiles.Interactions)
+    assert generated_with(out) == {"preset": "tiny", "seed": 1, "params": None}
+    assert describe_raw_data(out) == "the generated preset 'tiny' (seed 1)"
+    caplog.set_level(logging.INFO, logger="musicrec.generate")
+    other = dataclasses.replace(PRESETS["tiny"], n_users=PRESETS["tiny"].n_users + 1)
+    assert ensure_raw_data(out, preset=other) is False
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    caplog.clear()
+    assert ensure_raw_data(out, preset="demo") is False
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
