@@ -570,6 +570,7 @@ def test_a_mark_without_the_digest_is_compared_by_name(
     assert generated_with(out) == {"preset": "tiny", "seed": 1, "params": None}
     assert describe_raw_data(out) == "the generated preset 'tiny' (seed 1)"
     caplog.set_level(logging.INFO, logger="musicrec.generate")
+    caplog.clear()  # (the generator's own lines, when another test left the level at INFO)
     other = dataclasses.replace(PRESETS["tiny"], n_users=PRESETS["tiny"].n_users + 1)
     assert ensure_raw_data(out, preset=other) is False
     assert [r.levelno for r in caplog.records] == [logging.INFO]
