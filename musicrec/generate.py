@@ -815,8 +815,8 @@ def preset_params(p: Preset) -> str:
 
 def generated_with(data_dir: str | Path) -> dict[str, Any] | None:
     """{"preset": name, "seed": n, "params": digest or None} when `data_dir`'s
-    interactions.parquet was written by `generate_dataset` (sets written before 2026-12-07
-    20:00 UTC have no digest: None); None for any other file (the real data, Last.fm, a
+    interactions.parquet was written by `generate_dataset` (sets written before the digest
+    was added, 2026-12-07, have none: None); None for any other file (the real data, Last.fm, a
     user's own), an older generated set without the mark, or one that cannot be read."""
     try:
         meta = pq.read_schema(Path(data_dir) / RawFiles.Interactions).metadata or {}

@@ -299,9 +299,10 @@ def stable_topk(
             step = max(1, PROPOSE_BUDGET // kk)  # implicit's proposals held at once
             for lo in range(0, len(rows), step):
                 part = rows[lo : lo + step]
+                q = queries[part]
                 got_ids, first = topk(
                     targets,
-                    queries[part],
+                    q,
                     kk,
                     filter_query_items=None
                     if filter_query_items is None
@@ -310,7 +311,7 @@ def stable_topk(
                     num_threads=num_threads,
                 )
                 ids[part], scores[part], part_unsure = _rescore_chunks(
-                    pool, targets, queries[part], got_ids, first, k, err[part]
+                    pool, targets, q, got_ids, first, k, err[part]
                 )
                 unsure.append(part[part_unsure])
             rows = np.concatenate(unsure)
