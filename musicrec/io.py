@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from musicrec.artifacts import ARTIFACT_COLUMNS
@@ -186,7 +187,7 @@ def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -
         raise ArtifactError(f"{path}: artifact file is missing ({missing_hint})")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeError) as exc:  # Unicode: a column's name
         raise ArtifactError(f"{path}: not a readable parquet file (truncated?): {exc}") from exc
     missing = [c for c in required if c not in schema.names]
     if missing:
@@ -206,9 +207,17 @@ def read_artifact(path: Path, *, missing_hint: str, all_columns: bool = False) -
     except (pa.ArrowException, OSError) as exc:
         raise ArtifactError(f"{path}: corrupt parquet data: {exc}") from exc
     for name, kind in kinds.items():
-        nulls = table.column(name).null_count if kind in NOT_NULL_KINDS else 0
+        column = table.column(name)
+        nulls = column.null_count if kind in NOT_NULL_KINDS else 0
         if nulls:
             raise ArtifactError(f"{path}, column '{name}': {nulls} null value(s)")
+        if kind == "number" and pa.types.is_floating(_values(column.type)):
+            # NaN and infinities: the services would answer them as JSON nulls
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            bad = len(column) - pc.sum(pc.is_finite(column)).as_py() if len(column) else 0
+            if bad:
+                raise ArtifactError(f"{path}, column '{name}': {bad} NaN or infinite value(s)")
     return table
 
 

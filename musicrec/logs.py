@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from musicrec.settings import LOG_LEVELS
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: `extra` of a record for the log file only: the console shows it otherwise (the CLI's
 #: `error:` line says what the record says, once)
@@ -44,11 +46,10 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> No
     """Log to stderr and, if given, append to `log_file` (e.g. `execution_log.txt`).
 
     `QUIET_LIBRARIES` are kept at INFO even at DEBUG level (they would log credentials)."""
-    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-    if level.upper() not in levels:
+    if level.upper() not in LOG_LEVELS:
         from musicrec.errors import ConfigError
 
-        raise ConfigError(f"unknown log level {level!r} (MUSICREC_LOG_LEVEL); one of {levels}")
+        raise ConfigError(f"unknown log level {level!r} (MUSICREC_LOG_LEVEL); one of {LOG_LEVELS}")
     root = logging.getLogger()
     root.setLevel(level.upper())
     for name in QUIET_LIBRARIES:

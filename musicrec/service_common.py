@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pyarrow as pa
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exception_handlers import (
     http_exception_handler as default_http_exception_handler,
 )
@@ -72,13 +73,56 @@ BATCH_BODY_MAX = 64 * 1024
 #: event loop: seconds during which every other request waited)
 EVENTS_BATCH_MAX_EVENTS = 500_000
 
+_DECIMAL_RE = re.compile(r"-?[0-9]+")
+
+
+def decimal_digits(value: Any) -> Any:
+    """A query integer as the README defines it: ASCII decimal digits (a leading minus is
+    let through, for the bound's own message). pydantic alone also reads `1_000`, `+5`,
+    ` 5` and `2.0` as integers, and the fast lane (`musicrec.fast_path`) refuses them:
+    one answer for one query, whichever lane takes it."""
+    if isinstance(value, str) and not _DECIMAL_RE.fullmatch(value):
+        raise ValueError("must be a whole number in decimal digits")
+    return value
+
+
+#: the validator of an integer query parameter, after its `Query(...)` (before it, the
+#: bounds vanish from the OpenAPI schema: `ge` instead of `minimum`)
+DECIMAL = BeforeValidator(decimal_digits)
 UserIdQuery = Annotated[
-    int, Query(ge=0, le=INT32_MAX, description="User id (0 .. 2**31-1)", examples=[42])
+    int, Query(ge=0, le=INT32_MAX, description="User id (0 .. 2**31-1)", examples=[42]), DECIMAL
 ]
 TrackIdQuery = Annotated[
-    int, Query(ge=0, le=INT32_MAX, description="Track id (0 .. 2**31-1)", examples=[99262])
+    int,
+    Query(ge=0, le=INT32_MAX, description="Track id (0 .. 2**31-1)", examples=[99262]),
+    DECIMAL,
 ]
-KQuery = Annotated[int, Query(ge=1, le=K_MAX, description=f"List length (1 .. {K_MAX})")]
+KQuery = Annotated[int, Query(ge=1, le=K_MAX, description=f"List length (1 .. {K_MAX})"), DECIMAL]
+
+
+async def no_repeated_query(request: Request) -> None:
+    """Refuse a query that names a parameter twice (`?user_id=1&user_id=2`): FastAPI would
+    silently take the last one, and a client that sends two is confused about which it
+    meant. Every service route depends on it (`FastAPI(dependencies=SERVICE_DEPENDENCIES)`)."""
+    params = request.query_params
+    if len(params) != len(params.multi_items()):  # len() counts distinct names
+        names = dict.fromkeys(name for name, _ in params.multi_items())
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated_parameter",
+                    "loc": ["query", name],
+                    "msg": "given more than once; send each parameter once",
+                    "input": params.getlist(name),
+                }
+                for name in names
+                if len(params.getlist(name)) > 1
+            ]
+        )
+
+
+#: dependencies of every route of the three services
+SERVICE_DEPENDENCIES = (Depends(no_repeated_query),)
 
 
 #: a 422 answer lists at most this many errors, and echoes at most this much of an input
@@ -652,13 +696,24 @@ def fetch_artifacts_if_configured(
     log.error("%s; serving the copy an earlier start fetched into %s instead", error, root)
 
 
+#: uvicorn's loggers (server messages, one line per request)
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_service_logging(settings: Settings) -> None:
     """Log to stderr at `settings.log_level` when the process has no logging set up yet (a
-    bare `uvicorn module:app`); leave an existing configuration (tests, embedding) alone."""
+    bare `uvicorn module:app`); leave an existing configuration (tests, embedding) alone.
+    A level set in the environment or `.env` (`MUSICREC_LOG_LEVEL`) is uvicorn's too: its
+    `--log-level` (default info) would otherwise keep printing INFO lines and an access
+    line per request under `MUSICREC_LOG_LEVEL=WARNING` (`musicrec serve` passes the
+    level to uvicorn itself)."""
     if not logging.getLogger().handlers:
         from musicrec.logs import setup_logging
 
         setup_logging(settings.log_level)
+    if "log_level" in settings.model_fields_set:
+        for name in UVICORN_LOGGERS:
+            logging.getLogger(name).setLevel(settings.log_level)
 
 
 def app_or_exit(create_app: Callable[[], FastAPI]) -> FastAPI:

@@ -50,9 +50,11 @@ from musicrec.event_store import (
 )
 from musicrec.service_common import (
     BATCH_BODY_MAX,
+    DECIMAL,
     EVENTS_BATCH_MAX_EVENTS,
     EVENTS_BATCH_MAX_USERS,
     NOT_READY_RESPONSES,
+    SERVICE_DEPENDENCIES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     ErrorResponse,
@@ -298,6 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
+        dependencies=SERVICE_DEPENDENCIES,
     )
     app.state.store = None
     app.state.api_key = expected_api_key(cfg)
@@ -380,7 +383,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _auth: ApiKeyDep,
         user_id: UserIdQuery,
         k: Annotated[
-            int, Query(ge=1, le=EVENTS_K_MAX, description=f"How many (1 .. {EVENTS_K_MAX})")
+            int,
+            Query(ge=1, le=EVENTS_K_MAX, description=f"How many (1 .. {EVENTS_K_MAX})"),
+            DECIMAL,
         ] = DEFAULT_K,
     ) -> Response:
         """The user's latest `k` listened track ids, newest first."""

@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: silently the offline list)
 EVENTS_K_MAX = 10_000
 
+#: the log levels `Settings.log_level` accepts (`MUSICREC_LOG_LEVEL`, any case)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 #: the header of `/ready` that carries `Settings.serve_instance`
 INSTANCE_HEADER = "X-Musicrec-Instance"
 
@@ -35,8 +38,26 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Raw input files (Yandex Music schema)")
     artifacts_dir: Path = Field(Path("recsys"), description="Generated artifacts")
     log_file: Path = Field(Path("execution_log.txt"), description="Pipeline log file")
-    log_level: str = "INFO"
+    log_level: str = Field(
+        "INFO",
+        description="Level of the pipeline's and the services' logs (and, when set, of "
+        "uvicorn's under a plain `uvicorn module:app`)",
+    )
     config_file: Path | None = Field(None, description="Pipeline parameters (TOML/YAML)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        """One of Python's level names, any case: checked with the other settings, so a
+        misspelt level stops every command and service with the one-line settings error
+        (it was noticed only by the pipeline's logging, or at a service's start-up as a
+        traceback, and `config` and the verifier ignored it)."""
+        if isinstance(value, str):
+            level = value.strip().upper()
+            if level not in LOG_LEVELS:
+                raise ValueError(f"unknown log level {value!r}; one of {', '.join(LOG_LEVELS)}")
+            return level
+        return value
 
     @field_validator("config_file", mode="before")
     @classmethod

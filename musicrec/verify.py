@@ -374,22 +374,43 @@ class Verifier:
         reach are one skip line per group (each call would fail the same way); the
         others run."""
         down = self.check_probes()
+        locked = {} if "events" in down else self.check_events_key(picks)
         groups: list[tuple[str, set[str], Callable[[], None]]] = [
             ("offline", {"recommendations"}, lambda: self.check_offline(picks)),
             ("similar tracks", {"similar"}, lambda: self.check_similar(picks)),
             ("events", {"events"}, lambda: self.check_events(picks)),
             ("online and blended", set(self.urls), lambda: self.check_online_and_blend(picks)),
-            ("bad requests", set(), lambda: self.check_bad_requests(down)),
+            ("bad requests", set(), lambda: self.check_bad_requests({**down, **locked})),
             ("metrics", set(), lambda: self.check_metrics(down)),
         ]
         for name, needs, check in groups:
-            missing = [f"{s} ({down[s]})" for s in self.urls if s in needs and s in down]
-            if missing:
-                self.record(
-                    None, f"{name} checks", f"not run: {', '.join(missing)} not reachable", None
-                )
+            why = [
+                f"{', '.join(f'{s} ({where[s]})' for s in which)} {reason}"
+                for where, reason in ((down, "not reachable"), (locked, "asks for an API key"))
+                if (which := [s for s in self.urls if s in needs and s in where])
+            ]
+            if why:
+                self.record(None, f"{name} checks", f"not run: {'; '.join(why)}", None)
             else:
                 check()
+
+    def check_events_key(self, picks: Picks) -> dict[str, str]:
+        """Without a key in the settings, one read of the event service: a 401 means it
+        was started with one. That is one FAIL line saying which setting to give, and the
+        checks that need the event service are skipped (each failed on its own, 14 lines
+        of 401s and wrong lists that never said why). Returns {"events": url} then."""
+        if self.api_headers:
+            return {}
+        url = f"{self.events_url}/get_events"
+        shown, reply = _call("POST", url, params={"user_id": picks.verify_user, "k": 1})
+        if reply.status != 401:
+            return {}
+        note = (
+            "the event service asks for an API key: set MUSICREC_EVENTS_API_KEY (environment "
+            "or .env) to the key it was started with"
+        )
+        self.record(False, "event service without an API key", shown, reply, note)
+        return {"events": self.events_url}
 
     @property
     def urls(self) -> dict[str, str]:

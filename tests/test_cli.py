@@ -127,6 +127,8 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
         (["pipeline", "--generate", "bogus", "--data-dir", "d"], {}, "unknown preset 'bogus'"),
         (["generate", "--preset", "tiny", "--seed", "-1", "--out", "d"], {}, "non-negative"),
         (["generate", "--out", "d"], {"MUSICREC_LOG_LEVEL": "verbose"}, "unknown log level"),
+        # `config` printed the parameters and exited 0 with a misspelt level
+        (["config"], {"MUSICREC_LOG_LEVEL": "verbose"}, "MUSICREC_LOG_LEVEL='verbose': unknown"),
         (
             ["upload", "--artifacts-dir", "d"],
             {"S3_BUCKET_NAME": "b"},
@@ -144,6 +146,7 @@ def test_data_error_is_one_line_and_exit_code_2(generated: Path, tmp_path: Path)
         "pipeline preset",
         "seed",
         "log level",
+        "log level of config",
         "upload of no directory",
         "setting",
         "port",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -155,6 +156,8 @@ def test_the_bounds_are_the_documented_ones() -> None:
         ("api_main:app", "MUSICREC_EXCLUDE_EVENTS_MAX=0"),
         ("similarity_store:app", "MUSICREC_SIMILAR_PORT=abc"),
         ("event_storage:app", "MUSICREC_EVENTS_API_KEY=a b"),
+        # read only by the services' start-up: a traceback and uvicorn's exit code 3
+        ("similarity_store:app", "MUSICREC_LOG_LEVEL=bogus"),
     ],
 )
 def test_uvicorn_on_an_entry_module_with_a_bad_setting_says_so_in_one_line(
@@ -178,3 +181,23 @@ def test_uvicorn_on_an_entry_module_with_a_bad_setting_says_so_in_one_line(
     assert run.stderr.splitlines() == [run.stderr.strip()]  # one line
     assert run.stderr.startswith("error: invalid settings") and name in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_log_level_is_checked_with_the_settings_in_any_case() -> None:
+    assert Settings(log_level=" warning ").log_level == "WARNING"
+    with pytest.raises(ValidationError, match="unknown log level 'verbose'; one of DEBUG"):
+        Settings(log_level="verbose")
+
+
+def test_a_log_level_set_is_uvicorns_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a plain `uvicorn module:app` (default --log-level info), MUSICREC_LOG_LEVEL=
+    WARNING left uvicorn's INFO lines and one access line per request."""
+    from musicrec.service_common import UVICORN_LOGGERS, configure_service_logging
+
+    for name in UVICORN_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+    configure_service_logging(Settings(_env_file=None))  # not set: uvicorn's own level
+    assert {logging.getLogger(n).level for n in UVICORN_LOGGERS} == {logging.INFO}
+    monkeypatch.setenv("MUSICREC_LOG_LEVEL", "warning")
+    configure_service_logging(Settings(_env_file=None))
+    assert {logging.getLogger(n).level for n in UVICORN_LOGGERS} == {logging.WARNING}

@@ -63,6 +63,12 @@ CASES: list[tuple[str, Breaker, str]] = [
     ("truncated", truncate, "parquet"),
     ("garbage", lambda p: p.write_bytes(b"not parquet at all"), "parquet"),
     ("empty file", lambda p: p.write_bytes(b""), "parquet"),
+    # the footer's names are UTF-8: a damaged byte was a UnicodeDecodeError traceback
+    (
+        "name not UTF-8",
+        lambda p: p.write_bytes(p.read_bytes().replace(b"rank", b"r\xffnk")),
+        "parquet",
+    ),
 ]
 
 APPS: list[tuple[Callable[[Settings], FastAPI], str, str]] = [
@@ -121,6 +127,39 @@ def test_wrong_columns_and_types_stop_start_up(
     null_ids(path, column)
     with pytest.raises(ArtifactError, match=rf"{file}, column '{column}': 1 null"):
         start(factory(cfg))
+
+
+#: each artifact the services read with a floating-point column, and that column
+FLOAT_COLUMNS = [
+    (recs_app, "recommendations.parquet", "score"),
+    (similar_app, "similar.parquet", "score"),
+]
+
+
+@pytest.mark.parametrize(("factory", "file", "column"), FLOAT_COLUMNS, ids=["recs", "similar"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_a_nan_or_infinite_number_stops_start_up(
+    own_artifacts: Path,
+    tmp_path: Path,
+    factory: Callable[[Settings], FastAPI],
+    file: str,
+    column: str,
+    bad: float,
+) -> None:
+    """A score that is not a number was served as a JSON null (`"score": [null, ...]`),
+    and the recommendation service then refused the similar service's whole batch."""
+    path = ArtifactPaths(own_artifacts).recs_dir / file
+    t = pq.read_table(path)
+    values = t.column(column).to_numpy().astype(np.float64)
+    values[[0, 3]] = bad
+    i = t.schema.get_field_index(column)
+    pq.write_table(t.set_column(i, column, pa.array(values, t.schema.field(i).type)), path)
+    with pytest.raises(ArtifactError, match=rf"{file}, column '{column}': 2 NaN or infinite"):
+        start(factory(make_settings(own_artifacts, tmp_path)))
+    # as a dictionary-encoded column too (read by its values)
+    pq.write_table(t.set_column(i, column, pa.array(values).dictionary_encode()), path)
+    with pytest.raises(ArtifactError, match=rf"{file}, column '{column}': 2 NaN or infinite"):
+        start(factory(make_settings(own_artifacts, tmp_path)))
 
 
 def test_empty_popular_list_is_an_error(own_artifacts: Path, tmp_path: Path) -> None:

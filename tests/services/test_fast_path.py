@@ -75,6 +75,10 @@ QUERIES = [
     "user_id={warm}&foo=2",
     "user_id=%31&k=3",
     "user_id=abc",
+    "user_id=1_000",  # pydantic's lax notations: refused on both lanes
+    "user_id=%2B1",
+    "user_id={warm}&k=2.0",
+    "user_id={warm}&k=%207",
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from musicrec.service_common import INT32_MAX
@@ -232,3 +233,30 @@ def test_the_log_can_go_to_a_pipe(tmp_path: Path) -> None:
             os.close(write_end)
         assert rc == 1
         assert pipe.read().rstrip().splitlines()[-1].startswith("FAILED")
+
+
+def test_a_missing_api_key_is_one_failure_that_says_which_setting(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """An event service started with a key, a verifier run without one: 14 FAIL lines of
+    401s and wrong lists that never said why. Now one FAIL naming the setting, and the
+    checks that need the event service skipped."""
+    keyed = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
+    with running(
+        [
+            ThreadedServer(similar_app(keyed), keyed.similar_port),
+            ThreadedServer(events_app(keyed), keyed.events_port),
+            ThreadedServer(recs_app(keyed), keyed.recs_port),
+        ]
+    ):
+        log = tmp_path / "service_test.log"
+        rc = run_verification(keyed.model_copy(update={"events_api_key": None}), log_path=log)
+    lines = log.read_text().splitlines()
+    failed = [x for x in lines if x.startswith("FAIL ")]
+    assert rc == 1 and len(failed) == 1, failed
+    assert failed[0].startswith("FAIL event service without an API key: POST ")
+    assert "-> 401" in failed[0] and "set MUSICREC_EVENTS_API_KEY" in failed[0]
+    url = f"events ({keyed.events_base_url}) asks for an API key"
+    assert f"SKIP events checks: not run: {url}" in lines
+    assert any(x.startswith("SKIP online and blended checks") and url in x for x in lines)
+    assert any(x.startswith("PASS similar tracks") for x in lines)  # the rest still ran
