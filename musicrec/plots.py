@@ -223,8 +223,13 @@ def _no_data(ax: Axes, what: str) -> None:
 
 
 def _short(text: str, limit: int = 42) -> str:
+    """A name as a label: on one line, at most `limit` characters, drawn as written.
+    Matplotlib reads the text between two `$` as a formula: 'Ca$h 100%' with an artist
+    'A$AP Ferg' stopped the EDA stage with a parse error, and '$uicideboy$' was drawn in
+    italics without its `$`; an escaped `\\$` is a plain dollar sign."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _first(value: Any) -> str | None:

@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 
 from musicrec.artifacts import ARTIFACT_COLUMNS, ArtifactPaths
 from musicrec.columns import Columns as C
+from musicrec.columns import RawFiles
 from musicrec.config import DataConfig
+from musicrec.errors import DataValidationError
 from musicrec.io import read_artifact, write_parquet
 from musicrec.raw import list_array_from_parents, read_raw_tables
 
@@ -74,6 +76,21 @@ def prepare_data(data_dir: str | Path, paths: ArtifactPaths, cfg: DataConfig) ->
     raw = read_raw_tables(Path(data_dir), cfg)
     items = build_items(raw.tracks, raw.catalog)
     events = build_events(raw.interactions, cfg)
+    if events.num_rows == 0:  # the raw reader refuses an empty file; this is what is left
+        raise DataValidationError(
+            str(Path(data_dir) / RawFiles.Interactions),
+            None,
+            "at least one event left to prepare",
+            found=(
+                f"{raw.stats['interactions_read']:,} interactions read, "
+                f"{raw.stats['dropped_unknown_tracks']:,} dropped as unknown tracks, "
+                f"none left after keeping a share of {cfg.sample_users_share:g} of the users "
+                "(data.sample_users_share)"
+                if raw.stats["interactions_read"] > raw.stats["dropped_unknown_tracks"]
+                else f"{raw.stats['interactions_read']:,} interactions read, every one "
+                "of a track not in tracks.parquet (data.max_unknown_track_share)"
+            ),
+        )
 
     stats = dict(raw.stats)
     stats["dropped_by_sampling"] = raw.stats["interactions_read"] - (

@@ -338,7 +338,8 @@ def _arrow_errors(file: str) -> Iterator[None]:
     """Turn any pyarrow error inside the block into a DataValidationError naming `file`."""
     try:
         yield
-    except (pa.ArrowException, OSError) as exc:
+    # UnicodeError: a column name in the footer that is not UTF-8
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
         raise DataValidationError(
             file, None, "a readable parquet file", found=f"{type(exc).__name__}: {exc}"
         ) from exc
@@ -419,9 +420,13 @@ def _ids(
 def _id_lists(file: str, column: str, lists: pa.ChunkedArray, target: pa.DataType) -> pa.ListArray:
     """Check a list-of-ids column (every element as in `_ids`) and cast it to list<target>.
 
-    A column of scalars is an error; a null list is read as an empty one.
+    A column of scalars is an error; a null list is read as an empty one, and so is a
+    column of Arrow's type `null` (what pandas writes for a column of None only).
     """
     type_ = lists.type
+    if pa.types.is_null(type_):
+        log.info("%s: every '%s' list is null, read as empty", file, column)
+        return list_array_from_parents(pa.array([], target), np.empty(0, np.int64), len(lists))
     if not (
         pa.types.is_list(type_)
         or pa.types.is_large_list(type_)
@@ -457,6 +462,8 @@ def _timestamps(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedAr
     Accepted: timestamps of any unit (with a time zone: converted to UTC), date32/date64 and
     ISO-8601 strings. No nulls; every date between MIN_DATE and now.
     """
+    if pa.types.is_dictionary(values.type):  # pandas' `category`: judged by its values
+        values = values.cast(values.type.value_type)
     type_ = values.type
     if values.null_count:
         _fail(file, column, "no null dates", values, pc.is_null(values))
@@ -498,7 +505,9 @@ def _parse_dates(file: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedA
     parsed = pd.to_datetime(as_strings, errors="coerce", format="ISO8601", utc=True)
     bad = parsed.isna().to_numpy()
     if not bad.any():
-        return pa.chunked_array([pa.array(parsed.dt.tz_localize(None), pa.timestamp("ns"))])
+        # in pandas' own unit: a date beyond timestamp[ns]'s years 1677-2262 (a typo such
+        # as 0222-05-01) then fails the caller's range check, naming its rows
+        return pa.chunked_array([pa.array(parsed.dt.tz_localize(None))])
     _fail(file, column, "ISO-8601 dates", values, pa.array(bad), found=str(naive_failed))
 
 

@@ -269,3 +269,26 @@ def test_counts_are_by_id_whichever_way_they_are_counted(ids: list[int]) -> None
     uniq, counts = P._counts(np.array(ids, dtype=np.int64))
     assert uniq.tolist() == sorted(set(ids))
     assert counts.tolist() == [ids.count(i) for i in sorted(set(ids))]
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path: Path) -> None:
+    """Matplotlib reads text between two `$` as a formula: such a name stopped the EDA
+    stage with a parse error ('Ca$h 100%' by 'A$AP Ferg') or was drawn in italics without
+    its dollar signs ('$uicideboy$')."""
+    from matplotlib.text import Text
+
+    items = make_items()
+    events = make_events()
+    counts = events.track_id.value_counts()
+    top = counts.index[counts.index.isin(items.track_id)][:3].to_numpy()
+    names = {top[0]: "Ca$h 100%", top[1]: "$uicideboy$", top[2]: r"$\bad{$"}
+    for t, name in names.items():
+        items.loc[items.track_id == t, "track_name"] = name
+        items.loc[items.track_id == t, "main_artist"] = "A$AP Ferg"
+        items.loc[items.track_id == t, "main_genre_name"] = name  # a genre name too
+    for p in P.draw_eda(items, events, tmp_path):
+        check_png(p)
+    labels = P._track_labels(items, top)
+    text = Text()
+    for label, name in zip(labels, names.values(), strict=True):
+        assert text._preprocess_math(label) == (f"{name} — A$AP Ferg", False)

@@ -179,6 +179,24 @@ def test_invalid_raw_data_writes_nothing(tmp_path: Path, paths: ArtifactPaths) -
     assert not paths.items.exists() and not paths.events.exists()
 
 
+def test_nothing_left_to_prepare_is_an_error_saying_why(
+    tmp_path: Path, paths: ArtifactPaths
+) -> None:
+    """A sample share that keeps no user, or a tolerance that lets every track be unknown,
+    left 0 events: prepare wrote them and the split then failed with a misleading cause
+    ("need events on at least two distinct days")."""
+    data = write_raw(tmp_path / "data")
+    with pytest.raises(DataValidationError, match=r"no.*left.*sample_users_share") as err:
+        prepare_data(data, paths, DataConfig(sample_users_share=1e-9))
+    assert "interactions.parquet: expected at least one event left" in str(err.value)
+    assert "6 interactions read" in str(err.value)
+    unknown = replace_column(interactions_table(), C.Item, [701, 702, 703, 704, 705, 706])
+    data = write_raw(tmp_path / "unknown", interactions=unknown)
+    with pytest.raises(DataValidationError, match="every one of a track not in tracks.parquet"):
+        prepare_data(data, paths, DataConfig(max_unknown_track_share=1.0))
+    assert not paths.items.exists() and not paths.events.exists()
+
+
 # ------------------------------------------------------------------------------ loading
 
 

@@ -310,6 +310,49 @@ def test_null_list_is_read_as_empty(tmp_path: Path) -> None:
     assert [len(a) for a in tracks[C.Artists]] == [1, 0, 1, 0]
 
 
+def test_a_list_column_of_only_nulls_is_all_empty(tmp_path: Path) -> None:
+    """pandas writes `df["genres"] = None` as Arrow's type null (no list type at all): read
+    like a null list, as empty (it was refused as "found type null")."""
+    write_raw(tmp_path, **_tracks(C.Genres, pa.nulls(4)))
+    tracks = read_raw(tmp_path, DataConfig()).tracks
+    assert [len(g) for g in tracks[C.Genres]] == [0, 0, 0, 0]
+    assert [list(a) for a in tracks[C.Artists]] == [[20], [21, 20], [20], []]
+
+
+def test_dictionary_encoded_dates_are_read_by_their_values(tmp_path: Path) -> None:
+    """pandas' `category` of date strings (the names in catalog_names already were)."""
+    strings = pa.array([f"2022-01-0{d}" for d in range(1, 7)]).dictionary_encode()
+    write_raw(tmp_path, **_interactions(C.Datetime, strings))
+    got = read_raw(tmp_path, DataConfig()).interactions[C.Datetime]
+    assert got.dtype == "datetime64[ns]" and got.min() == pd.Timestamp("2022-01-01")
+
+
+@pytest.mark.parametrize("typo", ["0222-05-01", "3000-01-01", "0222-05-01T10:00:00+03:00"])
+def test_an_iso_date_beyond_nanosecond_years_names_its_row(tmp_path: Path, typo: str) -> None:
+    """A string date outside 1677-2262 used to fail the cast to nanoseconds and came out as
+    "expected a readable parquet file", naming no column and no row."""
+    values = pa.array(["2022-01-01T00:00:00Z", typo] + [f"2022-01-0{d}" for d in range(3, 7)])
+    write_raw(tmp_path, **_interactions(C.Datetime, values))
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert info.value.column == C.Datetime
+    assert "on or after" in str(info.value) or "not in the future" in str(info.value)
+    assert [e["row"] for e in info.value.examples] == [1]
+
+
+def test_a_column_name_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """The footer's names are decoded as UTF-8: a damaged byte was a UnicodeDecodeError
+    traceback."""
+    write_raw(tmp_path)
+    path = tmp_path / TRK
+    data = path.read_bytes()
+    assert data.count(b"albums") >= 1
+    path.write_bytes(data.replace(b"albums", b"alb\xffms"))
+    with pytest.raises(DataValidationError, match=TRK) as info:
+        read_raw(tmp_path, DataConfig())
+    assert "UnicodeDecodeError" in str(info.value)
+
+
 def test_all_empty_lists_of_null_type(tmp_path: Path) -> None:
     """pandas writes a column of only empty lists as list<null>."""
     empty = pa.array([[], [], [], []], pa.list_(pa.null()))
