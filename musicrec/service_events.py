@@ -54,7 +54,6 @@ from musicrec.service_common import (
     EVENTS_BATCH_MAX_EVENTS,
     EVENTS_BATCH_MAX_USERS,
     NOT_READY_RESPONSES,
-    SERVICE_DEPENDENCIES,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
     ErrorResponse,
@@ -300,7 +299,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
-        dependencies=SERVICE_DEPENDENCIES,
     )
     app.state.store = None
     app.state.api_key = expected_api_key(cfg)

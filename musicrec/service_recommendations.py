@@ -51,7 +51,6 @@ from musicrec.service_common import (
     EVENTS_BATCH_MAX_EVENTS,
     MISSING_ARTIFACT_HINT,
     NOT_READY_RESPONSES,
-    SERVICE_DEPENDENCIES,
     SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -506,7 +505,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
-        dependencies=SERVICE_DEPENDENCIES,
     )
     app.state.offline = None
     app.state.upstreams = None

@@ -37,7 +37,6 @@ from musicrec.service_common import (
     K_MAX,
     MISSING_ARTIFACT_HINT,
     NOT_READY_RESPONSES,
-    SERVICE_DEPENDENCIES,
     SIMILAR_BATCH_MAX_SEEDS,
     TELEMETRY_OFF,
     VALIDATION_RESPONSES,
@@ -178,7 +177,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
-        dependencies=SERVICE_DEPENDENCIES,
     )
     app.state.similar = None
     # the express lane for plain /similar_tracks requests (musicrec.fast_path), filled once

@@ -1,5 +1,5 @@
 """Integer query parameters on every route of the three services: decimal digits only, each
-parameter once (`service_common.decimal_digits`, `no_repeated_query`). pydantic alone read
+parameter once (`service_common.decimal_digits`, `NoRepeatedQuery`). pydantic alone read
 `1_000`, `+5` and `2.0` as integers and FastAPI took the last of a repeated parameter, so
 `?user_id=0&user_id=1` answered for user 1 and `/add_event?...&track_id=4&track_id=5`
 stored track 5."""
