@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -118,13 +118,20 @@ def pipeline(
 
 
 @app.command("config")
-def show_config(config: ConfigFile = None) -> None:
+def show_config(
+    config: ConfigFile = None,
+    format: Annotated[
+        Literal["toml", "yaml"],
+        typer.Option("--format", help="toml, or yaml (which can say None: null)"),
+    ] = "toml",
+) -> None:
     """Print the pipeline parameters a run would use (the defaults, or those of --config /
-    MUSICREC_CONFIG_FILE) as a TOML file: every key, with its meaning and limits."""
-    from musicrec.config import config_as_toml, load_config
+    MUSICREC_CONFIG_FILE) as a TOML or YAML file: every key, with its meaning and limits."""
+    from musicrec.config import config_as_toml, config_as_yaml, load_config
     from musicrec.settings import get_settings
 
-    typer.echo(config_as_toml(load_config(config or get_settings().config_file)), nl=False)
+    cfg = load_config(config or get_settings().config_file)
+    typer.echo(config_as_yaml(cfg) if format == "yaml" else config_as_toml(cfg), nl=False)
 
 
 @app.command()

@@ -441,7 +441,8 @@ def config_as_toml(cfg: PipelineConfig) -> str:
     if unsayable:
         raise ConfigError(
             f"{', '.join(unsayable)}: None cannot be written in TOML, which has no null, and "
-            "the default is not None (a YAML config can say it: `key: null`)"
+            "the default is not None (a YAML config can say it: `key: null`; `python -m "
+            "musicrec config --format yaml` prints one)"
         )
     head = [
         "# musicrec pipeline parameters (`python -m musicrec config`): pass a file like this",
@@ -449,6 +450,41 @@ def config_as_toml(cfg: PipelineConfig) -> str:
         "",
     ]
     return "\n".join([*head, *top, *tables]) + "\n"
+
+
+def config_as_yaml(cfg: PipelineConfig) -> str:
+    """`cfg` as a YAML config file listing every key (None as `null`), each with its
+    description and limits as a comment: what `config_as_toml` prints, for the configs TOML
+    cannot say. Each value is written by PyYAML itself, so `load_config` reads it back."""
+    lines = [
+        "# musicrec pipeline parameters (`python -m musicrec config --format yaml`): pass a",
+        "# file like this with `python -m musicrec pipeline --config FILE.yaml`; omitted keys",
+        "# keep their defaults",
+        "",
+    ]
+    tables: list[str] = []
+    for name, value in cfg:
+        if isinstance(value, BaseModel):
+            tables.append(f"\n{name}:")
+            for sub, info in type(value).model_fields.items():
+                tables.append(_yaml_line(sub, getattr(value, sub), info, indent="  "))
+        else:
+            lines.append(_yaml_line(name, value, type(cfg).model_fields[name]))
+    return "\n".join([*lines, *tables]) + "\n"
+
+
+def _yaml_line(name: str, value: object, info: FieldInfo, indent: str = "") -> str:
+    """The key's line, after its note as comment lines."""
+    note = textwrap.wrap(
+        _field_note(info),
+        86,
+        initial_indent=f"{indent}# ",
+        subsequent_indent=f"{indent}# ",
+        break_on_hyphens=False,
+    )
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=2**31 - 1)
+    text = text.rstrip("\n").removesuffix("\n...")  # a scalar's end-of-document mark
+    return "\n".join([*note, f"{indent}{name}: {text}"])
 
 
 def _toml_line(name: str, value: object, info: FieldInfo) -> str:

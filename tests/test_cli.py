@@ -77,6 +77,19 @@ def test_config_prints_the_parameters_a_run_would_use(tmp_path: Path) -> None:
     assert res.returncode == 2 and "bad.toml: invalid config: als.factors" in res.stderr
     assert not res.stdout
 
+    # a config TOML cannot say (None where the default is a number): refused as TOML,
+    # printed as YAML with --format yaml, which reads back to it
+    every_user = tmp_path / "every_user.yaml"
+    every_user.write_text("als:\n  tune_max_users: null\n")
+    res = cli("config", "--config", str(every_user), cwd=tmp_path)
+    assert res.returncode == 2 and "--format yaml" in res.stderr
+    res = cli("config", "--config", str(every_user), "--format", "yaml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(res.stdout)
+    assert load_config(shown) == load_config(every_user)
+    assert load_config(shown).als.tune_max_users is None
+
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
     res = cli("--help", cwd=tmp_path)

@@ -28,7 +28,7 @@ from musicrec.als import ALSModel
 from musicrec.artifacts import RUN_LOCK, ArtifactPaths
 from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFiles
 from musicrec.columns import Columns as C
-from musicrec.config import PipelineConfig, config_as_toml, load_config
+from musicrec.config import PipelineConfig, config_as_toml, config_as_yaml, load_config
 from musicrec.errors import ConfigError, DataValidationError
 from musicrec.evaluation import candidate_recall_diagnostic, unproven_gains
 from musicrec.heard import HeardIndex
@@ -1341,6 +1341,40 @@ def test_config_as_toml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_p
             assert at, (section, name)
             if info.description:
                 assert lines[at[0] - 1].startswith("# "), (section, name)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PipelineConfig(),
+        PipelineConfig.model_validate(
+            {
+                "split": {"test_start": "2022-12-16"},
+                "als": {"tune_max_users": None, "alpha_grid": [5e-324, 2.0], "alpha": 1e20},
+                "eval": {"candidate_recall_users": None},
+                "ranker": {"loss_function": 'YetiRank:a="b\\c\n\t\x00\x7f é 雪 😀'},
+                "final_fit": "all",
+            }
+        ),
+        *[load_config(path) for path in CONFIG_FILES],
+    ],
+    ids=["defaults", "None and odd values", *[p.stem for p in CONFIG_FILES]],
+)
+def test_config_as_yaml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_path: Path) -> None:
+    """`python -m musicrec config --format yaml`: what TOML cannot say (None where the
+    default is a number) reads back too, and every key has its line, commented."""
+    text = config_as_yaml(cfg)
+    path = tmp_path / "shown.yaml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    lines = text.splitlines()
+    for section in SECTIONS:
+        assert f"{section}:" in lines
+        for name, info in type(getattr(cfg, section)).model_fields.items():
+            at = [i for i, line in enumerate(lines) if line.startswith(f"  {name}: ")]
+            assert at, (section, name)
+            if info.description:
+                assert lines[at[0] - 1].startswith("  # "), (section, name)
 
 
 def test_config_as_toml_refuses_a_none_toml_cannot_say() -> None:
