@@ -72,4 +72,4 @@ reliability: install-dev
 	$(PY) bench/reliability.py
 
 clean:
-	rm -rf recsys/data recsys/model recsys/recommendations recsys/pictures recsys/cache recsys/metrics.json
+	rm -rf recsys/data recsys/model recsys/recommendations recsys/pictures recsys/cache recsys/metrics.json recsys/run.json

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -169,9 +170,57 @@ class ArtifactPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def run_state(self) -> Path:
+        """Whether the artifacts are one finished run (`RunState`)."""
+        return self.root / "run.json"
+
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.model_dir, self.recs_dir, self.pictures_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+class RunState:
+    """`recsys/run.json`: whether the artifacts are the outputs of one finished run.
+
+    A stage that computes (not one reused), and `prepare` run alone, first write
+    `{"state": "unfinished", ...}`; the end of a run that ran or reused every stage of its
+    plan (`musicrec.pipeline.finish_run`: the CLI's pipeline and the notebook's last
+    section) writes `{"state": "complete", ...}`. So after a run that failed half-way (new
+    prepared data beside the models and lists of the run before) the folder says so, and
+    `upload` refuses to send the mix. No file: a folder from before the marker, taken as
+    it is."""
+
+    COMPLETE = "complete"
+    UNFINISHED = "unfinished"
+
+    @staticmethod
+    def read(paths: ArtifactPaths) -> dict[str, object] | None:
+        """The recorded state; None without a file (or an unreadable one: not a claim)."""
+        try:
+            state = json.loads(paths.run_state.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and "state" in state else None
+
+    @staticmethod
+    def write(paths: ArtifactPaths, state: str, **facts: object) -> None:
+        from musicrec.io import write_json
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        write_json({"state": state, "at": stamp, "pid": os.getpid(), **facts}, paths.run_state)
+
+    @classmethod
+    def unfinished_reason(cls, paths: ArtifactPaths) -> str | None:
+        """Why the folder is not one finished run, in words; None when it is (or says
+        nothing: no file)."""
+        state = cls.read(paths)
+        if state is None or state.get("state") == cls.COMPLETE:
+            return None
+        return (
+            f"the run that recomputed {state.get('doing', 'a stage')} at {state.get('at')} "
+            f"(pid {state.get('pid')}) did not reach its end"
+        )
 
 
 #: the output schema of every recommender (`Columns.Recommendations`), with its kinds

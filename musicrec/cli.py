@@ -68,7 +68,7 @@ def prepare(
     data_dir: DataDir = None, artifacts_dir: ArtifactsDir = None, config: ConfigFile = None
 ) -> None:
     """Validate the raw files and write recsys/data/items.parquet and events.parquet."""
-    from musicrec.artifacts import ArtifactPaths, pipeline_lock
+    from musicrec.artifacts import ArtifactPaths, RunState, pipeline_lock
     from musicrec.config import load_config
     from musicrec.prepare import prepare_data
     from musicrec.settings import get_settings
@@ -79,6 +79,8 @@ def prepare(
     paths = ArtifactPaths(artifacts_dir or s.artifacts_dir)
     # it rewrites data/, which a pipeline run on the folder reads: refused while one runs
     with pipeline_lock(paths.cache_dir):
+        if paths.root.is_dir():  # the later stages' artifacts no longer match the data
+            RunState.write(paths, RunState.UNFINISHED, doing="prepare (alone)")
         result = prepare_data(data_dir or s.data_dir, paths, cfg.data)
     typer.echo(result.summary())
 
@@ -158,9 +160,14 @@ def verify() -> None:
 
 
 @app.command()
-def upload(artifacts_dir: ArtifactsDir = None) -> None:
+def upload(
+    artifacts_dir: ArtifactsDir = None,
+    force: Annotated[
+        bool, typer.Option(help="Send the artifacts of a run that did not finish anyway")
+    ] = False,
+) -> None:
     """Upload the artifacts to S3 (S3_BUCKET_NAME and credentials from the environment)."""
-    from musicrec.artifacts import ArtifactPaths, pipeline_lock
+    from musicrec.artifacts import ArtifactPaths, RunState, pipeline_lock
     from musicrec.s3 import ARTIFACT_DIRS, ARTIFACT_FILES, artifact_files, upload_artifacts
     from musicrec.settings import get_settings
 
@@ -178,6 +185,14 @@ def upload(artifacts_dir: ArtifactsDir = None) -> None:
     # an upload beside a run rewriting the artifacts listed a mix of two runs
     cache = ArtifactPaths(root).cache_dir
     with pipeline_lock(cache) if cache.is_dir() else contextlib.nullcontext():
+        unfinished = RunState.unfinished_reason(ArtifactPaths(root)) if s.s3_bucket_name else None
+        if unfinished and not force:  # new prepared data beside the last run's models...
+            raise ArtifactError(
+                f"{root}: {unfinished}, so its files are a mix of two runs; run the pipeline "
+                "to its end first, or `upload --force` to send them as they are"
+            )
+        if unfinished:
+            log.warning("%s: %s; uploading anyway (--force)", root, unfinished)
         upload_artifacts(s, root)
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from musicrec.als import FILES as ALS_FILES
 from musicrec.als import ALSModel, top_item_codes
-from musicrec.artifacts import ArtifactPaths, pipeline_lock
+from musicrec.artifacts import ArtifactPaths, RunState, pipeline_lock
 from musicrec.candidates import FirstStage, generate_candidates, set_als_recs
 from musicrec.codehash import code_hash
 from musicrec.columns import Columns as C
@@ -233,6 +233,24 @@ class PipelineContext:
             release_free_memory("after loading the first stage")
         return self._stage
 
+    def fingerprint(self, stage: Stage) -> str:
+        """`stage`'s fingerprint now: its parameters, inputs and code, and the fingerprints
+        its upstream stages have in this context (each must have one)."""
+        upstream = [self.fingerprints[u] for u in stage.upstream]
+        return StageCache.fingerprint(
+            stage.name, stage.params, stage.inputs, upstream, code_hash(stage.code)
+        )
+
+    def is_current(self, stage: Stage) -> bool:
+        """`stage` ran or was reused in this context on what its upstream stages have now
+        (in the notebook an earlier cell run again with other parameters leaves the later
+        stages' results behind until their cells run too)."""
+        return (
+            stage.name in self.fingerprints
+            and all(u in self.fingerprints for u in stage.upstream)
+            and self.fingerprints[stage.name] == self.fingerprint(stage)
+        )
+
     def run_stage(self, stage: Stage) -> dict[str, Any]:
         """Run `stage`, or reuse its recorded result when its fingerprint is unchanged."""
         name = stage.name
@@ -242,10 +260,7 @@ class PipelineContext:
                 f"stage {name!r} needs {', '.join(map(repr, missing))} run first in this "
                 "context (in the notebook: run the cells above it)"
             )
-        upstream = [self.fingerprints[u] for u in stage.upstream]
-        fp = StageCache.fingerprint(
-            name, stage.params, stage.inputs, upstream, code_hash(stage.code)
-        )
+        fp = self.fingerprint(stage)
         # registered once the stage has run or been reused, not before: a stage that failed
         # (or a notebook cell interrupted) would count as done, and the next cell would build
         # on its previous outputs and record that under the new fingerprint
@@ -261,6 +276,7 @@ class PipelineContext:
             else:
                 if name in self.reused:  # a notebook cell run again with other parameters
                     self.reused.remove(name)
+                RunState.write(self.paths, RunState.UNFINISHED, doing=f"stage {name!r}")
                 info = stage.run()
                 self.cache.record(name, fp, info, stage.outputs)
         self.fingerprints[name] = fp
@@ -946,6 +962,23 @@ def collect_metrics(ctx: PipelineContext) -> dict[str, Any]:
     }
 
 
+def finish_run(ctx: PipelineContext) -> dict[str, Any]:
+    """The end of a run: `recsys/metrics.json` written from the stages' results and, when
+    every stage of the plan ran or was reused in `ctx`, the folder marked as one finished
+    run (`RunState`). Returns the metrics. The notebook's last section calls it too."""
+    metrics = collect_metrics(ctx)
+    with pipeline_lock(ctx.paths.cache_dir):
+        write_json(metrics, ctx.paths.metrics)
+        done = RunState.read(ctx.paths) or {}
+        plan = build_plan(ctx)
+        stages = {stage.name: ctx.fingerprints.get(stage.name) for stage in plan}
+        if all(ctx.is_current(stage) for stage in plan) and (
+            done.get("state") != RunState.COMPLETE or done.get("stages") != stages
+        ):  # (a run that reused every stage of a finished one leaves the file as it is)
+            RunState.write(ctx.paths, RunState.COMPLETE, stages=stages)
+    return metrics
+
+
 def run_pipeline(
     data_dir: str | Path,
     artifacts_dir: str | Path,
@@ -986,8 +1019,7 @@ def run_pipeline(
                 else:
                     run()
                 bar.update(1)
-        metrics = collect_metrics(ctx)
-        write_json(metrics, paths.metrics)
+        metrics = finish_run(ctx)
         if settings is not None:  # still under the lock: no other run rewrites what is sent
             from musicrec.s3 import upload_artifacts
 

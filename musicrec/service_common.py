@@ -665,6 +665,24 @@ def sort_order(keys: np.ndarray, ranks: np.ndarray) -> np.ndarray | None:
 FETCH_RETRY_S = 5.0
 
 
+def warn_if_unfinished_run(settings: Settings) -> None:
+    """A warning at start-up when the local artifacts are of a pipeline run that did not
+    reach its end (`musicrec.artifacts.RunState`): the service still starts on them (they
+    may be a mix of two runs' files). Not for artifacts fetched from S3 (an upload of an
+    unfinished run is refused)."""
+    if settings.fetch_artifacts_from_s3:
+        return
+    from musicrec.artifacts import ArtifactPaths, RunState
+
+    reason = RunState.unfinished_reason(ArtifactPaths(Path(settings.artifacts_dir)))
+    if reason:
+        log.warning(
+            "%s: %s; serving its files, which may mix two runs' (run the pipeline to its end)",
+            settings.artifacts_dir,
+            reason,
+        )
+
+
 def fetch_artifacts_if_configured(
     settings: Settings, files: Sequence[Path], optional: Sequence[Path] = ()
 ) -> None:

@@ -71,6 +71,7 @@ from musicrec.service_common import (
     not_ready,
     numeric_column,
     sort_order,
+    warn_if_unfinished_run,
 )
 from musicrec.settings import Settings, get_settings
 
@@ -472,6 +473,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             [paths.recommendations, paths.top_popular],
             [paths.heard_dir / name for name in HEARD_FILES],
         )
+        warn_if_unfinished_run(cfg)
         offline = await asyncio.to_thread(OfflineRecs.load, paths)
         log.info(
             "loaded %s (%d users, %d rows) and %s (%d tracks)",

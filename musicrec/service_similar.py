@@ -58,6 +58,7 @@ from musicrec.service_common import (
     not_ready,
     numeric_column,
     sort_order,
+    warn_if_unfinished_run,
 )
 from musicrec.settings import Settings, get_settings
 
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_service_logging(cfg)
         path = ArtifactPaths(cfg.artifacts_dir).similar
         await asyncio.to_thread(fetch_artifacts_if_configured, cfg, [path])
+        warn_if_unfinished_run(cfg)
         index = await asyncio.to_thread(SimilarIndex.load, path)
         app.state.similar = index
         log.info("loaded %s: %d tracks, %d pairs", path, len(index.index), index.n_pairs)

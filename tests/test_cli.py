@@ -267,6 +267,38 @@ def test_upload_waits_for_no_pipeline_run_of_the_folder(tmp_path: Path) -> None:
     assert "another pipeline run (pid" in res.stderr, res.stderr
 
 
+def test_upload_refuses_the_artifacts_of_a_run_that_did_not_finish(
+    generated: Path, tmp_path: Path
+) -> None:
+    """`prepare` alone, or a run stopped half-way, leaves new data beside the models and
+    lists of the run before (`recsys/run.json` says so): `upload` refuses to send that
+    mix, before S3 is asked anything, unless `--force`; without a bucket it is skipped."""
+    from musicrec.artifacts import ArtifactPaths, RunState
+
+    root = tmp_path / "recsys"
+    (root / "recommendations").mkdir(parents=True)
+    (root / "metrics.json").write_text("{}")
+    RunState.write(ArtifactPaths(root), RunState.COMPLETE, stages={})
+    args = ["prepare", "--data-dir", str(generated), "--artifacts-dir", "recsys"]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    state = RunState.read(ArtifactPaths(root))
+    assert state is not None and state["state"] == "unfinished", state
+    assert state["doing"] == "prepare (alone)"
+
+    env = {"S3_BUCKET_NAME": "b", "S3_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing there
+    res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env=env)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the run that recomputed prepare (alone)" in errors[0]
+    assert "a mix of two runs" in errors[0] and "upload --force" in errors[0]
+    # --force: the refusal is waived, and the upload fails on the missing S3 server
+    res = cli("upload", "--artifacts-dir", "recsys", "--force", cwd=tmp_path, env=env)
+    assert res.returncode == 2 and "a mix of two runs" not in res.stderr
+    assert "uploading anyway (--force)" in res.stderr and "127.0.0.1:9" in res.stderr
+    res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env={"S3_BUCKET_NAME": ""})
+    assert res.returncode == 0, res.stderr
+
+
 def test_prepare_waits_for_no_pipeline_run_of_the_folder(generated: Path, tmp_path: Path) -> None:
     """`prepare` rewrites data/, which a pipeline run on the folder reads: refused while
     one holds it, as a second run is."""

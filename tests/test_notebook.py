@@ -258,6 +258,9 @@ def test_notebook_writes_metrics_and_pictures(executed: Executed) -> None:
     for name in [*EDA_FILES, "metrics_comparison.png"]:
         assert (pictures / name).stat().st_size > 0, name
     assert "stage evaluate" in executed.log_file.read_text()
+    # the folder is one finished run (`make upload` after the notebook checks it)
+    state = json.loads((executed.artifacts / "run.json").read_text())
+    assert state["state"] == "complete" and "evaluate" in state["stages"]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tomllib
 from dataclasses import replace
 from datetime import date
@@ -25,11 +26,11 @@ import pytest
 from conftest import FAST_CONFIG, TinyPipeline, fast_pipeline_config
 
 from musicrec.als import ALSModel
-from musicrec.artifacts import RUN_LOCK, ArtifactPaths
+from musicrec.artifacts import RUN_LOCK, ArtifactPaths, RunState
 from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFiles
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig, config_as_toml, config_as_yaml, load_config
-from musicrec.errors import ConfigError, DataValidationError
+from musicrec.errors import ConfigError, DataValidationError, MusicRecError
 from musicrec.evaluation import candidate_recall_diagnostic, unproven_gains
 from musicrec.heard import HeardIndex
 from musicrec.matrix import InteractionMatrix, rows_of_keys
@@ -39,6 +40,7 @@ from musicrec.pipeline import (
     StageCache,
     build_plan,
     collect_metrics,
+    finish_run,
     label_windows,
     run_pipeline,
     stage_als,
@@ -755,6 +757,58 @@ def test_a_stage_that_failed_does_not_count_as_run(
         ctx.run_stage(plan["evaluate"])
     assert ctx.run_stage(plan["ranker"])  # once it has run, the next cell goes on
     assert ctx.run_stage(plan["evaluate"])
+
+
+def test_the_folder_says_whether_it_holds_one_finished_run(
+    tiny_raw_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`recsys/run.json` (`RunState`): complete after a run, unfinished from the first
+    stage that computes until a run (or the notebook's `finish_run`) has every stage of
+    its plan current. A run that failed half-way left new prepared data beside the models
+    and lists of the run before, with nothing to tell them apart."""
+    data, own_dir = tmp_path / "data", tmp_path / "recsys"
+    shutil.copytree(tiny_raw_dir, data)  # its files' times change below
+    paths = ArtifactPaths(own_dir)
+    run(data, own_dir, fast_pipeline_config(), caplog)
+    state = RunState.read(paths)
+    assert state is not None and state["state"] == "complete"
+    assert list(state["stages"]) == STAGES and RunState.unfinished_reason(paths) is None
+    # reused throughout: the file is not rewritten
+    before = paths.run_state.stat().st_mtime_ns
+    run(data, own_dir, fast_pipeline_config(), caplog)
+    assert paths.run_state.stat().st_mtime_ns == before
+
+    cfg = fast_pipeline_config(top_k=15)  # the ranker and evaluate must run again
+    ctx = PipelineContext(data, paths, cfg, StageCache(paths.cache_dir))
+    plan = {stage.name: stage for stage in build_plan(ctx)}
+    for name in STAGES[: STAGES.index("ranker")]:
+        ctx.run_stage(plan[name])
+    assert RunState.unfinished_reason(paths) is None  # nothing computed yet
+
+    def interrupted() -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ctx.run_stage(replace(plan["ranker"], run=interrupted))
+    reason = RunState.unfinished_reason(paths)
+    assert reason is not None and "recomputed stage 'ranker'" in reason
+    assert "did not reach its end" in reason
+    with pytest.raises(MusicRecError, match="the metrics need the stages 'ranker'"):
+        finish_run(ctx)
+    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    ctx.run_stage(plan["ranker"])
+    ctx.run_stage(plan["evaluate"])
+    # raw data changed under the context: prepare runs again, the stages after it are
+    # then results of the old data (the notebook's cells above re-run, not those below)
+    stat = (data / RawFiles.Tracks).stat()
+    os.utime(data / RawFiles.Tracks, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    ctx.run_stage(plan["prepare"])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    for name in STAGES[1:]:
+        ctx.run_stage(plan[name])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
 
 
 def test_after_final_fit_reruns_recompute_what_it_overwrote(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -263,3 +264,27 @@ def test_users_with_a_list_missing_from_the_heard_index_are_warned_of(
         assert warned == []
     else:
         assert len(warned) == 1 and f"1 of the {users.size} users of" in warned[0]
+
+
+@pytest.mark.parametrize("factory", [recs_app, similar_app], ids=["recs", "similar"])
+def test_artifacts_of_a_run_that_did_not_finish_are_served_with_a_warning(
+    own_artifacts: Path,
+    tmp_path: Path,
+    factory: Callable[[Settings], FastAPI],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pipeline run stopped half-way leaves a mix of two runs' files (`RunState`): the
+    service starts on them, and says so."""
+    from musicrec.artifacts import RunState
+
+    paths = ArtifactPaths(own_artifacts)
+    RunState.write(paths, RunState.COMPLETE, stages={})
+    caplog.set_level(logging.WARNING, logger="musicrec.services")
+    caplog.clear()
+    start(factory(make_settings(own_artifacts, tmp_path)))
+    assert not [r for r in caplog.records if "did not reach its end" in r.getMessage()]
+    RunState.write(paths, RunState.UNFINISHED, doing="stage 'ranker'")
+    start(factory(make_settings(own_artifacts, tmp_path)))
+    warned = [r for r in caplog.records if "did not reach its end" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert "stage 'ranker'" in warned[0].getMessage() and "mix two runs'" in warned[0].getMessage()
