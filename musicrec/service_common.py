@@ -398,23 +398,23 @@ class NoRepeatedQuery:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = scope.get("query_string", b"") if scope["type"] == "http" else b""
         if b"&" in query:
-            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-            counts: dict[str, int] = {}
-            for name, _ in pairs:
-                counts[name] = counts.get(name, 0) + 1
-            repeated = [name for name, n in counts.items() if n > 1]
-            if repeated:
+            values: dict[str, list[str]] = {}
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                values.setdefault(name, []).append(value)
+            if len(values) < query.count(b"&") + 1:  # one pass; at most MAX_ERRORS named
                 errors = [
                     {
                         "type": "repeated_parameter",
                         "loc": ["query", name],
                         "msg": "given more than once; send each parameter once",
-                        "input": [v for k, v in pairs if k == name],
+                        "input": got[:MAX_ERRORS],
                     }
-                    for name in repeated
+                    for name, got in values.items()
+                    if len(got) > 1
                 ]
-                await validation_response(errors)(scope, receive, send)
-                return
+                if errors:
+                    await validation_response(errors)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
