@@ -183,25 +183,37 @@ class ArtifactPaths:
 class RunState:
     """`recsys/run.json`: whether the artifacts are the outputs of one finished run.
 
-    A stage that computes (not one reused), and `prepare` run alone, first write
-    `{"state": "unfinished", ...}`; the end of a run that ran or reused every stage of its
-    plan (`musicrec.pipeline.finish_run`: the CLI's pipeline and the notebook's last
-    section) writes `{"state": "complete", ...}`. So after a run that failed half-way (new
-    prepared data beside the models and lists of the run before) the folder says so, and
-    `upload` refuses to send the mix. No file: a folder from before the marker, taken as
-    it is."""
+    A stage that computes (not one reused), and `prepare` run alone on a folder that has
+    the file, first write `{"state": "unfinished", ...}`; the end of a run whose every
+    stage is current, in memory and on disk (`musicrec.pipeline.finish_run`: the CLI's
+    pipeline and the notebook's last section), writes `{"state": "complete", ...}`. So
+    after a run that failed half-way (new prepared data beside the models and lists of the
+    run before) the folder says so, and `upload` refuses to send the mix. No file: a folder
+    from before the marker, taken as it is; a file that is not a state reads as unfinished."""
 
     COMPLETE = "complete"
     UNFINISHED = "unfinished"
+    STATES = (COMPLETE, UNFINISHED)
 
     @staticmethod
     def read(paths: ArtifactPaths) -> dict[str, object] | None:
-        """The recorded state; None without a file (or an unreadable one: not a claim)."""
+        """The recorded state; None without a file. A file that is not a state (damaged,
+        edited by hand) reads as unfinished: a folder that says nothing clear is not taken
+        for one finished run."""
         try:
-            state = json.loads(paths.run_state.read_text())
-        except (OSError, ValueError):
+            text = paths.run_state.read_text()
+        except FileNotFoundError:
             return None
-        return state if isinstance(state, dict) and "state" in state else None
+        except (OSError, UnicodeDecodeError) as exc:
+            return {"state": RunState.UNFINISHED, "problem": f"{paths.run_state}: {exc}"}
+        try:
+            state = json.loads(text)
+        except ValueError:
+            state = None
+        if isinstance(state, dict) and state.get("state") in RunState.STATES:
+            return state
+        problem = f"{paths.run_state} is not a run state ({text[:80]!r})"
+        return {"state": RunState.UNFINISHED, "problem": problem}
 
     @staticmethod
     def write(paths: ArtifactPaths, state: str, **facts: object) -> None:
@@ -217,6 +229,8 @@ class RunState:
         state = cls.read(paths)
         if state is None or state.get("state") == cls.COMPLETE:
             return None
+        if "problem" in state:
+            return f"{state['problem']}: whether a run finished here is unknown"
         return (
             f"the run that recomputed {state.get('doing', 'a stage')} at {state.get('at')} "
             f"(pid {state.get('pid')}) did not reach its end"

@@ -77,11 +77,14 @@ def prepare(
     s = get_settings()
     cfg = load_config(config or s.config_file)
     paths = ArtifactPaths(artifacts_dir or s.artifacts_dir)
+
     # it rewrites data/, which a pipeline run on the folder reads: refused while one runs
-    with pipeline_lock(paths.cache_dir):
-        if paths.root.is_dir():  # the later stages' artifacts no longer match the data
+    def unfinished() -> None:  # a run's later stages no longer match the data written
+        if paths.run_state.exists():
             RunState.write(paths, RunState.UNFINISHED, doing="prepare (alone)")
-        result = prepare_data(data_dir or s.data_dir, paths, cfg.data)
+
+    with pipeline_lock(paths.cache_dir):
+        result = prepare_data(data_dir or s.data_dir, paths, cfg.data, before_write=unfinished)
     typer.echo(result.summary())
 
 

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,19 +117,46 @@ class StageCache:
             out[key.as_posix()] = [st.st_size, st.st_mtime_ns]
         return out
 
-    def fresh(self, name: str, fp: str, outputs: list[Path]) -> dict[str, Any] | None:
-        """The recorded info of stage `name` if it ran with `fp` and its outputs exist and
-        are the files it wrote (not since overwritten, e.g. by `final_fit`)."""
-        if self.force:
+    def read(self, name: str) -> dict[str, Any] | None:
+        """Stage `name`'s record; None without one, or for one that is not a record (a
+        damaged file: the stage is then run again, with a warning; it was a traceback)."""
+        path = self.dir / f"{name}.json"
+        try:
+            rec = read_json(path)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.warning("%s: unreadable cache record (%s); the stage runs again", path, exc)
             return None
-        rec = read_json(self.dir / f"{name}.json")
+        if rec is not None and not isinstance(rec, dict):
+            log.warning("%s: not a cache record; the stage runs again", path)
+            return None
+        return rec
+
+    def on_disk(
+        self, name: str, fp: str, outputs: list[Path], skip: Collection[Path] = ()
+    ) -> dict[str, Any] | None:
+        """The record of stage `name` if it ran with `fp` and its outputs (but `skip`: files
+        a later stage of the plan rewrites) exist and are the files it wrote."""
+        rec = self.read(name)
         if not rec or rec.get("fingerprint") != fp:
             return None
-        if not all(p.exists() for p in outputs):
+        checked = [p for p in outputs if p not in skip]
+        if not all(p.exists() for p in checked):
             return None
-        if rec.get("outputs") != self.output_stats(outputs):
+        recorded = rec.get("outputs")
+        now = self.output_stats(checked)
+        if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in now.items()):
             return None
-        return dict(rec.get("info", {}))
+        return rec
+
+    def fresh(self, name: str, fp: str, outputs: list[Path]) -> dict[str, Any] | None:
+        """The recorded info of stage `name` if it ran with `fp` and its outputs exist and
+        are the files it wrote (not since overwritten, e.g. by `final_fit`); None under
+        `force`."""
+        rec = None if self.force else self.on_disk(name, fp, outputs)
+        if rec is None or set(rec.get("outputs") or {}) != set(self.output_stats(outputs)):
+            return None
+        info = rec.get("info", {})
+        return dict(info) if isinstance(info, dict) else None
 
     def record(self, name: str, fp: str, info: dict[str, Any], outputs: list[Path]) -> None:
         rec = {"fingerprint": fp, "info": info, "outputs": self.output_stats(outputs)}
@@ -146,6 +173,8 @@ class PipelineContext:
     cfg: PipelineConfig
     cache: StageCache
     fingerprints: dict[str, str] = field(default_factory=dict)
+    #: the outputs of each stage run or reused in this context (checked on disk later)
+    stage_outputs: dict[str, list[Path]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -241,14 +270,19 @@ class PipelineContext:
             stage.name, stage.params, stage.inputs, upstream, code_hash(stage.code)
         )
 
-    def is_current(self, stage: Stage) -> bool:
-        """`stage` ran or was reused in this context on what its upstream stages have now
-        (in the notebook an earlier cell run again with other parameters leaves the later
-        stages' results behind until their cells run too)."""
-        return (
-            stage.name in self.fingerprints
-            and all(u in self.fingerprints for u in stage.upstream)
-            and self.fingerprints[stage.name] == self.fingerprint(stage)
+    def is_current(self, stage: Stage, rewritten: Collection[Path] = ()) -> bool:
+        """`stage` ran or was reused in this context on what its upstream stages have now,
+        and its record and outputs on disk are still that run's (but `rewritten`: files a
+        later stage of the plan writes again). In the notebook an earlier cell run again
+        leaves the later stages' results behind until their cells run too, and a CLI run or
+        `prepare` on the folder between two cells rewrites files under the context."""
+        if stage.name not in self.fingerprints or any(
+            u not in self.fingerprints for u in stage.upstream
+        ):
+            return False
+        fp = self.fingerprint(stage)
+        return fp == self.fingerprints[stage.name] and (
+            self.cache.on_disk(stage.name, fp, stage.outputs, rewritten) is not None
         )
 
     def run_stage(self, stage: Stage) -> dict[str, Any]:
@@ -259,6 +293,21 @@ class PipelineContext:
             raise MusicRecError(
                 f"stage {name!r} needs {', '.join(map(repr, missing))} run first in this "
                 "context (in the notebook: run the cells above it)"
+            )
+        # what this context ran the upstream stages on must still be on disk: a CLI run (or
+        # `prepare`) on the folder between two notebook cells rewrote them, and this stage
+        # was then reused or run on the other run's files and recorded as fresh
+        changed = [
+            u
+            for u in stage.upstream
+            if self.cache.on_disk(u, self.fingerprints[u], self.stage_outputs.get(u, [])) is None
+        ]
+        if changed:
+            raise MusicRecError(
+                f"stage {name!r} needs {', '.join(map(repr, changed))} as this context ran "
+                "them, but their results on disk changed since (another run or `prepare` on "
+                "the folder, or final_fit = 'all' refitting them): run them and the stages "
+                "after them again (in the notebook: the cells from there on)"
             )
         fp = self.fingerprint(stage)
         # registered once the stage has run or been reused, not before: a stage that failed
@@ -280,6 +329,7 @@ class PipelineContext:
                 info = stage.run()
                 self.cache.record(name, fp, info, stage.outputs)
         self.fingerprints[name] = fp
+        self.stage_outputs[name] = stage.outputs
         if name == "als_label":  # reused, it still tells later stages the tuned parameters
             self.als_params = info.get("params") or {}
         self.results[name] = info
@@ -972,7 +1022,12 @@ def finish_run(ctx: PipelineContext) -> dict[str, Any]:
         done = RunState.read(ctx.paths) or {}
         plan = build_plan(ctx)
         stages = {stage.name: ctx.fingerprints.get(stage.name) for stage in plan}
-        if all(ctx.is_current(stage) for stage in plan) and (
+        rewritten: set[Path] = set()  # by a later stage (final_fit's refit of the served files)
+        current = True
+        for stage in reversed(plan):
+            current = current and ctx.is_current(stage, rewritten)
+            rewritten.update(stage.outputs)
+        if current and (
             done.get("state") != RunState.COMPLETE or done.get("stages") != stages
         ):  # (a run that reused every stage of a finished one leaves the file as it is)
             RunState.write(ctx.paths, RunState.COMPLETE, stages=stages)

@@ -17,6 +17,7 @@ events.parquet holds the interactions with known tracks, one per (user, track), 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,15 @@ class PreparedData:
         return "\n".join(lines)
 
 
-def prepare_data(data_dir: str | Path, paths: ArtifactPaths, cfg: DataConfig) -> PreparedData:
-    """Read and validate the raw files, build items and events, write them atomically."""
+def prepare_data(
+    data_dir: str | Path,
+    paths: ArtifactPaths,
+    cfg: DataConfig,
+    before_write: Callable[[], None] | None = None,
+) -> PreparedData:
+    """Read and validate the raw files, build items and events, write them atomically
+    (`before_write()` first, once everything is checked: `prepare` alone marks the
+    artifacts folder unfinished then, not for data it refuses)."""
     raw = read_raw_tables(Path(data_dir), cfg)
     items = build_items(raw.tracks, raw.catalog)
     events = build_events(raw.interactions, cfg)
@@ -99,6 +107,8 @@ def prepare_data(data_dir: str | Path, paths: ArtifactPaths, cfg: DataConfig) ->
     stats.update(_event_stats(events, items.num_rows))
     stats["tracks_without_genre_name"] = _count_without_genre_name(items)
 
+    if before_write is not None:
+        before_write()
     write_parquet(items, paths.items)
     write_parquet(events, paths.events)
     log.info(

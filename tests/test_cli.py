@@ -279,6 +279,9 @@ def test_upload_refuses_the_artifacts_of_a_run_that_did_not_finish(
     (root / "recommendations").mkdir(parents=True)
     (root / "metrics.json").write_text("{}")
     RunState.write(ArtifactPaths(root), RunState.COMPLETE, stages={})
+    # data prepare refuses changes nothing: the folder is still the finished run
+    bad = cli("prepare", "--data-dir", "nowhere", "--artifacts-dir", "recsys", cwd=tmp_path)
+    assert bad.returncode == 2 and RunState.unfinished_reason(ArtifactPaths(root)) is None
     args = ["prepare", "--data-dir", str(generated), "--artifacts-dir", "recsys"]
     assert cli(*args, cwd=tmp_path).returncode == 0
     state = RunState.read(ArtifactPaths(root))
@@ -297,6 +300,15 @@ def test_upload_refuses_the_artifacts_of_a_run_that_did_not_finish(
     assert "uploading anyway (--force)" in res.stderr and "127.0.0.1:9" in res.stderr
     res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env={"S3_BUCKET_NAME": ""})
     assert res.returncode == 0, res.stderr
+    # a run.json that says nothing clear is not taken for a finished run
+    for garbage in ('{"state": "complete",}', "", "[]", '{"state": "done"}'):
+        ArtifactPaths(root).run_state.write_text(garbage)
+        res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env=env)
+        assert res.returncode == 2 and "whether a run finished here is unknown" in res.stderr
+    # prepare on a folder without the file (no run to contradict) does not make one
+    other = ["prepare", "--data-dir", str(generated), "--artifacts-dir", "fresh"]
+    assert cli(*other, cwd=tmp_path).returncode == 0
+    assert not ArtifactPaths(tmp_path / "fresh").run_state.exists()
 
 
 def test_prepare_waits_for_no_pipeline_run_of_the_folder(generated: Path, tmp_path: Path) -> None:

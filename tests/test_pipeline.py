@@ -29,7 +29,7 @@ from musicrec.als import ALSModel
 from musicrec.artifacts import RUN_LOCK, ArtifactPaths, RunState
 from musicrec.columns import DEFAULT_FEATURES, FEATURES, OPT_IN_FEATURES, RawFiles
 from musicrec.columns import Columns as C
-from musicrec.config import PipelineConfig, config_as_toml, config_as_yaml, load_config
+from musicrec.config import DataConfig, PipelineConfig, config_as_toml, config_as_yaml, load_config
 from musicrec.errors import ConfigError, DataValidationError, MusicRecError
 from musicrec.evaluation import candidate_recall_diagnostic, unproven_gains
 from musicrec.heard import HeardIndex
@@ -809,6 +809,74 @@ def test_the_folder_says_whether_it_holds_one_finished_run(
         ctx.run_stage(plan[name])
     finish_run(ctx)
     assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+
+
+def test_files_rewritten_under_a_notebook_context_are_not_built_on(
+    tiny_raw_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CLI run (or `prepare`) on the folder between two notebook cells rewrote the files
+    the context had run its stages on: the next cell reused or ran its stage on them and
+    recorded that as fresh, and `finish_run` marked the mix complete (a review's
+    reproducers). Now the next cell names the changed stages, and the folder stays
+    unfinished until they run again."""
+    from musicrec.prepare import prepare_data
+
+    own_dir = tmp_path / "recsys"
+    paths = ArtifactPaths(own_dir)
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    ctx = PipelineContext(tiny_raw_dir, paths, fast_pipeline_config(), StageCache(paths.cache_dir))
+    plan = {stage.name: stage for stage in build_plan(ctx)}
+    for name in STAGES:
+        ctx.run_stage(plan[name])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    # `prepare` with half the users, from another process, between two cells
+    prepare_data(tiny_raw_dir, paths, DataConfig(sample_users_share=0.5))
+    with pytest.raises(MusicRecError, match=r"stage 'eda' needs 'prepare' as this context ran"):
+        ctx.run_stage(plan["eda"])
+    RunState.write(paths, RunState.UNFINISHED, doing="prepare (alone)")  # as the CLI does
+    finish_run(ctx)  # the stages are current in memory, not on disk
+    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    for name in STAGES:  # the cells from prepare on, again
+        ctx.run_stage(plan[name])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+
+
+def test_a_stage_rerun_after_final_fit_leaves_the_folder_unfinished(
+    tiny_raw_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With final_fit = "all", the top_popular cell run again rewrites the refit list with
+    the before-test one: `finish_run` called that complete (the review's second case)."""
+    own_dir = tmp_path / "recsys"
+    paths = ArtifactPaths(own_dir)
+    cfg = fast_pipeline_config(final_fit="all")
+    run(tiny_raw_dir, own_dir, cfg, caplog)
+    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    ctx = PipelineContext(tiny_raw_dir, paths, cfg, StageCache(paths.cache_dir))
+    plan = {stage.name: stage for stage in build_plan(ctx)}
+    for name in [*STAGES, "final_fit"]:
+        ctx.run_stage(plan[name])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    (paths.cache_dir / "top_popular.json").unlink()  # the cell recomputes it
+    ctx.run_stage(plan["top_popular"])
+    finish_run(ctx)
+    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+
+
+def test_a_damaged_cache_record_runs_its_stage_again(
+    own_dir: Path, tiny_raw_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage in `cache/ranker.json` stopped the run with a JSONDecodeError naming no file
+    (a record that is JSON but no object: an AttributeError)."""
+    run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+    for garbage in ("garbage{", '"x"'):
+        (own_dir / "cache" / "ranker.json").write_text(garbage)
+        _, reused, ran = run(tiny_raw_dir, own_dir, fast_pipeline_config(), caplog)
+        assert "ranker" in ran and "ranker" not in reused
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("ranker.json" in m and "runs again" in m for m in warned), warned
 
 
 def test_after_final_fit_reruns_recompute_what_it_overwrote(
