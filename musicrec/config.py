@@ -285,7 +285,9 @@ class PipelineConfig(_Strict):
     ranker: RankerConfig = RankerConfig()
     eval: EvalConfig = EvalConfig()
     top_k: int = Field(100, ge=1, le=1000, description="Recommendations stored per user")
-    top_popular_k: int = Field(1000, ge=1, description="Length of the top-popular list")
+    top_popular_k: int = Field(
+        1000, ge=1, description="Length of the top-popular list (at least the metrics' k)"
+    )
     final_fit: Literal["before_test", "all"] = Field(
         "before_test",
         description="Fit served artifacts on data before the test window, or refit on all",
@@ -297,7 +299,13 @@ class PipelineConfig(_Strict):
         `top_k` the ranker (or above `als.n_recs` ALS) would be scored on a shorter list
         than the popular baseline and lose points for it."""
         k = max(self.eval.k_precision, self.eval.k_ndcg)
-        for name, length in (("top_k", self.top_k), ("als.n_recs", self.als.n_recs)):
+        # top_popular_k: the cold users' list is the served top-popular file, which the
+        # evaluation scored as a fresh top k: a shorter file scored better than served
+        for name, length in (
+            ("top_k", self.top_k),
+            ("als.n_recs", self.als.n_recs),
+            ("top_popular_k", self.top_popular_k),
+        ):
             if length < k:
                 raise ValueError(
                     f"{name} = {length} is shorter than the metrics' k = {k} (eval.k_ndcg / "

@@ -8,6 +8,7 @@ parquet artifact back, raising `ArtifactError` naming the file when it is missin
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -74,10 +75,17 @@ def remove_stale_temporaries(
     `root` itself, or with `names` None every one under `root`, recursively.
     Returns (files, bytes) removed."""
     root = Path(root)
+    # `.*.tmp.*`: boto3 downloads into a name of its own beside the one it is given
+    # (`<tmp>.1F4a8AFd`), which a fetch killed outright leaves too
     found = (
-        root.rglob(".*.tmp")
+        itertools.chain(root.rglob(".*.tmp"), root.rglob(".*.tmp.*"))
         if names is None
-        else (path for name in names for path in root.glob(f".{name}.*.tmp"))
+        else (
+            path
+            for name in names
+            for pattern in (f".{name}.*.tmp", f".{name}.*.tmp.*")
+            for path in root.glob(pattern)
+        )
     )
     files = size = 0
     cutoff = time.time() - older_than_s

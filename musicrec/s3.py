@@ -33,12 +33,13 @@ import contextlib
 import fcntl
 import json
 import logging
+import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from musicrec.errors import StorageError, UploadInProgressError
-from musicrec.io import atomic_path, read_json, write_json
+from musicrec.io import atomic_path, read_json, remove_stale_temporaries, write_json
 from musicrec.settings import Settings
 
 __all__ = [
@@ -68,6 +69,9 @@ FETCH_MANIFEST = ".s3-fetched.json"
 FETCH_LOCK = ".s3-fetch.lock"
 #: written last by an upload: the files of that upload (see the module docstring)
 UPLOAD_MANIFEST = "upload-manifest.json"
+#: the user metadata key (`x-amz-meta-...`) that holds the id of the upload that wrote an
+#: object
+UPLOAD_ID_META = "musicrec-upload"
 
 _ACCESS_DENIED = {
     "403",
@@ -151,8 +155,10 @@ def _where(settings: Settings) -> str:
 
 
 def _is_temporary(path: Path) -> bool:
-    """Half-written files of `musicrec.io.atomic_path` ('.name.xxxx.tmp')."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")
+    """Half-written files of `musicrec.io.atomic_path` ('.name.xxxx.tmp') and of boto3's
+    download into one ('.name.xxxx.tmp.1F4a8AFd')."""
+    name = path.name
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name)
 
 
 def artifact_files(artifacts_dir: str | Path) -> list[tuple[Path, str]]:
@@ -270,13 +276,25 @@ def upload_artifacts(
     keys: list[str] = []
     listed: dict[str, dict[str, Any]] = {}
     size = 0
+    # each object carries this upload's id: the ETag the manifest lists is then this
+    # upload's object's, not one another upload to the prefix wrote meanwhile
+    upload_id = uuid.uuid4().hex
     for path, rel_key in files:
         key = prefix + rel_key
         try:
-            client.upload_file(str(path), bucket, key)
+            client.upload_file(
+                str(path), bucket, key, ExtraArgs={"Metadata": {UPLOAD_ID_META: upload_id}}
+            )
             head = client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise _error(exc, settings, f"S3 upload of {path}") from None
+        if (head.get("Metadata") or {}).get(UPLOAD_ID_META) != upload_id:
+            raise StorageError(
+                f"S3 upload to s3://{bucket}/{_base(settings)} ({_where(settings)}): {key} "
+                "was overwritten by another upload to the same prefix while this one ran; "
+                f"{UPLOAD_MANIFEST} is left as it was (fetches refuse the mix): upload "
+                "again once the other has finished"
+            )
         log.debug("Uploaded %s -> s3://%s/%s", path, bucket, key)
         keys.append(key)
         listed[rel_key[len(TOP_FOLDER) + 1 :]] = {
@@ -390,10 +408,20 @@ def _as_listed(
     is missing or differs from its entry (an upload under way or stopped half-way)."""
     wanted_listed = {rel: got for rel, got in wanted.items() if rel in listed}
     expected = [rel for rel in listed if _is_wanted(rel, only, optional)]
+    # an upload overwrites objects and never deletes one: a listed object that is gone
+    # will not come back by waiting (it was waited for as "an upload under way")
+    gone = sorted(rel for rel in expected if rel not in wanted)
+    if gone:
+        raise StorageError(
+            f"S3 download from s3://{bucket}/{base} ({_where(settings)}): "
+            f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''} listed in "
+            f"{UPLOAD_MANIFEST} but not in the bucket (deleted?); nothing was fetched: "
+            "upload the artifacts again"
+        )
     changed = sorted(
         rel
         for rel in expected
-        if rel not in wanted or {k: listed[rel].get(k) for k in ("etag", "size")} != wanted[rel][1]
+        if {k: listed[rel].get(k) for k in ("etag", "size")} != wanted[rel][1]
     )
     if changed:
         raise UploadInProgressError(
@@ -406,6 +434,33 @@ def _as_listed(
     if ignored:
         log.info("S3 download: ignoring %d objects of earlier uploads: %s", len(ignored), ignored)
     return wanted_listed
+
+
+def _check_unchanged(
+    client: Any, settings: Settings, bucket: str, key: str, remote: dict[str, Any]
+) -> None:
+    """After a download: the object must still be the one listed before it (`IfMatch` on
+    its ETag), or an upload replaced it meanwhile and the local copy may be the other
+    upload's, or a mix of both (a multipart download reads ranges); `UploadInProgressError`
+    then, before the copy replaces anything (a fetch beside an upload started after its
+    check made a mix and called it complete)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key, IfMatch=remote["etag"])
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) not in (
+            "412",
+            "PreconditionFailed",
+            "404",
+            "NoSuchKey",
+        ):
+            raise
+        raise UploadInProgressError(
+            f"S3 download from s3://{bucket}/{_base(settings)} ({_where(settings)}): {key} "
+            "changed while it was downloaded (an upload under way); the copy was discarded: "
+            "retry once the upload has finished"
+        ) from None
 
 
 def _local_state(path: Path) -> list[int] | None:
@@ -430,6 +485,10 @@ def _download(
     from botocore.exceptions import BotoCoreError, ClientError
 
     base = _base(settings)
+    # what a fetch killed outright left (each as large as the file it was fetching)
+    files, size = remove_stale_temporaries(root) if root.is_dir() else (0, 0)
+    if files:
+        log.info("removed %d temporary files (%.1f MB) of an interrupted fetch", files, size / 1e6)
     manifest = _fetch_record(root) if reuse else {}
     written: list[Path] = []
     kept: list[Path] = []
@@ -461,6 +520,19 @@ def _download(
                     (root / name).unlink(missing_ok=True)
                     del manifest[name]
                     record_changed = True
+            # an optional file the upload lacks, left locally by another run (the default
+            # folder is the pipeline's too): served beside this upload's files, it mixed
+            # two runs (the heard index of a local run with the bucket's lists)
+            for name in sorted(set(optional) - set(listed)):
+                if (root / name).is_file():
+                    log.warning(
+                        "S3 download: removing %s: the bucket's upload has no such file, so "
+                        "it is another run's",
+                        root / name,
+                    )
+                    (root / name).unlink()
+                    manifest.pop(name, None)
+                    record_changed = True
         for name, (key, remote) in sorted(wanted.items()):
             target = _local_path(root, name)
             entry = manifest.get(name)
@@ -477,6 +549,7 @@ def _download(
                 continue
             with atomic_path(target) as tmp:
                 client.download_file(bucket, key, str(tmp))
+                _check_unchanged(client, settings, bucket, key, remote)
             written.append(target)
             manifest[name] = {"remote": remote, "local": _local_state(target), "upload": upload}
     except (ClientError, BotoCoreError, Boto3Error) as exc:

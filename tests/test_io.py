@@ -134,7 +134,11 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
 
     from musicrec.io import remove_stale_temporaries
 
-    old = [tmp_path / ".a.parquet.x1.tmp", tmp_path / "model" / ".f.npy.x2.tmp"]
+    old = [
+        tmp_path / ".a.parquet.x1.tmp",
+        tmp_path / "model" / ".f.npy.x2.tmp",
+        tmp_path / "recommendations" / ".s.parquet.x4.tmp.1F4a8AFd",  # boto3's, in a fetch's
+    ]
     fresh = tmp_path / ".b.parquet.x3.tmp"
     keep = [tmp_path / "a.parquet", tmp_path / ".s3-fetched.json", tmp_path / "notes.tmp"]
     for path in [*old, fresh, *keep]:
@@ -143,7 +147,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
     hour_ago = time.time() - 3600
     for path in [*old, *keep]:
         os.utime(path, (hour_ago, hour_ago))
-    assert remove_stale_temporaries(tmp_path) == (2, 10)
+    assert remove_stale_temporaries(tmp_path) == (3, 15)
     assert not any(p.exists() for p in old)
     assert fresh.exists() and all(p.exists() for p in keep)
 

@@ -1353,6 +1353,8 @@ def test_load_config_toml_and_yaml(tmp_path: Path) -> None:
         # lists shorter than the metrics' k would be scored unfairly against popular
         ("top_k = 20\n[eval]\nk_ndcg = 50\n", "top_k = 20 is shorter than the metrics' k = 50"),
         ("[als]\nn_recs = 5\n[eval]\nk_ndcg = 10\n", "als.n_recs = 5 is shorter"),
+        # the cold users' served list: scored as a fresh top 10, it looked better than served
+        ("top_popular_k = 3\n", "top_popular_k = 3 is shorter than the metrics' k = 10"),
         # ALS lists come from the scored head: one no longer than them cut them short
         ("[als]\nmax_scored_items = 100\n", "als.max_scored_items = 100 must exceed"),
         # the ranker orders its candidates only: fewer ALS ones than k made short lists

@@ -428,12 +428,17 @@ def test_a_bucket_in_the_middle_of_an_upload_is_not_fetched(
             download_artifacts(settings, target, only=wanted, reuse=reuse)
         assert "upload under way" in str(err.value) and SECRET not in str(err.value)
         assert not target.exists() or not [p for p in target.rglob("*.parquet")]
-    # a file the manifest lists, deleted from the bucket: the same
+    # a file the manifest lists, deleted from the bucket: no upload brings it back, so not
+    # "an upload under way" (a service waited `fetch_wait_s` for it)
     (artifacts / "recommendations/similar.parquet").write_text("PAR1 similar v2")
     upload_artifacts(settings, artifacts)
     admin(s3_url).delete_object(Bucket=bucket, Key="recsys/recommendations/top_popular.parquet")
-    with pytest.raises(StorageError, match="top_popular.parquet differ"):
+    with pytest.raises(
+        StorageError,
+        match="top_popular.parquet listed in upload-manifest.json but not in the bucket",
+    ) as gone:
         download_artifacts(settings, target, only=wanted, reuse=True)
+    assert not isinstance(gone.value, UploadInProgressError)
     upload_artifacts(settings, artifacts)  # the upload completes
     paths = download_artifacts(settings, target, only=wanted, reuse=True)
     assert [(target / rel).read_text() for rel in wanted] == ["PAR1 similar v2", "PAR1 top"]
@@ -668,3 +673,118 @@ def test_services_fetching_into_one_folder_keep_each_others_files(
     upload_artifacts(settings, artifacts)
     download_artifacts(settings, shared, only=similar, reuse=True)
     assert not (shared / "metrics.json").exists() and (shared / similar[0]).is_file()
+
+
+class _Proxy:
+    """A boto3 client whose `hook(name, args)` runs after each call of a method it names
+    (another upload acting in the middle of this one's calls)."""
+
+    def __init__(self, client: Any, hooks: dict[str, Any]) -> None:
+        self._client, self._hooks = client, hooks
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name not in self._hooks:
+            return method
+
+        def call(*args: Any, **kw: Any) -> Any:
+            out = method(*args, **kw)
+            self._hooks[name](*args, **kw)
+            return out
+
+        return call
+
+
+def test_an_object_replaced_while_it_is_fetched_is_not_kept(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The fetch checked every object against the manifest, then downloaded them by key:
+    an upload that started after the check replaced a file not yet downloaded, and the
+    service started on files of two uploads, `fetched_copy_is_complete` saying True (a
+    review's reproducer). Each download is now checked against the ETag listed (IfMatch)
+    before the copy replaces anything."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    wanted = ["recommendations/similar.parquet", "recommendations/top_popular.parquet"]
+    target = tmp_path / "service"
+
+    def next_upload_begins(bucket_: str, key: str, filename: str, **kw: Any) -> None:
+        admin(s3_url).put_object(Bucket=bucket_, Key=key, Body=b"PAR1 from the next upload")
+
+    client = _Proxy(s3_client(settings), {"download_file": next_upload_begins})
+    with pytest.raises(UploadInProgressError, match="changed while it was downloaded"):
+        download_artifacts(settings, target, client=client, only=wanted, reuse=True)
+    assert not [p for p in target.rglob("*.parquet")]  # nothing of either upload kept
+    assert not fetched_copy_is_complete(target, wanted)
+    upload_artifacts(settings, artifacts)  # the next upload completes: the fetch goes through
+    download_artifacts(settings, target, only=wanted, reuse=True)
+    assert fetched_copy_is_complete(target, wanted)
+    assert (target / wanted[0]).read_bytes() == ARTIFACTS[wanted[0]]
+
+
+def test_an_object_another_upload_overwrote_is_not_listed(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """Two uploads to one prefix at once: the manifest took each object's ETag from a
+    `head_object` after the upload, which could be the other upload's object; the fetch
+    then accepted a mix (a review's reproducer). Each object carries its upload's id: the
+    upload that finds another's object stops and leaves the manifest as it was."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    manifest_before = bucket_objects(s3_url, bucket)["recsys/upload-manifest.json"]
+    other = {"Metadata": {"musicrec-upload": "another-upload"}}
+
+    def other_upload_writes(filename: str, bucket_: str, key: str, **kw: Any) -> None:
+        admin(s3_url).put_object(Bucket=bucket_, Key=key, Body=b"PAR1 other", **other)
+
+    client = _Proxy(s3_client(settings), {"upload_file": other_upload_writes})
+    with pytest.raises(StorageError, match="overwritten by another upload to the same prefix"):
+        upload_artifacts(settings, artifacts, client=client)
+    assert bucket_objects(s3_url, bucket)["recsys/upload-manifest.json"] == manifest_before
+    with pytest.raises(UploadInProgressError):  # the bucket's mix is refused, as before
+        download_artifacts(settings, tmp_path / "service", reuse=True)
+
+
+def test_a_local_optional_file_the_upload_lacks_is_removed(
+    s3_url: str, artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The services share the pipeline's folder by default: a heard index a local run left
+    there stayed beside lists fetched from an upload without one (two runs' files)."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    (artifacts / "recommendations/heard/tracks.npy").unlink()
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    write_tree(target, {"recommendations/heard/tracks.npy": b"a local run's index"})
+    caplog.set_level(logging.WARNING, logger="musicrec.s3")
+    only, optional = ["recommendations/top_popular.parquet"], ["recommendations/heard/tracks.npy"]
+    download_artifacts(settings, target, only=only, optional=optional, reuse=True)
+    assert not (target / optional[0]).exists()
+    assert any("has no such file" in r.getMessage() for r in caplog.records)
+    assert fetched_copy_is_complete(target, only, optional)
+
+
+def test_a_fetch_removes_what_a_killed_fetch_left_and_uploads_never_send_it(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """A fetch killed outright left boto3's own temporary file beside atomic_path's
+    (`.similar.parquet.X.tmp.1F4a8AFd`, as large as the file): nothing removed it, and an
+    upload of the folder sent it as an artifact."""
+    import os
+
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    left = artifacts / "recommendations" / ".similar.parquet.k1ll3d.tmp.1F4a8AFd"
+    left.write_bytes(b"half a download")
+    assert "recsys/recommendations/.similar.parquet.k1ll3d.tmp.1F4a8AFd" not in [
+        key for _, key in artifact_files(artifacts)
+    ]
+    upload_artifacts(settings, artifacts)
+    target = tmp_path / "service"
+    stale = target / "recommendations" / ".top_popular.parquet.k1ll3d.tmp.9zZ8yY7x"
+    write_tree(target, {stale.relative_to(target).as_posix(): b"x" * 100})
+    os.utime(stale, (1e9, 1e9))
+    download_artifacts(settings, target, only=["recommendations/top_popular.parquet"], reuse=True)
+    assert not stale.exists()
