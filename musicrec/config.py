@@ -490,7 +490,9 @@ def _yaml_line(name: str, value: object, info: FieldInfo, indent: str = "") -> s
         subsequent_indent=f"{indent}# ",
         break_on_hyphens=False,
     )
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=2**31 - 1)
+    # ASCII only: PyYAML writes U+0085 (NEL) raw when allowed Unicode, and reads it back
+    # as a line break ("x\x85y" came back as "x y"); escaped, every string round-trips
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=False, width=2**31 - 1)
     text = text.rstrip("\n").removesuffix("\n...")  # a scalar's end-of-document mark
     return "\n".join([*note, f"{indent}{name}: {text}"])
 

@@ -1476,13 +1476,17 @@ def test_config_as_toml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_p
                 "split": {"test_start": "2022-12-16"},
                 "als": {"tune_max_users": None, "alpha_grid": [5e-324, 2.0], "alpha": 1e20},
                 "eval": {"candidate_recall_users": None},
-                "ranker": {"loss_function": 'YetiRank:a="b\\c\n\t\x00\x7f é 雪 😀'},
+                "ranker": {
+                    "loss_function": 'YetiRank:a="b\\c\n\t\x00\x7f é 雪 😀 \x85 \u2028 \ufeff'
+                },
                 "final_fit": "all",
             }
         ),
+        # a NEL alone: PyYAML wrote it raw (allowed Unicode) and read it as a line break
+        PipelineConfig.model_validate({"ranker": {"loss_function": "YetiRank:x\x85y"}}),
         *[load_config(path) for path in CONFIG_FILES],
     ],
-    ids=["defaults", "None and odd values", *[p.stem for p in CONFIG_FILES]],
+    ids=["defaults", "None and odd values", "NEL", *[p.stem for p in CONFIG_FILES]],
 )
 def test_config_as_yaml_reads_back_to_the_same_config(cfg: PipelineConfig, tmp_path: Path) -> None:
     """`python -m musicrec config --format yaml`: what TOML cannot say (None where the
