@@ -232,8 +232,8 @@ class RunState:
         if "problem" in state:
             return f"{state['problem']}: whether a run finished here is unknown"
         return (
-            f"the run that recomputed {state.get('doing', 'a stage')} at {state.get('at')} "
-            f"(pid {state.get('pid')}) did not reach its end"
+            f"{state.get('what', 'a stage was recomputed')} at {state.get('at')} (pid "
+            f"{state.get('pid')}) and no run has reached its end since"
         )
 
 

@@ -81,7 +81,7 @@ def prepare(
     # it rewrites data/, which a pipeline run on the folder reads: refused while one runs
     def unfinished() -> None:  # a run's later stages no longer match the data written
         if paths.run_state.exists():
-            RunState.write(paths, RunState.UNFINISHED, doing="prepare (alone)")
+            RunState.write(paths, RunState.UNFINISHED, what="prepare ran alone")
 
     with pipeline_lock(paths.cache_dir):
         result = prepare_data(data_dir or s.data_dir, paths, cfg.data, before_write=unfinished)

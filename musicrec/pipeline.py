@@ -325,7 +325,9 @@ class PipelineContext:
             else:
                 if name in self.reused:  # a notebook cell run again with other parameters
                     self.reused.remove(name)
-                RunState.write(self.paths, RunState.UNFINISHED, doing=f"stage {name!r}")
+                RunState.write(
+                    self.paths, RunState.UNFINISHED, what=f"stage {name!r} was recomputed"
+                )
                 info = stage.run()
                 self.cache.record(name, fp, info, stage.outputs)
         self.fingerprints[name] = fp
@@ -1027,9 +1029,11 @@ def finish_run(ctx: PipelineContext) -> dict[str, Any]:
         for stage in reversed(plan):
             current = current and ctx.is_current(stage, rewritten)
             rewritten.update(stage.outputs)
-        if current and (
-            done.get("state") != RunState.COMPLETE or done.get("stages") != stages
-        ):  # (a run that reused every stage of a finished one leaves the file as it is)
+        if not current:  # metrics.json now describes this context, not the files beside it
+            what = "metrics.json was written from stages whose files changed on disk since"
+            RunState.write(ctx.paths, RunState.UNFINISHED, what=what)
+        elif done.get("state") != RunState.COMPLETE or done.get("stages") != stages:
+            # (a run that reused every stage of a finished one leaves the file as it is)
             RunState.write(ctx.paths, RunState.COMPLETE, stages=stages)
     return metrics
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import json
 import logging
 import uuid
@@ -38,6 +39,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from musicrec.artifacts import ArtifactPaths, RunState
 from musicrec.errors import StorageError, UploadInProgressError
 from musicrec.io import atomic_path, read_json, remove_stale_temporaries, write_json
 from musicrec.settings import Settings
@@ -288,7 +290,10 @@ def upload_artifacts(
             head = client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise _error(exc, settings, f"S3 upload of {path}") from None
-        if (head.get("Metadata") or {}).get(UPLOAD_ID_META) != upload_id:
+        # S3 lower-cases metadata names; MinIO keeps the case it sends (Musicrec-Upload),
+        # and botocore passes that on
+        meta = {str(k).lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        if meta.get(UPLOAD_ID_META) != upload_id:
             raise StorageError(
                 f"S3 upload to s3://{bucket}/{_base(settings)} ({_where(settings)}): {key} "
                 "was overwritten by another upload to the same prefix while this one ran; "
@@ -491,6 +496,7 @@ def _download(
         log.info("removed %d temporary files (%.1f MB) of an interrupted fetch", files, size / 1e6)
     manifest = _fetch_record(root) if reuse else {}
     written: list[Path] = []
+    replaced: list[Path] = []  # written with other bytes than the local file had, or removed
     kept: list[Path] = []
     record_changed = False  # other than by a download: the record is written again
     try:
@@ -531,6 +537,7 @@ def _download(
                         root / name,
                     )
                     (root / name).unlink()
+                    replaced.append(root / name)
                     manifest.pop(name, None)
                     record_changed = True
         for name, (key, remote) in sorted(wanted.items()):
@@ -550,6 +557,8 @@ def _download(
             with atomic_path(target) as tmp:
                 client.download_file(bucket, key, str(tmp))
                 _check_unchanged(client, settings, bucket, key, remote)
+                if not (target.is_file() and filecmp.cmp(tmp, target, shallow=False)):
+                    replaced.append(target)
             written.append(target)
             manifest[name] = {"remote": remote, "local": _local_state(target), "upload": upload}
     except (ClientError, BotoCoreError, Boto3Error) as exc:
@@ -558,6 +567,10 @@ def _download(
     finally:
         if reuse and (written or record_changed):
             write_json(manifest, root / FETCH_MANIFEST)
+        paths = ArtifactPaths(root)
+        if replaced and paths.run_state.exists():  # the pipeline's folder (the default)
+            what = f"an S3 fetch replaced or removed {len(replaced)} file(s) of the run here"
+            RunState.write(paths, RunState.UNFINISHED, what=what)
     found = written + kept
     if only is not None:
         missing = sorted(set(only) - {p.relative_to(root).as_posix() for p in found})

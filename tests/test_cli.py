@@ -286,13 +286,13 @@ def test_upload_refuses_the_artifacts_of_a_run_that_did_not_finish(
     assert cli(*args, cwd=tmp_path).returncode == 0
     state = RunState.read(ArtifactPaths(root))
     assert state is not None and state["state"] == "unfinished", state
-    assert state["doing"] == "prepare (alone)"
+    assert state["what"] == "prepare ran alone"
 
     env = {"S3_BUCKET_NAME": "b", "S3_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing there
     res = cli("upload", "--artifacts-dir", "recsys", cwd=tmp_path, env=env)
     assert res.returncode == 2, (res.stdout, res.stderr)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "the run that recomputed prepare (alone)" in errors[0]
+    assert len(errors) == 1 and "prepare ran alone at " in errors[0]
     assert "a mix of two runs" in errors[0] and "upload --force" in errors[0]
     # --force: the refusal is waived, and the upload fails on the missing S3 server
     res = cli("upload", "--artifacts-dir", "recsys", "--force", cwd=tmp_path, env=env)

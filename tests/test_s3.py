@@ -788,3 +788,57 @@ def test_a_fetch_removes_what_a_killed_fetch_left_and_uploads_never_send_it(
     os.utime(stale, (1e9, 1e9))
     download_artifacts(settings, target, only=["recommendations/top_popular.parquet"], reuse=True)
     assert not stale.exists()
+
+
+class _MinioHeads:
+    """A client whose `head_object` answers metadata names capitalised, as boto3 passes
+    them on from MinIO (`X-Amz-Meta-Musicrec-Upload` -> `Musicrec-Upload`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def head_object(self, **kw: Any) -> Any:
+        head = self._client.head_object(**kw)
+        meta = head.get("Metadata") or {}
+        head["Metadata"] = {
+            "-".join(w.capitalize() for w in k.split("-")): v for k, v in meta.items()
+        }
+        return head
+
+
+def test_the_upload_id_is_read_whatever_the_case_of_its_name(s3_url: str, artifacts: Path) -> None:
+    """Every upload to MinIO failed as "overwritten by another upload": its metadata names
+    come back capitalised (a review's reproducer, through a header-capitalising proxy)."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    keys = upload_artifacts(settings, artifacts, client=_MinioHeads(s3_client(settings)))
+    assert len(keys) == len(ARTIFACTS)
+
+
+def test_a_fetch_into_a_pipeline_folder_marks_it_unfinished(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The services fetch into the pipeline's folder by default: lists of another run
+    replaced the local ones beside the local data and models, run.json still said
+    complete, and `upload` sent the mix. A fetch that changes a file there marks it
+    unfinished; one that writes the same bytes leaves it alone."""
+    from musicrec.artifacts import ArtifactPaths, RunState
+
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    wanted = ["recommendations/top_popular.parquet"]
+    local = tmp_path / "recsys"
+    paths = ArtifactPaths(local)
+    write_tree(local, {wanted[0]: ARTIFACTS[wanted[0]]})  # the same run's file
+    RunState.write(paths, RunState.COMPLETE, stages={})
+    download_artifacts(settings, local, only=wanted, reuse=True)
+    assert RunState.unfinished_reason(paths) is None
+    write_tree(local, {wanted[0]: b"PAR1 a local run's list"})
+    (local / ".s3-fetched.json").unlink()
+    download_artifacts(settings, local, only=wanted, reuse=True)
+    reason = RunState.unfinished_reason(paths)
+    assert reason is not None and reason.startswith("an S3 fetch replaced or removed 1 file")

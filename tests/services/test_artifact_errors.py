@@ -282,9 +282,9 @@ def test_artifacts_of_a_run_that_did_not_finish_are_served_with_a_warning(
     caplog.set_level(logging.WARNING, logger="musicrec.services")
     caplog.clear()
     start(factory(make_settings(own_artifacts, tmp_path)))
-    assert not [r for r in caplog.records if "did not reach its end" in r.getMessage()]
-    RunState.write(paths, RunState.UNFINISHED, doing="stage 'ranker'")
+    assert not [r for r in caplog.records if "reached its end" in r.getMessage()]
+    RunState.write(paths, RunState.UNFINISHED, what="stage 'ranker' was recomputed")
     start(factory(make_settings(own_artifacts, tmp_path)))
-    warned = [r for r in caplog.records if "did not reach its end" in r.getMessage()]
+    warned = [r for r in caplog.records if "no run has reached its end" in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING
     assert "stage 'ranker'" in warned[0].getMessage() and "mix two runs'" in warned[0].getMessage()
