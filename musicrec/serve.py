@@ -19,6 +19,7 @@ The helpers (`start_service`, `wait_ready`, `stop_all`) are reused by the tests.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -72,6 +73,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 class ServeError(RuntimeError):
     """A service could not be started (exited early or never became ready)."""
+
+
+class StartInterrupted(ServeError):
+    """Ctrl-C or SIGTERM arrived while the services were starting: a stop, not a failure."""
 
 
 @dataclass
@@ -268,7 +273,10 @@ def start_service(
     if "--workers" in cmd:
         # several workers share one /metrics: prometheus_client's multiprocess mode keeps
         # each worker's values in files of this (fresh, empty) directory
-        scratch = Path(tempfile.mkdtemp(prefix=f"musicrec-{spec.name}-metrics-"))
+        # the pid in the name: the folders of a serve killed outright are found and
+        # removed by the next one (`remove_orphan_metrics_dirs`)
+        prefix = f"{METRICS_DIR_PREFIX}{spec.name}-{os.getpid()}-"
+        scratch = Path(tempfile.mkdtemp(prefix=prefix))
         env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch)
     log.info("starting %s: %s", spec.name, " ".join(cmd))
     # a process group of its own: uvicorn's workers are its children, and if the uvicorn
@@ -315,14 +323,48 @@ def check_ports_free(settings: Settings, names: Iterable[str] | None = None) -> 
         for family, type_, proto, _, address in infos[:1]:
             with socket.socket(family, type_, proto) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+                if family == socket.AF_INET6:  # asyncio binds IPv6 sockets IPv6-only
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 try:
                     sock.bind(address)
                 except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:  # not a local address, no permission
+                        raise ServeError(
+                            f"cannot bind the {spec.name} service to {settings.host}:{port} "
+                            f"({exc.strerror}): check MUSICREC_HOST and "
+                            f"MUSICREC_{spec.port_field.upper()}"
+                        ) from None
                     raise ServeError(
                         f"port {port} of the {spec.name} service is in use ({exc.strerror}): "
                         "another `musicrec serve` or uvicorn still running? Stop it, or set "
                         f"MUSICREC_{spec.port_field.upper()}"
                     ) from None
+
+
+#: `<tmp>/musicrec-metrics-<service>-<serve's pid>-XXXXXXXX`: a service's metrics files
+#: when it runs several uvicorn workers
+METRICS_DIR_PREFIX = "musicrec-metrics-"
+
+
+def remove_orphan_metrics_dirs(tmp: str | Path | None = None) -> int:
+    """Remove the metrics folders of `serve` processes that no longer run (killed outright:
+    `stop_all` never ran); returns how many. A folder whose pid runs (another serve, or a
+    process that took the pid) is left."""
+    removed = 0
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*-*"):
+        pid_text = path.name[len(METRICS_DIR_PREFIX) :].rsplit("-", 2)[-2]
+        if not (path.is_dir() and pid_text.isdigit()) or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def start_all(
@@ -331,6 +373,8 @@ def start_all(
     """Start the named services (default: all three)."""
     wanted = set(names) if names is not None else {s.name for s in SERVICES}
     check_ports_free(settings, wanted)
+    if remove_orphan_metrics_dirs():
+        log.info("removed the metrics folders of a serve that was killed outright")
     env = child_environment(settings)
     return [start_service(s, settings, env, **popen) for s in SERVICES if s.name in wanted]
 
@@ -367,7 +411,7 @@ def wait_ready(
         if not pending:
             return
         if stop is not None and stop.is_set():
-            raise ServeError("interrupted while waiting for the services")
+            raise StartInterrupted("interrupted while waiting for the services")
         if time.monotonic() > deadline:
             names = ", ".join(p.name for p in pending)
             raise ServeError(f"not ready after {timeout_s:.0f}s: {names}")
@@ -439,7 +483,10 @@ def serve_all(
         # SIGHUP (the terminal closed) and SIGQUIT (Ctrl+backslash) too: the services run in
         # sessions of their own, so a signal to serve's process group no longer reaches them
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            previous[sig] = signal.signal(sig, on_signal)
+            # a signal ignored on entry stays ignored: `nohup musicrec serve &` then a
+            # closed terminal stopped all three (SIGHUP was caught again)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, on_signal)
 
     procs: list[ServiceProcess] = []
     rc = 0
@@ -466,6 +513,8 @@ def serve_all(
                     log.error("%s service %s", p.name, p.exit_text("while serving", started=True))
                 rc = rc or 1
                 break
+    except StartInterrupted:  # Ctrl-C / SIGTERM during start-up: a stop asked for, rc 0
+        log.info("stopped while the services were starting")
     except ServeError as exc:
         log.error("%s", exc, extra=FILE_ONLY)  # the console has the `error:` line
         print(f"error: {exc}", file=sys.stderr, flush=True)

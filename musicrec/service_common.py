@@ -266,6 +266,17 @@ class ServiceMetrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
+        scratch = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if scratch and not (os.path.isdir(scratch) and os.access(scratch, os.W_OK | os.X_OK)):
+            from musicrec.errors import ConfigError
+
+            # it failed at every request instead (after the answer, a traceback each, and
+            # /metrics a 500), the service reporting ready
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR={scratch!r} is not a writable directory (where "
+                "prometheus_client keeps each uvicorn worker's metrics): create it, empty, "
+                "or unset it for a single worker"
+            )
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "http_requests_total",

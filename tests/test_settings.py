@@ -201,3 +201,19 @@ def test_a_log_level_set_is_uvicorns_too(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MUSICREC_LOG_LEVEL", "warning")
     configure_service_logging(Settings(_env_file=None))
     assert {logging.getLogger(n).level for n in UVICORN_LOGGERS} == {logging.WARNING}
+
+
+def test_a_metrics_directory_that_does_not_exist_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`PROMETHEUS_MULTIPROC_DIR` (README: set it for `uvicorn --workers N`) naming no
+    directory: the service reported ready, then logged a traceback after every answer and
+    answered /metrics with a 500. Now the one-line error of `app_or_exit`, exit 2."""
+    from musicrec.errors import ConfigError
+    from musicrec.service_common import ServiceMetrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR=.*not a writable directory"):
+        ServiceMetrics("similar")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert ServiceMetrics("similar").service == "similar"

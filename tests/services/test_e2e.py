@@ -235,7 +235,9 @@ def test_verify_service_fails_when_services_are_down(
     assert "FAIL recommendations /health" in text and text.splitlines()[-1].startswith("FAILED")
 
 
-def start_serve_command(cfg: Any, cwd: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_serve_command(
+    cfg: Any, cwd: Path, *args: str, **popen: Any
+) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m musicrec serve ARGS` as a subprocess, read until it says it is serving;
     the process and its output so far."""
     env = child_environment(cfg)
@@ -246,6 +248,7 @@ def start_serve_command(cfg: Any, cwd: Path, *args: str) -> tuple[subprocess.Pop
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        **popen,
     )
     output = b""
     try:
@@ -293,6 +296,84 @@ def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
     assert "verification PASSED" in text and "services stopped" in text
     assert (tmp_path / "service_test.log").read_text().splitlines()[-1].startswith("PASSED")
     assert not any(is_ready(u) for u in urls)  # all three are gone
+
+
+def test_serve_under_nohup_keeps_serving_when_the_terminal_closes(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """`nohup musicrec serve &`: serve caught SIGHUP again whatever it inherited, so
+    closing the terminal stopped all three services. A signal ignored on entry stays so."""
+    cfg = make_settings(artifacts["root"], tmp_path)
+
+    def like_nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc, text = start_serve_command(cfg, tmp_path, preexec_fn=like_nohup)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert proc.poll() is None and all(is_ready(u) for u in service_urls(cfg))
+        proc.send_signal(signal.SIGTERM)  # still stops on the others
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "services stopped" in text + rest.decode()
+
+
+def test_a_stop_during_start_up_is_a_stop_not_a_failure(
+    artifacts: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C or SIGTERM while the services load (half a minute at the full size) was
+    "error: interrupted while waiting for the services" and exit code 1: a supervisor
+    recorded a deliberate stop as a failure."""
+    import threading
+
+    from musicrec import serve
+
+    cfg = make_settings(artifacts["root"], tmp_path)
+    stop = threading.Event()
+    stop.set()  # asked before any service is ready
+    assert serve.serve_all(cfg, ready_timeout_s=60, stop_event=stop) == 0
+    out = capsys.readouterr()
+    assert "error:" not in out.err and "services stopped" in out.out
+    assert not any(is_ready(u) for u in service_urls(cfg))
+
+
+def test_a_host_that_is_not_local_is_not_called_a_port_in_use(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """The port check reported every bind error as "in use": MUSICREC_HOST set to an
+    address this machine does not have said another serve was running."""
+    from musicrec import serve
+
+    cfg = make_settings(artifacts["root"], tmp_path, host="192.0.2.1")  # TEST-NET-1
+    with pytest.raises(serve.ServeError, match=r"cannot bind the \w+ service to 192.0.2.1:"):
+        serve.check_ports_free(cfg)
+
+
+def test_an_ipv4_listener_does_not_block_an_ipv6_only_service(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """With MUSICREC_HOST=:: the check bound dual-stack and refused a port an IPv4 server
+    held, while uvicorn (asyncio binds IPv6 sockets IPv6-only) starts fine beside it."""
+    import socket
+
+    from musicrec import serve
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    cfg = make_settings(artifacts["root"], tmp_path, host="::")
+    with socket.socket() as v4:
+        v4.bind(("127.0.0.1", cfg.recs_port))
+        v4.listen(1)
+        try:
+            serve.check_ports_free(cfg)
+        except serve.ServeError as exc:
+            if "cannot bind" in str(exc):
+                pytest.skip(f"no IPv6 here: {exc}")
+            raise
 
 
 def test_services_stop_when_serve_is_killed_outright(
@@ -424,3 +505,23 @@ def test_serve_names_why_a_service_failed_to_start(
     ), errors[0]
     assert "Traceback (most recent call last)" in err  # the service's output, passed on
     assert "Application startup failed" in err
+
+
+def test_metrics_folders_of_a_serve_killed_outright_are_removed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """`serve` killed by SIGKILL never ran `stop_all`: its services' metrics folders (four
+    files each) stayed in /tmp for good (77 of them on one host). The next serve removes
+    those whose serve is gone."""
+    from musicrec import serve
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f"{serve.METRICS_DIR_PREFIX}recommendations-{dead.pid}-abc_12xy"
+    alive = tmp_path / f"{serve.METRICS_DIR_PREFIX}similar-{os.getppid()}-def_34zw"
+    other = tmp_path / "musicrec-recommendations-metrics-old_form"
+    for path in (gone, alive, other):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"x")
+    assert serve.remove_orphan_metrics_dirs(tmp_path) == 1
+    assert not gone.exists() and alive.exists() and other.exists()
