@@ -20,7 +20,13 @@ from musicrec.columns import FEATURES
 from musicrec.columns import Columns as C
 from musicrec.config import load_config
 from musicrec.features import collect_features
-from musicrec.pipeline import PipelineContext, StageCache, label_windows, window_training_rows
+from musicrec.pipeline import (
+    PipelineContext,
+    StageCache,
+    label_windows,
+    training_als_params,
+    window_training_rows,
+)
 from musicrec.ranker import TARGET, WINDOW
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +54,10 @@ def context(args: argparse.Namespace) -> PipelineContext:
 def dump(ctx: PipelineContext, work: Path) -> None:
     """Write `train.parquet` (every label window's training rows, `label_window` marking
     them) and `test_candidates.parquet` (the warm test users' candidates with features)."""
-    frames = [window_training_rows(ctx, lab, w)[0] for w, lab in enumerate(label_windows(ctx))]
+    params = training_als_params(ctx)  # as the pipeline's training rows are built
+    frames = [
+        window_training_rows(ctx, lab, w, params[w])[0] for w, lab in enumerate(label_windows(ctx))
+    ]
     pd.concat(frames, ignore_index=True).to_parquet(work / "train.parquet")
     stage, test = ctx.first_stage(), ctx.test
     warm = np.intersect1d(test.window_events[C.User].unique(), test.history[C.User].unique())

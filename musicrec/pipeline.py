@@ -541,20 +541,24 @@ def label_windows(ctx: PipelineContext, count: int | None = None) -> Iterator[Sp
 
 
 def window_training_rows(
-    ctx: PipelineContext, lab: Split, window: int
+    ctx: PipelineContext, lab: Split, window: int, als_params: dict[str, float] | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Training rows of one label window: a first stage fit on the history before it,
-    its candidates labelled by the window, the sampled rows with their features."""
+    """Training rows of one label window: a first stage fit on the history before it (ALS
+    with `als_params` over the config's, default the served ALS's: `ctx.als_cfg()`), its
+    candidates labelled by the window, the sampled rows with their features."""
     rcfg = ctx.cfg.ranker
-    # the newest window's ALS is the als_label stage's (fit on this very history); similar
-    # tracks only for what the candidates read: the label users' latest tracks
+    als_cfg = ctx.als_cfg() if als_params is None else ctx.cfg.als.model_copy(update=als_params)
+    # the newest window's ALS is the als_label stage's when its parameters are these (it is
+    # fit on this very history); similar tracks only for what the candidates read: the
+    # label users' latest tracks
+    reuse = window == 0 and als_cfg == ctx.als_cfg()
     stage = FirstStage.fit(
         lab.history,
         lab.start,
-        ctx.als_cfg(),
+        als_cfg,
         ctx.cfg.similar,
         similar_for=(lab.window_events[C.User].unique(), rcfg.recent_tracks),
-        als=ALSModel.load(ctx.paths.label_model_dir) if window == 0 else None,
+        als=ALSModel.load(ctx.paths.label_model_dir) if reuse else None,
     )
     users = np.intersect1d(lab.window_events[C.User].unique(), stage.matrix.users.ids)
     # label-window pairs of those users, sorted by user so a batch's rows are gathered by
@@ -598,6 +602,7 @@ def window_training_rows(
     train[WINDOW] = np.int8(window)
     facts = {
         "start": str(lab.start.date()),
+        "als_params": als_cfg.model_dump(include={"factors", "regularization", "alpha"}),
         "history_rows": len(lab.history),
         "rows": len(train),
         "users": int(train[C.User].nunique()),
@@ -611,13 +616,56 @@ def window_training_rows(
     return train, facts
 
 
+def training_als_params(ctx: PipelineContext) -> list[dict[str, float] | None]:
+    """The ALS parameters of each label window's training rows, newest first: with
+    `als.tune`, the grid's pick over the `als.tune_windows` windows older than it, so that
+    nothing its features come from saw its labels (the served ALS's pick, made on the
+    newest windows, made the newest window's ALS features fit its own labels best of the
+    grid: a leak into the training rows, found by a review that moved the pick by
+    changing only that window's listens). A window with no older one to tune on gets the
+    config's own parameters. None (the served ALS's) for every window without tuning."""
+    n = ctx.cfg.ranker.label_windows
+    cfg = ctx.cfg.als
+    if not cfg.tune:
+        return [None] * n
+    # each window's grid once (the windows after the first), one window alive at a time
+    grids: list[list[tuple[dict[str, float], float]]] = []
+    for w, lab in enumerate(label_windows(ctx, n + cfg.tune_windows)):
+        if w > 0:
+            grids.append(als_grid_ndcg(ctx, lab))
+    untuned = {"factors": cfg.factors, "regularization": cfg.regularization, "alpha": cfg.alpha}
+    picks: list[dict[str, float] | None] = []
+    for w in range(n):
+        older = grids[w : w + cfg.tune_windows]
+        if older:
+            mean = [
+                (older[0][i][0], float(np.mean([g[i][1] for g in older])))
+                for i in range(len(older[0]))
+            ]
+            pick = best_grid_point(mean)
+        else:
+            pick = untuned
+        log.info(
+            "ranker label window %d: ALS parameters %s (%s)",
+            w,
+            pick,
+            f"tuned on the {len(older)} window(s) before it"
+            if older
+            else "no window before it to tune on: the config's",
+        )
+        picks.append(pick)
+    return picks
+
+
 def train_ranker(ctx: PipelineContext) -> tuple[Ranker, dict[str, Any]]:
     """Fit the ranker on the pooled rows of its label windows (`label_windows`): each
-    window's features come from a first stage fit only on the history before it."""
+    window's features come from a first stage fit only on the history before it, with ALS
+    parameters tuned only on windows before it (`training_als_params`)."""
     frames, windows, ranges = [], [], []
     names = ctx.cfg.ranker.feature_names
+    params = training_als_params(ctx)
     for w, lab in enumerate(label_windows(ctx)):
-        rows, facts = window_training_rows(ctx, lab, w)
+        rows, facts = window_training_rows(ctx, lab, w, params[w])
         frames.append(rows)
         windows.append(facts)
         ranges.append(FeatureRange(names).update(rows))

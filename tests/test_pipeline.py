@@ -1258,6 +1258,43 @@ def test_label_windows_stop_early_when_the_history_runs_out(
     assert "1 label windows instead of 4" in caplog.text
 
 
+def test_a_windows_training_rows_use_als_parameters_tuned_before_it(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served ALS's pick, made on the newest label window, also built that window's
+    training rows: its ALS features were the grid's best at fitting its own labels (a
+    review moved the pick, and every row's ALS features, by changing only that window's
+    listens). Each window's rows now use the pick of the windows before it; the served
+    ALS keeps the newest window's. Here the grid's best point is made to differ by
+    window: window 0 would pick 4 factors, window 1 8, window 2 4."""
+    import musicrec.pipeline as pipeline_module
+
+    als = {**FAST_CONFIG["als"], "factors_grid": [4, 8]}
+    cfg = fast_pipeline_config(als=als, ranker={**FAST_CONFIG["ranker"], "label_windows": 2})
+    ctx = _context(tiny_prepared, cfg, tmp_path)
+    starts = [lab.start for lab in label_windows(ctx, 3)]
+    assert len(starts) == 3
+    seen: list[pd.Timestamp] = []
+
+    def scripted(c: PipelineContext, lab: Any) -> list[tuple[dict[str, float], float]]:
+        seen.append(lab.start)
+        best = starts.index(lab.start) % 2  # window 0: 4 factors, 1: 8, 2: 4
+        return [
+            ({"factors": f, "regularization": 0.01, "alpha": 10.0}, float(i == best))
+            for i, f in enumerate([4, 8])
+        ]
+
+    monkeypatch.setattr(pipeline_module, "als_grid_ndcg", scripted)
+    info = stage_als_label(ctx)
+    assert info["params"]["factors"] == 4 and seen == [starts[0]]  # the served pick
+    seen.clear()
+    _, facts = train_ranker(ctx)
+    assert starts[0] not in seen  # no grid on the newest window for the training rows
+    used = [w["als_params"]["factors"] for w in facts["label_windows"]]
+    assert used == [8, 4], used  # window 0 from window 1's grid, window 1 from window 2's
+    assert ctx.als_cfg().factors == 4  # the served ALS's are unchanged
+
+
 def test_training_rows_of_one_label_are_a_clear_error(
     tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1269,7 +1306,9 @@ def test_training_rows_of_one_label_are_a_clear_error(
 
     cfg = fast_pipeline_config()
 
-    def all_positive(ctx: PipelineContext, lab: object, w: int) -> tuple[pd.DataFrame, dict]:
+    def all_positive(
+        ctx: PipelineContext, lab: object, w: int, params: object = None
+    ) -> tuple[pd.DataFrame, dict]:
         rows = pd.DataFrame({C.User: np.arange(6, dtype=np.int32), TARGET: np.int8(1)})
         for name in cfg.ranker.feature_names:
             rows[name] = np.float32(w)
@@ -1286,7 +1325,9 @@ def test_no_positive_training_row_is_a_clear_error(
 ) -> None:
     import musicrec.pipeline as pipeline_module
 
-    def no_rows(ctx: PipelineContext, lab: object, w: int) -> tuple[pd.DataFrame, dict]:
+    def no_rows(
+        ctx: PipelineContext, lab: object, w: int, params: object = None
+    ) -> tuple[pd.DataFrame, dict]:
         return pd.DataFrame({C.User: pd.Series([], dtype=np.int32)}), {"candidate_recall": 0.0}
 
     monkeypatch.setattr(pipeline_module, "window_training_rows", no_rows)
@@ -1651,9 +1692,9 @@ def test_features_constant_in_one_window_or_at_inference_are_reported(
     real_rows = pipeline_module.window_training_rows
 
     def window_1_without_recent_pop(
-        c: PipelineContext, lab: Any, window: int
+        c: PipelineContext, lab: Any, window: int, params: Any = None
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        rows, facts = real_rows(c, lab, window)
+        rows, facts = real_rows(c, lab, window, params)
         if window == 1:
             rows["item_listeners_recent"] = 0.0
         return rows, facts
