@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -208,24 +209,43 @@ class RecentCache:
       are appended when their id is newer than the entry's `last_id` (ids grow with
       insertion order), so an event the entry was filled with is never added twice;
     * a miss is read from SQLite together with the highest event id of the same snapshot
-      (`snapshot_max`) and offered to `install`. If the writer has applied a commit newer
-      than the snapshot meanwhile, that commit may hold events of this user the snapshot
-      lacks (and `apply` skipped, as the user was not cached yet): the fill is refused and
-      the next read tries again. Otherwise every later commit reaches the entry by `apply`;
+      (`snapshot_max`) and offered to `install`. If the writer has applied an event of
+      this user newer than the snapshot meanwhile, the snapshot lacks it (and `apply`
+      skipped it, as the user was not cached yet): the fill is refused and the next read
+      tries again. Otherwise every later commit reaches the entry by `apply`. The user's
+      newest applied event id is kept for the `written_users` most recently written users;
+      a fill from a snapshot older than the newest id forgotten that way is refused too
+      (any commit then refused every fill that overlapped it, so under steady writes to
+      other users the cache hardly filled: 2,900 of 3,000 reads refused in a review);
     * a deletion of a user's events (`forget`) drops the user's entry and refuses that
       user's fills from snapshots older than the deletion, which used up an id of its own
       (`stamp`) that every later snapshot counts as its newest (`_SNAPSHOT_MAX`).
     """
 
-    def __init__(self, max_users: int, depth: int, max_events: int = 5_000_000) -> None:
-        if max_users < 1 or depth < 1 or max_events < depth:
-            raise ValueError("RecentCache needs max_users >= 1, depth >= 1, max_events >= depth")
+    def __init__(
+        self,
+        max_users: int,
+        depth: int,
+        max_events: int = 5_000_000,
+        written_users: int = 65_536,
+    ) -> None:
+        if max_users < 1 or depth < 1 or max_events < depth or written_users < 1:
+            raise ValueError(
+                "RecentCache needs max_users >= 1, depth >= 1, max_events >= depth, "
+                "written_users >= 1"
+            )
         self.max_users = max_users
         self.depth = depth
         self.max_events = max_events
+        self.written_users = written_users
         self._users: OrderedDict[int, _Recent] = OrderedDict()
         self._lock = threading.Lock()
         self._applied_id = 0
+        #: user -> the newest event id applied for it, the most recently written last
+        self._written: OrderedDict[int, int] = OrderedDict()
+        #: fills from snapshots older than this are refused: the newest id of a user
+        #: dropped from `_written`, or of a commit `reset` could not apply
+        self._floor = 0
         #: user -> the store's next event id when the user's events were deleted: a fill
         #: of that user from an older snapshot may hold them and is refused
         self._deleted_at: dict[int, int] = {}
@@ -267,7 +287,11 @@ class RecentCache:
                 old.complete or (len(old.tracks) >= len(rows) and not complete)
             ):
                 return False  # cached as deep and kept current by `apply`
-            if self._applied_id > snapshot_max or self._deleted_at.get(user_id, 0) > snapshot_max:
+            if (
+                self._written.get(user_id, 0) > snapshot_max
+                or self._floor > snapshot_max
+                or self._deleted_at.get(user_id, 0) > snapshot_max
+            ):
                 self.refused_fills += 1
                 return False
             if len(rows) > self.max_events:
@@ -290,6 +314,8 @@ class RecentCache:
             return
         with self._lock:
             for event_id, user_id, track_id in committed:
+                self._written[user_id] = event_id
+                self._written.move_to_end(user_id)
                 entry = self._users.get(user_id)
                 if entry is None or event_id <= entry.last_id:
                     continue
@@ -301,6 +327,9 @@ class RecentCache:
                     del entry.tracks[: -entry.keep]
                     entry.complete = False
             self._applied_id = max(self._applied_id, committed[-1][0])
+            while len(self._written) > self.written_users:
+                _, event_id = self._written.popitem(last=False)
+                self._floor = max(self._floor, event_id)
             if self._deleted_at:  # refusals no snapshot can need any more
                 done = [u for u, i in self._deleted_at.items() if i <= self._applied_id]
                 for u in done:
@@ -324,6 +353,7 @@ class RecentCache:
             self._users.clear()
             self.events = 0
             self._applied_id = max(self._applied_id, applied_id)
+            self._floor = max(self._floor, applied_id)
 
     def _evict(self) -> None:
         """Drop least recently used entries until both limits hold (lock held)."""
@@ -369,7 +399,9 @@ class EventStore:
         #: overloaded disk answers 503 at once instead of an ever longer wait)
         self.max_pending = max_pending
         self.n_readers = readers
-        #: None when `cache_users` is 0: every read goes to SQLite
+        self._cache_args = (cache_users, cache_depth, cache_events)
+        #: None when `cache_users` is 0: every read goes to SQLite (made again at `open`:
+        #: what a closed store held may have changed in the file meanwhile)
         self.cache = (
             RecentCache(cache_users, cache_depth, cache_events) if cache_users > 0 else None
         )
@@ -405,7 +437,13 @@ class EventStore:
                 ":memory: is SQLite's in-memory database: every event would be lost when the "
                 "service stops; give the event database a file (MUSICREC_EVENT_DB_PATH)"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only file system, no permission
+            raise ArtifactError(
+                f"{self.path}: cannot create its folder ({exc.strerror}): check "
+                "MUSICREC_EVENT_DB_PATH"
+            ) from exc
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -417,9 +455,14 @@ class EventStore:
                 conn.close()
             self._disown()
             text = str(exc)
+            # SQLite says "unable to open database file" on a read-only mount or folder:
+            # that was "not a usable ... database", and a good file could be thrown away
+            read_only = not os.access(self.path.parent, os.W_OK) or (
+                self.path.exists() and not os.access(self.path, os.W_OK)
+            )
             why = (
                 "the file (or its folder) is read-only"
-                if "readonly" in text
+                if "readonly" in text or read_only
                 else "another process holds it locked"
                 if "locked" in text
                 else "not a usable SQLite event database"
@@ -432,6 +475,8 @@ class EventStore:
             raise
         self._wconn = conn
         self._next_id = next_id
+        users, depth, events = self._cache_args
+        self.cache = RecentCache(users, depth, events) if users > 0 else None
         self.stats = StoreStats(events=int(n_events), users=int(n_users))
         self._readers = ThreadPoolExecutor(self.n_readers, thread_name_prefix="events-read")
         self._writer = threading.Thread(target=self._writer_loop, name="events-write", daemon=True)

@@ -42,8 +42,9 @@ Listens
     * A drawn track is rejected if it is not yet released on that day or the user already
       has it (one row per (user, track): first listens only); rejected slots keep their day
       and draw again (vectorised rounds, the last two from global popularity; the slots
-      still empty after them are dropped: 3-4.5% of the target on `tiny`, measured over
-      21 seeds by a review on 2026-12-07; not measured at the larger presets).
+      still empty after them are dropped: 0.7-5.0% of the target on `tiny` over seeds
+      0-20, 1.2% at the default seed 42, measured by a review on 2026-12-07; an earlier
+      review's "3-4.5% over 21 seeds" was not reproduced; not measured at larger presets).
     * `track_seq` numbers each user's listens 1..n in day order (random order within a day);
       the stored pandas index `__index_level_0__` is `track_seq - 1` as in the reference files.
 
