@@ -58,6 +58,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -923,6 +924,11 @@ def generate_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"the output folder {out} is a file, not a directory")
+    if out.is_symlink() and not out.exists():  # mkdir's "File exists" named no cause
+        raise ConfigError(
+            f"the output folder {out} is a symbolic link to {os.readlink(out)}, which does "
+            "not exist: create that folder, or give another --out"
+        )
     if not overwrite:
         if raw_data_present(out):
             log.info(

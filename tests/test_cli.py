@@ -202,6 +202,11 @@ def test_generate_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     res = cli("generate", "--preset", "tiny", "--out", "afile", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "error: the output folder afile is a file, not a directory" in res.stderr
+    # a link to a folder that does not exist: mkdir's "[Errno 17] File exists" named no cause
+    (tmp_path / "dlink").symlink_to(tmp_path / "gone")
+    res = cli("generate", "--preset", "tiny", "--out", "dlink", cwd=tmp_path)
+    assert res.returncode == 2 and "is a symbolic link to" in res.stderr, res.stderr
+    assert "gone, which does not exist" in res.stderr
 
 
 def test_sigterm_leaves_no_half_written_file(tmp_path: Path) -> None:
