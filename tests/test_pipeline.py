@@ -759,6 +759,12 @@ def test_a_stage_that_failed_does_not_count_as_run(
     assert ctx.run_stage(plan["evaluate"])
 
 
+def state_of(paths: ArtifactPaths) -> object:
+    """What `recsys/run.json` says: "complete", "unfinished", or None without the file."""
+    state = RunState.read(paths)
+    return None if state is None else state["state"]
+
+
 def test_the_folder_says_whether_it_holds_one_finished_run(
     tiny_raw_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -795,7 +801,7 @@ def test_the_folder_says_whether_it_holds_one_finished_run(
     assert "no run has reached its end since" in reason
     with pytest.raises(MusicRecError, match="the metrics need the stages 'ranker'"):
         finish_run(ctx)
-    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    assert state_of(paths) == "unfinished"
     ctx.run_stage(plan["ranker"])
     ctx.run_stage(plan["evaluate"])
     # raw data changed under the context: prepare runs again, the stages after it are
@@ -804,11 +810,11 @@ def test_the_folder_says_whether_it_holds_one_finished_run(
     os.utime(data / RawFiles.Tracks, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     ctx.run_stage(plan["prepare"])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    assert state_of(paths) == "unfinished"
     for name in STAGES[1:]:
         ctx.run_stage(plan[name])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    assert state_of(paths) == "complete"
 
 
 def test_files_rewritten_under_a_notebook_context_are_not_built_on(
@@ -829,7 +835,7 @@ def test_files_rewritten_under_a_notebook_context_are_not_built_on(
     for name in STAGES:
         ctx.run_stage(plan[name])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    assert state_of(paths) == "complete"
     # `prepare` with half the users, from another process, between two cells
     prepare_data(tiny_raw_dir, paths, DataConfig(sample_users_share=0.5))
     with pytest.raises(MusicRecError, match=r"stage 'eda' needs 'prepare' as this context ran"):
@@ -838,11 +844,11 @@ def test_files_rewritten_under_a_notebook_context_are_not_built_on(
     # metrics.json from the context's stages, beside other files: not complete any more
     RunState.write(paths, RunState.COMPLETE, stages={})
     finish_run(ctx)  # the stages are current in memory, not on disk
-    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    assert state_of(paths) == "unfinished"
     for name in STAGES:  # the cells from prepare on, again
         ctx.run_stage(plan[name])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    assert state_of(paths) == "complete"
 
 
 def test_a_stage_rerun_after_final_fit_leaves_the_folder_unfinished(
@@ -854,17 +860,17 @@ def test_a_stage_rerun_after_final_fit_leaves_the_folder_unfinished(
     paths = ArtifactPaths(own_dir)
     cfg = fast_pipeline_config(final_fit="all")
     run(tiny_raw_dir, own_dir, cfg, caplog)
-    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    assert state_of(paths) == "complete"
     ctx = PipelineContext(tiny_raw_dir, paths, cfg, StageCache(paths.cache_dir))
     plan = {stage.name: stage for stage in build_plan(ctx)}
     for name in [*STAGES, "final_fit"]:
         ctx.run_stage(plan[name])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "complete"  # type: ignore[index]
+    assert state_of(paths) == "complete"
     (paths.cache_dir / "top_popular.json").unlink()  # the cell recomputes it
     ctx.run_stage(plan["top_popular"])
     finish_run(ctx)
-    assert RunState.read(paths)["state"] == "unfinished"  # type: ignore[index]
+    assert state_of(paths) == "unfinished"
 
 
 def test_a_damaged_cache_record_runs_its_stage_again(
