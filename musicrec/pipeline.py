@@ -628,15 +628,20 @@ def training_als_params(ctx: PipelineContext) -> list[dict[str, float] | None]:
     cfg = ctx.cfg.als
     if not cfg.tune:
         return [None] * n
-    # each window's grid once (the windows after the first), one window alive at a time
-    grids: list[list[tuple[dict[str, float], float]]] = []
+    # each window's grid once (the windows after the first), one window alive at a time;
+    # None for an older window no grid point can be scored on (no sampled user in it)
+    grids: list[list[tuple[dict[str, float], float]] | None] = []
     for w, lab in enumerate(label_windows(ctx, n + cfg.tune_windows)):
         if w > 0:
-            grids.append(als_grid_ndcg(ctx, lab))
+            try:
+                grids.append(als_grid_ndcg(ctx, lab))
+            except ConfigError as exc:
+                log.warning("label window %d not used to tune the training rows' ALS: %s", w, exc)
+                grids.append(None)
     untuned = {"factors": cfg.factors, "regularization": cfg.regularization, "alpha": cfg.alpha}
     picks: list[dict[str, float] | None] = []
     for w in range(n):
-        older = grids[w : w + cfg.tune_windows]
+        older = [g for g in grids[w : w + cfg.tune_windows] if g is not None]
         if older:
             mean = [
                 (older[0][i][0], float(np.mean([g[i][1] for g in older])))

@@ -1301,6 +1301,32 @@ def test_a_windows_training_rows_use_als_parameters_tuned_before_it(
     assert ctx.als_cfg().factors == 4  # the served ALS's are unchanged
 
 
+def test_an_older_window_without_a_scorable_user_falls_back_to_the_config(
+    tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuning the training rows' ALS reads windows older than the served pick's: one that
+    no grid point can be scored on is skipped with a warning instead of stopping the run;
+    a window with none left gets the config's parameters."""
+    import musicrec.pipeline as pipeline_module
+
+    cfg = fast_pipeline_config(
+        als={**FAST_CONFIG["als"], "factors": 12},
+        ranker={**FAST_CONFIG["ranker"], "label_windows": 2},
+    )
+    ctx = _context(tiny_prepared, cfg, tmp_path)
+    starts = [lab.start for lab in label_windows(ctx, 3)]
+
+    def scripted(c: PipelineContext, lab: Any) -> list[tuple[dict[str, float], float]]:
+        if lab.start == starts[2]:
+            raise ConfigError("ALS tuning: none of the users it samples listened")
+        return [({"factors": 4, "regularization": 0.01, "alpha": 10.0}, 1.0)]
+
+    monkeypatch.setattr(pipeline_module, "als_grid_ndcg", scripted)
+    picks = pipeline_module.training_als_params(ctx)
+    assert picks[0] == {"factors": 4, "regularization": 0.01, "alpha": 10.0}  # window 1's
+    assert picks[1] == {"factors": 12, "regularization": 0.01, "alpha": 10.0}  # the config's
+
+
 def test_training_rows_of_one_label_are_a_clear_error(
     tiny_prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
