@@ -404,6 +404,13 @@ def als_tuning_grid(ctx: PipelineContext) -> list[tuple[dict[str, float], float]
         return []
     grids = [als_grid_ndcg(ctx, lab) for lab in label_windows(ctx, cfg.tune_windows)]
     log.info("ALS tuning: NDCG means over %d label window(s)", len(grids))
+    return mean_grid(grids)
+
+
+def mean_grid(
+    grids: Sequence[list[tuple[dict[str, float], float]]],
+) -> list[tuple[dict[str, float], float]]:
+    """Each grid point with its mean score over `grids` (one per window, in one order)."""
     return [
         (grids[0][i][0], float(np.mean([g[i][1] for g in grids]))) for i in range(len(grids[0]))
     ]
@@ -642,14 +649,7 @@ def training_als_params(ctx: PipelineContext) -> list[dict[str, float] | None]:
     picks: list[dict[str, float] | None] = []
     for w in range(n):
         older = [g for g in grids[w : w + cfg.tune_windows] if g is not None]
-        if older:
-            mean = [
-                (older[0][i][0], float(np.mean([g[i][1] for g in older])))
-                for i in range(len(older[0]))
-            ]
-            pick = best_grid_point(mean)
-        else:
-            pick = untuned
+        pick = best_grid_point(mean_grid(older)) if older else untuned
         log.info(
             "ranker label window %d: ALS parameters %s (%s)",
             w,

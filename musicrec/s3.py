@@ -497,6 +497,8 @@ def _download(
     manifest = _fetch_record(root) if reuse else {}
     written: list[Path] = []
     replaced: list[Path] = []  # written with other bytes than the local file had, or removed
+    paths = ArtifactPaths(root)
+    tracked = paths.run_state.exists()  # the pipeline's folder (the default)
     kept: list[Path] = []
     record_changed = False  # other than by a download: the record is written again
     try:
@@ -557,7 +559,9 @@ def _download(
             with atomic_path(target) as tmp:
                 client.download_file(bucket, key, str(tmp))
                 _check_unchanged(client, settings, bucket, key, remote)
-                if not (target.is_file() and filecmp.cmp(tmp, target, shallow=False)):
+                # compared only where a run's run.json is there to mark (a service's own
+                # folder has none: no second read of every file it fetches)
+                if tracked and not (target.is_file() and filecmp.cmp(tmp, target, shallow=False)):
                     replaced.append(target)
             written.append(target)
             manifest[name] = {"remote": remote, "local": _local_state(target), "upload": upload}
@@ -567,8 +571,7 @@ def _download(
     finally:
         if reuse and (written or record_changed):
             write_json(manifest, root / FETCH_MANIFEST)
-        paths = ArtifactPaths(root)
-        if replaced and paths.run_state.exists():  # the pipeline's folder (the default)
+        if replaced and tracked:
             what = f"an S3 fetch replaced or removed {len(replaced)} file(s) of the run here"
             RunState.write(paths, RunState.UNFINISHED, what=what)
     found = written + kept
