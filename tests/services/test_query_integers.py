@@ -80,6 +80,29 @@ def test_a_repeated_parameter_is_a_422_naming_it(route: dict[str, Any], settings
     assert client.post(f"{path}?{query(route['params'])}&{name}={value}").status_code == 422
 
 
+def test_a_repeated_parameter_keeps_404_and_405_and_its_route_label(
+    route: dict[str, Any],
+) -> None:
+    """The 422 comes only where a route answers: the middleware runs before routing, and
+    an unknown path or a wrong method with a repeated name used to get a 422 (labelled
+    "unmatched" in the metrics) instead of its 404 or 405."""
+    client, path = route["client"], route["path"]
+    name, value = next(iter(route["params"].items()))
+    repeated = f"{query(route['params'])}&{name}={value}"
+    assert client.post(f"/no_such_route?{repeated}").status_code == 404
+    assert client.delete(f"{path}?{repeated}").status_code == 405
+    assert client.post(f"{path}?{repeated}").status_code == 422
+    text = client.get("/metrics").text
+    assert f'http_requests_total{{method="POST",route="{path}",status="422"}} 1.0' in text
+    assert 'route="unmatched",status="422"' not in text
+
+
+def test_a_repeated_blank_name_is_ignored(route: dict[str, Any]) -> None:
+    """`?=1&=2` names no parameter (FastAPI ignores it): not a 422 with an empty name."""
+    r = route["client"].post(f"{route['path']}?{query(route['params'])}&=1&=2")
+    assert r.status_code in (200, 503), r.text
+
+
 def test_a_repeated_track_is_not_stored(settings: Settings) -> None:
     with TestClient(events_app(settings)) as client:
         r = client.post("/add_event?user_id=1&track_id=4&track_id=5")
