@@ -34,6 +34,7 @@ import fcntl
 import filecmp
 import json
 import logging
+import os
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path, PurePosixPath
@@ -163,6 +164,26 @@ def _is_temporary(path: Path) -> bool:
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name)
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below `folder`, sorted, through symbolic links to folders as to files
+    (`Path.rglob` skips linked folders silently before Python 3.13); a link back to a
+    folder already being walked is not entered again."""
+    found: list[Path] = []
+    walking = {os.path.realpath(folder)}
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        entered = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, name))
+            if real in walking:
+                log.warning("skipped: %s is the folder %s, walked already", Path(here, name), real)
+                continue
+            walking.add(real)
+            entered.append(name)
+        dirs[:] = entered
+        found += [Path(here, name) for name in files]
+    return sorted(found)
+
+
 def artifact_files(artifacts_dir: str | Path) -> list[tuple[Path, str]]:
     """(local file, key relative to the prefix) for every artifact to upload, sorted."""
     root = Path(artifacts_dir)
@@ -171,7 +192,7 @@ def artifact_files(artifacts_dir: str | Path) -> list[tuple[Path, str]]:
         d = root / sub
         if not d.is_dir():
             continue
-        for p in sorted(d.rglob("*")):
+        for p in _files_below(d):
             if p.is_file() and not _is_temporary(p):
                 found.append((p, f"{TOP_FOLDER}/{p.relative_to(root).as_posix()}"))
     for name in ARTIFACT_FILES:

@@ -135,6 +135,24 @@ def test_artifact_files_layout(artifacts: Path) -> None:
     assert sorted(keys) == sorted(f"recsys/{rel}" for rel in ARTIFACTS)
 
 
+def test_artifact_files_follow_linked_folders_once(
+    artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder under an artifact folder that is a symbolic link is uploaded as a folder
+    (Path.rglob skipped it silently); a link back to a folder above is not walked twice."""
+    elsewhere = tmp_path / "elsewhere"
+    write_tree(elsewhere, {"extra/notes.json": b"{}", "top.txt": b"x"})
+    (artifacts / "model" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (artifacts / "model" / "loop").symlink_to(artifacts / "model", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="musicrec.s3"):
+        keys = [key for _, key in artifact_files(artifacts)]
+    assert sorted(keys) == sorted(
+        [f"recsys/{rel}" for rel in ARTIFACTS]
+        + ["recsys/model/linked/extra/notes.json", "recsys/model/linked/top.txt"]
+    )
+    assert "model/loop is the folder" in caplog.text
+
+
 @pytest.mark.parametrize("prefix", ["", "runs/42", "/runs/43/"])
 def test_upload_then_download_round_trip(
     s3_url: str, artifacts: Path, tmp_path: Path, prefix: str
