@@ -164,6 +164,18 @@ def _is_temporary(path: Path) -> bool:
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name)
 
 
+def _etag(value: Any) -> str | None:
+    """An ETag as compared here: without the quotes and the weak mark `W/` some stores
+    add and others leave out (S3 and MinIO send `"abc"`; a store may list `abc` and answer
+    a HEAD with `"abc"`)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    return text.strip('"')
+
+
 def _files_below(folder: Path) -> list[Path]:
     """Every file below `folder`, sorted, through symbolic links to folders as to files
     (`Path.rglob` skips linked folders silently before Python 3.13); a link back to a
@@ -324,7 +336,7 @@ def upload_artifacts(
         log.debug("Uploaded %s -> s3://%s/%s", path, bucket, key)
         keys.append(key)
         listed[rel_key[len(TOP_FOLDER) + 1 :]] = {
-            "etag": head.get("ETag"),
+            "etag": _etag(head.get("ETag")),
             "size": head.get("ContentLength"),
         }
         size += path.stat().st_size
@@ -447,7 +459,8 @@ def _as_listed(
     changed = sorted(
         rel
         for rel in expected
-        if {k: listed[rel].get(k) for k in ("etag", "size")} != wanted[rel][1]
+        if {"etag": _etag(listed[rel].get("etag")), "size": listed[rel].get("size")}
+        != wanted[rel][1]
     )
     if changed:
         raise UploadInProgressError(
@@ -465,23 +478,23 @@ def _as_listed(
 def _check_unchanged(
     client: Any, settings: Settings, bucket: str, key: str, remote: dict[str, Any]
 ) -> None:
-    """After a download: the object must still be the one listed before it (`IfMatch` on
-    its ETag), or an upload replaced it meanwhile and the local copy may be the other
-    upload's, or a mix of both (a multipart download reads ranges); `UploadInProgressError`
-    then, before the copy replaces anything (a fetch beside an upload started after its
-    check made a mix and called it complete)."""
+    """After a download: the object must still be the one listed before it (same ETag and
+    size), or an upload replaced it meanwhile and the local copy may be the other upload's,
+    or a mix of both (a multipart download reads ranges); `UploadInProgressError` then,
+    before the copy replaces anything (a fetch beside an upload started after its check
+    made a mix and called it complete). A plain HEAD compared here rather than `IfMatch`:
+    a store that ignores the condition would let every change through, and one that wants
+    the tag quoted otherwise than it lists it would refuse every fetch."""
     from botocore.exceptions import ClientError
 
     try:
-        client.head_object(Bucket=bucket, Key=key, IfMatch=remote["etag"])
+        head = client.head_object(Bucket=bucket, Key=key)
+        now = {"etag": _etag(head.get("ETag")), "size": head.get("ContentLength")}
     except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code")) not in (
-            "412",
-            "PreconditionFailed",
-            "404",
-            "NoSuchKey",
-        ):
+        if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchKey"):
             raise
+        now = None
+    if now != {"etag": remote["etag"], "size": remote["size"]}:
         raise UploadInProgressError(
             f"S3 download from s3://{bucket}/{_base(settings)} ({_where(settings)}): {key} "
             "changed while it was downloaded (an upload under way); the copy was discarded: "
@@ -536,7 +549,8 @@ def _download(
                     continue
                 if not _is_wanted(str(rel), only, optional):
                     continue
-                wanted[str(rel)] = (key, {"etag": obj.get("ETag"), "size": obj.get("Size")})
+                remote = {"etag": _etag(obj.get("ETag")), "size": obj.get("Size")}
+                wanted[str(rel)] = (key, remote)
         listed, upload = _upload_manifest(client, bucket, base + UPLOAD_MANIFEST)
         if listed is not None:
             wanted = _as_listed(wanted, listed, only, optional, settings, bucket, base)

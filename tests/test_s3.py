@@ -719,7 +719,7 @@ def test_an_object_replaced_while_it_is_fetched_is_not_kept(
     """The fetch checked every object against the manifest, then downloaded them by key:
     an upload that started after the check replaced a file not yet downloaded, and the
     service started on files of two uploads, `fetched_copy_is_complete` saying True (a
-    review's reproducer). Each download is now checked against the ETag listed (IfMatch)
+    review's reproducer). Each download is now checked against the ETag and size listed
     before the copy replaces anything."""
     bucket = new_bucket(s3_url)
     settings = make_settings(s3_url, bucket)
@@ -739,6 +739,64 @@ def test_an_object_replaced_while_it_is_fetched_is_not_kept(
     download_artifacts(settings, target, only=wanted, reuse=True)
     assert fetched_copy_is_complete(target, wanted)
     assert (target / wanted[0]).read_bytes() == ARTIFACTS[wanted[0]]
+
+
+class _LooseStore:
+    """A client for an S3-compatible store that ignores `IfMatch` on HEAD and, with
+    `unquote`, answers a HEAD with the ETag unquoted while its listing quotes it."""
+
+    def __init__(self, client: Any, unquote: bool, hooks: dict[str, Any] | None = None) -> None:
+        self._client, self._unquote = _Proxy(client, hooks or {}), unquote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def head_object(self, **kw: Any) -> Any:
+        kw.pop("IfMatch", None)
+        head = self._client.head_object(**kw)
+        if self._unquote:
+            head["ETag"] = head["ETag"].strip('"')
+        return head
+
+
+def test_a_store_quoting_etags_its_own_way_is_fetched_from(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """ETags are compared without their quotes: a store that quotes them in its listing
+    but not in a HEAD (whose answer the manifest records) made every fetch "an upload
+    under way"."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts, client=_LooseStore(s3_client(settings), unquote=True))
+    target = tmp_path / "service"
+    wanted = ["recommendations/similar.parquet"]
+    client = _LooseStore(s3_client(settings), unquote=True)
+    download_artifacts(settings, target, client=client, only=wanted, reuse=True)
+    assert (target / wanted[0]).read_bytes() == ARTIFACTS[wanted[0]]
+    assert fetched_copy_is_complete(target, wanted)
+
+
+def test_a_store_ignoring_if_match_still_has_a_replaced_object_refused(
+    s3_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """The check after each download asked the store (`IfMatch`) whether the object was
+    unchanged: a store ignoring the condition let a replaced object through. The ETag and
+    size of a plain HEAD are compared here instead."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+
+    def next_upload_begins(bucket_: str, key: str, filename: str, **kw: Any) -> None:
+        admin(s3_url).put_object(Bucket=bucket_, Key=key, Body=b"PAR1 from the next upload")
+
+    hooks = {"download_file": next_upload_begins}
+    client = _LooseStore(s3_client(settings), unquote=False, hooks=hooks)
+    target = tmp_path / "service"
+    with pytest.raises(UploadInProgressError, match="changed while it was downloaded"):
+        download_artifacts(
+            settings, target, client=client, only=["recommendations/similar.parquet"], reuse=True
+        )
+    assert not [p for p in target.rglob("*.parquet")]
 
 
 def test_an_object_another_upload_overwrote_is_not_listed(
