@@ -14,12 +14,13 @@ import pandas as pd
 from musicrec.candidates import FirstStage, generate_candidates
 from musicrec.columns import Columns as C
 from musicrec.config import PipelineConfig
+from musicrec.io import PARQUET_READ_OPTIONS
 from musicrec.metrics import candidate_recall, paired_difference, paired_text, per_user_metrics
 
 
 def read_top(path: Path, k: int) -> pd.DataFrame:
     """The rows of a recommendations file (user, track, score, rank) with rank <= k."""
-    return pd.read_parquet(path, filters=[(C.Rank, "<=", k)])
+    return pd.read_parquet(path, filters=[(C.Rank, "<=", k)], **PARQUET_READ_OPTIONS)
 
 
 def candidate_recall_diagnostic(

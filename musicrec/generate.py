@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 
 from musicrec.columns import Columns, RawFiles
 from musicrec.errors import ConfigError, MusicRecError
-from musicrec.io import atomic_path, remove_stale_temporaries
+from musicrec.io import PARQUET_WRITE_OPTIONS, atomic_path, remove_stale_temporaries
 from musicrec.memory import peak_rss_gib
 
 log = logging.getLogger("musicrec.generate")
@@ -968,7 +968,9 @@ def generate_dataset(
         held = _HeldSignals()
         stack.callback(held.release)
         tmp = {name: stack.enter_context(atomic_path(out / name)) for name in RawFiles.All}
-        with pq.ParquetWriter(tmp[RawFiles.Interactions], schema) as writer:
+        with pq.ParquetWriter(
+            tmp[RawFiles.Interactions], schema, **PARQUET_WRITE_OPTIONS
+        ) as writer:
             for chunk, (first, last) in enumerate(_chunks(users.n_events, p.chunk_events)):
                 user, track, day, seq = generate_chunk(cat, users, first, last, p, seed, chunk)
                 table = _interactions_table(user, cat.track_ids[track], day, seq, schema)
@@ -979,8 +981,8 @@ def generate_dataset(
                 listened += np.bincount(track, minlength=len(listened))
                 month += np.bincount(month_of_day[day], minlength=12)
                 log.debug("chunk %d: users %d..%d, %d rows", chunk, first, last, len(user))
-        pq.write_table(cat.tracks_table, tmp[RawFiles.Tracks])
-        pq.write_table(cat.catalog_table, tmp[RawFiles.Catalog])
+        pq.write_table(cat.tracks_table, tmp[RawFiles.Tracks], **PARQUET_WRITE_OPTIONS)
+        pq.write_table(cat.catalog_table, tmp[RawFiles.Catalog], **PARQUET_WRITE_OPTIONS)
         held.hold()
     top = np.sort(listened)[::-1]
     stats: dict[str, Any] = {

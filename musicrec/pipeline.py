@@ -47,6 +47,7 @@ from musicrec.features import collect_features
 from musicrec.heard import FILES as HEARD_FILES
 from musicrec.heard import HeardIndex
 from musicrec.io import (
+    PARQUET_READ_OPTIONS,
     read_json,
     remove_stale_temporaries,
     write_json,
@@ -251,12 +252,13 @@ class PipelineContext:
                     "before the test window (a final_fit = 'all' run refit it, or the files "
                     "come from another run); rerun with --force (FORCE = True in the notebook)"
                 )
-            sim = pd.read_parquet(self.paths.similar)
+            sim = pd.read_parquet(self.paths.similar, **PARQUET_READ_OPTIONS)
             scored = top_item_codes(matrix, self.cfg.als.max_scored_items)
             self._stage = FirstStage.from_fitted(hist, self.test.start, matrix, als, sim, scored)
             # the ALS stage's top-n of every user, by this model on this matrix: the ranker's
             # ALS candidates are sliced from it instead of scoring every user again
-            set_als_recs(self._stage, pd.read_parquet(self.paths.personal_als), self.cfg.als.n_recs)
+            als_recs = pd.read_parquet(self.paths.personal_als, **PARQUET_READ_OPTIONS)
+            set_als_recs(self._stage, als_recs, self.cfg.als.n_recs)
             # the matrix build and the parquet reads leave freed buffers behind (GBs at the
             # full size): hand them back before the user batches allocate theirs
             release_free_memory("after loading the first stage")

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from musicrec.columns import CATALOG_TYPES, Columns, RawFiles
 from musicrec.config import DataConfig
 from musicrec.errors import DataValidationError
-from musicrec.io import is_text
+from musicrec.io import PARQUET_READ_OPTIONS, is_text
 
 log = logging.getLogger("musicrec.raw")
 
@@ -353,7 +353,7 @@ def _read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
         raise DataValidationError(file, None, "an existing parquet file", found="no such file")
     if path.stat().st_size == 0:
         raise DataValidationError(file, None, "a parquet file", found="an empty file (0 bytes)")
-    with pq.ParquetFile(path) as parquet:
+    with pq.ParquetFile(path, **PARQUET_READ_OPTIONS) as parquet:
         present = parquet.schema_arrow.names
         for column in columns:
             if column not in present:

@@ -7,6 +7,7 @@ column (or one table) with a malformed version and write them with `write_raw`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -120,3 +121,16 @@ def write_raw(
 
 def day(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def flipped_copies(path: Path, column: str, step: int = 7) -> Iterator[bytes]:
+    """The file's bytes with one bit flipped, at every `step`-th byte of `column`'s chunk
+    in the first row group (its pages: headers, dictionary and values)."""
+    data = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().get_field_index(column))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    for pos in range(start, start + chunk.total_compressed_size, step):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x10
+        yield bytes(damaged)

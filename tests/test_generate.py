@@ -577,3 +577,34 @@ def test_a_mark_without_the_digest_is_compared_by_name(
     caplog.clear()
     assert ensure_raw_data(out, preset="demo") is False
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+def test_generated_files_carry_page_checksums_that_reading_checks(
+    tiny: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The generator writes a CRC per page and the raw reader checks it: a bit flipped in
+    a page of the interactions is an error naming the file, never other listens."""
+    import shutil
+
+    from helpers_raw import flipped_copies
+
+    from musicrec.errors import DataValidationError
+    from musicrec.raw import read_interactions
+
+    src, _ = tiny
+    for name in RawFiles.All:
+        shutil.copy(src / name, tmp_path / name)
+    path = tmp_path / RawFiles.Interactions
+    expected = read_interactions(path)
+    size = pq.ParquetFile(path).metadata.row_group(0).column(1).total_compressed_size
+    silent = errors = 0
+    for damaged in flipped_copies(path, C.Item, step=max(1, size // 40)):
+        path.write_bytes(damaged)
+        try:
+            got = read_interactions(path)
+        except DataValidationError as exc:
+            assert RawFiles.Interactions in str(exc)
+            errors += 1
+            continue
+        silent += not got.equals(expected)
+    assert errors >= 30 and silent == 0, (errors, silent)
