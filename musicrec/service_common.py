@@ -779,11 +779,21 @@ def configure_service_logging(settings: Settings) -> None:
 def app_or_exit(create_app: Callable[[], FastAPI]) -> FastAPI:
     """`create_app()` for a top-level entry module (`uvicorn api_main:app`): a bad setting
     (`MUSICREC_RECS_PORT=abc`, ...) is one `error:` line on stderr and exit code 2, as in
-    the CLI, instead of uvicorn's 30-line import traceback ending in that line."""
+    the CLI, instead of uvicorn's 30-line import traceback ending in that line; a log level
+    set in the environment or `.env` is uvicorn's from here on."""
     from musicrec.errors import ConfigError
+    from musicrec.settings import get_settings
 
     try:
-        return create_app()
+        app = create_app()
+        settings = get_settings()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # uvicorn imports the app before its first INFO lines ("Started server process",
+    # "Waiting for application startup"), and the lifespan, which sets the level too, runs
+    # after them: set here, a level given in the environment silences them as well
+    if "log_level" in settings.model_fields_set:
+        for name in UVICORN_LOGGERS:
+            logging.getLogger(name).setLevel(settings.log_level)
+    return app

@@ -196,6 +196,10 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
         "MUSICREC_NB_PRESET": "tiny",
         "MUSICREC_NB_FAST": "1",
         "MUSICREC_NB_LOG_FILE": str(log_file),
+        # the serving section prints the calls with the ports the services would take
+        "MUSICREC_RECS_PORT": "18123",
+        "MUSICREC_SIMILAR_PORT": "18124",
+        "MUSICREC_EVENTS_PORT": "18125",
         "OPENBLAS_NUM_THREADS": "1",
         "JUPYTER_PATH": str(work / "jupyter"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -261,6 +265,32 @@ def test_notebook_writes_metrics_and_pictures(executed: Executed) -> None:
     # the folder is one finished run (`make upload` after the notebook checks it)
     state = json.loads((executed.artifacts / "run.json").read_text())
     assert state["state"] == "complete" and "evaluate" in state["stages"]
+
+
+@pytest.mark.slow
+def test_the_serving_section_prints_calls_for_this_run(executed: Executed) -> None:
+    """The calls to try name a user with a list and a track with similar tracks of this
+    run, at the ports the settings give (the committed text had a real-data track the demo
+    data lacks, and fixed ports)."""
+    import re
+
+    import pandas as pd
+
+    from musicrec.artifacts import ArtifactPaths
+
+    cell = next(
+        c for c in code_cells(executed.nb.cells[: executed.n_cells]) if "calls = [" in c.source
+    )
+    text = text_of(cell)
+    for port in ("18123", "18124", "18125"):
+        assert f"127.0.0.1:{port}/" in text, text
+    user = re.search(r"recommendations_offline\?user_id=(\d+)", text)
+    track = re.search(r"similar_tracks\?track_id=(\d+)", text)
+    assert user and track, text
+    paths = ArtifactPaths(executed.artifacts)
+    assert int(user[1]) in set(pd.read_parquet(paths.recommendations)["user_id"])
+    assert int(track[1]) in set(pd.read_parquet(paths.similar)["track_id_1"])
+    assert f"add_event?user_id={user[1]}&track_id={track[1]}" in text
 
 
 @pytest.mark.slow

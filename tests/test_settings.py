@@ -217,3 +217,28 @@ def test_a_metrics_directory_that_does_not_exist_stops_start_up(
         ServiceMetrics("similar")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert ServiceMetrics("similar").service == "similar"
+
+
+@pytest.mark.parametrize("level", [None, "WARNING"])
+def test_a_log_level_set_silences_uvicorns_first_lines(level: str | None, tmp_path: Path) -> None:
+    """`MUSICREC_LOG_LEVEL=WARNING uvicorn similarity_store:app` still printed uvicorn's
+    "Started server process" and "Waiting for application startup": the lifespan that set
+    the level runs after them (a README review). Here the start-up then fails (no
+    artifacts), which is logged as an error either way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICREC_")}
+    env |= {"PYTHONPATH": str(PROJECT_ROOT), "MUSICREC_ARTIFACTS_DIR": str(tmp_path / "none")}
+    if level:
+        env["MUSICREC_LOG_LEVEL"] = level
+    run = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "similarity_store:app", "--port", "1"],
+        cwd=tmp_path,  # no `.env` of the checkout
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "similar.parquet" in run.stderr  # the start-up error, at any level
+    started = "Started server process" in run.stderr
+    waiting = "Waiting for application startup" in run.stderr
+    assert (started, waiting) == ((False, False) if level else (True, True)), run.stderr
