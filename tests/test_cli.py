@@ -99,6 +99,16 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # --help writes nothing
 
 
+@pytest.mark.parametrize("command", ["generate", "pipeline", "serve", "upload"])
+def test_help_shows_flags_as_flags(command: str, tmp_path: Path) -> None:
+    """A switch takes no value: typer 0.29 printed `--force --no-force <bool>` (and `--help
+    <bool>`), and a user who typed `--force true` got "unexpected extra argument"."""
+    res = cli(command, "--help", cwd=tmp_path, env={"COLUMNS": "100"})
+    assert res.returncode == 0, res.stderr
+    assert "--help" in res.stdout
+    assert "<bool>" not in res.stdout and "BOOLEAN" not in res.stdout, res.stdout
+
+
 def test_generate_writes_the_raw_files(generated: Path) -> None:
     for name in RawFiles.All:
         assert (generated / name).is_file(), name
