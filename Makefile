@@ -26,6 +26,7 @@ install-dev: $(VENV)/.installed-dev
 ## The main job: generate demo data if data/ lacks the raw files, run the pipeline,
 ## start the three services, verify them, and keep serving until Ctrl-C.
 run: install
+	$(PY) -m musicrec serve --check-ports
 	$(PY) -m musicrec pipeline --generate $(PRESET)
 	$(PY) -m musicrec serve --verify
 

@@ -144,13 +144,28 @@ def serve(
     verify: Annotated[
         bool, typer.Option("--verify", help="Run verify_service.py once they are up")
     ] = False,
+    check_ports: Annotated[
+        bool,
+        typer.Option(
+            "--check-ports", help="Only check that the three ports are free, then exit"
+        ),
+    ] = False,
 ) -> None:
     """Start the three services (ports MUSICREC_RECS_PORT, MUSICREC_SIMILAR_PORT,
-    MUSICREC_EVENTS_PORT: 8000, 8010, 8020 by default) and stop them on Ctrl-C / SIGTERM."""
-    from musicrec.serve import serve_all
+    MUSICREC_EVENTS_PORT: 8000, 8010, 8020 by default) and stop them on Ctrl-C / SIGTERM.
+    With --check-ports, exit 0 if they could start, 1 naming a port in use (`make run`
+    asks before the pipeline, not after it)."""
+    from musicrec.serve import ServeError, check_ports_free, serve_all
     from musicrec.settings import get_settings
 
     _setup(log_to_file=False)
+    if check_ports:
+        try:
+            check_ports_free(get_settings())
+        except ServeError as exc:  # the `error:` line and exit code of a serve that fails
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
     raise typer.Exit(serve_all(get_settings(), run_verify=verify))
 
 

@@ -109,6 +109,35 @@ def test_help_shows_flags_as_flags(command: str, tmp_path: Path) -> None:
     assert "<bool>" not in res.stdout and "BOOLEAN" not in res.stdout, res.stdout
 
 
+def test_serve_check_ports_says_which_port_is_taken(tmp_path: Path) -> None:
+    """`make run` asks `serve --check-ports` before the pipeline: a port in use was found
+    only after the whole pipeline had run (a README review)."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        taken = other.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = [str(probe.getsockname()[1] + i) for i in (0, 1)]
+        env = {"MUSICREC_RECS_PORT": free[0], "MUSICREC_SIMILAR_PORT": free[1]}
+        busy = cli(
+            "serve", "--check-ports", cwd=tmp_path, env=env | {"MUSICREC_EVENTS_PORT": str(taken)}
+        )
+        assert busy.returncode == 1, busy.stderr
+        assert f"error: port {taken} of the events service is in use" in busy.stderr
+        assert "MUSICREC_EVENTS_PORT" in busy.stderr
+    ok = cli("serve", "--check-ports", cwd=tmp_path, env=env | {"MUSICREC_EVENTS_PORT": str(taken)})
+    assert ok.returncode == 0, ok.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+    run = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    steps = [line.strip() for line in run.splitlines()[1:]]
+    assert steps.index("$(PY) -m musicrec serve --check-ports") < steps.index(
+        "$(PY) -m musicrec pipeline --generate $(PRESET)"
+    )
+
+
 def test_generate_writes_the_raw_files(generated: Path) -> None:
     for name in RawFiles.All:
         assert (generated / name).is_file(), name
