@@ -13,7 +13,11 @@ alternated for `--rounds` rounds:
 - `cached children`: wrapped in `MetricsMiddleware` with the current `ServiceMetrics`
   (the labelled children cached per (method, route, status));
 - `+ JSON error bodies`: the same with `JsonErrorBodies` inside it, as the services run
-  since 2026-12-07 (it looks at each response's start; a 200 passes through).
+  since 2026-12-07 (it looks at each response's start; a 200 passes through);
+- `+ no repeated query`: the same with `NoRepeatedQuery` innermost, the stack every
+  service runs since 2026-12-07, on a query of two parameters (`user_id=1&k=5`: parsed to
+  look for a repeated name; a query without `&` is not parsed). The other versions get
+  the same query string, which they do not read.
 
 Prints the median microseconds per request of each and the middleware's overhead over
 `bare`. This is the cost the metrics add to every request of every service; the HTTP
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from musicrec.service_common import (  # noqa: E402
     JsonErrorBodies,
     MetricsMiddleware,
+    NoRepeatedQuery,
     ServiceMetrics,
 )
 
@@ -54,7 +59,12 @@ class _Route:
 
 
 ROUTE = _Route()
-SCOPE = {"type": "http", "method": "POST", "path": "/similar_tracks", "query_string": b""}
+SCOPE = {
+    "type": "http",
+    "method": "POST",
+    "path": "/similar_tracks",
+    "query_string": b"user_id=1&k=5",
+}
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -89,6 +99,9 @@ def main() -> None:
         "labels() per request": MetricsMiddleware(app, LabelsPerRequest("a"), log),
         "cached children": MetricsMiddleware(app, ServiceMetrics("b"), log),
         "+ JSON error bodies": MetricsMiddleware(JsonErrorBodies(app), ServiceMetrics("c"), log),
+        "+ no repeated query": MetricsMiddleware(
+            JsonErrorBodies(NoRepeatedQuery(app)), ServiceMetrics("d"), log
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in versions}
     for _ in range(args.rounds):

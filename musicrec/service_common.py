@@ -394,6 +394,16 @@ class MetricsMiddleware:
                 )
 
 
+def _plainly_distinct(query: bytes) -> bool:
+    """True when the names of a query are distinct as written and no escape (`%`, `+`) can
+    make two of them equal once decoded: the common query needs no parsing (parse_qsl took
+    about 4 us of the 9 us the middleware stack costs a request, `bench/metrics_ab.py`)."""
+    if b"%" in query or b"+" in query:
+        return False
+    names = {part.partition(b"=")[0] for part in query.split(b"&")}
+    return len(names) == query.count(b"&") + 1
+
+
 class NoRepeatedQuery:
     """Pure ASGI middleware: a query that names a parameter twice (`?user_id=1&user_id=2`)
     is a 422 naming it, on every route. FastAPI would silently take the last value, and a
@@ -426,7 +436,7 @@ class NoRepeatedQuery:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = scope.get("query_string", b"") if scope["type"] == "http" else b""
-        if b"&" in query:
+        if b"&" in query and not _plainly_distinct(query):
             values: dict[str, list[str]] = {}
             for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
                 values.setdefault(name, []).append(value)

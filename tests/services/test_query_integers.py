@@ -164,3 +164,47 @@ def test_many_repeated_names_are_answered_in_one_bounded_422() -> None:
         NoRepeatedQuery(app)({**scope, "query_string": b"k=1" + b"&k=1" * 50}, receive, send)
     )
     assert orjson.loads(sent[3]["body"])["detail"][0]["input"] == ["1"] * MAX_ERRORS
+
+
+@pytest.mark.parametrize(
+    ("query", "repeated"),
+    [
+        (b"user_id=1&k=5", None),
+        (b"user_id=1&user_id=2", "user_id"),
+        (b"user%5Fid=1&user_id=2", "user_id"),  # the same name once decoded
+        (b"user%5fid=1&k=2", None),
+        (b"a+b=1&a%20b=2", "a b"),  # `+` is a space
+        (b"a+b=1&ab=2", None),
+        (b"k=1&k", "k"),  # a name without a value counts
+        (b"=1&=2&k=3", None),  # blank names name nothing
+        (b"k=1&&j=2", None),  # an empty part is no parameter
+    ],
+)
+def test_repeated_names_are_found_however_written(query: bytes, repeated: str | None) -> None:
+    """The middleware skips parsing a query whose names are distinct as written and carry
+    no escape; one with an escape is decoded before its names are compared."""
+    import asyncio
+
+    import orjson
+
+    from musicrec.service_common import NoRepeatedQuery
+
+    reached: list[bool] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(True)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "query_string": query}
+    asyncio.run(NoRepeatedQuery(app)(scope, receive, send))
+    if repeated is None:
+        assert reached == [True] and sent == []
+    else:
+        assert reached == [] and sent[0]["status"] == 422
+        assert orjson.loads(sent[1]["body"])["detail"][0]["loc"] == ["query", repeated]
