@@ -146,9 +146,7 @@ def serve(
     ] = False,
     check_ports: Annotated[
         bool,
-        typer.Option(
-            "--check-ports", help="Only check that the three ports are free, then exit"
-        ),
+        typer.Option("--check-ports", help="Only check that the three ports are free, then exit"),
     ] = False,
 ) -> None:
     """Start the three services (ports MUSICREC_RECS_PORT, MUSICREC_SIMILAR_PORT,
