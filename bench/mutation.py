@@ -6,8 +6,10 @@ change: read it before writing a test).
     python bench/mutation.py candidates --limit 40 --seed 1
     python bench/mutation.py heard --tests tests/test_heard.py
 
-The project (package, tests, pyproject.toml) is copied to a temporary folder and each
-mutant is written there, one at a time, so the working tree is never touched. A mutant is
+The project (every file git tracks, as the working tree has it) is copied to a temporary
+folder and each mutant is written there, one at a time, so the working tree is never
+touched. The tests first run on the unchanged copy: if they fail there (exit code 1, no
+mutant run), every mutant would have counted as killed. A mutant is
 one of: a comparison flipped (`<` / `<=`, `==` / `!=`, `in` / `not in`, ...), `+` / `-`,
 `&` / `|`, `and` / `or`, a `not` dropped, `True` / `False`, an integer +-1, `.copy()`
 dropped, `head(k)` -> `head(k + 1)`, `ascending=False` added to a sort, a `return x` made
@@ -181,19 +183,40 @@ def tests_of(module: str) -> list[str]:
 
 
 def copy_project(dest: Path) -> None:
-    shutil.copytree(
-        ROOT / "musicrec", dest / "musicrec", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copytree(ROOT / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in (
-        "pyproject.toml",
-        "api_main.py",
-        "event_storage.py",
-        "similarity_store.py",
-        "verify_service.py",
-    ):
-        if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, dest / name)
+    """Every file git tracks (the tests read `configs/`, the Makefile, the notebook, ...),
+    with the working tree's contents; without git, the package, the tests and the entry
+    modules."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        names = [n for n in listed.decode().split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = [
+            p.relative_to(ROOT).as_posix()
+            for folder in ("musicrec", "tests")
+            for p in (ROOT / folder).rglob("*.py")
+        ] + ["pyproject.toml", "api_main.py", "event_storage.py", "similarity_store.py"]
+        names.append("verify_service.py")
+    for name in names:
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def run_tests(work: Path, tests: list[str], timeout: float) -> bool:
+    """Whether the tests pass in `work` (False on a timeout)."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=work,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return run.returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         work = Path(tmp)
         copy_project(work)
+        # the tests must pass on the unchanged copy: a test that fails there for a reason
+        # of its own (a file the copy lacks) would count every mutant as killed
+        if not run_tests(work, tests, args.timeout):
+            print("the tests fail on the unchanged code in the copy: no mutant run")
+            return 1
         target = work / "musicrec" / f"{args.module}.py"
         for m in todo:
             text = apply(tree, m)

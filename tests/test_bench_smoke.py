@@ -611,3 +611,39 @@ def test_mutation_smoke() -> None:
     assert "popular: 2 of " in out
     counts = re.search(r"counts: killed (\d+), survived (\d+), timeout (\d+)", out)
     assert counts is not None and sum(map(int, counts.groups())) <= 2, out
+
+
+def test_mutation_copies_what_the_tests_read_and_checks_them_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy lacked `configs/` and the Makefile, which test_cli.py reads: its first test
+    failed on every mutant, and each was reported killed (a mutation review). The copy now
+    holds every tracked file, and tests that fail on the unchanged copy stop the run."""
+    import subprocess
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from mutation import copy_project
+
+    copy_project(tmp_path)
+    for name in ("configs/lastfm.toml", "Makefile", "requirements.txt", "recommendations.ipynb"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "musicrec" / "popular.py").read_bytes() == (
+        ROOT / "musicrec" / "popular.py"
+    ).read_bytes()
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "mutation.py"),
+            "popular",
+            "--tests",
+            "tests/nope.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "the tests fail on the unchanged code in the copy" in run.stdout
+    assert "line " not in run.stdout  # no mutant run
