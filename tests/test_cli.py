@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+import musicrec.cli as cli_module
 from musicrec.columns import Columns as C
 from musicrec.columns import RawFiles
 
@@ -541,3 +545,89 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "invalid config: ranker.enabled: Extra inputs are not permitted" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# --- defaults and exit codes (a mutation review) ---
+
+
+def main_exit_code(monkeypatch: pytest.MonkeyPatch, app: Callable[[], None]) -> int:
+    """`musicrec.cli.main()` around `app`: its exit code (signal and log handlers restored)."""
+    monkeypatch.setattr(cli_module, "app", app)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_module.main()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_musicrec", False)]:
+            root.removeHandler(h)
+            h.close()
+    return exit_.value.code  # type: ignore[return-value]
+
+
+def test_ctrl_c_exits_130_as_sigint(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C (KeyboardInterrupt, no SIGTERM received): exit 130, logged as SIGINT."""
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.ERROR, logger="musicrec.cli"):
+        assert main_exit_code(monkeypatch, interrupted) == 130
+    assert "interrupted (signal 2, SIGINT)" in caplog.text
+
+
+def test_a_project_error_is_one_line_in_the_log_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MusicRecError (bad data, bad config) is the one `error:` line on the console and
+    one line in the log file: no traceback (that is for OSErrors and bugs)."""
+    from musicrec.errors import ConfigError
+    from musicrec.logs import setup_logging
+
+    def bad_config() -> None:
+        setup_logging("INFO", tmp_path / "log.txt")
+        raise ConfigError("als.factors must be positive")
+
+    assert main_exit_code(monkeypatch, bad_config) == 2
+    log = (tmp_path / "log.txt").read_text()
+    assert "ERROR musicrec.cli: als.factors must be positive" in log
+    assert "Traceback" not in log
+    assert capsys.readouterr().err.count("als.factors must be positive") == 1
+
+
+def test_generate_keeps_existing_raw_files_and_writes_no_log(tmp_path: Path) -> None:
+    """A second `generate` into a folder holding the raw files skips (only `--force`
+    replaces them); `generate` writes no execution_log.txt."""
+    assert cli("generate", "--preset", "tiny", "--out", "d", cwd=tmp_path).returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "d").iterdir()}
+    res = cli("generate", "--preset", "tiny", "--out", "d", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["skipped"] is True
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "d").iterdir()} == before
+    assert not (tmp_path / "execution_log.txt").exists()
+
+
+def test_serve_runs_the_verification_only_with_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    import musicrec.serve as serve_module
+
+    calls: list[bool] = []
+
+    def fake_serve_all(settings: object, run_verify: bool = False, **kw: object) -> int:
+        calls.append(run_verify)
+        return 0
+
+    monkeypatch.setattr(serve_module, "serve_all", fake_serve_all)
+    monkeypatch.setattr(cli_module, "_setup", lambda log_to_file=True: None)
+    runner = CliRunner()
+    assert runner.invoke(cli_module.app, ["serve"]).exit_code == 0
+    assert runner.invoke(cli_module.app, ["serve", "--verify"]).exit_code == 0
+    assert calls == [False, True]
+
+
+def test_help_offers_no_shell_completion() -> None:
+    res = CliRunner().invoke(cli_module.app, ["--help"])
+    assert res.exit_code == 0 and "generate" in res.output
+    assert "completion" not in res.output

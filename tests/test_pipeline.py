@@ -45,6 +45,7 @@ from musicrec.pipeline import (
     run_pipeline,
     stage_als,
     stage_als_label,
+    stage_similar,
     stage_split,
     train_ranker,
     tune_als,
@@ -1791,3 +1792,24 @@ def test_ranker_fingerprint_follows_the_code_feature_list(
     assert ranker_code() != before
     columns.write_text(original)
     assert ranker_code() == before
+
+
+def test_similar_stage_proposes_only_the_scored_head(
+    tiny_pipeline: TinyPipeline, tmp_path: Path
+) -> None:
+    """With `als.max_scored_items`, the similar tracks proposed (track_id_2) are among that
+    many most-listened tracks, as the ALS lists are; every track still gets its k."""
+    root = tmp_path / "recsys"
+    shutil.copytree(tiny_pipeline.root, root)  # the stage rewrites similar.parquet
+    head = 60
+    als = tiny_pipeline.cfg.als.model_copy(update={"max_scored_items": head})
+    cfg = tiny_pipeline.cfg.model_copy(update={"als": als})
+    ctx = PipelineContext(
+        tiny_pipeline.data_dir, ArtifactPaths(root), cfg, StageCache(root / "cache")
+    )
+    stage_similar(ctx)
+    sim = pd.read_parquet(ArtifactPaths(root).similar)
+    every = pd.read_parquet(tiny_pipeline.paths.similar)
+    assert sim[C.Item2].nunique() <= head < every[C.Item2].nunique()
+    assert set(sim[C.Item1]) == set(every[C.Item1])
+    assert (sim.groupby(C.Item1).size() == cfg.similar.k).all()

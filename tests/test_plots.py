@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -292,3 +293,97 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path: Path) -> None:
     text = Text()
     for label, name in zip(labels, names.values(), strict=True):
         assert text._preprocess_math(label) == (f"{name} — A$AP Ferg", False)
+
+
+# --- what the pictures say (a mutation review: the PNGs alone hid their numbers) ---
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every figure the plots module saves, in order (the PNG alone hides its numbers)."""
+    drawn: list[Any] = []
+    real = P._save
+
+    def spy(fig: Any, path: str | Path) -> Path:
+        drawn.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(P, "_save", spy)
+    return drawn
+
+
+def test_long_tail_annotates_the_top_shares(tmp_path: Path, figures: list[Any]) -> None:
+    """200 tracks, track t with t + 1 listeners: the top 1% (2 tracks) hold 399 of 20,100
+    listens, the top 10% (20 tracks) 3,810; each line marked at its rank's count."""
+    counts = np.arange(1, 201)
+    ev = pd.DataFrame(
+        {
+            "user_id": np.arange(counts.sum(), dtype=np.int32),
+            "track_id": np.repeat(np.arange(200, dtype=np.int32), counts),
+        }
+    )
+    P.plot_long_tail(ev, tmp_path / "tail.png")
+    ax = figures[0].axes[0]
+    assert ax.get_title() == "200 tracks with at least one listen, 20,100 listens"
+    notes = {t.get_text(): tuple(t.xy) for t in ax.texts}
+    assert notes == {
+        f"top 1% of tracks (2):\n{399 / 20100:.1%} of listens": (2, 199),
+        f"top 10% of tracks (20):\n{3810 / 20100:.1%} of listens": (20, 181),
+    }
+
+
+def test_top_charts_draw_20_bars_by_default(tmp_path: Path, figures: list[Any]) -> None:
+    """30 tracks, each of its own genre, track t with t + 1 listeners: the top-tracks and
+    top-genres charts (alone with their default n, and in draw_eda) draw the top 20."""
+    items = make_items(30).assign(main_genre=np.arange(30, dtype=np.int32))
+    items["main_genre_name"] = [f"genre {i}" for i in range(30)]
+    counts = np.arange(1, 31)
+    events = pd.DataFrame(
+        {
+            "user_id": np.arange(counts.sum(), dtype=np.int32),
+            "track_id": np.repeat(np.arange(30, dtype=np.int32), counts),
+            "started_at": pd.Timestamp("2022-01-01"),
+        }
+    )
+    top20 = list(range(30, 10, -1))
+    P.plot_top_tracks(items, events, tmp_path / "tracks.png")
+    P.plot_top_genres(items, events, tmp_path / "genres.png")
+    P.draw_eda(items, events, tmp_path / "eda")
+    tracks, genres = figures[0], figures[1]
+    eda_tracks, eda_genres = figures[3], figures[4]  # after draw_eda's user activity
+    for fig in (tracks, eda_tracks):
+        assert fig.axes[0].containers[0].datavalues.tolist() == top20
+    for fig in (genres, eda_genres):
+        shares = fig.axes[0].containers[0].datavalues
+        np.testing.assert_allclose(shares, np.array(top20) / counts.sum() * 100)
+
+
+def test_long_names_are_cut_to_the_limit() -> None:
+    assert P._short("x" * 50, 40) == "x" * 39 + "…"
+    items = make_items()
+    items.loc[items.track_id == 1, "track_name"] = "y" * 60
+    assert P._track_labels(items, np.array([1]))[0] == "y" * 39 + "… — Artist 1"
+
+
+def test_history_length_counts_listens_per_user() -> None:
+    """The history-length picture's data: one count per user (the default of
+    `_popularity`), each that user's rows."""
+    events = make_events()
+    per_user = events.groupby("user_id").size().sort_index().to_numpy()
+    assert P._popularity(events).user_listens.tolist() == per_user.tolist()
+
+
+def test_monthly_counts_without_the_user_matrix_are_the_same() -> None:
+    """Ids too sparse for the (month, user) bool matrix (> 1e9 cells) take the sorted-key
+    path; it counts the same listens and distinct active users."""
+    events = make_events()
+    sparse = events.assign(user_id=events["user_id"].astype(np.int64) * 10**7)
+    assert (
+        len(np.unique(events["started_at"].to_numpy().astype("datetime64[M]")))
+        * (int(sparse["user_id"].max()) + 1)
+        > 1_000_000_000
+    )  # the fallback is taken
+    want, got = P._monthly(events), P._monthly(sparse)
+    assert got.months.tolist() == want.months.tolist()
+    assert got.listens.tolist() == want.listens.tolist()
+    assert got.active_users.tolist() == want.active_users.tolist()
