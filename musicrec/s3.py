@@ -121,7 +121,8 @@ def s3_client(
     options: dict[str, Any] = {
         "connect_timeout": connect_timeout,
         "read_timeout": read_timeout,
-        "retries": {"max_attempts": max(1, max_attempts), "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's max_attempts counts only retries
+        "retries": {"total_max_attempts": max(1, max_attempts), "mode": "standard"},
     }
     if endpoint:
         options["s3"] = {"addressing_style": "path"}
@@ -428,6 +429,9 @@ def _upload_manifest(client: Any, bucket: str, key: str) -> tuple[dict[str, Any]
         files = json.loads(body)["files"]
         if not isinstance(files, dict):
             raise TypeError("files is not an object")
+        bad = sorted(str(rel) for rel, entry in files.items() if not isinstance(entry, dict))
+        if bad:  # each entry {"etag": ..., "size": ...}: a damaged one stopped the fetch
+            raise TypeError(f"the entry of {bad[0]} is not an object")
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(f"s3://{bucket}/{key}: not a readable upload manifest ({exc})") from None
     return files, got.get("ETag")

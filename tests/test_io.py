@@ -9,10 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from musicrec.io import read_artifact, read_json, write_json, write_parquet, write_parquet_batches
+from musicrec import io
+from musicrec.io import (
+    read_artifact,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+    write_parquet,
+    write_parquet_batches,
+)
 from musicrec.memory import release_free_memory, rss_gib
 
 
@@ -203,3 +212,75 @@ def test_a_damaged_page_is_an_error_never_other_values(tmp_path: Path) -> None:
             continue
         silent += not got.equals(expected)
     assert errors > 100 and silent == 0, (errors, silent)
+
+
+# --- found by a mutation review of io.py ---
+
+
+def _mode_with_umask(path: Path, umask: int) -> int:
+    old = os.umask(umask)
+    try:
+        write_json({"a": 1}, path)
+    finally:
+        os.umask(old)
+    return path.stat().st_mode & 0o777
+
+
+def test_the_umask_is_read_without_being_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where /proc shows it, the umask is read there: setting it, even briefly, races
+    with files other threads create."""
+    real_umask = os.umask
+    old = real_umask(0o027)
+    try:
+
+        def no_umask(mask: int) -> int:
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(io.os, "umask", no_umask)
+        write_json({"a": 1}, tmp_path / "m.json")
+    finally:
+        monkeypatch.undo()
+        real_umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_without_proc_the_umask_is_still_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Path.read_text
+
+    def no_proc(self: Path, *a: object, **kw: object) -> str:
+        if str(self) == "/proc/self/status":
+            raise OSError("no /proc here")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    assert _mode_with_umask(tmp_path / "m.json", 0o027) == 0o640
+
+
+def test_a_temporary_exactly_as_old_as_the_limit_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file untouched for exactly `older_than_s` is stale (the docstring: "if untouched
+    for `older_than_s`")."""
+    stale = tmp_path / ".a.parquet.x1.tmp"
+    stale.write_bytes(b"123")
+    os.utime(stale, (9_400, 9_400))
+    monkeypatch.setattr(io.time, "time", lambda: 10_000.0)
+    assert remove_stale_temporaries(tmp_path, older_than_s=600) == (1, 3)
+
+
+def test_batches_differing_only_in_pandas_metadata_are_written(tmp_path: Path) -> None:
+    """Only the Arrow schema must match (the file keeps the first frame's metadata):
+    strings held as `object` in one frame and as `string` in the next are one column."""
+    first = pd.DataFrame(
+        {"id": np.arange(2, dtype=np.int32), "name": pd.Series(["a", "b"], dtype=object)}
+    )
+    second = first.assign(name=first["name"].astype("string[python]"))
+    assert pa.Table.from_pandas(first, preserve_index=False).schema.equals(
+        pa.Table.from_pandas(second, preserve_index=False).schema, check_metadata=False
+    )
+    assert write_parquet_batches(iter([first, second]), tmp_path / "x.parquet") == 4
+    assert pd.read_parquet(tmp_path / "x.parquet")["name"].tolist() == ["a", "b", "a", "b"]

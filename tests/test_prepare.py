@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers_raw import LASTFM, MOVIELENS, interactions_table, replace_column, write_raw
+from helpers_raw import (
+    LASTFM,
+    MOVIELENS,
+    catalog_table,
+    interactions_table,
+    replace_column,
+    tracks_table,
+    write_raw,
+)
 
 from musicrec.artifacts import ArtifactPaths
 from musicrec.columns import Columns as C
@@ -375,3 +385,74 @@ def test_prepare_movielens(paths: ArtifactPaths) -> None:
     assert named.all()  # every MovieLens genre has a name
     assert not events.duplicated([C.User, C.Item]).any()
     assert (result.stats["date_min"], result.stats["date_max"]) == ("1996-03-29", "2018-09-24")
+
+
+# --- found by a mutation review of prepare.py ---
+
+
+def test_tracks_without_a_genre_name_are_counted_and_logged(
+    tmp_path: Path, paths: ArtifactPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracks 2 (no genre) and 3 (genre 99, unnamed) get 'unknown': counted, logged at
+    INFO; a catalogue without genre names makes it every track, a WARNING; with a named
+    genre for every track the count is 0 and nothing is logged."""
+    with caplog.at_level(logging.INFO, logger="musicrec.prepare"):
+        result = prepare_data(write_raw(tmp_path / "a"), paths, DataConfig())
+    assert result.stats["tracks_without_genre_name"] == 2
+    [record] = [r for r in caplog.records if "no named genre" in r.getMessage()]
+    assert record.levelno == logging.INFO
+
+    caplog.clear()
+    no_genres = catalog_table().filter(pc.not_equal(catalog_table()[C.CatalogType], "genre"))
+    with caplog.at_level(logging.INFO, logger="musicrec.prepare"):
+        result = prepare_data(write_raw(tmp_path / "b", catalog=no_genres), paths, DataConfig())
+    assert result.stats["tracks_without_genre_name"] == 4
+    [record] = [r for r in caplog.records if "no named genre" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+
+    caplog.clear()
+    named = replace_column(tracks_table(), C.Genres, pa.array([[30], [31], [30], [31]]))
+    with caplog.at_level(logging.INFO, logger="musicrec.prepare"):
+        result = prepare_data(write_raw(tmp_path / "c", tracks=named), paths, DataConfig())
+    assert result.stats["tracks_without_genre_name"] == 0
+    assert "no named genre" not in caplog.text
+
+
+def test_dropped_by_sampling_leaves_out_unknown_and_repeated_listens(
+    tmp_path: Path, paths: ArtifactPaths
+) -> None:
+    """7 read: one unknown track, one repeated (user, track), no sampling: 0 by sampling."""
+    inter = interactions_table()
+    again = inter.slice(0, 1)  # user 1, track 2 again
+    inter = replace_column(inter, C.Item, [2, 3, 1, 2, 777, 1])
+    inter = pa.concat_tables([inter, again.cast(inter.schema)])
+    data = write_raw(tmp_path / "data", interactions=inter)
+    result = prepare_data(data, paths, DataConfig(max_unknown_track_share=0.2))
+    s = result.stats
+    assert (s["interactions_read"], s["dropped_unknown_tracks"], s["dropped_duplicates"]) == (
+        7,
+        1,
+        1,
+    )
+    assert s["events"] == 5 and s["dropped_by_sampling"] == 0
+
+
+def test_sample_users_draws_the_same_users_as_ever() -> None:
+    """The hash is part of the data: a config's seed must keep selecting the same users
+    from one version to the next (the values below are splitmix64 as written today)."""
+    users = pa.array(np.arange(10_000, dtype=np.int32))
+    golden = {1: (2_958, 14_570_208), 2: (2_967, 14_876_684), 7: (2_924, 14_663_045)}
+    for seed, (n, total) in golden.items():
+        kept = sample_users(users, 0.3, seed=seed).to_numpy()
+        assert (len(kept), int(kept.sum())) == (n, total), seed
+
+
+def test_load_prepared_refuses_a_repeated_column_in_items(
+    tmp_path: Path, paths: ArtifactPaths
+) -> None:
+    prepare_data(write_raw(tmp_path / "data"), paths, DataConfig())
+    table = pq.read_table(paths.items)
+    extra = table[C.MainGenre]
+    pq.write_table(table.append_column("extra", extra).append_column("extra", extra), paths.items)
+    with pytest.raises(ArtifactError, match=r"\['extra'\] appear more than once"):
+        load_prepared(paths)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from musicrec.errors import DataValidationError
 from musicrec.raw import (
     MIN_DATE,
     RawData,
+    _first_true,
     missing_raw_files,
     read_catalog,
     read_interactions,
@@ -453,3 +455,165 @@ def test_movielens_reads_as_documented() -> None:
     assert raw.tracks[C.Genres].map(len).eq(0).sum() == 34
     assert raw.interactions[C.Datetime].min() == pd.Timestamp("1996-03-29")
     assert set(raw.catalog[C.CatalogType]) == {"genre", "track"}
+
+
+# --- found by a mutation review of raw.py ---
+
+
+def _listens(user: list[int], started_ns: list[int], seq: list[int]) -> pa.Table:
+    base = np.datetime64("2022-01-01", "ns").astype(np.int64)
+    return pa.table(
+        {
+            C.User: pa.array(user, pa.int32()),
+            C.Item: pa.array(range(len(user)), pa.int32()),
+            C.Seq: pa.array(seq, pa.int32()),
+            C.Datetime: pa.array(np.array(started_ns, np.int64) + base, pa.timestamp("ns")),
+        }
+    )
+
+
+def _day(d: int) -> int:
+    return d * 86_400 * 10**9
+
+
+def _pandas_order(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas().sort_values([C.User, C.Datetime, C.Seq], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    ("user", "started", "seq"),
+    [
+        ([1, 0], [_day(0), _day(0)], [1, 1]),  # two rows, users out of order
+        ([0, 0, 0], [_day(2), _day(1), _day(3)], [1, 1, 1]),  # one user, times out of order
+        ([0, 0, 1], [_day(1), _day(1), _day(0)], [2, 1, 1]),  # same time, seq out of order
+        ([0, 0, 0], [1, 0, 2], [1, 2, 3]),  # 1 ns apart: the time step is 1 ns
+    ],
+    ids=["two rows", "times", "seq at one time", "nanoseconds"],
+)
+def test_sort_listens_sorts_every_kind_of_disorder(
+    user: list[int], started: list[int], seq: list[int]
+) -> None:
+    table = _listens(user, started, seq)
+    got = sort_listens(table).to_pandas()
+    pd.testing.assert_frame_equal(got, _pandas_order(table))
+
+
+def test_sort_listens_keeps_sorted_tables_with_ties() -> None:
+    """Equal times, equal seqs, and a seq that drops at a new user at the same time are
+    still sorted: the table comes back as it is, with no sort."""
+    table = _listens(
+        [0, 0, 0, 1, 2], [_day(1), _day(1), _day(2), _day(0), _day(0)], [1, 1, 2, 1, 0]
+    )
+    assert sort_listens(table) is table
+
+
+def test_sort_listens_with_ids_that_fill_64_bits() -> None:
+    """user (31 bits) + time (2 bits) + seq (31 bits) = 64 bits: no packed int64 key."""
+    top = 2**31 - 1
+    table = _listens([top, 0, top, 0], [_day(3), _day(0), _day(1), _day(2)], [top, 5, 1, top])
+    pd.testing.assert_frame_equal(sort_listens(table).to_pandas(), _pandas_order(table))
+
+
+def test_sort_listens_of_one_instant_warns_nothing() -> None:
+    table = _listens([1, 0, 0], [0, 0, 0], [1, 2, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = sort_listens(table)
+    pd.testing.assert_frame_equal(got.to_pandas(), _pandas_order(table))
+
+
+def test_a_pair_repeated_in_every_row_keeps_one(tmp_path: Path) -> None:
+    inter = interactions_table().slice(0, 2)
+    inter = replace_column(inter, C.User, pa.array([0, 0], pa.int32()))
+    inter = replace_column(inter, C.Item, pa.array([1, 1], pa.int32()))
+    raw = read_raw(write_raw(tmp_path, interactions=inter), DataConfig())
+    assert len(raw.interactions) == 1 and raw.stats["dropped_duplicates"] == 1
+
+
+def test_dates_from_1990_01_01_on_are_accepted(tmp_path: Path) -> None:
+    inter = interactions_table()
+    values = [datetime(1990, 1, 1)] + [datetime(2022, 1, d) for d in range(1, 6)]
+    write_raw(tmp_path, interactions=replace_column(inter, C.Datetime, pa.array(values)))
+    assert read_raw(tmp_path, DataConfig()).interactions[C.Datetime].min() == pd.Timestamp(
+        "1990-01-01"
+    )
+    values[0] = datetime(1989, 12, 31, 23, 59)
+    write_raw(tmp_path, interactions=replace_column(inter, C.Datetime, pa.array(values)))
+    with pytest.raises(DataValidationError, match="on or after 1990-01-01"):
+        read_raw(tmp_path, DataConfig())
+
+
+def test_ids_at_the_type_limits_are_accepted(tmp_path: Path) -> None:
+    """The largest int32 track id is an id; a track_seq of 32767 is still int16."""
+    tracks = replace_column(tracks_table(), C.Item, pa.array([1, 2, 3, 2**31 - 1], pa.int64()))
+    inter = replace_column(interactions_table(), C.Seq, pa.array([2, 2, 1, 32767, 1, 1]))
+    data = write_raw(tmp_path, tracks=tracks, interactions=inter)
+    raw = read_raw(data, DataConfig(max_unknown_track_share=0.5))  # track 4 is gone
+    assert raw.tracks[C.Item].max() == 2**31 - 1
+    assert raw.interactions[C.Seq].dtype == np.int16
+
+
+@pytest.mark.parametrize("column", [C.Item, C.User])
+def test_an_id_column_of_only_nulls_is_refused(tmp_path: Path, column: str) -> None:
+    """pandas writes a column of None only as Arrow's type null: not ids."""
+    if column == C.Item:
+        tables = {"tracks": replace_column(tracks_table(), C.Item, pa.nulls(4))}
+    else:
+        tables = {"interactions": replace_column(interactions_table(), C.User, pa.nulls(6))}
+    with pytest.raises(DataValidationError) as info:
+        read_raw(write_raw(tmp_path, **tables), DataConfig())
+    assert info.value.column == column and "integers" in info.value.expected
+
+
+def test_error_counts_and_shows_the_first_offenders_across_row_groups(tmp_path: Path) -> None:
+    """A file of several row groups is read as several chunks: the examples are the first
+    five offending rows (numbered in the file), and `found` counts them all."""
+    user = [-1, -1, 5, -1, 5, -1, 5, -1, 5, -1, -1, -1]
+    n = len(user)
+    inter = pa.table(
+        {
+            C.User: pa.array(user, pa.int32()),
+            C.Item: pa.array([1] * n, pa.int32()),
+            C.Seq: pa.array(range(1, n + 1), pa.int16()),
+            C.Datetime: pa.array([datetime(2022, 1, 1)] * n, pa.timestamp("ns")),
+        }
+    )
+    write_raw(tmp_path)
+    pq.write_table(inter, tmp_path / RawFiles.Interactions, row_group_size=2)
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert [e["row"] for e in info.value.examples] == [0, 1, 3, 5, 7]
+    assert info.value.found == "8 of 12 rows"
+
+
+def test_list_element_errors_count_elements_and_show_only_the_offenders(tmp_path: Path) -> None:
+    genres = pa.array([[30, 0], [-5], [0, -6], []], IDS)
+    write_raw(tmp_path, tracks=replace_column(tracks_table(), C.Genres, genres))
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert info.value.examples == [{"row": 1, C.Genres: -5}, {"row": 2, C.Genres: -6}]
+    assert info.value.found == "2 of 5 list elements"
+
+
+def test_float_ids_beyond_int32_show_only_those_rows(tmp_path: Path) -> None:
+    ids = pa.array([2147483646.0, 2147483647.0, 2147483648.0, 4.0])
+    write_raw(tmp_path, tracks=replace_column(tracks_table(), C.Item, ids))
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert [e["row"] for e in info.value.examples] == [2]
+
+
+def test_a_one_byte_file_is_not_called_empty(tmp_path: Path) -> None:
+    write_raw(tmp_path)
+    (tmp_path / RawFiles.Catalog).write_bytes(b"P")
+    with pytest.raises(DataValidationError) as info:
+        read_raw(tmp_path, DataConfig())
+    assert "empty file" not in str(info.value)
+
+
+def test_first_true_stops_at_k_across_chunks() -> None:
+    mask = pa.chunked_array(
+        [[True, True], [False, True], [False, True], [True, True], [True, False]]
+    )
+    assert _first_true(mask, 5).tolist() == [0, 1, 3, 5, 6]
+    assert _first_true(mask, 2).tolist() == [0, 1]

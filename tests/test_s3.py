@@ -918,3 +918,86 @@ def test_a_fetch_into_a_pipeline_folder_marks_it_unfinished(
     download_artifacts(settings, local, only=wanted, reuse=True)
     reason = RunState.unfinished_reason(paths)
     assert reason is not None and reason.startswith("an S3 fetch replaced or removed 1 file")
+
+
+# --- found by a mutation review of s3.py ---
+
+
+def _attempts(**kw: Any) -> int:
+    client = s3_client(make_settings("http://127.0.0.1:9", "b"), **kw)
+    return int(client.meta.config.retries["total_max_attempts"])
+
+
+def test_retries_default_to_three_attempts_and_never_fewer_than_one() -> None:
+    assert _attempts() == _attempts(max_attempts=3)
+    assert _attempts(max_attempts=0) == _attempts(max_attempts=-5) == _attempts(max_attempts=1)
+
+
+class _Refusing:
+    """A client whose head_bucket fails with an S3 error other than 403 / 404."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        self.response = {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+
+    def head_bucket(self, **kw: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError(self.response, "HeadBucket")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [("SlowDown", "SlowDown Reduce your request rate"), ("", "503 ")]
+)
+def test_an_s3_error_names_its_code_else_the_http_status(
+    tmp_path: Path, code: str, expected: str
+) -> None:
+    (tmp_path / "metrics.json").write_text("{}")
+    settings = make_settings("http://127.0.0.1:9", "b")
+    client = _Refusing(code, "Reduce your request rate", 503)
+    with pytest.raises(StorageError) as err:
+        upload_artifacts(settings, tmp_path, client=client)
+    assert f"S3 upload failed on bucket 'b' at http://127.0.0.1:9: {expected}" in str(err.value)
+
+
+def test_the_upload_logs_how_much_it_sent(
+    s3_url: str,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "als.npz").write_bytes(b"x" * 1_500_000)
+    settings = make_settings(s3_url, new_bucket(s3_url))
+    with caplog.at_level(logging.INFO, logger="musicrec.s3"):
+        upload_artifacts(settings, tmp_path)
+    assert "Uploaded 1 artifact files (1.5 MB)" in caplog.text
+
+
+# --- bugs found by the same review ---
+
+
+def test_max_attempts_counts_the_first_try() -> None:
+    """s3_client's docstring: "`max_attempts` counts the first try (1 = no retry)". It is
+    passed as botocore's `retries.max_attempts`, which counts the retries only."""
+    client = s3_client(make_settings("http://127.0.0.1:9", "b"), max_attempts=1)
+    assert client.meta.config.retries["total_max_attempts"] == 1
+
+
+def test_a_manifest_entry_that_is_not_an_object_is_a_storage_error(
+    s3_url: str,  # noqa: F811
+    artifacts: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`_upload_manifest` checks that `files` is an object but not its entries: a damaged
+    manifest made the services' start-up fetch die with an AttributeError traceback."""
+    bucket = new_bucket(s3_url)
+    settings = make_settings(s3_url, bucket)
+    upload_artifacts(settings, artifacts)
+    files = {rel: "damaged" for rel in ARTIFACTS}
+    admin(s3_url).put_object(
+        Bucket=bucket, Key=f"recsys/{UPLOAD_MANIFEST}", Body=json.dumps({"files": files})
+    )
+    with pytest.raises(StorageError, match="upload-manifest.json"):
+        download_artifacts(settings, tmp_path / "service", reuse=True)
