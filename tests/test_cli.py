@@ -391,27 +391,14 @@ def test_a_bug_shows_its_traceback_once_and_in_the_log(
 ) -> None:
     """Any other exception (a bug): exit 1, its traceback once on the console (from the
     log's console handler) and in the log file."""
-    import logging
 
-    import musicrec.cli as cli_module
     from musicrec.logs import setup_logging
 
     def broken() -> None:
         setup_logging("INFO", tmp_path / "log.txt")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli_module, "app", broken)
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli_module.main()
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, "_musicrec", False)]:
-            root.removeHandler(h)
-            h.close()
-    assert exit_.value.code == 1
+    assert main_exit_code(monkeypatch, broken) == 1
     err = capsys.readouterr().err
     assert err.count("Traceback (most recent call last)") == 1 and "RuntimeError: boom" in err
     assert "RuntimeError: boom" in (tmp_path / "log.txt").read_text()
