@@ -306,8 +306,14 @@ def test_metrics_ab_smoke() -> None:
     out = run_script("metrics_ab.py", "--requests", "200", "--rounds", "1")
     lines = out.splitlines()
     assert lines[0].startswith("200 requests per round, 1 rounds")
-    names = ("bare", "labels() per request", "cached children", "+ JSON error bodies")
-    assert len(lines) == 5 and out.count("metrics overhead") == 3
+    names = (
+        "bare",
+        "labels() per request",
+        "cached children",
+        "+ JSON error bodies",
+        "+ no repeated query",
+    )
+    assert len(lines) == 6 and out.count("metrics overhead") == 4
     for line, name in zip(lines[1:], names, strict=True):
         assert line.startswith(name)
 

@@ -281,7 +281,12 @@ def test_serve_command_verifies_then_stops_cleanly_on_sigterm(
     """The services run in sessions of their own: a SIGHUP killed serve alone and left all
     three running on their ports."""
     cfg = make_settings(artifacts["root"], tmp_path)
-    proc, text = start_serve_command(cfg, tmp_path, "--verify")
+
+    def terminal_attached() -> None:
+        # a test run under nohup would pass on its ignored SIGHUP, which serve keeps
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    proc, text = start_serve_command(cfg, tmp_path, "--verify", preexec_fn=terminal_attached)
     try:
         urls = service_urls(cfg)
         assert all(is_ready(u) for u in urls)
