@@ -192,12 +192,12 @@ def copy_project(dest: Path) -> None:
         ).stdout
         names = [n for n in listed.decode().split("\0") if n]
     except (OSError, subprocess.CalledProcessError):
+        entry = ["api_main.py", "event_storage.py", "similarity_store.py", "verify_service.py"]
         names = [
             p.relative_to(ROOT).as_posix()
             for folder in ("musicrec", "tests")
             for p in (ROOT / folder).rglob("*.py")
-        ] + ["pyproject.toml", "api_main.py", "event_storage.py", "similarity_store.py"]
-        names.append("verify_service.py")
+        ] + ["pyproject.toml", *entry]
     for name in names:
         source = ROOT / name
         if source.is_file():
@@ -205,8 +205,8 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
-def run_tests(work: Path, tests: list[str], timeout: float) -> bool:
-    """Whether the tests pass in `work` (False on a timeout)."""
+def run_tests(work: Path, tests: list[str], timeout: float) -> str:
+    """The tests run in `work`: "passed", "failed" or "timeout"."""
     try:
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
@@ -215,8 +215,8 @@ def run_tests(work: Path, tests: list[str], timeout: float) -> bool:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return False
-    return run.returncode == 0
+        return "timeout"
+    return "passed" if run.returncode == 0 else "failed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_project(work)
         # the tests must pass on the unchanged copy: a test that fails there for a reason
         # of its own (a file the copy lacks) would count every mutant as killed
-        if not run_tests(work, tests, args.timeout):
+        if run_tests(work, tests, args.timeout) != "passed":
             print("the tests fail on the unchanged code in the copy: no mutant run")
             return 1
         target = work / "musicrec" / f"{args.module}.py"
@@ -258,16 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             target.write_text(text)
             t0 = time.perf_counter()
-            try:
-                run = subprocess.run(
-                    [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                    cwd=work,
-                    capture_output=True,
-                    timeout=args.timeout,
-                )
-                status = "survived" if run.returncode == 0 else "killed"
-            except subprocess.TimeoutExpired:
-                status = "timeout"
+            result = run_tests(work, tests, args.timeout)
+            status = {"passed": "survived", "failed": "killed"}.get(result, result)
             counts[status] += 1
             if status == "survived":
                 survivors.append(m)

@@ -781,6 +781,11 @@ def configure_service_logging(settings: Settings) -> None:
         from musicrec.logs import setup_logging
 
         setup_logging(settings.log_level)
+    apply_uvicorn_log_level(settings)
+
+
+def apply_uvicorn_log_level(settings: Settings) -> None:
+    """A level set in the environment or `.env` (`MUSICREC_LOG_LEVEL`) is uvicorn's too."""
     if "log_level" in settings.model_fields_set:
         for name in UVICORN_LOGGERS:
             logging.getLogger(name).setLevel(settings.log_level)
@@ -803,7 +808,5 @@ def app_or_exit(create_app: Callable[[], FastAPI]) -> FastAPI:
     # uvicorn imports the app before its first INFO lines ("Started server process",
     # "Waiting for application startup"), and the lifespan, which sets the level too, runs
     # after them: set here, a level given in the environment silences them as well
-    if "log_level" in settings.model_fields_set:
-        for name in UVICORN_LOGGERS:
-            logging.getLogger(name).setLevel(settings.log_level)
+    apply_uvicorn_log_level(settings)
     return app
