@@ -15,8 +15,9 @@ alternated for `--rounds` rounds:
 - `+ JSON error bodies`: the same with `JsonErrorBodies` inside it, as the services run
   since 2026-12-07 (it looks at each response's start; a 200 passes through);
 - `+ no repeated query`: the same with `NoRepeatedQuery` innermost, the stack every
-  service runs since 2026-12-07, on a query of two parameters (`user_id=1&k=5`: parsed to
-  look for a repeated name; a query without `&` is not parsed). The other versions get
+  service runs since 2026-12-07, on a query of two parameters (`user_id=1&k=5`: its names
+  are checked for a repeat without parsing, as they have no escapes; a query without `&`
+  is not looked at). The other versions get
   the same query string, which they do not read.
 
 Prints the median microseconds per request of each and the middleware's overhead over
