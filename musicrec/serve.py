@@ -428,9 +428,34 @@ def _signal_group(p: ServiceProcess, sig: signal.Signals) -> bool:
         pass  # the leader is gone (reaped); its group lives while a member does
     try:
         os.killpg(p.proc.pid, sig)
+        if sig == signal.SIGTERM:  # a stopped (SIGSTOP) process acts on it once continued
+            os.killpg(p.proc.pid, signal.SIGCONT)
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def group_has_live_member(pgid: int) -> bool | None:
+    """Whether a process of group `pgid` is alive, not a zombie (Linux `/proc`); None where
+    that cannot be read. A killed worker whose parent died first waits as a zombie until the
+    system's init reaps it (never, under a container's PID 1 that does not reap): it holds no
+    port or memory, but `killpg` still finds it."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
@@ -452,6 +477,9 @@ def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
             p.proc.kill()
             p.proc.wait()
         while _signal_group(p, signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL):
+            if group_has_live_member(p.proc.pid) is False:
+                log.debug("%s: only zombies left in its group (init reaps them)", p.name)
+                break
             if time.monotonic() >= deadline + 1.0:
                 log.warning("%s: processes of its group outlived SIGKILL", p.name)
                 break
