@@ -19,6 +19,7 @@ The helpers (`start_service`, `wait_ready`, `stop_all`) are reused by the tests.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -435,6 +436,17 @@ def _signal_group(p: ServiceProcess, sig: signal.Signals) -> bool:
     return True
 
 
+def _continue(p: ServiceProcess) -> None:
+    """SIGCONT to the service's group (to the service alone without a group of its own): a
+    process stopped with SIGSTOP acts on the SIGTERM it was sent (and a supervisor on its
+    stopped workers' exit) only once continued."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(p.proc.pid) == p.proc.pid:
+            os.killpg(p.proc.pid, signal.SIGCONT)
+        else:
+            os.kill(p.proc.pid, signal.SIGCONT)
+
+
 def group_has_live_member(pgid: int) -> bool | None:
     """Whether a process of group `pgid` is alive, not a zombie (Linux `/proc`); None where
     that cannot be read. A killed worker whose parent died first waits as a zombie until the
@@ -465,6 +477,7 @@ def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
     for p in procs:
         if p.proc.poll() is None:
             p.proc.terminate()  # the supervisor stops its own workers
+            _continue(p)
         else:
             _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s

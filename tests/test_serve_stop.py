@@ -48,11 +48,9 @@ def test_group_has_live_member_tells_a_zombie_from_a_live_process() -> None:
     assert group_has_live_member(dead.pid) is False  # an empty group
 
 
-def test_stop_all_lets_a_stopped_worker_handle_sigterm(tmp_path: Path) -> None:
-    """A worker stopped with SIGSTOP gets SIGCONT after SIGTERM, so its handler runs (it
-    used to wait, stopped, for the SIGKILL after the timeout)."""
-    mark = tmp_path / "terminated"
-    worker = (
+def _handler_script(mark: Path) -> str:
+    """A Python program that, on SIGTERM, creates `mark` and exits; prints "ready" first."""
+    return (
         "import signal, sys, time\n"
         "def bye(*_):\n"
         f"    open({str(mark)!r}, 'w').close()\n"
@@ -61,6 +59,31 @@ def test_stop_all_lets_a_stopped_worker_handle_sigterm(tmp_path: Path) -> None:
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
+
+
+def test_stop_all_lets_a_stopped_service_handle_sigterm(tmp_path: Path) -> None:
+    """A service process stopped with SIGSTOP is continued after its SIGTERM, so it stops
+    as it would (it used to stay stopped until the timeout's SIGKILL)."""
+    mark = tmp_path / "terminated"
+    service = subprocess.Popen(
+        [sys.executable, "-c", _handler_script(mark)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
+    assert service.stdout is not None
+    assert service.stdout.readline() == b"ready\n"
+    service.send_signal(signal.SIGSTOP)
+    _wait_state(service.pid, "T")
+    stop_all([ServiceProcess("svc", "http://x", service)], timeout_s=5.0)
+    assert mark.exists(), "the stopped service never ran its SIGTERM handler"
+    assert service.returncode == 0
+
+
+def test_stop_all_lets_a_stopped_worker_handle_sigterm(tmp_path: Path) -> None:
+    """A worker stopped with SIGSTOP gets SIGCONT after SIGTERM, so its handler runs (it
+    used to wait, stopped, for the SIGKILL after the timeout)."""
+    mark = tmp_path / "terminated"
+    worker = _handler_script(mark)
     # a leader that dies at once on SIGTERM, leaving its worker (as uvicorn's supervisor
     # killed first would)
     leader = subprocess.Popen(
