@@ -115,7 +115,9 @@ class CallTimer:
         self._undo: list[tuple[Any, str, Any]] = []
         self._depth = 0
 
-    def wrap(self, label: str, fn: Callable[..., Any], detail: Callable[..., Any] | None = None):
+    def wrap(
+        self, label: str, fn: Callable[..., Any], detail: Callable[..., Any] | None = None
+    ) -> Callable[..., Any]:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             self._depth += 1
@@ -168,10 +170,10 @@ def instrument(timer: CallTimer) -> None:
         matrix: Any,
         cfg: Any,
         num_threads: int = 0,
-        overrides=None,
-        init=None,
-        iterations=None,
-    ):
+        overrides: Any = None,
+        init: Any = None,
+        iterations: Any = None,
+    ) -> dict[str, Any]:
         return {
             "shape": list(matrix.shape),
             "nnz": int(matrix.csr.nnz),

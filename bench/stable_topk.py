@@ -18,7 +18,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +38,9 @@ def factors(n: int, f: int, centres: np.ndarray, rng: np.random.Generator) -> np
     return (picks + 0.05 * rng.normal(size=(n, f))).astype(np.float32)
 
 
-def batched(fn, targets: np.ndarray, queries: np.ndarray, k: int, batch: int) -> np.ndarray:
+def batched(
+    fn: Callable[..., Any], targets: np.ndarray, queries: np.ndarray, k: int, batch: int
+) -> np.ndarray:
     out = [fn(targets, queries[s : s + batch], k)[0] for s in range(0, len(queries), batch)]
     return np.concatenate(out)
 
