@@ -69,6 +69,34 @@ def test_batches_are_capped_and_get_many_keeps_order() -> None:
     run(main())
 
 
+def test_calls_in_flight_never_exceed_the_limit_and_one_key_batches_work() -> None:
+    """`max_in_flight` bounds the concurrent upstream calls (one allowed: the keys go one
+    call after the other, never two at once), and `max_batch=1` is a valid setting (only
+    limits below 1 are refused)."""
+
+    async def main() -> None:
+        up = Upstream()
+        active = peak = 0
+
+        async def fetch(keys: list[int]) -> Mapping[int, int]:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            try:
+                return await up.fetch(keys)
+            finally:
+                active -= 1
+
+        co: Coalescer[int, int] = Coalescer(fetch, max_batch=1, max_in_flight=1)
+        assert await co.get_many([1, 2, 3]) == [10, 20, 30]
+        assert up.calls == [[1], [2], [3]] and peak == 1
+        co2: Coalescer[int, int] = Coalescer(fetch, max_batch=1, max_in_flight=2)
+        assert await co2.get_many([4, 5, 6, 7, 8]) == [40, 50, 60, 70, 80]
+        assert peak == 2
+
+    run(main())
+
+
 def test_a_failed_call_fails_only_its_lookups() -> None:
     async def main() -> None:
         up = Upstream(fail_on=2)
