@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from musicrec import service_recommendations
+from musicrec.artifacts import ArtifactPaths
 from musicrec.blending import blend, dedupe, merge_by_score
 from musicrec.service_recommendations import create_app
 from musicrec.settings import Settings
@@ -176,6 +177,82 @@ def test_a_user_with_history_but_no_stored_list_gets_popular_tracks_not_heard(
         assert recs(c, "/recommendations_offline", user + 1, 10) == art["popular"][:10]
 
 
+def write_lists(
+    paths: ArtifactPaths, users: list[int], tracks: list[int], popular: list[int]
+) -> None:
+    """`recommendations.parquet` (ranks in the given order) and `top_popular.parquet`."""
+    import pandas as pd
+
+    from musicrec.io import write_parquet
+
+    paths.ensure_dirs()
+    n = len(users)
+    recs_table = {"user_id": users, "track_id": tracks, "score": [1.0] * n, "rank": range(1, n + 1)}
+    write_parquet(pd.DataFrame(recs_table), paths.recommendations)
+    ranks = range(1, len(popular) + 1)
+    popular_table = {"track_id": popular, "rank": ranks, "listeners": [100 - r for r in ranks]}
+    write_parquet(pd.DataFrame(popular_table), paths.top_popular)
+
+
+def test_loading_drops_padding_ids_but_keeps_track_0(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Padding rows (track -1, which some libraries emit) are dropped from the stored lists
+    and the popular list when they are loaded, so never served; track 0 is an id like any
+    other and is kept in both. A user whose rows were all padding has no list: the popular
+    list without the one track they heard (track 0: a history of one track is a history).
+    One user left is not "no users"."""
+    from musicrec.heard import HeardIndex
+    from musicrec.service_recommendations import OfflineRecs
+
+    paths = ArtifactPaths(tmp_path)
+    write_lists(paths, [7, 7, 7, 7, 9], [5, -1, 0, 3, -1], popular=[-1, 0, 8, 5])
+    ids = np.array([7, 9], dtype=np.int64)
+    offsets = np.array([0, 0, 1], dtype=np.int64)
+    HeardIndex(ids, offsets, np.array([0], dtype=np.int64)).save(paths.heard_dir)
+    with caplog.at_level("WARNING", logger="musicrec.services.recommendations"):
+        offline = OfflineRecs.load(paths)
+    assert offline.offline(7, 10) == [5, 0, 3]
+    assert offline.offline(9, 10) == [8, 5]  # only padding: the popular tracks not heard
+    assert offline.offline(1, 10) == [0, 8, 5]  # never seen: the popular list
+    assert offline.popular == [0, 8, 5]
+    assert not [r for r in caplog.records if "has no users" in r.getMessage()]
+
+
+def test_loading_warns_of_no_users_and_refuses_an_empty_popular_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored lists holding only padding: the service loads, warns that everyone gets the
+    popular list, and serves it, even when it is one track long; a popular list of padding
+    only is refused (cold-start users would get nothing)."""
+    from musicrec.errors import ArtifactError
+    from musicrec.service_recommendations import OfflineRecs
+
+    paths = ArtifactPaths(tmp_path)
+    write_lists(paths, [7, 9], [-1, -1], popular=[-1, 4])
+    with caplog.at_level("WARNING", logger="musicrec.services.recommendations"):
+        offline = OfflineRecs.load(paths)
+    assert offline.offline(7, 10) == [4] and len(offline.users) == 0
+    assert [r.levelname for r in caplog.records if "has no users" in r.getMessage()] == ["WARNING"]
+    write_lists(paths, [7], [3], popular=[-1, -1])
+    with pytest.raises(ArtifactError, match="no tracks"):
+        OfflineRecs.load(paths)
+
+
+def test_repeats_in_a_stored_list_are_replaced_by_its_next_tracks(tmp_path: Path) -> None:
+    """A stored list may repeat a track (the blend drops the repeats): each dropped repeat
+    is replaced by the next ranked track of the list, before any popular track. Upstreams
+    down here, so the answer is the offline part alone."""
+
+    write_lists(ArtifactPaths(tmp_path / "art"), [7] * 8, [1, 1, 2, 2, 3, 3, 4, 4], [90, 91])
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = make_settings(tmp_path / "art", tmp_path, similar_url=dead, events_url=dead)
+    with TestClient(create_app(cfg)) as c:
+        assert recs(c, "/recommendations", 7, 3) == [1, 2, 3]
+        assert recs(c, "/recommendations", 7, 4) == [1, 2, 3, 4]
+        assert recs(c, "/recommendations", 7, 5) == [1, 2, 3, 4, 90]
+
+
 def long_history(cfg: Settings, art: dict[str, Any]) -> dict[str, Any]:
     """A warm user who, after the fit, heard the head of their own stored list and popular
     tracks (12 events worth recommending), then 6 tracks with similar tracks."""
@@ -317,6 +394,18 @@ def test_fallback_to_offline_when_upstreams_are_down(
         metrics = c.get("/metrics").text
     assert 'recommendation_fallbacks_total{reason="events:unreachable"} 1.0' in metrics
     assert 'upstream_errors_total{kind="unreachable",upstream="events"}' in metrics
+
+
+def test_the_schema_documents_the_statuses_of_the_online_route(client: TestClient) -> None:
+    """/recommendations_online answers 200, 422, or 503 when not ready or an upstream fails
+    (`test_fallback_to_offline_when_upstreams_are_down`): its OpenAPI entry lists exactly
+    those, the 503 with the error body and the upstream case in its description."""
+    schema = client.get("/openapi.json").json()
+    responses = schema["paths"]["/recommendations_online"]["post"]["responses"]
+    assert set(responses) == {"200", "422", "503"}
+    unavailable = responses["503"]
+    assert "upstream" in unavailable["description"]
+    assert unavailable["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
 def test_an_unforeseen_error_in_the_online_part_falls_back_and_is_logged(
