@@ -162,6 +162,25 @@ def test_lane_serves_plain_requests_without_the_route(
         )
 
 
+def test_similar_lane_serves_plain_requests_without_the_route(
+    settings: Settings, artifacts: dict[str, Any]
+) -> None:
+    """The same for `/similar_tracks`: once its FastAPI route is removed, a plain request
+    is still answered (by the lane, counted under the route's template), anything else
+    finds no route."""
+    track = artifacts["similar_tracks"][0]
+    with TestClient(similar_app(settings)) as c:
+        before = c.post("/similar_tracks", params={"track_id": track, "k": 3}).json()
+        app: Any = c.app
+        app.router.routes = [
+            r for r in app.router.routes if getattr(r, "path", "") != "/similar_tracks"
+        ]
+        assert c.post(f"/similar_tracks?track_id={track}&k=3").json() == before
+        assert c.post(f"/similar_tracks?track_id={track}&k=3&x=1").status_code == 404
+        text = c.get("/metrics").text
+        assert 'http_requests_total{method="POST",route="/similar_tracks",status="200"} 2.0' in text
+
+
 def test_lane_is_off_when_disabled(upstream_settings: Settings, artifacts: dict[str, Any]) -> None:
     cfg = upstream_settings.model_copy(update={"fast_path": False})
     with TestClient(create_app(cfg)) as c:

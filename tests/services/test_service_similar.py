@@ -178,7 +178,9 @@ def test_one_structured_debug_line_per_request(
     assert entry["query"] == "track_id=5&k=2" and entry["ms"] >= 0
 
 
-def test_an_empty_similar_file_from_the_pipeline_serves_empty_lists(tmp_path: Path) -> None:
+def test_an_empty_similar_file_from_the_pipeline_serves_empty_lists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """What `similar_tracks` writes when it finds no pair (one scored track) is a file the
     service starts with, answering empty lists (and warning)."""
     from musicrec.artifacts import ArtifactPaths
@@ -192,3 +194,73 @@ def test_an_empty_similar_file_from_the_pipeline_serves_empty_lists(tmp_path: Pa
     with TestClient(create_app(make_settings(art["root"], tmp_path))) as c:
         r = c.post("/similar_tracks", params={"track_id": art["popular"][0], "k": 5})
         assert r.status_code == 200 and r.json() == {"track_id_2": [], "score": []}
+    warned = [r for r in caplog.records if "holds no similar pairs" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+
+
+def hand_made_similar(tmp_path: Path) -> Settings:
+    """Fake artifacts whose `similar.parquet` is written by hand (rows shuffled): track 0
+    with a self-pair and a padding id (-1) among its pairs, track 5 whose best match is
+    track 0, a padding source (-1), and track 1 with 12 similar tracks; scores are exact
+    in float32."""
+    import pandas as pd
+
+    from musicrec.artifacts import ArtifactPaths
+    from musicrec.io import write_parquet
+
+    from .artifacts_fixture import write_fake_artifacts
+
+    art = write_fake_artifacts(tmp_path / "art", n_users=10, n_tracks=100, seed=3)
+    rows = [
+        (0, 5, 0.875, 1),
+        (0, 0, 0.75, 2),  # self-pair
+        (0, -1, 0.5, 3),  # padding
+        (0, 7, 0.25, 4),
+        (5, 0, 0.5, 1),
+        (5, 6, 0.25, 2),
+        (-1, 5, 0.5, 1),  # padding source
+        *[(1, 100 + i, 1 - i / 16, i + 1) for i in range(12)],
+    ]
+    sim = pd.DataFrame(rows, columns=["track_id_1", "track_id_2", "score", "rank"])
+    sim["score"] = sim["score"].astype(np.float32)
+    write_parquet(sim.iloc[::-1], ArtifactPaths(art["root"]).similar)
+    return make_settings(art["root"], tmp_path)
+
+
+def test_padding_ids_and_self_pairs_are_not_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pairs with a negative id (padding) or a track paired with itself are dropped when
+    the file is loaded; track 0 is a real id, as a seed and as a similar track. The start-up
+    line counts what is served: tracks 0, 1 and 5; 2 + 12 + 2 pairs."""
+    with (
+        caplog.at_level(logging.INFO, logger="musicrec.services.similar"),
+        TestClient(create_app(hand_made_similar(tmp_path))) as c,
+    ):
+        r0 = c.post("/similar_tracks", params={"track_id": 0, "k": 10}).json()
+        r5 = c.post("/similar_tracks", params={"track_id": 5, "k": 10}).json()
+    assert r0 == {"track_id_2": [5, 7], "score": [0.875, 0.25]}
+    assert r5 == {"track_id_2": [0, 6], "score": [0.5, 0.25]}
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert len(loaded) == 1 and loaded[0].endswith(": 3 tracks, 16 pairs"), loaded
+    assert "holds no similar pairs" not in caplog.text
+
+
+def test_default_k_is_10_on_both_lanes(tmp_path: Path) -> None:
+    """Without `k`, a track with 12 similar tracks gets its best 10, whether the express
+    lane or the FastAPI route answers."""
+    cfg = hand_made_similar(tmp_path)
+    expected = {"track_id_2": list(range(100, 110)), "score": [1 - i / 16 for i in range(10)]}
+    for lane in (True, False):
+        with TestClient(create_app(cfg.model_copy(update={"fast_path": lane}))) as c:
+            assert c.post("/similar_tracks?track_id=1").json() == expected, lane
+
+
+def test_batch_accepts_k_from_1(client: TestClient, artifacts: dict[str, Any]) -> None:
+    """`k` of the batch route is in 1 .. K_MAX like the single route's: k=1 is the best
+    similar track of each seed."""
+    seeds = artifacts["similar_tracks"][:2]
+    r = client.post("/similar_tracks_batch", json={"track_ids": seeds, "k": 1})
+    assert r.status_code == 200, r.text
+    got = [x["track_id_2"] for x in r.json()["results"]]
+    assert got == [artifacts["similar"][t][0][:1] for t in seeds]
