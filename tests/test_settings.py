@@ -242,3 +242,19 @@ def test_a_log_level_set_silences_uvicorns_first_lines(level: str | None, tmp_pa
     started = "Started server process" in run.stderr
     waiting = "Waiting for application startup" in run.stderr
     assert (started, waiting) == ((False, False) if level else (True, True)), run.stderr
+
+
+def test_a_metrics_directory_that_is_a_file_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`PROMETHEUS_MULTIPROC_DIR` naming a file (writable and executable, so only "is a
+    directory" refuses it) is as bad as naming nothing."""
+    from musicrec.errors import ConfigError
+    from musicrec.service_common import ServiceMetrics
+
+    file = tmp_path / "metrics"
+    file.write_text("")
+    file.chmod(0o755)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(file))
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR=.*not a writable directory"):
+        ServiceMetrics("similar")

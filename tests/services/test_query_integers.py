@@ -208,3 +208,11 @@ def test_repeated_names_are_found_however_written(query: bytes, repeated: str | 
     else:
         assert reached == [] and sent[0]["status"] == 422
         assert orjson.loads(sent[1]["body"])["detail"][0]["loc"] == ["query", repeated]
+
+
+def test_the_openapi_schema_documents_the_422_body(route: dict[str, Any]) -> None:
+    """Every route documents its 422 as the body the handler sends (`detail` list plus
+    `message`), not FastAPI's default `HTTPValidationError`."""
+    spec = route["client"].app.openapi()["paths"][route["path"]]["post"]["responses"]
+    schema = spec["422"]["content"]["application/json"]["schema"]
+    assert schema["$ref"] == "#/components/schemas/ValidationErrorResponse"

@@ -45,3 +45,65 @@ def test_unknown_methods_share_one_label() -> None:
     assert methods == {"OTHER"}
     key = (("method", "OTHER"), ("route", "unmatched"), ("status", "405"))
     assert got[("http_requests_total", key)] == 3
+
+
+def test_middleware_counts_a_crash_as_a_500_and_times_each_request() -> None:
+    """`MetricsMiddleware` on its own: a request whose app raises before answering is
+    counted as a 500 (what the client gets), an answered one under its own status; both
+    are timed by their duration (well under a second here)."""
+    import asyncio
+    import logging
+    from typing import Any
+
+    import pytest
+
+    from musicrec.service_common import MetricsMiddleware
+
+    async def crash(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    async def no_content(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        pass
+
+    m = ServiceMetrics("similar")
+    logger = logging.getLogger("musicrec.services.test")
+    scope = {"type": "http", "method": "POST", "path": "/x", "query_string": b""}
+    with pytest.raises(RuntimeError):
+        asyncio.run(MetricsMiddleware(crash, m, logger)(dict(scope), None, send))
+    asyncio.run(MetricsMiddleware(no_content, m, logger)(dict(scope), None, send))
+    got = samples(m)
+    labels = (("method", "POST"), ("route", "unmatched"))
+    assert got[("http_requests_total", (*labels, ("status", "500")))] == 1
+    assert got[("http_requests_total", (*labels, ("status", "204")))] == 1
+    route = (("route", "unmatched"),)
+    assert got[("http_request_duration_seconds_count", route)] == 2
+    assert 0 <= got[("http_request_duration_seconds_sum", route)] < 1.0
+
+
+def test_upstream_batch_sizes_fall_in_doubling_buckets() -> None:
+    """`upstream_batch_keys`: how many lookups a coalesced call carried, in buckets 1, 2,
+    4, ... 256 (a dashboard reads "at most 4 keys" from le="4")."""
+    m = ServiceMetrics("recommendations")
+    for keys in (1, 2, 3, 4, 5, 200, 300):
+        m.upstream_batch.labels("similar").observe(keys)
+    bucket = {
+        dict(labels)["le"]: value
+        for (name, labels), value in samples(m).items()
+        if name == "upstream_batch_keys_bucket"
+    }
+    assert bucket == {
+        "1.0": 1,
+        "2.0": 2,
+        "4.0": 4,
+        "8.0": 5,
+        "16.0": 5,
+        "32.0": 5,
+        "64.0": 5,
+        "128.0": 5,
+        "256.0": 6,
+        "+Inf": 7,
+    }

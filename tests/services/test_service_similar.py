@@ -130,6 +130,10 @@ def test_plain_text_errors_below_the_handlers_are_sent_as_json() -> None:
     ok = run(app_of(200, b"text/plain"))
     assert [m.get("body") for m in ok] == [None, b"Too ", b"Large"]
     assert ok[0]["headers"][0] == (b"content-type", b"text/plain")
+    # every error status from 400 on; a 399 passes untouched like the success
+    start, body = run(app_of(400, b"text/plain"))
+    assert start["status"] == 400 and body["body"] == b'{"detail":"Too Large"}'
+    assert [m.get("body") for m in run(app_of(399, b"text/plain"))] == [None, b"Too ", b"Large"]
 
 
 def test_probes_metrics_and_openapi(client: TestClient) -> None:
@@ -199,10 +203,10 @@ def test_an_empty_similar_file_from_the_pipeline_serves_empty_lists(
 
 
 def hand_made_similar(tmp_path: Path) -> Settings:
-    """Fake artifacts whose `similar.parquet` is written by hand (rows shuffled): track 0
-    with a self-pair and a padding id (-1) among its pairs, track 5 whose best match is
-    track 0, a padding source (-1), and track 1 with 12 similar tracks; scores are exact
-    in float32."""
+    """Fake artifacts whose `similar.parquet` is written by hand (rows in reverse order):
+    track 0 with a self-pair and a padding id (-1) among its pairs, track 5 whose best
+    match is track 0, a padding source (-1), and track 1 with 12 similar tracks; float32
+    scores."""
     import pandas as pd
 
     from musicrec.artifacts import ArtifactPaths
@@ -215,7 +219,7 @@ def hand_made_similar(tmp_path: Path) -> Settings:
         (0, 5, 0.875, 1),
         (0, 0, 0.75, 2),  # self-pair
         (0, -1, 0.5, 3),  # padding
-        (0, 7, 0.25, 4),
+        (0, 7, 0.1, 4),  # float32: served as 0.1, not widened to 0.10000000149011612
         (5, 0, 0.5, 1),
         (5, 6, 0.25, 2),
         (-1, 5, 0.5, 1),  # padding source
@@ -239,7 +243,7 @@ def test_padding_ids_and_self_pairs_are_not_served(
     ):
         r0 = c.post("/similar_tracks", params={"track_id": 0, "k": 10}).json()
         r5 = c.post("/similar_tracks", params={"track_id": 5, "k": 10}).json()
-    assert r0 == {"track_id_2": [5, 7], "score": [0.875, 0.25]}
+    assert r0 == {"track_id_2": [5, 7], "score": [0.875, 0.1]}
     assert r5 == {"track_id_2": [0, 6], "score": [0.5, 0.25]}
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert len(loaded) == 1 and loaded[0].endswith(": 3 tracks, 16 pairs"), loaded
@@ -264,3 +268,31 @@ def test_batch_accepts_k_from_1(client: TestClient, artifacts: dict[str, Any]) -
     assert r.status_code == 200, r.text
     got = [x["track_id_2"] for x in r.json()["results"]]
     assert got == [artifacts["similar"][t][0][:1] for t in seeds]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b'{"k": "\xff"}', "codec can't decode byte 0xff"), (b"[" * 5000 + b"]" * 5000, "recursion")],
+    ids=["not utf-8", "nested 5000 deep"],
+)
+def test_a_body_the_json_parser_cannot_read_is_a_422_saying_why(
+    client: TestClient, body: bytes, reason: str
+) -> None:
+    """FastAPI answers a body it cannot decode (not UTF-8, or nested deeper than the parser
+    recurses) with a vague 400; here it is a 422 as any invalid body, with the reason."""
+    r = client.post(
+        "/similar_tracks_batch", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    answer = r.json()
+    assert [e["type"] for e in answer["detail"]] == ["body_invalid"]
+    assert answer["message"].startswith("invalid request: body: the body is not valid JSON: ")
+    assert reason in answer["message"]
+
+
+def test_the_readiness_probe_documents_its_503(client: TestClient) -> None:
+    """`/ready` documents both of its answers, 200 and 503, with the same body."""
+    responses = client.get("/openapi.json").json()["paths"]["/ready"]["get"]["responses"]
+    for status in ("200", "503"):
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema["$ref"] == "#/components/schemas/ReadyResponse", status
