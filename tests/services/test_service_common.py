@@ -1,7 +1,7 @@
 """Helpers of `musicrec.service_common` that the route tests reach only in part: what a 422
 echoes of the client's input (`json_safe`), its one-line message (`validation_message`),
 `RateLimitedLog`, the artifact helpers (`float_column`, `compact_ids`, `sort_order`) and
-the start-up fetch's retries (`fetch_artifacts_if_configured`)."""
+the start-up fetch's retries (`fetch_artifacts_if_configured`), the batch limits."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from musicrec.service_common import (
     sort_order,
     validation_message,
 )
+from musicrec.settings import Settings
 
 from .conftest import make_settings
 
@@ -49,6 +50,14 @@ def test_json_safe_cuts_nesting_at_three_levels() -> None:
     """Containers are copied for three levels; below, the value is its (clipped) repr."""
     assert json_safe({"a": {"b": {"c": {"d": 1}}}}) == {"a": {"b": {"c": "{'d': 1}"}}}
     assert json_safe([[[[1, 2]]]]) == [[["[1, 2]"]]]
+
+
+def test_json_safe_turns_other_values_into_their_text() -> None:
+    """What pydantic puts in an error's `ctx` (an exception, ...) is echoed as its text."""
+    assert json_safe({"error": ValueError("must be a JSON integer")}) == {
+        "error": "must be a JSON integer"
+    }
+    assert json_safe(Path("a/b")) == "a/b"
 
 
 def test_validation_message_counts_only_the_errors_left_out() -> None:
@@ -155,3 +164,22 @@ def test_the_start_up_fetch_tries_again_only_within_fetch_wait_s(
     with pytest.raises(UploadInProgressError):
         service_common.fetch_artifacts_if_configured(cfg, [tmp_path / "similar.parquet"])
     assert tries == [0.0, 5.0, 10.0]
+
+
+def test_the_batch_limits_are_the_readmes(settings: Settings) -> None:
+    """README: a 422 for more than 200 `track_ids` in `/similar_tracks_batch` and more
+    than 500 `user_ids` in `/get_events_batch`; exactly that many are answered."""
+    from fastapi.testclient import TestClient
+
+    from musicrec.service_events import create_app as events_app
+    from musicrec.service_similar import create_app as similar_app
+
+    for make_app, path, field, limit in (
+        (similar_app, "/similar_tracks_batch", "track_ids", 200),
+        (events_app, "/get_events_batch", "user_ids", 500),
+    ):
+        with TestClient(make_app(settings)) as client:
+            ok = client.post(path, json={field: list(range(limit)), "k": 1})
+            assert ok.status_code == 200, (path, ok.text)
+            over = client.post(path, json={field: list(range(limit + 1)), "k": 1})
+            assert over.status_code == 422, path

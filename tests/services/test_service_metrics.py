@@ -1,8 +1,13 @@
 """`ServiceMetrics.observe`, the per-request counter and latency histogram of every
-service: counts per label set, the histogram's buckets, and a bounded label set."""
+service: counts per label set, the histogram's buckets, and a bounded label set; the
+`MetricsMiddleware` feeding it, and `render` under several workers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicrec.service_common import ServiceMetrics
@@ -53,9 +58,6 @@ def test_middleware_counts_a_crash_as_a_500_and_times_each_request() -> None:
     are timed by their duration (well under a second here)."""
     import asyncio
     import logging
-    from typing import Any
-
-    import pytest
 
     from musicrec.service_common import MetricsMiddleware
 
@@ -107,3 +109,22 @@ def test_upstream_batch_sizes_fall_in_doubling_buckets() -> None:
         "256.0": 6,
         "+Inf": 7,
     }
+
+
+def test_render_reads_the_workers_files_under_prometheus_multiproc_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set, multi-process
+    values), /metrics renders what the workers wrote in the directory, not an empty page."""
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # what prometheus_client picks at import when the variable is set in a worker
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    m = ServiceMetrics("similar")
+    for _ in range(3):
+        m.observe("POST", "/similar_tracks", 200, 0.001)
+    assert any(tmp_path.iterdir())  # the counts went to the directory's files
+    got = samples(m)
+    key = (("method", "POST"), ("route", "/similar_tracks"), ("status", "200"))
+    assert got[("http_requests_total", key)] == 3

@@ -290,9 +290,13 @@ def test_a_body_the_json_parser_cannot_read_is_a_422_saying_why(
     assert reason in answer["message"]
 
 
-def test_the_readiness_probe_documents_its_503(client: TestClient) -> None:
-    """`/ready` documents both of its answers, 200 and 503, with the same body."""
-    responses = client.get("/openapi.json").json()["paths"]["/ready"]["get"]["responses"]
+def test_the_probes_document_their_answers(client: TestClient) -> None:
+    """`/ready` documents both of its answers, 200 and 503, with the same body; `/metrics`
+    its 200 in Prometheus's text format, not JSON."""
+    paths = client.get("/openapi.json").json()["paths"]
+    responses = paths["/ready"]["get"]["responses"]
     for status in ("200", "503"):
         schema = responses[status]["content"]["application/json"]["schema"]
         assert schema["$ref"] == "#/components/schemas/ReadyResponse", status
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert [t.split(";")[0] for t in metrics] == ["text/plain"], metrics
