@@ -153,7 +153,8 @@ def validation_message(
         loc = [str(p) for p in err.get("loc", ())]
         where = " ".join(loc) if loc else "request"
         ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
-        got = f" (got {_clip(repr(err.get('input')), 80)})"
+        # an error of this module's own may carry no input (a body it could not decode)
+        got = f" (got {_clip(repr(err['input']), 80)})" if "input" in err else ""
         msg = err.get("msg", "invalid")
         if err.get("type") == "json_invalid":  # `loc` is (body, position), `input` a `{}`
             at = f" at character {loc[1]}" if len(loc) > 1 else ""

@@ -288,6 +288,7 @@ def test_a_body_the_json_parser_cannot_read_is_a_422_saying_why(
     assert [e["type"] for e in answer["detail"]] == ["body_invalid"]
     assert answer["message"].startswith("invalid request: body: the body is not valid JSON: ")
     assert reason in answer["message"]
+    assert "(got" not in answer["message"]  # there is no input to echo
 
 
 def test_the_probes_document_their_answers(client: TestClient) -> None:
