@@ -157,6 +157,28 @@ def test_with_a_key_set_reads_need_it_too(artifacts: dict[str, Any], tmp_path: P
             assert c.get(probe).status_code == 200, probe
 
 
+def test_the_openapi_schema_documents_the_key_guarded_routes_401(client: TestClient) -> None:
+    """A client generated from `/openapi.json` learns that every route of the store may
+    answer 401 (a key set), `/add_event` a 409 (a key reused with another track) and a 200
+    with the replay header, and both writes a 503 to retry (nothing stored or deleted)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    guarded = {
+        "/add_event": "post",
+        "/get_events": "post",
+        "/get_events_batch": "post",
+        "/delete_events": "post",
+        "/stats": "get",
+    }
+    for path, method in guarded.items():
+        responses = paths[path][method]["responses"]
+        assert "401" in responses and "X-API-Key" in responses["401"]["description"], path
+    add_responses = paths["/add_event"]["post"]["responses"]
+    assert "Idempotency-Key" in add_responses["409"]["description"]
+    assert "Idempotent-Replayed" in add_responses["200"]["headers"]
+    assert "retry" in add_responses["503"]["description"]
+    assert "retry" in paths["/delete_events"]["post"]["responses"]["503"]["description"]
+
+
 def test_a_batch_answer_is_bounded(settings: Settings) -> None:
     """500 users x k=10,000 (1.5 kB asked) made a 40 MB answer, built on the event loop
     for seconds while every other request waited: users x k is bounded (422 naming the
@@ -693,6 +715,73 @@ def test_store_without_cache_reads_sqlite(tmp_path: Path) -> None:
         assert asyncio.run(store.counts())["cache_users"] == 0
     finally:
         store.close()
+
+
+def test_a_cache_of_one_user_is_a_cache(tmp_path: Path) -> None:
+    """`cache_users=1` keeps one user in memory (only 0 turns the cache off): the second
+    read of the user is a hit."""
+    store = EventStore(tmp_path / "one.db", cache_users=1)
+    store.open()
+    try:
+        asyncio.run(store.add(1, 10))
+        assert asyncio.run(store.latest(1, 5)) == [10]  # a miss: read from SQLite, cached
+        assert asyncio.run(store.latest(1, 5)) == [10]  # from memory
+        counts = asyncio.run(store.counts())
+        assert (counts["cache_users"], counts["cache_hits"], counts["cache_misses"]) == (1, 1, 1)
+    finally:
+        store.close()
+
+
+def test_recent_cache_takes_its_smallest_bounds() -> None:
+    """One user, a depth of 1, a budget of one event and one written user remembered is
+    the smallest cache there is; a bound of 0 (or a budget below the depth) is refused."""
+    smallest = {"max_users": 1, "depth": 1, "max_events": 1, "written_users": 1}
+    cache = RecentCache(**smallest)
+    assert cache.install(1, [(2, 20)], snapshot_max=2, limit=1)
+    assert cache.get(1, 1) == [20]
+    for name in smallest:
+        with pytest.raises(ValueError, match="RecentCache needs"):
+            RecentCache(**{**smallest, name: 0})
+
+
+def test_close_waits_for_a_read_in_flight(tmp_path: Path) -> None:
+    """`close()` stops the reader threads before it closes their connections: a read
+    that started before the close is answered with its events (not failed on a connection
+    closed under it), and `close()` returns only once that read is done."""
+    store = EventStore(tmp_path / "inflight.db")
+    store.open()
+    asyncio.run(store.add(1, 10))
+    real_read = store._latest_sync
+    started, go = threading.Event(), threading.Event()
+
+    def slow_read(user_ids: Any, k: int) -> list[list[int]]:
+        store._reader_conn()  # the thread's connection is open (and known to close())
+        started.set()
+        go.wait(5)
+        return real_read(user_ids, k)
+
+    store._latest_sync = slow_read  # type: ignore[method-assign]
+    answers: list[Any] = []
+
+    def read() -> None:
+        try:
+            answers.append(asyncio.run(store.latest(1, 5)))
+        except Exception as exc:  # noqa: BLE001 - the answer is checked below
+            answers.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert started.wait(5)
+        closer = threading.Thread(target=store.close)
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive()  # still waiting for the read
+    finally:
+        go.set()
+        reader.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and answers == [[10]]
 
 
 def test_batch_answers_each_user_in_request_order(client: TestClient) -> None:
