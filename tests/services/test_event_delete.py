@@ -149,10 +149,30 @@ def test_a_failed_deletion_is_a_503_and_deletes_nothing(settings: Settings) -> N
         r = c.post("/delete_events", params={"user_id": 1})
         assert r.status_code == 503 and "disk I/O error (test)" in r.json()["detail"]
         assert history(c, 1) == [10]
+        assert c.get("/stats").json()["failed_commits"] == 1
         heal_writes(settings.event_db_path)
         assert c.post("/delete_events", params={"user_id": 1}).json()["deleted"] == 1
         assert add(c, 1, 11).status_code == 200  # the writer goes on
         assert history(c, 1) == [11]
+
+
+def test_a_store_without_a_cache_deletes_too(tmp_path: Path) -> None:
+    """With the cache off (`cache_users=0`) a deletion is committed and answered, and the
+    writer goes on with the next add."""
+    store = EventStore(tmp_path / "no-cache.db", cache_users=0)
+    store.open()
+
+    async def scenario() -> tuple[int, list[int], list[int]]:
+        await store.add(1, 10)
+        await store.add(2, 20)
+        deleted = await asyncio.wait_for(store.delete_user(1), 5)
+        await asyncio.wait_for(store.add(1, 11), 5)
+        return deleted, await store.latest(1, 5), await store.latest(2, 5)
+
+    try:
+        assert asyncio.run(scenario()) == (1, [11], [20])
+    finally:
+        store.close()
 
 
 def test_a_closed_store_refuses_a_deletion(tmp_path: Path) -> None:

@@ -560,6 +560,7 @@ def test_a_fill_is_refused_only_for_a_commit_of_its_own_user() -> None:
     assert cache.install(1, [(10, 100)], snapshot_max=11, limit=2)
     assert cache.get(1, 2) == [100]
     cache.reset(applied_id=20)  # a failed apply: every older snapshot refused
+    assert (len(cache), cache.events) == (0, 0)  # emptied, and counted so
     assert not cache.install(6, [], snapshot_max=19, limit=2)
 
 
@@ -715,6 +716,32 @@ def test_store_without_cache_reads_sqlite(tmp_path: Path) -> None:
         assert asyncio.run(store.counts())["cache_users"] == 0
     finally:
         store.close()
+
+
+def test_stats_without_a_cache_count_nothing_cached_and_the_uptime(tmp_path: Path) -> None:
+    """`/stats` of a store without a cache: every cache counter is 0; `uptime_s` is the
+    time since `open`."""
+    before_open = time.time()
+    store = EventStore(tmp_path / "u.db", cache_users=0)
+    store.open()
+    try:
+        asyncio.run(store.add(4, 40))
+        assert asyncio.run(store.latest(4, 5)) == [40]
+        counts = asyncio.run(store.counts())
+        elapsed = time.time() - before_open
+    finally:
+        store.close()
+    cached = ("cache_users", "cache_events", "cache_hits", "cache_misses", "cache_refused_fills")
+    assert {name: counts[name] for name in cached} == dict.fromkeys(cached, 0)
+    assert 0 <= counts["uptime_s"] <= elapsed + 0.001
+
+
+def test_stats_mean_batch_is_events_per_commit_to_three_decimals(tmp_path: Path) -> None:
+    """5 events in 3 commits: `mean_batch` 1.667 (and 0.0 before the first commit)."""
+    store = EventStore(tmp_path / "mean.db")
+    assert asyncio.run(store.counts())["mean_batch"] == 0.0
+    store.stats.commits, store.stats.committed_events = 3, 5
+    assert asyncio.run(store.counts())["mean_batch"] == 1.667
 
 
 def test_a_cache_of_one_user_is_a_cache(tmp_path: Path) -> None:
@@ -1065,6 +1092,34 @@ def test_an_id_beyond_64_bits_fails_its_own_add_not_the_batch(tmp_path: Path) ->
         assert isinstance(first, int) and isinstance(third, int), (first, third)
         assert isinstance(bad, ValueError) and "64-bit" in str(bad)
         assert asyncio.run(store.latest(3, 5)) == [12]
+    finally:
+        store.close()
+
+
+def test_the_extreme_64_bit_ids_are_stored_and_deleted(tmp_path: Path) -> None:
+    """The bounds themselves are SQLite integers: 2**63 - 1 and -2**63 are stored (as user
+    and track ids), read and deleted; one beyond either is a `ValueError` before the
+    writer, for an add and for a deletion alike."""
+    top, bottom = 2**63 - 1, -(2**63)
+    store = EventStore(tmp_path / "edges.db")
+    store.open()
+
+    async def scenario() -> None:
+        await store.add(top, bottom)
+        await store.add(bottom, top)
+        assert await store.latest(top, 5) == [bottom]
+        assert await store.latest(bottom, 5) == [top]
+        assert await store.delete_user(top) == 1
+        assert await store.delete_user(bottom) == 1
+        for user, track in ((top + 1, 1), (bottom - 1, 1), (1, top + 1), (1, bottom - 1)):
+            with pytest.raises(ValueError, match="64-bit"):
+                await store.add(user, track)
+        for user in (top + 1, bottom - 1):
+            with pytest.raises(ValueError, match="64-bit"):
+                await store.delete_user(user)
+
+    try:
+        asyncio.run(scenario())
     finally:
         store.close()
 
