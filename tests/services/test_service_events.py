@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
@@ -910,6 +911,24 @@ def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path: P
     db.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_refused_database_is_not_left_open(tmp_path: Path) -> None:
+    """A database refused at `open` (here another application's) is closed before the
+    error is raised: the process keeps no handle on a file it did not take (the error,
+    held by the caller, still references the frame that opened it)."""
+    path = tmp_path / "invoices.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.close()
+    with pytest.raises(ArtifactError, match="without an 'events'") as refused:
+        EventStore(path).open()
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert str(path) not in held, refused.value
+
+
 @pytest.mark.parametrize(
     "columns",
     [
@@ -1053,6 +1072,37 @@ def test_a_database_on_a_read_only_mount_is_called_read_only(
     monkeypatch.setattr(Path, "mkdir", read_only_fs)
     with pytest.raises(ArtifactError, match=r"new/events.db: cannot create its folder \(Read-only"):
         EventStore(tmp_path / "new" / "events.db").open()
+
+
+def test_a_lock_file_that_cannot_be_made_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file `<database>.lock` refused for lack of rights (EACCES, EPERM, EROFS)
+    is called read-only, as the database would be; another failure (no file descriptor
+    left) is not, and the store lets go of the database either way. (The errors are
+    stood for: the tests may run as root, whom permissions do not stop.)"""
+    import errno
+
+    import musicrec.event_store as es
+
+    path = tmp_path / "events.db"
+    for code, why in [
+        (errno.EACCES, r"the file \(or its folder\) is read-only"),
+        (errno.EPERM, r"the file \(or its folder\) is read-only"),
+        (errno.EROFS, r"the file \(or its folder\) is read-only"),
+        (errno.EMFILE, "cannot open its lock file"),
+    ]:
+
+        def refused(lock: Path, wait_s: float, code: int = code) -> int:
+            raise OSError(code, os.strerror(code), str(lock))
+
+        monkeypatch.setattr(es, "take_flock", refused)
+        with pytest.raises(ArtifactError, match=rf"events.db: {why} \(events.db.lock: "):
+            EventStore(path).open()
+    monkeypatch.undo()
+    store = EventStore(path, owner_wait_s=0.1)
+    store.open()
+    store.close()
 
 
 def test_a_store_opened_again_reads_the_file_not_its_old_cache(tmp_path: Path) -> None:
