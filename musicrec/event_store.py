@@ -219,7 +219,11 @@ class RecentCache:
       other users the cache hardly filled: 2,900 of 3,000 reads refused in a review);
     * a deletion of a user's events (`forget`) drops the user's entry and refuses that
       user's fills from snapshots older than the deletion, which used up an id of its own
-      (`stamp`) that every later snapshot counts as its newest (`_SNAPSHOT_MAX`).
+      (`stamp`) that every later snapshot counts as its newest (`_SNAPSHOT_MAX`): the
+      stamp is kept as the user's newest written id, so the refusal lasts as long as any
+      write's (a reader may offer a fill from a snapshot taken before the deletion long
+      after it; the refusal used to end at the next commit of any user, and the deleted
+      events came back from memory).
     """
 
     def __init__(
@@ -240,15 +244,12 @@ class RecentCache:
         self.written_users = written_users
         self._users: OrderedDict[int, _Recent] = OrderedDict()
         self._lock = threading.Lock()
-        self._applied_id = 0
-        #: user -> the newest event id applied for it, the most recently written last
+        #: user -> the newest event id applied for it (or the id its deletion used up),
+        #: the most recently written last
         self._written: OrderedDict[int, int] = OrderedDict()
         #: fills from snapshots older than this are refused: the newest id of a user
         #: dropped from `_written`, or of a commit `reset` could not apply
         self._floor = 0
-        #: user -> the store's next event id when the user's events were deleted: a fill
-        #: of that user from an older snapshot may hold them and is refused
-        self._deleted_at: dict[int, int] = {}
         #: track ids held in all entries
         self.events = 0
         self.hits = 0
@@ -290,7 +291,6 @@ class RecentCache:
             if (
                 self._written.get(user_id, 0) > snapshot_max
                 or self._floor > snapshot_max
-                or self._deleted_at.get(user_id, 0) > snapshot_max
             ):
                 self.refused_fills += 1
                 return False
@@ -326,25 +326,22 @@ class RecentCache:
                     self.events -= len(entry.tracks) - entry.keep
                     del entry.tracks[: -entry.keep]
                     entry.complete = False
-            self._applied_id = max(self._applied_id, committed[-1][0])
-            while len(self._written) > self.written_users:
-                _, event_id = self._written.popitem(last=False)
-                self._floor = max(self._floor, event_id)
-            if self._deleted_at:  # refusals no snapshot can need any more
-                done = [u for u, i in self._deleted_at.items() if i <= self._applied_id]
-                for u in done:
-                    del self._deleted_at[u]
+            self._trim_written()
             self._evict()
 
     def forget(self, user_id: int, next_id: int) -> None:
         """Drop `user_id`'s entry (its events were deleted) and refuse fills of that user
         from snapshots older than the deletion, i.e. without an event id of `next_id` or
-        more (they may hold the deleted events); other users' fills are not affected."""
+        more (they may hold the deleted events); other users' fills are not affected. The
+        refusal is kept as a write of `next_id` is: until `written_users` later-written
+        users push it out, and then as the floor every fill's snapshot must reach."""
         with self._lock:
             entry = self._users.pop(user_id, None)
             if entry is not None:
                 self.events -= len(entry.tracks)
-            self._deleted_at[user_id] = max(self._deleted_at.get(user_id, 0), next_id)
+            self._written[user_id] = max(self._written.get(user_id, 0), next_id)
+            self._written.move_to_end(user_id)
+            self._trim_written()
 
     def reset(self, applied_id: int) -> None:
         """Forget every entry, and refuse fills from snapshots older than `applied_id` (the
@@ -352,8 +349,14 @@ class RecentCache:
         with self._lock:
             self._users.clear()
             self.events = 0
-            self._applied_id = max(self._applied_id, applied_id)
             self._floor = max(self._floor, applied_id)
+
+    def _trim_written(self) -> None:
+        """Keep the newest ids of the `written_users` most recently written users; an id
+        dropped raises the floor every fill's snapshot must reach (lock held)."""
+        while len(self._written) > self.written_users:
+            _, event_id = self._written.popitem(last=False)
+            self._floor = max(self._floor, event_id)
 
     def _evict(self) -> None:
         """Drop least recently used entries until both limits hold (lock held)."""

@@ -252,12 +252,6 @@ def test_a_fill_racing_the_deletion_does_not_bring_the_events_back(tmp_path: Pat
     assert cache.refused_fills == 1  # the racing fill
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (event_store.RecentCache.apply): a deletion's refusal of older fills is "
-    "dropped at the next commit of any user, though a reader thread may still hold a "
-    "snapshot from before the deletion",
-)
 def test_a_fill_racing_the_deletion_and_a_later_add_does_not_bring_the_events_back(
     tmp_path: Path,
 ) -> None:
@@ -295,7 +289,7 @@ def test_a_fill_racing_the_deletion_and_a_later_add_does_not_bring_the_events_ba
     finally:
         store.close()
     assert (old_snapshot, deleted) == ([11, 10], 2)
-    assert after == []  # the bug: [11, 10], the deleted events, from the cache
+    assert after == []  # it was [11, 10], the deleted events, from the cache
 
 
 def test_a_deletion_refuses_older_fills_of_that_user_only() -> None:
@@ -303,9 +297,25 @@ def test_a_deletion_refuses_older_fills_of_that_user_only() -> None:
     cache.forget(1, next_id=5)
     assert not cache.install(1, [(3, 30)], snapshot_max=4, limit=2)
     assert cache.install(2, [(4, 40)], snapshot_max=4, limit=2)  # another user: cached
-    cache.apply([(5, 2, 50)])  # a snapshot older than id 5 can no longer be offered
+    cache.apply([(5, 2, 50)])  # another user's commit after the deletion
+    # a reader that took its snapshot before the deletion may offer it only now: refused
+    # still (the refusal ended at that commit, and the deleted events came back)
+    assert not cache.install(1, [(3, 30)], snapshot_max=4, limit=2)
     assert cache.install(1, [(5, 51)], snapshot_max=5, limit=2)
     assert cache.get(1, 2) == [51] and cache.get(2, 2) == [50, 40]
+
+
+def test_a_deletion_pushed_out_of_the_written_users_still_refuses_older_fills() -> None:
+    """The deletion's refusal is bounded like a write's: once `written_users` other users
+    were written after it, it becomes the floor every fill's snapshot must reach, for all
+    users (never dropped)."""
+    cache = RecentCache(max_users=10, depth=2, written_users=2)
+    cache.forget(1, next_id=5)
+    cache.apply([(6, 2, 60), (7, 3, 70)])  # two users written after: user 1 pushed out
+    assert not cache.install(1, [(3, 30)], snapshot_max=4, limit=2)
+    assert not cache.install(4, [(2, 20)], snapshot_max=4, limit=2)  # the floor, for all
+    assert cache.install(1, [(5, 51)], snapshot_max=7, limit=2)
+    assert cache.get(1, 2) == [51]
 
 
 def test_a_row_written_by_another_connection_does_not_block_the_adds(tmp_path: Path) -> None:
