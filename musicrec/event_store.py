@@ -288,10 +288,7 @@ class RecentCache:
                 old.complete or (len(old.tracks) >= len(rows) and not complete)
             ):
                 return False  # cached as deep and kept current by `apply`
-            if (
-                self._written.get(user_id, 0) > snapshot_max
-                or self._floor > snapshot_max
-            ):
+            if self._written.get(user_id, 0) > snapshot_max or self._floor > snapshot_max:
                 self.refused_fills += 1
                 return False
             if len(rows) > self.max_events:
