@@ -377,3 +377,35 @@ def test_a_batch_of_replays_only_is_not_a_commit_in_the_stats(tmp_path: Path) ->
     finally:
         store.close()
     assert (counts["commits"], counts["mean_batch"], counts["replayed"]) == (1, 1.0, 3)
+
+
+def test_a_deletion_between_two_calls_with_one_key_stores_the_listen_again(
+    tmp_path: Path,
+) -> None:
+    """In the writer's order: a key's event, the user's deletion (which takes the key
+    with it), the same key again: the second call stores a new event (the first one's id
+    would name a deleted event), and a third replays the second, not the first."""
+    path = tmp_path / "kd.db"
+    store = EventStore(path)
+    store.open()
+    try:
+        first, deleted, second, third = queued_behind_a_writer_lock(
+            path,
+            lambda: [
+                store.add_once(1, 10, "k"),
+                store.delete_user(1),
+                store.add_once(1, 10, "k"),
+                store.add_once(1, 10, "k"),
+            ],
+        )
+        assert not first.replayed and deleted == 1
+        assert not second.replayed and second.id > first.id
+        assert third == Added(second.id, True)
+        assert asyncio.run(store.latest(1, 10)) == [10]
+    finally:
+        store.close()
+    assert rows(path, 1) == [10]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT user_id, key, event_id FROM event_keys").fetchall() == [
+            (1, "k", second.id)
+        ]

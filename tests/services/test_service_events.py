@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -624,7 +625,8 @@ def test_recent_cache_holds_at_most_max_events() -> None:
     assert cache.get(1, 1) == [30]  # user 2 is now the least recently used
     assert cache.install(3, [(8, 80), (7, 70)], snapshot_max=8, limit=10)
     assert cache.events == 5 and cache.get(2, 1) is None
-    assert not cache.install(4, [(i, i) for i in range(15, 8, -1)], snapshot_max=15, limit=10)
+    # refused (False, the declared bool, not just a falsy value)
+    assert cache.install(4, [(i, i) for i in range(15, 8, -1)], snapshot_max=15, limit=10) is False
     assert cache.events == 5 and cache.get(4, 1) is None
     assert cache.get(3, 1) == [80]  # user 1 is now the least recently used
     cache.apply([(16, 3, 90), (17, 3, 100)])
@@ -743,6 +745,27 @@ def test_stats_mean_batch_is_events_per_commit_to_three_decimals(tmp_path: Path)
     assert asyncio.run(store.counts())["mean_batch"] == 0.0
     store.stats.commits, store.stats.committed_events = 3, 5
     assert asyncio.run(store.counts())["mean_batch"] == 1.667
+
+
+def test_stats_before_the_first_commit_count_no_batch(tmp_path: Path) -> None:
+    """A store opened on an empty database has committed nothing: no commit, and no
+    largest batch either (`max_batch` is the largest number of events one commit wrote)."""
+    store = EventStore(tmp_path / "none.db")
+    store.open()
+    try:
+        counts = asyncio.run(store.counts())
+    finally:
+        store.close()
+    assert (counts["commits"], counts["max_batch"], counts["mean_batch"]) == (0, 0, 0.0)
+
+
+def test_stats_uptime_is_in_seconds_to_three_decimals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EventStore(tmp_path / "up.db")
+    store.stats.opened_at = 1000.0
+    monkeypatch.setattr(time, "time", lambda: 1000.12345)
+    assert asyncio.run(store.counts())["uptime_s"] == 0.123
 
 
 def test_a_cache_of_one_user_is_a_cache(tmp_path: Path) -> None:
@@ -1183,3 +1206,133 @@ def test_an_in_memory_database_is_refused_and_leaves_no_lock_file(
     with pytest.raises(ArtifactError, match="in-memory database: every event would be lost"):
         EventStore(":memory:").open()
     assert list(tmp_path.iterdir()) == []
+
+
+def hold_fills(cache: RecentCache) -> tuple[threading.Event, threading.Event, Any]:
+    """Hold the cache's fills: `read` is set when a reader thread has read SQLite and
+    offers its fill, which is installed once `go` is set. Returns (read, go, the real
+    `install`, to put back)."""
+    real_install = cache.install
+    read, go = threading.Event(), threading.Event()
+
+    def held(*args: Any) -> bool:
+        read.set()
+        go.wait(5)
+        return real_install(*args)
+
+    cache.install = held  # type: ignore[method-assign]
+    return read, go, real_install
+
+
+def test_a_deeper_read_racing_an_add_of_its_user_does_not_replace_the_entry(
+    tmp_path: Path,
+) -> None:
+    """A read deeper than the user's cached entry goes to SQLite and replaces the entry
+    with its deeper rows; one read before an add of that user and offered after the add
+    was applied to the entry lacks that event: it must be refused, or the acknowledged
+    add is missing from every read served from memory."""
+    store = EventStore(tmp_path / "deep.db", cache_depth=2)
+    store.open()
+    assert store.cache is not None
+    cache = store.cache
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        for t in (10, 11, 12, 13):
+            await store.add(1, t)
+        assert await store.latest(1, 2) == [13, 12]  # cached: its latest 2
+        read, go, real_install = hold_fills(cache)
+        deeper = asyncio.ensure_future(store.latest(1, 4))  # deeper than the entry
+        await asyncio.to_thread(read.wait, 5)
+        await store.add(1, 14)  # applied to the cached entry
+        go.set()
+        old_snapshot = await deeper
+        cache.install = real_install  # type: ignore[method-assign]
+        return old_snapshot, await store.latest(1, 2), await store.latest(1, 5)
+
+    try:
+        old_snapshot, shallow, deep = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert old_snapshot == [13, 12, 11, 10]
+    assert shallow == [14, 13]  # it was [13, 12]: the deeper fill had replaced the entry
+    assert deep == [14, 13, 12, 11, 10]
+    assert cache.refused_fills == 1
+
+
+def test_a_fill_racing_a_failed_cache_update_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's snapshot taken before a commit whose cache update failed (`reset`),
+    offered after it: the failed update recorded nothing of the commit, so only the
+    floor `reset` raises refuses the fill, which lacks the acknowledged event."""
+    store = EventStore(tmp_path / "reset.db")
+    store.open()
+    assert store.cache is not None
+    cache = store.cache
+    real_apply = cache.apply
+    calls = {"n": 0}
+
+    def failing_once(committed: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise TypeError("a bug in the cache")
+        real_apply(committed)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        await store.add(1, 10)  # not read yet: user 1 is not cached
+        read, go, real_install = hold_fills(cache)
+        reading = asyncio.ensure_future(store.latest(1, 5))
+        await asyncio.to_thread(read.wait, 5)
+        monkeypatch.setattr(cache, "apply", failing_once)
+        await asyncio.wait_for(store.add(1, 11), 5)  # acknowledged, its cache update failed
+        go.set()
+        old_snapshot = await reading
+        cache.install = real_install  # type: ignore[method-assign]
+        return old_snapshot, await store.latest(1, 5)
+
+    try:
+        old_snapshot, after = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert calls["n"] == 1 and old_snapshot == [10]
+    assert after == [11, 10]  # it was [10] from memory: the acknowledged add unseen
+    assert cache.refused_fills == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a read racing close() (between `_read`'s closed check and its submit to "
+    "the reader pool) raises RuntimeError('cannot schedule new futures after shutdown'), "
+    "a 500 in the service, instead of StoreUnavailable (503)",
+)
+def test_a_read_racing_close_is_refused_as_unavailable(tmp_path: Path) -> None:
+    """As `test_an_add_racing_close_is_answered_and_kept`, for a read that misses the
+    cache: `close()` (another thread, as in the lifespan) runs to completion between the
+    read's closed check and its hand-over to a reader thread. The read must be refused as
+    the store being closed, as a read after the close is."""
+
+    class WindowPool(ThreadPoolExecutor):
+        """`submit`, which `_read` calls right after its check, lets close() run first."""
+
+        armed = True
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if self.armed:
+                self.armed = False
+                closer = threading.Thread(target=store.close)
+                closer.start()
+                closer.join(10)
+            return super().submit(fn, *args, **kwargs)
+
+    store = EventStore(tmp_path / "rc.db", cache_users=0)
+    store.open()
+    asyncio.run(store.add(1, 10))
+    assert store._readers is not None
+    store._readers.shutdown(wait=True)
+    store._readers = WindowPool(1, thread_name_prefix="events-read")
+    try:
+        with pytest.raises(StoreUnavailable, match="closed"):
+            asyncio.run(store.latest(1, 5))
+    finally:
+        store.close()
+    assert not store.is_open
