@@ -771,7 +771,11 @@ class EventStore:
         if self._closed or self._readers is None:
             raise StoreUnavailable("event store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, func, *args)
+        try:
+            future = loop.run_in_executor(self._readers, func, *args)
+        except RuntimeError as exc:  # `close()` shut the pool down since the check above
+            raise StoreUnavailable("event store is closed") from exc
+        return await future
 
     def _reader_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -974,7 +978,14 @@ class EventStore:
             return
         if self.cache is not None and deleted:
             # this user's fills read before this commit may hold the deleted events
-            self.cache.forget(item.user_id, stamp)
+            try:
+                self.cache.forget(item.user_id, stamp)
+            except Exception:
+                # committed: answered below whatever happens to the cache (an exception
+                # here ended the writer thread, and the cache served the deleted events);
+                # emptied, and fills from before the deletion refused for every user
+                log.exception("event cache update failed after a deletion: cache emptied")
+                self.cache.reset(stamp)
         with self._stats_lock:
             s = self.stats
             s.events -= deleted

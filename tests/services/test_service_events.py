@@ -1299,12 +1299,6 @@ def test_a_fill_racing_a_failed_cache_update_is_refused(
     assert cache.refused_fills == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a read racing close() (between `_read`'s closed check and its submit to "
-    "the reader pool) raises RuntimeError('cannot schedule new futures after shutdown'), "
-    "a 500 in the service, instead of StoreUnavailable (503)",
-)
 def test_a_read_racing_close_is_refused_as_unavailable(tmp_path: Path) -> None:
     """As `test_an_add_racing_close_is_answered_and_kept`, for a read that misses the
     cache: `close()` (another thread, as in the lifespan) runs to completion between the
