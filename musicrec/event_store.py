@@ -976,8 +976,10 @@ class EventStore:
                 self.stats.failed_commits += 1
             self._resolve([item], None, StoreUnavailable(f"nothing deleted: {exc}"))
             return
-        if self.cache is not None and deleted:
-            # this user's fills read before this commit may hold the deleted events
+        if self.cache is not None:
+            # this user's fills read before this commit may hold the deleted events (also
+            # when none was deleted now: a retry of a deletion whose commit failed but
+            # reached the file drops what memory may still hold)
             try:
                 self.cache.forget(item.user_id, stamp)
             except Exception:

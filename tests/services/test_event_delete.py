@@ -499,3 +499,28 @@ def test_ids_of_deleted_events_are_not_given_again_after_a_crash(tmp_path: Path)
         assert asyncio.run(store.latest(1, 5)) == [10]
     finally:
         store.close()
+
+
+def test_a_deletion_that_finds_nothing_still_drops_the_users_cached_events(
+    tmp_path: Path,
+) -> None:
+    """A deletion whose events were already gone from the file (a retry after a failed
+    commit that reached the file after all; here removed by hand) answers 0 and still
+    drops what the cache holds of the user: nothing deleted is served from memory."""
+    path = tmp_path / "gone.db"
+    store = EventStore(path)
+    store.open()
+
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        await store.add(1, 10)
+        cached = await store.latest(1, 5)
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM events WHERE user_id = 1")
+        return cached, await store.delete_user(1), await store.latest(1, 5)
+
+    try:
+        cached, deleted, after = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert (cached, deleted) == ([10], 0)
+    assert after == []  # it was [10], from the cache
