@@ -258,3 +258,97 @@ def test_a_metrics_directory_that_is_a_file_stops_start_up(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(file))
     with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR=.*not a writable directory"):
         ServiceMetrics("similar")
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """The defaults the README's settings table gives: a changed default port, worker
+    count, cache size or S3 switch would move or change every service started without
+    the variable (the bounds test above pins the ranges, not the defaults)."""
+    defaults = {name: info.default for name, info in Settings.model_fields.items()}
+    assert defaults == {
+        "data_dir": Path("data"),
+        "artifacts_dir": Path("recsys"),
+        "log_file": Path("execution_log.txt"),
+        "log_level": "INFO",
+        "config_file": None,
+        "host": "127.0.0.1",
+        "recs_port": 8000,
+        "recs_workers": 1,
+        "serve_instance": None,
+        "fast_path": True,
+        "similar_port": 8010,
+        "similar_workers": 1,
+        "events_port": 8020,
+        "recs_url": None,
+        "similar_url": None,
+        "events_url": None,
+        "event_db_path": Path("data/events.sqlite3"),
+        "events_api_key": None,
+        "events_cache_users": 50_000,
+        "events_cache_events": 5_000_000,
+        "events_key_ttl_s": 86_400.0,
+        "online_history_k": 5,
+        "exclude_events_max": 1_000,
+        "online_similar_k": 20,
+        "upstream_timeout_s": 0.05,
+        "request_budget_s": 0.2,
+        "fetch_artifacts_from_s3": False,
+        "fetch_wait_s": 300.0,
+        "s3_bucket_name": None,
+        "aws_access_key_id": None,
+        "aws_secret_access_key": None,
+        "s3_endpoint_url": None,
+        "s3_region": "us-east-1",
+        "s3_prefix": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "connect"),
+    [
+        ("0.0.0.0", "127.0.0.1"),  # every address: connect to the loopback
+        ("", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("fe80::1", "[fe80::1]"),  # IPv6 in brackets, as a URL needs
+        ("10.1.2.3", "10.1.2.3"),
+        ("recs.internal", "recs.internal"),
+    ],
+)
+def test_each_service_url_comes_from_the_host_and_its_port(host: str, connect: str) -> None:
+    """The URLs the recommendation service and the verifier call when no `*_URL` is set:
+    the address to connect to for the bind address, and each service's own port."""
+    cfg = Settings(host=host, recs_port=1001, similar_port=1002, events_port=1003)
+    assert cfg.recs_base_url == f"http://{connect}:1001"
+    assert cfg.similar_base_url == f"http://{connect}:1002"
+    assert cfg.events_base_url == f"http://{connect}:1003"
+
+
+def test_a_url_set_wins_over_host_and_port() -> None:
+    cfg = Settings(
+        host="0.0.0.0",
+        recs_url="http://recs:1",
+        similar_url="https://similar:2/x",
+        events_url="http://events:3",
+    )
+    assert (cfg.recs_base_url, cfg.similar_base_url, cfg.events_base_url) == (
+        "http://recs:1",
+        "https://similar:2/x",
+        "http://events:3",
+    )
+
+
+def test_the_event_service_key_is_sent_as_x_api_key_only_when_set() -> None:
+    """No key, or a key set but empty (the service then runs open, with a warning): no
+    header; a key: `X-API-Key` with it."""
+    assert Settings(events_api_key=None).events_auth_headers == {}
+    assert Settings(events_api_key=SecretStr("")).events_auth_headers == {}
+    assert Settings(events_api_key=SecretStr("k3y")).events_auth_headers == {"X-API-Key": "k3y"}
+
+
+def test_the_config_file_setting_is_a_path_and_empty_is_none() -> None:
+    """`MUSICREC_CONFIG_FILE=params.toml` names the file; empty or blank (a copied `.env`)
+    is no file."""
+    assert Settings(config_file="params.toml").config_file == Path("params.toml")
+    assert Settings(config_file="").config_file is None
+    assert Settings(config_file="  ").config_file is None
+    assert Settings(config_file=None).config_file is None
