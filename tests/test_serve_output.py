@@ -107,6 +107,10 @@ def test_exit_text_names_the_signal_or_the_cause() -> None:
         "exited with code 1 while serving (its last lines above say why)"
     )
     assert _exited(1, "").exit_text() == "exited with code 1 (no output)"
+    # 0 is an exit code, not a signal
+    assert (
+        _exited(0, "").exit_text("while serving") == "exited with code 0 while serving (no output)"
+    )
 
 
 class Broken(io.StringIO):

@@ -6,6 +6,7 @@ real service (tests/services/test_e2e.py does, slowly)."""
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import shutil
 import signal
@@ -210,6 +211,58 @@ def test_start_service_with_workers_gets_a_fresh_metrics_folder(popen: list[_Pop
             shutil.rmtree(p.scratch)
 
 
+def test_start_service_passes_the_stderr_on_and_keeps_its_tail(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A child's stderr piped: a thread copies it to serve's stderr and keeps its last
+    lines (the cause of an exit is read there); without it the pipe would fill and block
+    the service, and an exit would read "(no output)"."""
+
+    class Piped(_Popen):
+        def __init__(self, cmd: list[str], env: dict[str, str], **kw: Any) -> None:
+            super().__init__(cmd, env, **kw)
+            r, w = os.pipe()
+            os.write(w, b"INFO: starting\nOSError: boom\n")
+            os.close(w)
+            self.stderr = os.fdopen(r, "rb")  # type: ignore[assignment]
+
+    monkeypatch.setattr(serve.subprocess, "Popen", Piped)
+    p = start_service(EVENTS, Settings(), {}, die_with_parent=False)
+    assert p.reader is not None and p.tail is not None
+    assert p.reader.daemon  # a worker holding the pipe open never keeps serve from exiting
+    p.reader.join(timeout=10)
+    assert list(p.tail) == ["INFO: starting", "OSError: boom"]
+    assert capsys.readouterr().err == "INFO: starting\nOSError: boom\n"
+
+
+def test_start_all_starts_the_named_services_once_their_ports_are_free(
+    popen: list[_Popen], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """All three by default, in order, each with the settings in its environment; only
+    the named ones otherwise (and only their ports checked); none when a port is taken.
+    The metrics folders of a serve killed outright are cleaned up first."""
+    monkeypatch.setattr(serve, "remove_orphan_metrics_dirs", lambda: 1)
+    a, b, c = _ports(3)
+    cfg = Settings(similar_port=a, events_port=b, recs_port=c)
+    with caplog.at_level("INFO", logger="musicrec.serve"):
+        procs = serve.start_all(cfg)
+    assert [(p.name, p.url) for p in procs] == [
+        ("similar", f"http://127.0.0.1:{a}"),
+        ("events", f"http://127.0.0.1:{b}"),
+        ("recommendations", f"http://127.0.0.1:{c}"),
+    ]
+    assert all(call.env["MUSICREC_EVENTS_PORT"] == str(b) for call in popen)
+    assert "removed the metrics folders of a serve that was killed outright" in caplog.text
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", b))
+        busy.listen(1)
+        with pytest.raises(ServeError, match=f"port {b} of the events service is in use"):
+            serve.start_all(cfg)
+        assert len(popen) == 3
+        assert [p.name for p in serve.start_all(cfg, ["recommendations"])] == ["recommendations"]
+    assert len(popen) == 4
+
+
 def test_check_ports_free_names_the_clash(tmp_path: Path) -> None:
     """Two services set to one port, or a port another process listens on: `ServeError`
     naming the services, the port and the variable; only the named services' ports are
@@ -232,6 +285,23 @@ def test_check_ports_free_names_the_clash(tmp_path: Path) -> None:
         check_ports_free(same, ["similar"])  # the busy port is not its
 
 
+def test_a_port_a_stopped_service_left_in_time_wait_is_free() -> None:
+    """Right after a stop the port's closed connections linger in TIME_WAIT: uvicorn binds
+    it (SO_REUSEADDR), so the check must not call it in use (a restart was refused)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server's side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    with socket.socket() as plain, pytest.raises(OSError):  # what a bind without it meets
+        plain.bind(("127.0.0.1", port))
+    check_ports_free(Settings(similar_port=port), ["similar"])
+
+
 def test_check_ports_free_says_when_the_host_cannot_be_bound() -> None:
     """An address this machine does not have (TEST-NET-1) is not "in use": the message
     points at the host setting."""
@@ -246,25 +316,32 @@ def test_check_ports_free_says_when_the_host_cannot_be_bound() -> None:
 
 
 def test_remove_orphan_metrics_dirs_removes_only_those_of_dead_serves(tmp_path: Path) -> None:
-    """A folder whose serve pid no longer runs goes; serve's own, a running process's, a
-    file and a name without a pid stay."""
+    """A folder whose serve pid no longer runs goes; serve's own, a running process's
+    (left running: only asked whether it lives), a file and a name without a pid stay."""
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
-    kept = [
-        tmp_path / f"musicrec-metrics-similar-{os.getpid()}-aaaa",
-        tmp_path / "musicrec-metrics-similar-1-bbbb",  # pid 1 runs
-        tmp_path / "musicrec-metrics-events-x1-cccc",
-    ]
-    gone = tmp_path / f"musicrec-metrics-recommendations-{dead.pid}-dddd"
-    for path in (*kept, gone):
-        path.mkdir()
-        (path / "counter_1.db").write_bytes(b"")
-    afile = tmp_path / f"musicrec-metrics-similar-{dead.pid}-eeee"
-    afile.write_text("")
-    assert remove_orphan_metrics_dirs(tmp_path) == 1
-    assert not gone.exists()
-    assert all(p.is_dir() for p in kept) and afile.is_file()
-    assert remove_orphan_metrics_dirs(tmp_path) == 0
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [
+            tmp_path / f"musicrec-metrics-similar-{os.getpid()}-aaaa",
+            tmp_path / f"musicrec-metrics-similar-{live.pid}-bbbb",
+            tmp_path / "musicrec-metrics-events-x1-cccc",
+        ]
+        gone = tmp_path / f"musicrec-metrics-recommendations-{dead.pid}-dddd"
+        for path in (*kept, gone):
+            path.mkdir()
+            (path / "counter_1.db").write_bytes(b"")
+        afile = tmp_path / f"musicrec-metrics-similar-{dead.pid}-eeee"
+        afile.write_text("")
+        assert remove_orphan_metrics_dirs(tmp_path) == 1
+        assert not gone.exists()
+        assert all(p.is_dir() for p in kept) and afile.is_file()
+        assert remove_orphan_metrics_dirs(tmp_path) == 0
+        with pytest.raises(subprocess.TimeoutExpired):  # not sent a signal: still running
+            live.wait(timeout=0.5)
+    finally:
+        live.kill()
+        live.wait()
 
 
 class _Ready(http.server.BaseHTTPRequestHandler):
@@ -311,6 +388,20 @@ def _proc(name: str, url: str, returncode: int | None = None) -> ServiceProcess:
 
 def test_wait_ready_returns_once_all_answer(ready_server: str) -> None:
     wait_ready([_proc("similar", f"{ready_server}/ok"), _proc("events", f"{ready_server}/ok")], 5.0)
+
+
+def test_wait_ready_polls_each_service_until_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Services that take a few polls to load their artifacts: waited for within the
+    timeout (not failed at the first poll), and one that is ready is not asked again."""
+    asked: dict[str, int] = {}
+
+    def ready(url: str, instance: str | None = None) -> bool:
+        asked[url] = asked.get(url, 0) + 1
+        return asked[url] >= {"http://a": 3, "http://b": 1}[url]
+
+    monkeypatch.setattr(serve, "is_ready", ready)
+    wait_ready([_proc("similar", "http://a"), _proc("events", "http://b")], 5.0)
+    assert asked == {"http://a": 3, "http://b": 1}
 
 
 def test_wait_ready_fails_on_an_exit_a_timeout_or_a_stop(ready_server: str) -> None:
@@ -444,3 +535,49 @@ def test_serve_all_start_failures(
     err = capsys.readouterr()
     assert err.err == "error: port 1 of the similar service is in use\n" and err.out == ""
     assert seen["stopped"] == []
+
+
+class _Flushes(io.StringIO):
+    """A stream that logs its writes and flushes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.events.append(s)
+        return super().write(s)
+
+    def flush(self) -> None:
+        self.events.append("<flush>")
+
+
+def _unflushed_lines(stream: _Flushes) -> list[str]:
+    """The lines written but not flushed before the next write (or the end)."""
+    out, pending = [], ""
+    for event in stream.events:
+        if event == "<flush>":
+            pending = ""
+        elif pending.endswith("\n"):
+            out.append(pending)
+            pending = event
+        else:
+            pending += event
+    return [*out, pending] if pending else out
+
+
+def test_serve_all_flushes_each_line(
+    fake_children: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a pipe (`musicrec serve | tee`, a container's log) each line is out at once:
+    the URLs, the verdict and "serving" were held in the buffer until serve exited."""
+    seen = fake_children
+    out, err = _Flushes(), _Flushes()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert serve_all(Settings(), run_verify=True) == 0
+    seen["wait_error"] = ServeError("boom")
+    assert serve_all(Settings()) == 1
+    assert "serving; press Ctrl-C to stop\n" in out.getvalue()
+    assert err.getvalue() == "error: boom\n"
+    assert _unflushed_lines(out) == [] and _unflushed_lines(err) == []

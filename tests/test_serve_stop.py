@@ -4,6 +4,7 @@ taken for processes that outlived SIGKILL. Linux only (`/proc`, process groups).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -120,3 +121,115 @@ def test_stop_all_does_not_wait_on_zombies_of_the_group(caplog: pytest.LogCaptur
         assert "outlived SIGKILL" not in caplog.text
     finally:
         zombie.wait()
+
+
+def test_signal_group_signals_a_group_leader_and_never_a_process_sharing_ours() -> None:
+    """A service in a session of its own: its whole group gets the signal. A process
+    started without one (it shares this process's group): nothing is sent, or `killpg`
+    would hit serve itself."""
+    from musicrec.serve import _signal_group
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    leader = subprocess.Popen(sleep, start_new_session=True)
+    shared = subprocess.Popen(sleep)
+    try:
+        assert _signal_group(ServiceProcess("svc", "http://x", shared), signal.SIGTERM) is False
+        assert shared.poll() is None
+        assert _signal_group(ServiceProcess("svc", "http://x", leader), signal.SIGTERM) is True
+        assert leader.wait(timeout=10) == -signal.SIGTERM
+        # reaped, its group empty: nothing left to signal
+        assert _signal_group(ServiceProcess("svc", "http://x", leader), signal.SIGTERM) is False
+    finally:
+        for proc in (leader, shared):
+            proc.kill()
+            proc.wait()
+
+
+def test_stop_all_continues_a_stopped_worker_of_a_dead_supervisor(tmp_path: Path) -> None:
+    """The supervisor already gone (the OOM killer) and its worker stopped (SIGSTOP): the
+    group's SIGTERM is followed by SIGCONT, so the worker runs its handler and stops well
+    before the timeout's SIGKILL."""
+    mark = tmp_path / "terminated"
+    leader = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "$0" & echo $!', _handler_script(mark)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
+    assert leader.stdout is not None
+    lines = {leader.stdout.readline().strip() for _ in range(2)}
+    (kid,) = (int(x) for x in lines if x.isdigit())
+    assert lines == {b"ready", str(kid).encode()}
+    leader.wait()
+    os.kill(kid, signal.SIGSTOP)
+    _wait_state(kid, "T")
+    started = time.monotonic()
+    stop_all([ServiceProcess("worker", "http://x", leader)], timeout_s=5.0)
+    assert mark.exists(), "the stopped worker never ran its SIGTERM handler"
+    assert time.monotonic() - started < 5.0
+
+
+def test_stop_all_removes_the_metrics_folder(tmp_path: Path) -> None:
+    """The folder `start_service` made for a service's workers' metrics goes with it (or
+    each run would leave one in the temporary directory)."""
+    scratch = tmp_path / "musicrec-metrics-similar-1-x"
+    scratch.mkdir()
+    (scratch / "counter_1.db").write_bytes(b"")
+    done = subprocess.Popen(["true"], start_new_session=True)
+    done.wait()
+    stop_all([ServiceProcess("svc", "http://x", done, scratch)], timeout_s=2.0)
+    assert not scratch.exists()
+
+
+_IGNORES_SIGTERM = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_stop_all_kills_a_service_that_ignores_sigterm_at_the_timeout() -> None:
+    """A service that does not stop on SIGTERM is killed once the timeout is over: serve
+    never waits on it for ever."""
+    import threading
+
+    service = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM], start_new_session=True, stdout=subprocess.PIPE
+    )
+    try:
+        assert service.stdout is not None and service.stdout.readline() == b"ready\n"
+        stopper = threading.Thread(
+            target=stop_all, args=([ServiceProcess("svc", "http://x", service)], 1.0), daemon=True
+        )
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(timeout=15)
+        assert not stopper.is_alive(), "stop_all still waiting on a service that ignores SIGTERM"
+        assert time.monotonic() - started < 5.0
+        assert service.returncode == -signal.SIGKILL
+    finally:
+        service.kill()
+        service.wait()
+
+
+def test_stop_all_kills_a_worker_that_ignores_sigterm_after_its_supervisor_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The supervisor stops on SIGTERM, its worker ignores it: the worker is sent SIGKILL
+    at the timeout, not left running with the port."""
+    leader = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "$0" & echo $!; wait', _IGNORES_SIGTERM],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
+    assert leader.stdout is not None
+    lines = {leader.stdout.readline().strip() for _ in range(2)}
+    (kid,) = (int(x) for x in lines if x.isdigit())
+    try:
+        with caplog.at_level(logging.WARNING, logger="musicrec.serve"):
+            stop_all([ServiceProcess("worker", "http://x", leader)], timeout_s=1.5)
+        assert _state(kid) in (None, "Z"), "the worker outlived stop_all"
+        assert "outlived SIGKILL" not in caplog.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(kid, signal.SIGKILL)
