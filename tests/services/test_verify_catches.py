@@ -260,3 +260,37 @@ def test_a_missing_api_key_is_one_failure_that_says_which_setting(
     assert f"SKIP events checks: not run: {url}" in lines
     assert any(x.startswith("SKIP online and blended checks") and url in x for x in lines)
     assert any(x.startswith("PASS similar tracks") for x in lines)  # the rest still ran
+
+
+def test_a_long_answer_is_cut_in_the_log() -> None:
+    """A log line shows at most 400 characters of an answer (then "..."), on one line."""
+    from musicrec.verify import Reply
+
+    assert Reply(200, b"x" * 400, None).short() == "x" * 400
+    assert Reply(200, b"x" * 401, None).short() == "x" * 400 + "..."
+    assert Reply(500, b"a\nb\xff", None).short() == "a b\ufffd"
+
+
+def test_a_clean_run_runs_every_check(
+    services: tuple[Settings, Faulty, Faulty], tmp_path: Path
+) -> None:
+    """Against healthy services (no API key set) every check runs and passes: a check
+    turned into a skip (the heard-tracks one, say) would pass a service that breaks
+    it."""
+    cfg, _, _ = services
+    log = tmp_path / "service_test.log"
+    assert run_verification(cfg, log_path=log) == 0
+    lines = log.read_text().splitlines()
+    assert [x for x in lines if not x.startswith("PASS ")][:-1] == [
+        "SKIP add_event API key: events_api_key not set: open"
+    ]
+    passed = {x.split(": ")[0].removeprefix("PASS ") for x in lines if x.startswith("PASS ")}
+    for check in (
+        "blended, user with history, k=1000",
+        "blended, verify user",
+        "delete_events",
+        "similar tracks, unknown track",
+        "online = similar to latest listens, heard ones removed",
+        "user with history offline = ranker's list",
+    ):
+        assert check in passed, (check, sorted(passed))

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from musicrec.artifacts import ArtifactPaths
@@ -246,3 +248,112 @@ def test_a_url_without_a_scheme_is_refused(
         "host (e.g. http://127.0.0.1:8000)\n"
     )
     assert not log.exists()
+
+
+def test_a_user_at_the_lowest_reserved_id_makes_the_picks_go_below_the_smallest(
+    tmp_path: Path,
+) -> None:
+    """A listener whose id is `RESERVED_DELETE_USER` itself (the lowest reserved id): the
+    reserved ids are not free, or the deletion check would delete that listener's
+    history; the ids below the smallest are taken instead."""
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    paths = ArtifactPaths(root)
+    recs = pd.read_parquet(paths.recommendations)
+    lo = int(recs["user_id"].min())
+    taken = recs[recs["user_id"] == recs["user_id"].iloc[0]].assign(user_id=RESERVED_DELETE_USER)
+    write_parquet(pd.concat([recs, taken], ignore_index=True), paths.recommendations)
+    picks = pick_ids(make_settings(root, tmp_path))
+    assert (picks.cold_user, picks.verify_user, picks.delete_user) == (lo - 1, lo - 2, lo - 3)
+
+
+def test_ids_are_picked_from_a_file_written_without_statistics(tmp_path: Path) -> None:
+    """A recommendations file without parquet statistics (another writer's): the user
+    ids' range is read from the column itself, not a crash."""
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    paths = ArtifactPaths(root)
+    recs = pd.read_parquet(paths.recommendations)
+    lo = int(recs["user_id"].min())
+    taken = recs.iloc[:1].assign(user_id=RESERVED_DELETE_USER)  # only the column says so
+    pq.write_table(
+        pa.Table.from_pandas(pd.concat([recs, taken], ignore_index=True), preserve_index=False),
+        paths.recommendations,
+        write_statistics=False,
+    )
+    assert pq.ParquetFile(paths.recommendations).metadata.row_group(0).column(0).statistics is None
+    picks = pick_ids(make_settings(root, tmp_path))
+    assert (picks.cold_user, picks.verify_user, picks.delete_user) == (lo - 1, lo - 2, lo - 3)
+    assert picks.warm_user == int(recs["user_id"].iloc[0])
+
+
+def test_an_empty_recommendations_file_means_no_user_with_history(tmp_path: Path) -> None:
+    """Recommendations without a row (no row group at all): no warm user (its checks
+    skipped), the reserved ids for the others, no crash."""
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    paths = ArtifactPaths(root)
+    schema = pq.read_schema(paths.recommendations)
+    pq.ParquetWriter(paths.recommendations, schema).close()  # a schema, no row group
+    assert pq.ParquetFile(paths.recommendations).metadata.num_row_groups == 0
+    picks = pick_ids(make_settings(root, tmp_path))
+    assert (picks.warm_user, picks.warm_list) == (-1, [])
+    mine = (picks.verify_user, picks.cold_user, picks.delete_user)
+    assert mine == (RESERVED_VERIFY_USER, RESERVED_COLD_USER, RESERVED_DELETE_USER)
+
+
+def test_user_id_0_is_a_user_with_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids start at 0 in the source data: a warm user 0 has its offline list checked
+    (only -1, no user in the artifacts, skips the check)."""
+    from musicrec import verify
+    from musicrec.settings import Settings
+    from musicrec.verify import Picks, Reply, Verifier
+
+    asked: list[int] = []
+
+    def call(method: str, url: str, **kw: Any) -> tuple[str, Reply]:
+        asked.append(kw["params"]["user_id"])
+        return f"{method} {url}", Reply(200, b"", {"recs": [7, 8]}, "application/json")
+
+    monkeypatch.setattr(verify, "_call", call)
+    picks = Picks(0, [7, 8], 5, 6, 4, [7, 8], [], lambda tracks, k: {})
+    v = Verifier(Settings(), "http://r", "http://s", "http://e")
+    v.check_offline(picks)
+    assert asked == [5, 0]
+    assert [x.split(":")[0] for x in v.lines] == [
+        "PASS cold user offline = top popular",
+        "PASS user with history offline = ranker's list",
+    ]
+    v = Verifier(Settings(), "http://r", "http://s", "http://e")
+    v.check_offline(Picks(-1, [], 5, 6, 4, [7, 8], [], lambda tracks, k: {}))
+    assert v.lines[1] == "SKIP user with history offline: no user in the artifacts"
+
+
+def test_the_expected_lists_keep_track_0_and_drop_the_padding() -> None:
+    """A list read from the artifacts is in rank order without the -1 padding; track id
+    0 is a track (ids start at 0), kept: dropped, the verifier would fail a service that
+    serves it."""
+    from musicrec.verify import _sorted_by_rank
+
+    table = pa.table({"track_id": [5, 0, -1, 9], "rank": [3, 1, 2, 4]})
+    assert _sorted_by_rank(table, "track_id") == [0, 5, 9]
+
+
+def test_similar_of_is_the_top_k_by_rank_without_the_track_itself(tmp_path: Path) -> None:
+    """What the verifier expects of /similar_tracks: each track's k best by rank (not one
+    more: the real artifacts hold 20 a track, the checks ask for 10), never the track
+    itself or the -1 padding; a track without similar tracks has empty lists."""
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    sim = pd.DataFrame(
+        [(5, 7, 0.5, 2), (5, 6, 0.75, 1), (5, 5, 1.0, 3), (5, 9, 0.25, 4), (5, -1, 0.0, 5)]
+        + [(8, 5, 0.5, 1)],
+        columns=["track_id_1", "track_id_2", "score", "rank"],
+    ).astype({"score": "float32"})
+    write_parquet(sim, ArtifactPaths(root).similar)
+    picks = pick_ids(make_settings(root, tmp_path))
+    assert picks.seeds == [5, 8]
+    assert picks.similar_of([5], 2) == {5: ([6, 7], [0.75, 0.5])}
+    assert picks.similar_of([5, 8], 10) == {5: ([6, 7, 9], [0.75, 0.5, 0.25]), 8: ([5], [0.5])}
+    assert picks.similar_of([4], 3) == {4: ([], [])}
+    assert picks.similar_of([], 3) == {}
