@@ -25,7 +25,12 @@ from .conftest import ThreadedServer, make_settings, running
 
 UNKNOWN_TRACK = INT32_MAX - 7  # the track the verifier asks for as unknown
 #: faults of the event service (the others are the similar-tracks service's)
-EVENT_FAULTS = ("idempotency key ignored", "retry stored twice", "deletion not done")
+EVENT_FAULTS = (
+    "idempotency key ignored",
+    "retry stored twice",
+    "deletion not done",
+    "stats without events",
+)
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: str) -> None:
@@ -48,6 +53,8 @@ class Faulty:
         if self.mode == "deletion not done" and path == "/delete_events":
             body = b'{"result":"ok","deleted":2}'
             return await _respond(send, 200, body, "application/json")
+        if self.mode == "stats without events" and path == "/stats":
+            return await _respond(send, 200, b'{"events":0}', "application/json")
         if self.mode in EVENT_FAULTS[:2] and path == "/add_event":
             headers = [(k, v) for k, v in scope["headers"] if k != b"idempotency-key"]
             if self.mode == "idempotency key ignored" or len(headers) == len(scope["headers"]):
@@ -123,6 +130,7 @@ def services(
         ("idempotency key ignored", "add_event retried with one Idempotency-Key"),
         ("retry stored twice", "add_event retried with one Idempotency-Key"),
         ("deletion not done", "delete_events: the user's history deleted"),
+        ("stats without events", "event /stats"),
     ],
 )
 def test_the_verifier_fails_a_misbehaving_service(
@@ -189,7 +197,8 @@ def test_the_verifier_never_deletes_a_history_it_did_not_write(
         _call("POST", f"{ev}/add_event", params={"user_id": user, "track_id": t})
     log = tmp_path / "service_test.log"
     assert run_verification(cfg, log_path=log) == 0
-    assert any(x.startswith("SKIP delete_events") for x in log.read_text().splitlines())
+    skip = f"SKIP delete_events: user {user}: it has listens this check did not add"
+    assert skip in log.read_text().splitlines()
     assert history() == [103, 102, 101]
     _call("POST", f"{ev}/delete_events", params={"user_id": user})
     events.mode = "deletion not done"  # a run that leaves the check's two listens
@@ -294,3 +303,42 @@ def test_a_clean_run_runs_every_check(
         "user with history offline = ranker's list",
     ):
         assert check in passed, (check, sorted(passed))
+
+
+def test_the_request_shown_in_the_log_has_its_query_and_json_body() -> None:
+    """The log's request text: method, URL with the query, then the JSON body when one
+    was sent (nothing for a bodiless POST)."""
+    from .conftest import distinct_free_ports
+
+    (port,) = distinct_free_ports(1)  # nothing listens: the call fails, the text stays
+    url = f"http://127.0.0.1:{port}"
+    shown, reply = _call("POST", f"{url}/get_events", params={"user_id": 7, "k": 2})
+    assert shown == f"POST {url}/get_events?user_id=7&k=2" and reply.status == 0
+    shown, _ = _call("POST", f"{url}/get_events_batch", body={"user_ids": [7], "k": 2})
+    assert shown == f'POST {url}/get_events_batch {{"user_ids":[7],"k":2}}'
+
+
+def test_a_run_with_the_key_checks_that_the_event_service_wants_it(
+    artifacts: dict[str, Any], tmp_path: Path
+) -> None:
+    """Event service and verifier with the same key: every check passes, the ones of the
+    key among them (a 401 without it and with a wrong one); the only skip-free run."""
+    keyed = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
+    with running(
+        [
+            ThreadedServer(similar_app(keyed), keyed.similar_port),
+            ThreadedServer(events_app(keyed), keyed.events_port),
+            ThreadedServer(recs_app(keyed), keyed.recs_port),
+        ]
+    ):
+        log = tmp_path / "service_test.log"
+        rc = run_verification(keyed, log_path=log)
+    lines = log.read_text().splitlines()
+    assert rc == 0 and lines[-1].startswith("PASSED") and " 0 skipped" in lines[-1], lines
+    passed = {x.split(": ")[0] for x in lines if x.startswith("PASS ")}
+    assert {
+        "PASS add_event without API key -> 401",
+        "PASS add_event wrong API key -> 401",
+        "PASS get_events without API key -> 401",
+        "PASS delete_events without API key -> 401",
+    } <= passed, sorted(passed)

@@ -347,13 +347,36 @@ def test_similar_of_is_the_top_k_by_rank_without_the_track_itself(tmp_path: Path
     write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
     sim = pd.DataFrame(
         [(5, 7, 0.5, 2), (5, 6, 0.75, 1), (5, 5, 1.0, 3), (5, 9, 0.25, 4), (5, -1, 0.0, 5)]
-        + [(8, 5, 0.5, 1)],
+        + [(8, 5, 0.5, 1), (8, 0, 0.25, 2)],
         columns=["track_id_1", "track_id_2", "score", "rank"],
     ).astype({"score": "float32"})
     write_parquet(sim, ArtifactPaths(root).similar)
     picks = pick_ids(make_settings(root, tmp_path))
     assert picks.seeds == [5, 8]
     assert picks.similar_of([5], 2) == {5: ([6, 7], [0.75, 0.5])}
-    assert picks.similar_of([5, 8], 10) == {5: ([6, 7, 9], [0.75, 0.5, 0.25]), 8: ([5], [0.5])}
+    assert picks.similar_of([5, 8], 10) == {
+        5: ([6, 7, 9], [0.75, 0.5, 0.25]),
+        8: ([5, 0], [0.5, 0.25]),  # track 0 is a track
+    }
     assert picks.similar_of([4], 3) == {4: ([], [])}
     assert picks.similar_of([], 3) == {}
+
+
+def test_the_ids_below_the_smallest_stop_at_0(tmp_path: Path) -> None:
+    """Reserved ids taken and the smallest user id 3: the picks are 2, 1 and 0; at 2
+    there are not three ids below it, an `ArtifactError` (a pick of -1 would be a 422
+    for every call with it)."""
+    root = tmp_path / "art"
+    write_fake_artifacts(root, n_users=10, n_tracks=100, seed=3)
+    paths = ArtifactPaths(root)
+    recs = pd.read_parquet(paths.recommendations)
+    first, second = recs["user_id"].unique()[:2]
+    for low, picked in ((3, (2, 1, 0)), (2, None)):
+        ids = recs["user_id"].replace({first: low, second: RESERVED_COLD_USER})
+        write_parquet(recs.assign(user_id=ids), paths.recommendations)
+        if picked is None:
+            with pytest.raises(ArtifactError, match="no free user id for a cold user"):
+                pick_ids(make_settings(root, tmp_path))
+        else:
+            picks = pick_ids(make_settings(root, tmp_path))
+            assert (picks.cold_user, picks.verify_user, picks.delete_user) == picked
