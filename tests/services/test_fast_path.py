@@ -141,25 +141,22 @@ def test_similar_lane_answers_exactly_as_the_route(
         assert c_on.post(f"/similar_tracks?user_id={known}").status_code == 422
 
 
+@pytest.mark.parametrize("path", ["/recommendations", "/recommendations_offline"])
 def test_lane_serves_plain_requests_without_the_route(
-    upstream_settings: Settings, artifacts: dict[str, Any]
+    upstream_settings: Settings, artifacts: dict[str, Any], path: str
 ) -> None:
-    """Remove the FastAPI routes after start-up: plain requests are still answered (by the
+    """Remove the FastAPI route after start-up: plain requests are still answered (by the
     lane, counted under the route's template), anything else now finds no route."""
     warm = artifacts["warm_user"]
     with TestClient(create_app(upstream_settings)) as c:
-        before = c.post("/recommendations", params={"user_id": warm, "k": 5}).json()
+        before = c.post(path, params={"user_id": warm, "k": 5}).json()
         app: Any = c.app
-        app.router.routes = [
-            r for r in app.router.routes if getattr(r, "path", "") != "/recommendations"
-        ]
-        assert c.post(f"/recommendations?user_id={warm}&k=5").json() == before
-        assert c.post(f"/recommendations?user_id={warm}&k=5&x=1").status_code == 404
-        assert c.post("/recommendations?user_id=-1").status_code == 404
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != path]
+        assert c.post(f"{path}?user_id={warm}&k=5").json() == before
+        assert c.post(f"{path}?user_id={warm}&k=5&x=1").status_code == 404
+        assert c.post(f"{path}?user_id=-1").status_code == 404
         text = c.get("/metrics").text
-        assert (
-            'http_requests_total{method="POST",route="/recommendations",status="200"} 2.0' in text
-        )
+        assert f'http_requests_total{{method="POST",route="{path}",status="200"}} 2.0' in text
 
 
 def test_similar_lane_serves_plain_requests_without_the_route(
