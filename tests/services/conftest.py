@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from musicrec.event_store import RecentCache
 from musicrec.serve import ServiceProcess, start_all, stop_all, wait_ready
 from musicrec.settings import Settings
 
@@ -243,3 +244,34 @@ def fail_writes(path: Path, table: str, op: str = "INSERT", why: str = "disk is 
 def heal_writes(path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("DROP TRIGGER fail_writes")
+
+
+def hold_fills(cache: RecentCache) -> tuple[threading.Event, threading.Event, Any]:
+    """Hold the cache's fills: `read` is set when a reader thread has read SQLite and
+    offers its fill, which is installed once `go` is set. Returns (read, go, the real
+    `install`, to put back)."""
+    real_install = cache.install
+    read, go = threading.Event(), threading.Event()
+
+    def held(*args: Any) -> bool:
+        read.set()
+        go.wait(5)
+        return real_install(*args)
+
+    cache.install = held  # type: ignore[method-assign]
+    return read, go, real_install
+
+
+class FailsOnce:
+    """Stands in for a cache method (`real`): its first call raises, as a bug in the cache
+    would; later calls go through. `calls` counts them."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise TypeError("a bug in the cache")
+        return self.real(*args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,14 @@ from musicrec.event_store import EventStore, RecentCache, StoreUnavailable
 from musicrec.service_events import create_app
 from musicrec.settings import Settings
 
-from .conftest import fail_writes, heal_writes, make_settings, queued_behind_a_writer_lock
+from .conftest import (
+    FailsOnce,
+    fail_writes,
+    heal_writes,
+    hold_fills,
+    make_settings,
+    queued_behind_a_writer_lock,
+)
 
 
 def add(client: TestClient, user: int, track: int, **kw: Any) -> Any:
@@ -229,18 +235,11 @@ def test_a_fill_racing_the_deletion_does_not_bring_the_events_back(
     store.open()
     assert store.cache is not None
     cache = store.cache
-    real_install = cache.install
-    read, go = threading.Event(), threading.Event()
-
-    def slow_install(*args: Any) -> bool:
-        read.set()
-        go.wait(5)
-        return real_install(*args)
 
     async def scenario() -> tuple[list[int], int, list[int]]:
         await store.add(1, 10)
         await store.add(1, 11)
-        cache.install = slow_install  # type: ignore[method-assign]
+        read, go, real_install = hold_fills(cache)
         reading = asyncio.ensure_future(store.latest(1, 10))
         await asyncio.to_thread(read.wait, 5)
         deleted = await store.delete_user(1)
@@ -390,14 +389,6 @@ def test_a_cache_update_failing_after_a_deletion_keeps_the_writer_and_serves_not
     store.open()
     assert store.cache is not None
     cache = store.cache
-    real_forget = cache.forget
-    calls = {"n": 0}
-
-    def failing_once(user_id: int, next_id: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise TypeError("a bug in the cache")
-        real_forget(user_id, next_id)
 
     async def answer(call: Any) -> Any:
         try:
@@ -409,7 +400,7 @@ def test_a_cache_update_failing_after_a_deletion_keeps_the_writer_and_serves_not
         await store.add(1, 10)
         await store.add(1, 11)
         assert await store.latest(1, 5) == [11, 10]  # user 1 is cached now
-        monkeypatch.setattr(cache, "forget", failing_once)
+        monkeypatch.setattr(cache, "forget", FailsOnce(cache.forget))
         deleted = await answer(store.delete_user(1))
         after = await store.latest(1, 5)
         added = await answer(store.add(2, 20))

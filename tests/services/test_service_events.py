@@ -24,7 +24,7 @@ from musicrec.service_common import EVENTS_BATCH_MAX_EVENTS, EVENTS_BATCH_MAX_US
 from musicrec.service_events import create_app
 from musicrec.settings import EVENTS_K_MAX, Settings
 
-from .conftest import assert_json_413, fail_writes, heal_writes
+from .conftest import FailsOnce, assert_json_413, fail_writes, heal_writes, hold_fills
 
 
 @pytest.fixture
@@ -1006,16 +1006,7 @@ def test_a_cache_update_failing_after_a_commit_keeps_the_writer(
         assert store.cache is not None
         asyncio.run(store.add(1, 10))
         assert asyncio.run(store.latest(1, 5)) == [10]  # user 1 is cached now
-        real_apply = store.cache.apply
-        calls = {"n": 0}
-
-        def failing_once(committed: Any) -> None:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise TypeError("a bug in the cache")
-            real_apply(committed)
-
-        monkeypatch.setattr(store.cache, "apply", failing_once)
+        monkeypatch.setattr(store.cache, "apply", FailsOnce(store.cache.apply))
 
         async def two_adds() -> list[int]:
             first = await asyncio.wait_for(store.add(1, 11), 5)
@@ -1208,22 +1199,6 @@ def test_an_in_memory_database_is_refused_and_leaves_no_lock_file(
     assert list(tmp_path.iterdir()) == []
 
 
-def hold_fills(cache: RecentCache) -> tuple[threading.Event, threading.Event, Any]:
-    """Hold the cache's fills: `read` is set when a reader thread has read SQLite and
-    offers its fill, which is installed once `go` is set. Returns (read, go, the real
-    `install`, to put back)."""
-    real_install = cache.install
-    read, go = threading.Event(), threading.Event()
-
-    def held(*args: Any) -> bool:
-        read.set()
-        go.wait(5)
-        return real_install(*args)
-
-    cache.install = held  # type: ignore[method-assign]
-    return read, go, real_install
-
-
 def test_a_deeper_read_racing_an_add_of_its_user_does_not_replace_the_entry(
     tmp_path: Path,
 ) -> None:
@@ -1269,14 +1244,7 @@ def test_a_fill_racing_a_failed_cache_update_is_refused(
     store.open()
     assert store.cache is not None
     cache = store.cache
-    real_apply = cache.apply
-    calls = {"n": 0}
-
-    def failing_once(committed: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise TypeError("a bug in the cache")
-        real_apply(committed)
+    failing_once = FailsOnce(cache.apply)
 
     async def scenario() -> tuple[list[int], list[int]]:
         await store.add(1, 10)  # not read yet: user 1 is not cached
@@ -1294,7 +1262,7 @@ def test_a_fill_racing_a_failed_cache_update_is_refused(
         old_snapshot, after = asyncio.run(scenario())
     finally:
         store.close()
-    assert calls["n"] == 1 and old_snapshot == [10]
+    assert failing_once.calls == 1 and old_snapshot == [10]
     assert after == [11, 10]  # it was [10] from memory: the acknowledged add unseen
     assert cache.refused_fills == 1
 
