@@ -244,6 +244,15 @@ def test_the_log_can_go_to_a_pipe(tmp_path: Path) -> None:
         assert pipe.read().rstrip().splitlines()[-1].startswith("FAILED")
 
 
+def the_three_services(cfg: Settings) -> list[ThreadedServer]:
+    """The similar, event and recommendation services of `cfg`, in-process on its ports."""
+    return [
+        ThreadedServer(similar_app(cfg), cfg.similar_port),
+        ThreadedServer(events_app(cfg), cfg.events_port),
+        ThreadedServer(recs_app(cfg), cfg.recs_port),
+    ]
+
+
 def test_a_missing_api_key_is_one_failure_that_says_which_setting(
     artifacts: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -251,13 +260,7 @@ def test_a_missing_api_key_is_one_failure_that_says_which_setting(
     401s and wrong lists that never said why. Now one FAIL naming the setting, and the
     checks that need the event service skipped."""
     keyed = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
-    with running(
-        [
-            ThreadedServer(similar_app(keyed), keyed.similar_port),
-            ThreadedServer(events_app(keyed), keyed.events_port),
-            ThreadedServer(recs_app(keyed), keyed.recs_port),
-        ]
-    ):
+    with running(the_three_services(keyed)):
         log = tmp_path / "service_test.log"
         rc = run_verification(keyed.model_copy(update={"events_api_key": None}), log_path=log)
     lines = log.read_text().splitlines()
@@ -324,13 +327,7 @@ def test_a_run_with_the_key_checks_that_the_event_service_wants_it(
     """Event service and verifier with the same key: every check passes, the ones of the
     key among them (a 401 without it and with a wrong one); the only skip-free run."""
     keyed = make_settings(artifacts["root"], tmp_path, events_api_key=SecretStr("k3y"))
-    with running(
-        [
-            ThreadedServer(similar_app(keyed), keyed.similar_port),
-            ThreadedServer(events_app(keyed), keyed.events_port),
-            ThreadedServer(recs_app(keyed), keyed.recs_port),
-        ]
-    ):
+    with running(the_three_services(keyed)):
         log = tmp_path / "service_test.log"
         rc = run_verification(keyed, log_path=log)
     lines = log.read_text().splitlines()
